@@ -1,0 +1,8 @@
+//! Reins: a harness that contains a language model.
+//!
+//! Every layer of the harness (normalizers, context builders, constraint
+//! manifests, validators, gates) is a sandboxed WebAssembly component loaded
+//! from a plugins directory and swapped while the host serves. See
+//! `docs/ARCHITECTURE.md` for the request path and how the modules divide it.
+
+pub mod runtime;

@@ -1,0 +1,131 @@
+//! A plugins directory that serves: the current [`PluginSet`], swapped
+//! atomically when files change.
+
+use super::error::RuntimeError;
+use super::loader::{PluginSet, PluginStatus, Runtime};
+use super::settings::RuntimeSettings;
+use arc_swap::ArcSwap;
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Owns the plugins directory. Requests call [`PluginHost::current`] once and
+/// keep that snapshot; reloads build a new set off the request path and swap
+/// it in whole, so in-flight requests finish on the set they started with.
+pub struct PluginHost {
+    runtime: Arc<Runtime>,
+    dir: PathBuf,
+    current: ArcSwap<PluginSet>,
+    /// Serializes reloads (watcher and manual) so two never race to swap.
+    reload_lock: Mutex<()>,
+    reloads: AtomicU64,
+    refused: AtomicU64,
+    watcher: Mutex<Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>>,
+}
+
+impl PluginHost {
+    /// Builds a runtime, loads every plugin in `dir` and, if `watch`, starts
+    /// hot reload. Refused files are recorded in [`statuses`](Self::statuses);
+    /// only an unreadable directory or an engine failure is an error.
+    pub fn open(dir: &Path, settings: &RuntimeSettings, watch: bool) -> Result<Arc<Self>, RuntimeError> {
+        let runtime = Runtime::new(settings)?;
+        Self::with_runtime(runtime, dir, settings, watch)
+    }
+
+    /// Like [`open`](Self::open) on an existing runtime.
+    pub fn with_runtime(
+        runtime: Arc<Runtime>,
+        dir: &Path,
+        settings: &RuntimeSettings,
+        watch: bool,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let set = PluginSet::scan(&runtime, dir, None)?;
+        let host = Arc::new(Self {
+            runtime,
+            dir: dir.to_owned(),
+            current: ArcSwap::from_pointee(set),
+            reload_lock: Mutex::new(()),
+            reloads: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            watcher: Mutex::new(None),
+        });
+        if watch {
+            host.start_watcher(Duration::from_millis(settings.reload_debounce_ms))?;
+        }
+        Ok(host)
+    }
+
+    /// The set serving now. Hold it for the whole request.
+    pub fn current(&self) -> Arc<PluginSet> {
+        self.current.load_full()
+    }
+
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        self.current.load().statuses()
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Swaps done so far, and files refused during reloads.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (self.reloads.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
+    }
+
+    /// Rescans the directory now and swaps in the result.
+    pub fn reload(&self) -> Result<(), RuntimeError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.current.load_full();
+        let next = PluginSet::scan(&self.runtime, &self.dir, Some(&previous))?;
+        let refused = next.statuses().iter().filter(|s| s.status == "refused").count() as u64;
+        let changed = next.plugins().count() != previous.plugins().count()
+            || next
+                .plugins()
+                .any(|p| previous.get(p.name()).is_none_or(|old| !Arc::ptr_eq(old, p)));
+        self.current.store(Arc::new(next));
+        self.refused.fetch_add(refused, Ordering::Relaxed);
+        if changed {
+            self.reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(dir = %self.dir.display(), refused, "plugin set reloaded");
+        }
+        Ok(())
+    }
+
+    fn start_watcher(self: &Arc<Self>, debounce: Duration) -> Result<(), RuntimeError> {
+        let weak = Arc::downgrade(self);
+        let mut debouncer = new_debouncer(debounce, None, move |res: DebounceEventResult| {
+            let Some(host) = weak.upgrade() else { return };
+            let relevant = match &res {
+                Ok(events) => events.iter().any(|e| {
+                    e.paths.iter().any(|p| {
+                        p.extension().is_some_and(|x| x == "wasm" || x == "toml")
+                    })
+                }),
+                Err(_) => true,
+            };
+            if relevant {
+                if let Err(e) = host.reload() {
+                    tracing::error!(error = %e, "plugin reload failed");
+                }
+            }
+        })
+        .map_err(|e| RuntimeError::Engine {
+            message: format!("cannot watch {}: {e}", self.dir.display()),
+        })?;
+        debouncer
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(|e| RuntimeError::Engine {
+                message: format!("cannot watch {}: {e}", self.dir.display()),
+            })?;
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(debouncer);
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! Turning files into plugins: the checks a `.wasm` must pass before it may
+//! serve, and the scan of a plugins directory into a [`PluginSet`].
+
+use super::counters::{CounterStore, MemoryCounters};
+use super::engine::{EngineHandle, digest};
+use super::error::RuntimeError;
+use super::manifest::Manifest;
+use super::plugin::{LayerPre, Plugin, PluginInfo, now_ms};
+use super::settings::RuntimeSettings;
+use super::state::StoreState;
+use super::types::Layer;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::{Component, Linker};
+
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+const MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+/// The engine, the linker with everything the host offers plugins, and the
+/// counters behind `counter-add`. Cheap to share; one per process.
+pub struct Runtime {
+    engine: Arc<EngineHandle>,
+    linker: Linker<StoreState>,
+    counters: Arc<dyn CounterStore>,
+}
+
+impl Runtime {
+    /// A runtime with process-local counters.
+    pub fn new(settings: &RuntimeSettings) -> Result<Arc<Self>, RuntimeError> {
+        Self::with_counters(settings, Arc::new(MemoryCounters::new()))
+    }
+
+    /// A runtime whose `counter-add` goes to `counters` (e.g. a shared database).
+    pub fn with_counters(
+        settings: &RuntimeSettings,
+        counters: Arc<dyn CounterStore>,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let engine = Arc::new(EngineHandle::new(settings)?);
+        let mut linker = Linker::new(engine.engine());
+        let link_err = |e: wasmtime::Error| RuntimeError::Engine {
+            message: format!("linking host functions: {e:#}"),
+        };
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
+        super::bindings::shared::HostImports::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(link_err)?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            counters,
+        }))
+    }
+
+    /// The engine handle (for tools that report on compilation).
+    pub fn engine(&self) -> &Arc<EngineHandle> {
+        &self.engine
+    }
+
+    /// Loads one plugin from `wasm_path`, with the sidecar next to it.
+    pub fn load_file(&self, wasm_path: &Path) -> Result<Plugin, RuntimeError> {
+        let manifest_path = wasm_path.with_extension("toml");
+        let manifest_text = match std::fs::read_to_string(&manifest_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(RuntimeError::Read {
+                    path: manifest_path,
+                    source,
+                });
+            }
+        };
+        let manifest = match &manifest_text {
+            Some(t) => Manifest::parse(t, &manifest_path)?,
+            None => Manifest::default(),
+        };
+        self.load_with_manifest(wasm_path, manifest, manifest_text.as_deref().unwrap_or(""))
+    }
+
+    /// Loads one plugin with an explicit manifest (used by `plugin test`,
+    /// whose cases may override the config).
+    pub fn load_with_manifest(
+        &self,
+        wasm_path: &Path,
+        manifest: Manifest,
+        manifest_text: &str,
+    ) -> Result<Plugin, RuntimeError> {
+        let bytes = std::fs::read(wasm_path).map_err(|source| RuntimeError::Read {
+            path: wasm_path.to_owned(),
+            source,
+        })?;
+        check_header(&bytes)?;
+        let digest = digest(&bytes);
+        if let Some(pin) = &manifest.sha256 {
+            if !pin.eq_ignore_ascii_case(&digest) {
+                return Err(RuntimeError::PinMismatch {
+                    pinned: pin.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        let (component, stats) = self.engine.load_component(&bytes, &digest)?;
+        let layer = detect_layer(self.engine.engine(), &component)?;
+        if let Some(declared) = manifest.layer {
+            if declared != layer {
+                return Err(RuntimeError::LayerMismatch {
+                    declared,
+                    detected: layer,
+                });
+            }
+        }
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Link {
+            import: format!("{e:#}"),
+        })?;
+        let pre = LayerPre::new(layer, pre).map_err(|e| RuntimeError::UnknownWorld {
+            expected: layer.world().to_string(),
+            found: format!("{e:#}"),
+        })?;
+        let ty = component.component_type();
+        let imports = ty.imports(self.engine.engine()).map(|(n, _)| n.to_string()).collect();
+        let name = plugin_name(wasm_path);
+        let info = PluginInfo {
+            name,
+            layer,
+            world: layer.world(),
+            digest: digest.clone(),
+            path: wasm_path.to_owned(),
+            size_bytes: bytes.len() as u64,
+            loaded_at_ms: now_ms(),
+            compile_ms: stats.elapsed.as_secs_f64() * 1e3,
+            compile_cached: stats.cached,
+            imports,
+        };
+        let fingerprint = fingerprint(&digest, manifest_text);
+        Ok(Plugin::new(
+            info,
+            manifest,
+            fingerprint,
+            pre,
+            self.engine.clone(),
+            self.counters.clone(),
+        ))
+    }
+}
+
+/// What the host knows about one file in the plugins directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub path: PathBuf,
+    /// `loaded`, `disabled` or `refused`.
+    pub status: &'static str,
+    /// Layer, digest and load time of the version that is serving, if any
+    /// (a refused update keeps the previous version serving).
+    pub layer: Option<Layer>,
+    pub digest: Option<String>,
+    pub loaded_at_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// An immutable snapshot of every plugin that is serving. A run holds one
+/// snapshot from start to end, so a reload never changes a run midway.
+#[derive(Default)]
+pub struct PluginSet {
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    statuses: BTreeMap<String, PluginStatus>,
+    generation: u64,
+}
+
+impl PluginSet {
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    /// Every serving plugin of `layer`, by `order` then name.
+    pub fn by_layer(&self, layer: Layer) -> Vec<&Arc<Plugin>> {
+        let mut v: Vec<_> = self.plugins.values().filter(|p| p.layer() == layer).collect();
+        v.sort_by(|a, b| a.order().cmp(&b.order()).then_with(|| a.name().cmp(b.name())));
+        v
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        self.statuses.values().cloned().collect()
+    }
+
+    /// Increases by one with every swap; tells callers which set served them.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Scans `dir`. Unchanged files reuse their plugin from `previous`; a
+    /// file that fails keeps its previous version serving.
+    pub fn scan(runtime: &Runtime, dir: &Path, previous: Option<&PluginSet>) -> Result<Self, RuntimeError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+            .collect();
+        files.sort();
+
+        let loaded = load_parallel(runtime, &files, previous);
+        let mut set = PluginSet {
+            generation: previous.map_or(1, |p| p.generation + 1),
+            ..Default::default()
+        };
+        for (path, outcome) in files.into_iter().zip(loaded) {
+            let name = plugin_name(&path);
+            let old = previous.and_then(|p| p.plugins.get(&name));
+            match outcome {
+                Outcome::Disabled => {
+                    set.statuses.insert(name.clone(), status(&name, &path, "disabled", None, None));
+                }
+                Outcome::Loaded(plugin) => {
+                    set.statuses
+                        .insert(name.clone(), status(&name, &path, "loaded", Some(&plugin), None));
+                    set.plugins.insert(name, plugin);
+                }
+                Outcome::Refused(err) => {
+                    let message = err.to_string();
+                    tracing::warn!(plugin = %name, path = %path.display(), "plugin refused: {message}");
+                    set.statuses
+                        .insert(name.clone(), status(&name, &path, "refused", old, Some(message)));
+                    if let Some(old) = old {
+                        set.plugins.insert(name, old.clone());
+                    }
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+enum Outcome {
+    Loaded(Arc<Plugin>),
+    Disabled,
+    Refused(RuntimeError),
+}
+
+/// Loads files on as many threads as there are cores; each compile is
+/// itself parallel, so this mostly overlaps I/O and small components.
+fn load_parallel(runtime: &Runtime, files: &[PathBuf], previous: Option<&PluginSet>) -> Vec<Outcome> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(files.len().max(1));
+    let mut out: Vec<Option<Outcome>> = (0..files.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let chunks: Vec<_> = out
+            .chunks_mut(files.len().div_ceil(threads).max(1))
+            .zip(files.chunks(files.len().div_ceil(threads).max(1)))
+            .map(|(slots, paths)| {
+                s.spawn(move || {
+                    for (slot, path) in slots.iter_mut().zip(paths) {
+                        *slot = Some(load_one(runtime, path, previous));
+                    }
+                })
+            })
+            .collect();
+        for c in chunks {
+            let _ = c.join();
+        }
+    });
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Outcome::Refused(RuntimeError::Engine {
+                    message: "loader thread panicked".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+fn load_one(runtime: &Runtime, path: &Path, previous: Option<&PluginSet>) -> Outcome {
+    let manifest_path = path.with_extension("toml");
+    let manifest_text = match std::fs::read_to_string(&manifest_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Outcome::Refused(RuntimeError::Read {
+                path: manifest_path,
+                source,
+            });
+        }
+    };
+    let manifest = match Manifest::parse(&manifest_text, &manifest_path) {
+        Ok(m) => m,
+        Err(e) => return Outcome::Refused(e.into()),
+    };
+    if !manifest.enabled {
+        return Outcome::Disabled;
+    }
+    // Reuse the compiled plugin when neither the bytes nor the manifest changed.
+    if let Some(old) = previous.and_then(|p| p.plugins.get(&plugin_name(path))) {
+        if let Ok(bytes) = std::fs::read(path) {
+            if old.fingerprint() == fingerprint(&digest(&bytes), &manifest_text) {
+                return Outcome::Loaded(old.clone());
+            }
+        }
+    }
+    match runtime.load_with_manifest(path, manifest, &manifest_text) {
+        Ok(p) => Outcome::Loaded(Arc::new(p)),
+        Err(e) => Outcome::Refused(e),
+    }
+}
+
+fn status(name: &str, path: &Path, status: &'static str, p: Option<&Arc<Plugin>>, err: Option<String>) -> PluginStatus {
+    PluginStatus {
+        name: name.to_string(),
+        path: path.to_owned(),
+        status,
+        layer: p.map(|p| p.layer()),
+        digest: p.map(|p| p.digest().to_string()),
+        loaded_at_ms: p.map(|p| p.info().loaded_at_ms),
+        last_error: err,
+    }
+}
+
+/// A plugin is named by its file stem: `plugins/json-schema.wasm` is `json-schema`.
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+}
+
+fn fingerprint(digest: &str, manifest_text: &str) -> String {
+    format!("{digest}:{}", super::engine::digest(manifest_text.as_bytes()))
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), RuntimeError> {
+    if bytes.len() >= 8 && bytes[..8] == COMPONENT_HEADER {
+        return Ok(());
+    }
+    let message = if bytes.len() >= 8 && bytes[..8] == MODULE_HEADER {
+        "this is a core WebAssembly module; build it as a component (target wasm32-wasip2, or `wasm-tools component new`)".to_string()
+    } else if bytes.len() >= 4 && bytes[..4] == COMPONENT_HEADER[..4] {
+        "WebAssembly of an unknown version or layer".to_string()
+    } else {
+        format!(
+            "the file does not start with the WebAssembly magic bytes ({} bytes long)",
+            bytes.len()
+        )
+    };
+    Err(RuntimeError::NotAComponent { message })
+}
+
+/// The layer is whichever Reins interface the component exports.
+fn detect_layer(engine: &wasmtime::Engine, component: &Component) -> Result<Layer, RuntimeError> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let found: Vec<Layer> = Layer::ALL
+        .into_iter()
+        .filter(|l| exports.iter().any(|e| e == l.interface()))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(RuntimeError::UnknownWorld {
+            expected: Layer::ALL.iter().map(|l| l.interface()).collect::<Vec<_>>().join(", "),
+            found: if exports.is_empty() {
+                "nothing".into()
+            } else {
+                exports.join(", ")
+            },
+        }),
+        many => Err(RuntimeError::AmbiguousWorld {
+            found: many.iter().map(|l| l.interface()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}

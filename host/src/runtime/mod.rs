@@ -1,0 +1,31 @@
+//! The plugin runtime: a wasmtime component host that runs harness layers as
+//! sandboxed components and swaps them while it serves.
+//!
+//! - [`Runtime`]: the engine (pooling allocator, epoch deadlines, compile
+//!   cache) and the linker with what plugins may import.
+//! - [`Plugin`]: one loaded component and its calls, under its manifest's
+//!   limits and isolation mode.
+//! - [`PluginSet`] / [`PluginHost`]: a directory of plugins, hot-reloaded as
+//!   an atomic snapshot.
+
+mod bindings;
+mod counters;
+mod engine;
+mod error;
+mod host;
+mod loader;
+mod manifest;
+mod plugin;
+mod settings;
+mod state;
+pub mod types;
+
+pub use counters::{CounterStore, MemoryCounters};
+pub use engine::{CompileStats, EngineHandle, digest};
+pub use error::{CallFailure, PluginError, RuntimeError, short_digest};
+pub use host::PluginHost;
+pub use loader::{PluginSet, PluginStatus, Runtime, plugin_name};
+pub use manifest::{FailMode, Grants, Isolation, Limits, Manifest, ManifestError};
+pub use plugin::{Plugin, PluginInfo};
+pub use settings::{Allocator, PoolSettings, RuntimeSettings};
+pub use types::*;

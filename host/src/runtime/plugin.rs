@@ -1,0 +1,526 @@
+//! One loaded plugin: its compiled component, its manifest, and the calls the
+//! pipeline makes into it under the manifest's limits.
+
+use super::bindings::{constraints, context, gate, normalizer, validator, wit_types};
+use super::counters::CounterStore;
+use super::engine::EngineHandle;
+use super::error::{CallFailure, PluginError};
+use super::manifest::{FailMode, Isolation, Manifest};
+use super::state::StoreState;
+use super::types::{
+    Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity, Tool, Verdict,
+    Violation,
+};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+
+/// Facts about a loaded plugin, shown by `/v1/plugins` and `plugin check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub layer: Layer,
+    pub world: &'static str,
+    pub digest: String,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    /// Unix milliseconds.
+    pub loaded_at_ms: u64,
+    pub compile_ms: f64,
+    pub compile_cached: bool,
+    /// Interfaces the component imports (what it asks the host for).
+    pub imports: Vec<String>,
+}
+
+/// A plugin ready to be called. Shared (`Arc`) by every request that started
+/// while it was current; dropping the last reference frees its instances.
+pub struct Plugin {
+    info: PluginInfo,
+    manifest: Manifest,
+    fingerprint: String,
+    config_json: String,
+    name: Arc<str>,
+    pre: LayerPre,
+    engine: Arc<EngineHandle>,
+    counters: Arc<dyn CounterStore>,
+    idle: Mutex<Vec<Live>>,
+}
+
+/// The pre-linked component, typed by the world it exports.
+pub(crate) enum LayerPre {
+    Normalizer(normalizer::NormalizerPluginPre<StoreState>),
+    Validator(validator::ValidatorPluginPre<StoreState>),
+    Constraints(constraints::ConstraintsPluginPre<StoreState>),
+    Gate(gate::GatePluginPre<StoreState>),
+    Context(context::ContextPluginPre<StoreState>),
+}
+
+impl LayerPre {
+    /// Checks that the component's exports have the types of `layer`'s world.
+    pub(crate) fn new(layer: Layer, pre: InstancePre<StoreState>) -> wasmtime::Result<Self> {
+        Ok(match layer {
+            Layer::Normalizer => LayerPre::Normalizer(normalizer::NormalizerPluginPre::new(pre)?),
+            Layer::Validator => LayerPre::Validator(validator::ValidatorPluginPre::new(pre)?),
+            Layer::Constraints => LayerPre::Constraints(constraints::ConstraintsPluginPre::new(pre)?),
+            Layer::Gate => LayerPre::Gate(gate::GatePluginPre::new(pre)?),
+            Layer::Context => LayerPre::Context(context::ContextPluginPre::new(pre)?),
+        })
+    }
+
+    fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            LayerPre::Normalizer(p) => Instance::Normalizer(p.instantiate(store)?),
+            LayerPre::Validator(p) => Instance::Validator(p.instantiate(store)?),
+            LayerPre::Constraints(p) => Instance::Constraints(p.instantiate(store)?),
+            LayerPre::Gate(p) => Instance::Gate(p.instantiate(store)?),
+            LayerPre::Context(p) => Instance::Context(p.instantiate(store)?),
+        })
+    }
+}
+
+enum Instance {
+    Normalizer(normalizer::NormalizerPlugin),
+    Validator(validator::ValidatorPlugin),
+    Constraints(constraints::ConstraintsPlugin),
+    Gate(gate::GatePlugin),
+    Context(context::ContextPlugin),
+}
+
+/// A live instance and the store it lives in.
+struct Live {
+    store: Store<StoreState>,
+    instance: Instance,
+    uses: u32,
+}
+
+/// What a guest function returned, before the host checks it.
+type GuestResult<T> = wasmtime::Result<Result<T, String>>;
+
+impl Plugin {
+    pub(crate) fn new(
+        info: PluginInfo,
+        manifest: Manifest,
+        fingerprint: String,
+        pre: LayerPre,
+        engine: Arc<EngineHandle>,
+        counters: Arc<dyn CounterStore>,
+    ) -> Self {
+        Self {
+            name: Arc::from(info.name.as_str()),
+            config_json: manifest.config_json(),
+            info,
+            manifest,
+            fingerprint,
+            pre,
+            engine,
+            counters,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn layer(&self) -> Layer {
+        self.info.layer
+    }
+
+    /// Hex sha256 of the `.wasm` this plugin was built from.
+    pub fn digest(&self) -> &str {
+        &self.info.digest
+    }
+
+    pub fn fail_mode(&self) -> FailMode {
+        self.manifest.fail_mode
+    }
+
+    /// Position within its layer (lower first).
+    pub fn order(&self) -> i32 {
+        self.manifest.order
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Identity of the file and manifest this plugin was loaded from; an
+    /// unchanged fingerprint lets a reload reuse the compiled plugin.
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Runs a normalizer over the conversation.
+    pub fn normalize(&self, ctx: &CallContext, messages: &[Message]) -> Result<Normalized, PluginError> {
+        let msgs: Vec<wit_types::Message> = messages
+            .iter()
+            .map(|m| wit_types::Message {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        let out = self.call(Layer::Normalizer, ctx, |store, inst, wctx| match inst {
+            Instance::Normalizer(p) => p.reins_policy_normalizer().call_normalize(store, wctx, &msgs),
+            _ => unreachable_layer(),
+        })?;
+        let size = out.messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>()
+            + violations_size(&out.findings);
+        self.check_size(size)?;
+        Ok(Normalized {
+            messages: out
+                .messages
+                .into_iter()
+                .map(|m| Message {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect(),
+            findings: self.violations(out.findings)?,
+        })
+    }
+
+    /// Runs a validator over one output document (JSON text).
+    pub fn validate(&self, ctx: &CallContext, output: &str) -> Result<Verdict, PluginError> {
+        let output = output.to_string();
+        let out = self.call(Layer::Validator, ctx, |store, inst, wctx| match inst {
+            Instance::Validator(p) => p.reins_policy_validator().call_validate(store, wctx, &output),
+            _ => unreachable_layer(),
+        })?;
+        self.check_size(violations_size(&out.violations) + out.fixed.as_ref().map_or(0, String::len))?;
+        let fixed = match out.fixed {
+            None => None,
+            Some(text) => Some(self.parse_json("fixed", &text)?),
+        };
+        Ok(Verdict {
+            violations: self.violations(out.violations)?,
+            fixed,
+        })
+    }
+
+    /// Asks a constraints plugin which tools this request may use.
+    pub fn tools(&self, ctx: &CallContext) -> Result<Vec<Tool>, PluginError> {
+        let out = self.call(Layer::Constraints, ctx, |store, inst, wctx| match inst {
+            Instance::Constraints(p) => p.reins_policy_constraints().call_tools(store, wctx),
+            _ => unreachable_layer(),
+        })?;
+        self.check_size(
+            out.iter()
+                .map(|t| t.name.len() + t.description.len() + t.parameters.len())
+                .sum(),
+        )?;
+        out.into_iter()
+            .map(|t| {
+                Ok(Tool {
+                    parameters: self.parse_json("tool parameters", &t.parameters)?,
+                    name: t.name,
+                    description: t.description,
+                    access: access_from_wit(t.access),
+                })
+            })
+            .collect()
+    }
+
+    /// Asks a gate what to do with one proposed action.
+    pub fn check(&self, ctx: &CallContext, action: &Action) -> Result<Decision, PluginError> {
+        let wit_action = gate::exports::reins::policy::gate::Action {
+            tool: action.tool.clone(),
+            arguments: action.arguments.to_string(),
+            access: access_to_wit(action.access),
+        };
+        let out = self.call(Layer::Gate, ctx, |store, inst, wctx| match inst {
+            Instance::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
+            _ => unreachable_layer(),
+        })?;
+        use gate::exports::reins::policy::gate::Decision as W;
+        Ok(match out {
+            W::Allow => Decision::Allow,
+            W::Deny(r) => {
+                self.check_size(r.len())?;
+                Decision::Deny(r)
+            }
+            W::Escalate(r) => {
+                self.check_size(r.len())?;
+                Decision::Escalate(r)
+            }
+            W::Rewrite(args) => {
+                self.check_size(args.len())?;
+                Decision::Rewrite(self.parse_json("rewrite arguments", &args)?)
+            }
+        })
+    }
+
+    /// Asks a context builder to choose and order chunks within a token budget.
+    pub fn assemble(
+        &self,
+        ctx: &CallContext,
+        query: &str,
+        chunks: &[Chunk],
+        budget_tokens: u32,
+    ) -> Result<Vec<Chunk>, PluginError> {
+        use context::exports::reins::policy::context_builder::Chunk as W;
+        let wit_chunks: Vec<W> = chunks
+            .iter()
+            .map(|c| W {
+                id: c.id.clone(),
+                text: c.text.clone(),
+                score: c.score,
+                source: c.source.clone(),
+            })
+            .collect();
+        let out = self.call(Layer::Context, ctx, |store, inst, wctx| match inst {
+            Instance::Context(p) => p
+                .reins_policy_context_builder()
+                .call_assemble(store, wctx, query, &wit_chunks, budget_tokens),
+            _ => unreachable_layer(),
+        })?;
+        self.check_size(out.iter().map(|c| c.id.len() + c.text.len() + c.source.len()).sum())?;
+        Ok(out
+            .into_iter()
+            .map(|c| Chunk {
+                id: c.id,
+                text: c.text,
+                score: c.score,
+                source: c.source,
+            })
+            .collect())
+    }
+
+    /// The one place every call goes through: picks an instance per the
+    /// isolation mode, arms the deadline and fuel, calls, and turns anything
+    /// but a clean answer into a [`PluginError`].
+    fn call<T>(
+        &self,
+        expected: Layer,
+        ctx: &CallContext,
+        f: impl FnOnce(&mut Store<StoreState>, &Instance, &wit_types::CallContext) -> GuestResult<T>,
+    ) -> Result<T, PluginError> {
+        if self.info.layer != expected {
+            return Err(self.error(CallFailure::WrongLayer {
+                expected,
+                actual: self.info.layer,
+            }));
+        }
+        let span = tracing::trace_span!("plugin_call", plugin = %self.info.name, layer = %expected);
+        let _enter = span.enter();
+        let wctx = wit_types::CallContext {
+            run_id: ctx.run_id.clone(),
+            pipeline: ctx.pipeline.clone(),
+            attempt: ctx.attempt,
+            metadata: if ctx.metadata.is_null() {
+                "{}".to_string()
+            } else {
+                ctx.metadata.to_string()
+            },
+            config: self.config_json.clone(),
+        };
+        let pooled = self.manifest.isolation == Isolation::Pooled;
+        let reused = if pooled { self.take_idle() } else { None };
+        let mut live = match reused {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        if live.uses > 0 {
+            // A reused instance gets a fresh budget for this call.
+            self.arm(&mut live.store);
+        }
+        live.uses += 1;
+        let result = f(&mut live.store, &live.instance, &wctx);
+        match result {
+            Ok(answer) => {
+                if pooled {
+                    self.give_back(live);
+                }
+                answer.map_err(|message| {
+                    self.error(CallFailure::Refused {
+                        message: truncate(&message, 2048),
+                    })
+                })
+            }
+            // The instance is poisoned after any trap: drop it.
+            Err(e) => Err(self.error(self.classify(e))),
+        }
+    }
+
+    fn instantiate(&self) -> Result<Live, PluginError> {
+        let memory = (self.manifest.limits.memory_mib << 20) as usize;
+        let state = StoreState::new(self.name.clone(), &self.manifest.grants, memory, self.counters.clone());
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // Start-up code runs under the same deadline and fuel as the call.
+        self.arm(&mut store);
+        match self.pre.instantiate(&mut store) {
+            Ok(instance) => Ok(Live {
+                store,
+                instance,
+                uses: 0,
+            }),
+            Err(e) => {
+                let cause = match self.classify(e) {
+                    CallFailure::Trap { message } => CallFailure::Instantiate { message },
+                    other => other,
+                };
+                Err(self.error(cause))
+            }
+        }
+    }
+
+    fn arm(&self, store: &mut Store<StoreState>) {
+        let deadline = Duration::from_millis(self.manifest.limits.deadline_ms);
+        store.set_epoch_deadline(self.engine.ticks_for(deadline));
+        let fuel = self.manifest.limits.fuel.unwrap_or(u64::MAX);
+        // Fuel is enabled engine-wide, so setting it cannot fail.
+        let _ = store.set_fuel(fuel);
+    }
+
+    fn take_idle(&self) -> Option<Live> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, live: Live) {
+        if live.uses >= self.manifest.max_uses {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.manifest.pool_size {
+                idle.push(live);
+            }
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> CallFailure {
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::Interrupt => CallFailure::Timeout {
+                    deadline_ms: self.manifest.limits.deadline_ms,
+                },
+                Trap::OutOfFuel => CallFailure::OutOfFuel {
+                    fuel: self.manifest.limits.fuel.unwrap_or(u64::MAX),
+                },
+                other => CallFailure::Trap {
+                    message: other.to_string(),
+                },
+            };
+        }
+        let text = format!("{e:#}");
+        if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
+            return CallFailure::MemoryLimit {
+                limit_mib: self.manifest.limits.memory_mib,
+            };
+        }
+        if text.contains("concurrent") && text.contains("limit") {
+            return CallFailure::Instantiate {
+                message: format!("instance pool exhausted: {}", first_line(&text)),
+            };
+        }
+        CallFailure::Trap {
+            message: truncate(first_line(&text), 512),
+        }
+    }
+
+    fn check_size(&self, bytes: usize) -> Result<(), PluginError> {
+        let limit = self.manifest.limits.max_output_kib.saturating_mul(1024);
+        if bytes as u64 > limit {
+            return Err(self.error(CallFailure::Malformed {
+                message: format!(
+                    "result is {bytes} bytes, over the limit of {} KiB",
+                    self.manifest.limits.max_output_kib
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    fn parse_json(&self, what: &str, text: &str) -> Result<serde_json::Value, PluginError> {
+        serde_json::from_str(text).map_err(|e| {
+            self.error(CallFailure::Malformed {
+                message: format!("{what} is not valid JSON: {e}"),
+            })
+        })
+    }
+
+    fn violations(&self, list: Vec<wit_types::Violation>) -> Result<Vec<Violation>, PluginError> {
+        list.into_iter()
+            .map(|v| {
+                if !(v.path.is_empty() || v.path.starts_with('/')) {
+                    return Err(self.error(CallFailure::Malformed {
+                        message: format!("violation path {:?} is not a JSON Pointer", truncate(&v.path, 80)),
+                    }));
+                }
+                Ok(Violation {
+                    path: v.path,
+                    code: v.code,
+                    message: v.message,
+                    severity: match v.severity {
+                        wit_types::Severity::Info => Severity::Info,
+                        wit_types::Severity::Warning => Severity::Warning,
+                        wit_types::Severity::Error => Severity::Error,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn error(&self, cause: CallFailure) -> PluginError {
+        tracing::debug!(plugin = %self.info.name, kind = cause.kind(), "plugin call failed: {cause}");
+        PluginError {
+            plugin: self.info.name.clone(),
+            digest: self.info.digest.clone(),
+            cause,
+        }
+    }
+}
+
+fn unreachable_layer<T>() -> GuestResult<T> {
+    // `call` checks the layer before dispatching, so an instance always
+    // matches the function asked for; report rather than panic if not.
+    Err(wasmtime::Error::msg("instance does not match the requested layer"))
+}
+
+fn violations_size(list: &[wit_types::Violation]) -> usize {
+    list.iter().map(|v| v.path.len() + v.code.len() + v.message.len()).sum()
+}
+
+fn access_from_wit(a: wit_types::Access) -> Access {
+    match a {
+        wit_types::Access::Read => Access::Read,
+        wit_types::Access::Write => Access::Write,
+        wit_types::Access::Irreversible => Access::Irreversible,
+    }
+}
+
+fn access_to_wit(a: Access) -> wit_types::Access {
+    match a {
+        Access::Read => wit_types::Access::Read,
+        Access::Write => wit_types::Access::Write,
+        Access::Irreversible => wit_types::Access::Irreversible,
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Wall-clock time now, in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
