@@ -6,3 +6,5 @@
 //! `docs/ARCHITECTURE.md` for the request path and how the modules divide it.
 
 pub mod runtime;
+pub mod cases;
+pub mod cli;

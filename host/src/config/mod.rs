@@ -1,0 +1,569 @@
+//! `reins.toml`: the plugins directory, the model providers and the pipelines.
+//!
+//! Every table refuses unknown keys, so a typo never silently changes what a
+//! pipeline does. Parse errors name the file, the line and the key; checks
+//! that need more than the file (a plugin that is not in the plugins
+//! directory, a schema that does not compile) name the pipeline and the thing
+//! that is wrong. Relative paths are relative to the directory of the file.
+//!
+//! ```toml
+//! plugins_dir = "../../target/plugins"
+//!
+//! [providers.replay]
+//! kind = "scripted"
+//! file = "responses.jsonl"
+//!
+//! [pipelines.contract-risks]
+//! model = "replay"
+//! system_prompt_file = "prompt.md"
+//! normalizers = ["normalize-text"]
+//! schema = "schema.json"
+//! validators = [{ plugin = "ranges", on_fail = "repair" }]
+//! repair = { max_attempts = 3, token_budget = 20000 }
+//! ```
+
+use crate::runtime::RuntimeSettings;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+mod error;
+pub use error::ConfigError;
+
+/// The whole `reins.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of `*.wasm` plugins and their sidecars.
+    pub plugins_dir: PathBuf,
+    /// Reload plugins when files in `plugins_dir` change.
+    #[serde(default)]
+    pub watch: bool,
+    /// Engine sizing, owned by the runtime.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+    /// Model providers by name; pipelines refer to these names.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Pipelines by name.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// The directory relative paths are resolved against (the file's
+    /// directory). Not a key of the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where the config came from, for error messages.
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+/// One model provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// OpenAI-compatible chat completions over HTTP (OpenAI, vLLM, llama.cpp
+    /// server, Ollama...).
+    Openai(OpenAiConfig),
+    /// Replays responses from a JSON or JSONL file; offline and deterministic.
+    Scripted(ScriptedConfig),
+}
+
+/// `kind = "openai"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// e.g. `http://127.0.0.1:11434/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key (none: no
+    /// `Authorization` header, as local servers expect).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Per-request timeout.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of a retryable failure (connect error, timeout, 429, 5xx) with
+    /// jittered exponential backoff.
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    #[serde(default = "defaults::backoff_ms")]
+    pub backoff_ms: u64,
+    /// How the pipeline's schema is passed on: `json_schema`, `json_object`
+    /// or `none` (for servers that accept neither).
+    #[serde(default)]
+    pub response_format: ResponseFormat,
+    /// Consecutive failed calls that open this provider's circuit breaker.
+    #[serde(default = "defaults::breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses calls before it lets one through.
+    #[serde(default = "defaults::breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+}
+
+/// How an OpenAI-compatible server is asked for JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    #[default]
+    JsonSchema,
+    JsonObject,
+    None,
+}
+
+/// `kind = "scripted"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedConfig {
+    /// A JSON array, a JSON object `{"responses": [...]}`, or JSONL.
+    pub file: PathBuf,
+    /// The model name reported in traces.
+    #[serde(default = "defaults::scripted_model")]
+    pub model: String,
+}
+
+/// One pipeline: its layers in order, its output contract and its repair policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The provider of the first attempt.
+    pub model: String,
+    /// Providers tried in order when the one before is unavailable.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Prepended as a system message.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default)]
+    pub system_prompt_file: Option<PathBuf>,
+    /// Normalizer plugins, in order.
+    #[serde(default)]
+    pub normalizers: Vec<String>,
+    /// The context-builder plugin and its token budget.
+    #[serde(default)]
+    pub context: Option<ContextConfig>,
+    /// The constraints plugin that lists the tools of a request.
+    #[serde(default)]
+    pub constraints: Option<String>,
+    /// The output JSON Schema (draft 2020-12): a file path, or an inline table.
+    #[serde(default)]
+    pub schema: Option<SchemaSource>,
+    /// What a JSON or schema violation does.
+    #[serde(default)]
+    pub schema_on_fail: OnFail,
+    /// Validator plugins. Entries of the same `stage` run concurrently;
+    /// stages run in ascending order.
+    #[serde(default)]
+    pub validators: Vec<ValidatorEntry>,
+    /// Gate plugins, in order; every proposed action passes all of them.
+    #[serde(default)]
+    pub gates: Vec<String>,
+    #[serde(default)]
+    pub repair: RepairConfig,
+    /// Check actions but approve none: the result lists what would be done.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `context = { plugin = "...", budget_tokens = 2000 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextConfig {
+    pub plugin: String,
+    #[serde(default = "defaults::context_budget")]
+    pub budget_tokens: u32,
+}
+
+/// The repair policy of a pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Model calls in total, the first attempt included (1 = never repair).
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Tokens (prompt + completion) all attempts together may spend.
+    #[serde(default)]
+    pub token_budget: Option<u64>,
+    /// The repair message; see [`crate::pipeline::repair`] for placeholders.
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub template_file: Option<PathBuf>,
+    /// A different provider for repair attempts (attempt 2 on).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Deterministic fixes applied to one attempt before it counts as failed.
+    #[serde(default = "defaults::max_fix_rounds")]
+    pub max_fix_rounds: u32,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: defaults::max_attempts(),
+            token_budget: None,
+            template: None,
+            template_file: None,
+            model: None,
+            max_fix_rounds: defaults::max_fix_rounds(),
+        }
+    }
+}
+
+/// What a failed validation does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFail {
+    /// Send the output and the violations back to the model.
+    #[default]
+    Repair,
+    /// Take the plugin's `fixed` document and re-validate it (no model call).
+    Fix,
+    /// Fail the run at once.
+    Fail,
+}
+
+/// A validator of a pipeline: `"name"` or `{ plugin = "name", on_fail = "fix", stage = 1 }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorConfig {
+    pub plugin: String,
+    #[serde(default)]
+    pub on_fail: OnFail,
+    #[serde(default)]
+    pub stage: u32,
+}
+
+/// Deserialized from a plugin name or a [`ValidatorConfig`] table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatorEntry(pub ValidatorConfig);
+
+impl<'de> Deserialize<'de> for ValidatorEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValidatorEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a plugin name or a table { plugin, on_fail, stage }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ValidatorEntry(ValidatorConfig {
+                    plugin: v.to_owned(),
+                    on_fail: OnFail::default(),
+                    stage: 0,
+                }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ValidatorConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ValidatorEntry)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// Where a schema comes from: a path (relative to the config file), JSON
+/// text, or an inline TOML table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchemaSource {
+    File(PathBuf),
+    Inline(Value),
+}
+
+impl<'de> Deserialize<'de> for SchemaSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SchemaSource;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a schema file path, JSON text, or an inline table")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v.trim_start().starts_with('{') {
+                    serde_json::from_str(v)
+                        .map(SchemaSource::Inline)
+                        .map_err(|e| E::custom(format!("schema is not valid JSON: {e}")))
+                } else {
+                    Ok(SchemaSource::File(PathBuf::from(v)))
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(SchemaSource::Inline)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+mod defaults {
+    pub fn timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn max_retries() -> u32 {
+        2
+    }
+    pub fn backoff_ms() -> u64 {
+        250
+    }
+    pub fn breaker_threshold() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown_ms() -> u64 {
+        30_000
+    }
+    pub fn scripted_model() -> String {
+        "scripted".to_owned()
+    }
+    pub fn context_budget() -> u32 {
+        2_000
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn max_fix_rounds() -> u32 {
+        3
+    }
+}
+
+impl Config {
+    /// Reads and parses a `reins.toml`; relative paths resolve against its directory.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_owned)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, &base)
+    }
+
+    /// Parses config text. `origin` names it in errors; `base_dir` resolves relative paths.
+    pub fn parse(text: &str, origin: impl AsRef<Path>, base_dir: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let origin = origin.as_ref().to_owned();
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.base_dir = base_dir.as_ref().to_owned();
+        config.origin = origin;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// A path from the file, resolved against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The plugins directory, resolved.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.resolve(&self.plugins_dir)
+    }
+
+    /// Checks that need the whole file but nothing outside it.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: &str| ConfigError::Invalid {
+            path: self.origin.clone(),
+            key,
+            message: message.to_owned(),
+        };
+        for (name, p) in &self.pipelines {
+            let key = |k: &str| format!("pipelines.{name}.{k}");
+            let providers = std::iter::once(("model", &p.model))
+                .chain(p.fallbacks.iter().map(|f| ("fallbacks", f)))
+                .chain(p.repair.model.iter().map(|m| ("repair.model", m)));
+            for (k, provider) in providers {
+                if !self.providers.contains_key(provider) {
+                    return Err(ConfigError::UnknownProvider {
+                        path: self.origin.clone(),
+                        key: key(k),
+                        provider: provider.clone(),
+                        known: self.providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+            if p.repair.max_attempts == 0 {
+                return Err(invalid(key("repair.max_attempts"), "must be at least 1"));
+            }
+            if p.repair.template.is_some() && p.repair.template_file.is_some() {
+                return Err(invalid(key("repair.template"), "set template or template_file, not both"));
+            }
+            if p.system_prompt.is_some() && p.system_prompt_file.is_some() {
+                return Err(invalid(key("system_prompt"), "set system_prompt or system_prompt_file, not both"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for v in &p.validators {
+                if !seen.insert(v.0.plugin.as_str()) {
+                    return Err(invalid(
+                        key("validators"),
+                        &format!("validator `{}` is listed twice", v.0.plugin),
+                    ));
+                }
+            }
+        }
+        for (name, provider) in &self.providers {
+            if let ProviderConfig::Openai(o) = provider
+                && !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    format!("providers.{name}.base_url"),
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "reins.toml", ".")
+    }
+
+    const BASE: &str = r#"
+plugins_dir = "plugins"
+[providers.replay]
+kind = "scripted"
+file = "r.jsonl"
+"#;
+
+    #[test]
+    fn full_pipeline_parses() {
+        let c = parse(&format!(
+            "{BASE}
+[pipelines.p]
+model = \"replay\"
+normalizers = [\"normalize-text\"]
+validators = [\"ranges\", {{ plugin = \"coerce-numbers\", on_fail = \"fix\", stage = 1 }}]
+gates = [\"spend-limit\"]
+schema = {{ type = \"object\", required = [\"a\"] }}
+repair = {{ max_attempts = 2, token_budget = 100 }}
+"
+        ))
+        .unwrap();
+        let p = &c.pipelines["p"];
+        assert_eq!(p.validators[0].0.plugin, "ranges");
+        assert_eq!(p.validators[0].0.on_fail, OnFail::Repair);
+        assert_eq!(p.validators[1].0.on_fail, OnFail::Fix);
+        assert_eq!(p.validators[1].0.stage, 1);
+        assert_eq!(p.repair.max_attempts, 2);
+        assert_eq!(p.repair.token_budget, Some(100));
+        assert_eq!(
+            p.schema,
+            Some(SchemaSource::Inline(serde_json::json!({"type": "object", "required": ["a"]})))
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_key_and_line() {
+        let e = parse(&format!("{BASE}\nplugin_dir = \"x\"\n")).unwrap_err().to_string();
+        assert!(e.contains("reins.toml"), "{e}");
+        assert!(e.contains("plugin_dir"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_validator_table_names_key() {
+        let e = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nvalidators = [{{ plugin = \"x\", onfail = \"fix\" }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("onfail"), "{e}");
+        assert!(e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn bad_on_fail_value_lists_the_choices() {
+        let e = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nvalidators = [{{ plugin = \"x\", on_fail = \"retry\" }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("retry") && e.contains("repair"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_repair_names_key() {
+        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\n[pipelines.p.repair]\nmax_attempt = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_attempt"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_provider_names_key() {
+        let e = parse(
+            "plugins_dir = \"p\"\n[providers.o]\nkind = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\napi_key = \"sk\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("api_key"), "{e}");
+    }
+
+    #[test]
+    fn unknown_provider_kind_is_named() {
+        let e = parse("plugins_dir = \"p\"\n[providers.o]\nkind = \"anthropic\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("anthropic"), "{e}");
+    }
+
+    #[test]
+    fn unknown_provider_reference_names_pipeline_and_provider() {
+        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nfallbacks = [\"gpt\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pipelines.p.fallbacks") && e.contains("`gpt`"), "{e}");
+    }
+
+    #[test]
+    fn zero_attempts_is_refused() {
+        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nrepair = {{ max_attempts = 0 }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pipelines.p.repair.max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn schema_string_is_a_path_or_json() {
+        let c = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = \"s.json\"\n")).unwrap();
+        assert_eq!(c.pipelines["p"].schema, Some(SchemaSource::File("s.json".into())));
+        let c = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = '{{\"type\": \"array\"}}'\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.pipelines["p"].schema,
+            Some(SchemaSource::Inline(serde_json::json!({"type": "array"})))
+        );
+    }
+
+    #[test]
+    fn duplicate_validator_is_refused() {
+        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nvalidators = [\"a\", \"a\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`a`"), "{e}");
+    }
+}

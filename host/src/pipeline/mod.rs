@@ -1,0 +1,314 @@
+//! The harness pipeline: normalizers → context builder → constraints → model
+//! → JSON extraction → JSON Schema → validator plugins → repair → gates →
+//! result.
+//!
+//! - [`Pipeline`]: one `[pipelines.NAME]` of the config, compiled (schema
+//!   compiled, files read, providers resolved, plugins checked).
+//! - [`engine`]: runs a [`Request`] through a pipeline on one plugin snapshot.
+//! - [`extract`]: JSON out of code fences and prose.
+//! - [`repair`]: the repair prompt.
+//! - [`result`]: [`RunResult`], its trace and typed errors.
+
+use crate::config::{Config, ConfigError, OnFail, PipelineConfig, SchemaSource, ValidatorConfig};
+use crate::provider::Breaker;
+use crate::runtime::{Chunk, Layer, Message, PluginHost};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub mod engine;
+pub mod extract;
+pub mod repair;
+pub mod result;
+
+pub use extract::extract_json;
+pub use repair::RepairTemplate;
+pub use result::{
+    Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
+};
+
+/// What a caller asks a pipeline to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// The conversation; the pipeline's system prompt is put before it.
+    pub messages: Vec<Message>,
+    /// The caller's metadata (tenant, user, role...), handed to every plugin.
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+    /// Retrieved context for the context builder.
+    #[serde(default)]
+    pub chunks: Vec<Chunk>,
+    /// A run id chosen by the caller (default: a fresh UUID).
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request {
+            messages: Vec::new(),
+            metadata: empty_object(),
+            chunks: Vec::new(),
+            run_id: None,
+        }
+    }
+}
+
+impl Request {
+    /// A request of one user message.
+    pub fn text(content: impl Into<String>) -> Request {
+        Request {
+            messages: vec![Message::new("user", content)],
+            ..Request::default()
+        }
+    }
+
+    /// Sets the caller's metadata.
+    pub fn with_metadata(mut self, metadata: Value) -> Request {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Adds retrieved chunks for the context builder.
+    pub fn with_chunks(mut self, chunks: Vec<Chunk>) -> Request {
+        self.chunks = chunks;
+        self
+    }
+}
+
+impl From<&str> for Request {
+    fn from(text: &str) -> Request {
+        Request::text(text)
+    }
+}
+
+impl From<String> for Request {
+    fn from(text: String) -> Request {
+        Request::text(text)
+    }
+}
+
+impl From<Vec<Message>> for Request {
+    fn from(messages: Vec<Message>) -> Request {
+        Request {
+            messages,
+            ..Request::default()
+        }
+    }
+}
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    pub name: String,
+    pub config: PipelineConfig,
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) schema: Option<Arc<Value>>,
+    pub(crate) schema_validator: Option<jsonschema::Validator>,
+    pub(crate) template: RepairTemplate,
+    /// Validators grouped by stage, stages ascending, config order within.
+    pub(crate) stages: Vec<Vec<ValidatorConfig>>,
+    /// The first attempt's provider and its fallbacks.
+    pub(crate) providers: Vec<Arc<Breaker>>,
+    /// Providers of repair attempts (the same chain unless `repair.model` is set).
+    pub(crate) repair_providers: Vec<Arc<Breaker>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Compiles `config.pipelines[name]`: reads its files, compiles its schema
+    /// and template, and resolves its providers in `providers`.
+    pub fn compile(
+        config: &Config,
+        name: &str,
+        providers: &BTreeMap<String, Arc<Breaker>>,
+    ) -> Result<Pipeline, ConfigError> {
+        let p = config
+            .pipelines
+            .get(name)
+            .ok_or_else(|| ConfigError::UnknownPipeline(name.to_owned()))?;
+        let origin = &config.origin;
+        let read = |path: &std::path::Path| {
+            let path = config.resolve(path);
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path, source })
+        };
+        let system_prompt = match (&p.system_prompt, &p.system_prompt_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(f)) => Some(read(f)?),
+            (None, None) => None,
+        };
+        let (schema, schema_origin) = match &p.schema {
+            None => (None, String::new()),
+            Some(SchemaSource::Inline(v)) => (Some(v.clone()), "(inline)".to_owned()),
+            Some(SchemaSource::File(f)) => {
+                let text = read(f)?;
+                let shown = config.resolve(f).display().to_string();
+                let v = serde_json::from_str(&text).map_err(|e| ConfigError::Schema {
+                    path: origin.clone(),
+                    pipeline: name.to_owned(),
+                    origin: shown.clone(),
+                    message: format!("not JSON: {e}"),
+                })?;
+                (Some(v), shown)
+            }
+        };
+        let schema_validator = match &schema {
+            None => None,
+            Some(s) => Some(compile_schema(s).map_err(|message| ConfigError::Schema {
+                path: origin.clone(),
+                pipeline: name.to_owned(),
+                origin: schema_origin.clone(),
+                message,
+            })?),
+        };
+        let template_text = match (&p.repair.template, &p.repair.template_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => read(f)?,
+            (None, None) => repair::DEFAULT_TEMPLATE.to_owned(),
+        };
+        let template = RepairTemplate::parse(&template_text).map_err(|message| ConfigError::Template {
+            path: origin.clone(),
+            pipeline: name.to_owned(),
+            message,
+        })?;
+        if p.schema_on_fail == OnFail::Fix {
+            return Err(ConfigError::Invalid {
+                path: origin.clone(),
+                key: format!("pipelines.{name}.schema_on_fail"),
+                message: "must be `repair` or `fail`: the host has no fix for a schema violation (use a validator with on_fail = \"fix\")".to_owned(),
+            });
+        }
+        let mut stages: BTreeMap<u32, Vec<ValidatorConfig>> = BTreeMap::new();
+        for v in &p.validators {
+            stages.entry(v.0.stage).or_default().push(v.0.clone());
+        }
+        let chain = |first: &String| -> Vec<Arc<Breaker>> {
+            std::iter::once(first)
+                .chain(p.fallbacks.iter())
+                .filter_map(|n| providers.get(n).cloned())
+                .collect()
+        };
+        let providers_chain = chain(&p.model);
+        let repair_providers = match &p.repair.model {
+            Some(m) => chain(m),
+            None => providers_chain.clone(),
+        };
+        if providers_chain.is_empty() {
+            return Err(ConfigError::UnknownProvider {
+                path: origin.clone(),
+                key: format!("pipelines.{name}.model"),
+                provider: p.model.clone(),
+                known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        Ok(Pipeline {
+            name: name.to_owned(),
+            config: p.clone(),
+            system_prompt,
+            schema: schema.map(Arc::new),
+            schema_validator,
+            template,
+            stages: stages.into_values().collect(),
+            providers: providers_chain,
+            repair_providers,
+        })
+    }
+
+    /// The output schema, if the pipeline has one.
+    pub fn schema(&self) -> Option<&Value> {
+        self.schema.as_deref()
+    }
+
+    /// Every plugin the pipeline uses, with the layer it must be.
+    pub fn plugins(&self) -> Vec<(Layer, &str)> {
+        let p = &self.config;
+        let mut out: Vec<(Layer, &str)> = p.normalizers.iter().map(|n| (Layer::Normalizer, n.as_str())).collect();
+        out.extend(p.context.iter().map(|c| (Layer::Context, c.plugin.as_str())));
+        out.extend(p.constraints.iter().map(|c| (Layer::Constraints, c.as_str())));
+        out.extend(p.validators.iter().map(|v| (Layer::Validator, v.0.plugin.as_str())));
+        out.extend(p.gates.iter().map(|g| (Layer::Gate, g.as_str())));
+        out
+    }
+
+    /// Checks that every plugin the pipeline names is loaded and of the right layer.
+    pub fn check_plugins(&self, config: &Config, host: &PluginHost) -> Result<(), ConfigError> {
+        let set = host.current();
+        for (layer, plugin) in self.plugins() {
+            match set.get(plugin) {
+                Some(p) if p.layer() == layer => {}
+                Some(p) => {
+                    return Err(ConfigError::WrongLayer {
+                        path: config.origin.clone(),
+                        pipeline: self.name.clone(),
+                        plugin: plugin.to_owned(),
+                        expected: layer.to_string(),
+                        actual: p.layer().to_string(),
+                    });
+                }
+                None => {
+                    let status = host.statuses().into_iter().find(|s| s.name == plugin);
+                    let detail = match status {
+                        Some(s) if s.status == "disabled" => " (it is disabled in its sidecar)".to_owned(),
+                        Some(s) => format!(" ({}: {})", s.status, s.last_error.unwrap_or_default()),
+                        None => format!(" (no {plugin}.wasm there)"),
+                    };
+                    return Err(ConfigError::MissingPlugin {
+                        path: config.origin.clone(),
+                        pipeline: self.name.clone(),
+                        layer: layer.to_string(),
+                        plugin: plugin.to_owned(),
+                        dir: host.dir().to_owned(),
+                        detail,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compiles a draft 2020-12 schema (a schema that says `$schema` keeps its
+/// draft), after checking it against its meta-schema.
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    if let Err(e) = jsonschema::meta::validate(schema) {
+        let at = e.instance_path().to_string();
+        return Err(if at.is_empty() { e.to_string() } else { format!("at {at}: {e}") });
+    }
+    let mut options = jsonschema::options();
+    if schema.get("$schema").is_none() {
+        options = options.with_draft(jsonschema::Draft::Draft202012);
+    }
+    options.build(schema).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn schemas_are_checked_against_the_meta_schema() {
+        assert!(compile_schema(&json!({"type": "object"})).is_ok());
+        let e = compile_schema(&json!({"type": "objekt"})).unwrap_err();
+        assert!(e.contains("objekt"), "{e}");
+        let e = compile_schema(&json!({"properties": {"a": {"minimum": "3"}}})).unwrap_err();
+        assert!(e.contains("/properties/a/minimum"), "{e}");
+    }
+
+    #[test]
+    fn requests_parse_from_json() {
+        let r: Request = serde_json::from_str(r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
+        assert_eq!(r.metadata, json!({}));
+        assert!(serde_json::from_str::<Request>(r#"{"messages": [], "metdata": {}}"#).is_err());
+    }
+}
