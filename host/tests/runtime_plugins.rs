@@ -1,0 +1,243 @@
+//! Bundled plugins through the real host, isolation modes, and hot reload
+//! under load.
+
+mod common;
+
+use reins::cases::{read_cases, run_cases};
+use reins::runtime::{CallContext, PluginHost, Runtime};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const BUNDLED: [&str; 7] = [
+    "normalize-text",
+    "json-schema",
+    "coerce-numbers",
+    "ranges",
+    "sql-guard",
+    "spend-limit",
+    "tool-manifest",
+];
+
+fn ctx() -> CallContext {
+    CallContext {
+        run_id: "r1".into(),
+        pipeline: "test".into(),
+        attempt: 1,
+        metadata: json!({}),
+    }
+}
+
+#[test]
+fn every_bundled_plugin_passes_its_case_file() {
+    let runtime = Runtime::new(&common::settings()).expect("runtime");
+    let mut failures = Vec::new();
+    for name in BUNDLED {
+        let dir = common::plugins_dir(&[name]);
+        let cases = read_cases(&common::cases_path(name)).expect("case file");
+        assert!(cases.len() >= 5, "{name} ships only {} cases", cases.len());
+        let outcomes = run_cases(&runtime, &dir.path().join(format!("{name}.wasm")), &cases).expect("run cases");
+        for o in outcomes.iter().filter(|o| !o.passed) {
+            failures.push(format!("{name} / {}: {}", o.name, o.detail));
+        }
+    }
+    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn damage_cap_string_is_caught_by_json_schema_and_fixed_by_coerce_numbers() {
+    let dir = common::plugins_dir(&["json-schema", "coerce-numbers"]);
+    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let set = host.current();
+    let output = r#"[{"clause":"Limitation of liability","risk":"high","damage_cap":"$500,000","rationale":"Caps damages."}]"#;
+
+    let verdict = set.get("json-schema").expect("json-schema").validate(&ctx(), output).expect("validates");
+    let v = verdict
+        .violations
+        .iter()
+        .find(|v| v.path == "/0/damage_cap")
+        .unwrap_or_else(|| panic!("no violation at /0/damage_cap: {:?}", verdict.violations));
+    assert_eq!(v.code, "type");
+    assert!(v.message.contains("$500,000") && v.message.contains("number"), "{}", v.message);
+
+    let fix = set.get("coerce-numbers").expect("coerce-numbers").validate(&ctx(), output).expect("fixes");
+    let fixed = fix.fixed.expect("a fixed document");
+    assert_eq!(fixed[0]["damage_cap"], json!(500000));
+    let again = set
+        .get("json-schema")
+        .expect("json-schema")
+        .validate(&ctx(), &fixed.to_string())
+        .expect("validates");
+    assert!(again.violations.is_empty(), "{:?}", again.violations);
+}
+
+#[test]
+fn per_call_isolation_leaks_no_state_and_pooled_reuses_instances() {
+    let dir = common::plugins_dir(&["leak"]);
+    common::install(dir.path(), "leak", "leak-pooled");
+    std::fs::write(
+        dir.path().join("leak-pooled.toml"),
+        "isolation = \"pooled\"\npool_size = 1\nmax_uses = 3\n",
+    )
+    .expect("sidecar");
+    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let set = host.current();
+    let count = |name: &str| -> String {
+        let v = set.get(name).expect(name).validate(&ctx(), "{}").expect("answers");
+        v.violations[0].message.clone()
+    };
+    let per_call: Vec<String> = (0..4).map(|_| count("leak")).collect();
+    assert_eq!(per_call, ["1", "1", "1", "1"], "state leaked between per-call instances");
+    // Pooled: one instance serves three calls, then a fresh one takes over.
+    let pooled: Vec<String> = (0..4).map(|_| count("leak-pooled")).collect();
+    assert_eq!(pooled, ["1", "2", "3", "1"]);
+}
+
+#[test]
+fn pooled_instance_is_discarded_after_a_trap() {
+    let dir = common::plugins_dir(&["infinite-loop"]);
+    std::fs::write(
+        dir.path().join("infinite-loop.toml"),
+        "isolation = \"pooled\"\n[limits]\ndeadline_ms = 10\n",
+    )
+    .expect("sidecar");
+    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let set = host.current();
+    let p = set.get("infinite-loop").expect("loaded");
+    for _ in 0..3 {
+        // Each call must time out cleanly: a poisoned instance put back in the
+        // pool would instead fail with "cannot enter component".
+        assert_eq!(p.validate(&ctx(), "{}").expect_err("loops").kind(), "timeout");
+    }
+}
+
+#[test]
+fn counters_are_kept_by_the_host_across_fresh_instances() {
+    let dir = common::plugins_dir(&["spend-limit"]);
+    std::fs::write(
+        dir.path().join("spend-limit.toml"),
+        "[config]\nescalate_above = 1000\ndaily_budget = 250\n",
+    )
+    .expect("sidecar");
+    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let set = host.current();
+    let gate = set.get("spend-limit").expect("loaded");
+    let spend = |amount: f64| {
+        let action = reins::runtime::Action {
+            tool: "refund".into(),
+            arguments: json!({"amount": amount}),
+            access: reins::runtime::Access::Write,
+        };
+        let c = CallContext {
+            metadata: json!({"tenant": "acme"}),
+            ..ctx()
+        };
+        gate.check(&c, &action).expect("answers").kind()
+    };
+    assert_eq!(spend(100.0), "allow");
+    assert_eq!(spend(100.0), "allow");
+    assert_eq!(spend(100.0), "deny", "third refund exceeds the 250 budget");
+    assert_eq!(spend(50.0), "allow", "a denied spend is released");
+}
+
+#[test]
+fn hot_reload_under_load_swaps_versions_without_failing_a_call() {
+    let dir = common::plugins_dir(&["stamp-a"]);
+    let d = dir.path().to_owned();
+    let wasm_a = std::fs::read(common::wasm_path("stamp-a")).expect("a");
+    let wasm_b = std::fs::read(common::wasm_path("stamp-b")).expect("b");
+    let mut settings = common::settings();
+    settings.reload_debounce_ms = 20;
+    let host = PluginHost::open(&d, &settings, true).expect("host");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (host, stop, calls, failures) = (host.clone(), stop.clone(), calls.clone(), failures.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let set = host.current();
+                    let ok = set
+                        .get("stamp-a")
+                        .map(|p| p.validate(&ctx(), "{}"))
+                        .is_some_and(|r| r.is_ok_and(|v| v.violations.len() == 1));
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if !ok {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let stamp_now = |host: &PluginHost| -> Option<String> {
+        let set = host.current();
+        let v = set.get("stamp-a")?.validate(&ctx(), "{}").ok()?;
+        Some(v.violations[0].message.clone())
+    };
+    let wait_for = |want: &str| -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            if stamp_now(&host).as_deref() == Some(want) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("version {want} not observed within 1 s; statuses {:?}", host.statuses());
+    };
+
+    let target = d.join("stamp-a.wasm");
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        if i == 17 || i == 33 {
+            // A broken file: refused, and the previous version keeps serving.
+            let before = stamp_now(&host).expect("serving");
+            std::fs::write(&target, b"\0asm\x0d\0\x01\0 definitely not a component").expect("write");
+            let started = Instant::now();
+            loop {
+                let s = host.statuses().into_iter().find(|s| s.name == "stamp-a").expect("status");
+                if s.status == "refused" {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(1), "broken file not noticed: {s:?}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(stamp_now(&host).as_deref(), Some(before.as_str()), "old version must keep serving");
+        }
+        let (bytes, want) = if i % 2 == 0 { (&wasm_b, "b") } else { (&wasm_a, "a") };
+        // Replace atomically, as deploy tools do.
+        let tmp = d.join(".stamp.tmp");
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, &target).expect("rename");
+        slowest = slowest.max(wait_for(want));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let (reloads, refused) = host.reload_counts();
+    eprintln!(
+        "calls {} failures {} reloads {reloads} refused {refused} slowest swap {slowest:?}",
+        calls.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed)
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed during reloads");
+    assert!(calls.load(Ordering::Relaxed) > 100);
+    assert!(reloads >= 50, "expected at least 50 swaps, saw {reloads}");
+    assert!(refused >= 2);
+}
+
+#[test]
+fn deleting_a_file_unloads_the_plugin() {
+    let dir = common::plugins_dir(&["stamp-a", "stamp-b"]);
+    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let before = host.current();
+    std::fs::remove_file(dir.path().join("stamp-b.wasm")).expect("rm");
+    host.reload().expect("reload");
+    assert!(host.current().get("stamp-b").is_none());
+    // A request that started before the reload still holds its set.
+    assert!(before.get("stamp-b").expect("old set").validate(&ctx(), "{}").is_ok());
+}
