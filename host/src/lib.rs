@@ -8,3 +8,9 @@
 pub mod runtime;
 pub mod cases;
 pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod provider;
+pub mod tokens;
+mod host;
+pub use host::{Host, HostBuilder};

@@ -2,6 +2,7 @@
 //! `anyhow` lives here and nowhere else.
 
 mod plugin;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -19,6 +20,8 @@ enum Command {
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run one request through a pipeline and print the validated output.
+    Run(run::RunArgs),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -27,6 +30,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run::run(args)))
+            .map(|code| u8::try_from(code).unwrap_or(1)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -45,6 +45,9 @@ pub struct Config {
     /// Engine sizing, owned by the runtime.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// `reins serve`: listener, limits, auth tokens. Owned by the server.
+    #[serde(default)]
+    pub server: crate::server::ServerSettings,
     /// Model providers by name; pipelines refer to these names.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -117,12 +120,16 @@ pub enum ResponseFormat {
     None,
 }
 
-/// `kind = "scripted"`.
+/// `kind = "scripted"`: `file` or inline `responses`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptedConfig {
     /// A JSON array, a JSON object `{"responses": [...]}`, or JSONL.
-    pub file: PathBuf,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The entries inline (strings or tables, as in the file).
+    #[serde(default)]
+    pub responses: Option<Vec<Value>>,
     /// The model name reported in traces.
     #[serde(default = "defaults::scripted_model")]
     pub model: String,
@@ -418,13 +425,22 @@ impl Config {
             }
         }
         for (name, provider) in &self.providers {
-            if let ProviderConfig::Openai(o) = provider
-                && !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://"))
-            {
-                return Err(invalid(
-                    format!("providers.{name}.base_url"),
-                    "must start with http:// or https://",
-                ));
+            match provider {
+                ProviderConfig::Openai(o)
+                    if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) =>
+                {
+                    return Err(invalid(
+                        format!("providers.{name}.base_url"),
+                        "must start with http:// or https://",
+                    ));
+                }
+                ProviderConfig::Scripted(s) if s.file.is_some() == s.responses.is_some() => {
+                    return Err(invalid(
+                        format!("providers.{name}"),
+                        "a scripted provider needs `file` or `responses` (one of them)",
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())

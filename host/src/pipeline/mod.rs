@@ -14,8 +14,8 @@ use crate::provider::Breaker;
 use crate::runtime::{Chunk, Layer, Message, PluginHost};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 pub mod engine;
 pub mod extract;
@@ -117,7 +117,12 @@ pub struct Pipeline {
     pub(crate) providers: Vec<Arc<Breaker>>,
     /// Providers of repair attempts (the same chain unless `repair.model` is set).
     pub(crate) repair_providers: Vec<Arc<Breaker>>,
+    /// Compiled tool-argument schemas, by schema text.
+    tool_schemas: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
+
+/// Compiled tool schemas kept per pipeline before the cache starts over.
+const TOOL_SCHEMA_CACHE: usize = 256;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,7 +226,23 @@ impl Pipeline {
             stages: stages.into_values().collect(),
             providers: providers_chain,
             repair_providers,
+            tool_schemas: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The compiled validator of a tool's argument schema (cached).
+    pub(crate) fn tool_validator(&self, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+        let key = schema.to_string();
+        let mut cache = self.tool_schemas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = cache.get(&key) {
+            return Ok(v.clone());
+        }
+        let compiled = Arc::new(compile_schema(schema)?);
+        if cache.len() >= TOOL_SCHEMA_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
     }
 
     /// The output schema, if the pipeline has one.

@@ -36,11 +36,15 @@ pub struct ChatRequest {
     pub attempt: u32,
     pub messages: Vec<Message>,
     /// The pipeline's output schema, for providers that can constrain decoding.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_schema")]
     pub schema: Option<Arc<Value>>,
     /// The tools this request may use (from the constraints plugin).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<Tool>,
+}
+
+fn serialize_schema<S: serde::Serializer>(schema: &Option<Arc<Value>>, s: S) -> Result<S::Ok, S::Error> {
+    schema.as_deref().serialize(s)
 }
 
 impl ChatRequest {
@@ -165,14 +169,18 @@ pub trait Provider: Send + Sync + 'static {
 pub fn from_config(name: &str, config: &ProviderConfig, base_dir: &Path) -> Result<Arc<dyn Provider>, ConfigError> {
     Ok(match config {
         ProviderConfig::Openai(c) => Arc::new(OpenAiProvider::new(name, c.clone())),
-        ProviderConfig::Scripted(c) => {
-            let path = if c.file.is_absolute() {
-                c.file.clone()
-            } else {
-                base_dir.join(&c.file)
-            };
-            Arc::new(ScriptedProvider::from_file(name, &c.model, &path)?)
-        }
+        ProviderConfig::Scripted(c) => match (&c.file, &c.responses) {
+            (Some(file), _) => Arc::new(ScriptedProvider::from_file(name, &c.model, &base_dir.join(file))?),
+            (None, responses) => {
+                let entries = ScriptedProvider::from_values(responses.clone().unwrap_or_default()).map_err(|message| {
+                    ConfigError::Script {
+                        path: format!("providers.{name}.responses").into(),
+                        message,
+                    }
+                })?;
+                Arc::new(ScriptedProvider::new(name, &c.model, entries))
+            }
+        },
     })
 }
 

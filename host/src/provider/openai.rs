@@ -65,7 +65,7 @@ impl OpenAiProvider {
                     "response_format".into(),
                     json!({
                         "type": "json_schema",
-                        "json_schema": {"name": schema_name(&request.pipeline), "schema": schema, "strict": false},
+                        "json_schema": {"name": schema_name(&request.pipeline), "schema": schema.as_ref(), "strict": false},
                     }),
                 );
             }

@@ -73,6 +73,13 @@ impl ScriptEntry {
     }
 }
 
+fn entry(value: Value, at: &str) -> Result<ScriptEntry, String> {
+    match value {
+        Value::String(s) => Ok(ScriptEntry::text(s)),
+        other => serde_json::from_value(other).map_err(|e| format!("{at}: {e}")),
+    }
+}
+
 /// Replays scripted responses and records what it was asked.
 pub struct ScriptedProvider {
     name: String,
@@ -105,14 +112,17 @@ impl ScriptedProvider {
         }
     }
 
+    /// Entries from JSON values (strings or objects).
+    pub fn from_values(values: Vec<Value>) -> Result<Vec<ScriptEntry>, String> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| entry(v, &format!("response {}", i + 1)))
+            .collect()
+    }
+
     /// Parses script text (JSON array, `{"responses": [...]}` or JSONL).
     pub fn parse(text: &str) -> Result<Vec<ScriptEntry>, String> {
-        fn entry(value: Value, at: &str) -> Result<ScriptEntry, String> {
-            match value {
-                Value::String(s) => Ok(ScriptEntry::text(s)),
-                other => serde_json::from_value(other).map_err(|e| format!("{at}: {e}")),
-            }
-        }
         // The whole file as one JSON document: an array, or an object with
         // `responses` (anything else is JSONL).
         if let Ok(whole) = serde_json::from_str::<Value>(text) {
@@ -125,11 +135,7 @@ impl ScriptedProvider {
                 _ => None,
             };
             if let Some(list) = list {
-                return list
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| entry(v, &format!("response {}", i + 1)))
-                    .collect();
+                return Self::from_values(list);
             }
         }
         let mut entries = Vec::new();

@@ -1,0 +1,793 @@
+//! Runs one request through one pipeline on one plugin snapshot.
+//!
+//! ```text
+//! normalizers (in order; an `error` finding rejects before any model call)
+//!   → context builder → constraints (the tools of this request)
+//!   → attempt loop:
+//!        model (provider, then fallbacks)
+//!        → extract JSON → JSON Schema → validator stages
+//!          (one stage's validators run concurrently; a `fix` validator's
+//!           document restarts validation on the fixed document)
+//!        → constraint check and gates for each proposed action
+//!        → done, or repair (the violations go back to the model), or stop
+//! ```
+//!
+//! Plugin calls are blocking (bounded by each plugin's deadline) and run on
+//! tokio's blocking pool. A plugin that fails is skipped if its manifest says
+//! `fail_mode = "open"` (the skip is traced and listed in
+//! [`RunResult::skipped`]); otherwise the run fails.
+
+use super::result::{Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep};
+use super::{Pipeline, Request, extract_json, repair};
+use crate::config::OnFail;
+use crate::provider::{ChatRequest, ChatResponse, ToolCall};
+use crate::runtime::{
+    Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin, PluginError, PluginSet,
+    Severity, Tool, Violation,
+};
+use crate::tokens;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
+/// one snapshot for the whole run). Never panics on what a model, a plugin
+/// or the caller sends; every failure is in the result.
+pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request) -> RunResult {
+    let run_id = request
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut run = Run {
+        p: pipeline,
+        set: plugins,
+        started: Instant::now(),
+        result: RunResult::new(run_id.clone(), pipeline.name.clone()),
+        ctx: CallContext {
+            run_id,
+            pipeline: pipeline.name.clone(),
+            attempt: 0,
+            metadata: request.metadata.clone(),
+        },
+    };
+    run.result.dry_run = pipeline.config.dry_run;
+    let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
+    let _enter = span.enter();
+    let outcome = run.execute(request).await;
+    let mut result = run.result;
+    if let Err(e) = outcome {
+        result.status = match &e {
+            RunError::Rejected { .. } | RunError::Denied { .. } => RunStatus::Rejected,
+            _ => RunStatus::Failed,
+        };
+        result.error = Some(e);
+    }
+    result.duration_us = run.started.elapsed().as_micros() as u64;
+    tracing::debug!(status = result.status.as_str(), attempts = result.attempts.len(), us = result.duration_us, "run finished");
+    result
+}
+
+struct Run<'a> {
+    p: &'a Pipeline,
+    set: Arc<PluginSet>,
+    started: Instant,
+    result: RunResult,
+    ctx: CallContext,
+}
+
+/// A plugin call's result and when it ran.
+struct Timed<T> {
+    result: Result<T, PluginError>,
+    start: Instant,
+    end: Instant,
+}
+
+/// A plugin call started on the blocking pool.
+struct Pending<T> {
+    handle: tokio::task::JoinHandle<Timed<T>>,
+    plugin: Arc<Plugin>,
+    queued: Instant,
+}
+
+/// Starts `f(plugin)` on the blocking pool at once.
+fn spawn_call<T, F>(plugin: &Arc<Plugin>, f: F) -> Pending<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Plugin) -> Result<T, PluginError> + Send + 'static,
+{
+    let p = plugin.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let result = f(&p);
+        Timed {
+            result,
+            start,
+            end: Instant::now(),
+        }
+    });
+    Pending {
+        handle,
+        plugin: plugin.clone(),
+        queued: Instant::now(),
+    }
+}
+
+impl<T> Pending<T> {
+    async fn wait(self) -> Timed<T> {
+        let Pending { handle, plugin, queued } = self;
+        handle.await.unwrap_or_else(|e| Timed {
+            result: Err(PluginError {
+                plugin: plugin.name().to_owned(),
+                digest: plugin.digest().to_owned(),
+                cause: CallFailure::Trap {
+                    message: format!("host task failed: {e}"),
+                },
+            }),
+            start: queued,
+            end: Instant::now(),
+        })
+    }
+}
+
+/// Calls `f(plugin)` on the blocking pool and waits for it.
+async fn blocking<T, F>(plugin: &Arc<Plugin>, f: F) -> Timed<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Plugin) -> Result<T, PluginError> + Send + 'static,
+{
+    spawn_call(plugin, f).wait().await
+}
+
+/// What validating one answer found.
+struct Validation {
+    /// The (possibly fixed) document; `None` when the answer was not JSON or
+    /// there was no answer text to validate.
+    doc: Option<Value>,
+    findings: Vec<Finding>,
+    fixed_by: Vec<String>,
+}
+
+/// What the gates made of an attempt's actions.
+#[derive(Default)]
+struct Gated {
+    findings: Vec<Finding>,
+    approved: Vec<Action>,
+    pending: Option<PendingApproval>,
+}
+
+fn violation(path: String, code: &str, message: String) -> Violation {
+    Violation {
+        path,
+        code: code.to_owned(),
+        message,
+        severity: Severity::Error,
+    }
+}
+
+fn finding(source: &str, violation: Violation) -> Finding {
+    Finding {
+        source: source.to_owned(),
+        violation,
+    }
+}
+
+fn is_blocking(f: &Finding) -> bool {
+    f.violation.severity == Severity::Error
+}
+
+fn count_summary(findings: &[Finding]) -> String {
+    let blocking = findings.iter().filter(|f| is_blocking(f)).count();
+    match (blocking, findings.len()) {
+        (0, 0) => "ok".to_owned(),
+        (0, n) => format!("ok ({n} notes)"),
+        (1, _) => "1 violation".to_owned(),
+        (b, _) => format!("{b} violations"),
+    }
+}
+
+impl Run<'_> {
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_micros() as u64
+    }
+
+    fn trace(&mut self, layer: &'static str, name: &str, result: String, start: Instant, end: Instant) {
+        let step = TraceStep {
+            layer,
+            name: name.to_owned(),
+            attempt: self.ctx.attempt,
+            result,
+            start_us: self.micros(start),
+            duration_us: end.saturating_duration_since(start).as_micros() as u64,
+        };
+        self.result.trace.push(step);
+    }
+
+    fn plugin(&self, layer: Layer, name: &str) -> Result<Arc<Plugin>, RunError> {
+        match self.set.get(name) {
+            Some(p) if p.layer() == layer => Ok(p.clone()),
+            _ => Err(RunError::MissingPlugin {
+                layer: layer.as_str(),
+                plugin: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Traces a plugin call; `Ok(None)` is a fail-open skip.
+    fn settle<T>(
+        &mut self,
+        layer: Layer,
+        plugin: &Plugin,
+        timed: Timed<T>,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Result<Option<T>, RunError> {
+        match timed.result {
+            Ok(value) => {
+                let s = summary(&value);
+                self.trace(layer.as_str(), plugin.name(), s, timed.start, timed.end);
+                Ok(Some(value))
+            }
+            Err(e) if plugin.fail_mode() == FailMode::Open => {
+                tracing::warn!(plugin = plugin.name(), error = %e, "plugin failed; skipped (fail_mode = open)");
+                self.trace(
+                    layer.as_str(),
+                    plugin.name(),
+                    format!("skipped (fail open): {}", e.kind()),
+                    timed.start,
+                    timed.end,
+                );
+                self.result.skipped.push(plugin.name().to_owned());
+                Ok(None)
+            }
+            Err(e) => {
+                self.trace(layer.as_str(), plugin.name(), format!("failed: {}", e.kind()), timed.start, timed.end);
+                Err(RunError::Plugin {
+                    layer: layer.as_str(),
+                    plugin: plugin.name().to_owned(),
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn execute(&mut self, request: Request) -> Result<(), RunError> {
+        if request.messages.is_empty() {
+            return Err(RunError::BadRequest("the request has no messages".to_owned()));
+        }
+        if !request.metadata.is_object() {
+            return Err(RunError::BadRequest("metadata must be a JSON object".to_owned()));
+        }
+        let messages = self.normalize(request.messages).await?;
+        let chunks = self.assemble(&messages, request.chunks).await?;
+        let tools = self.constraints().await?;
+        let conversation = self.conversation(messages, &chunks);
+        self.attempts(conversation, tools).await
+    }
+
+    async fn normalize(&mut self, mut messages: Vec<Message>) -> Result<Vec<Message>, RunError> {
+        let p = self.p;
+        for name in &p.config.normalizers {
+            let plugin = self.plugin(Layer::Normalizer, name)?;
+            let ctx = self.ctx.clone();
+            let input = messages.clone();
+            let timed = blocking(&plugin, move |p| p.normalize(&ctx, &input)).await;
+            let Some(normalized) = self.settle(Layer::Normalizer, &plugin, timed, |n| {
+                let errors = n.findings.iter().filter(|f| f.severity == Severity::Error).count();
+                match (errors, n.findings.len()) {
+                    (0, 0) => "ok".to_owned(),
+                    (0, k) => format!("ok ({k} findings)"),
+                    (e, _) => format!("reject ({e} errors)"),
+                }
+            })?
+            else {
+                continue;
+            };
+            let reasons: Vec<String> = normalized
+                .findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .map(|f| format!("{} [{}]", f.message, f.code))
+                .collect();
+            self.result
+                .findings
+                .extend(normalized.findings.into_iter().map(|v| finding(name, v)));
+            if !reasons.is_empty() {
+                return Err(RunError::Rejected {
+                    plugin: name.clone(),
+                    reason: reasons.join("; "),
+                });
+            }
+            messages = normalized.messages;
+        }
+        if messages.is_empty() {
+            return Err(RunError::BadRequest("no messages are left after normalization".to_owned()));
+        }
+        Ok(messages)
+    }
+
+    async fn assemble(&mut self, messages: &[Message], chunks: Vec<Chunk>) -> Result<Vec<Chunk>, RunError> {
+        let p = self.p;
+        let Some(context) = &p.config.context else {
+            return Ok(chunks);
+        };
+        if chunks.is_empty() {
+            return Ok(chunks);
+        }
+        let plugin = self.plugin(Layer::Context, &context.plugin)?;
+        let query = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let ctx = self.ctx.clone();
+        let budget = context.budget_tokens;
+        let input = chunks.clone();
+        let timed = blocking(&plugin, move |p| p.assemble(&ctx, &query, &input, budget)).await;
+        let total = chunks.len();
+        Ok(self
+            .settle(Layer::Context, &plugin, timed, |c| format!("{} of {total} chunks", c.len()))?
+            .unwrap_or(chunks))
+    }
+
+    async fn constraints(&mut self) -> Result<Vec<Tool>, RunError> {
+        let p = self.p;
+        let Some(name) = &p.config.constraints else {
+            return Ok(Vec::new());
+        };
+        let plugin = self.plugin(Layer::Constraints, name)?;
+        let ctx = self.ctx.clone();
+        let timed = blocking(&plugin, move |p| p.tools(&ctx)).await;
+        // A skipped constraints plugin leaves the model with no tools: the safe side.
+        Ok(self
+            .settle(Layer::Constraints, &plugin, timed, |t| format!("{} tools", t.len()))?
+            .unwrap_or_default())
+    }
+
+    /// System prompt (with the context appended) + the normalized conversation.
+    fn conversation(&self, messages: Vec<Message>, chunks: &[Chunk]) -> Vec<Message> {
+        let mut system = self.p.system_prompt.clone().unwrap_or_default();
+        if !chunks.is_empty() {
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system.push_str("Context:");
+            for c in chunks {
+                system.push_str(&format!("\n\n[{}] {}", c.id, c.text));
+            }
+        }
+        let mut out = Vec::with_capacity(messages.len() + 1);
+        if !system.is_empty() {
+            out.push(Message::new("system", system));
+        }
+        out.extend(messages);
+        out
+    }
+
+    async fn call_model(&mut self, attempt: u32, messages: Vec<Message>, tools: &[Tool]) -> Result<(ChatResponse, String, u64), RunError> {
+        let request = ChatRequest {
+            run_id: self.ctx.run_id.clone(),
+            pipeline: self.p.name.clone(),
+            attempt,
+            messages,
+            schema: self.p.schema.clone(),
+            tools: tools.to_vec(),
+        };
+        let p = self.p;
+        let chain = if attempt == 1 { &p.providers } else { &p.repair_providers };
+        let mut errors = Vec::new();
+        for breaker in chain {
+            let name = breaker.provider().name().to_owned();
+            let start = Instant::now();
+            let response = breaker.complete(&request).await;
+            let end = Instant::now();
+            match response {
+                Ok(r) => {
+                    self.trace("model", &name, format!("ok ({})", r.model), start, end);
+                    return Ok((r, name, end.saturating_duration_since(start).as_micros() as u64));
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %name, error = %e, "model call failed");
+                    self.trace("model", &name, format!("failed: {}", e.kind()), start, end);
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        Err(RunError::ModelUnavailable { errors })
+    }
+
+    /// The attempt loop: call, validate, gate, repair.
+    async fn attempts(&mut self, base: Vec<Message>, tools: Vec<Tool>) -> Result<(), RunError> {
+        let max_attempts = self.p.config.repair.max_attempts;
+        let budget = self.p.config.repair.token_budget;
+        // Prompt-token estimates: the base conversation is counted once.
+        let mut base_tokens: Option<u64> = None;
+        let mut estimate_prompt = |repair: Option<&(String, String)>| {
+            let base_count = *base_tokens.get_or_insert_with(|| tokens::count_messages(&base));
+            base_count
+                + repair.map_or(0, |(answer, prompt)| {
+                    2 * tokens::MESSAGE_OVERHEAD + 2 + tokens::count(answer) + tokens::count(prompt)
+                })
+        };
+        let mut messages = base.clone();
+        // The previous answer and the repair message on top of `base`.
+        let mut repair_turn: Option<(String, String)> = None;
+        let mut previous: Option<Vec<Violation>> = None;
+        let mut attempt = 1;
+        loop {
+            self.ctx.attempt = attempt;
+            let (response, provider, latency_us) = self.call_model(attempt, messages, &tools).await?;
+            let tokens = match response.usage {
+                Some(u) => Tokens {
+                    prompt: u.prompt_tokens,
+                    completion: u.completion_tokens,
+                    total: u.total_tokens.max(u.prompt_tokens + u.completion_tokens),
+                    estimated: false,
+                },
+                None => {
+                    let prompt = estimate_prompt(repair_turn.as_ref());
+                    let completion = tokens::count(&response.content)
+                        + response
+                            .tool_calls
+                            .iter()
+                            .map(|c| tokens::count(&c.name) + tokens::count(&c.arguments.to_string()))
+                            .sum::<u64>();
+                    Tokens {
+                        prompt,
+                        completion,
+                        total: prompt + completion,
+                        estimated: true,
+                    }
+                }
+            };
+            self.result.tokens.prompt += tokens.prompt;
+            self.result.tokens.completion += tokens.completion;
+            self.result.tokens.total += tokens.total;
+            self.result.tokens.estimated |= tokens.estimated;
+
+            // Validate the answer text (an answer of tool calls only has none).
+            let tools_only = response.content.trim().is_empty() && !response.tool_calls.is_empty();
+            let validation = if tools_only {
+                Validation {
+                    doc: None,
+                    findings: Vec::new(),
+                    fixed_by: Vec::new(),
+                }
+            } else {
+                self.validate(&response.content).await?
+            };
+            let mut findings = validation.findings;
+            let mut gated = Gated::default();
+            if !findings.iter().any(is_blocking) && !response.tool_calls.is_empty() {
+                gated = self.gate(&response.tool_calls, &tools).await?;
+                findings.append(&mut gated.findings);
+            }
+            let blocking: Vec<Violation> = findings
+                .iter()
+                .filter(|f| is_blocking(f))
+                .map(|f| f.violation.clone())
+                .collect();
+            let fail_fast = findings
+                .iter()
+                .any(|f| is_blocking(f) && self.on_fail(&f.source) == OnFail::Fail);
+            let denied_only = !blocking.is_empty() && blocking.iter().all(|v| v.code == "denied");
+            let answer = if tools_only {
+                serde_json::json!({"tool_calls": response.tool_calls}).to_string()
+            } else {
+                response.content.clone()
+            };
+            self.result.attempts.push(Attempt {
+                attempt,
+                provider,
+                model: response.model,
+                raw: response.content,
+                tool_calls: response.tool_calls,
+                violations: findings,
+                fixed_by: validation.fixed_by,
+                tokens,
+                latency_us,
+            });
+
+            if blocking.is_empty() {
+                self.result.output = validation.doc;
+                self.result.actions = gated.approved;
+                self.result.status = match gated.pending {
+                    Some(pending) => {
+                        self.result.pending = Some(pending);
+                        RunStatus::AwaitingApproval
+                    }
+                    None => RunStatus::Completed,
+                };
+                return Ok(());
+            }
+
+            // Repair, or stop?
+            let spent = self.result.tokens.total;
+            let mut stop = if fail_fast {
+                Some(StopReason::FailFast)
+            } else if previous.as_ref() == Some(&blocking) {
+                Some(StopReason::Repeated)
+            } else if attempt >= max_attempts {
+                Some(StopReason::MaxAttempts)
+            } else if budget.is_some_and(|b| spent >= b) {
+                Some(StopReason::TokenBudget)
+            } else {
+                None
+            };
+            let mut next_turn = None;
+            if stop.is_none() {
+                let prompt = self
+                    .p
+                    .template
+                    .render(&blocking, attempt + 1, max_attempts, self.p.schema.as_deref());
+                let turn = (answer, prompt);
+                // Not even the next prompt fits what is left of the budget.
+                if let Some(b) = budget
+                    && spent + estimate_prompt(Some(&turn)) > b
+                {
+                    stop = Some(StopReason::TokenBudget);
+                }
+                next_turn = Some(turn);
+            }
+            let now = Instant::now();
+            match (stop, next_turn) {
+                (None, Some(turn)) => {
+                    self.trace("repair", "", format!("{} violation(s) sent back", blocking.len()), now, now);
+                    messages = repair::repair_messages(&base, &turn.0, turn.1.clone());
+                    repair_turn = Some(turn);
+                    previous = Some(blocking);
+                    attempt += 1;
+                }
+                (stop, _) => {
+                    let stop = stop.unwrap_or(StopReason::MaxAttempts);
+                    self.trace("repair", "", format!("stop: {stop}"), now, now);
+                    if denied_only && stop != StopReason::FailFast {
+                        let denial = self.result.decisions.iter().rev().find_map(|d| match &d.decision {
+                            Decision::Deny(reason) if d.attempt == attempt => {
+                                Some((d.gate.clone(), d.tool.clone(), reason.clone()))
+                            }
+                            _ => None,
+                        });
+                        if let Some((gate, tool, reason)) = denial {
+                            return Err(RunError::Denied { gate, tool, reason });
+                        }
+                    }
+                    let summary = blocking
+                        .iter()
+                        .map(|v| {
+                            let path = if v.path.is_empty() { "(document)" } else { v.path.as_str() };
+                            format!("{path} [{}]: {}", v.code, v.message)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    return Err(RunError::ValidationFailed {
+                        attempts: attempt,
+                        stop,
+                        summary,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The `on_fail` of what reported a violation.
+    fn on_fail(&self, source: &str) -> OnFail {
+        match source {
+            "json" | "schema" => self.p.config.schema_on_fail,
+            _ => self
+                .p
+                .config
+                .validators
+                .iter()
+                .find(|v| v.0.plugin == source)
+                // A fix that produced no document falls back to a repair.
+                .map_or(OnFail::Repair, |v| match v.0.on_fail {
+                    OnFail::Fix => OnFail::Repair,
+                    other => other,
+                }),
+        }
+    }
+
+    /// Extract → schema → validator stages, re-validating after each fix.
+    async fn validate(&mut self, raw: &str) -> Result<Validation, RunError> {
+        let start = Instant::now();
+        let mut doc = match extract_json(raw) {
+            Ok(doc) => {
+                self.trace("extract", "", "ok".to_owned(), start, Instant::now());
+                doc
+            }
+            Err(v) => {
+                self.trace("extract", "", "not JSON".to_owned(), start, Instant::now());
+                return Ok(Validation {
+                    doc: None,
+                    findings: vec![finding("json", v)],
+                    fixed_by: Vec::new(),
+                });
+            }
+        };
+        let p = self.p;
+        let mut fixed_by = Vec::new();
+        let max_fixes = p.config.repair.max_fix_rounds as usize;
+        'round: loop {
+            let mut findings = Vec::new();
+            if let Some(validator) = &p.schema_validator {
+                let start = Instant::now();
+                findings.extend(validator.iter_errors(&doc).map(|e| {
+                    finding(
+                        "schema",
+                        violation(e.instance_path().to_string(), e.kind().keyword(), e.to_string()),
+                    )
+                }));
+                self.trace("schema", "", count_summary(&findings), start, Instant::now());
+            }
+            if p.stages.is_empty() {
+                return Ok(Validation { doc: Some(doc), findings, fixed_by });
+            }
+            let text: Arc<str> = Arc::from(doc.to_string());
+            for stage in &p.stages {
+                // Start every validator of the stage, then collect in config order.
+                let mut running = Vec::with_capacity(stage.len());
+                for v in stage {
+                    let plugin = self.plugin(Layer::Validator, &v.plugin)?;
+                    let ctx = self.ctx.clone();
+                    let text = text.clone();
+                    running.push((v, spawn_call(&plugin, move |p| p.validate(&ctx, &text))));
+                }
+                let mut fix: Option<(String, Value)> = None;
+                for (v, pending) in running {
+                    let plugin = pending.plugin.clone();
+                    let timed = pending.wait().await;
+                    let Some(verdict) = self.settle(Layer::Validator, &plugin, timed, |verdict| {
+                        let mut s = count_summary(
+                            &verdict
+                                .violations
+                                .iter()
+                                .map(|x| finding("", x.clone()))
+                                .collect::<Vec<_>>(),
+                        );
+                        if verdict.fixed.is_some() {
+                            s.push_str(", fixed");
+                        }
+                        s
+                    })?
+                    else {
+                        continue;
+                    };
+                    findings.extend(verdict.violations.into_iter().map(|x| finding(&v.plugin, x)));
+                    if v.on_fail == OnFail::Fix
+                        && fix.is_none()
+                        && let Some(fixed) = verdict.fixed
+                        && fixed != doc
+                    {
+                        fix = Some((v.plugin.clone(), fixed));
+                    }
+                }
+                if let Some((plugin, fixed)) = fix
+                    && fixed_by.len() < max_fixes
+                {
+                    let now = Instant::now();
+                    self.trace("fix", &plugin, "applied; re-validating".to_owned(), now, now);
+                    doc = fixed;
+                    fixed_by.push(plugin);
+                    continue 'round;
+                }
+            }
+            return Ok(Validation { doc: Some(doc), findings, fixed_by });
+        }
+    }
+
+    /// Constraint check and gates for each proposed action.
+    async fn gate(&mut self, calls: &[ToolCall], tools: &[Tool]) -> Result<Gated, RunError> {
+        let p = self.p;
+        let mut out = Gated::default();
+        for (i, call) in calls.iter().enumerate() {
+            let at = format!("/actions/{i}");
+            let start = Instant::now();
+            let Some(tool) = tools.iter().find(|t| t.name == call.name) else {
+                let available = if tools.is_empty() {
+                    "this request has no tools".to_owned()
+                } else {
+                    format!(
+                        "the tools are: {}",
+                        tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                out.findings.push(finding(
+                    "constraints",
+                    violation(at, "tool-not-allowed", format!("`{}` is not an available tool; {available}", call.name)),
+                ));
+                self.trace("constraints", &call.name, "not allowed".to_owned(), start, Instant::now());
+                continue;
+            };
+            let problems = self.check_arguments(tool, &call.arguments, &at);
+            self.trace("constraints", &call.name, count_summary(&problems), start, Instant::now());
+            if !problems.is_empty() {
+                out.findings.extend(problems);
+                continue;
+            }
+            let mut action = Action {
+                tool: call.name.clone(),
+                arguments: call.arguments.clone(),
+                access: tool.access,
+            };
+            let mut allowed = true;
+            for gate in &p.config.gates {
+                let plugin = self.plugin(Layer::Gate, gate)?;
+                let ctx = self.ctx.clone();
+                let input = action.clone();
+                let timed = blocking(&plugin, move |p| p.check(&ctx, &input)).await;
+                let Some(decision) = self.settle(Layer::Gate, &plugin, timed, |d| d.kind().to_owned())? else {
+                    continue;
+                };
+                self.result.decisions.push(GateDecision {
+                    attempt: self.ctx.attempt,
+                    action: i,
+                    tool: action.tool.clone(),
+                    gate: gate.clone(),
+                    decision: decision.clone(),
+                });
+                match decision {
+                    Decision::Allow => {}
+                    Decision::Deny(reason) => {
+                        out.findings.push(finding(
+                            gate,
+                            violation(at.clone(), "denied", format!("`{}` was denied: {reason}", action.tool)),
+                        ));
+                        allowed = false;
+                        break;
+                    }
+                    Decision::Escalate(reason) => {
+                        out.pending = Some(PendingApproval {
+                            action,
+                            gate: gate.clone(),
+                            reason,
+                        });
+                        return Ok(out);
+                    }
+                    Decision::Rewrite(arguments) => {
+                        let problems = self.check_arguments(tool, &arguments, &at);
+                        if !problems.is_empty() {
+                            // A gate's rewrite must still fit the tool: a broken gate fails closed.
+                            return Err(RunError::Plugin {
+                                layer: Layer::Gate.as_str(),
+                                plugin: gate.clone(),
+                                kind: "bad_rewrite",
+                                message: format!(
+                                    "gate `{gate}` rewrote `{}` to arguments that fail its schema: {}",
+                                    action.tool, problems[0].violation.message
+                                ),
+                            });
+                        }
+                        action.arguments = arguments;
+                    }
+                }
+            }
+            if allowed {
+                out.approved.push(action);
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_arguments(&self, tool: &Tool, arguments: &Value, at: &str) -> Vec<Finding> {
+        match self.p.tool_validator(&tool.parameters) {
+            Err(message) => vec![finding(
+                "constraints",
+                violation(at.to_owned(), "tool-schema", format!("tool `{}` has an unusable schema: {message}", tool.name)),
+            )],
+            Ok(validator) => validator
+                .iter_errors(arguments)
+                .map(|e| {
+                    finding(
+                        "constraints",
+                        violation(
+                            format!("{at}/arguments{}", e.instance_path()),
+                            "tool-arguments",
+                            format!("arguments of `{}`: {e}", tool.name),
+                        ),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
