@@ -6,6 +6,7 @@
 //! `docs/ARCHITECTURE.md` for the request path and how the modules divide it.
 
 pub mod runtime;
+pub mod server;
 pub mod cases;
 pub mod cli;
 pub mod config;

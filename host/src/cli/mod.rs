@@ -3,6 +3,7 @@
 
 mod plugin;
 pub mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Run one request through a pipeline and print the validated output.
     Run(run::RunArgs),
+    /// Serve the HTTP API (native runs, OpenAI-compatible, metrics).
+    Serve(serve::ServeArgs),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -36,6 +39,11 @@ pub fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(run::run(args)))
             .map(|code| u8::try_from(code).unwrap_or(1)),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(serve::serve(args))),
     };
     match result {
         Ok(code) => ExitCode::from(code),

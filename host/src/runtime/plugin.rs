@@ -47,6 +47,8 @@ pub struct Plugin {
     engine: Arc<EngineHandle>,
     counters: Arc<dyn CounterStore>,
     idle: Mutex<Vec<Live>>,
+    /// Registered once at load so a call pays no label allocation.
+    latency: metrics::Histogram,
 }
 
 /// The pre-linked component, typed by the world it exports.
@@ -108,9 +110,16 @@ impl Plugin {
         engine: Arc<EngineHandle>,
         counters: Arc<dyn CounterStore>,
     ) -> Self {
+        let latency = metrics::histogram!(
+            "reins_plugin_call_seconds",
+            "plugin" => info.name.clone(),
+            "layer" => info.layer.as_str(),
+            "digest" => super::error::short_digest(&info.digest).to_string()
+        );
         Self {
             name: Arc::from(info.name.as_str()),
             config_json: manifest.config_json(),
+            latency,
             info,
             manifest,
             fingerprint,
@@ -331,7 +340,9 @@ impl Plugin {
             self.arm(&mut live.store);
         }
         live.uses += 1;
+        let started = std::time::Instant::now();
         let result = f(&mut live.store, &live.instance, &wctx);
+        self.latency.record(started.elapsed().as_secs_f64());
         match result {
             Ok(answer) => {
                 if pooled {
@@ -469,6 +480,13 @@ impl Plugin {
 
     fn error(&self, cause: CallFailure) -> PluginError {
         tracing::debug!(plugin = %self.info.name, kind = cause.kind(), "plugin call failed: {cause}");
+        metrics::counter!(
+            "reins_plugin_failures_total",
+            "plugin" => self.info.name.clone(),
+            "digest" => super::error::short_digest(&self.info.digest).to_string(),
+            "kind" => cause.kind()
+        )
+        .increment(1);
         PluginError {
             plugin: self.info.name.clone(),
             digest: self.info.digest.clone(),

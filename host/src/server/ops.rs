@@ -1,0 +1,68 @@
+//! Health, readiness, plugin state and metrics.
+
+use super::AppState;
+use super::error::ApiError;
+use super::settings::Scope;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: every plugin a pipeline names is loaded.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let set = state.host.plugins().current();
+    let mut missing: Vec<String> = Vec::new();
+    for name in state.host.pipeline_names() {
+        if let Some(p) = state.host.pipeline(name) {
+            for (layer, plugin) in p.plugins() {
+                let ok = set.get(plugin).is_some_and(|p| p.layer() == layer);
+                if !ok {
+                    missing.push(format!("{name}: {layer} `{plugin}`"));
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "missing_plugins": missing})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /v1/plugins`: every file in the plugins directory and its state.
+pub async fn plugins(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.auth.check(&headers, Scope::Admin)?;
+    let plugins = state.host.plugins();
+    let (reloads, refused) = plugins.reload_counts();
+    Ok(Json(json!({
+        "dir": plugins.dir(),
+        "generation": plugins.current().generation(),
+        "reloads": reloads,
+        "refused_reloads": refused,
+        "plugins": plugins.statuses(),
+    })))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let (reloads, refused) = state.host.plugins().reload_counts();
+    metrics::gauge!("reins_plugin_reloads").set(reloads as f64);
+    metrics::gauge!("reins_plugin_refused_reloads").set(refused as f64);
+    let loaded = state.host.plugins().current().plugins().count();
+    metrics::gauge!("reins_plugins_loaded").set(loaded as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

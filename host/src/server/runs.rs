@@ -1,0 +1,155 @@
+//! The native run API: start a run, read it back.
+
+use super::AppState;
+use super::error::{ApiError, JsonBody};
+use super::settings::Scope;
+use crate::pipeline::{Request, RunResult};
+use crate::runtime::{Chunk, Message};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Body of `POST /v1/pipelines/{name}/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    #[serde(default)]
+    pub messages: Option<Vec<Message>>,
+    /// Shorthand for one user message: a string, or any JSON (sent as its text).
+    #[serde(default)]
+    pub input: Option<Value>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub chunks: Vec<Chunk>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// A retried request with the same key gets the first run's result.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl RunBody {
+    fn into_request(self) -> Result<(Request, Option<String>), ApiError> {
+        let messages = match (self.messages, self.input) {
+            (Some(m), None) if !m.is_empty() => m,
+            (None, Some(Value::String(s))) => vec![Message::new("user", s)],
+            (None, Some(other)) => vec![Message::new("user", other.to_string())],
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("give `messages` or `input`, not both")),
+            _ => return Err(ApiError::bad_request("the body needs `messages` (non-empty) or `input`")),
+        };
+        let metadata = self.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+        if !metadata.is_object() {
+            return Err(ApiError::bad_request("`metadata` must be a JSON object"));
+        }
+        if self.dry_run {
+            return Err(ApiError::bad_request(
+                "per-request `dry_run` is not supported yet; set `dry_run = true` on the pipeline",
+            ));
+        }
+        let request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
+        Ok((request, self.idempotency_key))
+    }
+}
+
+/// Recent runs, for `GET /v1/runs/{id}` and idempotent retries. Bounded:
+/// the oldest runs are forgotten first.
+pub struct RunStore {
+    inner: Mutex<RunStoreInner>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct RunStoreInner {
+    runs: HashMap<String, Arc<RunResult>>,
+    order: VecDeque<String>,
+    idempotency: HashMap<(String, String), String>,
+}
+
+impl RunStore {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(RunStoreInner::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn insert(&self, result: Arc<RunResult>, idempotency_key: Option<&str>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = idempotency_key {
+            inner
+                .idempotency
+                .insert((result.pipeline.clone(), key.to_string()), result.run_id.clone());
+        }
+        inner.order.push_back(result.run_id.clone());
+        inner.runs.insert(result.run_id.clone(), result);
+        while inner.order.len() > self.capacity {
+            if let Some(old) = inner.order.pop_front() {
+                inner.runs.remove(&old);
+                inner.idempotency.retain(|_, id| id != &old);
+            }
+        }
+    }
+
+    pub fn get(&self, run_id: &str) -> Option<Arc<RunResult>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.get(run_id).cloned()
+    }
+
+    pub fn by_key(&self, pipeline: &str, key: &str) -> Option<Arc<RunResult>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let id = inner.idempotency.get(&(pipeline.to_string(), key.to_string()))?;
+        inner.runs.get(id).cloned()
+    }
+}
+
+/// `POST /v1/pipelines/{name}/runs`
+pub async fn create(
+    State(state): State<AppState>,
+    Path(pipeline): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RunBody>,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    if state.host.pipeline(&pipeline).is_none() {
+        return Err(ApiError::not_found(format!("no pipeline `{pipeline}`")));
+    }
+    let (request, key) = body.into_request()?;
+    if let Some(key) = &key {
+        if let Some(previous) = state.runs.by_key(&pipeline, key) {
+            return Ok(run_response(&previous, true));
+        }
+    }
+    let result = super::run_pipeline(&state, &pipeline, request).await?;
+    state.runs.insert(result.clone(), key.as_deref());
+    Ok(run_response(&result, false))
+}
+
+/// `GET /v1/runs/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let result = state
+        .runs
+        .get(&run_id)
+        .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
+    Ok(run_response(&result, false))
+}
+
+fn run_response(result: &RunResult, replayed: bool) -> Response {
+    let mut response = Json(result).into_response();
+    super::reins_headers(response.headers_mut(), result);
+    if replayed {
+        response
+            .headers_mut()
+            .insert("x-reins-idempotent-replay", HeaderValue::from_static("true"));
+    }
+    response
+}
