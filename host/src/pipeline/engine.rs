@@ -179,6 +179,7 @@ fn count_summary(findings: &[Finding]) -> String {
     let blocking = findings.iter().filter(|f| is_blocking(f)).count();
     match (blocking, findings.len()) {
         (0, 0) => "ok".to_owned(),
+        (0, 1) => "ok (1 note)".to_owned(),
         (0, n) => format!("ok ({n} notes)"),
         (1, _) => "1 violation".to_owned(),
         (b, _) => format!("{b} violations"),
@@ -275,6 +276,7 @@ impl Run<'_> {
                 let errors = n.findings.iter().filter(|f| f.severity == Severity::Error).count();
                 match (errors, n.findings.len()) {
                     (0, 0) => "ok".to_owned(),
+                    (0, 1) => "ok (1 finding)".to_owned(),
                     (0, k) => format!("ok ({k} findings)"),
                     (e, _) => format!("reject ({e} errors)"),
                 }
