@@ -1,0 +1,5 @@
+//! Stamps every verdict with "b" (see ../../stamp-common.rs).
+
+const STAMP: &str = "b";
+
+include!("../../stamp-common.rs");

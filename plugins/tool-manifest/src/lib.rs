@@ -1,0 +1,91 @@
+//! `tool-manifest`: the tools a request may use come from the operator's
+//! config, not from the prompt. Each tool may be limited to some `roles`
+//! and `tenants` (from the caller's metadata); a tool without such a list is
+//! for everyone. The model never sees a tool it may not call.
+
+use reins_sdk::constraints::{Access, Guest, Tool};
+use reins_sdk::{CallContext, describe_value};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    tools: Vec<ToolConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolConfig {
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// JSON Schema of the arguments: a table, or JSON text.
+    #[serde(default = "any_object")]
+    parameters: Value,
+    /// `read`, `write` or `irreversible`.
+    access: String,
+    roles: Option<Vec<String>>,
+    tenants: Option<Vec<String>>,
+}
+
+fn any_object() -> Value {
+    serde_json::json!({"type": "object"})
+}
+
+struct ToolManifest;
+
+impl Guest for ToolManifest {
+    fn tools(ctx: CallContext) -> Result<Vec<Tool>, String> {
+        let config: Config = reins_sdk::parse_config(&ctx)?;
+        let metadata = reins_sdk::metadata(&ctx);
+        // A caller may hold one role or several.
+        let roles: Vec<String> = match metadata.get("role").or_else(|| metadata.get("roles")) {
+            Some(Value::String(r)) => vec![r.clone()],
+            Some(Value::Array(rs)) => rs.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        let tenant = reins_sdk::metadata_str(&ctx, "tenant");
+
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, t) in config.tools.into_iter().enumerate() {
+            let at = format!("config.tools[{i}]");
+            if t.name.trim().is_empty() {
+                return Err(format!("{at}.name: must not be empty"));
+            }
+            if !seen.insert(t.name.clone()) {
+                return Err(format!("{at}.name: the tool {:?} is listed twice", t.name));
+            }
+            let access = Access::parse(&t.access).map_err(|e| format!("{at}.access: {e}"))?;
+            let parameters = match t.parameters {
+                Value::String(text) => serde_json::from_str::<Value>(&text)
+                    .map_err(|e| format!("{at}.parameters: the string is not valid JSON: {e}"))?,
+                p => p,
+            };
+            if !parameters.is_object() {
+                return Err(format!(
+                    "{at}.parameters: must be a JSON Schema object, got {}",
+                    describe_value(&parameters)
+                ));
+            }
+            let role_ok = t.roles.as_ref().is_none_or(|allowed| roles.iter().any(|r| allowed.contains(r)));
+            let tenant_ok = t
+                .tenants
+                .as_ref()
+                .is_none_or(|allowed| tenant.as_ref().is_some_and(|x| allowed.contains(x)));
+            if role_ok && tenant_ok {
+                out.push(Tool {
+                    name: t.name,
+                    description: t.description,
+                    parameters: parameters.to_string(),
+                    access,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+reins_sdk::export_constraints!(ToolManifest);
