@@ -609,6 +609,8 @@ impl Run<'_> {
         };
         let p = self.p;
         let mut fixed_by = Vec::new();
+        // Notes (non-blocking findings) of rounds a fix superseded, e.g. what it converted.
+        let mut carried: Vec<Finding> = Vec::new();
         let max_fixes = p.config.repair.max_fix_rounds as usize;
         'round: loop {
             let mut findings = Vec::new();
@@ -623,7 +625,8 @@ impl Run<'_> {
                 self.trace("schema", "", count_summary(&findings), start, Instant::now());
             }
             if p.stages.is_empty() {
-                return Ok(Validation { doc: Some(doc), findings, fixed_by });
+                carried.extend(findings);
+                return Ok(Validation { doc: Some(doc), findings: carried, fixed_by });
             }
             let text: Arc<str> = Arc::from(doc.to_string());
             for stage in &p.stages {
@@ -671,10 +674,12 @@ impl Run<'_> {
                     self.trace("fix", &plugin, "applied; re-validating".to_owned(), now, now);
                     doc = fixed;
                     fixed_by.push(plugin);
+                    carried.extend(findings.into_iter().filter(|f| !is_blocking(f)));
                     continue 'round;
                 }
             }
-            return Ok(Validation { doc: Some(doc), findings, fixed_by });
+            carried.extend(findings);
+            return Ok(Validation { doc: Some(doc), findings: carried, fixed_by });
         }
     }
 

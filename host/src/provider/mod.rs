@@ -25,7 +25,7 @@ pub mod openai;
 pub mod scripted;
 
 pub use openai::OpenAiProvider;
-pub use scripted::ScriptedProvider;
+pub use scripted::{ScriptEntry, ScriptedProvider};
 
 /// One model call.
 #[derive(Debug, Clone, Serialize)]
