@@ -30,12 +30,14 @@ fn measure(mut f: impl FnMut()) -> f64 {
     samples[samples.len() / 2]
 }
 
+const RISKS: [&str; 3] = ["low", "medium", "high"];
+
 fn document() -> String {
     let items: Vec<Value> = (0..5)
         .map(|i| {
             json!({
                 "clause": format!("Clause {i}: limitation of liability and indemnification"),
-                "risk": ["low", "medium", "high"][i % 3],
+                "risk": RISKS[i % 3],
                 "damage_cap": 100000 * (i + 1),
                 "rationale": "The supplier caps its aggregate liability at the fees paid in the twelve months before the claim."
             })

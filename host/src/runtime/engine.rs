@@ -167,7 +167,10 @@ fn config(pooling: Option<&RuntimeSettings>, max_memory: u64) -> Config {
             .total_core_instances(n * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(n)
             .total_tables(n * 2)
-            .max_memory_size(max_memory as usize);
+            .max_memory_size(max_memory as usize)
+            .linear_memory_keep_resident((settings.pool.keep_resident_kib << 10) as usize)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
