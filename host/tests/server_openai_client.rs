@@ -1,0 +1,94 @@
+//! The official `openai` Python client against a real `reins serve` process
+//! (installed by `scripts/test.sh` / `.ci/run` from tests/clients/requirements.txt).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+plugins_dir = "."
+
+[providers.script]
+kind = "scripted"
+responses = [
+  { match = "maximum", attempt = 2, content = { answer = 7 } },
+  { match = "good", content = { answer = 42 } },
+  { match = "bad", content = "{\"answer\": \"forty-two\"}" },
+  { match = "refund", tool_calls = [ { name = "issue_refund", arguments = { order = "A-1", amount = 20 } } ] },
+  { attempt = 2, content = "{\"answer\": \"still words\"}" },
+]
+
+[pipelines.answer]
+model = "script"
+normalizers = ["normalize-text"]
+schema = '{"type":"object","required":["answer"],"properties":{"answer":{"type":"integer"}}}'
+
+[pipelines.answer.repair]
+max_attempts = 2
+
+[pipelines.refunds]
+model = "script"
+normalizers = ["normalize-text"]
+gates = ["spend-limit"]
+"#;
+
+#[test]
+fn official_openai_python_client_works_against_reins_serve() {
+    let dir = common::plugins_dir(&["normalize-text", "spend-limit"]);
+    let config = dir.path().join("reins.toml");
+    std::fs::write(&config, CONFIG).expect("config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start reins serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    break format!("{url}/v1");
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                panic!("reins serve exited before listening");
+            }
+        }
+    };
+
+    let script = common::repo_root().join("tests/clients/openai_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&base)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'openai'") {
+        let _ = child.kill();
+        panic!("the `openai` Python package is missing: pip install -r tests/clients/requirements.txt");
+    }
+
+    // SIGTERM: the server finishes what it has and exits 0.
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let mut waited = Duration::ZERO;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(waited < Duration::from_secs(20), "reins serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+        waited += Duration::from_millis(50);
+    };
+
+    assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
+    assert!(status.success(), "reins serve exited with {status:?} after SIGTERM");
+}

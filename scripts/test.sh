@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every test: installs what the tests need that cargo does not (the guest
+# target, the Python client used by the OpenAI-compatibility test), then runs
+# the whole workspace's tests in release (plugins are built once per run by
+# the tests themselves).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target add wasm32-wasip2
+python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+cargo test --release --workspace
