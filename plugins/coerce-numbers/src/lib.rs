@@ -123,13 +123,12 @@ impl<'s> Walker<'s> {
                 self.walk(item, sub, pointer::push(path, i), depth + 1);
             }
         }
-        if let Some(branch) = self.only_branch_of_type(schema, "array") {
-            if let Some(sub) = branch.get("items").filter(|s| s.is_object()) {
+        if let Some(branch) = self.only_branch_of_type(schema, "array")
+            && let Some(sub) = branch.get("items").filter(|s| s.is_object()) {
                 for (i, item) in items.iter_mut().enumerate() {
                     self.walk(item, sub, pointer::push(path, i), depth + 1);
                 }
             }
-        }
     }
 
     /// Replace the string at `value` by the number it spells, or report it.
@@ -254,11 +253,10 @@ fn parse_amount(input: &str) -> Option<f64> {
         Some((i, f)) => (i, Some(f)),
         None => (body, None),
     };
-    if let Some(f) = frac {
-        if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
+    if let Some(f) = frac
+        && (f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit())) {
             return None;
         }
-    }
     if int.contains(',') {
         // Thousands groups only: "1,250" yes, "1,5" and "12,34,567" no.
         let mut groups = int.split(',');

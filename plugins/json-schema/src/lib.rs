@@ -34,11 +34,10 @@ static COMPILED: Mutex<Option<(String, Arc<Validator>)>> = Mutex::new(None);
 fn compiled(schema: &Value) -> Result<Arc<Validator>, String> {
     let key = schema.to_string();
     let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((k, v)) = cache.as_ref() {
-        if *k == key {
+    if let Some((k, v)) = cache.as_ref()
+        && *k == key {
             return Ok(v.clone());
         }
-    }
     let validator = Arc::new(jsonschema::validator_for(schema).map_err(|e| {
         let at = e.instance_path().as_str().to_string();
         format!("config.schema{at}: {e}")

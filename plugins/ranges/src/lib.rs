@@ -181,8 +181,8 @@ impl Rule {
                     if value.is_null() {
                         continue;
                     }
-                    if let Some(allowed) = allowed {
-                        if !allowed.iter().any(|a| same(a, value)) {
+                    if let Some(allowed) = allowed
+                        && !allowed.iter().any(|a| same(a, value)) {
                             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
                             out.push(self.violation(
                                 at.clone(),
@@ -190,7 +190,6 @@ impl Rule {
                                 format!("must be one of {}, got {}", list.join(", "), describe_value(value)),
                             ));
                         }
-                    }
                     if let Some(problem) = bounds.check(value) {
                         let code = if value.is_number() { "range" } else { "type" };
                         out.push(self.violation(at, code, problem));

@@ -48,11 +48,10 @@ impl Guest for SpendLimit {
         if config.daily_budget.is_nan() || config.daily_budget < 0.0 {
             return Err("config.daily_budget: must be a number >= 0".to_string());
         }
-        if let Some(tools) = &config.tools {
-            if !tools.contains(&action.tool) {
+        if let Some(tools) = &config.tools
+            && !tools.contains(&action.tool) {
                 return Ok(Decision::Allow);
             }
-        }
         let arguments = action.arguments_value()?;
         let (field, found) = if config.amount_field.starts_with('/') {
             (config.amount_field.clone(), pointer::resolve(&arguments, &config.amount_field))

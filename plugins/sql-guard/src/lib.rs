@@ -51,11 +51,10 @@ struct SqlGuard;
 impl Guest for SqlGuard {
     fn check(ctx: CallContext, action: Action) -> Result<Decision, String> {
         let config: Config = reins_sdk::parse_config(&ctx)?;
-        if let Some(tools) = &config.tools {
-            if !tools.contains(&action.tool) {
+        if let Some(tools) = &config.tools
+            && !tools.contains(&action.tool) {
                 return Ok(Decision::Allow);
             }
-        }
         let arguments = action.arguments_value()?;
         let sql = match arguments.get(&config.field) {
             None => return Ok(Decision::Allow),
@@ -247,53 +246,69 @@ fn target_table(span: &[Tok]) -> String {
 
 /// Whether a WHERE condition selects every row whatever the data.
 fn always_true(cond: &[Tok]) -> bool {
+    constant(cond) == Some(true)
+}
+
+/// The value of a condition that does not depend on the row: `Some(true)`
+/// for `1=1`, `TRUE`, `NOT 0`, `id = id`, `x OR 1=1`; `Some(false)` for
+/// `1=0`, `FALSE`; `None` when the data decides. (`id = id` is false for
+/// NULL ids, but no one writes it to select non-null rows.)
+fn constant(cond: &[Tok]) -> Option<bool> {
     let cond = strip_parens(cond);
     let ors = split_top(cond, "OR");
     if ors.len() > 1 {
-        return ors.iter().any(|d| always_true(d));
+        let values: Vec<Option<bool>> = ors.iter().map(|d| constant(d)).collect();
+        return if values.contains(&Some(true)) {
+            Some(true)
+        } else if values.iter().all(|v| *v == Some(false)) {
+            Some(false)
+        } else {
+            None
+        };
     }
     let ands = split_top(cond, "AND");
+    // `x BETWEEN 1 AND 2` also splits here; its halves are never constant.
     if ands.len() > 1 {
-        return ands.iter().all(|c| always_true(c));
+        let values: Vec<Option<bool>> = ands.iter().map(|c| constant(c)).collect();
+        return if values.contains(&Some(false)) {
+            Some(false)
+        } else if values.iter().all(|v| *v == Some(true)) {
+            Some(true)
+        } else {
+            None
+        };
     }
     match cond {
-        [t] if t.is_word("TRUE") => true,
-        [Tok::Num(n)] => n.parse::<f64>().is_ok_and(|n| n != 0.0),
-        [Tok::Str(s)] => s.parse::<f64>().is_ok_and(|n| n != 0.0),
-        [not, rest @ ..] if not.is_word("NOT") => always_false(strip_parens(rest)),
+        [t] if t.is_word("TRUE") => Some(true),
+        [t] if t.is_word("FALSE") => Some(false),
+        [not, rest @ ..] if not.is_word("NOT") => constant(rest).map(|v| !v),
         [lhs @ .., is, not, null] if is.is_word("IS") && not.is_word("NOT") && null.is_word("NULL") => {
-            matches!(lhs, [Tok::Num(_)] | [Tok::Str(_)])
+            literal(lhs).map(|_| true)
         }
         _ => {
-            let Some(op_at) = cond.iter().position(|t| t.is_comparison()) else {
-                return false;
-            };
+            // A bare literal: databases read non-zero numbers as true.
+            if let Some(lit) = literal(cond) {
+                return match lit {
+                    Lit::Num(n) => Some(n != 0.0),
+                    Lit::Text(t) => t.trim().parse::<f64>().ok().map(|n| n != 0.0),
+                };
+            }
+            let op_at = cond.iter().position(|t| t.is_comparison())?;
             let (l, r) = (&cond[..op_at], &cond[op_at + 1..]);
             let op = match &cond[op_at] {
                 Tok::Sym(s) => s.as_str(),
                 Tok::Word(w) => w.as_str(),
-                _ => return false,
+                _ => return None,
             };
             if op == "LIKE" {
-                return matches!(r, [Tok::Str(p)] if p.chars().all(|c| c == '%'))
-                    || (!l.is_empty() && l == r);
+                let all = matches!(r, [Tok::Str(p)] if !p.is_empty() && p.chars().all(|c| c == '%'));
+                return (all || (!l.is_empty() && l == r)).then_some(true);
             }
             if !l.is_empty() && l == r {
-                return matches!(op, "=" | "==" | "<=" | ">=");
+                return Some(matches!(op, "=" | "==" | "<=" | ">="));
             }
-            match (literal(l), literal(r)) {
-                (Some(a), Some(b)) => compare_literals(&a, op, &b),
-                _ => false,
-            }
+            Some(compare_literals(&literal(l)?, op, &literal(r)?))
         }
-    }
-}
-
-fn always_false(cond: &[Tok]) -> bool {
-    match cond {
-        [t] if t.is_word("FALSE") => true,
-        [Tok::Num(n)] => n.parse::<f64>().is_ok_and(|n| n == 0.0),
-        _ => false,
     }
 }
 
@@ -605,6 +620,12 @@ mod tests {
         assert_eq!(kind("SELECT $$ DROP TABLE x $$"), "allow");
         assert_eq!(kind("SELECT 'a"), "deny");
         assert_eq!(kind("CALL do_things()"), "escalate");
+        assert_eq!(kind("DELETE FROM t WHERE -1"), "deny");
+        assert_eq!(kind("DELETE FROM t WHERE NOT (1 = 0)"), "deny");
+        assert_eq!(kind("DELETE FROM t WHERE 1 = 0 OR 2 > 1"), "deny");
+        assert_eq!(kind("DELETE FROM t WHERE name LIKE '%'"), "deny");
+        assert_eq!(kind("DELETE FROM t WHERE id BETWEEN 1 AND 5"), "allow");
+        assert_eq!(kind("DELETE FROM t WHERE NOT id = 5"), "allow");
         assert_eq!(kind("SELECT 'a\\' ; DROP TABLE x; --'"), "escalate");
     }
 }
