@@ -26,43 +26,58 @@ fn default_max_violations() -> usize {
     50
 }
 
-/// The last compiled schema, keyed by its canonical JSON text. A pooled
-/// instance serves many calls with the same config, and compiling is the
-/// expensive part (per-call instances start empty and compile every time).
-static COMPILED: Mutex<Option<(String, Arc<Validator>)>> = Mutex::new(None);
+/// What a config compiles to. Cached by the raw config text: a pooled
+/// instance serves many calls with the same config, and both parsing the
+/// config and compiling the schema cost far more than validating a document
+/// (per-call instances start empty and pay this every time).
+struct Compiled {
+    config_text: String,
+    schema: Value,
+    validator: Validator,
+    max_violations: usize,
+}
 
-fn compiled(schema: &Value) -> Result<Arc<Validator>, String> {
-    let key = schema.to_string();
+static COMPILED: Mutex<Option<Arc<Compiled>>> = Mutex::new(None);
+
+fn compiled(ctx: &CallContext) -> Result<Arc<Compiled>, String> {
     let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((k, v)) = cache.as_ref()
-        && *k == key {
-            return Ok(v.clone());
+    if let Some(c) = cache.as_ref() {
+        if c.config_text == ctx.config {
+            return Ok(c.clone());
         }
-    let validator = Arc::new(jsonschema::validator_for(schema).map_err(|e| {
+    }
+    let config: Config = reins_sdk::parse_config(ctx)?;
+    let schema = match config.schema {
+        Value::String(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("config.schema: the string is not valid JSON: {e}"))?,
+        s @ (Value::Object(_) | Value::Bool(_)) => s,
+        other => {
+            return Err(format!(
+                "config.schema: must be an object (or JSON text), got {}",
+                describe_value(&other)
+            ));
+        }
+    };
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
         let at = e.instance_path().as_str().to_string();
         format!("config.schema{at}: {e}")
-    })?);
-    *cache = Some((key, validator.clone()));
-    Ok(validator)
+    })?;
+    let c = Arc::new(Compiled {
+        config_text: ctx.config.clone(),
+        schema,
+        validator,
+        max_violations: config.max_violations,
+    });
+    *cache = Some(c.clone());
+    Ok(c)
 }
 
 struct JsonSchema;
 
 impl Guest for JsonSchema {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let schema = match config.schema {
-            Value::String(text) => serde_json::from_str(&text)
-                .map_err(|e| format!("config.schema: the string is not valid JSON: {e}"))?,
-            s @ (Value::Object(_) | Value::Bool(_)) => s,
-            other => {
-                return Err(format!(
-                    "config.schema: must be an object (or JSON text), got {}",
-                    describe_value(&other)
-                ));
-            }
-        };
-        let validator = compiled(&schema)?;
+        let compiled = compiled(&ctx)?;
+        let (validator, schema) = (&compiled.validator, &compiled.schema);
         let doc = match reins_sdk::parse_output(&output) {
             Ok(doc) => doc,
             Err(e) => {
@@ -76,9 +91,9 @@ impl Guest for JsonSchema {
         let mut violations = Vec::new();
         let mut total = 0;
         for error in validator.iter_errors(&doc) {
-            for v in explain(&error, &schema) {
+            for v in explain(&error, schema) {
                 total += 1;
-                if violations.len() < config.max_violations {
+                if violations.len() < compiled.max_violations {
                     violations.push(v);
                 }
             }
