@@ -105,8 +105,9 @@ pub struct PendingApproval {
 /// One step of the trace.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceStep {
-    /// `normalizer`, `context`, `constraints`, `model`, `extract`, `schema`,
-    /// `validator`, `fix`, `gate` or `repair`.
+    /// Plugin layers (`normalizer`, `context`, `constraints`, `validator`,
+    /// `gate`) and the host's steps: `model`, `extract`, `schema`, `fix`,
+    /// `action` (an action's check against its tool) and `repair`.
     pub layer: &'static str,
     /// The plugin or provider; empty for the host's own steps.
     pub name: String,
