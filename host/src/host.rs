@@ -28,9 +28,9 @@ use std::sync::Arc;
 ///     kind = "scripted"
 ///     responses = [
 ///         'Here you go: {"total": "12 EUR"}',
-///         '```json
+///         '''```json
 ///         {"total": 12}
-///         ```',
+///         ```''',
 ///     ]
 ///
 ///     [pipelines.invoice]

@@ -491,10 +491,10 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
 
     #[test]
     fn unknown_top_level_key_names_key_and_line() {
-        let e = parse(&format!("{BASE}\nplugin_dir = \"x\"\n")).unwrap_err().to_string();
+        let e = parse(&format!("plugin_dir = \"x\"\n{BASE}")).unwrap_err().to_string();
         assert!(e.contains("reins.toml"), "{e}");
-        assert!(e.contains("plugin_dir"), "{e}");
-        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("unknown field `plugin_dir`"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
     }
 
     #[test]
@@ -504,8 +504,8 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("onfail"), "{e}");
-        assert!(e.contains("line 8"), "{e}");
+        assert!(e.contains("unknown field `onfail`"), "{e}");
+        assert!(e.contains("line 9"), "{e}");
     }
 
     #[test]
