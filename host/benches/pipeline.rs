@@ -75,7 +75,10 @@ fn config(plugins: &std::path::Path) -> String {
             "[pipelines.{name}]\nmodel = \"{model}\"\nsystem_prompt_file = {prompt:?}\nnormalizers = [\"normalize-text\"]\n\
              schema = '''{schema}'''\nvalidators = {validators}\nconstraints = \"tool-manifest\"\ngates = [\"spend-limit\"]\n\
              repair = {{ max_attempts = 3 }}\n\n",
-            prompt = common::repo_root().join("examples/contract-risks/prompt.md").display().to_string(),
+            prompt = common::repo_root()
+                .join("examples/contract-risks/prompt.md")
+                .display()
+                .to_string(),
         )
     };
     format!(
@@ -89,14 +92,22 @@ fn config(plugins: &std::path::Path) -> String {
         repair = script(plugins, "repair", &[entry(Some(1), &bad), entry(Some(2), &good)]),
         success = pipeline("success", "valid", "[\"ranges\", \"coerce-numbers\"]"),
         one_repair = pipeline("one-repair", "repair", "[\"ranges\", \"coerce-numbers\"]"),
-        fix = pipeline("fix", "repair", "[{ plugin = \"coerce-numbers\", on_fail = \"fix\" }, { plugin = \"ranges\", stage = 1 }]"),
+        fix = pipeline(
+            "fix",
+            "repair",
+            "[{ plugin = \"coerce-numbers\", on_fail = \"fix\" }, { plugin = \"ranges\", stage = 1 }]"
+        ),
     )
 }
 
 fn sidecars(dir: &std::path::Path, isolation: &str) {
     let schema = example("schema.json");
     let write = |name: &str, text: String| {
-        std::fs::write(dir.join(format!("{name}.toml")), format!("isolation = {isolation:?}\n{text}")).expect("sidecar")
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!("isolation = {isolation:?}\n{text}"),
+        )
+        .expect("sidecar")
     };
     write("normalize-text", "[config]\nmax_chars = 60000\n".into());
     write(
@@ -111,7 +122,10 @@ fn sidecars(dir: &std::path::Path, isolation: &str) {
          {\"contract\": {\"type\": \"string\"}, \"risk_count\": {\"type\": \"integer\", \"minimum\": 0}, \"amount\": {\"type\": \"number\"}}}'\n"
             .into(),
     );
-    write("spend-limit", "[config]\nescalate_above = 1000.0\ndaily_budget = 1000000000000.0\n".into());
+    write(
+        "spend-limit",
+        "[config]\nescalate_above = 1000.0\ndaily_budget = 1000000000000.0\n".into(),
+    );
 }
 
 struct Stats {
@@ -122,7 +136,10 @@ struct Stats {
 fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Stats { p50: at(0.50), p99: at(0.99) }
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
 }
 
 fn micros(d: Duration) -> String {
@@ -142,19 +159,38 @@ fn main() {
     let mut rows: Vec<(String, String, Stats, Option<f64>)> = Vec::new();
 
     for isolation in ["per-call", "pooled"] {
-        let plugins =
-            common::plugins_dir(&["normalize-text", "ranges", "coerce-numbers", "tool-manifest", "spend-limit"]);
+        let plugins = common::plugins_dir(&[
+            "normalize-text",
+            "ranges",
+            "coerce-numbers",
+            "tool-manifest",
+            "spend-limit",
+        ]);
         sidecars(plugins.path(), isolation);
         let host = Arc::new(
-            rt.block_on(Host::builder().config_str(config(plugins.path()), plugins.path()).build())
-                .unwrap_or_else(|e| panic!("bench config: {e}")),
+            rt.block_on(
+                Host::builder()
+                    .config_str(config(plugins.path()), plugins.path())
+                    .build(),
+            )
+            .unwrap_or_else(|e| panic!("bench config: {e}")),
         );
         // Check every path does what it says before timing it.
         for (pipeline, attempts, fixes) in [("success", 1, 0), ("one-repair", 2, 0), ("fix", 1, 1)] {
             let r = rt.block_on(host.run(pipeline, request.clone()));
-            assert_eq!(r.status, RunStatus::Completed, "{pipeline}: {:?}\n{}", r.error, r.trace_table());
+            assert_eq!(
+                r.status,
+                RunStatus::Completed,
+                "{pipeline}: {:?}\n{}",
+                r.error,
+                r.trace_table()
+            );
             assert_eq!(r.attempts.len(), attempts, "{pipeline}");
-            assert_eq!(r.attempts.iter().map(|a| a.fixed_by.len()).sum::<usize>(), fixes, "{pipeline}");
+            assert_eq!(
+                r.attempts.iter().map(|a| a.fixed_by.len()).sum::<usize>(),
+                fixes,
+                "{pipeline}"
+            );
             assert_eq!(r.actions.len(), 1, "{pipeline}: the gate allowed the action");
             assert_eq!(r.output, Some(answer()), "{pipeline}");
         }
@@ -207,7 +243,10 @@ fn main() {
             for _ in 0..WARMUP {
                 rt.block_on(host.run("one-repair", request.clone()));
             }
-            eprintln!("{isolation}:\n{}", rt.block_on(host.run("one-repair", request.clone())).trace_table());
+            eprintln!(
+                "{isolation}:\n{}",
+                rt.block_on(host.run("one-repair", request.clone())).trace_table()
+            );
         }
         for (pipeline, name, model_calls) in [
             ("success", "success path", 1),

@@ -183,10 +183,12 @@ impl HostBuilder {
 
     pub async fn build(self) -> Result<Host, ConfigError> {
         let config = match self.source {
-            None => return Err(ConfigError::Io {
-                path: PathBuf::from("reins.toml"),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no configuration given to the builder"),
-            }),
+            None => {
+                return Err(ConfigError::Io {
+                    path: PathBuf::from("reins.toml"),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no configuration given to the builder"),
+                });
+            }
             Some(Source::File(path)) => Config::from_file(&path)?,
             Some(Source::Text { text, base_dir }) => Config::parse(&text, "<config>", &base_dir)?,
             Some(Source::Parsed(c)) => *c,
@@ -197,7 +199,10 @@ impl HostBuilder {
                 Some(p) => p.clone(),
                 None => provider::from_config(name, pc, &config.base_dir)?,
             };
-            providers.insert(name.clone(), Arc::new(Breaker::new(provider, BreakerSettings::for_config(pc))));
+            providers.insert(
+                name.clone(),
+                Arc::new(Breaker::new(provider, BreakerSettings::for_config(pc))),
+            );
         }
         let mut pipelines = BTreeMap::new();
         for name in config.pipelines.keys() {
@@ -214,11 +219,14 @@ impl HostBuilder {
                     .await
                     .map_err(|e| ConfigError::Runtime {
                         dir: dir.clone(),
-                        source: crate::runtime::RuntimeError::Engine {
+                        source: Box::new(crate::runtime::RuntimeError::Engine {
                             message: format!("loader task failed: {e}"),
-                        },
+                        }),
                     })?
-                    .map_err(|source| ConfigError::Runtime { dir, source })?
+                    .map_err(|source| ConfigError::Runtime {
+                        dir,
+                        source: Box::new(source),
+                    })?
             }
         };
         for p in pipelines.values() {

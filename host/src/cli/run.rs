@@ -37,9 +37,11 @@ pub enum InputFormat {
 /// within the limits, 4 rejected by a normalizer or gate, 5 model
 /// unavailable, 6 awaiting approval, 1 a fail-closed plugin failed.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Exit codes: 0 completed, 1 a fail-closed plugin failed or is missing, 2 bad input or config, \
+#[command(
+    after_help = "Exit codes: 0 completed, 1 a fail-closed plugin failed or is missing, 2 bad input or config, \
 3 validation not repaired within the limits, 4 rejected by a normalizer or gate, 5 model unavailable, \
-6 awaiting approval.")]
+6 awaiting approval."
+)]
 pub struct RunArgs {
     /// The configuration file.
     #[arg(short, long, default_value = "reins.toml")]
@@ -86,7 +88,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 _ => {
                     eprintln!(
                         "reins run: choose a pipeline with --pipeline (the config has: {})",
-                        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
                     );
                     return Ok(EXIT_BAD_INPUT);
                 }
@@ -131,8 +137,7 @@ fn read_request(args: &RunArgs) -> anyhow::Result<Request> {
         InputFormat::Json => serde_json::from_str(&text).context("the input is not a request")?,
         InputFormat::Auto => {
             let looks_like_request = text.trim_start().starts_with('{')
-                && serde_json::from_str::<serde_json::Value>(&text)
-                    .is_ok_and(|v| v.get("messages").is_some());
+                && serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("messages").is_some());
             if looks_like_request {
                 serde_json::from_str(&text).context("the input is not a request")?
             } else {

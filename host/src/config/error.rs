@@ -5,10 +5,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown key, a missing key or a value of the wrong
     /// type; `message` carries the line, column and key.
     #[error("{path}: {message}")]
@@ -26,13 +23,11 @@ pub enum ConfigError {
         provider: String,
         known: String,
     },
-    #[error(
-        "{path}: pipeline `{pipeline}` uses {layer} plugin `{plugin}`, which is not loaded from {dir}{detail}"
-    )]
+    #[error("{path}: pipeline `{pipeline}` uses {layer} plugin `{plugin}`, which is not loaded from {dir}{detail}")]
     MissingPlugin {
         path: PathBuf,
         pipeline: String,
-        layer: String,
+        layer: crate::runtime::Layer,
         plugin: String,
         dir: PathBuf,
         /// Why the file was refused, when it was there but did not load.
@@ -43,8 +38,8 @@ pub enum ConfigError {
         path: PathBuf,
         pipeline: String,
         plugin: String,
-        expected: String,
-        actual: String,
+        expected: crate::runtime::Layer,
+        actual: crate::runtime::Layer,
     },
     #[error("{path}: pipeline `{pipeline}`: schema {origin} is not a valid JSON Schema: {message}")]
     Schema {
@@ -64,7 +59,7 @@ pub enum ConfigError {
     #[error("plugins directory {dir}: {source}")]
     Runtime {
         dir: PathBuf,
-        source: crate::runtime::RuntimeError,
+        source: Box<crate::runtime::RuntimeError>,
     },
     #[error("no pipeline `{0}` in the configuration")]
     UnknownPipeline(String),

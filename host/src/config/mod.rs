@@ -269,8 +269,7 @@ impl<'de> Deserialize<'de> for ValidatorEntry {
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                ValidatorConfig::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(ValidatorEntry)
+                ValidatorConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(ValidatorEntry)
             }
         }
         deserializer.deserialize_any(V)
@@ -409,10 +408,16 @@ impl Config {
                 return Err(invalid(key("repair.max_attempts"), "must be at least 1"));
             }
             if p.repair.template.is_some() && p.repair.template_file.is_some() {
-                return Err(invalid(key("repair.template"), "set template or template_file, not both"));
+                return Err(invalid(
+                    key("repair.template"),
+                    "set template or template_file, not both",
+                ));
             }
             if p.system_prompt.is_some() && p.system_prompt_file.is_some() {
-                return Err(invalid(key("system_prompt"), "set system_prompt or system_prompt_file, not both"));
+                return Err(invalid(
+                    key("system_prompt"),
+                    "set system_prompt or system_prompt_file, not both",
+                ));
             }
             let mut seen = std::collections::BTreeSet::new();
             for v in &p.validators {
@@ -485,7 +490,9 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
         assert_eq!(p.repair.token_budget, Some(100));
         assert_eq!(
             p.schema,
-            Some(SchemaSource::Inline(serde_json::json!({"type": "object", "required": ["a"]})))
+            Some(SchemaSource::Inline(
+                serde_json::json!({"type": "object", "required": ["a"]})
+            ))
         );
     }
 
@@ -520,9 +527,11 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
 
     #[test]
     fn unknown_key_in_repair_names_key() {
-        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\n[pipelines.p.repair]\nmax_attempt = 2\n"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\n[pipelines.p.repair]\nmax_attempt = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_attempt"), "{e}");
         assert!(e.contains("line 10"), "{e}");
     }
@@ -547,23 +556,30 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
 
     #[test]
     fn unknown_provider_reference_names_pipeline_and_provider() {
-        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nfallbacks = [\"gpt\"]\n"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nfallbacks = [\"gpt\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("pipelines.p.fallbacks") && e.contains("`gpt`"), "{e}");
     }
 
     #[test]
     fn zero_attempts_is_refused() {
-        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nrepair = {{ max_attempts = 0 }}\n"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nrepair = {{ max_attempts = 0 }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("pipelines.p.repair.max_attempts"), "{e}");
     }
 
     #[test]
     fn schema_string_is_a_path_or_json() {
-        let c = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = \"s.json\"\n")).unwrap();
+        let c = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = \"s.json\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.pipelines["p"].schema, Some(SchemaSource::File("s.json".into())));
         let c = parse(&format!(
             "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = '{{\"type\": \"array\"}}'\n"
@@ -577,9 +593,11 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
 
     #[test]
     fn duplicate_validator_is_refused() {
-        let e = parse(&format!("{BASE}\n[pipelines.p]\nmodel = \"replay\"\nvalidators = [\"a\", \"a\"]\n"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!(
+            "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nvalidators = [\"a\", \"a\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("`a`"), "{e}");
     }
 }

@@ -17,7 +17,9 @@
 //! `fail_mode = "open"` (the skip is traced and listed in
 //! [`RunResult::skipped`]); otherwise the run fails.
 
-use super::result::{Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep};
+use super::result::{
+    Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
+};
 use super::{Pipeline, Request, extract_json, repair};
 use crate::config::OnFail;
 use crate::provider::{ChatRequest, ChatResponse, ToolCall};
@@ -63,7 +65,12 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         result.error = Some(e);
     }
     result.duration_us = run.started.elapsed().as_micros() as u64;
-    tracing::debug!(status = result.status.as_str(), attempts = result.attempts.len(), us = result.duration_us, "run finished");
+    tracing::debug!(
+        status = result.status.as_str(),
+        attempts = result.attempts.len(),
+        us = result.duration_us,
+        "run finished"
+    );
     result
 }
 
@@ -257,7 +264,13 @@ impl Run<'_> {
                 Ok(None)
             }
             Err(e) => {
-                self.trace(layer.as_str(), plugin.name(), format!("failed: {}", e.kind()), timed.start, timed.end);
+                self.trace(
+                    layer.as_str(),
+                    plugin.name(),
+                    format!("failed: {}", e.kind()),
+                    timed.start,
+                    timed.end,
+                );
                 Err(RunError::Plugin {
                     layer: layer.as_str(),
                     plugin: plugin.name().to_owned(),
@@ -319,7 +332,9 @@ impl Run<'_> {
             messages = normalized.messages;
         }
         if messages.is_empty() {
-            return Err(RunError::BadRequest("no messages are left after normalization".to_owned()));
+            return Err(RunError::BadRequest(
+                "no messages are left after normalization".to_owned(),
+            ));
         }
         Ok(messages)
     }
@@ -345,7 +360,9 @@ impl Run<'_> {
         let timed = blocking(&plugin, move |p| p.assemble(&ctx, &query, &input, budget)).await;
         let total = chunks.len();
         Ok(self
-            .settle(Layer::Context, &plugin, timed, |c| format!("{} of {total} chunks", c.len()))?
+            .settle(Layer::Context, &plugin, timed, |c| {
+                format!("{} of {total} chunks", c.len())
+            })?
             .unwrap_or(chunks))
     }
 
@@ -383,7 +400,12 @@ impl Run<'_> {
         out
     }
 
-    async fn call_model(&mut self, attempt: u32, messages: Vec<Message>, tools: &[Tool]) -> Result<(ChatResponse, String, u64), RunError> {
+    async fn call_model(
+        &mut self,
+        attempt: u32,
+        messages: Vec<Message>,
+        tools: &[Tool],
+    ) -> Result<(ChatResponse, String, u64), RunError> {
         let request = ChatRequest {
             run_id: self.ctx.run_id.clone(),
             pipeline: self.p.name.clone(),
@@ -393,7 +415,11 @@ impl Run<'_> {
             tools: tools.to_vec(),
         };
         let p = self.p;
-        let chain = if attempt == 1 { &p.providers } else { &p.repair_providers };
+        let chain = if attempt == 1 {
+            &p.providers
+        } else {
+            &p.repair_providers
+        };
         let mut errors = Vec::new();
         for breaker in chain {
             let name = breaker.provider().name().to_owned();
@@ -551,7 +577,13 @@ impl Run<'_> {
             let now = Instant::now();
             match (stop, next_turn) {
                 (None, Some(turn)) => {
-                    self.trace("repair", "", format!("{} violation(s) sent back", blocking.len()), now, now);
+                    self.trace(
+                        "repair",
+                        "",
+                        format!("{} violation(s) sent back", blocking.len()),
+                        now,
+                        now,
+                    );
                     messages = repair::repair_messages(&base, &turn.0, turn.1.clone());
                     repair_turn = Some(turn);
                     previous = Some(blocking);
@@ -574,7 +606,11 @@ impl Run<'_> {
                     let summary = blocking
                         .iter()
                         .map(|v| {
-                            let path = if v.path.is_empty() { "(document)" } else { v.path.as_str() };
+                            let path = if v.path.is_empty() {
+                                "(document)"
+                            } else {
+                                v.path.as_str()
+                            };
                             format!("{path} [{}]: {}", v.code, v.message)
                         })
                         .collect::<Vec<_>>()
@@ -643,7 +679,11 @@ impl Run<'_> {
             }
             if p.stages.is_empty() {
                 carried.extend(findings);
-                return Ok(Validation { doc: Some(doc), findings: carried, fixed_by });
+                return Ok(Validation {
+                    doc: Some(doc),
+                    findings: carried,
+                    fixed_by,
+                });
             }
             let text: Arc<str> = Arc::from(doc.to_string());
             for stage in &p.stages {
@@ -675,7 +715,7 @@ impl Run<'_> {
                             None => continue,
                         },
                     };
-                    let Some(verdict) = self.settle(Layer::Validator, &plugin, timed, |verdict| {
+                    let Some(verdict) = self.settle(Layer::Validator, plugin, timed, |verdict| {
                         let mut s = count_summary(
                             &verdict
                                 .violations
@@ -712,7 +752,11 @@ impl Run<'_> {
                 }
             }
             carried.extend(findings);
-            return Ok(Validation { doc: Some(doc), findings: carried, fixed_by });
+            return Ok(Validation {
+                doc: Some(doc),
+                findings: carried,
+                fixed_by,
+            });
         }
     }
 
@@ -734,9 +778,19 @@ impl Run<'_> {
                 };
                 out.findings.push(finding(
                     "constraints",
-                    violation(at, "tool-not-allowed", format!("`{}` is not an available tool; {available}", call.name)),
+                    violation(
+                        at,
+                        "tool-not-allowed",
+                        format!("`{}` is not an available tool; {available}", call.name),
+                    ),
                 ));
-                self.trace("action", &call.name, "not an available tool".to_owned(), start, Instant::now());
+                self.trace(
+                    "action",
+                    &call.name,
+                    "not an available tool".to_owned(),
+                    start,
+                    Instant::now(),
+                );
                 continue;
             };
             let problems = self.check_arguments(tool, &call.arguments, &at);
@@ -813,7 +867,11 @@ impl Run<'_> {
         match self.p.tool_validator(&tool.parameters) {
             Err(message) => vec![finding(
                 "constraints",
-                violation(at.to_owned(), "tool-schema", format!("tool `{}` has an unusable schema: {message}", tool.name)),
+                violation(
+                    at.to_owned(),
+                    "tool-schema",
+                    format!("tool `{}` has an unusable schema: {message}", tool.name),
+                ),
             )],
             Ok(validator) => validator
                 .iter_errors(arguments)

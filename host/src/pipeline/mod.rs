@@ -126,7 +126,9 @@ const TOOL_SCHEMA_CACHE: usize = 256;
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -272,8 +274,8 @@ impl Pipeline {
                         path: config.origin.clone(),
                         pipeline: self.name.clone(),
                         plugin: plugin.to_owned(),
-                        expected: layer.to_string(),
-                        actual: p.layer().to_string(),
+                        expected: layer,
+                        actual: p.layer(),
                     });
                 }
                 None => {
@@ -286,7 +288,7 @@ impl Pipeline {
                     return Err(ConfigError::MissingPlugin {
                         path: config.origin.clone(),
                         pipeline: self.name.clone(),
-                        layer: layer.to_string(),
+                        layer,
                         plugin: plugin.to_owned(),
                         dir: host.dir().to_owned(),
                         detail,
@@ -303,7 +305,11 @@ impl Pipeline {
 pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
     if let Err(e) = jsonschema::meta::validate(schema) {
         let at = e.instance_path().to_string();
-        return Err(if at.is_empty() { e.to_string() } else { format!("at {at}: {e}") });
+        return Err(if at.is_empty() {
+            e.to_string()
+        } else {
+            format!("at {at}: {e}")
+        });
     }
     let mut options = jsonschema::options();
     if schema.get("$schema").is_none() {

@@ -58,10 +58,12 @@ impl RepairTemplate {
                 .find("}}")
                 .ok_or_else(|| format!("unclosed placeholder `{{{{{}`", preview(after)))?;
             let name = after[..close].trim();
-            let slot = PLACEHOLDERS
-                .iter()
-                .find(|p| **p == name)
-                .ok_or_else(|| format!("unknown placeholder `{{{{{name}}}}}` (known: {})", PLACEHOLDERS.join(", ")))?;
+            let slot = PLACEHOLDERS.iter().find(|p| **p == name).ok_or_else(|| {
+                format!(
+                    "unknown placeholder `{{{{{name}}}}}` (known: {})",
+                    PLACEHOLDERS.join(", ")
+                )
+            })?;
             parts.push(Part::Slot(slot));
             rest = &after[close + 2..];
         }
@@ -181,7 +183,11 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused_with_the_placeholder_named() {
-        assert!(RepairTemplate::parse("{{violatons}}").unwrap_err().contains("violatons"));
+        assert!(
+            RepairTemplate::parse("{{violatons}}")
+                .unwrap_err()
+                .contains("violatons")
+        );
         assert!(RepairTemplate::parse("{{violations").unwrap_err().contains("unclosed"));
         assert!(RepairTemplate::parse("fix it").unwrap_err().contains("{{violations}}"));
     }

@@ -309,8 +309,16 @@ impl RunResult {
             .map(|s| {
                 [
                     s.layer.to_owned(),
-                    if s.name.is_empty() { "-".to_owned() } else { s.name.clone() },
-                    if s.attempt == 0 { "-".to_owned() } else { s.attempt.to_string() },
+                    if s.name.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        s.name.clone()
+                    },
+                    if s.attempt == 0 {
+                        "-".to_owned()
+                    } else {
+                        s.attempt.to_string()
+                    },
                     s.result.clone(),
                     s.duration_us.to_string(),
                 ]

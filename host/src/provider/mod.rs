@@ -172,12 +172,13 @@ pub fn from_config(name: &str, config: &ProviderConfig, base_dir: &Path) -> Resu
         ProviderConfig::Scripted(c) => match (&c.file, &c.responses) {
             (Some(file), _) => Arc::new(ScriptedProvider::from_file(name, &c.model, &base_dir.join(file))?),
             (None, responses) => {
-                let entries = ScriptedProvider::from_values(responses.clone().unwrap_or_default()).map_err(|message| {
-                    ConfigError::Script {
-                        path: format!("providers.{name}.responses").into(),
-                        message,
-                    }
-                })?;
+                let entries =
+                    ScriptedProvider::from_values(responses.clone().unwrap_or_default()).map_err(|message| {
+                        ConfigError::Script {
+                            path: format!("providers.{name}.responses").into(),
+                            message,
+                        }
+                    })?;
                 Arc::new(ScriptedProvider::new(name, &c.model, entries))
             }
         },
@@ -274,7 +275,11 @@ impl Breaker {
                     if state.failures >= self.settings.threshold {
                         state.open_until = Some(Instant::now() + self.settings.cooldown);
                         state.trips += 1;
-                        tracing::warn!(provider = self.provider.name(), failures = state.failures, "circuit breaker open");
+                        tracing::warn!(
+                            provider = self.provider.name(),
+                            failures = state.failures,
+                            "circuit breaker open"
+                        );
                     }
                 }
                 Err(_) => {}

@@ -195,7 +195,13 @@ fn backoff(base_ms: u64, retry: u32) -> Duration {
 fn schema_name(pipeline: &str) -> String {
     let name: String = pipeline
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     if name.is_empty() { "output".to_owned() } else { name }
@@ -213,9 +219,7 @@ fn snippet(bytes: &[u8]) -> String {
 /// Reads a chat-completions response body.
 pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     let body: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let message = body
-        .pointer("/choices/0/message")
-        .ok_or("no choices[0].message")?;
+    let message = body.pointer("/choices/0/message").ok_or("no choices[0].message")?;
     let content = match message.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -282,7 +286,11 @@ mod tests {
         assert_eq!(r.tool_calls[0].arguments, json!({"a": 1}));
         assert_eq!(r.usage.unwrap().total_tokens, 10);
         assert!(parse_response(b"<html>").unwrap_err().contains("not JSON"));
-        assert!(parse_response(br#"{"choices": []}"#).unwrap_err().contains("choices[0]"));
+        assert!(
+            parse_response(br#"{"choices": []}"#)
+                .unwrap_err()
+                .contains("choices[0]")
+        );
     }
 
     #[test]

@@ -283,7 +283,10 @@ mod tests {
         let second = p.complete(&request(2, "x")).await.unwrap();
         assert_eq!(second.content, r#"{"a":1}"#);
         assert_eq!(second.usage.unwrap().total_tokens, 5);
-        assert_eq!(p.complete(&request(1, "a refund please")).await.unwrap().content, "matched");
+        assert_eq!(
+            p.complete(&request(1, "a refund please")).await.unwrap().content,
+            "matched"
+        );
         assert_eq!(p.complete(&request(5, "x")).await.unwrap().content, "fifth");
         assert_eq!(
             p.complete(&request(3, "x")).await.unwrap_err().kind(),
