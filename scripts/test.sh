@@ -8,3 +8,5 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 cargo test --release --workspace
+# The guest SDK and plugins' own unit tests, natively.
+cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard
