@@ -558,3 +558,56 @@ async fn an_unknown_pipeline_and_an_empty_request_are_bad_input() {
     assert_eq!(result.exit_code(), 2);
     assert_eq!(model.call_count(), 0);
 }
+
+#[tokio::test]
+async fn a_request_schema_is_checked_as_well_as_the_pipelines() {
+    let plugins = common::plugins_dir(&[]);
+    let model = script(by_attempt(&[refund(json!(20)), refund(json!(5))]));
+    let host = host(plugins.path(), &pipeline(""), &model).await;
+    let small = json!({"properties": {"amount": {"maximum": 10}}});
+    let result = host.run("p", request().with_schema(small.clone())).await;
+    assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
+    assert_eq!(result.output, Some(refund(json!(5))));
+    let v = &result.attempts[0].violations[0];
+    assert_eq!((v.source.as_str(), v.violation.path.as_str(), v.violation.code.as_str()), ("schema", "/amount", "maximum"));
+    // The model is asked for both schemas at once.
+    let sent = model.calls()[0].schema.clone().expect("a schema is sent");
+    assert_eq!(*sent, json!({"allOf": [refund_schema(), small]}));
+
+    // A request schema that is not a schema is bad input, before any model call.
+    model.clear();
+    let result = host.run("p", request().with_schema(json!({"type": "objekt"}))).await;
+    assert!(matches!(&result.error, Some(RunError::BadRequest(m)) if m.contains("request's schema")), "{:?}", result.error);
+    assert_eq!(result.exit_code(), 2);
+    assert_eq!(model.call_count(), 0);
+}
+
+#[tokio::test]
+async fn caller_tools_narrow_the_allowed_tools_and_add_their_schema() {
+    let plugins = common::plugins_dir(&["tool-manifest", "spend-limit"]);
+    sidecar(
+        plugins.path(),
+        "tool-manifest",
+        &format!("{TOOLS_SIDECAR}\n[[config.tools]]\nname = \"lookup_order\"\naccess = \"read\"\n"),
+    );
+    sidecar(plugins.path(), "spend-limit", "[config]\nescalate_above = 1000.0\ndaily_budget = 5000.0\n");
+    let model = script(vec![
+        json!({"attempt": 1, "tool_calls": refund_call(json!(80))["tool_calls"]}),
+        json!({"attempt": 2, "tool_calls": refund_call(json!(20))["tool_calls"]}),
+    ]);
+    let host = host(plugins.path(), &agent(""), &model).await;
+    let declared: Vec<reins::pipeline::RequestTool> = serde_json::from_value(json!([
+        {"name": "issue_refund", "parameters": {"type": "object", "properties": {"amount": {"maximum": 50}}}},
+        {"name": "delete_everything"},
+    ]))
+    .expect("tools");
+    let result = host.run("agent", request().with_tools(declared)).await;
+    assert_eq!(result.status, RunStatus::Completed, "{:?}\n{}", result.error, result.trace_table());
+    // Offered: the allowed tools the caller declared (not lookup_order, not delete_everything).
+    let offered: Vec<String> = model.calls()[0].tools.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(offered, ["issue_refund"]);
+    let v = &result.attempts[0].violations[0].violation;
+    assert_eq!((v.path.as_str(), v.code.as_str()), ("/actions/0/arguments/amount", "tool-arguments"));
+    assert!(v.message.contains("as the caller declared them"), "{}", v.message);
+    assert_eq!(result.actions[0].arguments["amount"], 20);
+}

@@ -20,7 +20,7 @@
 use super::result::{
     Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
 };
-use super::{Pipeline, Request, extract_json, repair};
+use super::{Pipeline, Request, RequestTool, extract_json, repair};
 use crate::config::OnFail;
 use crate::provider::{ChatRequest, ChatResponse, ToolCall};
 use crate::runtime::{
@@ -51,6 +51,9 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
             attempt: 0,
             metadata: request.metadata.clone(),
         },
+        request_schema: None,
+        model_schema: pipeline.schema.clone(),
+        caller_tools: None,
     };
     run.result.dry_run = pipeline.config.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
@@ -80,6 +83,12 @@ struct Run<'a> {
     started: Instant,
     result: RunResult,
     ctx: CallContext,
+    /// The caller's schema, checked after the pipeline's.
+    request_schema: Option<Arc<jsonschema::Validator>>,
+    /// What the model is told to produce: the pipeline's schema, the caller's, or both (`allOf`).
+    model_schema: Option<Arc<Value>>,
+    /// The caller's tools, with their compiled argument schemas.
+    caller_tools: Option<Vec<(RequestTool, Option<Arc<jsonschema::Validator>>)>>,
 }
 
 /// A plugin call's result and when it ran.
@@ -288,6 +297,33 @@ impl Run<'_> {
         if !request.metadata.is_object() {
             return Err(RunError::BadRequest("metadata must be a JSON object".to_owned()));
         }
+        if let Some(schema) = &request.schema {
+            let compiled = self
+                .p
+                .tool_validator(schema)
+                .map_err(|e| RunError::BadRequest(format!("the request's schema is not a valid JSON Schema: {e}")))?;
+            self.request_schema = Some(compiled);
+            self.model_schema = Some(Arc::new(match self.p.schema.as_deref() {
+                Some(own) => serde_json::json!({"allOf": [own, schema]}),
+                None => schema.clone(),
+            }));
+        }
+        if let Some(tools) = &request.tools {
+            let mut compiled = Vec::with_capacity(tools.len());
+            for t in tools {
+                let check = match &t.parameters {
+                    None => None,
+                    Some(schema) => Some(self.p.tool_validator(schema).map_err(|e| {
+                        RunError::BadRequest(format!(
+                            "the parameters of tool `{}` are not a valid JSON Schema: {e}",
+                            t.name
+                        ))
+                    })?),
+                };
+                compiled.push((t.clone(), check));
+            }
+            self.caller_tools = Some(compiled);
+        }
         let messages = self.normalize(request.messages).await?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         let tools = self.constraints().await?;
@@ -375,9 +411,14 @@ impl Run<'_> {
         let ctx = self.ctx.clone();
         let timed = blocking(&plugin, move |p| p.tools(&ctx)).await;
         // A skipped constraints plugin leaves the model with no tools: the safe side.
-        Ok(self
+        let mut tools = self
             .settle(Layer::Constraints, &plugin, timed, |t| format!("{} tools", t.len()))?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        // The caller can narrow the allowed tools, never widen them.
+        if let Some(declared) = &self.caller_tools {
+            tools.retain(|t| declared.iter().any(|(d, _)| d.name == t.name));
+        }
+        Ok(tools)
     }
 
     /// System prompt (with the context appended) + the normalized conversation.
@@ -411,7 +452,7 @@ impl Run<'_> {
             pipeline: self.p.name.clone(),
             attempt,
             messages,
-            schema: self.p.schema.clone(),
+            schema: self.model_schema.clone(),
             tools: tools.to_vec(),
         };
         let p = self.p;
@@ -564,7 +605,7 @@ impl Run<'_> {
                 let prompt = self
                     .p
                     .template
-                    .render(&blocking, attempt + 1, max_attempts, self.p.schema.as_deref());
+                    .render(&blocking, attempt + 1, max_attempts, self.model_schema.as_deref());
                 let turn = (answer, prompt);
                 // Not even the next prompt fits what is left of the budget.
                 if let Some(b) = budget
@@ -676,6 +717,20 @@ impl Run<'_> {
                     )
                 }));
                 self.trace("schema", "", count_summary(&findings), start, Instant::now());
+            }
+            if let Some(validator) = self.request_schema.clone() {
+                let start = Instant::now();
+                let own: Vec<Finding> = validator
+                    .iter_errors(&doc)
+                    .map(|e| {
+                        finding(
+                            "schema",
+                            violation(e.instance_path().to_string(), e.kind().keyword(), e.to_string()),
+                        )
+                    })
+                    .collect();
+                self.trace("schema", "request", count_summary(&own), start, Instant::now());
+                findings.extend(own);
             }
             if p.stages.is_empty() {
                 carried.extend(findings);
@@ -863,8 +918,24 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// The tool's argument schema, then the caller's declared one, if any.
     fn check_arguments(&self, tool: &Tool, arguments: &Value, at: &str) -> Vec<Finding> {
-        match self.p.tool_validator(&tool.parameters) {
+        let errors = |validator: &jsonschema::Validator, whose: &str| -> Vec<Finding> {
+            validator
+                .iter_errors(arguments)
+                .map(|e| {
+                    finding(
+                        "constraints",
+                        violation(
+                            format!("{at}/arguments{}", e.instance_path()),
+                            "tool-arguments",
+                            format!("arguments of `{}`{whose}: {e}", tool.name),
+                        ),
+                    )
+                })
+                .collect()
+        };
+        let mut out = match self.p.tool_validator(&tool.parameters) {
             Err(message) => vec![finding(
                 "constraints",
                 violation(
@@ -873,19 +944,19 @@ impl Run<'_> {
                     format!("tool `{}` has an unusable schema: {message}", tool.name),
                 ),
             )],
-            Ok(validator) => validator
-                .iter_errors(arguments)
-                .map(|e| {
-                    finding(
-                        "constraints",
-                        violation(
-                            format!("{at}/arguments{}", e.instance_path()),
-                            "tool-arguments",
-                            format!("arguments of `{}`: {e}", tool.name),
-                        ),
-                    )
-                })
-                .collect(),
+            Ok(validator) => errors(&validator, ""),
+        };
+        let declared = self
+            .caller_tools
+            .iter()
+            .flatten()
+            .find(|(t, _)| t.name == tool.name)
+            .and_then(|(_, check)| check.as_ref());
+        if out.is_empty()
+            && let Some(validator) = declared
+        {
+            out = errors(validator, " (as the caller declared them)");
         }
+        out
     }
 }

@@ -43,6 +43,28 @@ pub struct Request {
     /// A run id chosen by the caller (default: a fresh UUID).
     #[serde(default)]
     pub run_id: Option<String>,
+    /// A JSON Schema of the caller's (e.g. an OpenAI `response_format`): the
+    /// output must satisfy it as well as the pipeline's schema.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// The tools the caller declares (e.g. OpenAI `tools`). They can only
+    /// narrow the tools the constraints plugin allows: the model is offered
+    /// the allowed tools the caller names, and a declared `parameters`
+    /// schema is checked on top of the constraint's.
+    #[serde(default)]
+    pub tools: Option<Vec<RequestTool>>,
+}
+
+/// A tool the caller declares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestTool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments the caller accepts.
+    #[serde(default)]
+    pub parameters: Option<Value>,
 }
 
 fn empty_object() -> Value {
@@ -56,6 +78,8 @@ impl Default for Request {
             metadata: empty_object(),
             chunks: Vec::new(),
             run_id: None,
+            schema: None,
+            tools: None,
         }
     }
 }
@@ -72,6 +96,18 @@ impl Request {
     /// Sets the caller's metadata.
     pub fn with_metadata(mut self, metadata: Value) -> Request {
         self.metadata = metadata;
+        self
+    }
+
+    /// Adds a caller's JSON Schema that the output must also satisfy.
+    pub fn with_schema(mut self, schema: Value) -> Request {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// Declares the caller's tools (they narrow the constraint's tools).
+    pub fn with_tools(mut self, tools: Vec<RequestTool>) -> Request {
+        self.tools = Some(tools);
         self
     }
 
@@ -232,7 +268,7 @@ impl Pipeline {
         })
     }
 
-    /// The compiled validator of a tool's argument schema (cached).
+    /// The compiled validator of a tool's argument schema or a request's schema (cached).
     pub(crate) fn tool_validator(&self, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
         let key = schema.to_string();
         let mut cache = self.tool_schemas.lock().unwrap_or_else(|p| p.into_inner());
