@@ -80,17 +80,25 @@ async fn repair_sends_the_violations_back_and_completes() {
     assert_eq!(model.calls()[1].messages, calls[1].messages);
 }
 
-#[tokio::test]
-async fn fix_takes_the_plugins_document_without_a_model_call() {
+/// A pipeline whose only validator is `coerce-numbers` with `on_fail = "fix"`.
+async fn fixing_host(
+    answers: &[Value],
+) -> (tempfile::TempDir, Arc<reins::provider::ScriptedProvider>, reins::Host) {
     let plugins = common::plugins_dir(&["coerce-numbers"]);
     sidecar(plugins.path(), "coerce-numbers", &coerce_sidecar());
-    let model = script(by_attempt(&[refund(json!("$20.50")), refund(json!(99))]));
+    let model = script(by_attempt(answers));
     let host = host(
         plugins.path(),
         &pipeline("validators = [{ plugin = \"coerce-numbers\", on_fail = \"fix\" }]"),
         &model,
     )
     .await;
+    (plugins, model, host)
+}
+
+#[tokio::test]
+async fn fix_takes_the_plugins_document_without_a_model_call() {
+    let (_plugins, model, host) = fixing_host(&[refund(json!("$20.50")), refund(json!(99))]).await;
     let result = host.run("p", request()).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
     assert_eq!(result.output, Some(refund(json!(20.5))));
@@ -115,15 +123,7 @@ async fn fix_takes_the_plugins_document_without_a_model_call() {
 
 #[tokio::test]
 async fn a_fix_validator_without_a_document_falls_back_to_repair() {
-    let plugins = common::plugins_dir(&["coerce-numbers"]);
-    sidecar(plugins.path(), "coerce-numbers", &coerce_sidecar());
-    let model = script(by_attempt(&[refund(json!("about twenty")), refund(json!(20))]));
-    let host = host(
-        plugins.path(),
-        &pipeline("validators = [{ plugin = \"coerce-numbers\", on_fail = \"fix\" }]"),
-        &model,
-    )
-    .await;
+    let (_plugins, model, host) = fixing_host(&[refund(json!("about twenty")), refund(json!(20))]).await;
     let result = host.run("p", request()).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
     assert_eq!(model.call_count(), 2);
