@@ -15,9 +15,15 @@ for dir in plugins/*/; do
   "$reins" plugin test "target/plugins/$name.wasm" "$dir/cases.json" || status=1
   echo
 done
-if [ -f examples/contract-risks/reins.toml ]; then
-  echo "== reins run: contract-risks (one repair) =="
-  "$reins" run --config examples/contract-risks/reins.toml --pipeline contract-risks \
-    --input examples/contract-risks/contract.md --trace human || status=1
-fi
+# The example keeps its own sidecars (its schema); it takes only the .wasm files.
+for p in normalize-text coerce-numbers ranges; do
+  cp "target/plugins/$p.wasm" examples/contract-risks/plugins/
+done
+echo "== reins run: contract-risks (the schema catches \"\$500,000\", one repair fixes it) =="
+"$reins" run --config examples/contract-risks/reins.toml --pipeline contract-risks \
+  --input examples/contract-risks/contract.md --trace human || status=1
+echo
+echo "== reins run: contract-risks-fix (coerce-numbers fixes it, zero repair calls) =="
+"$reins" run --config examples/contract-risks/reins.toml --pipeline contract-risks-fix \
+  --input examples/contract-risks/contract.md --trace human || status=1
 exit $status

@@ -31,12 +31,31 @@ max_attempts = 2
 [pipelines.refunds]
 model = "script"
 normalizers = ["normalize-text"]
+constraints = "tool-manifest"
 gates = ["spend-limit"]
+"#;
+
+const TOOLS: &str = r#"
+[[config.tools]]
+name = "issue_refund"
+description = "Refund an order"
+access = "write"
+[config.tools.parameters]
+type = "object"
+required = ["order", "amount"]
+properties = { order = { type = "string" }, amount = { type = "number" } }
+
+[[config.tools]]
+name = "delete_account"
+description = "Not for this caller"
+access = "irreversible"
+parameters = { type = "object" }
 "#;
 
 #[test]
 fn official_openai_python_client_works_against_reins_serve() {
-    let dir = common::plugins_dir(&["normalize-text", "spend-limit"]);
+    let dir = common::plugins_dir(&["normalize-text", "spend-limit", "tool-manifest"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), TOOLS).expect("tools sidecar");
     let config = dir.path().join("reins.toml");
     std::fs::write(&config, CONFIG).expect("config");
 

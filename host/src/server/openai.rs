@@ -5,7 +5,7 @@
 use super::AppState;
 use super::error::{ApiError, JsonBody};
 use super::settings::Scope;
-use crate::pipeline::{Request, RunError, RunResult, RunStatus};
+use crate::pipeline::{Request, RequestTool, RunError, RunResult, RunStatus};
 use crate::runtime::Message;
 use axum::Json;
 use axum::extract::State;
@@ -92,7 +92,15 @@ pub async fn chat_completions(
     if let (Some(user), Some(obj)) = (&body.user, metadata.as_object_mut()) {
         obj.entry("user").or_insert_with(|| json!(user));
     }
-    let request = Request::from(messages).with_metadata(metadata);
+    let mut request = Request::from(messages).with_metadata(metadata);
+    if let Some(schema) = response_schema(body.response_format.as_ref())? {
+        request = request.with_schema(schema);
+    }
+    if let Some(tools) = &body.tools {
+        if !matches!(body.tool_choice.as_ref().and_then(Value::as_str), Some("none")) {
+            request = request.with_tools(request_tools(tools)?);
+        }
+    }
     let result = super::run_pipeline(&state, &pipeline, request).await?;
     state.runs.insert(result.clone(), None);
 
@@ -104,6 +112,48 @@ pub async fn chat_completions(
     };
     super::reins_headers(response.headers_mut(), &result);
     Ok(response)
+}
+
+/// The caller's JSON Schema from `response_format` (`json_schema` type);
+/// `json_object` and `text` add no schema (the pipeline's own still applies).
+fn response_schema(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(format) = format else { return Ok(None) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => format
+            .pointer("/json_schema/schema")
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request("response_format.json_schema.schema is required")
+                    .with("param", json!("response_format"))
+            }),
+        Some("json_object" | "text") => Ok(None),
+        _ => Err(ApiError::bad_request("response_format.type must be text, json_object or json_schema")
+            .with("param", json!("response_format"))),
+    }
+}
+
+/// OpenAI `tools` (`{"type": "function", "function": {...}}`) as the tools
+/// the caller declares; they can only narrow what the constraints allow.
+fn request_tools(tools: &[Value]) -> Result<Vec<RequestTool>, ApiError> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let f = t.get("function").ok_or_else(|| {
+                ApiError::bad_request(format!("tools[{i}]: only function tools are supported"))
+                    .with("param", json!("tools"))
+            })?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad_request(format!("tools[{i}].function.name is required")).with("param", json!("tools"))
+            })?;
+            Ok(RequestTool {
+                name: name.to_string(),
+                description: f.get("description").and_then(Value::as_str).unwrap_or_default().to_string(),
+                parameters: f.get("parameters").cloned(),
+            })
+        })
+        .collect()
 }
 
 /// Maps a run to an OpenAI answer, or to an error with the right status.
