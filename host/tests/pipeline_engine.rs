@@ -431,7 +431,7 @@ async fn an_escalation_awaits_approval() {
     let (_dir, host) = agent_host(&model, "").await;
     let result = host.run("agent", request().with_metadata(json!({"tenant": "t-escalate"}))).await;
     assert_eq!(result.status, RunStatus::AwaitingApproval, "{:?}", result.error);
-    let pending = result.pending.as_ref().expect("a pending approval");
+    let pending = result.pending.first().expect("a pending approval");
     assert_eq!(pending.gate, "spend-limit");
     assert_eq!(pending.action.tool, "issue_refund");
     assert!(pending.reason.contains("approval"), "{}", pending.reason);

@@ -31,7 +31,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod error;
+mod resilience;
 pub use error::ConfigError;
+pub use resilience::{BreakerConfig, CacheMode, DegradedConfig, default_degraded_message};
 
 /// The whole `reins.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,25 +91,31 @@ pub struct OpenAiConfig {
     pub temperature: Option<f32>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    /// Per-request timeout.
+    /// Time to establish a connection.
+    #[serde(default = "resilience::defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Total time of one request (connect, send, the whole response body).
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
-    /// Retries of a retryable failure (connect error, timeout, 429, 5xx) with
-    /// jittered exponential backoff.
+    /// Retries of a retryable failure (connect error, broken connection,
+    /// timeout, 408, 429, 5xx) with exponential backoff and full jitter; a
+    /// `Retry-After` (or `retry-after-ms`) answer is waited for instead.
     #[serde(default = "defaults::max_retries")]
     pub max_retries: u32,
+    /// The backoff before retry `n` is random in `[0, backoff_ms * 2^n]`.
     #[serde(default = "defaults::backoff_ms")]
     pub backoff_ms: u64,
+    /// The longest wait before a retry; a `Retry-After` longer than this is
+    /// not waited for (the call fails and the pipeline falls back).
+    #[serde(default = "resilience::defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
     /// How the pipeline's schema is passed on: `json_schema`, `json_object`
     /// or `none` (for servers that accept neither).
     #[serde(default)]
     pub response_format: ResponseFormat,
-    /// Consecutive failed calls that open this provider's circuit breaker.
-    #[serde(default = "defaults::breaker_threshold")]
-    pub breaker_threshold: u32,
-    /// How long an open breaker refuses calls before it lets one through.
-    #[serde(default = "defaults::breaker_cooldown_ms")]
-    pub breaker_cooldown_ms: u64,
+    /// This provider's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 /// How an OpenAI-compatible server is asked for JSON.
@@ -146,6 +154,24 @@ pub struct PipelineConfig {
     /// Providers tried in order when the one before is unavailable.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// The whole run's deadline (every attempt, retry and fallback), in ms;
+    /// 0 = none. When it passes no provider is called any more; the cache
+    /// and the static `degraded` answer may still serve.
+    #[serde(default = "resilience::defaults::deadline_ms")]
+    pub deadline_ms: u64,
+    /// The response cache: `off`, `read` (serve cached answers when every
+    /// provider is unavailable) or `read-write` (also store validated outputs).
+    #[serde(default)]
+    pub cache: CacheMode,
+    /// How long a cached answer may be served.
+    #[serde(default = "resilience::defaults::cache_ttl_s")]
+    pub cache_ttl_s: u64,
+    /// Cached answers kept for this pipeline (least recently used go first).
+    #[serde(default = "resilience::defaults::cache_max_entries")]
+    pub cache_max_entries: usize,
+    /// The static answer of last resort, after the providers and the cache.
+    #[serde(default)]
+    pub degraded: Option<DegradedConfig>,
     /// Prepended as a system message.
     #[serde(default)]
     pub system_prompt: Option<String>,
@@ -178,6 +204,59 @@ pub struct PipelineConfig {
     /// Check actions but approve none: the result lists what would be done.
     #[serde(default)]
     pub dry_run: bool,
+    /// Where actions come from besides OpenAI `tool_calls`: a JSON Pointer
+    /// into the validated output whose value is a list of `{tool, arguments}`.
+    #[serde(default)]
+    pub actions_field: Option<String>,
+    /// An action that is not allowed (unknown tool, arguments that fail the
+    /// tool's schema, a gate's deny): `repair` (tell the model) or `fail`.
+    #[serde(default)]
+    pub on_invalid_action: OnFail,
+    /// How approved actions are carried out, by tool name. A tool with no
+    /// entry is returned to the caller (the embedding case).
+    #[serde(default)]
+    pub executors: BTreeMap<String, ExecutorConfig>,
+    /// Token names that may decide this pipeline's approvals (empty: any
+    /// token with the `approve` scope).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Request and token rate limits per caller key.
+    #[serde(default)]
+    pub limits: Option<RateLimitConfig>,
+}
+
+/// How one tool's approved actions are executed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ExecutorConfig {
+    /// POST the action as JSON to `url` with an `Idempotency-Key` header;
+    /// retried on 5xx and connection errors with the same key.
+    Webhook {
+        url: String,
+        #[serde(default = "defaults::webhook_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "defaults::webhook_retries")]
+        retries: u32,
+    },
+    /// Hand the action back to the caller, who executes it.
+    Return,
+}
+
+/// Sliding-window limits per caller key (a metadata field, e.g. `tenant`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The metadata field that names the caller; missing → `"anonymous"`.
+    #[serde(default = "defaults::limit_key")]
+    pub key: String,
+    #[serde(default = "defaults::limit_window")]
+    pub window_seconds: u32,
+    /// Runs per window.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Tokens (all attempts) per window; checked before a run starts.
+    #[serde(default)]
+    pub tokens: Option<u64>,
 }
 
 /// `context = { plugin = "...", budget_tokens = 2000 }`.
@@ -310,6 +389,18 @@ impl<'de> Deserialize<'de> for SchemaSource {
 }
 
 mod defaults {
+    pub fn webhook_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn webhook_retries() -> u32 {
+        3
+    }
+    pub fn limit_key() -> String {
+        "tenant".to_owned()
+    }
+    pub fn limit_window() -> u32 {
+        60
+    }
     pub fn timeout_ms() -> u64 {
         60_000
     }
@@ -318,12 +409,6 @@ mod defaults {
     }
     pub fn backoff_ms() -> u64 {
         250
-    }
-    pub fn breaker_threshold() -> u32 {
-        5
-    }
-    pub fn breaker_cooldown_ms() -> u64 {
-        30_000
     }
     pub fn scripted_model() -> String {
         "scripted".to_owned()
@@ -404,6 +489,9 @@ impl Config {
                     });
                 }
             }
+            if p.cache.reads() && p.cache_max_entries == 0 {
+                return Err(invalid(key("cache_max_entries"), "must be at least 1 when the cache is on"));
+            }
             if p.repair.max_attempts == 0 {
                 return Err(invalid(key("repair.max_attempts"), "must be at least 1"));
             }
@@ -430,6 +518,20 @@ impl Config {
             }
         }
         for (name, provider) in &self.providers {
+            if name == "cache" || name == "static" {
+                return Err(invalid(
+                    format!("providers.{name}"),
+                    "`cache` and `static` name the pipeline's own fallbacks; choose another provider name",
+                ));
+            }
+            if let ProviderConfig::Openai(o) = provider {
+                if let Err((k, message)) = resilience::check_breaker(&o.breaker) {
+                    return Err(invalid(format!("providers.{name}.{k}"), message));
+                }
+                if o.timeout_ms == 0 || o.connect_timeout_ms == 0 {
+                    return Err(invalid(format!("providers.{name}.timeout_ms"), "timeouts must be at least 1 ms"));
+                }
+            }
             match provider {
                 ProviderConfig::Openai(o)
                     if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) =>

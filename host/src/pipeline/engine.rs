@@ -55,7 +55,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         model_schema: pipeline.schema.clone(),
         caller_tools: None,
     };
-    run.result.dry_run = pipeline.config.dry_run;
+    run.result.dry_run = pipeline.config.dry_run || request.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
     let _enter = span.enter();
     let outcome = run.execute(request).await;
@@ -184,8 +184,26 @@ struct Validation {
 #[derive(Default)]
 struct Gated {
     findings: Vec<Finding>,
-    approved: Vec<Action>,
-    pending: Option<PendingApproval>,
+    /// (index among the proposed actions, action) that every gate allowed.
+    approved: Vec<(usize, Action)>,
+    pending: Vec<PendingApproval>,
+    /// Budget the gates reserved for approved and pending actions.
+    reservations: Vec<(usize, crate::runtime::Reservation)>,
+    /// Reservations of the action being gated right now.
+    held: Vec<crate::runtime::Reservation>,
+}
+
+impl Gated {
+    /// The attempt is discarded (it goes back for repair): nothing it
+    /// reserved may stay spent.
+    fn release_all(&mut self) {
+        for (_, r) in &mut self.reservations {
+            r.release();
+        }
+        for r in &mut self.held {
+            r.release();
+        }
+    }
 }
 
 fn violation(path: String, code: &str, message: String) -> Violation {
@@ -576,16 +594,17 @@ impl Run<'_> {
 
             if blocking.is_empty() {
                 self.result.output = validation.doc;
-                self.result.actions = gated.approved;
-                self.result.status = match gated.pending {
-                    Some(pending) => {
-                        self.result.pending = Some(pending);
-                        RunStatus::AwaitingApproval
-                    }
-                    None => RunStatus::Completed,
-                };
+                self.result.actions = gated.approved.iter().map(|(_, a)| a.clone()).collect();
+                self.result.reservations = std::mem::take(&mut gated.reservations);
+                if gated.pending.is_empty() {
+                    self.result.status = RunStatus::Completed;
+                    return self.execute_actions(attempt, &gated.approved).await;
+                }
+                self.result.pending = gated.pending;
+                self.result.status = RunStatus::AwaitingApproval;
                 return Ok(());
             }
+            gated.release_all();
 
             // Repair, or stop?
             let spent = self.result.tokens.total;
@@ -667,9 +686,49 @@ impl Run<'_> {
     }
 
     /// The `on_fail` of what reported a violation.
+    /// Carries out the approved actions of a completed run (or plans them,
+    /// in a dry run). A failed action fails the run.
+    async fn execute_actions(&mut self, step: u32, approved: &[(usize, Action)]) -> Result<(), RunError> {
+        if approved.is_empty() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let executions = super::execute::execute_all(
+            &self.p.config,
+            &self.p.name,
+            &self.ctx.run_id,
+            step,
+            approved,
+            &mut self.result.reservations,
+            self.result.dry_run,
+        )
+        .await;
+        for e in &executions {
+            let what = match e.status {
+                super::ExecStatus::Done => format!("done ({} tries)", e.tries),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            self.trace("execute", &e.tool, what, start, Instant::now());
+        }
+        let failed = executions
+            .iter()
+            .find(|e| e.status == super::ExecStatus::Failed)
+            .map(|e| RunError::ActionFailed {
+                tool: e.tool.clone(),
+                message: e.error.clone().unwrap_or_default(),
+            });
+        self.result.executions = executions;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn on_fail(&self, source: &str) -> OnFail {
         match source {
             "json" | "schema" => self.p.config.schema_on_fail,
+            "constraints" => self.p.config.on_invalid_action,
+            gate if self.p.config.gates.iter().any(|g| g == gate) => self.p.config.on_invalid_action,
             _ => self
                 .p
                 .config
@@ -817,8 +876,19 @@ impl Run<'_> {
 
     /// Constraint check and gates for each proposed action.
     async fn gate(&mut self, calls: &[ToolCall], tools: &[Tool]) -> Result<Gated, RunError> {
-        let p = self.p;
         let mut out = Gated::default();
+        match self.gate_into(calls, tools, &mut out).await {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                // The run fails: no reservation of it may stay spent.
+                out.release_all();
+                Err(e)
+            }
+        }
+    }
+
+    async fn gate_into(&mut self, calls: &[ToolCall], tools: &[Tool], out: &mut Gated) -> Result<(), RunError> {
+        let p = self.p;
         for (i, call) in calls.iter().enumerate() {
             let at = format!("/actions/{i}");
             let start = Instant::now();
@@ -860,14 +930,20 @@ impl Run<'_> {
                 access: tool.access,
             };
             let mut allowed = true;
+            let mut escalated = false;
             for gate in &p.config.gates {
                 let plugin = self.plugin(Layer::Gate, gate)?;
                 let ctx = self.ctx.clone();
                 let input = action.clone();
-                let timed = blocking(&plugin, move |p| p.check(&ctx, &input)).await;
-                let Some(decision) = self.settle(Layer::Gate, &plugin, timed, |d| d.kind().to_owned())? else {
+                let timed = blocking(&plugin, move |p| p.check_reserving(&ctx, &input)).await;
+                let Some((decision, reservation)) =
+                    self.settle(Layer::Gate, &plugin, timed, |(d, _)| d.kind().to_owned())?
+                else {
                     continue;
                 };
+                if !reservation.is_empty() {
+                    out.held.push(reservation);
+                }
                 self.result.decisions.push(GateDecision {
                     attempt: self.ctx.attempt,
                     action: i,
@@ -883,15 +959,21 @@ impl Run<'_> {
                             violation(at.clone(), "denied", format!("`{}` was denied: {reason}", action.tool)),
                         ));
                         allowed = false;
+                        // What earlier gates reserved for this action is not spent.
+                        for mut r in out.held.drain(..) {
+                            r.release();
+                        }
                         break;
                     }
                     Decision::Escalate(reason) => {
-                        out.pending = Some(PendingApproval {
-                            action,
+                        out.pending.push(PendingApproval {
+                            index: i,
+                            action: action.clone(),
                             gate: gate.clone(),
                             reason,
                         });
-                        return Ok(out);
+                        escalated = true;
+                        break;
                     }
                     Decision::Rewrite(arguments) => {
                         let problems = self.check_arguments(tool, &arguments, &at);
@@ -912,10 +994,14 @@ impl Run<'_> {
                 }
             }
             if allowed {
-                out.approved.push(action);
+                let held = std::mem::take(&mut out.held);
+                out.reservations.extend(held.into_iter().map(|r| (i, r)));
+                if !escalated {
+                    out.approved.push((i, action));
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The tool's argument schema, then the caller's declared one, if any.

@@ -18,11 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 pub mod engine;
+pub mod execute;
 pub mod extract;
 pub mod repair;
 pub mod result;
 
 pub use extract::extract_json;
+pub use execute::{ExecStatus, Execution};
 pub use repair::RepairTemplate;
 pub use result::{
     Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
@@ -43,6 +45,10 @@ pub struct Request {
     /// A run id chosen by the caller (default: a fresh UUID).
     #[serde(default)]
     pub run_id: Option<String>,
+    /// Check and gate every action but execute none (the result lists what
+    /// would be done). A pipeline with `dry_run = true` is always a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
     /// A JSON Schema of the caller's (e.g. an OpenAI `response_format`): the
     /// output must satisfy it as well as the pipeline's schema.
     #[serde(default)]
@@ -78,6 +84,7 @@ impl Default for Request {
             metadata: empty_object(),
             chunks: Vec::new(),
             run_id: None,
+            dry_run: false,
             schema: None,
             tools: None,
         }

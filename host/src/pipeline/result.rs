@@ -97,6 +97,8 @@ pub struct GateDecision {
 /// An escalated action waiting for a human.
 #[derive(Debug, Clone, Serialize)]
 pub struct PendingApproval {
+    /// Index of the action among the attempt's proposed actions.
+    pub index: usize,
     pub action: Action,
     pub gate: String,
     pub reason: String,
@@ -146,6 +148,21 @@ pub enum RunError {
     },
     #[error("model unavailable: {}", errors.join("; "))]
     ModelUnavailable { errors: Vec<String> },
+    #[error("action `{tool}` failed: {message}")]
+    ActionFailed { tool: String, message: String },
+    #[error("approval {approval} for `{tool}` was rejected by {approver}: {comment}")]
+    ApprovalRejected {
+        approval: String,
+        tool: String,
+        approver: String,
+        comment: String,
+    },
+    #[error("rate limit exceeded for {key}: {message}; retry in {retry_after_s} s")]
+    RateLimited {
+        key: String,
+        message: String,
+        retry_after_s: u64,
+    },
     #[error("{layer} plugin `{plugin}` failed ({kind}): {message}")]
     Plugin {
         layer: &'static str,
@@ -168,6 +185,9 @@ impl RunError {
             RunError::ValidationFailed { .. } => "validation_failed",
             RunError::ModelUnavailable { .. } => "model_unavailable",
             RunError::Plugin { .. } => "plugin_failed",
+            RunError::ActionFailed { .. } => "action_failed",
+            RunError::ApprovalRejected { .. } => "approval_rejected",
+            RunError::RateLimited { .. } => "rate_limited",
             RunError::MissingPlugin { .. } => "missing_plugin",
         }
     }
@@ -181,7 +201,9 @@ impl RunError {
             RunError::ValidationFailed { .. } => 3,
             RunError::Rejected { .. } | RunError::Denied { .. } => 4,
             RunError::ModelUnavailable { .. } => 5,
-            RunError::Plugin { .. } | RunError::MissingPlugin { .. } => 1,
+            RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => 1,
+            RunError::ApprovalRejected { .. } => 4,
+            RunError::RateLimited { .. } => 7,
         }
     }
 }
@@ -241,8 +263,16 @@ pub struct RunResult {
     /// True when the pipeline is a dry run: `actions` were approved but must
     /// not be executed.
     pub dry_run: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingApproval>,
+    /// Escalated actions waiting for a human (the run is `awaiting_approval`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingApproval>,
+    /// What happened to each approved action (webhook, returned, planned).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub executions: Vec<super::Execution>,
+    /// Budget the gates reserved, by action index; released when an action
+    /// does not happen. Not part of the answer.
+    #[serde(skip)]
+    pub reservations: Vec<(usize, crate::runtime::Reservation)>,
     /// Plugins skipped because they failed and are `fail_mode = "open"`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
@@ -266,7 +296,9 @@ impl RunResult {
             decisions: Vec::new(),
             actions: Vec::new(),
             dry_run: false,
-            pending: None,
+            pending: Vec::new(),
+            executions: Vec::new(),
+            reservations: Vec::new(),
             skipped: Vec::new(),
             trace: Vec::new(),
             tokens: Tokens::default(),

@@ -50,7 +50,17 @@ impl CounterStore for MemoryCounters {
                 series.total = series.total.saturating_sub(d);
                 series.events.pop_front();
             }
-            series.events.push_back((now, delta));
+            // A negative add that matches an earlier positive one is a
+            // release: cancel that event, so it does not outlive it in the window.
+            let cancel = (delta < 0)
+                .then(|| series.events.iter().rposition(|&(_, d)| d == -delta))
+                .flatten();
+            match cancel {
+                Some(i) => {
+                    series.events.remove(i);
+                }
+                None => series.events.push_back((now, delta)),
+            }
         }
         series.total = series.total.saturating_add(delta);
         series.total
@@ -71,5 +81,17 @@ mod tests {
         assert_eq!(c.add("a", "w", 3, w), 3);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(c.add("a", "w", 1, w), 1);
+    }
+
+    #[test]
+    fn a_release_cancels_its_reservation_in_the_window() {
+        let c = MemoryCounters::new();
+        let w = Some(Duration::from_millis(30));
+        assert_eq!(c.add("a", "b", 100, w), 100);
+        assert_eq!(c.add("a", "b", 40, w), 140);
+        assert_eq!(c.add("a", "b", -40, w), 100);
+        std::thread::sleep(Duration::from_millis(40));
+        // Both the reservation and its release are gone, not just the +100.
+        assert_eq!(c.add("a", "b", 0, w), 0);
     }
 }

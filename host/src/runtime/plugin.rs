@@ -6,7 +6,7 @@ use super::counters::CounterStore;
 use super::engine::EngineHandle;
 use super::error::{CallFailure, PluginError};
 use super::manifest::{FailMode, Isolation, Manifest};
-use super::state::StoreState;
+use super::state::{CounterEntry, StoreState};
 use super::types::{
     Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity, Tool, Verdict,
     Violation,
@@ -238,17 +238,29 @@ impl Plugin {
 
     /// Asks a gate what to do with one proposed action.
     pub fn check(&self, ctx: &CallContext, action: &Action) -> Result<Decision, PluginError> {
+        self.check_reserving(ctx, action).map(|(d, _)| d)
+    }
+
+    /// Like [`check`](Self::check), and also returns what the gate added to
+    /// host counters during the call (a budget reservation), so the caller
+    /// can [`release`](Reservation::release) it if the action never happens.
+    pub fn check_reserving(&self, ctx: &CallContext, action: &Action) -> Result<(Decision, Reservation), PluginError> {
         let wit_action = gate::exports::reins::policy::gate::Action {
             tool: action.tool.clone(),
             arguments: action.arguments.to_string(),
             access: access_to_wit(action.access),
         };
-        let out = self.call(Layer::Gate, ctx, |store, inst, wctx| match inst {
+        let (out, journal) = self.call_journaled(Layer::Gate, ctx, |store, inst, wctx| match inst {
             Instance::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
             _ => unreachable_layer(),
         })?;
+        let reservation = Reservation {
+            scope: self.name.clone(),
+            entries: journal,
+            counters: self.counters.clone(),
+        };
         use gate::exports::reins::policy::gate::Decision as W;
-        Ok(match out {
+        let decision = match out {
             W::Allow => Decision::Allow,
             W::Deny(r) => {
                 self.check_size(r.len())?;
@@ -262,7 +274,8 @@ impl Plugin {
                 self.check_size(args.len())?;
                 Decision::Rewrite(self.parse_json("rewrite arguments", &args)?)
             }
-        })
+        };
+        Ok((decision, reservation))
     }
 
     /// Asks a context builder to choose and order chunks within a token budget.
@@ -310,6 +323,16 @@ impl Plugin {
         ctx: &CallContext,
         f: impl FnOnce(&mut Store<StoreState>, &Instance, &wit_types::CallContext) -> GuestResult<T>,
     ) -> Result<T, PluginError> {
+        self.call_journaled(expected, ctx, f).map(|(t, _)| t)
+    }
+
+    /// [`call`](Self::call), also returning the counter adds the call made.
+    fn call_journaled<T>(
+        &self,
+        expected: Layer,
+        ctx: &CallContext,
+        f: impl FnOnce(&mut Store<StoreState>, &Instance, &wit_types::CallContext) -> GuestResult<T>,
+    ) -> Result<(T, Vec<CounterEntry>), PluginError> {
         if self.info.layer != expected {
             return Err(self.error(CallFailure::WrongLayer {
                 expected,
@@ -343,12 +366,13 @@ impl Plugin {
         let started = std::time::Instant::now();
         let result = f(&mut live.store, &live.instance, &wctx);
         self.latency.record(started.elapsed().as_secs_f64());
+        let journal = std::mem::take(&mut live.store.data_mut().journal);
         match result {
             Ok(answer) => {
                 if pooled {
                     self.give_back(live);
                 }
-                answer.map_err(|message| {
+                answer.map(|t| (t, journal)).map_err(|message| {
                     self.error(CallFailure::Refused {
                         message: truncate(&message, 2048),
                     })
@@ -541,4 +565,38 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Counter adds a gate made while deciding on one action: a budget held for
+/// that action. Release it when the action does not happen (denied later,
+/// rejected by a human, or its execution failed).
+#[derive(Clone)]
+pub struct Reservation {
+    scope: Arc<str>,
+    entries: Vec<CounterEntry>,
+    counters: Arc<dyn CounterStore>,
+}
+
+impl Reservation {
+    /// True when the gate reserved nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Undoes every add (idempotent: the entries are consumed).
+    pub fn release(&mut self) {
+        for e in self.entries.drain(..) {
+            let window = (e.window_seconds > 0).then(|| Duration::from_secs(u64::from(e.window_seconds)));
+            self.counters.add(&self.scope, &e.key, -e.delta, window);
+        }
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("scope", &self.scope)
+            .field("entries", &self.entries)
+            .finish()
+    }
 }

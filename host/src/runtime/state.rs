@@ -20,6 +20,17 @@ pub struct StoreState {
     pub(crate) limits: StoreLimits,
     plugin: Arc<str>,
     counters: Arc<dyn CounterStore>,
+    /// Every `counter-add` of the current call, so the host can release a
+    /// reservation whose action never happened.
+    pub(crate) journal: Vec<CounterEntry>,
+}
+
+/// One `counter-add` a plugin made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterEntry {
+    pub key: String,
+    pub delta: i64,
+    pub window_seconds: u32,
 }
 
 impl StoreState {
@@ -33,6 +44,7 @@ impl StoreState {
                 .build(),
             plugin,
             counters,
+            journal: Vec::new(),
         }
     }
 }
@@ -95,7 +107,13 @@ impl host_iface::Host for StoreState {
 
     fn counter_add(&mut self, key: String, delta: i64, window_seconds: u32) -> i64 {
         let window = (window_seconds > 0).then(|| Duration::from_secs(u64::from(window_seconds)));
-        self.counters.add(&self.plugin, &key, delta, window)
+        let total = self.counters.add(&self.plugin, &key, delta, window);
+        self.journal.push(CounterEntry {
+            key,
+            delta,
+            window_seconds,
+        });
+        total
     }
 }
 

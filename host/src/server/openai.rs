@@ -172,8 +172,19 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     });
-    let tool_calls: Vec<Value> = result
-        .actions
+    // Actions a webhook already carried out are not the client's to run.
+    let returned: Vec<&crate::runtime::Action> = if result.executions.is_empty() {
+        result.actions.iter().collect()
+    } else {
+        result
+            .executions
+            .iter()
+            .zip(&result.actions)
+            .filter(|(e, _)| e.status == crate::pipeline::ExecStatus::Returned)
+            .map(|(_, a)| a)
+            .collect()
+    };
+    let tool_calls: Vec<Value> = returned
         .iter()
         .enumerate()
         .map(|(i, a)| {

@@ -47,12 +47,8 @@ impl RunBody {
         if !metadata.is_object() {
             return Err(ApiError::bad_request("`metadata` must be a JSON object"));
         }
-        if self.dry_run {
-            return Err(ApiError::bad_request(
-                "per-request `dry_run` is not supported yet; set `dry_run = true` on the pipeline",
-            ));
-        }
-        let request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
+        let mut request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
+        request.dry_run = self.dry_run;
         Ok((request, self.idempotency_key))
     }
 }
