@@ -1,8 +1,10 @@
 //! [`Host`]: Reins as a library. The CLI and the server use exactly this API.
 
+use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStatus, ApprovalStore, Decided, Verdict};
+use crate::limits::{RateLimiter, limit_key};
 use crate::config::{Config, ConfigError};
-use crate::pipeline::{Pipeline, Request, RunError, RunResult, engine};
-use crate::provider::{self, Breaker, BreakerSettings, Provider};
+use crate::pipeline::{Pipeline, Request, RunError, RunResult, RunStatus, engine};
+use crate::provider::{self, Breaker, Provider, ProviderSettings};
 use crate::runtime::PluginHost;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,8 @@ pub struct Host {
     plugins: Arc<PluginHost>,
     providers: BTreeMap<String, Arc<Breaker>>,
     pipelines: BTreeMap<String, Arc<Pipeline>>,
+    approvals: ApprovalStore,
+    limits: RateLimiter,
 }
 
 impl std::fmt::Debug for Host {
@@ -83,7 +87,29 @@ impl Host {
     pub async fn run(&self, pipeline: &str, request: impl Into<Request>) -> RunResult {
         let request = request.into();
         match self.pipelines.get(pipeline) {
-            Some(p) => engine::run(p, self.plugins.current(), request).await,
+            Some(p) => {
+                if let Some(limits) = &p.config.limits {
+                    let key = limit_key(limits, &request.metadata);
+                    if let Err(retry_after_s) = self.limits.admit(pipeline, &key, limits) {
+                        let mut result = RunResult::new(
+                            request.run_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                            pipeline,
+                        );
+                        result.status = RunStatus::Rejected;
+                        result.error = Some(RunError::RateLimited {
+                            key,
+                            message: "too many requests or tokens in the window".into(),
+                            retry_after_s,
+                        });
+                        return result;
+                    }
+                    let result = engine::run(p, self.plugins.current(), request).await;
+                    self.limits.spend_tokens(pipeline, &key, limits, result.tokens.total);
+                    return self.hold_if_awaiting(p, result);
+                }
+                let result = engine::run(p, self.plugins.current(), request).await;
+                self.hold_if_awaiting(p, result)
+            }
             None => {
                 let mut result = RunResult::new(
                     request.run_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -93,6 +119,95 @@ impl Host {
                 result
             }
         }
+    }
+
+    fn hold_if_awaiting(&self, p: &Pipeline, mut result: RunResult) -> RunResult {
+        if result.status == RunStatus::AwaitingApproval {
+            let held = self.approvals.hold(&result, &p.config.approvers);
+            result.approvals = held.into_iter().map(|a| a.id).collect();
+        }
+        result
+    }
+
+    /// Pending and decided approvals.
+    pub fn approvals(&self, filter: &ApprovalFilter) -> Vec<Approval> {
+        self.approvals.list(filter)
+    }
+
+    /// One approval by id.
+    pub fn approval(&self, id: &str) -> Option<Approval> {
+        self.approvals.get(id)
+    }
+
+    /// Decides an approval. When it was the run's last pending one, the run
+    /// continues and its new result is returned: approved actions execute
+    /// (with the same idempotency keys a direct run would use) and the run
+    /// completes; a rejection fails it and releases what its gates reserved.
+    pub async fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        approver: &str,
+        comment: Option<String>,
+    ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
+        match self.approvals.decide(id, verdict, approver, comment)? {
+            Decided::Waiting(a) => Ok((a, None)),
+            Decided::Ready(a, run, all) => {
+                let run = self.continue_run(*run, &all).await;
+                Ok((a, Some(run)))
+            }
+        }
+    }
+
+    async fn continue_run(&self, mut run: RunResult, approvals: &[Approval]) -> RunResult {
+        run.pending.clear();
+        if let Some(rejected) = approvals.iter().find(|a| a.status == ApprovalStatus::Rejected) {
+            for (_, r) in &mut run.reservations {
+                r.release();
+            }
+            run.status = RunStatus::Failed;
+            run.error = Some(RunError::ApprovalRejected {
+                approval: rejected.id.clone(),
+                tool: rejected.action.tool.clone(),
+                approver: rejected.decided_by.clone().unwrap_or_default(),
+                comment: rejected.comment.clone().unwrap_or_default(),
+            });
+            return run;
+        }
+        let Some(p) = self.pipelines.get(&run.pipeline) else {
+            run.status = RunStatus::Failed;
+            run.error = Some(RunError::UnknownPipeline(run.pipeline.clone()));
+            return run;
+        };
+        let mut actions: Vec<(usize, crate::runtime::Action)> =
+            run.action_indices.iter().copied().zip(run.actions.iter().cloned()).collect();
+        actions.extend(approvals.iter().map(|a| (a.index, a.action.clone())));
+        actions.sort_by_key(|(i, _)| *i);
+        let step = run.attempts.last().map_or(1, |a| a.attempt);
+        let executions = crate::pipeline::execute::execute_all(
+            &p.config,
+            &run.pipeline,
+            &run.run_id,
+            step,
+            &actions,
+            &mut run.reservations,
+            run.dry_run,
+        )
+        .await;
+        run.actions = actions.iter().map(|(_, a)| a.clone()).collect();
+        run.action_indices = actions.iter().map(|(i, _)| *i).collect();
+        let failed = executions.iter().find(|e| e.status == crate::pipeline::ExecStatus::Failed);
+        run.error = failed.map(|e| RunError::ActionFailed {
+            tool: e.tool.clone(),
+            message: e.error.clone().unwrap_or_default(),
+        });
+        run.status = if run.error.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Completed
+        };
+        run.executions = executions;
+        run
     }
 
     /// A compiled pipeline.
@@ -113,6 +228,11 @@ impl Host {
     /// A provider with its circuit breaker.
     pub fn breaker(&self, name: &str) -> Option<&Arc<Breaker>> {
         self.providers.get(name)
+    }
+
+    /// Every provider with its circuit breaker, by name.
+    pub fn breakers(&self) -> impl Iterator<Item = (&str, &Arc<Breaker>)> {
+        self.providers.iter().map(|(n, b)| (n.as_str(), b))
     }
 
     /// The plugin host (statuses, reloads).
@@ -201,7 +321,7 @@ impl HostBuilder {
             };
             providers.insert(
                 name.clone(),
-                Arc::new(Breaker::new(provider, BreakerSettings::for_config(pc))),
+                Arc::new(Breaker::new(provider, ProviderSettings::for_config(pc))),
             );
         }
         let mut pipelines = BTreeMap::new();
@@ -237,6 +357,8 @@ impl HostBuilder {
             plugins,
             providers,
             pipelines,
+            approvals: ApprovalStore::new(),
+            limits: RateLimiter::new(),
         })
     }
 }

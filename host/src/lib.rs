@@ -6,6 +6,8 @@
 //! `docs/ARCHITECTURE.md` for the request path and how the modules divide it.
 
 pub mod runtime;
+pub mod approvals;
+pub mod limits;
 pub mod server;
 pub mod cases;
 pub mod cli;

@@ -50,6 +50,29 @@ schema = '{SCHEMA}'
     )
 }
 
+const TOOLS: &str = r#"
+[[config.tools]]
+name = "issue_refund"
+description = "Refund an order"
+access = "write"
+parameters = { type = "object", required = ["amount"], properties = { amount = { type = "number" } } }
+"#;
+
+const REFUNDS: &str = r#"
+[providers.refund-script]
+kind = "scripted"
+responses = [ { match = "refund", tool_calls = [ { name = "issue_refund", arguments = { amount = 500 } } ] } ]
+
+[pipelines.refunds]
+model = "refund-script"
+constraints = "tool-manifest"
+gates = ["spend-limit"]
+
+[pipelines.refunds.limits]
+requests = 2
+window_seconds = 60
+"#;
+
 struct Fixture {
     _dir: tempfile::TempDir,
     state: AppState,
@@ -57,7 +80,9 @@ struct Fixture {
 
 async fn fixture(extra: &str) -> Fixture {
     server::install_metrics();
-    let dir = common::plugins_dir(&["normalize-text"]);
+    let dir = common::plugins_dir(&["normalize-text", "tool-manifest", "spend-limit"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), TOOLS).expect("sidecar");
+    std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
     let host = Host::builder()
         .config_str(config(extra), dir.path())
         .build()
@@ -108,8 +133,7 @@ async fn health_ready_and_plugins() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _, b) = call(&f, "GET", "/v1/plugins", None, None).await;
     assert_eq!(s, StatusCode::OK);
-    let p = &b["plugins"][0];
-    assert_eq!(p["name"], "normalize-text");
+    let p = b["plugins"].as_array().expect("list").iter().find(|p| p["name"] == "normalize-text").expect("listed").clone();
     assert_eq!(p["status"], "loaded");
     assert_eq!(p["layer"], "normalizer");
     assert_eq!(p["digest"].as_str().map(str::len), Some(64));
@@ -361,4 +385,54 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(response.contains("\"answer\":7"), "{response}");
     server.await.expect("join").expect("clean exit");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener must be closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_are_listed_decided_once_and_continue_the_run() {
+    let f = fixture(REFUNDS).await;
+    let (s, _, run) = call(&f, "POST", "/v1/pipelines/refunds/runs", Some(json!({"input": "refund it"})), None).await;
+    assert_eq!(s, StatusCode::OK, "{run}");
+    assert_eq!(run["status"], "awaiting_approval");
+    let id = run["approvals"][0].as_str().expect("approval id").to_string();
+
+    let (s, _, list) = call(&f, "GET", "/v1/approvals?status=pending&pipeline=refunds", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let item = &list["data"][0];
+    assert_eq!(item["id"], id.as_str());
+    assert_eq!(item["action"]["tool"], "issue_refund");
+    assert_eq!(item["gate"], "spend-limit");
+    assert!(item["trace"].as_array().is_some_and(|t| !t.is_empty()), "{item}");
+
+    let (s, _, b) = call(&f, "POST", &format!("/v1/approvals/{id}"), Some(json!({"decision": "maybe"})), None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let (s, _, b) = call(&f, "POST", &format!("/v1/approvals/{id}"), Some(json!({"decision": "approve", "comment": "fine"})), None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["approval"]["status"], "approved");
+    assert_eq!(b["run"]["status"], "completed");
+    assert_eq!(b["run"]["executions"][0]["status"], "returned");
+    let (s, _, b) = call(&f, "POST", &format!("/v1/approvals/{id}"), Some(json!({"decision": "reject"})), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (_, _, run) = call(&f, "GET", &format!("/v1/runs/{}", run["run_id"].as_str().unwrap_or("")), None, None).await;
+    assert_eq!(run["status"], "completed", "the stored run shows the outcome");
+    let (s, _, _) = call(&f, "POST", "/v1/approvals/apr-nope", Some(json!({"decision": "approve"})), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, h, page) = call(&f, "GET", "/ui/approvals", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"].to_str().unwrap_or("").starts_with("text/html"));
+    assert!(page.as_str().unwrap_or("").contains("pending approvals"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_runs_get_429_with_retry_after() {
+    let f = fixture(REFUNDS).await;
+    for _ in 0..2 {
+        let (s, _, _) = call(&f, "POST", "/v1/pipelines/refunds/runs", Some(json!({"input": "refund"})), None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, h, b) = call(&f, "POST", "/v1/pipelines/refunds/runs", Some(json!({"input": "refund"})), None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    assert_error(&b, "rate_limit_exceeded");
+    let secs: u64 = h["retry-after"].to_str().unwrap_or("0").parse().unwrap_or(0);
+    assert!((1..=60).contains(&secs), "{secs}");
 }

@@ -472,6 +472,7 @@ impl Run<'_> {
             messages,
             schema: self.model_schema.clone(),
             tools: tools.to_vec(),
+            deadline: None,
         };
         let p = self.p;
         let chain = if attempt == 1 {
@@ -595,6 +596,7 @@ impl Run<'_> {
             if blocking.is_empty() {
                 self.result.output = validation.doc;
                 self.result.actions = gated.approved.iter().map(|(_, a)| a.clone()).collect();
+                self.result.action_indices = gated.approved.iter().map(|(i, _)| *i).collect();
                 self.result.reservations = std::mem::take(&mut gated.reservations);
                 if gated.pending.is_empty() {
                     self.result.status = RunStatus::Completed;

@@ -266,6 +266,9 @@ pub struct RunResult {
     /// Escalated actions waiting for a human (the run is `awaiting_approval`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingApproval>,
+    /// Ids of the approvals this run waits on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
     /// What happened to each approved action (webhook, returned, planned).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub executions: Vec<super::Execution>,
@@ -273,6 +276,9 @@ pub struct RunResult {
     /// does not happen. Not part of the answer.
     #[serde(skip)]
     pub reservations: Vec<(usize, crate::runtime::Reservation)>,
+    /// Index of each of `actions` among the attempt's proposed actions.
+    #[serde(skip)]
+    pub action_indices: Vec<usize>,
     /// Plugins skipped because they failed and are `fail_mode = "open"`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
@@ -298,7 +304,9 @@ impl RunResult {
             dry_run: false,
             pending: Vec::new(),
             executions: Vec::new(),
+            approvals: Vec::new(),
             reservations: Vec::new(),
+            action_indices: Vec::new(),
             skipped: Vec::new(),
             trace: Vec::new(),
             tokens: Tokens::default(),

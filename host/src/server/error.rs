@@ -13,6 +13,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub message: String,
     pub extra: serde_json::Map<String, Value>,
+    /// Sent as `Retry-After` (seconds), for 429 and 503 answers.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             kind,
             message: message.into(),
             extra: Default::default(),
+            retry_after: None,
         }
     }
 
@@ -62,7 +65,13 @@ impl IntoResponse for ApiError {
         err.insert("message".into(), json!(self.message));
         err.insert("code".into(), json!(self.status.as_u16()));
         err.extend(self.extra);
-        (self.status, Json(json!({ "error": err }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": err }))).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 

@@ -3,6 +3,7 @@
 //! Handlers parse, authorize, call the host and shape the answer; everything
 //! else lives in the library. See `docs/ARCHITECTURE.md` ("Server").
 
+mod approvals;
 mod auth;
 mod error;
 mod metrics_export;
@@ -80,6 +81,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", post(approvals::decide))
+        .route("/ui/approvals", get(approvals::page))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -126,6 +130,16 @@ pub(crate) async fn run_pipeline(state: &AppState, pipeline: &str, request: Requ
             )
         })?;
     metrics_export::record_run(&result);
+    if let Some(crate::pipeline::RunError::RateLimited { retry_after_s, .. }) = &result.error {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            result.error.as_ref().map_or_else(String::new, ToString::to_string),
+        )
+        .with("run_id", serde_json::json!(result.run_id));
+        err.retry_after = Some(*retry_after_s);
+        return Err(err);
+    }
     Ok(Arc::new(result))
 }
 
