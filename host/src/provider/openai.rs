@@ -4,14 +4,18 @@
 //! schema as `response_format` (`json_schema`, `json_object` or nothing) and
 //! the request's tools; reads the message text, the tool calls and `usage`.
 //! The same wire format is served by OpenAI, vLLM, llama.cpp's server and
-//! Ollama. Transient failures (connect errors, timeouts, 429 and 5xx) are
-//! retried with jittered exponential backoff.
+//! Ollama. One `complete` is one HTTP request, bounded by `connect_timeout_ms`
+//! and `timeout_ms` (the whole request, body included, so a slow trickle
+//! times out too); retries, `Retry-After` and the circuit breaker are the
+//! [`super::Breaker`]'s. A body that is not a chat completion (garbage, a
+//! truncated JSON document) is a [`ProviderError::BadResponse`]; a connection
+//! that breaks mid-answer is a [`ProviderError::Interrupted`].
 
 use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, Usage};
 use crate::config::{OpenAiConfig, ResponseFormat};
 use serde_json::{Map, Value, json};
 use std::any::Any;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// An OpenAI-compatible HTTP endpoint.
 pub struct OpenAiProvider {
@@ -25,6 +29,7 @@ impl OpenAiProvider {
     pub fn new(name: impl Into<String>, config: OpenAiConfig) -> OpenAiProvider {
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
         let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()
             .unwrap_or_else(|e| {
@@ -104,12 +109,19 @@ impl OpenAiProvider {
         }
         let response = builder.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
+        let retry_after = if status.is_success() {
+            None
+        } else {
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+            super::retry::parse_retry_after(header("retry-after-ms"), header("retry-after"), SystemTime::now())
+        };
         let bytes = response.bytes().await.map_err(|e| self.transport_error(e))?;
         if !status.is_success() {
             return Err(ProviderError::Status {
                 provider: self.name.clone(),
                 status: status.as_u16(),
                 body: snippet(&bytes),
+                retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
             });
         }
         parse_response(&bytes).map_err(|message| ProviderError::BadResponse {
@@ -120,22 +132,33 @@ impl OpenAiProvider {
 
     fn transport_error(&self, e: reqwest::Error) -> ProviderError {
         if e.is_timeout() {
-            ProviderError::Timeout {
+            return ProviderError::Timeout {
                 provider: self.name.clone(),
-                timeout_ms: self.config.timeout_ms,
-            }
-        } else {
-            // Walk the source chain: reqwest's own message is terse.
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message.push_str(": ");
-                message.push_str(&s.to_string());
-                source = s.source();
-            }
+                timeout_ms: if e.is_connect() {
+                    self.config.connect_timeout_ms
+                } else {
+                    self.config.timeout_ms
+                },
+            };
+        }
+        // Walk the source chain: reqwest's own message is terse.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        if e.is_connect() {
             ProviderError::Connect {
                 provider: self.name.clone(),
                 url: self.url.clone(),
+                message,
+            }
+        } else {
+            // Reset, closed before the answer, or a body cut short.
+            ProviderError::Interrupted {
+                provider: self.name.clone(),
                 message,
             }
         }
@@ -164,31 +187,22 @@ impl Provider for OpenAiProvider {
                 provider: self.name.clone(),
                 message: format!("cannot encode the request: {e}"),
             })?;
-            let mut retry = 0;
-            loop {
-                match self.send_once(&body, api_key.as_deref()).await {
-                    Err(e) if e.retryable() && retry < self.config.max_retries => {
-                        let delay = backoff(self.config.backoff_ms, retry);
-                        tracing::debug!(provider = %self.name, error = %e, retry, ?delay, "retrying model call");
-                        tokio::time::sleep(delay).await;
-                        retry += 1;
-                    }
-                    other => return other,
-                }
-            }
+            self.send_once(&body, api_key.as_deref()).await
+        })
+    }
+
+    fn params(&self) -> Value {
+        json!({
+            "model": self.config.model,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+            "response_format": self.config.response_format,
         })
     }
 
     fn as_any(&self) -> &dyn Any {
         self
     }
-}
-
-/// Exponential backoff with ±50 % jitter.
-fn backoff(base_ms: u64, retry: u32) -> Duration {
-    let exp = base_ms.saturating_mul(1u64 << retry.min(16));
-    let jitter: f64 = rand::random_range(0.5..1.5);
-    Duration::from_millis((exp as f64 * jitter) as u64)
 }
 
 /// `json_schema.name` must match `^[a-zA-Z0-9_-]{1,64}$`.
@@ -291,15 +305,6 @@ mod tests {
                 .unwrap_err()
                 .contains("choices[0]")
         );
-    }
-
-    #[test]
-    fn backoff_is_jittered_around_the_exponential() {
-        for retry in 0..4 {
-            let d = backoff(100, retry).as_millis() as u64;
-            let center = 100 << retry;
-            assert!(d >= center / 2 && d <= center * 3 / 2, "{d} vs {center}");
-        }
     }
 
     #[test]

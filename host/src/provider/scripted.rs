@@ -263,6 +263,7 @@ mod tests {
             messages: vec![Message::new("system", "s"), Message::new("user", user)],
             schema: None,
             tools: vec![],
+            deadline: None,
         }
     }
 

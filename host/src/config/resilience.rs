@@ -1,0 +1,176 @@
+//! The degradation keys of `reins.toml`: a provider's circuit breaker, and a
+//! pipeline's response cache and static degraded answer.
+//!
+//! ```toml
+//! [providers.llm]
+//! kind = "openai"
+//! base_url = "http://127.0.0.1:8000/v1"
+//! model = "m"
+//! connect_timeout_ms = 2000
+//! timeout_ms = 30000
+//! max_retries = 2
+//! backoff_ms = 250
+//! max_backoff_ms = 10000
+//! breaker = { failure_rate = 0.5, min_calls = 10, window_ms = 60000, cooldown_ms = 30000, probes = 1 }
+//!
+//! [pipelines.p]
+//! model = "llm"
+//! fallbacks = ["backup"]
+//! deadline_ms = 60000
+//! cache = "read-write"
+//! cache_ttl_s = 3600
+//! cache_max_entries = 1000
+//! degraded = { answer = { risks = [] }, message = "The model is unavailable; this is a fixed answer." }
+//! ```
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A provider's circuit breaker: it opens when at least `failure_rate` of
+/// the calls of the last `window_ms` failed (once there were `min_calls` of
+/// them), refuses calls for `cooldown_ms`, then lets `probes` calls through;
+/// if they all succeed it closes, if one fails it opens again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// `false`: never open (every call goes to the upstream).
+    pub enabled: bool,
+    /// Failed share of the window's calls that opens the breaker (0 < r ≤ 1).
+    pub failure_rate: f64,
+    /// Calls the window must hold before the rate counts.
+    pub min_calls: u32,
+    /// The sliding window, in ms.
+    pub window_ms: u64,
+    /// How long an open breaker refuses calls.
+    pub cooldown_ms: u64,
+    /// Half-open probes that must all succeed to close it again.
+    pub probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            failure_rate: 0.5,
+            min_calls: 10,
+            window_ms: 60_000,
+            cooldown_ms: 30_000,
+            probes: 1,
+        }
+    }
+}
+
+/// What a pipeline does with the response cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// No cache.
+    #[default]
+    Off,
+    /// Serve cached answers when every provider is unavailable; store nothing.
+    Read,
+    /// The same, and store every validated output a provider produced.
+    ReadWrite,
+}
+
+impl CacheMode {
+    pub fn reads(self) -> bool {
+        self != CacheMode::Off
+    }
+
+    pub fn writes(self) -> bool {
+        self == CacheMode::ReadWrite
+    }
+}
+
+/// The static answer served, after the providers and the cache, when
+/// nothing else can answer. It is validated like any model answer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedConfig {
+    /// The output document (any TOML value; a string is JSON text when it
+    /// parses as a JSON object or array).
+    pub answer: Value,
+    /// What the caller is told about it (`RunResult::notice`).
+    #[serde(default = "default_degraded_message")]
+    pub message: String,
+}
+
+impl DegradedConfig {
+    /// The answer as the text a model would have sent.
+    pub fn answer_text(&self) -> String {
+        match &self.answer {
+            Value::String(s) => {
+                let t = s.trim_start();
+                if (t.starts_with('{') || t.starts_with('['))
+                    && serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_object() || v.is_array())
+                {
+                    s.clone()
+                } else {
+                    Value::String(s.clone()).to_string()
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The default user-facing message of a static degraded answer.
+pub fn default_degraded_message() -> String {
+    "The language model is unavailable right now, so this is a fixed fallback answer configured for this \
+     pipeline, not an answer to your request. Please try again later."
+        .to_owned()
+}
+
+pub(super) mod defaults {
+    pub fn connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn max_backoff_ms() -> u64 {
+        10_000
+    }
+    pub fn deadline_ms() -> u64 {
+        300_000
+    }
+    pub fn cache_ttl_s() -> u64 {
+        3_600
+    }
+    pub fn cache_max_entries() -> usize {
+        1_000
+    }
+}
+
+/// Checks of the degradation keys; `Err((key, message))`.
+pub(super) fn check_breaker(b: &BreakerConfig) -> Result<(), (&'static str, &'static str)> {
+    if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+        return Err(("breaker.failure_rate", "must be in (0, 1]"));
+    }
+    if b.min_calls == 0 {
+        return Err(("breaker.min_calls", "must be at least 1"));
+    }
+    if b.window_ms == 0 {
+        return Err(("breaker.window_ms", "must be at least 1"));
+    }
+    if b.probes == 0 {
+        return Err(("breaker.probes", "must be at least 1"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn degraded_answers_are_json_text() {
+        let d = |answer: Value| DegradedConfig {
+            answer,
+            message: default_degraded_message(),
+        };
+        assert_eq!(d(json!({"a": 1})).answer_text(), r#"{"a":1}"#);
+        assert_eq!(d(json!("{\"a\": 1}")).answer_text(), "{\"a\": 1}");
+        assert_eq!(d(json!("sorry")).answer_text(), "\"sorry\"");
+        assert_eq!(d(json!("{not json")).answer_text(), "\"{not json\"");
+    }
+}

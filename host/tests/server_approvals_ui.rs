@@ -1,0 +1,135 @@
+//! The approvals web page in headless Chromium (selenium + Debian's
+//! chromium/chromium-driver, installed by `.ci/run`): sign in with a token,
+//! approve a pending refund, and check that the webhook sink received it
+//! exactly once.
+
+mod common;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+type Seen = Arc<Mutex<HashMap<String, u32>>>;
+
+async fn sink(State(seen): State<Seen>, headers: HeaderMap, _body: axum::Json<Value>) -> axum::Json<Value> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    *seen.lock().expect("lock").entry(key).or_default() += 1;
+    axum::Json(json!({"refunded": true}))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approve_a_refund_through_the_web_page() {
+    for bin in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "{bin} is missing: apt-get install chromium chromium-driver (see .ci/run)"
+        );
+    }
+    let seen: Seen = Arc::default();
+    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sink_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let token = "approver-secret-token";
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let dir = common::plugins_dir(&["tool-manifest", "spend-limit"]);
+    std::fs::write(
+        dir.path().join("tool-manifest.toml"),
+        "[[config.tools]]\nname = \"issue_refund\"\ndescription = \"Refund an order\"\naccess = \"write\"\nparameters = { type = \"object\", required = [\"order\", \"amount\"], properties = { order = { type = \"string\" }, amount = { type = \"number\" } } }\n",
+    )
+    .expect("sidecar");
+    std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
+    let config = format!(
+        r#"
+plugins_dir = "."
+
+[[server.tokens]]
+name = "alice"
+sha256 = "{hash}"
+scopes = ["run", "approve"]
+
+[providers.script]
+kind = "scripted"
+responses = [ {{ match = "refund", tool_calls = [ {{ name = "issue_refund", arguments = {{ order = "A-77", amount = 500 }} }} ] }} ]
+
+[pipelines.refunds]
+model = "script"
+constraints = "tool-manifest"
+gates = ["spend-limit"]
+
+[pipelines.refunds.executors.issue_refund]
+kind = "webhook"
+url = "http://{sink_addr}/refund"
+"#
+    );
+    let config_path = dir.path().join("reins.toml");
+    std::fs::write(&config_path, config).expect("config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start reins serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    break url.to_string();
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                panic!("reins serve exited before listening");
+            }
+        }
+    };
+
+    let client = reqwest::Client::new();
+    let run: Value = client
+        .post(format!("{base}/v1/pipelines/refunds/runs"))
+        .bearer_auth(token)
+        .json(&json!({"input": "please refund order A-77"}))
+        .send()
+        .await
+        .expect("post run")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(run["status"], "awaiting_approval", "{run}");
+    assert!(seen.lock().expect("lock").is_empty(), "nothing is sent before approval");
+
+    let script = common::repo_root().join("tests/clients/approvals_ui.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&base)
+        .arg(token)
+        .output()
+        .await
+        .expect("run python3");
+    let _ = child.kill();
+    let _ = child.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.len(), 1, "one action: {seen:?}");
+    assert_eq!(seen.values().copied().collect::<Vec<_>>(), vec![1], "sent exactly once: {seen:?}");
+}
