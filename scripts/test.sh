@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2
+# Debian's Chromium and its WebDriver, for the approvals-page browser test.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 cargo test --release --workspace
 # The guest SDK and plugins' own unit tests, natively.
