@@ -235,11 +235,6 @@ impl Host {
         self.providers.iter().map(|(n, b)| (n.as_str(), b))
     }
 
-    /// Every provider with its circuit breaker, by name.
-    pub fn breakers(&self) -> impl Iterator<Item = (&str, &Arc<Breaker>)> {
-        self.providers.iter().map(|(n, b)| (n.as_str(), b))
-    }
-
     /// The plugin host (statuses, reloads).
     pub fn plugins(&self) -> &Arc<PluginHost> {
         &self.plugins
