@@ -355,3 +355,36 @@ async fn rate_limits_refuse_then_admit_after_the_window() {
     let r = f.host.run("refunds", ask("refund 10", "t1")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_listed_in_an_output_field_are_gated_and_executed() {
+    let f = fixture("", 1000).await;
+    let dir = f._dir.path();
+    let config = r#"
+plugins_dir = "."
+[providers.script]
+kind = "scripted"
+responses = [
+  { match = "small", content = { reply = "Refunding now.", actions = [ { tool = "issue_refund", arguments = { order = "A-9", amount = 15 } } ] } },
+  { match = "malformed", content = { reply = "x", actions = [ { arguments = {} } ] } },
+]
+[pipelines.field]
+model = "script"
+constraints = "tool-manifest"
+gates = ["spend-limit"]
+actions_field = "/actions"
+[pipelines.field.repair]
+max_attempts = 1
+"#;
+    let host = Host::builder().config_str(config, dir).build().await.expect("host");
+    let r = host.run("field", ask("a small refund", "t1")).await;
+    assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    assert_eq!(r.decisions[0].tool, "issue_refund");
+    assert_eq!(r.executions[0].status, ExecStatus::Returned);
+    assert_eq!(r.executions[0].arguments["amount"], json!(15));
+    assert_eq!(r.output.as_ref().map(|o| o["reply"].clone()), Some(json!("Refunding now.")));
+
+    let r = host.run("field", ask("malformed", "t1")).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.attempts[0].violations.iter().any(|v| v.violation.path == "/actions/0"), "{:?}", r.attempts[0].violations);
+}

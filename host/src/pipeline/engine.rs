@@ -32,6 +32,9 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod degrade;
+use degrade::{Degradation, ModelAnswer};
+
 /// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
 /// one snapshot for the whole run). Never panics on what a model, a plugin
 /// or the caller sends; every failure is in the result.
@@ -54,6 +57,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         request_schema: None,
         model_schema: pipeline.schema.clone(),
         caller_tools: None,
+        deg: Degradation::new(pipeline, Instant::now()),
     };
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
@@ -67,6 +71,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         };
         result.error = Some(e);
     }
+    run.deg.finish(pipeline, &mut result);
     result.duration_us = run.started.elapsed().as_micros() as u64;
     tracing::debug!(
         status = result.status.as_str(),
@@ -89,6 +94,8 @@ struct Run<'a> {
     model_schema: Option<Arc<Value>>,
     /// The caller's tools, with their compiled argument schemas.
     caller_tools: Option<Vec<(RequestTool, Option<Arc<jsonschema::Validator>>)>>,
+    /// Deadline, cache key and which fallback served each attempt.
+    deg: Degradation,
 }
 
 /// A plugin call's result and when it ran.
@@ -204,6 +211,36 @@ impl Gated {
             r.release();
         }
     }
+}
+
+/// The `{tool, arguments}` entries at JSON Pointer `field` of the output.
+/// A missing field means no actions; a malformed one is a violation.
+fn actions_in_output(doc: &Value, field: &str) -> Result<Vec<ToolCall>, Violation> {
+    let Some(list) = doc.pointer(field) else {
+        return Ok(Vec::new());
+    };
+    let Some(items) = list.as_array() else {
+        return Err(violation(
+            field.to_owned(),
+            "actions",
+            "must be a list of {\"tool\": name, \"arguments\": {...}}".to_owned(),
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.get("tool").and_then(Value::as_str) {
+            Some(tool) => Ok(ToolCall {
+                name: tool.to_owned(),
+                arguments: item.get("arguments").cloned().unwrap_or_else(|| Value::Object(Default::default())),
+            }),
+            None => Err(violation(
+                format!("{field}/{i}"),
+                "actions",
+                "each action needs a \"tool\" name and an \"arguments\" object".to_owned(),
+            )),
+        })
+        .collect()
 }
 
 fn violation(path: String, code: &str, message: String) -> Violation {
@@ -346,6 +383,8 @@ impl Run<'_> {
         let chunks = self.assemble(&messages, request.chunks).await?;
         let tools = self.constraints().await?;
         let conversation = self.conversation(messages, &chunks);
+        let schema = self.model_schema.clone();
+        self.deg.key_for(self.p, &conversation, schema.as_deref(), &tools);
         self.attempts(conversation, tools).await
     }
 
@@ -459,48 +498,6 @@ impl Run<'_> {
         out
     }
 
-    async fn call_model(
-        &mut self,
-        attempt: u32,
-        messages: Vec<Message>,
-        tools: &[Tool],
-    ) -> Result<(ChatResponse, String, u64), RunError> {
-        let request = ChatRequest {
-            run_id: self.ctx.run_id.clone(),
-            pipeline: self.p.name.clone(),
-            attempt,
-            messages,
-            schema: self.model_schema.clone(),
-            tools: tools.to_vec(),
-            deadline: None,
-        };
-        let p = self.p;
-        let chain = if attempt == 1 {
-            &p.providers
-        } else {
-            &p.repair_providers
-        };
-        let mut errors = Vec::new();
-        for breaker in chain {
-            let name = breaker.provider().name().to_owned();
-            let start = Instant::now();
-            let response = breaker.complete(&request).await;
-            let end = Instant::now();
-            match response {
-                Ok(r) => {
-                    self.trace("model", &name, format!("ok ({})", r.model), start, end);
-                    return Ok((r, name, end.saturating_duration_since(start).as_micros() as u64));
-                }
-                Err(e) => {
-                    tracing::warn!(provider = %name, error = %e, "model call failed");
-                    self.trace("model", &name, format!("failed: {}", e.kind()), start, end);
-                    errors.push(e.to_string());
-                }
-            }
-        }
-        Err(RunError::ModelUnavailable { errors })
-    }
-
     /// The attempt loop: call, validate, gate, repair.
     async fn attempts(&mut self, base: Vec<Message>, tools: Vec<Tool>) -> Result<(), RunError> {
         let max_attempts = self.p.config.repair.max_attempts;
@@ -521,7 +518,12 @@ impl Run<'_> {
         let mut attempt = 1;
         loop {
             self.ctx.attempt = attempt;
-            let (response, provider, latency_us) = self.call_model(attempt, messages, &tools).await?;
+            let ModelAnswer {
+                response,
+                provider,
+                latency_us,
+                validation: checked,
+            } = self.call_model(attempt, messages, &tools).await?;
             let tokens = match response.usage {
                 Some(u) => Tokens {
                     prompt: u.prompt_tokens,
@@ -552,7 +554,9 @@ impl Run<'_> {
 
             // Validate the answer text (an answer of tool calls only has none).
             let tools_only = response.content.trim().is_empty() && !response.tool_calls.is_empty();
-            let validation = if tools_only {
+            let validation = if let Some(checked) = checked {
+                checked
+            } else if tools_only {
                 Validation {
                     doc: None,
                     findings: Vec::new(),
@@ -563,8 +567,17 @@ impl Run<'_> {
             };
             let mut findings = validation.findings;
             let mut gated = Gated::default();
-            if !findings.iter().any(is_blocking) && !response.tool_calls.is_empty() {
-                gated = self.gate(&response.tool_calls, &tools).await?;
+            // Proposed actions: the model's tool calls, then any listed in
+            // the output's `actions_field`.
+            let mut calls = response.tool_calls.clone();
+            if let (Some(field), Some(doc)) = (&self.p.config.actions_field, &validation.doc) {
+                match actions_in_output(doc, field) {
+                    Ok(listed) => calls.extend(listed),
+                    Err(v) => findings.push(finding("constraints", v)),
+                }
+            }
+            if !findings.iter().any(is_blocking) && !calls.is_empty() {
+                gated = self.gate(&calls, &tools).await?;
                 findings.append(&mut gated.findings);
             }
             let blocking: Vec<Violation> = findings
