@@ -1,7 +1,9 @@
 //! Command-line surface. Each subcommand is a thin adapter over the library;
 //! `anyhow` lives here and nowhere else.
 
+mod build;
 mod plugin;
+mod scaffold;
 pub mod run;
 mod serve;
 
