@@ -22,7 +22,7 @@ use super::result::{
 };
 use super::{Pipeline, Request, RequestTool, extract_json, repair};
 use crate::config::OnFail;
-use crate::provider::{ChatRequest, ChatResponse, ToolCall};
+use crate::provider::ToolCall;
 use crate::runtime::{
     Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin, PluginError, PluginSet,
     Severity, Tool, Violation,
@@ -31,6 +31,9 @@ use crate::tokens;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
+
+mod degrade;
+use degrade::{Degradation, ModelAnswer};
 
 mod degrade;
 use degrade::{Degradation, ModelAnswer};
@@ -71,6 +74,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         };
         result.error = Some(e);
     }
+    run.deg.finish(pipeline, &mut result);
     run.deg.finish(pipeline, &mut result);
     result.duration_us = run.started.elapsed().as_micros() as u64;
     tracing::debug!(

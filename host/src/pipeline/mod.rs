@@ -17,9 +17,11 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+pub mod cache;
 pub mod engine;
 pub mod execute;
 pub mod extract;
+pub mod fallback;
 pub mod repair;
 pub mod result;
 
@@ -160,6 +162,9 @@ pub struct Pipeline {
     pub(crate) providers: Vec<Arc<Breaker>>,
     /// Providers of repair attempts (the same chain unless `repair.model` is set).
     pub(crate) repair_providers: Vec<Arc<Breaker>>,
+    /// The response cache (`cache` not `off`) and the static degraded answer.
+    pub(crate) cache: Option<cache::ResponseCache>,
+    pub(crate) degraded: Option<fallback::StaticAnswer>,
     /// Compiled tool-argument schemas, by schema text.
     tool_schemas: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
@@ -261,6 +266,7 @@ impl Pipeline {
                 known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
             });
         }
+        let (cache, degraded) = fallback::compile(config, name, p, schema_validator.as_ref())?;
         Ok(Pipeline {
             name: name.to_owned(),
             config: p.clone(),
@@ -271,6 +277,8 @@ impl Pipeline {
             stages: stages.into_values().collect(),
             providers: providers_chain,
             repair_providers,
+            cache,
+            degraded,
             tool_schemas: Mutex::new(HashMap::new()),
         })
     }
@@ -288,6 +296,11 @@ impl Pipeline {
         }
         cache.insert(key, compiled.clone());
         Ok(compiled)
+    }
+
+    /// The response cache, when the pipeline's `cache` is not `off`.
+    pub fn cache(&self) -> Option<&cache::ResponseCache> {
+        self.cache.as_ref()
     }
 
     /// The output schema, if the pipeline has one.

@@ -286,6 +286,15 @@ pub struct RunResult {
     /// Tokens of all attempts together.
     pub tokens: Tokens,
     pub duration_us: u64,
+    /// The answer came from a fallback (another provider, the cache or the
+    /// static answer), not from the first provider of its chain.
+    pub degraded: bool,
+    /// What produced the final answer: a provider's name, `cache` or `static`.
+    pub served_by: Option<String>,
+    /// What the caller should be told about a degraded answer (the static
+    /// answer's configured message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
     pub error: Option<RunError>,
 }
 
@@ -311,6 +320,9 @@ impl RunResult {
             trace: Vec::new(),
             tokens: Tokens::default(),
             duration_us: 0,
+            degraded: false,
+            served_by: None,
+            notice: None,
             error: None,
         }
     }
