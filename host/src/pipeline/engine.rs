@@ -35,9 +35,6 @@ use std::time::Instant;
 mod degrade;
 use degrade::{Degradation, ModelAnswer};
 
-mod degrade;
-use degrade::{Degradation, ModelAnswer};
-
 /// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
 /// one snapshot for the whole run). Never panics on what a model, a plugin
 /// or the caller sends; every failure is in the result.
@@ -74,7 +71,6 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         };
         result.error = Some(e);
     }
-    run.deg.finish(pipeline, &mut result);
     run.deg.finish(pipeline, &mut result);
     result.duration_us = run.started.elapsed().as_micros() as u64;
     tracing::debug!(
