@@ -9,6 +9,7 @@ mod error;
 mod metrics_export;
 mod openai;
 mod ops;
+mod providers;
 mod runs;
 mod settings;
 
@@ -77,6 +78,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/plugins", get(ops::plugins))
+        .route("/v1/providers", get(providers::list))
         .route("/v1/pipelines/{name}/runs", post(runs::create))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -153,4 +155,10 @@ pub(crate) fn reins_headers(headers: &mut HeaderMap, result: &RunResult) {
     set("x-reins-run-id", result.run_id.clone());
     set("x-reins-status", result.status.as_str().to_string());
     set("x-reins-attempts", result.attempts.len().to_string());
+    if result.degraded
+        && let Some(by) = &result.served_by
+    {
+        // Which fallback served the answer: a provider, `cache` or `static`.
+        set("x-reins-degraded", by.clone());
+    }
 }

@@ -163,6 +163,9 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
         "status": result.status.as_str(),
         "attempts": result.attempts.len(),
         "skipped": result.skipped,
+        "degraded": result.degraded,
+        "served_by": result.served_by,
+        "notice": result.notice,
     });
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
