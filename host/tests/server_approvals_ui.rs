@@ -12,8 +12,6 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 type Seen = Arc<Mutex<HashMap<String, u32>>>;
@@ -79,27 +77,8 @@ url = "http://{sink_addr}/refund"
     let config_path = dir.path().join("reins.toml");
     std::fs::write(&config_path, config).expect("config");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start reins serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    break url.to_string();
-                }
-            }
-            _ => {
-                let _ = child.kill();
-                panic!("reins serve exited before listening");
-            }
-        }
-    };
+    let served = common::serve(&config_path);
+    let base = served.base.clone();
 
     let client = reqwest::Client::new();
     let run: Value = client
@@ -123,8 +102,7 @@ url = "http://{sink_addr}/refund"
         .output()
         .await
         .expect("run python3");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(served);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");

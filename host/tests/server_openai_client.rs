@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -59,28 +58,8 @@ fn official_openai_python_client_works_against_reins_serve() {
     let config = dir.path().join("reins.toml");
     std::fs::write(&config, CONFIG).expect("config");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start reins serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    break format!("{url}/v1");
-                }
-            }
-            _ => {
-                let _ = child.kill();
-                panic!("reins serve exited before listening");
-            }
-        }
-    };
+    let mut served = common::serve(&config);
+    let base = format!("{}/v1", served.base);
 
     let script = common::repo_root().join("tests/clients/openai_client.py");
     let out = Command::new("python3")
@@ -91,11 +70,11 @@ fn official_openai_python_client_works_against_reins_serve() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'openai'") {
-        let _ = child.kill();
         panic!("the `openai` Python package is missing: pip install -r tests/clients/requirements.txt");
     }
 
     // SIGTERM: the server finishes what it has and exits 0.
+    let child = &mut served.child;
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let mut waited = Duration::ZERO;
     let status = loop {

@@ -74,3 +74,48 @@ pub fn settings() -> RuntimeSettings {
         ..RuntimeSettings::default()
     }
 }
+
+/// A `reins serve` child process on an ephemeral loopback port; killed on drop.
+pub struct Served {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `reins serve --config CONFIG --listen 127.0.0.1:0` and waits for
+/// the line that names the bound address.
+pub fn serve(config: &Path) -> Served {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start reins serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return Served {
+                        child,
+                        base: url.to_string(),
+                    };
+                }
+            }
+            _ => {
+                let _ = child.kill();
+                panic!("reins serve exited before listening");
+            }
+        }
+    }
+}
