@@ -12,6 +12,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+# A throwaway PostgreSQL on loopback for the state-store tests (exports REINS_TEST_PG_URL).
+. scripts/pg-test.sh
 cargo test --release --workspace
 # The guest SDK and plugins' own unit tests, natively.
 cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod pipeline;
 pub mod provider;
+pub mod state;
 pub mod tokens;
 mod host;
 pub use host::{Host, HostBuilder};

@@ -1,0 +1,496 @@
+//! The embedded SQLite store: one file, WAL mode, `synchronous = NORMAL`
+//! (a committed transaction survives a process crash; a power loss may lose
+//! the last ones). Calls are short and run in place under one connection
+//! mutex; several processes may share a file (busy timeout 5 s).
+
+use super::{
+    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, FINISHED, RunRecord, StateError, StateStore, StepRecord,
+    now_ms, summary,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Mutex;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT NOT NULL,
+    request TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, updated_ms);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs(pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS actions (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    state TEXT NOT NULL,
+    response TEXT,
+    http_status INTEGER,
+    tries INTEGER NOT NULL DEFAULT 0,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_run ON actions(run_id);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_run ON approvals(run_id);
+CREATE TABLE IF NOT EXISTS counters (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+"#;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+fn json_col(text: String) -> Result<Value, StateError> {
+    Ok(serde_json::from_str(&text)?)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StateError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StateError::Other(format!("{}: {e}", dir.display())))?;
+        }
+        let shown = path.display().to_string();
+        let conn = Connection::open(path).map_err(|source| StateError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::init(conn, shown)
+    }
+
+    /// A private in-memory database.
+    pub fn memory() -> Result<SqliteStore, StateError> {
+        let conn = Connection::open_in_memory().map_err(|source| StateError::Sqlite {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Self::init(conn, ":memory:".into())
+    }
+
+    fn init(conn: Connection, path: String) -> Result<SqliteStore, StateError> {
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// Runs `f` on the connection, mapping its errors.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StateError>) -> Result<T, StateError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+const RUN_COLS: &str = "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms";
+
+type RunRow = (String, String, String, String, String, Option<String>, i64, i64);
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+}
+
+fn run_record(row: RunRow) -> Result<RunRecord, StateError> {
+    Ok(RunRecord {
+        run_id: row.0,
+        pipeline: row.1,
+        status: row.2,
+        result: json_col(row.3)?,
+        request: json_col(row.4)?,
+        idempotency_key: row.5,
+        created_ms: row.6,
+        updated_ms: row.7,
+    })
+}
+
+type ActionRow = (String, String, String, String, String, Option<String>, Option<i64>, i64, i64);
+
+const ACTION_COLS: &str = "key, run_id, tool, arguments, state, response, http_status, tries, updated_ms";
+
+fn action_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn action_record(row: ActionRow) -> Result<ActionRecord, StateError> {
+    Ok(ActionRecord {
+        key: row.0,
+        run_id: row.1,
+        tool: row.2,
+        arguments: json_col(row.3)?,
+        state: ActionState::parse(&row.4)?,
+        response: row.5.map(json_col).transpose()?,
+        http_status: row.6.and_then(|s| u16::try_from(s).ok()),
+        tries: u32::try_from(row.7).unwrap_or(0),
+        updated_ms: row.8,
+    })
+}
+
+type ApprovalRow = (String, String, String, String, i64, String);
+
+fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn approval_record(row: ApprovalRow) -> Result<ApprovalRecord, StateError> {
+    Ok(ApprovalRecord {
+        id: row.0,
+        run_id: row.1,
+        pipeline: row.2,
+        status: row.3,
+        created_ms: row.4,
+        data: json_col(row.5)?,
+    })
+}
+
+const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, result = excluded.result,
+       request = CASE WHEN excluded.request = 'null' THEN runs.request ELSE excluded.request END,
+       idempotency_key = COALESCE(runs.idempotency_key, excluded.idempotency_key),
+       updated_ms = excluded.updated_ms";
+
+fn upsert_run(conn: &Connection, run: &RunRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        UPSERT_RUN,
+        params![
+            run.run_id,
+            run.pipeline,
+            run.status,
+            run.result.to_string(),
+            run.request.to_string(),
+            run.idempotency_key,
+            run.created_ms,
+            run.updated_ms
+        ],
+    )
+}
+
+#[async_trait::async_trait]
+impl StateStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        if self.path == ":memory:" { "memory" } else { "sqlite" }
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        let err = self.err();
+        self.with(|c| upsert_run(c, run).map(|_| ()).map_err(&err))
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
+        let err = self.err();
+        let row = self.with(|c| {
+            c.query_row(&format!("SELECT {RUN_COLS} FROM runs WHERE run_id = ?1"), [run_id], run_row)
+                .optional()
+                .map_err(&err)
+        })?;
+        row.map(run_record).transpose()
+    }
+
+    async fn run_by_key(&self, pipeline: &str, key: &str) -> Result<Option<RunRecord>, StateError> {
+        let err = self.err();
+        let row = self.with(|c| {
+            c.query_row(
+                &format!("SELECT {RUN_COLS} FROM runs WHERE pipeline = ?1 AND idempotency_key = ?2"),
+                [pipeline, key],
+                run_row,
+            )
+            .optional()
+            .map_err(&err)
+        })?;
+        row.map(run_record).transpose()
+    }
+
+    async fn runs_with_status(&self, status: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        let err = self.err();
+        let rows = self.with(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE status = ?1 ORDER BY updated_ms, run_id LIMIT ?2"
+                ))
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map(params![status, limit], run_row)
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(run_record).collect()
+    }
+
+    async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
+        let err = self.err();
+        self.with(|c| {
+            let tx = c.transaction().map_err(&err)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO steps (run_id, step, kind, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![step.run_id, step.step, step.kind, step.data.to_string(), step.created_ms],
+            )
+            .map_err(&err)?;
+            upsert_run(&tx, run).map_err(&err)?;
+            tx.commit().map_err(&err)
+        })
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
+        let err = self.err();
+        let rows: Vec<(String, u32, String, String, i64)> = self.with(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT run_id, step, kind, data, created_ms FROM steps WHERE run_id = ?1 ORDER BY step")
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(run_id, step, kind, data, created_ms)| {
+                Ok(StepRecord {
+                    run_id,
+                    step,
+                    kind,
+                    data: json_col(data)?,
+                    created_ms,
+                })
+            })
+            .collect()
+    }
+
+    async fn plan_action(&self, a: &ActionRecord) -> Result<ActionRecord, StateError> {
+        let err = self.err();
+        let row = self.with(|c| {
+            let tx = c.transaction().map_err(&err)?;
+            tx.execute(
+                "INSERT INTO actions (key, run_id, tool, arguments, state, response, http_status, tries, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'planned', NULL, NULL, 0, ?5) ON CONFLICT(key) DO NOTHING",
+                params![a.key, a.run_id, a.tool, a.arguments.to_string(), now_ms()],
+            )
+            .map_err(&err)?;
+            let row = tx
+                .query_row(&format!("SELECT {ACTION_COLS} FROM actions WHERE key = ?1"), [&a.key], action_row)
+                .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            Ok(row)
+        })?;
+        action_record(row)
+    }
+
+    async fn set_action(
+        &self,
+        key: &str,
+        state: ActionState,
+        response: Option<&Value>,
+        http_status: Option<u16>,
+        tries: u32,
+    ) -> Result<(), StateError> {
+        let err = self.err();
+        self.with(|c| {
+            c.execute(
+                "UPDATE actions SET state = ?2, response = COALESCE(?3, response), http_status = COALESCE(?4, http_status),
+                   tries = ?5, updated_ms = ?6 WHERE key = ?1",
+                params![
+                    key,
+                    state.as_str(),
+                    response.map(Value::to_string),
+                    http_status,
+                    tries,
+                    now_ms()
+                ],
+            )
+            .map(|_| ())
+            .map_err(&err)
+        })
+    }
+
+    async fn action(&self, key: &str) -> Result<Option<ActionRecord>, StateError> {
+        let err = self.err();
+        let row = self.with(|c| {
+            c.query_row(&format!("SELECT {ACTION_COLS} FROM actions WHERE key = ?1"), [key], action_row)
+                .optional()
+                .map_err(&err)
+        })?;
+        row.map(action_record).transpose()
+    }
+
+    async fn actions(&self, run_id: &str) -> Result<Vec<ActionRecord>, StateError> {
+        let err = self.err();
+        let rows = self.with(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!("SELECT {ACTION_COLS} FROM actions WHERE run_id = ?1 ORDER BY key"))
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map([run_id], action_row)
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(action_record).collect()
+    }
+
+    async fn hold(&self, run: &RunRecord, approvals: &[ApprovalRecord]) -> Result<(), StateError> {
+        let err = self.err();
+        self.with(|c| {
+            let tx = c.transaction().map_err(&err)?;
+            upsert_run(&tx, run).map_err(&err)?;
+            for a in approvals {
+                tx.execute(
+                    "INSERT OR REPLACE INTO approvals (id, run_id, pipeline, status, created_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![a.id, a.run_id, a.pipeline, a.status, a.created_ms, a.data.to_string()],
+                )
+                .map_err(&err)?;
+            }
+            tx.commit().map_err(&err)
+        })
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
+        let err = self.err();
+        let row = self.with(|c| {
+            c.query_row(
+                "SELECT id, run_id, pipeline, status, created_ms, data FROM approvals WHERE id = ?1",
+                [id],
+                approval_row,
+            )
+            .optional()
+            .map_err(&err)
+        })?;
+        row.map(approval_record).transpose()
+    }
+
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<ApprovalRecord>, StateError> {
+        let err = self.err();
+        let rows = self.with(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, run_id, pipeline, status, created_ms, data FROM approvals
+                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR pipeline = ?2) AND (?3 IS NULL OR run_id = ?3)
+                     ORDER BY created_ms, id",
+                )
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map(params![q.status, q.pipeline, q.run_id], approval_row)
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(approval_record).collect()
+    }
+
+    async fn decide(&self, d: &ApprovalRecord) -> Result<bool, StateError> {
+        let err = self.err();
+        self.with(|c| {
+            c.execute(
+                "UPDATE approvals SET status = ?2, data = ?3 WHERE id = ?1 AND status = 'pending'",
+                params![d.id, d.status, d.data.to_string()],
+            )
+            .map(|n| n == 1)
+            .map_err(&err)
+        })
+    }
+
+    async fn counter_add(&self, scope: &str, key: &str, delta: i64) -> Result<i64, StateError> {
+        let err = self.err();
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO counters (scope, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(scope, key) DO UPDATE SET value = counters.value + excluded.value RETURNING value",
+                params![scope, key, delta],
+                |r| r.get(0),
+            )
+            .map_err(&err)
+        })
+    }
+
+    async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
+        let err = self.err();
+        let old: Vec<(String, String)> = self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT run_id, result FROM runs WHERE status IN ('{}', '{}', '{}') AND updated_ms < ?1
+                     AND result NOT LIKE '%\"compacted\":true%'",
+                    FINISHED[0], FINISHED[1], FINISHED[2]
+                ))
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map([before_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            Ok(rows)
+        })?;
+        let mut n = 0;
+        for (run_id, result) in old {
+            let small = summary(&json_col(result)?).to_string();
+            self.with(|c| {
+                let tx = c.transaction().map_err(&err)?;
+                tx.execute("DELETE FROM steps WHERE run_id = ?1", [&run_id]).map_err(&err)?;
+                tx.execute("DELETE FROM actions WHERE run_id = ?1", [&run_id]).map_err(&err)?;
+                tx.execute(
+                    "UPDATE runs SET result = ?2, request = 'null' WHERE run_id = ?1",
+                    params![run_id, small],
+                )
+                .map_err(&err)?;
+                tx.commit().map_err(&err)
+            })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,245 @@
+//! One store test suite, run against SQLite (a file, WAL) and PostgreSQL
+//! (`REINS_TEST_PG_URL`, set by `scripts/test.sh`; the PostgreSQL tests fail,
+//! never skip, when it is unset).
+
+use reins::state::{
+    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, RunRecord, StateSettings, StateStore, StepRecord, now_ms,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+fn uid(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn suite(store: Arc<dyn StateStore>) {
+    runs_and_checkpoints(&*store).await;
+    actions_move_through_states(&*store).await;
+    approvals_are_decided_once(store.clone()).await;
+    counters_add_atomically(store.clone()).await;
+    compaction_keeps_summaries(&*store).await;
+}
+
+async fn runs_and_checkpoints(store: &dyn StateStore) {
+    let id = uid("run");
+    let mut run = RunRecord::new(&id, "p", "running");
+    run.request = json!({"messages": [{"role": "user", "content": "hi"}]});
+    run.idempotency_key = Some(uid("key"));
+    run.result = json!({"run_id": id, "status": "running"});
+    store.put_run(&run).await.unwrap();
+    assert_eq!(store.run(&id).await.unwrap().as_ref(), Some(&run));
+    let by_key = store.run_by_key("p", run.idempotency_key.as_deref().unwrap()).await.unwrap();
+    assert_eq!(by_key.map(|r| r.run_id), Some(id.clone()));
+    assert!(store.run_by_key("other", run.idempotency_key.as_deref().unwrap()).await.unwrap().is_none());
+
+    for step in 1..=3u32 {
+        let mut next = run.clone();
+        next.result = json!({"run_id": id, "step": step});
+        next.request = serde_json::Value::Null; // keeps the stored request
+        next.updated_ms = now_ms();
+        let rec = StepRecord {
+            run_id: id.clone(),
+            step,
+            kind: "agent".into(),
+            data: json!({"messages": step}),
+            created_ms: now_ms(),
+        };
+        store.checkpoint(&next, &rec).await.unwrap();
+    }
+    // Writing a step again replaces it.
+    let again = StepRecord {
+        run_id: id.clone(),
+        step: 3,
+        kind: "agent".into(),
+        data: json!({"messages": "3b"}),
+        created_ms: now_ms(),
+    };
+    store.checkpoint(&run, &again).await.unwrap();
+    let steps = store.steps(&id).await.unwrap();
+    assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(steps[2].data, json!({"messages": "3b"}));
+    let stored = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(stored.request, run.request, "a null request keeps the stored one");
+    assert!(stored.idempotency_key.is_some());
+
+    let running = store.runs_with_status("running", 10_000).await.unwrap();
+    assert!(running.iter().any(|r| r.run_id == id));
+    let mut done = stored.clone();
+    done.status = "completed".into();
+    store.put_run(&done).await.unwrap();
+    let running = store.runs_with_status("running", 10_000).await.unwrap();
+    assert!(!running.iter().any(|r| r.run_id == id));
+    assert!(store.run("nope").await.unwrap().is_none());
+}
+
+async fn actions_move_through_states(store: &dyn StateStore) {
+    let run_id = uid("run");
+    let key = format!("{run_id}:1:0");
+    let planned = ActionRecord {
+        key: key.clone(),
+        run_id: run_id.clone(),
+        tool: "refund".into(),
+        arguments: json!({"amount": 5}),
+        state: ActionState::Planned,
+        response: None,
+        http_status: None,
+        tries: 0,
+        updated_ms: 0,
+    };
+    let first = store.plan_action(&planned).await.unwrap();
+    assert_eq!(first.state, ActionState::Planned);
+    store.set_action(&key, ActionState::Sending, None, None, 0).await.unwrap();
+    // Planning the same key again returns what is stored, not a fresh plan.
+    let second = store.plan_action(&planned).await.unwrap();
+    assert_eq!(second.state, ActionState::Sending);
+    store
+        .set_action(&key, ActionState::Done, Some(&json!({"ok": true})), Some(200), 2)
+        .await
+        .unwrap();
+    let done = store.action(&key).await.unwrap().unwrap();
+    assert_eq!(done.state, ActionState::Done);
+    assert_eq!(done.response, Some(json!({"ok": true})));
+    assert_eq!(done.http_status, Some(200));
+    assert_eq!(done.tries, 2);
+    assert_eq!(done.arguments, json!({"amount": 5}));
+    assert_eq!(store.plan_action(&planned).await.unwrap().state, ActionState::Done);
+    assert_eq!(store.actions(&run_id).await.unwrap().len(), 1);
+    assert!(store.action("missing").await.unwrap().is_none());
+}
+
+async fn approvals_are_decided_once(store: Arc<dyn StateStore>) {
+    let run_id = uid("run");
+    let pipeline = uid("pipe");
+    let mut run = RunRecord::new(&run_id, &pipeline, "awaiting_approval");
+    run.result = json!({"run_id": run_id});
+    let approvals: Vec<ApprovalRecord> = (0..2)
+        .map(|i| ApprovalRecord {
+            id: uid("apr"),
+            run_id: run_id.clone(),
+            pipeline: pipeline.clone(),
+            status: "pending".into(),
+            created_ms: now_ms() + i,
+            data: json!({"index": i}),
+        })
+        .collect();
+    store.hold(&run, &approvals).await.unwrap();
+    assert_eq!(store.run(&run_id).await.unwrap().unwrap().status, "awaiting_approval");
+    let q = ApprovalQuery {
+        pipeline: Some(pipeline.clone()),
+        ..Default::default()
+    };
+    let listed = store.approvals(&q).await.unwrap();
+    assert_eq!(listed, approvals);
+    // Two concurrent decisions: exactly one wins.
+    let mut a = approvals[0].clone();
+    a.status = "approved".into();
+    let mut b = approvals[0].clone();
+    b.status = "rejected".into();
+    let (s1, s2) = (store.clone(), store.clone());
+    let (r1, r2) = tokio::join!(
+        tokio::spawn(async move { s1.decide(&a).await.unwrap() }),
+        tokio::spawn(async move { s2.decide(&b).await.unwrap() })
+    );
+    assert!(r1.unwrap() ^ r2.unwrap(), "exactly one decision wins");
+    let pending = store
+        .approvals(&ApprovalQuery {
+            status: Some("pending".into()),
+            pipeline: Some(pipeline.clone()),
+            run_id: Some(run_id.clone()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, approvals[1].id);
+    assert!(store.approval("apr-none").await.unwrap().is_none());
+}
+
+async fn counters_add_atomically(store: Arc<dyn StateStore>) {
+    let key = uid("budget");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        let k = key.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                s.counter_add("plugin", &k, 3).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.counter_add("plugin", &key, 0).await.unwrap(), 240);
+    assert_eq!(store.counter_add("plugin", &key, -40).await.unwrap(), 200);
+    assert_eq!(store.counter_add("other", &key, 1).await.unwrap(), 1);
+}
+
+async fn compaction_keeps_summaries(store: &dyn StateStore) {
+    let id = uid("old");
+    let mut run = RunRecord::new(&id, "p", "completed");
+    run.updated_ms = 1_000; // long ago
+    run.result = json!({"run_id": id, "status": "completed", "output": {"x": 1}, "trace": [1, 2, 3]});
+    run.request = json!({"messages": []});
+    let step = StepRecord {
+        run_id: id.clone(),
+        step: 1,
+        kind: "run".into(),
+        data: json!({}),
+        created_ms: 1_000,
+    };
+    store.checkpoint(&run, &step).await.unwrap();
+    let live = uid("live");
+    let mut running = RunRecord::new(&live, "p", "running");
+    running.updated_ms = 1_000;
+    store.put_run(&running).await.unwrap();
+    let n = store.compact(now_ms() - 86_400_000).await.unwrap();
+    assert!(n >= 1);
+    let got = store.run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        got.result,
+        json!({"run_id": id, "status": "completed", "output": {"x": 1}, "compacted": true})
+    );
+    assert!(store.steps(&id).await.unwrap().is_empty());
+    assert_eq!(store.run(&live).await.unwrap().unwrap().status, "running", "running runs are kept");
+    assert_eq!(store.compact(now_ms() - 86_400_000).await.unwrap(), 0, "compaction is idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = StateSettings::default();
+    let store = reins::state::open(&settings, dir.path()).await.unwrap();
+    assert_eq!(store.kind(), "sqlite");
+    suite(store).await;
+    assert!(dir.path().join("reins-state.db").exists());
+    // Reopening the file sees what was written (and the schema is not re-created).
+    let again = reins::state::open(&settings, dir.path()).await.unwrap();
+    assert!(!again.runs_with_status("completed", 100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_suite() {
+    let settings: StateSettings = toml::from_str("kind = \"memory\"").unwrap();
+    suite(reins::state::open(&settings, std::path::Path::new(".")).await.unwrap()).await;
+}
+
+/// The PostgreSQL URL of the test cluster `scripts/test.sh` starts.
+pub fn pg_url() -> String {
+    std::env::var("REINS_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "REINS_TEST_PG_URL is not set: run the tests through `bash scripts/test.sh`, which installs and starts \
+             a throwaway PostgreSQL on 127.0.0.1, or export a URL of a database these tests may write to"
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_suite() {
+    let settings: StateSettings = toml::from_str(&format!("kind = \"postgres\"\nurl = \"{}\"", pg_url())).unwrap();
+    let store = reins::state::open(&settings, std::path::Path::new(".")).await.unwrap();
+    assert_eq!(store.kind(), "postgres");
+    suite(store).await;
+    // A second connect finds the schema migrated and leaves it be.
+    let again = reins::state::open(&settings, std::path::Path::new(".")).await.unwrap();
+    assert!(!again.runs_with_status("completed", 100).await.unwrap().is_empty());
+}
