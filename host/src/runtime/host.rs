@@ -85,7 +85,19 @@ impl PluginHost {
         let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current.load_full();
         let next = PluginSet::scan(&self.runtime, &self.dir, Some(&previous))?;
-        let refused = next.statuses().iter().filter(|s| s.status == "refused").count() as u64;
+        // Count refusals that are new: a file that stays broken is not
+        // refused again on every unrelated reload.
+        let before = previous.statuses();
+        let refused = next
+            .statuses()
+            .iter()
+            .filter(|s| s.status == "refused")
+            .filter(|s| {
+                !before
+                    .iter()
+                    .any(|b| b.name == s.name && b.status == "refused" && b.last_error == s.last_error)
+            })
+            .count() as u64;
         let changed = next.plugins().count() != previous.plugins().count()
             || next
                 .plugins()
