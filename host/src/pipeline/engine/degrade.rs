@@ -76,8 +76,9 @@ impl Degradation {
         let from_provider = matches!(served, Served::First | Served::Fallback);
         // Only validated outputs, only a provider's, and never one that
         // proposes actions: replaying a side effect is no way to degrade.
-        let proposes_actions =
-            !last.tool_calls.is_empty() || result.decisions.iter().any(|d| d.attempt == last.attempt);
+        let proposes_actions = !last.tool_calls.is_empty()
+            || !result.actions.is_empty()
+            || result.decisions.iter().any(|d| d.attempt == last.attempt);
         if result.status == RunStatus::Completed
             && from_provider
             && !proposes_actions
