@@ -12,6 +12,13 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+# Python and JavaScript guests (plugin build / plugin new tests): componentize-py
+# from PyPI, componentize-js into sdk/js/node_modules from its lock file.
+# Both are quick no-ops when already installed.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'componentize-py==0.25.1'
+if [ ! -x sdk/js/node_modules/.bin/componentize-js ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
+  npm ci --prefix sdk/js --no-audit --no-fund --loglevel=error
+fi
 # A throwaway PostgreSQL on loopback for the state-store tests (exports REINS_TEST_PG_URL).
 . scripts/pg-test.sh
 cargo test --release --workspace
