@@ -16,7 +16,7 @@
 //! [pipelines.p]
 //! model = "llm"
 //! fallbacks = ["backup"]
-//! deadline_ms = 60000
+//! deadline_ms = 30000
 //! cache = "read-write"
 //! cache_ttl_s = 3600
 //! cache_max_entries = 1000
@@ -129,8 +129,11 @@ pub(super) mod defaults {
     pub fn max_backoff_ms() -> u64 {
         10_000
     }
+    /// Under `[server] request_timeout_ms` (60 s by default), so that a run
+    /// whose providers hang still gets to its cache and static answer
+    /// before the server gives up on the request.
     pub fn deadline_ms() -> u64 {
-        300_000
+        50_000
     }
     pub fn cache_ttl_s() -> u64 {
         3_600
