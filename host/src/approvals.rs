@@ -8,9 +8,10 @@
 
 use crate::pipeline::{PendingApproval, RunResult};
 use crate::runtime::Action;
+use crate::state::{ApprovalQuery, ApprovalRecord, RunRecord, StateStore};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Where an approval stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +31,7 @@ pub enum Verdict {
 }
 
 /// One escalated action and its decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Approval {
     pub id: String,
     pub run_id: String,
@@ -65,6 +66,8 @@ pub enum ApprovalError {
     },
     #[error("`{approver}` may not decide approvals of pipeline `{pipeline}`")]
     NotAllowed { approver: String, pipeline: String },
+    #[error("approvals store: {0}")]
+    Store(String),
 }
 
 /// Filters for [`ApprovalStore::list`].
@@ -76,40 +79,63 @@ pub struct ApprovalFilter {
     pub run_id: Option<String>,
 }
 
-/// In-memory approvals and the runs they hold.
-#[derive(Default)]
+/// Approvals, kept in the state store (so they survive a restart and any
+/// host on the same database can decide them), and the runs they hold.
 pub struct ApprovalStore {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    approvals: BTreeMap<String, Approval>,
-    /// Runs waiting on approvals, by run id.
-    held: HashMap<String, RunResult>,
+    store: Arc<dyn StateStore>,
+    /// Runs held by this process, with what their gates reserved. A run
+    /// held by a process that is gone is restored from its stored record.
+    held: Mutex<HashMap<String, RunResult>>,
 }
 
 /// What deciding an approval led to.
 pub enum Decided {
     /// Other approvals of the run are still pending.
     Waiting(Approval),
-    /// The run can continue: every approval of it is decided.
-    Ready(Approval, Box<RunResult>, Vec<Approval>),
+    /// The run can continue: every approval of it is decided. The run is
+    /// `None` when it has to be restored from the store.
+    Ready(Approval, Option<Box<RunResult>>, Vec<Approval>),
+}
+
+fn record(a: &Approval) -> Result<ApprovalRecord, ApprovalError> {
+    Ok(ApprovalRecord {
+        id: a.id.clone(),
+        run_id: a.run_id.clone(),
+        pipeline: a.pipeline.clone(),
+        status: status_str(a.status).to_owned(),
+        created_ms: i64::try_from(a.created_at_ms).unwrap_or(i64::MAX),
+        data: serde_json::to_value(a).map_err(|e| ApprovalError::Store(e.to_string()))?,
+    })
+}
+
+fn approval(r: ApprovalRecord) -> Result<Approval, ApprovalError> {
+    serde_json::from_value(r.data).map_err(|e| ApprovalError::Store(format!("approval {}: {e}", r.id)))
+}
+
+fn status_str(s: ApprovalStatus) -> &'static str {
+    match s {
+        ApprovalStatus::Pending => "pending",
+        ApprovalStatus::Approved => "approved",
+        ApprovalStatus::Rejected => "rejected",
+    }
 }
 
 impl ApprovalStore {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        ApprovalStore {
+            store,
+            held: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunResult>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records the approvals of a run that stopped as `awaiting_approval`.
-    pub fn hold(&self, result: &RunResult, approvers: &[String]) -> Vec<Approval> {
+    /// Records the approvals of a run that stopped as `awaiting_approval`,
+    /// together with the run (`run`: its stored record).
+    pub async fn hold(&self, result: &RunResult, run: &RunRecord, approvers: &[String]) -> Result<Vec<Approval>, ApprovalError> {
         let now = now_ms();
-        let mut inner = self.lock();
         let created: Vec<Approval> = result
             .pending
             .iter()
@@ -129,39 +155,39 @@ impl ApprovalStore {
                 comment: None,
             })
             .collect();
-        for a in &created {
-            inner.approvals.insert(a.id.clone(), a.clone());
+        let records = created.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+        let mut run = run.clone();
+        if let Some(obj) = run.result.as_object_mut() {
+            obj.insert("approvals".into(), serde_json::json!(created.iter().map(|a| &a.id).collect::<Vec<_>>()));
         }
-        inner.held.insert(result.run_id.clone(), result.clone());
-        created
+        self.store.hold(&run, &records).await.map_err(store_err)?;
+        self.held().insert(result.run_id.clone(), result.clone());
+        Ok(created)
     }
 
-    pub fn list(&self, filter: &ApprovalFilter) -> Vec<Approval> {
-        let mut out: Vec<Approval> = self
-            .lock()
-            .approvals
-            .values()
-            .filter(|a| filter.status.is_none_or(|s| a.status == s))
-            .filter(|a| filter.pipeline.as_ref().is_none_or(|p| &a.pipeline == p))
-            .filter(|a| filter.run_id.as_ref().is_none_or(|r| &a.run_id == r))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
-        out
+    pub async fn list(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, ApprovalError> {
+        let q = ApprovalQuery {
+            status: filter.status.map(|s| status_str(s).to_owned()),
+            pipeline: filter.pipeline.clone(),
+            run_id: filter.run_id.clone(),
+        };
+        self.store
+            .approvals(&q)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(approval)
+            .collect()
     }
 
-    pub fn get(&self, id: &str) -> Option<Approval> {
-        self.lock().approvals.get(id).cloned()
+    pub async fn get(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
+        self.store.approval(id).await.map_err(store_err)?.map(approval).transpose()
     }
 
-    /// Records a decision. Atomic: of two concurrent decisions, one wins and
-    /// the other gets [`ApprovalError::AlreadyDecided`].
-    pub fn decide(&self, id: &str, verdict: Verdict, approver: &str, comment: Option<String>) -> Result<Decided, ApprovalError> {
-        let mut inner = self.lock();
-        let approval = inner
-            .approvals
-            .get_mut(id)
-            .ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
+    /// Records a decision. Atomic across hosts: of two concurrent decisions,
+    /// one wins and the other gets [`ApprovalError::AlreadyDecided`].
+    pub async fn decide(&self, id: &str, verdict: Verdict, approver: &str, comment: Option<String>) -> Result<Decided, ApprovalError> {
+        let mut approval = self.get(id).await?.ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
         if approval.status != ApprovalStatus::Pending {
             return Err(ApprovalError::AlreadyDecided {
                 id: id.to_owned(),
@@ -182,21 +208,32 @@ impl ApprovalStore {
         approval.decided_by = Some(approver.to_owned());
         approval.decided_at_ms = Some(now_ms());
         approval.comment = comment;
-        let decided = approval.clone();
-        let siblings: Vec<Approval> = inner
-            .approvals
-            .values()
-            .filter(|a| a.run_id == decided.run_id)
-            .cloned()
-            .collect();
+        if !self.store.decide(&record(&approval)?).await.map_err(store_err)? {
+            let now = self.get(id).await?.ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
+            return Err(ApprovalError::AlreadyDecided {
+                id: id.to_owned(),
+                status: now.status,
+                by: now.decided_by.unwrap_or_default(),
+            });
+        }
+        let siblings = self
+            .list(&ApprovalFilter {
+                run_id: Some(approval.run_id.clone()),
+                ..ApprovalFilter::default()
+            })
+            .await?;
         if siblings.iter().any(|a| a.status == ApprovalStatus::Pending) {
-            return Ok(Decided::Waiting(decided));
+            return Ok(Decided::Waiting(approval));
         }
-        match inner.held.remove(&decided.run_id) {
-            Some(run) => Ok(Decided::Ready(decided, Box::new(run), siblings)),
-            None => Ok(Decided::Waiting(decided)),
-        }
+        // Of two hosts deciding a run's last two approvals at once, both may
+        // see none pending; the run's stored status decides who continues it.
+        let run = self.held().remove(&approval.run_id).map(Box::new);
+        Ok(Decided::Ready(approval, run, siblings))
     }
+}
+
+fn store_err(e: crate::state::StateError) -> ApprovalError {
+    ApprovalError::Store(e.to_string())
 }
 
 fn now_ms() -> u64 {

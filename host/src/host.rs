@@ -6,6 +6,8 @@ use crate::config::{Config, ConfigError};
 use crate::pipeline::{Pipeline, Request, RunError, RunResult, RunStatus, engine};
 use crate::provider::{self, Breaker, Provider, ProviderSettings};
 use crate::runtime::PluginHost;
+use crate::state::{RunRecord, StateStore};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +59,7 @@ pub struct Host {
     pipelines: BTreeMap<String, Arc<Pipeline>>,
     approvals: ApprovalStore,
     limits: RateLimiter,
+    state: Arc<dyn StateStore>,
 }
 
 impl std::fmt::Debug for Host {
@@ -83,60 +86,108 @@ impl Host {
 
     /// Runs `request` through pipeline `pipeline`. Never fails outright:
     /// every failure is in the result's `status` and `error`, next to the
-    /// trace of what happened before it.
+    /// trace of what happened before it. The run is recorded in the state
+    /// store (`running` before it starts, its result when it ends).
     pub async fn run(&self, pipeline: &str, request: impl Into<Request>) -> RunResult {
-        let request = request.into();
-        match self.pipelines.get(pipeline) {
-            Some(p) => {
-                if let Some(limits) = &p.config.limits {
-                    let key = limit_key(limits, &request.metadata);
-                    if let Err(retry_after_s) = self.limits.admit(pipeline, &key, limits) {
-                        let mut result = RunResult::new(
-                            request.run_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                            pipeline,
-                        );
-                        result.status = RunStatus::Rejected;
-                        result.error = Some(RunError::RateLimited {
-                            key,
-                            message: "too many requests or tokens in the window".into(),
-                            retry_after_s,
-                        });
-                        return result;
-                    }
-                    let result = engine::run(p, self.plugins.current(), request).await;
-                    self.limits.spend_tokens(pipeline, &key, limits, result.tokens.total);
-                    return self.hold_if_awaiting(p, result);
-                }
-                let result = engine::run(p, self.plugins.current(), request).await;
-                self.hold_if_awaiting(p, result)
-            }
-            None => {
-                let mut result = RunResult::new(
-                    request.run_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                    pipeline,
-                );
-                result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
-                result
-            }
-        }
+        self.run_keyed(pipeline, request, None).await
     }
 
-    fn hold_if_awaiting(&self, p: &Pipeline, mut result: RunResult) -> RunResult {
+    /// [`Host::run`], remembering the caller's idempotency key with the run
+    /// (see [`Host::run_by_key`]).
+    pub async fn run_keyed(&self, pipeline: &str, request: impl Into<Request>, key: Option<&str>) -> RunResult {
+        let mut request = request.into();
+        let run_id = request
+            .run_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let Some(p) = self.pipelines.get(pipeline) else {
+            let mut result = RunResult::new(run_id, pipeline);
+            result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
+            return result;
+        };
+        let limited = match &p.config.limits {
+            Some(limits) => {
+                let lkey = limit_key(limits, &request.metadata);
+                if let Err(retry_after_s) = self.limits.admit(pipeline, &lkey, limits) {
+                    let mut result = RunResult::new(run_id, pipeline);
+                    result.status = RunStatus::Rejected;
+                    result.error = Some(RunError::RateLimited {
+                        key: lkey,
+                        message: "too many requests or tokens in the window".into(),
+                        retry_after_s,
+                    });
+                    return result;
+                }
+                Some((limits, lkey))
+            }
+            None => None,
+        };
+        let mut record = RunRecord::new(&run_id, pipeline, "running");
+        record.request = serde_json::json!({"request": &request});
+        record.result = serde_json::json!({"run_id": &run_id, "pipeline": pipeline, "status": "running"});
+        record.idempotency_key = key.map(str::to_owned);
+        if let Err(e) = self.state.put_run(&record).await {
+            tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}");
+        }
+        let result = crate::state::CURRENT
+            .scope(self.state.clone(), engine::run(p, self.plugins.current(), request))
+            .await;
+        if let Some((limits, lkey)) = limited {
+            self.limits.spend_tokens(pipeline, &lkey, limits, result.tokens.total);
+        }
+        self.finish(p, result, record).await
+    }
+
+    /// Records a run's result; a run awaiting approval is held with its approvals.
+    async fn finish(&self, p: &Pipeline, mut result: RunResult, mut record: RunRecord) -> RunResult {
+        record.status = result.status.as_str().to_owned();
+        record.updated_ms = crate::state::now_ms();
+        if let Some(req) = record.request.as_object_mut() {
+            req.insert("action_indices".into(), serde_json::json!(result.action_indices));
+        }
+        record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.status == RunStatus::AwaitingApproval {
-            let held = self.approvals.hold(&result, &p.config.approvers);
-            result.approvals = held.into_iter().map(|a| a.id).collect();
+            match self.approvals.hold(&result, &record, &p.config.approvers).await {
+                Ok(held) => result.approvals = held.into_iter().map(|a| a.id).collect(),
+                Err(e) => tracing::warn!(run_id = %result.run_id, "cannot hold the run for approval: {e}"),
+            }
+            return result;
+        }
+        if let Err(e) = self.state.put_run(&record).await {
+            tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}");
         }
         result
     }
 
+    /// A run's stored result (any host on the same store, any earlier process).
+    pub async fn stored_run(&self, run_id: &str) -> Option<Value> {
+        match self.state.run(run_id).await {
+            Ok(r) => r.map(|r| r.result),
+            Err(e) => {
+                tracing::warn!(run_id, "state store: {e}");
+                None
+            }
+        }
+    }
+
+    /// The stored result of the run a caller's idempotency key started.
+    pub async fn run_by_key(&self, pipeline: &str, key: &str) -> Option<Value> {
+        self.state.run_by_key(pipeline, key).await.ok().flatten().map(|r| r.result)
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
     /// Pending and decided approvals.
-    pub fn approvals(&self, filter: &ApprovalFilter) -> Vec<Approval> {
-        self.approvals.list(filter)
+    pub async fn approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, ApprovalError> {
+        self.approvals.list(filter).await
     }
 
     /// One approval by id.
-    pub fn approval(&self, id: &str) -> Option<Approval> {
-        self.approvals.get(id)
+    pub async fn approval(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
+        self.approvals.get(id).await
     }
 
     /// Decides an approval. When it was the run's last pending one, the run
@@ -150,10 +201,40 @@ impl Host {
         approver: &str,
         comment: Option<String>,
     ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
-        match self.approvals.decide(id, verdict, approver, comment)? {
+        match self.approvals.decide(id, verdict, approver, comment).await? {
             Decided::Waiting(a) => Ok((a, None)),
-            Decided::Ready(a, run, all) => {
-                let run = self.continue_run(*run, &all).await;
+            Decided::Ready(a, held, all) => {
+                let record = self.state.run(&a.run_id).await.map_err(|e| ApprovalError::Store(e.to_string()))?;
+                let Some(mut record) = record else {
+                    return Err(ApprovalError::Store(format!("run `{}` is not in the state store", a.run_id)));
+                };
+                let run = match held {
+                    Some(run) => *run,
+                    None => restore(&record),
+                };
+                let mut run = crate::state::CURRENT
+                    .scope(self.state.clone(), self.continue_run(run, &all))
+                    .await;
+                run.approvals = all.iter().map(|a| a.id.clone()).collect();
+                // Keep what the held run recorded (trace, attempts) and
+                // overwrite what the continuation decided.
+                let new = serde_json::to_value(&run).unwrap_or(Value::Null);
+                if let (Some(old), Some(new)) = (record.result.as_object_mut(), new.as_object()) {
+                    for k in ["status", "error", "executions", "actions", "approvals"] {
+                        match new.get(k) {
+                            Some(v) => old.insert(k.to_owned(), v.clone()),
+                            None => old.remove(k),
+                        };
+                    }
+                    old.remove("pending");
+                } else {
+                    record.result = new;
+                }
+                record.status = run.status.as_str().to_owned();
+                record.updated_ms = crate::state::now_ms();
+                if let Err(e) = self.state.put_run(&record).await {
+                    tracing::warn!(run_id = %run.run_id, "state store: cannot record the continued run: {e}");
+                }
                 Ok((a, Some(run)))
             }
         }
@@ -258,6 +339,7 @@ pub struct HostBuilder {
     providers: BTreeMap<String, Arc<dyn Provider>>,
     plugins: Option<Arc<PluginHost>>,
     watch: Option<bool>,
+    state: Option<Arc<dyn StateStore>>,
 }
 
 impl HostBuilder {
@@ -292,6 +374,12 @@ impl HostBuilder {
     /// Uses an open plugin host instead of opening `plugins_dir`.
     pub fn plugin_host(mut self, plugins: Arc<PluginHost>) -> Self {
         self.plugins = Some(plugins);
+        self
+    }
+
+    /// Uses an open state store instead of the config's `[state]`.
+    pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -352,13 +440,54 @@ impl HostBuilder {
         for p in pipelines.values() {
             p.check_plugins(&config, &plugins)?;
         }
+        let state = match self.state {
+            Some(s) => s,
+            None => crate::state::open(&config.state, &config.base_dir)
+                .await
+                .map_err(|e| ConfigError::State(Box::new(e)))?,
+        };
         Ok(Host {
             config,
             plugins,
             providers,
             pipelines,
-            approvals: ApprovalStore::new(),
+            approvals: ApprovalStore::new(state.clone()),
             limits: RateLimiter::new(),
+            state,
         })
     }
+}
+
+/// A held run rebuilt from its stored record, for continuing it in a process
+/// that did not start it: what the continuation needs (actions, their
+/// indices, the attempt, dry run); gate reservations were process-local.
+fn restore(record: &RunRecord) -> RunResult {
+    let r = &record.result;
+    let mut run = RunResult::new(record.run_id.clone(), record.pipeline.clone());
+    run.actions = r
+        .get("actions")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    run.action_indices = record
+        .request
+        .get("action_indices")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_else(|| (0..run.actions.len()).collect());
+    run.dry_run = r.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    run.output = r.get("output").cloned().filter(|v| !v.is_null());
+    run.status = RunStatus::AwaitingApproval;
+    if let Some(last) = r.get("attempts").and_then(Value::as_array).and_then(|a| a.last()) {
+        run.attempts.push(crate::pipeline::Attempt {
+            attempt: last.get("attempt").and_then(Value::as_u64).map_or(1, |n| n as u32),
+            provider: last.get("provider").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            model: last.get("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            raw: last.get("raw").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            tool_calls: Vec::new(),
+            violations: Vec::new(),
+            fixed_by: Vec::new(),
+            tokens: Default::default(),
+            latency_us: 0,
+        });
+    }
+    run
 }

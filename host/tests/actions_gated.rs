@@ -84,6 +84,18 @@ struct Fixture {
     _dir: tempfile::TempDir,
     host: Host,
     sink: Sink,
+    config: String,
+}
+
+impl Fixture {
+    /// A new host on the same config and state file (a restart).
+    async fn restart(&self) -> Host {
+        Host::builder()
+            .config_str(self.config.clone(), self._dir.path())
+            .build()
+            .await
+            .expect("host")
+    }
 }
 
 async fn fixture(extra: &str, budget: u32) -> Fixture {
@@ -133,11 +145,16 @@ retries = 3
         responses = toml_inline(&responses)
     );
     let host = Host::builder()
-        .config_str(config, dir.path())
+        .config_str(config.clone(), dir.path())
         .build()
         .await
         .expect("host");
-    Fixture { _dir: dir, host, sink }
+    Fixture {
+        _dir: dir,
+        host,
+        sink,
+        config,
+    }
 }
 
 /// JSON → a TOML inline value (arrays and inline tables).
@@ -234,7 +251,7 @@ async fn escalate_then_approve_executes_exactly_once() {
     assert_eq!(f.sink.applied(), 0, "nothing runs before a human decides");
     assert_eq!(r.approvals.len(), 1);
     let id = r.approvals[0].clone();
-    let pending = f.host.approvals(&Default::default());
+    let pending = f.host.approvals(&Default::default()).await.unwrap();
     assert_eq!(pending[0].reason.is_empty(), false);
     assert_eq!(pending[0].action.arguments["amount"], json!(500.0));
 
@@ -387,4 +404,74 @@ max_attempts = 1
     let r = host.run("field", ask("malformed", "t1")).await;
     assert_eq!(r.status, RunStatus::Failed);
     assert!(r.attempts[0].violations.iter().any(|v| v.violation.path == "/actions/0"), "{:?}", r.attempts[0].violations);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_and_approvals_survive_a_restart_and_the_approved_action_runs_once() {
+    let f = fixture("", 1000).await;
+    let r = f.host.run("refunds", ask("refund 500 please", "t1")).await;
+    assert_eq!(r.status, RunStatus::AwaitingApproval, "{:?}", r.error);
+    let id = r.approvals[0].clone();
+    let done = f.host.run("refunds", ask("please refund 20", "t1")).await;
+    assert_eq!(f.sink.applied(), 1);
+
+    // A new process on the same state file.
+    let host = f.restart().await;
+    let stored = host.stored_run(&done.run_id).await.expect("the completed run is stored");
+    assert_eq!(stored["status"], "completed");
+    assert_eq!(stored["executions"][0]["status"], "done");
+    let held = host.stored_run(&r.run_id).await.expect("the held run is stored");
+    assert_eq!(held["status"], "awaiting_approval");
+    assert_eq!(held["approvals"], json!([id.clone()]));
+    let pending = host.approval(&id).await.unwrap().expect("the approval survives");
+    assert_eq!(pending.action.arguments["amount"], json!(500.0));
+
+    let (_, run) = host.decide(&id, Verdict::Approve, "alice", None).await.expect("decide");
+    let run = run.expect("the run continues on the new host");
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(run.executions[0].idempotency_key, format!("{}:1:0", r.run_id));
+    assert_eq!(f.sink.applied(), 2);
+    let stored = host.stored_run(&r.run_id).await.unwrap();
+    assert_eq!(stored["status"], "completed");
+    assert!(stored["trace"].as_array().is_some_and(|t| !t.is_empty()), "the held run's trace is kept");
+    // The first host sees the decision too (one store).
+    assert!(matches!(
+        f.host.decide(&id, Verdict::Reject, "bob", None).await,
+        Err(ApprovalError::AlreadyDecided { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_never_resends_a_done_action_and_resends_a_sending_one_with_its_key() {
+    use reins::state::ActionState;
+    let f = fixture("", 1000).await;
+    let first = f.host.run("refunds", ask("please refund 20", "t1")).await;
+    assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
+    let key = first.executions[0].idempotency_key.clone();
+    let stored = f.host.state().action(&key).await.unwrap().expect("recorded");
+    assert_eq!(stored.state, ActionState::Done);
+
+    // The same run again (as a resume does): the done action is not sent.
+    let host = f.restart().await;
+    let again = host
+        .run("refunds", with_id(ask("please refund 20", "t1"), &first.run_id))
+        .await;
+    assert_eq!(again.status, RunStatus::Completed, "{:?}", again.error);
+    assert_eq!(again.executions[0].status, ExecStatus::Done);
+    assert_eq!(f.sink.seen(), vec![key.clone()], "a done action is never sent again");
+
+    // A crash while sending leaves it `sending`: it is sent again, same key.
+    host.state().set_action(&key, ActionState::Sending, None, None, 1).await.unwrap();
+    let third = host
+        .run("refunds", with_id(ask("please refund 20", "t1"), &first.run_id))
+        .await;
+    assert_eq!(third.executions[0].status, ExecStatus::Done);
+    assert_eq!(f.sink.seen(), vec![key.clone(), key.clone()]);
+    assert_eq!(f.sink.applied(), 1, "the sink applies the key once");
+    assert_eq!(host.state().action(&key).await.unwrap().unwrap().state, ActionState::Done);
+}
+
+fn with_id(mut r: Request, run_id: &str) -> Request {
+    r.run_id = Some(run_id.to_owned());
+    r
 }

@@ -63,4 +63,6 @@ pub enum ConfigError {
     },
     #[error("no pipeline `{0}` in the configuration")]
     UnknownPipeline(String),
+    #[error("state store: {0}")]
+    State(#[from] Box<crate::state::StateError>),
 }

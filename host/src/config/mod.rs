@@ -56,6 +56,10 @@ pub struct Config {
     /// Pipelines by name.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// `[state]`: where runs, checkpoints, approvals and actions are kept
+    /// (default: SQLite `reins-state.db` next to the config).
+    #[serde(default)]
+    pub state: crate::state::StateSettings,
     /// The directory relative paths are resolved against (the file's
     /// directory). Not a key of the file.
     #[serde(skip)]

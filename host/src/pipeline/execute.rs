@@ -4,6 +4,7 @@
 
 use crate::config::{ExecutorConfig, PipelineConfig};
 use crate::runtime::{Action, Reservation};
+use crate::state::{ActionRecord, ActionState, StateStore};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::OnceLock;
@@ -93,7 +94,10 @@ pub async fn execute_all(
             retries,
         }) = executor
         {
-            send(&mut exec, pipeline, run_id, url, *timeout_ms, *retries).await;
+            match crate::state::current() {
+                Some(store) => send_recorded(&*store, &mut exec, pipeline, run_id, url, *timeout_ms, *retries).await,
+                None => send(&mut exec, pipeline, run_id, url, *timeout_ms, *retries).await,
+            }
         }
         if dry_run || exec.status == ExecStatus::Failed {
             for (_, r) in reservations.iter_mut().filter(|(i, _)| i == index) {
@@ -103,6 +107,75 @@ pub async fn execute_all(
         out.push(exec);
     }
     out
+}
+
+/// [`send`], with the action's state recorded around the call: `planned`
+/// → `sending` (committed before the request leaves) → `done`/`failed`. An
+/// action already `done` is not sent again (its recorded answer is used);
+/// one found `sending` (a crash mid-call) is sent again with the same key.
+/// If the store cannot record it, the action is not sent and fails.
+async fn send_recorded(
+    store: &dyn StateStore,
+    exec: &mut Execution,
+    pipeline: &str,
+    run_id: &str,
+    url: &str,
+    timeout_ms: u64,
+    retries: u32,
+) {
+    let planned = ActionRecord {
+        key: exec.idempotency_key.clone(),
+        run_id: run_id.to_owned(),
+        tool: exec.tool.clone(),
+        arguments: exec.arguments.clone(),
+        state: ActionState::Planned,
+        response: None,
+        http_status: None,
+        tries: 0,
+        updated_ms: 0,
+    };
+    let fail = |exec: &mut Execution, e: crate::state::StateError| {
+        exec.status = ExecStatus::Failed;
+        exec.error = Some(format!("state store: {e}"));
+    };
+    let stored = match store.plan_action(&planned).await {
+        Ok(r) => r,
+        Err(e) => return fail(exec, e),
+    };
+    match stored.state {
+        ActionState::Done | ActionState::Failed => {
+            exec.status = if stored.state == ActionState::Done {
+                ExecStatus::Done
+            } else {
+                ExecStatus::Failed
+            };
+            exec.response = stored.response;
+            exec.http_status = stored.http_status;
+            exec.tries = stored.tries;
+            if exec.status == ExecStatus::Failed {
+                exec.error = Some("failed before the run was resumed".into());
+            }
+            return;
+        }
+        ActionState::Planned | ActionState::Sending => {}
+    }
+    if let Err(e) = store.set_action(&exec.idempotency_key, ActionState::Sending, None, None, stored.tries).await {
+        return fail(exec, e);
+    }
+    send(exec, pipeline, run_id, url, timeout_ms, retries).await;
+    exec.tries += stored.tries;
+    let state = if exec.status == ExecStatus::Done {
+        ActionState::Done
+    } else {
+        ActionState::Failed
+    };
+    if let Err(e) = store
+        .set_action(&exec.idempotency_key, state, exec.response.as_ref(), exec.http_status, exec.tries)
+        .await
+    {
+        // The webhook has it; a resume re-sends it with the same key.
+        tracing::warn!(key = %exec.idempotency_key, "state store: cannot record the action's outcome: {e}");
+    }
 }
 
 /// POSTs one action, retrying 5xx, 429 and connection errors with the same key.

@@ -18,17 +18,24 @@ pub async fn list(
     Query(filter): Query<ApprovalFilter>,
 ) -> Result<Json<Value>, ApiError> {
     state.auth.check(&headers, Scope::Approve)?;
-    let approvals = state.host.approvals(&filter);
-    // Each approval carries its run's trace, so the approver sees why.
-    let data: Vec<Value> = approvals
-        .into_iter()
-        .map(|a| {
-            let run = state.runs.get(&a.run_id);
-            let mut v = json!(a);
-            v["trace"] = run.map_or(Value::Null, |r| json!(r.trace));
-            v
-        })
-        .collect();
+    let approvals = state.host.approvals(&filter).await.map_err(store_error)?;
+    // Each approval carries its run's trace, so the approver sees why (from
+    // this process's recent runs, else from the state store).
+    let mut data: Vec<Value> = Vec::with_capacity(approvals.len());
+    for a in approvals {
+        let trace = match state.runs.get(&a.run_id) {
+            Some(r) => json!(r.trace),
+            None => state
+                .host
+                .stored_run(&a.run_id)
+                .await
+                .and_then(|r| r.get("trace").cloned())
+                .unwrap_or(Value::Null),
+        };
+        let mut v = json!(a);
+        v["trace"] = trace;
+        data.push(v);
+    }
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -57,6 +64,7 @@ pub async fn decide(
             ApprovalError::NotFound(_) => ApiError::not_found(e.to_string()),
             ApprovalError::AlreadyDecided { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             ApprovalError::NotAllowed { .. } => ApiError::new(StatusCode::FORBIDDEN, "permission_error", e.to_string()),
+            ApprovalError::Store(_) => store_error(e),
         })?;
     if let Some(run) = &run {
         super::metrics_export::record_run(run);
@@ -74,4 +82,8 @@ pub async fn decide(
 /// (kept in this tab's sessionStorage) and talks to the same JSON API.
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("approvals.html"))
+}
+
+fn store_error(e: ApprovalError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string())
 }

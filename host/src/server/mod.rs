@@ -119,8 +119,13 @@ pub async fn serve(
 }
 
 /// Runs a pipeline under the request deadline and records its metrics.
-pub(crate) async fn run_pipeline(state: &AppState, pipeline: &str, request: Request) -> Result<Arc<RunResult>, ApiError> {
-    let result = tokio::time::timeout(state.request_timeout, state.host.run(pipeline, request))
+pub(crate) async fn run_pipeline(
+    state: &AppState,
+    pipeline: &str,
+    request: Request,
+    idempotency_key: Option<&str>,
+) -> Result<Arc<RunResult>, ApiError> {
+    let result = tokio::time::timeout(state.request_timeout, state.host.run_keyed(pipeline, request, idempotency_key))
         .await
         .map_err(|_| {
             metrics::counter!("reins_requests_total", "pipeline" => pipeline.to_string(), "status" => "timeout")

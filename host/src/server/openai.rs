@@ -101,7 +101,7 @@ pub async fn chat_completions(
             request = request.with_tools(request_tools(tools)?);
         }
     }
-    let result = super::run_pipeline(&state, &pipeline, request).await?;
+    let result = super::run_pipeline(&state, &pipeline, request, None).await?;
     state.runs.insert(result.clone(), None);
 
     let (status, payload) = completion(&result, &pipeline)?;

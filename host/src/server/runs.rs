@@ -119,8 +119,11 @@ pub async fn create(
         if let Some(previous) = state.runs.by_key(&pipeline, key) {
             return Ok(run_response(&previous, true));
         }
+        if let Some(stored) = state.host.run_by_key(&pipeline, key).await {
+            return Ok(stored_response(stored, true));
+        }
     }
-    let result = super::run_pipeline(&state, &pipeline, request).await?;
+    let result = super::run_pipeline(&state, &pipeline, request, key.as_deref()).await?;
     state.runs.insert(result.clone(), key.as_deref());
     Ok(run_response(&result, false))
 }
@@ -132,11 +135,33 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.check(&headers, Scope::Run)?;
-    let result = state
-        .runs
-        .get(&run_id)
+    if let Some(result) = state.runs.get(&run_id) {
+        return Ok(run_response(&result, false));
+    }
+    // Not run by this process (or forgotten): the state store has it.
+    let stored = state
+        .host
+        .stored_run(&run_id)
+        .await
         .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
-    Ok(run_response(&result, false))
+    Ok(stored_response(stored, false))
+}
+
+/// A run's stored JSON (the headers `run_response` sets, where the JSON has them).
+fn stored_response(stored: Value, replayed: bool) -> Response {
+    let run_id = stored.get("run_id").and_then(Value::as_str).map(str::to_owned);
+    let status = stored.get("status").and_then(Value::as_str).map(str::to_owned);
+    let mut response = Json(stored).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [("x-reins-run-id", run_id), ("x-reins-status", status)] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+    if replayed {
+        headers.insert("x-reins-idempotent-replay", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 fn run_response(result: &RunResult, replayed: bool) -> Response {
