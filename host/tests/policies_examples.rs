@@ -141,3 +141,44 @@ fn heavy_examples_are_pooled_and_answer_within_their_deadline() {
         }
     }
 }
+
+/// The pool is sized in component instances; a Python component needs 14
+/// core instances each, so the pool must reserve that many per slot or a
+/// few live Python instances exhaust it long before the slots run out.
+#[test]
+fn every_pool_slot_can_hold_a_python_instance() {
+    let settings = reins::runtime::RuntimeSettings {
+        pool: reins::runtime::PoolSettings {
+            instances: 4,
+            ..Default::default()
+        },
+        ..common::settings()
+    };
+    let runtime = Runtime::new(&settings).expect("runtime");
+    if runtime.engine().allocator() != reins::runtime::Allocator::Pooling {
+        eprintln!("pooling allocator unavailable here; nothing to check");
+        return;
+    }
+    let plugin = runtime.load_file(&wasm("python", "no-unreleased-products")).expect("load");
+    let ctx = CallContext {
+        run_id: "t".into(),
+        pipeline: "t".into(),
+        attempt: 1,
+        metadata: json!({}),
+    };
+    // Four calls at once: four live instances of the 4-slot pool.
+    let barrier = std::sync::Barrier::new(4);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    (0..5).map(|_| plugin.validate(&ctx, r#"{"a": "Nimbus"}"#).map(|_| ())).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("thread")).collect()
+    });
+    let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), results.len(), failed.first());
+}

@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// Core instances a Rust `wasm32-wasip2` component needs (main module plus
-/// the adapter's shims); pool slots are sized with this headroom.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Core instances per component instance that the pool reserves room for.
+/// A Rust `wasm32-wasip2` component instantiates 3 core modules (main module
+/// plus the adapter's shims), a componentize-js one 4, a componentize-py one
+/// 14 (libpython, libc and friends are separate modules); 16 lets every
+/// component slot hold a Python plugin. Only the pool's total grows (address
+/// space for instance records); a call costs the same.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 
 /// The engine plus what keeps it honest: the ticker that turns wall deadlines
 /// into epoch interrupts, and the cache that makes restarts cheap.
