@@ -19,6 +19,8 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 if [ ! -x sdk/js/node_modules/.bin/componentize-js ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
   npm ci --prefix sdk/js --no-audit --no-fund --loglevel=error
 fi
+# The Python SDK's helpers, natively.
+python3 -m unittest discover -s sdk/python
 # A throwaway PostgreSQL on loopback for the state-store tests (exports REINS_TEST_PG_URL).
 . scripts/pg-test.sh
 cargo test --release --workspace

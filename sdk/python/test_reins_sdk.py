@@ -1,0 +1,77 @@
+"""Native unit tests of the SDK's pure helpers (no component needed):
+python3 -m unittest discover -s sdk/python"""
+
+import unittest
+
+import reins_sdk as reins
+
+
+class PointerTests(unittest.TestCase):
+    def test_escape_and_join(self):
+        self.assertEqual(reins.join("items", 0, "a/b", "m~n"), "/items/0/a~1b/m~0n")
+        self.assertEqual(reins.split("/a~1b/m~0n"), ["a/b", "m~n"])
+        self.assertEqual(reins.split(""), [])
+        with self.assertRaises(reins.Refuse):
+            reins.split("items")
+
+    def test_resolve_and_matches(self):
+        doc = {"items": [{"price": 1}, {"price": 2}, {"name": "x"}], "a/b": True}
+        self.assertEqual(reins.resolve(doc, "/items/1/price"), 2)
+        self.assertIsNone(reins.resolve(doc, "/items/01/price"))
+        self.assertIsNone(reins.resolve(doc, "/items/9"))
+        self.assertEqual(reins.resolve(doc, "/a~1b"), True)
+        self.assertEqual(reins.matches(doc, "/items/*/price"), [("/items/0/price", 1), ("/items/1/price", 2)])
+
+    def test_strings_in_document_order(self):
+        doc = {"a": "x", "b": [1, "y", {"c/d": "z"}]}
+        self.assertEqual(list(reins.strings(doc)), [("/a", "x"), ("/b/1", "y"), ("/b/2/c~1d", "z")])
+
+
+class ResultTests(unittest.TestCase):
+    def test_violations(self):
+        v = reins.error("/x", "range", "too big")
+        self.assertTrue(v.is_error())
+        self.assertEqual(reins.info("", "note", "m").severity, "info")
+        with self.assertRaises(reins.Refuse):
+            reins.error("x", "c", "path is not a pointer")
+        with self.assertRaises(reins.Refuse):
+            reins.violation("fatal", "", "c", "m")
+
+    def test_verdict_fix_can_be_null(self):
+        self.assertFalse(reins.Verdict([]).has_fix())
+        self.assertTrue(reins.Verdict([], fixed=None).has_fix())
+
+    def test_gate_decisions_and_tools(self):
+        self.assertEqual(reins.rewrite({"a": 1}), ("rewrite", '{"a":1}'))
+        self.assertEqual(reins.deny("no")[0], "deny")
+        self.assertEqual(reins.tool("t", "d", {"type": "object"}, "write")[4], "write")
+        with self.assertRaises(reins.Refuse):
+            reins.tool("t", "d", None, "delete")
+
+
+class ContextTests(unittest.TestCase):
+    def test_setting_names_the_key(self):
+        ctx = reins.Context(config={"max": "3", "n": 2, "flag": True})
+        self.assertEqual(ctx.setting("n", 0, float), 2)
+        self.assertEqual(ctx.setting("missing", 7, int), 7)
+        with self.assertRaises(reins.Refuse) as e:
+            ctx.setting("max", 0, int)
+        self.assertIn("config.max", str(e.exception))
+        with self.assertRaises(reins.Refuse):
+            ctx.setting("flag", 0, int)  # a boolean is not a number to a config author
+
+    def test_meta_and_describe(self):
+        ctx = reins.Context(metadata={"tenant": 42, "ok": True, "obj": {}})
+        self.assertEqual(ctx.meta("tenant"), "42")
+        self.assertEqual(ctx.meta("ok"), "true")
+        self.assertIsNone(ctx.meta("obj"))
+        self.assertEqual(reins.describe_value("$5"), 'the string "$5"')
+        self.assertEqual(reins.describe_value([1]), "an array of 1 item")
+
+    def test_host_imports_work_natively(self):
+        self.assertEqual(reins.counter_add("k", 2), 2)
+        self.assertEqual(reins.counter_add("k", 3), 5)
+
+
+if __name__ == "__main__":
+    unittest.main()
