@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod agent;
+pub use agent::ResumeError;
+
 /// A loaded configuration: plugins, providers and compiled pipelines.
 ///
 /// Build one per process (from a `reins.toml` or with [`Host::builder`]) and
@@ -128,6 +131,9 @@ impl Host {
         record.idempotency_key = key.map(str::to_owned);
         if let Err(e) = self.state.put_run(&record).await {
             tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}");
+        }
+        if p.config.mode == crate::config::PipelineMode::Agent {
+            return self.run_agent(p, request, record).await;
         }
         let result = crate::state::CURRENT
             .scope(self.state.clone(), engine::run(p, self.plugins.current(), request))

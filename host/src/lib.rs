@@ -17,4 +17,4 @@ pub mod provider;
 pub mod state;
 pub mod tokens;
 mod host;
-pub use host::{Host, HostBuilder};
+pub use host::{Host, HostBuilder, ResumeError};

@@ -28,9 +28,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         .build()
         .await
         .with_context(|| format!("loading {}", args.config.display()))?;
+    let host = Arc::new(host);
+    if host.config().state.resume_on_start {
+        // Runs a previous process left `running` continue in the background.
+        let resuming = host.clone();
+        tokio::spawn(async move {
+            match resuming.resume_interrupted().await {
+                Ok(runs) if !runs.is_empty() => eprintln!("reins: resumed {} interrupted run(s)", runs.len()),
+                Ok(_) => {}
+                Err(e) => eprintln!("reins: resuming interrupted runs failed: {e}"),
+            }
+        });
+    }
     let settings = host.config().server.clone();
     let listen = args.listen.unwrap_or_else(|| settings.listen.clone());
-    let state = AppState::new(Arc::new(host), &settings)?;
+    let state = AppState::new(host, &settings)?;
     server::serve(state, &settings, &listen, args.insecure, shutdown_signal()).await?;
     eprintln!("reins: shut down cleanly");
     Ok(0)

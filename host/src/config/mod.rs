@@ -153,6 +153,14 @@ pub struct ScriptedConfig {
 pub struct PipelineConfig {
     #[serde(default)]
     pub description: Option<String>,
+    /// `single` (default): one answer. `agent`: model → tool calls (through
+    /// constraints, gates, executors) → tool results as `tool` messages →
+    /// model, up to `max_steps`, checkpointed after every step.
+    #[serde(default)]
+    pub mode: PipelineMode,
+    /// Agent mode: the most model → tools turns of one run.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
     /// The provider of the first attempt.
     pub model: String,
     /// Providers tried in order when the one before is unavailable.
@@ -706,4 +714,17 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
         .to_string();
         assert!(e.contains("`a`"), "{e}");
     }
+}
+
+/// How a pipeline runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineMode {
+    #[default]
+    Single,
+    Agent,
+}
+
+fn default_max_steps() -> u32 {
+    10
 }

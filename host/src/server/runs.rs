@@ -164,6 +164,29 @@ fn stored_response(stored: Value, replayed: bool) -> Response {
     response
 }
 
+/// `POST /v1/runs/{id}/resume`: continues an interrupted run (404 unknown,
+/// 409 not interrupted).
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let result = state.host.resume(&run_id).await.map_err(|e| match e {
+        crate::ResumeError::NotFound(_) => ApiError::not_found(e.to_string()),
+        crate::ResumeError::NotResumable { .. } | crate::ResumeError::NoRequest(_) => {
+            ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        crate::ResumeError::Store(_) => {
+            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string())
+        }
+    })?;
+    super::metrics_export::record_run(&result);
+    let result = Arc::new(result);
+    state.runs.insert(result.clone(), None);
+    Ok(run_response(&result, false))
+}
+
 fn run_response(result: &RunResult, replayed: bool) -> Response {
     let mut response = Json(result).into_response();
     super::reins_headers(response.headers_mut(), result);

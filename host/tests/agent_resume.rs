@@ -1,0 +1,150 @@
+//! Agent mode: model → tool calls → webhook results fed back as `tool`
+//! messages → model, checkpointed after every step; a run interrupted after
+//! step 2 resumes on a new host from its checkpoint and no side effect is
+//! applied twice.
+
+mod common;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use reins::Host;
+use reins::pipeline::{Request, RunStatus};
+use reins::provider::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+/// Answers step n (n = tool messages so far) with one refund call, until
+/// `steps`; then a final JSON answer. `fail_at`: the step whose call fails.
+struct Agent {
+    steps: usize,
+    fail_at: Option<usize>,
+}
+
+impl Provider for Agent {
+    fn name(&self) -> &str {
+        "agent"
+    }
+    fn model(&self) -> &str {
+        "agent-test"
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
+        let n = request.messages.iter().filter(|m| m.role == "tool").count();
+        let fail = self.fail_at == Some(n);
+        let steps = self.steps;
+        Box::pin(async move {
+            if fail {
+                return Err(ProviderError::BadResponse {
+                    provider: "agent".into(),
+                    message: "crash".into(),
+                });
+            }
+            Ok(if n < steps {
+                ChatResponse {
+                    content: String::new(),
+                    tool_calls: vec![ToolCall {
+                        name: "issue_refund".into(),
+                        arguments: json!({"order": format!("A-{n}"), "amount": 1}),
+                    }],
+                    usage: None,
+                    model: "agent-test".into(),
+                }
+            } else {
+                ChatResponse {
+                    content: json!({"done": n}).to_string(),
+                    tool_calls: Vec::new(),
+                    usage: None,
+                    model: "agent-test".into(),
+                }
+            })
+        })
+    }
+}
+
+async fn sink(State(seen): State<Arc<Mutex<Vec<String>>>>, headers: HeaderMap) -> axum::Json<Value> {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    seen.lock().expect("lock").push(key.clone());
+    axum::Json(json!({"refunded": true, "key": key}))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/refund", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = common::plugins_dir(&["tool-manifest"]);
+    std::fs::write(
+        dir.path().join("tool-manifest.toml"),
+        r#"
+[[config.tools]]
+name = "issue_refund"
+description = "Refund an order"
+access = "write"
+[config.tools.parameters]
+type = "object"
+required = ["order", "amount"]
+properties = { order = { type = "string" }, amount = { type = "number" } }
+"#,
+    )
+    .expect("sidecar");
+    let config = format!(
+        r#"
+plugins_dir = "."
+[providers.agent]
+kind = "scripted"
+responses = []
+[pipelines.agent]
+model = "agent"
+mode = "agent"
+max_steps = 10
+constraints = "tool-manifest"
+[pipelines.agent.executors.issue_refund]
+kind = "webhook"
+url = "{url}"
+"#
+    );
+    let host = |fail_at| {
+        Host::builder()
+            .config_str(config.clone(), dir.path())
+            .provider("agent", Arc::new(Agent { steps: 5, fail_at }))
+            .build()
+    };
+    // First process: the model is gone at step 3 (after two checkpoints).
+    let a = host(Some(2)).await.expect("host");
+    let r = a.run("agent", Request::text("refund five orders")).await;
+    assert_eq!(r.status, RunStatus::Failed, "{:?}", r.error);
+    assert_eq!(seen.lock().expect("lock").len(), 2);
+    let steps = a.state().steps(&r.run_id).await.expect("steps");
+    assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
+    // Emulate a crash at that moment: the run is still `running`.
+    let mut record = a.state().run(&r.run_id).await.expect("store").expect("run");
+    record.status = "running".into();
+    a.state().put_run(&record).await.expect("put");
+    drop(a);
+
+    // A new process resumes it from step 3.
+    let b = host(None).await.expect("host");
+    let resumed = b.resume_interrupted().await.expect("resume");
+    let done = resumed.iter().find(|x| x.run_id == r.run_id).expect("resumed");
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({"done": 5})));
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 5, "each step's action applied once: {seen:?}");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 5);
+    assert_eq!(b.state().steps(&r.run_id).await.expect("steps").len(), 5);
+    assert!(seen[0].starts_with(&format!("{}.1:", r.run_id)));
+    let stored = b.stored_run(&r.run_id).await.expect("stored");
+    assert_eq!(stored["status"], "completed");
+    assert!(matches!(b.resume(&r.run_id).await, Err(reins::ResumeError::NotResumable { .. })));
+}
