@@ -10,7 +10,8 @@
 //! Reported: success rate, upstream calls per run, how many runs the
 //! fallback served, breaker trips, p50/p99 latency and the p99 added next
 //! to the healthy run; and the runs that took the open-breaker path alone.
-//! Runs go one at a time on a 2-worker runtime (the upstreams share it).
+//! Runs go one at a time, the scenarios interleaved run by run, on a
+//! 2-worker runtime (the upstreams share it).
 //!
 //! cargo bench -p reins --bench degradation
 
@@ -99,46 +100,62 @@ fn main() {
         .unwrap_or_else(|e| panic!("bench config: {e}"));
     let request = Request::text("My parcel arrived crushed; refund 12.50 EUR.");
 
-    let mut rows = Vec::new();
-    let mut open_path: Vec<Duration> = Vec::new();
-    for (name, pipeline, primary, fallback) in [
+    let scenarios = [
         ("healthy upstream", "healthy", &healthy, None),
         ("50 % failing + breaker + fallback", "flaky", &flaky, Some(&backup)),
         ("50 % failing, no breaker + fallback", "flaky-nb", &flaky_nb, Some(&backup_nb)),
-    ] {
-        for _ in 0..WARMUP {
+    ];
+    for _ in 0..WARMUP {
+        for (_, pipeline, _, _) in &scenarios {
             rt.block_on(host.run(pipeline, request.clone()));
         }
-        let before = (primary.count(), fallback.map_or(0, |f| f.count()));
-        let trips_before = host.breaker(pipeline).map_or(0, |b| b.trips());
-        let mut samples = Vec::with_capacity(RUNS);
-        let (mut ok, mut by_fallback) = (0, 0);
-        for _ in 0..RUNS {
+    }
+    struct Tally {
+        samples: Vec<Duration>,
+        ok: usize,
+        by_fallback: usize,
+        before: (usize, usize),
+        trips_before: u64,
+    }
+    let mut tallies: Vec<Tally> = scenarios
+        .iter()
+        .map(|(_, pipeline, primary, fallback)| Tally {
+            samples: Vec::with_capacity(RUNS),
+            ok: 0,
+            by_fallback: 0,
+            before: (primary.count(), fallback.map_or(0, |f| f.count())),
+            trips_before: host.breaker(pipeline).map_or(0, |b| b.trips()),
+        })
+        .collect();
+    let mut open_path: Vec<Duration> = Vec::new();
+    // Interleaved, one run of each scenario in turn, so that whatever else
+    // the machine does falls on all of them alike.
+    for _ in 0..RUNS {
+        for ((_, pipeline, _, _), tally) in scenarios.iter().zip(&mut tallies) {
             let t = Instant::now();
             let r: RunResult = rt.block_on(host.run(pipeline, request.clone()));
             let d = t.elapsed();
-            samples.push(d);
-            if r.status == RunStatus::Completed {
-                ok += 1;
-            }
-            if r.degraded {
-                by_fallback += 1;
-            }
+            tally.samples.push(d);
+            tally.ok += usize::from(r.status == RunStatus::Completed);
+            tally.by_fallback += usize::from(r.degraded);
             let refused = r.trace.iter().any(|s| s.layer == "model" && s.result == "failed: breaker_open");
-            if pipeline == "flaky" && refused {
+            if *pipeline == "flaky" && refused {
                 open_path.push(d);
             }
         }
-        samples.sort();
+    }
+    let mut rows = Vec::new();
+    for ((name, pipeline, primary, fallback), mut t) in scenarios.into_iter().zip(tallies) {
+        t.samples.sort();
         rows.push(Row {
             name,
             runs: RUNS,
-            ok,
-            calls: (primary.count() - before.0, fallback.map_or(0, |f| f.count()) - before.1),
-            by_fallback,
-            trips: host.breaker(pipeline).map_or(0, |b| b.trips()) - trips_before,
-            p50: quantile(&samples, 0.50),
-            p99: quantile(&samples, 0.99),
+            ok: t.ok,
+            calls: (primary.count() - t.before.0, fallback.map_or(0, |f| f.count()) - t.before.1),
+            by_fallback: t.by_fallback,
+            trips: host.breaker(pipeline).map_or(0, |b| b.trips()) - t.trips_before,
+            p50: quantile(&t.samples, 0.50),
+            p99: quantile(&t.samples, 0.99),
         });
     }
     open_path.sort();
