@@ -153,11 +153,11 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
     while Instant::now() < deadline {
         if let Ok(r) = probe.post(&url).json(&json!({"input": "probe"})).send().await {
             let status = r.status().as_u16();
-            if let Ok(body) = r.json::<Value>().await {
-                if stamp_of(status, &body).as_deref() == Ok("python") {
-                    swapped_at = Some(start.elapsed());
-                    break;
-                }
+            if let Ok(body) = r.json::<Value>().await
+                && stamp_of(status, &body).as_deref() == Ok("python")
+            {
+                swapped_at = Some(start.elapsed());
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -16,7 +16,6 @@
 use super::scaffold::{LayerArg, Lang, PYTHON_SDK, WIT};
 use crate::runtime::Manifest;
 use anyhow::{Context, anyhow, bail};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -267,16 +266,17 @@ fn find_componentize_js(dir: &Path) -> Option<PathBuf> {
 }
 
 fn on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    if let Ok(o) = Command::new("rustup").args(["target", "list", "--installed"]).output() {
-        if o.status.success() && !String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
-            bail!("the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`");
-        }
+    if let Ok(o) = Command::new("rustup").args(["target", "list", "--installed"]).output()
+        && o.status.success()
+        && !String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2")
+    {
+        bail!("the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`");
     }
     let manifest = dir.join("Cargo.toml");
     let mut cmd = Command::new(&cargo);
