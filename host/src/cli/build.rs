@@ -213,6 +213,9 @@ fn build_python(dir: &Path, world: &str, scratch: &Path, out: &Path) -> anyhow::
 fn build_js(dir: &Path, world: &str, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     let entry = js_entry(dir)?;
     let tool = find_componentize_js(dir).ok_or_else(|| anyhow!("componentize-js not found: {JS_HINT}"))?;
+    if on_path("node").is_none() {
+        bail!("node not found: componentize-js runs on Node.js (>= 18); install it (Debian: `apt-get install nodejs npm`)");
+    }
     // componentize-js lets the code import only files under its working
     // directory: run it from the project's repository root (or the project).
     let root = repo_root(dir).unwrap_or_else(|| dir.to_owned());
