@@ -38,12 +38,18 @@ fn half_failing() -> impl FnMut(usize) -> Step + Send + 'static {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x & 1 == 0 { server_error() } else { Step::Answer(refund(12.5)) }
+        if x & 1 == 0 {
+            server_error()
+        } else {
+            Step::Answer(refund(12.5))
+        }
     }
 }
 
 fn pipeline(name: &str, model: &str, fallbacks: &str) -> String {
-    format!("[pipelines.{name}]\nmodel = \"{model}\"\nfallbacks = [{fallbacks}]\nschema = '''{SCHEMA}'''\nrepair = {{ max_attempts = 1 }}\n\n")
+    format!(
+        "[pipelines.{name}]\nmodel = \"{model}\"\nfallbacks = [{fallbacks}]\nschema = '''{SCHEMA}'''\nrepair = {{ max_attempts = 1 }}\n\n"
+    )
 }
 
 struct Row {
@@ -87,7 +93,11 @@ fn main() {
         "plugins_dir = {dir:?}\n\n{}{}{}{}{}{}{}{}",
         openai("healthy", &healthy.base_url(), retries),
         openai("flaky", &flaky.base_url(), &format!("{retries}{breaker}")),
-        openai("flaky-nb", &flaky_nb.base_url(), &format!("{retries}breaker = {{ enabled = false }}")),
+        openai(
+            "flaky-nb",
+            &flaky_nb.base_url(),
+            &format!("{retries}breaker = {{ enabled = false }}")
+        ),
         openai("backup", &backup.base_url(), "max_retries = 0"),
         openai("backup-nb", &backup_nb.base_url(), "max_retries = 0"),
         pipeline("healthy", "healthy", ""),
@@ -103,7 +113,12 @@ fn main() {
     let scenarios = [
         ("healthy upstream", "healthy", &healthy, None),
         ("50 % failing + breaker + fallback", "flaky", &flaky, Some(&backup)),
-        ("50 % failing, no breaker + fallback", "flaky-nb", &flaky_nb, Some(&backup_nb)),
+        (
+            "50 % failing, no breaker + fallback",
+            "flaky-nb",
+            &flaky_nb,
+            Some(&backup_nb),
+        ),
     ];
     for _ in 0..WARMUP {
         for (_, pipeline, _, _) in &scenarios {
@@ -138,7 +153,10 @@ fn main() {
             tally.samples.push(d);
             tally.ok += usize::from(r.status == RunStatus::Completed);
             tally.by_fallback += usize::from(r.degraded);
-            let refused = r.trace.iter().any(|s| s.layer == "model" && s.result == "failed: breaker_open");
+            let refused = r
+                .trace
+                .iter()
+                .any(|s| s.layer == "model" && s.result == "failed: breaker_open");
             if *pipeline == "flaky" && refused {
                 open_path.push(d);
             }
@@ -151,7 +169,10 @@ fn main() {
             name,
             runs: RUNS,
             ok: t.ok,
-            calls: (primary.count() - t.before.0, fallback.map_or(0, |f| f.count()) - t.before.1),
+            calls: (
+                primary.count() - t.before.0,
+                fallback.map_or(0, |f| f.count()) - t.before.1,
+            ),
             by_fallback: t.by_fallback,
             trips: host.breaker(pipeline).map_or(0, |b| b.trips()) - t.trips_before,
             p50: quantile(&t.samples, 0.50),

@@ -56,7 +56,10 @@ async fn a_hanging_primary_falls_back_within_the_deadline() {
     let host = host(plugins.path(), &body, &script(vec![])).await;
     let r = host.run("p", request("refund 12.50 EUR")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
-    assert_eq!((r.served_by.as_deref(), r.degraded, r.notice.as_deref()), (Some("backup"), true, None));
+    assert_eq!(
+        (r.served_by.as_deref(), r.degraded, r.notice.as_deref()),
+        (Some("backup"), true, None)
+    );
     // The primary got its call and one retry, each cut by its own timeout;
     // only then did the backup get the request.
     assert_eq!((primary.count(), backup.count()), (2, 1));
@@ -107,7 +110,10 @@ async fn the_deadline_covers_every_attempt_retry_and_fallback() {
     let r = host.run("bare", request("refund 12.50 EUR")).await;
     let errors = errors(&r);
     assert!(errors[0].contains("the run's deadline passed"), "{errors:?}");
-    assert!(errors[1].contains("not called, the run's deadline (400 ms) had passed"), "{errors:?}");
+    assert!(
+        errors[1].contains("not called, the run's deadline (400 ms) had passed"),
+        "{errors:?}"
+    );
     assert_eq!(r.exit_code(), 5);
     assert_eq!(backup.count(), 0);
 }
@@ -131,7 +137,10 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
     // Every provider down: the cached answer, validated again, flagged.
     primary.set_always(server_error());
     let cached = host
-        .run("p", request("refund 12.50 EUR").with_metadata(json!({"tenant": "other"})))
+        .run(
+            "p",
+            request("refund 12.50 EUR").with_metadata(json!({"tenant": "other"})),
+        )
         .await;
     assert_eq!(cached.status, RunStatus::Completed, "{:?}", cached.error);
     assert_eq!((cached.served_by.as_deref(), cached.degraded), (Some("cache"), true));
@@ -139,15 +148,30 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
     assert_eq!(cached.attempts[0].provider, "cache");
     assert_eq!(cached.tokens.total, 0);
     let model = model_steps(&cached);
-    assert_eq!(model[..2], steps(&[("llm", "failed: status"), ("backup", "failed: status")])[..]);
-    assert!(model[2].0 == "cache" && model[2].1.starts_with("hit (") && model[2].1.contains("from llm"), "{model:?}");
-    assert!(cached.trace.iter().any(|s| s.layer == "schema" && s.attempt == 1), "validated again");
+    assert_eq!(
+        model[..2],
+        steps(&[("llm", "failed: status"), ("backup", "failed: status")])[..]
+    );
+    assert!(
+        model[2].0 == "cache" && model[2].1.starts_with("hit (") && model[2].1.contains("from llm"),
+        "{model:?}"
+    );
+    assert!(
+        cached.trace.iter().any(|s| s.layer == "schema" && s.attempt == 1),
+        "validated again"
+    );
     assert_eq!((primary.count(), backup.count()), (2, 1));
     assert_eq!(cache.len(), 1, "a cached answer is not stored again");
 
     // Another request has no cached answer.
     let miss = host.run("p", request("refund 99 EUR")).await;
-    assert!(errors(&miss).iter().any(|e| e == "cache: no answer stored for this request"), "{:?}", miss.error);
+    assert!(
+        errors(&miss)
+            .iter()
+            .any(|e| e == "cache: no answer stored for this request"),
+        "{:?}",
+        miss.error
+    );
 }
 
 #[tokio::test]
@@ -162,11 +186,21 @@ async fn unvalidated_outputs_are_never_cached() {
     let cache = |name: &str| host.pipeline(name).and_then(|p| p.cache()).expect("cache on");
 
     let r = host.run("p", request("refund 12.50 EUR")).await;
-    assert!(matches!(r.error, Some(RunError::ValidationFailed { .. })), "{:?}", r.error);
+    assert!(
+        matches!(r.error, Some(RunError::ValidationFailed { .. })),
+        "{:?}",
+        r.error
+    );
     assert_eq!(cache("p").len(), 0, "a failed run stores nothing");
 
     // Repaired: only the validated second answer is stored and served.
-    up.set(move |n| if n % 2 == 0 { Step::Answer(invalid.clone()) } else { Step::Answer(refund(12.5)) });
+    up.set(move |n| {
+        if n % 2 == 0 {
+            Step::Answer(invalid.clone())
+        } else {
+            Step::Answer(refund(12.5))
+        }
+    });
     let r = host.run("p", request("refund 12.50 EUR")).await;
     assert_eq!((r.status, r.attempts.len()), (RunStatus::Completed, 2), "{:?}", r.error);
     assert_eq!(cache("p").len(), 1);
@@ -177,7 +211,10 @@ async fn unvalidated_outputs_are_never_cached() {
 
     // `read` serves but never stores.
     up.set_always(Step::Answer(refund(3.0)));
-    assert_eq!(host.run("ro", request("refund 3 EUR")).await.status, RunStatus::Completed);
+    assert_eq!(
+        host.run("ro", request("refund 3 EUR")).await.status,
+        RunStatus::Completed
+    );
     assert_eq!(cache("ro").len(), 0);
 }
 
@@ -185,17 +222,32 @@ async fn unvalidated_outputs_are_never_cached() {
 async fn cached_and_static_answers_are_validated_by_the_current_validators() {
     let up = Upstream::always(Step::Answer(refund(50.0))).await;
     let plugins = common::plugins_dir(&["ranges"]);
-    sidecar(plugins.path(), "ranges", "[config]\nrules = [{ path = \"/amount\", max = 100 }]\n");
-    let static_50 = "degraded = { answer = '{\"amount\": 40, \"currency\": \"EUR\", \"reason\": \"standard refund\"}' }";
+    sidecar(
+        plugins.path(),
+        "ranges",
+        "[config]\nrules = [{ path = \"/amount\", max = 100 }]\n",
+    );
+    let static_50 =
+        "degraded = { answer = '{\"amount\": 40, \"currency\": \"EUR\", \"reason\": \"standard refund\"}' }";
     let body = openai("llm", &up.base_url(), "max_retries = 0")
-        + &pipeline("p", &format!("validators = [\"ranges\"]\ncache = \"read-write\"\n{static_50}"));
+        + &pipeline(
+            "p",
+            &format!("validators = [\"ranges\"]\ncache = \"read-write\"\n{static_50}"),
+        );
     let host = host(plugins.path(), &body, &script(vec![])).await;
-    assert_eq!(host.run("p", request("refund 50 EUR")).await.served_by.as_deref(), Some("llm"));
+    assert_eq!(
+        host.run("p", request("refund 50 EUR")).await.served_by.as_deref(),
+        Some("llm")
+    );
     up.set_always(server_error());
 
     // The validators tighten (a hot reload): 50 and 40 are now out of range,
     // so neither the cached nor the static answer may be served.
-    sidecar(plugins.path(), "ranges", "[config]\nrules = [{ path = \"/amount\", max = 10 }]\n");
+    sidecar(
+        plugins.path(),
+        "ranges",
+        "[config]\nrules = [{ path = \"/amount\", max = 10 }]\n",
+    );
     host.plugins().reload().expect("reload");
     let r = host.run("p", request("refund 50 EUR")).await;
     assert_eq!(
@@ -205,50 +257,100 @@ async fn cached_and_static_answers_are_validated_by_the_current_validators() {
             "static: the degraded answer does not pass validation".to_owned(),
         ]
     );
-    let passed_over: Vec<_> = model_steps(&r).into_iter().filter(|(_, s)| s.starts_with("passed over")).collect();
+    let passed_over: Vec<_> = model_steps(&r)
+        .into_iter()
+        .filter(|(_, s)| s.starts_with("passed over"))
+        .collect();
     assert_eq!(passed_over.len(), 2);
     assert!(r.trace.iter().any(|s| s.layer == "validator" && s.name == "ranges"));
 
     // Loosened to 45: the cached 50 still fails, the static 40 passes, with
     // the default notice (the pipeline set no message).
-    sidecar(plugins.path(), "ranges", "[config]\nrules = [{ path = \"/amount\", max = 45 }]\n");
+    sidecar(
+        plugins.path(),
+        "ranges",
+        "[config]\nrules = [{ path = \"/amount\", max = 45 }]\n",
+    );
     host.plugins().reload().expect("reload");
     let r = host.run("p", request("refund 50 EUR")).await;
-    assert_eq!((r.served_by.as_deref(), r.notice.as_deref()), (Some("static"), Some(reins::config::default_degraded_message().as_str())));
+    assert_eq!(
+        (r.served_by.as_deref(), r.notice.as_deref()),
+        (Some("static"), Some(reins::config::default_degraded_message().as_str()))
+    );
 }
 
 #[tokio::test]
 async fn config_errors_name_the_degradation_key() {
     let plugins = common::plugins_dir(&[]);
     let up = "http://127.0.0.1:9/v1";
-    let e = host_err(plugins.path(), &(openai("llm", up, "breaker = { failure_rate = 0.0 }") + &pipeline("p", ""))).await;
-    assert!(e.contains("`providers.llm.breaker.failure_rate`: must be in (0, 1]"), "{e}");
-    let e = host_err(plugins.path(), &(openai("llm", up, "breaker = { failure_rat = 0.5 }") + &pipeline("p", ""))).await;
+    let e = host_err(
+        plugins.path(),
+        &(openai("llm", up, "breaker = { failure_rate = 0.0 }") + &pipeline("p", "")),
+    )
+    .await;
+    assert!(
+        e.contains("`providers.llm.breaker.failure_rate`: must be in (0, 1]"),
+        "{e}"
+    );
+    let e = host_err(
+        plugins.path(),
+        &(openai("llm", up, "breaker = { failure_rat = 0.5 }") + &pipeline("p", "")),
+    )
+    .await;
     assert!(e.contains("unknown field `failure_rat`") && e.contains("line "), "{e}");
-    let e = host_err(plugins.path(), &(openai("llm", up, "") + &pipeline("p", "cache = \"sometimes\""))).await;
+    let e = host_err(
+        plugins.path(),
+        &(openai("llm", up, "") + &pipeline("p", "cache = \"sometimes\"")),
+    )
+    .await;
     assert!(e.contains("sometimes") && e.contains("read-write"), "{e}");
     let e = host_err(
         plugins.path(),
         &(openai("llm", up, "") + &pipeline("p", "degraded = { answer = { amount = \"none\" } }")),
     )
     .await;
-    assert!(e.contains("`pipelines.p.degraded.answer`: does not match the pipeline's schema"), "{e}");
-    let e = host_err(plugins.path(), &(openai("llm", up, "") + &pipeline("p", "degraded = { answer = 1, mesage = \"x\" }"))).await;
+    assert!(
+        e.contains("`pipelines.p.degraded.answer`: does not match the pipeline's schema"),
+        "{e}"
+    );
+    let e = host_err(
+        plugins.path(),
+        &(openai("llm", up, "") + &pipeline("p", "degraded = { answer = 1, mesage = \"x\" }")),
+    )
+    .await;
     assert!(e.contains("unknown field `mesage`"), "{e}");
-    let e = host_err(plugins.path(), &(openai("cache", up, "") + &pipeline("p", "").replace("\"llm\"", "\"cache\""))).await;
-    assert!(e.contains("`providers.cache`") && e.contains("choose another provider name"), "{e}");
+    let e = host_err(
+        plugins.path(),
+        &(openai("cache", up, "") + &pipeline("p", "").replace("\"llm\"", "\"cache\"")),
+    )
+    .await;
+    assert!(
+        e.contains("`providers.cache`") && e.contains("choose another provider name"),
+        "{e}"
+    );
 }
 
-async fn call(state: &AppState, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Value) {
+async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut req = HttpRequest::builder().method(method).uri(uri);
     if body.is_some() {
         req = req.header("content-type", "application/json");
     }
-    let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).expect("request");
-    let resp = server::router(state.clone(), 1 << 20).oneshot(req).await.expect("infallible");
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .expect("request");
+    let resp = server::router(state.clone(), 1 << 20)
+        .oneshot(req)
+        .await
+        .expect("infallible");
     let (status, headers) = (resp.status(), resp.headers().clone());
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, value)
 }
 
@@ -258,8 +360,11 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
     let down = Upstream::always(server_error()).await;
     let up = Upstream::always(Step::Answer(refund(7.0))).await;
     let plugins = common::plugins_dir(&[]);
-    let body = openai("deg-down", &down.base_url(), "max_retries = 0\nbreaker = { min_calls = 2, cooldown_ms = 60000 }")
-        + &openai("deg-up", &up.base_url(), "max_retries = 0")
+    let body = openai(
+        "deg-down",
+        &down.base_url(),
+        "max_retries = 0\nbreaker = { min_calls = 2, cooldown_ms = 60000 }",
+    ) + &openai("deg-up", &up.base_url(), "max_retries = 0")
         + &pipeline("deg-static", STATIC).replace("\"llm\"", "\"deg-down\"")
         + &pipeline("deg-healthy", "").replace("\"llm\"", "\"deg-up\"");
     let host = Host::builder()
@@ -275,7 +380,10 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
     let (s, h, b) = call(&state, "POST", "/v1/chat/completions", Some(chat("deg-healthy"))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert!(h.get("x-reins-degraded").is_none());
-    assert_eq!((b["reins"]["degraded"].clone(), b["reins"]["served_by"].clone()), (json!(false), json!("deg-up")));
+    assert_eq!(
+        (b["reins"]["degraded"].clone(), b["reins"]["served_by"].clone()),
+        (json!(false), json!("deg-up"))
+    );
 
     // Down: the static answer, flagged, with its honest message.
     for _ in 0..2 {
@@ -284,8 +392,14 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
         assert_eq!(h.get("x-reins-degraded").and_then(|v| v.to_str().ok()), Some("static"));
         assert_eq!(b["reins"]["degraded"], json!(true));
         assert_eq!(b["reins"]["served_by"], json!("static"));
-        assert!(b["reins"]["notice"].as_str().is_some_and(|n| n.contains("not a decision")), "{b}");
-        let content: Value = serde_json::from_str(b["choices"][0]["message"]["content"].as_str().unwrap_or("")).expect("JSON");
+        assert!(
+            b["reins"]["notice"]
+                .as_str()
+                .is_some_and(|n| n.contains("not a decision")),
+            "{b}"
+        );
+        let content: Value =
+            serde_json::from_str(b["choices"][0]["message"]["content"].as_str().unwrap_or("")).expect("JSON");
         assert_eq!(content["amount"], json!(0));
     }
     assert_eq!(down.count(), 2);
@@ -293,15 +407,32 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
     // Two failures of two calls opened deg-down's breaker.
     let (s, _, b) = call(&state, "GET", "/v1/providers", None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let find = |name: &str| b["data"].as_array().and_then(|d| d.iter().find(|p| p["name"] == name)).cloned().unwrap_or_default();
+    let find = |name: &str| {
+        b["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
     let down_state = find("deg-down");
-    assert_eq!((down_state["state"].clone(), down_state["kind"].clone()), (json!("open"), json!("openai")));
+    assert_eq!(
+        (down_state["state"].clone(), down_state["kind"].clone()),
+        (json!("open"), json!("openai"))
+    );
     assert_eq!(down_state["breaker"]["trips"], json!(1));
     assert_eq!(down_state["breaker"]["failures"], json!(2));
-    assert!(down_state["breaker"]["retry_in_ms"].as_u64().is_some_and(|ms| ms > 0 && ms <= 60_000));
+    assert!(
+        down_state["breaker"]["retry_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0 && ms <= 60_000)
+    );
     assert_eq!(down_state["breaker"]["settings"]["min_calls"], json!(2));
     assert_eq!(find("deg-up")["state"], json!("closed"));
-    assert_eq!(find("model")["breaker"]["enabled"], json!(false), "a script has no breaker");
+    assert_eq!(
+        find("model")["breaker"]["enabled"],
+        json!(false),
+        "a script has no breaker"
+    );
 
     let (_, _, text) = call(&state, "GET", "/metrics", None).await;
     let text = text.as_str().unwrap_or_default().to_owned();
@@ -326,8 +457,14 @@ async fn cache_and_retry_metrics_are_exported() {
     let host = Arc::new(host(plugins.path(), &body, &script(vec![])).await);
     let state = AppState::new(host.clone(), &host.config().server).expect("state");
     // A retry then an answer (stored); two failures then the cache; two failures then a miss.
-    assert_eq!(host.run("met-p", request("refund 2 EUR")).await.served_by.as_deref(), Some("met-llm"));
-    assert_eq!(host.run("met-p", request("refund 2 EUR")).await.served_by.as_deref(), Some("cache"));
+    assert_eq!(
+        host.run("met-p", request("refund 2 EUR")).await.served_by.as_deref(),
+        Some("met-llm")
+    );
+    assert_eq!(
+        host.run("met-p", request("refund 2 EUR")).await.served_by.as_deref(),
+        Some("cache")
+    );
     assert!(host.run("met-p", request("refund 3 EUR")).await.error.is_some());
     assert_eq!(up.count(), 6);
     let (_, _, text) = call(&state, "GET", "/metrics", None).await;

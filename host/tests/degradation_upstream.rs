@@ -31,7 +31,8 @@ async fn llm_host(plugins: &tempfile::TempDir, up: &Upstream, provider_extra: &s
 }
 
 async fn run(host: &Host) -> RunResult {
-    host.run("p", Request::text("My parcel arrived crushed; refund 12.50 EUR.")).await
+    host.run("p", Request::text("My parcel arrived crushed; refund 12.50 EUR."))
+        .await
 }
 
 fn error_text(r: &RunResult) -> String {
@@ -47,8 +48,7 @@ async fn wait_for(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-const BREAKER: &str =
-    "max_retries = 0\nbreaker = { failure_rate = 0.5, min_calls = 4, window_ms = 60000, cooldown_ms = 1500, probes = 1 }";
+const BREAKER: &str = "max_retries = 0\nbreaker = { failure_rate = 0.5, min_calls = 4, window_ms = 60000, cooldown_ms = 1500, probes = 1 }";
 
 #[tokio::test]
 async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until_a_probe_closes_it() {
@@ -60,7 +60,11 @@ async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until
     // Three failures: under min_calls, the breaker stays closed.
     for n in 1..=3 {
         let r = run(&host).await;
-        assert!(matches!(r.error, Some(RunError::ModelUnavailable { .. })), "{:?}", r.error);
+        assert!(
+            matches!(r.error, Some(RunError::ModelUnavailable { .. })),
+            "{:?}",
+            r.error
+        );
         assert_eq!(up.count(), n);
         assert_eq!(breaker.snapshot().state, CircuitState::Closed);
     }
@@ -73,12 +77,20 @@ async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until
     // While open, runs fail fast and the upstream receives nothing.
     for _ in 0..5 {
         let r = run(&host).await;
-        assert!(error_text(&r).contains("circuit breaker open (4 of the last 4 calls failed)"), "{}", error_text(&r));
+        assert!(
+            error_text(&r).contains("circuit breaker open (4 of the last 4 calls failed)"),
+            "{}",
+            error_text(&r)
+        );
         assert_eq!(model_steps(&r), [("llm".to_owned(), "failed: breaker_open".to_owned())]);
     }
     assert_eq!(up.count(), 4, "an open breaker never touches the upstream");
     let snapshot = breaker.snapshot();
-    assert_eq!((snapshot.state, snapshot.rejected), (CircuitState::Open, 5), "all five were refused while open");
+    assert_eq!(
+        (snapshot.state, snapshot.rejected),
+        (CircuitState::Open, 5),
+        "all five were refused while open"
+    );
 
     // After the cool-down, the upstream recovers (slowly). Four runs at once:
     // exactly one probe reaches it; the others are refused while it is out.
@@ -134,7 +146,10 @@ async fn retry_after_is_honoured_in_milliseconds_and_seconds() {
         let host = llm_host(&plugins, &up, "max_retries = 2", "").await;
         let r = run(&host).await;
         assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
-        assert_eq!(model_steps(&r), [("llm".to_owned(), "ok (flaky-model, 2 tries)".to_owned())]);
+        assert_eq!(
+            model_steps(&r),
+            [("llm".to_owned(), "ok (flaky-model, 2 tries)".to_owned())]
+        );
         let seen = up.seen();
         assert_eq!(seen.len(), 2);
         // Backoff alone would have waited at most a millisecond.
@@ -151,8 +166,15 @@ async fn retries_stop_at_the_bound_and_4xx_are_never_retried() {
     let host = llm_host(&plugins, &up, "max_retries = 3", "").await;
     let r = run(&host).await;
     assert_eq!(up.count(), 4);
-    assert_eq!(model_steps(&r), [("llm".to_owned(), "failed: status, 4 tries".to_owned())]);
-    assert!(error_text(&r).contains("HTTP 503") && error_text(&r).contains("overloaded"), "{}", error_text(&r));
+    assert_eq!(
+        model_steps(&r),
+        [("llm".to_owned(), "failed: status, 4 tries".to_owned())]
+    );
+    assert!(
+        error_text(&r).contains("HTTP 503") && error_text(&r).contains("overloaded"),
+        "{}",
+        error_text(&r)
+    );
 
     // A 400, 404 or 422 will not change: one call each, and the breaker
     // (which would open on one failure) does not count them.
@@ -165,13 +187,22 @@ async fn retries_stop_at_the_bound_and_4xx_are_never_retried() {
             assert!(error_text(&r).contains(&format!("HTTP {code}")), "{}", error_text(&r));
             assert_eq!(up.count(), n, "HTTP {code} is not retried");
         }
-        assert_eq!(host.breaker("llm").map(|b| b.snapshot().state), Some(CircuitState::Closed));
+        assert_eq!(
+            host.breaker("llm").map(|b| b.snapshot().state),
+            Some(CircuitState::Closed)
+        );
     }
 
     // A 429 asking for longer than max_backoff_ms is not waited for: the
     // pipeline falls back at once.
     let up = Upstream::steps(vec![rate_limited("retry-after", "120"), Step::Answer(refund(1.0))]).await;
-    let host = llm_host(&plugins, &up, "max_retries = 3\nmax_backoff_ms = 2000", "fallbacks = [\"model\"]").await;
+    let host = llm_host(
+        &plugins,
+        &up,
+        "max_retries = 3\nmax_backoff_ms = 2000",
+        "fallbacks = [\"model\"]",
+    )
+    .await;
     let r = run(&host).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(up.count(), 1);
@@ -192,14 +223,21 @@ async fn resets_closed_connections_and_cut_bodies_are_retried() {
     let r = run(&host).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(up.count(), 4);
-    assert_eq!(model_steps(&r), [("llm".to_owned(), "ok (flaky-model, 4 tries)".to_owned())]);
+    assert_eq!(
+        model_steps(&r),
+        [("llm".to_owned(), "ok (flaky-model, 4 tries)".to_owned())]
+    );
 
     // Without retries each is a provider error that says what broke.
     for step in [Step::Reset, Step::Close, Step::Truncated(refund(1.0))] {
         let up = Upstream::always(step.clone()).await;
         let host = llm_host(&plugins, &up, "max_retries = 0", "").await;
         let r = run(&host).await;
-        assert!(error_text(&r).contains("provider `llm`: the connection broke"), "{step:?}: {}", error_text(&r));
+        assert!(
+            error_text(&r).contains("provider `llm`: the connection broke"),
+            "{step:?}: {}",
+            error_text(&r)
+        );
         assert_eq!(up.count(), 1);
     }
 }
@@ -220,14 +258,23 @@ async fn garbage_bodies_are_provider_errors_and_broken_answers_are_violations() 
         let host = llm_host(&plugins, &up, "max_retries = 2", "").await;
         let r = run(&host).await;
         assert_eq!(r.status, RunStatus::Failed);
-        assert!(error_text(&r).contains("provider `llm`: unreadable response"), "{body}: {}", error_text(&r));
+        assert!(
+            error_text(&r).contains("provider `llm`: unreadable response"),
+            "{body}: {}",
+            error_text(&r)
+        );
         assert_eq!(up.count(), 1, "{body}: garbage is not retried");
         assert_eq!(host.breaker("llm").map(|b| b.snapshot().failures), Some(1));
     }
     // A well-formed completion whose answer is cut short or empty: a `json`
     // violation, sent back for repair like any other.
     let broken = "{\"amount\": 12.5, \"curr";
-    let up = Upstream::steps(vec![Step::Answer(broken.to_owned()), Step::Answer(String::new()), Step::Answer(refund(12.5))]).await;
+    let up = Upstream::steps(vec![
+        Step::Answer(broken.to_owned()),
+        Step::Answer(String::new()),
+        Step::Answer(refund(12.5)),
+    ])
+    .await;
     let host = llm_host(&plugins, &up, "max_retries = 0", "repair = { max_attempts = 3 }").await;
     let r = run(&host).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
@@ -249,9 +296,19 @@ async fn a_slow_trickle_times_out_as_a_whole() {
     })
     .await;
     let plugins = common::plugins_dir(&[]);
-    let host = llm_host(&plugins, &up, "max_retries = 0\ntimeout_ms = 400\nconnect_timeout_ms = 400", "").await;
+    let host = llm_host(
+        &plugins,
+        &up,
+        "max_retries = 0\ntimeout_ms = 400\nconnect_timeout_ms = 400",
+        "",
+    )
+    .await;
     let r = run(&host).await;
-    assert!(error_text(&r).contains("provider `llm`: no response within 400 ms"), "{}", error_text(&r));
+    assert!(
+        error_text(&r).contains("provider `llm`: no response within 400 ms"),
+        "{}",
+        error_text(&r)
+    );
     assert_eq!(up.count(), 1);
     assert_eq!(model_steps(&r), [("llm".to_owned(), "failed: timeout".to_owned())]);
 }

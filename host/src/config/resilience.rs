@@ -163,7 +163,66 @@ pub(super) fn check_breaker(b: &BreakerConfig) -> Result<(), (&'static str, &'st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ProviderConfig};
     use serde_json::json;
+
+    #[test]
+    fn the_degradation_keys_parse_with_their_defaults() {
+        let c = Config::parse(
+            r#"
+plugins_dir = "p"
+[providers.llm]
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+model = "m"
+connect_timeout_ms = 250
+max_backoff_ms = 900
+breaker = { failure_rate = 0.25, min_calls = 3, probes = 2 }
+[providers.plain]
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1"
+model = "m"
+[pipelines.p]
+model = "llm"
+fallbacks = ["plain"]
+deadline_ms = 1500
+cache = "read-write"
+cache_ttl_s = 60
+degraded = { answer = { ok = false } }
+[pipelines.q]
+model = "plain"
+"#,
+            "reins.toml",
+            ".",
+        )
+        .unwrap();
+        let ProviderConfig::Openai(llm) = &c.providers["llm"] else {
+            panic!("openai")
+        };
+        assert_eq!((llm.connect_timeout_ms, llm.max_backoff_ms), (250, 900));
+        assert_eq!(
+            (llm.breaker.failure_rate, llm.breaker.min_calls, llm.breaker.probes),
+            (0.25, 3, 2)
+        );
+        assert_eq!(llm.breaker.cooldown_ms, BreakerConfig::default().cooldown_ms);
+        let ProviderConfig::Openai(plain) = &c.providers["plain"] else {
+            panic!("openai")
+        };
+        assert_eq!(plain.breaker, BreakerConfig::default());
+        let p = &c.pipelines["p"];
+        assert_eq!(
+            (p.deadline_ms, p.cache, p.cache_ttl_s, p.cache_max_entries),
+            (1500, CacheMode::ReadWrite, 60, 1000)
+        );
+        let degraded = p.degraded.as_ref().unwrap();
+        assert_eq!(degraded.answer_text(), r#"{"ok":false}"#);
+        assert_eq!(degraded.message, default_degraded_message());
+        let q = &c.pipelines["q"];
+        assert_eq!(
+            (q.deadline_ms, q.cache, q.degraded.is_none()),
+            (50_000, CacheMode::Off, true)
+        );
+    }
 
     #[test]
     fn degraded_answers_are_json_text() {

@@ -141,7 +141,9 @@ impl ResponseCache {
         let mut inner = self.lock();
         inner.remove(&key);
         while inner.map.len() >= self.max_entries {
-            let Some((_, oldest)) = inner.lru.pop_first() else { break };
+            let Some((_, oldest)) = inner.lru.pop_first() else {
+                break;
+            };
             inner.map.remove(&oldest);
         }
         inner.tick += 1;
@@ -197,10 +199,28 @@ mod tests {
         let base = CacheKey::new("p", &m, None, &[], &[json!({"model": "m"})]);
         assert_eq!(base, CacheKey::new("p", &m, None, &[], &[json!({"model": "m"})]));
         assert_ne!(base, CacheKey::new("q", &m, None, &[], &[json!({"model": "m"})]));
-        assert_ne!(base, CacheKey::new("p", &[Message::new("user", "hi ")], None, &[], &[json!({"model": "m"})]));
-        assert_ne!(base, CacheKey::new("p", &[Message::new("system", "hi")], None, &[], &[json!({"model": "m"})]));
-        assert_ne!(base, CacheKey::new("p", &m, Some(&json!({"type": "object"})), &[], &[json!({"model": "m"})]));
-        assert_ne!(base, CacheKey::new("p", &m, None, &[], &[json!({"model": "m", "temperature": 0.5})]));
+        assert_ne!(
+            base,
+            CacheKey::new("p", &[Message::new("user", "hi ")], None, &[], &[json!({"model": "m"})])
+        );
+        assert_ne!(
+            base,
+            CacheKey::new(
+                "p",
+                &[Message::new("system", "hi")],
+                None,
+                &[],
+                &[json!({"model": "m"})]
+            )
+        );
+        assert_ne!(
+            base,
+            CacheKey::new("p", &m, Some(&json!({"type": "object"})), &[], &[json!({"model": "m"})])
+        );
+        assert_ne!(
+            base,
+            CacheKey::new("p", &m, None, &[], &[json!({"model": "m", "temperature": 0.5})])
+        );
         assert_eq!(base.short().len(), 12);
     }
 

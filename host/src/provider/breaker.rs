@@ -254,10 +254,10 @@ impl CircuitBreaker {
             probe,
         };
         if !self.settings.enabled {
-            return (Ok(permit(&*inner, false)), None);
+            return (Ok(permit(&inner, false)), None);
         }
         match inner.mode {
-            Mode::Closed => (Ok(permit(&*inner, false)), None),
+            Mode::Closed => (Ok(permit(&inner, false)), None),
             Mode::Open { until, failures, calls } if now < until => {
                 inner.rejected += 1;
                 let refused = Refused {
@@ -272,7 +272,7 @@ impl CircuitBreaker {
                     in_flight: 1,
                     succeeded: 0,
                 });
-                (Ok(permit(&*inner, true)), Some(t))
+                (Ok(permit(&inner, true)), Some(t))
             }
             Mode::HalfOpen { in_flight, succeeded } => {
                 if in_flight + succeeded < self.settings.probes {
@@ -280,7 +280,7 @@ impl CircuitBreaker {
                         in_flight: in_flight + 1,
                         succeeded,
                     };
-                    (Ok(permit(&*inner, true)), None)
+                    (Ok(permit(&inner, true)), None)
                 } else {
                     inner.rejected += 1;
                     let refused = Refused {
@@ -515,7 +515,10 @@ mod tests {
         assert!(b.acquire(after).0.is_err());
         // One success is not enough; the second closes.
         assert_eq!(b.record(p1.unwrap(), Outcome::Success, after), None);
-        assert_eq!(b.record(p2.unwrap(), Outcome::Success, after).map(|t| t.to), Some(CircuitState::Closed));
+        assert_eq!(
+            b.record(p2.unwrap(), Outcome::Success, after).map(|t| t.to),
+            Some(CircuitState::Closed)
+        );
         assert_eq!(b.snapshot(after).calls, 0, "a closed breaker starts a fresh window");
 
         // Open again; a failing probe reopens at once for another cool-down.

@@ -360,7 +360,11 @@ impl Breaker {
             }
             let wait = match error.retry_after() {
                 Some(asked) if asked > policy.max_wait => {
-                    tracing::debug!(provider = self.provider.name(), ?asked, "Retry-After is over max_backoff_ms; not retrying");
+                    tracing::debug!(
+                        provider = self.provider.name(),
+                        ?asked,
+                        "Retry-After is over max_backoff_ms; not retrying"
+                    );
                     return Called {
                         result: Err(error),
                         tries,
@@ -578,7 +582,10 @@ mod tests {
         let p = flaky(vec![status(429, Some(150)), Ok(())]);
         let b = Breaker::new(p.clone(), settings(3, BreakerSettings::DISABLED));
         let deadline = Instant::now() + Duration::from_millis(100);
-        assert_eq!(b.call(&request(Some(deadline))).await.result.unwrap_err().kind(), "status");
+        assert_eq!(
+            b.call(&request(Some(deadline))).await.result.unwrap_err().kind(),
+            "status"
+        );
         assert_eq!(p.calls.load(Ordering::SeqCst), 1);
         let past = Instant::now() - Duration::from_millis(1);
         let called = b.call(&request(Some(past))).await;
@@ -595,7 +602,10 @@ mod tests {
         });
         let b = Breaker::new(p.clone(), settings(0, opens_after(1)));
         let deadline = Instant::now() + Duration::from_millis(20);
-        assert_eq!(b.call(&request(Some(deadline))).await.result.unwrap_err().kind(), "deadline");
+        assert_eq!(
+            b.call(&request(Some(deadline))).await.result.unwrap_err().kind(),
+            "deadline"
+        );
         assert_eq!(b.snapshot().state, CircuitState::Open);
     }
 

@@ -95,9 +95,15 @@ mod tests {
     #[test]
     fn retry_after_in_ms_seconds_or_a_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after(Some("250"), Some("9"), now), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_retry_after(Some("250"), Some("9"), now),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_retry_after(None, Some("2"), now), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(None, Some("0.5"), now), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after(None, Some("0.5"), now),
+            Some(Duration::from_millis(500))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
         assert_eq!(parse_retry_after(None, Some(&date), now), Some(Duration::from_secs(30)));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));

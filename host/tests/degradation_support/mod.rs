@@ -216,20 +216,26 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
             let n = log.len() - 1;
             drop(log);
             let mut script = plan.lock().expect("script");
-            (&mut *script)(n)
+            (*script)(n)
         };
         match step {
             Step::Answer(content) => {
                 let body = completion_body(&content);
-                stream.write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes()).await?;
+                stream
+                    .write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
             }
             Step::Slow(delay, content) => {
                 tokio::time::sleep(delay).await;
                 let body = completion_body(&content);
-                stream.write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes()).await?;
+                stream
+                    .write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
             }
             Step::Status { status, headers, body } => {
-                stream.write_all(format!("{}{body}", head(status, body.len(), &headers)).as_bytes()).await?;
+                stream
+                    .write_all(format!("{}{body}", head(status, body.len(), &headers)).as_bytes())
+                    .await?;
             }
             Step::Hang => {
                 // Bounded, so a test that forgets its client still ends.
@@ -247,7 +253,9 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
             Step::Truncated(content) => {
                 let body = completion_body(&content);
                 let cut = &body[..body.len() / 2];
-                stream.write_all(format!("{}{cut}", head(200, body.len(), &[])).as_bytes()).await?;
+                stream
+                    .write_all(format!("{}{cut}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
                 stream.shutdown().await?;
                 return Ok(());
             }
@@ -268,7 +276,9 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
 pub fn openai(name: &str, base_url: &str, extra: &str) -> String {
     let own_backoff = extra.lines().any(|l| l.trim_start().starts_with("backoff_ms"));
     let backoff = if own_backoff { "" } else { "backoff_ms = 1\n" };
-    format!("[providers.{name}]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"flaky-model\"\n{backoff}{extra}\n\n")
+    format!(
+        "[providers.{name}]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"flaky-model\"\n{backoff}{extra}\n\n"
+    )
 }
 
 /// A refund answer with `amount` (the pipelines' schema is `refund_schema`).

@@ -150,7 +150,9 @@ impl Run<'_> {
                         metrics::counter!("reins_fallback_uses_total", "pipeline" => p.name.clone(), "step" => name.clone())
                             .increment(1);
                     }
-                    self.deg.served.push(if i == 0 { Served::First } else { Served::Fallback });
+                    self.deg
+                        .served
+                        .push(if i == 0 { Served::First } else { Served::Fallback });
                     return Ok(ModelAnswer {
                         response: r,
                         provider: name,
@@ -176,7 +178,13 @@ impl Run<'_> {
             match cache.get(&key) {
                 None => {
                     metrics::counter!("reins_cache_misses_total", "pipeline" => p.name.clone()).increment(1);
-                    self.trace("model", "cache", format!("miss ({})", key.short()), start, Instant::now());
+                    self.trace(
+                        "model",
+                        "cache",
+                        format!("miss ({})", key.short()),
+                        start,
+                        Instant::now(),
+                    );
                     errors.push("cache: no answer stored for this request".to_owned());
                 }
                 Some((answer, age)) => {
@@ -184,7 +192,12 @@ impl Run<'_> {
                     self.trace(
                         "model",
                         "cache",
-                        format!("hit ({}, from {}, {} s old)", key.short(), answer.provider, age.as_secs()),
+                        format!(
+                            "hit ({}, from {}, {} s old)",
+                            key.short(),
+                            answer.provider,
+                            age.as_secs()
+                        ),
                         start,
                         Instant::now(),
                     );
