@@ -40,10 +40,11 @@ impl Drop for Server {
     }
 }
 
-/// One answered request: when it finished (since the test start), how long
-/// it took, and the stamp the validator left (or what went wrong).
+/// One answered request: when it started and finished (since the test
+/// start), how long it took, and the stamp the validator left (or what went wrong).
 #[derive(Debug, Clone)]
 struct Sample {
+    started: Duration,
     done: Duration,
     latency: Duration,
     stamp: Result<String, String>,
@@ -114,6 +115,7 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
             // Bounded: at most 3 minutes or 100k requests.
             while !stop.load(Ordering::Relaxed) && samples.len() < 100_000 && start.elapsed() < Duration::from_secs(180) {
                 let t = Instant::now();
+                let started = start.elapsed();
                 let res = http.post(&url).json(&json!({"input": "stamp this"})).send().await;
                 let stamp = match res {
                     Ok(r) => {
@@ -126,6 +128,7 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
                     Err(e) => Err(format!("request failed: {e}")),
                 };
                 samples.push(Sample {
+                    started,
                     done: start.elapsed(),
                     latency: t.elapsed(),
                     stamp,
@@ -200,8 +203,9 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
         max_latency < window / 3,
         "a request took {max_latency:?} while the compile took {window:?}: requests waited for the compile"
     );
-    // Once Python answered, the old version never came back.
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.done > swapped_at + Duration::from_millis(100)).collect();
+    // Once Python answered, the old version never came back: every request
+    // that started after that saw the new version.
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.started > swapped_at).collect();
     assert!(!after.is_empty(), "no requests after the swap");
     assert!(
         after.iter().all(|s| s.stamp.as_deref() == Ok("python")),
