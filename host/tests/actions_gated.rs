@@ -65,16 +65,6 @@ async fn start_sink() -> (Sink, String) {
     (sink, format!("http://{addr}/refund"))
 }
 
-const TOOLS: &str = r#"
-[[config.tools]]
-name = "issue_refund"
-description = "Refund an order"
-access = "write"
-[config.tools.parameters]
-type = "object"
-required = ["order", "amount"]
-properties = { order = { type = "string" }, amount = { type = "number" } }
-"#;
 
 fn refund(amount: f64) -> Value {
     json!([{"name": "issue_refund", "arguments": {"order": "A-1", "amount": amount}}])
@@ -101,7 +91,7 @@ impl Fixture {
 async fn fixture(extra: &str, budget: u32) -> Fixture {
     let (sink, url) = start_sink().await;
     let dir = common::plugins_dir(&["tool-manifest", "spend-limit", "echo-gate"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), TOOLS).expect("sidecar");
+    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
     std::fs::write(
         dir.path().join("spend-limit.toml"),
         format!("[config]\nescalate_above = 100\ndaily_budget = {budget}\n"),

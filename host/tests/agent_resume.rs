@@ -83,16 +83,7 @@ async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once()
     let dir = common::plugins_dir(&["tool-manifest"]);
     std::fs::write(
         dir.path().join("tool-manifest.toml"),
-        r#"
-[[config.tools]]
-name = "issue_refund"
-description = "Refund an order"
-access = "write"
-[config.tools.parameters]
-type = "object"
-required = ["order", "amount"]
-properties = { order = { type = "string" }, amount = { type = "number" } }
-"#,
+        common::REFUND_TOOL,
     )
     .expect("sidecar");
     let config = format!(

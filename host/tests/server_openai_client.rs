@@ -34,16 +34,8 @@ constraints = "tool-manifest"
 gates = ["spend-limit"]
 "#;
 
-const TOOLS: &str = r#"
-[[config.tools]]
-name = "issue_refund"
-description = "Refund an order"
-access = "write"
-[config.tools.parameters]
-type = "object"
-required = ["order", "amount"]
-properties = { order = { type = "string" }, amount = { type = "number" } }
-
+/// Appended to `common::REFUND_TOOL`: a tool this caller is not given.
+const MORE_TOOLS: &str = r#"
 [[config.tools]]
 name = "delete_account"
 description = "Not for this caller"
@@ -54,7 +46,7 @@ parameters = { type = "object" }
 #[test]
 fn official_openai_python_client_works_against_reins_serve() {
     let dir = common::plugins_dir(&["normalize-text", "spend-limit", "tool-manifest"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), TOOLS).expect("tools sidecar");
+    std::fs::write(dir.path().join("tool-manifest.toml"), format!("{}{MORE_TOOLS}", common::REFUND_TOOL)).expect("tools sidecar");
     let config = dir.path().join("reins.toml");
     std::fs::write(&config, CONFIG).expect("config");
 

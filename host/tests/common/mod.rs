@@ -119,3 +119,16 @@ pub fn serve(config: &Path) -> Served {
         }
     }
 }
+
+/// A tool-manifest sidecar granting one `issue_refund(order, amount)` tool,
+/// shared by the tests of gated actions.
+pub const REFUND_TOOL: &str = r#"
+[[config.tools]]
+name = "issue_refund"
+description = "Refund an order"
+access = "write"
+[config.tools.parameters]
+type = "object"
+required = ["order", "amount"]
+properties = { order = { type = "string" }, amount = { type = "number" } }
+"#;
