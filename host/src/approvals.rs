@@ -7,7 +7,7 @@
 //! A decided approval cannot be decided again.
 
 use crate::pipeline::{PendingApproval, RunResult};
-use crate::runtime::Action;
+use crate::runtime::{Action, now_ms};
 use crate::state::{ApprovalQuery, ApprovalRecord, RunRecord, StateStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -234,10 +234,4 @@ impl ApprovalStore {
 
 fn store_err(e: crate::state::StateError) -> ApprovalError {
     ApprovalError::Store(e.to_string())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -560,8 +560,9 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Wall-clock time now, in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
+/// Wall-clock time now, in Unix milliseconds: the one clock for every
+/// timestamp the host reports (loaded_at, approvals, `created`).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -206,14 +206,16 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
     } else {
         "tool_calls"
     };
-    let mut message = json!({"role": "assistant", "content": if tool_calls.is_empty() { content.clone() } else { content.clone().filter(|c| !c.is_empty()) }});
+    // Next to tool calls, an empty answer is no content at all.
+    let content = if tool_calls.is_empty() { content } else { content.filter(|c| !c.is_empty()) };
+    let mut message = json!({"role": "assistant", "content": content});
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
     let body = json!({
         "id": format!("chatcmpl-{}", result.run_id),
         "object": "chat.completion",
-        "created": unix_now(),
+        "created": crate::runtime::now_ms() / 1000,
         "model": pipeline,
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": null}],
         "usage": {
@@ -305,10 +307,4 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result
 
 fn short(run_id: &str) -> &str {
     run_id.get(..8).unwrap_or(run_id)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
