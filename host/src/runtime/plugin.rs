@@ -256,7 +256,7 @@ impl Plugin {
         })?;
         let reservation = Reservation {
             scope: self.name.clone(),
-            entries: journal,
+            entries: net(journal),
             counters: self.counters.clone(),
         };
         use gate::exports::reins::policy::gate::Decision as W;
@@ -566,6 +566,21 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sums a call's counter adds per key. A gate that reserved and then gave
+/// back (a denial) holds nothing: releasing its two entries one by one would
+/// briefly lower the total and let a concurrent check through.
+fn net(journal: Vec<CounterEntry>) -> Vec<CounterEntry> {
+    let mut out: Vec<CounterEntry> = Vec::new();
+    for e in journal {
+        match out.iter_mut().find(|o| o.key == e.key && o.window_seconds == e.window_seconds) {
+            Some(o) => o.delta += e.delta,
+            None => out.push(e),
+        }
+    }
+    out.retain(|e| e.delta != 0);
+    out
 }
 
 /// Counter adds a gate made while deciding on one action: a budget held for
