@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod agent;
+mod lease;
+mod memory;
 pub use agent::ResumeError;
 
 /// A loaded configuration: plugins, providers and compiled pipelines.
@@ -63,6 +65,10 @@ pub struct Host {
     approvals: ApprovalStore,
     limits: RateLimiter,
     state: Arc<dyn StateStore>,
+    /// This node's name in run leases.
+    node: String,
+    lease_ms: i64,
+    active: lease::Active,
 }
 
 impl std::fmt::Debug for Host {
@@ -108,6 +114,9 @@ impl Host {
             result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
             return result;
         };
+        let Some(guard) = self.active.enter(&run_id) else {
+            return not_owned(&run_id, pipeline, "it is already running in this process");
+        };
         let limited = match &p.config.limits {
             Some(limits) => {
                 let lkey = limit_key(limits, &request.metadata);
@@ -126,12 +135,38 @@ impl Host {
             None => None,
         };
         let mut record = RunRecord::new(&run_id, pipeline, "running");
-        record.request = serde_json::json!({"request": &request});
-        record.result = serde_json::json!({"run_id": &run_id, "pipeline": pipeline, "status": "running"});
         record.idempotency_key = key.map(str::to_owned);
-        if let Err(e) = self.state.put_run(&record).await {
-            tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}");
+        record.session_id = request.session_id.clone();
+        self.start(p, request, record, guard, limited).await
+    }
+
+    /// Runs a run this process holds (`guard`) under its lease: records it
+    /// as `running` (the stored request is what a resume starts from), keeps
+    /// the lease renewed, and records its result.
+    async fn start(
+        &self,
+        p: &Pipeline,
+        mut request: Request,
+        mut record: RunRecord,
+        mut guard: lease::ActiveGuard,
+        limited: Option<(&crate::config::RateLimitConfig, String)>,
+    ) -> RunResult {
+        let run_id = record.run_id.clone();
+        record.status = "running".into();
+        record.request = serde_json::json!({"request": &request});
+        record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running"});
+        record.owner = Some(self.node.clone());
+        record.lease_until_ms = self.lease_until();
+        record.updated_ms = crate::state::now_ms();
+        match self.state.put_run(&record).await {
+            Ok(()) => {}
+            Err(crate::state::StateError::LeaseLost { .. }) => {
+                return not_owned(&run_id, &p.name, "another node holds its lease");
+            }
+            Err(e) => tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}"),
         }
+        self.keep_leased(&mut guard);
+        self.remember(p, &mut request).await;
         if p.config.mode == crate::config::PipelineMode::Agent {
             return self.run_agent(p, request, record).await;
         }
@@ -139,7 +174,7 @@ impl Host {
             .scope(self.state.clone(), engine::run(p, self.plugins.current(), request))
             .await;
         if let Some((limits, lkey)) = limited {
-            self.limits.spend_tokens(pipeline, &lkey, limits, result.tokens.total);
+            self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
         }
         self.finish(p, result, record).await
     }
@@ -148,6 +183,9 @@ impl Host {
     async fn finish(&self, p: &Pipeline, mut result: RunResult, mut record: RunRecord) -> RunResult {
         record.status = result.status.as_str().to_owned();
         record.updated_ms = crate::state::now_ms();
+        // Finished (or held for a human): nobody needs to own it now.
+        record.owner = Some(self.node.clone());
+        record.lease_until_ms = 0;
         if let Some(req) = record.request.as_object_mut() {
             req.insert("action_indices".into(), serde_json::json!(result.action_indices));
         }
@@ -159,8 +197,12 @@ impl Host {
             }
             return result;
         }
-        if let Err(e) = self.state.put_run(&record).await {
-            tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}");
+        match self.state.put_run(&record).await {
+            Ok(()) => {}
+            Err(crate::state::StateError::LeaseLost { .. }) => {
+                return not_owned(&result.run_id, &p.name, "this node stalled past its lease and another node took the run over");
+            }
+            Err(e) => tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}"),
         }
         result
     }
@@ -238,6 +280,8 @@ impl Host {
                 }
                 record.status = run.status.as_str().to_owned();
                 record.updated_ms = crate::state::now_ms();
+                record.owner = Some(self.node.clone());
+                record.lease_until_ms = 0;
                 if let Err(e) = self.state.put_run(&record).await {
                     tracing::warn!(run_id = %run.run_id, "state store: cannot record the continued run: {e}");
                 }
@@ -346,6 +390,7 @@ pub struct HostBuilder {
     plugins: Option<Arc<PluginHost>>,
     watch: Option<bool>,
     state: Option<Arc<dyn StateStore>>,
+    node_id: Option<String>,
 }
 
 impl HostBuilder {
@@ -386,6 +431,12 @@ impl HostBuilder {
     /// Uses an open state store instead of the config's `[state]`.
     pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
         self.state = Some(state);
+        self
+    }
+
+    /// Overrides `[state] node_id` (this node's name in run leases).
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.node_id = Some(node.into());
         self
     }
 
@@ -452,6 +503,8 @@ impl HostBuilder {
                 .await
                 .map_err(|e| ConfigError::State(Box::new(e)))?,
         };
+        let node = self.node_id.unwrap_or_else(|| config.state.node());
+        let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
         Ok(Host {
             config,
             plugins,
@@ -459,9 +512,22 @@ impl HostBuilder {
             pipelines,
             approvals: ApprovalStore::new(state.clone()),
             limits: RateLimiter::new(),
+            node,
+            lease_ms,
+            active: lease::Active::default(),
             state,
         })
     }
+}
+
+/// The result of a run this node does not (or no longer) own.
+fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
+    let mut result = RunResult::new(run_id.to_owned(), pipeline.to_owned());
+    result.error = Some(RunError::NotOwned {
+        run_id: run_id.to_owned(),
+        message: message.to_owned(),
+    });
+    result
 }
 
 /// A held run rebuilt from its stored record, for continuing it in a process

@@ -14,6 +14,28 @@ pub fn count(text: &str) -> u64 {
     tiktoken_rs::o200k_base_singleton().count_ordinary(text) as u64
 }
 
+/// The longest prefix of `text` of at most `max` tokens (whole tokens; a
+/// token cut inside a multi-byte character drops that character).
+pub fn truncate(text: &str, max: u64) -> String {
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let tokens = bpe.encode_ordinary(text);
+    if tokens.len() as u64 <= max {
+        return text.to_owned();
+    }
+    let mut keep = usize::try_from(max).unwrap_or(usize::MAX).min(tokens.len());
+    loop {
+        if let Ok(s) = bpe.decode(&tokens[..keep]) {
+            if count(&s) <= max {
+                return s;
+            }
+        }
+        if keep == 0 {
+            return String::new();
+        }
+        keep -= 1;
+    }
+}
+
 /// Per-message framing of the chat format (role and separators).
 pub const MESSAGE_OVERHEAD: u64 = 4;
 /// Tokens that prime the assistant's reply.
@@ -39,5 +61,15 @@ mod tests {
         assert_eq!(count("hello world"), 2);
         let m = [Message::new("user", "hello world")];
         assert_eq!(count_messages(&m), REPLY_PRIMING + MESSAGE_OVERHEAD + 1 + 2);
+    }
+
+    #[test]
+    fn truncation_keeps_a_prefix_within_the_budget() {
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        let cut = truncate(&text, 7);
+        assert!(count(&cut) <= 7 && !cut.is_empty());
+        assert!(text.starts_with(&cut));
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("héllo wörld ünïcode", 0), "");
     }
 }

@@ -17,29 +17,29 @@ pub struct ServeArgs {
     /// Allow a non-loopback listener without auth tokens.
     #[arg(long)]
     insecure: bool,
+    /// This node's name in run leases (overrides `[state] node_id`; also
+    /// `REINS_NODE_ID`). Stable names let a restarted node take its own
+    /// interrupted runs back at once.
+    #[arg(long, env = "REINS_NODE_ID")]
+    node_id: Option<String>,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     // Install the metrics recorder before plugins load, so their handles record.
     server::install_metrics();
-    let host = Host::builder()
-        .config_file(&args.config)
-        .watch(true)
+    let mut builder = Host::builder().config_file(&args.config).watch(true);
+    if let Some(node) = args.node_id {
+        builder = builder.node_id(node);
+    }
+    let host = builder
         .build()
         .await
         .with_context(|| format!("loading {}", args.config.display()))?;
     let host = Arc::new(host);
-    if host.config().state.resume_on_start {
-        // Runs a previous process left `running` continue in the background.
-        let resuming = host.clone();
-        tokio::spawn(async move {
-            match resuming.resume_interrupted().await {
-                Ok(runs) if !runs.is_empty() => eprintln!("reins: resumed {} interrupted run(s)", runs.len()),
-                Ok(_) => {}
-                Err(e) => eprintln!("reins: resuming interrupted runs failed: {e}"),
-            }
-        });
-    }
+    eprintln!("reins: node {} on a {} state store", host.node_id(), host.state().kind());
+    // Interrupted runs (this node's from before a crash, or any node's whose
+    // lease expired) continue in the background; old runs are compacted.
+    let _background = host.spawn_background();
     let settings = host.config().server.clone();
     let listen = args.listen.unwrap_or_else(|| settings.listen.clone());
     let state = AppState::new(host, &settings)?;

@@ -235,6 +235,37 @@ pub struct PipelineConfig {
     /// Request and token rate limits per caller key.
     #[serde(default)]
     pub limits: Option<RateLimitConfig>,
+    /// Session memory: a run with a `session_id` is given what the
+    /// session's earlier runs said, within a token budget.
+    #[serde(default)]
+    pub memory: Option<MemoryConfig>,
+}
+
+/// `[pipelines.NAME.memory]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The most tokens the injected memory message may take.
+    #[serde(default = "defaults::memory_budget")]
+    pub budget_tokens: u64,
+    /// `truncate` (default): the newest exchanges verbatim, as many as fit.
+    /// `summarize`: a model call summarizes the session, cut to the budget.
+    #[serde(default)]
+    pub mode: MemoryMode,
+    /// The provider that summarizes (default: the pipeline's model).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How many of the session's latest runs are considered.
+    #[serde(default = "defaults::memory_runs")]
+    pub max_runs: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    #[default]
+    Truncate,
+    Summarize,
 }
 
 /// How one tool's approved actions are executed.
@@ -401,6 +432,12 @@ impl<'de> Deserialize<'de> for SchemaSource {
 }
 
 mod defaults {
+    pub fn memory_budget() -> u64 {
+        500
+    }
+    pub fn memory_runs() -> u32 {
+        20
+    }
     pub fn webhook_timeout_ms() -> u64 {
         5_000
     }

@@ -77,8 +77,13 @@ impl Host {
                 };
                 record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
                 record.updated_ms = now_ms();
-                if let Err(e) = self.state.checkpoint(&record, &checkpoint).await {
-                    tracing::warn!(run_id = %run_id, step, "state store: checkpoint failed: {e}");
+                record.lease_until_ms = self.lease_until();
+                match self.state.checkpoint(&record, &checkpoint).await {
+                    Ok(()) => {}
+                    Err(crate::state::StateError::LeaseLost { .. }) => {
+                        return super::not_owned(&run_id, &p.name, &format!("another node took the run over after step {step}"));
+                    }
+                    Err(e) => tracing::warn!(run_id = %run_id, step, "state store: checkpoint failed: {e}"),
                 }
                 executions.extend(result.executions.iter().cloned());
             }
@@ -102,9 +107,9 @@ impl Host {
         self.finish(p, result, record).await
     }
 
-    /// Resumes an interrupted run (status `running`): an agent run from its
-    /// last checkpoint, a single run from the start with the same run id
-    /// (so its actions keep their idempotency keys).
+    /// Resumes an interrupted run (status `running`) that no live node
+    /// holds: an agent run from its last checkpoint, a single run from the
+    /// start with the same run id (so its actions keep their idempotency keys).
     pub async fn resume(&self, run_id: &str) -> Result<RunResult, ResumeError> {
         let record = self
             .state
@@ -117,20 +122,64 @@ impl Host {
                 status: record.status,
             });
         }
-        let mut request: Request = serde_json::from_value(record.request["request"].clone())
-            .map_err(|_| ResumeError::NoRequest(run_id.to_owned()))?;
-        request.run_id = Some(run_id.to_owned());
-        let key = record.idempotency_key.clone();
-        Ok(self.run_keyed(&record.pipeline, request, key.as_deref()).await)
+        let busy = |status: String| ResumeError::NotResumable {
+            run_id: run_id.to_owned(),
+            status,
+        };
+        let guard = self
+            .active
+            .enter(run_id)
+            .ok_or_else(|| busy(format!("running on this node ({})", self.node)))?;
+        if !self.state.claim_run(run_id, &self.node, now_ms(), self.lease_until()).await? {
+            let owner = record.owner.unwrap_or_default();
+            return Err(busy(format!("running on node {owner} (its lease has not expired)")));
+        }
+        self.resume_claimed(record, guard).await
     }
 
-    /// Resumes every interrupted run, oldest first (`reins serve` at start).
+    /// Continues a run this node has just claimed.
+    pub(super) async fn resume_claimed(
+        &self,
+        record: RunRecord,
+        guard: super::lease::ActiveGuard,
+    ) -> Result<RunResult, ResumeError> {
+        let run_id = record.run_id.clone();
+        let mut request: Request = serde_json::from_value(record.request["request"].clone())
+            .map_err(|_| ResumeError::NoRequest(run_id.clone()))?;
+        request.run_id = Some(run_id.clone());
+        let Some(p) = self.pipelines.get(&record.pipeline) else {
+            let mut result = RunResult::new(run_id, record.pipeline.clone());
+            result.error = Some(crate::pipeline::RunError::UnknownPipeline(record.pipeline));
+            return Ok(result);
+        };
+        // Already admitted by the rate limits when it started.
+        Ok(self.start(p, request, record, guard, None).await)
+    }
+
+    /// Resumes every interrupted run this node may take, concurrently, and
+    /// waits for them (a library user's start-up; `reins serve` uses
+    /// [`Host::spawn_background`], which also takes over other nodes' runs).
     pub async fn resume_interrupted(&self) -> Result<Vec<RunResult>, ResumeError> {
-        let runs = self.state.runs_with_status("running", 10_000).await?;
-        let mut out = Vec::with_capacity(runs.len());
-        for r in runs {
-            if self.pipelines.contains_key(&r.pipeline) {
-                out.push(self.resume(&r.run_id).await?);
+        use futures_util::StreamExt;
+        let runs = self.state.claimable_runs(&self.node, now_ms(), 10_000).await?;
+        let runs: Vec<_> = runs
+            .into_iter()
+            .filter(|r| self.pipelines.contains_key(&r.pipeline) && !self.active.contains(&r.run_id))
+            .collect();
+        let results: Vec<Result<RunResult, ResumeError>> = futures_util::stream::iter(runs)
+            .map(|r| async move { self.resume(&r.run_id).await })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(r) => out.push(r),
+                // Another node (or task) was quicker: it is not lost.
+                Err(ResumeError::NotResumable { run_id, status }) => {
+                    tracing::debug!(run_id, status, "not resumed here")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

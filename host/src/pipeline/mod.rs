@@ -61,6 +61,10 @@ pub struct Request {
     /// schema is checked on top of the constraint's.
     #[serde(default)]
     pub tools: Option<Vec<RequestTool>>,
+    /// The conversation this run belongs to: with `[pipelines.NAME.memory]`,
+    /// it is given what the session's earlier runs said.
+    #[serde(default)]
+    pub session_id: Option<String>,
 }
 
 /// A tool the caller declares.
@@ -89,6 +93,7 @@ impl Default for Request {
             dry_run: false,
             schema: None,
             tools: None,
+            session_id: None,
         }
     }
 }
@@ -162,6 +167,8 @@ pub struct Pipeline {
     pub(crate) providers: Vec<Arc<Breaker>>,
     /// Providers of repair attempts (the same chain unless `repair.model` is set).
     pub(crate) repair_providers: Vec<Arc<Breaker>>,
+    /// The provider that summarizes session memory (`memory.mode = "summarize"`).
+    pub(crate) memory_provider: Option<Arc<Breaker>>,
     /// The response cache (`cache` not `off`) and the static degraded answer.
     pub(crate) cache: Option<cache::ResponseCache>,
     pub(crate) degraded: Option<fallback::StaticAnswer>,
@@ -266,8 +273,21 @@ impl Pipeline {
                 known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
             });
         }
+        let memory_provider = match &p.memory {
+            Some(m) if m.mode == crate::config::MemoryMode::Summarize => {
+                let wanted = m.model.as_ref().unwrap_or(&p.model);
+                Some(providers.get(wanted).cloned().ok_or_else(|| ConfigError::UnknownProvider {
+                    path: origin.clone(),
+                    key: format!("pipelines.{name}.memory.model"),
+                    provider: wanted.clone(),
+                    known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?)
+            }
+            _ => None,
+        };
         let (cache, degraded) = fallback::compile(config, name, p, schema_validator.as_ref())?;
         Ok(Pipeline {
+            memory_provider,
             name: name.to_owned(),
             config: p.clone(),
             system_prompt,

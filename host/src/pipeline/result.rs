@@ -172,6 +172,11 @@ pub enum RunError {
     },
     #[error("{layer} plugin `{plugin}` is not loaded")]
     MissingPlugin { layer: &'static str, plugin: String },
+    /// This node lost the run's lease (it stalled past it and another node
+    /// took the run over) or the run is already being run: the run goes on
+    /// where it is owned; ask the store for its result.
+    #[error("run `{run_id}` continues elsewhere: {message}")]
+    NotOwned { run_id: String, message: String },
 }
 
 impl RunError {
@@ -189,6 +194,7 @@ impl RunError {
             RunError::ApprovalRejected { .. } => "approval_rejected",
             RunError::RateLimited { .. } => "rate_limited",
             RunError::MissingPlugin { .. } => "missing_plugin",
+            RunError::NotOwned { .. } => "not_owned",
         }
     }
 
@@ -204,6 +210,7 @@ impl RunError {
             RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => 1,
             RunError::ApprovalRejected { .. } => 4,
             RunError::RateLimited { .. } => 7,
+            RunError::NotOwned { .. } => 8,
         }
     }
 }

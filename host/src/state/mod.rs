@@ -31,6 +31,8 @@ pub enum StateError {
     Postgres(#[from] sqlx::Error),
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("run `{run_id}` is leased to another node: this node lost it (its lease expired and was taken over)")]
+    LeaseLost { run_id: String },
     #[error("state store: {0}")]
     Other(String),
 }
@@ -63,6 +65,25 @@ pub struct StateSettings {
     /// PostgreSQL pool size.
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// This node's name in run leases (default: host name + a random
+    /// suffix). A node with a fixed name takes its own interrupted runs back
+    /// at start without waiting for their leases to expire; never give two
+    /// live processes the same name.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// How long a node owns a running run without renewing its lease. A
+    /// node renews every third of it; another node takes over a run whose
+    /// lease has expired (it looks every half of it).
+    #[serde(default = "default_lease")]
+    pub lease_ms: u64,
+    /// How often `reins serve` compacts finished runs past `retention_days`.
+    #[serde(default = "default_compact_every")]
+    pub compact_every_s: u64,
+    /// Plugin counters (budgets) and rate limits live in the store, shared
+    /// by every node on it (`true`, the default with PostgreSQL), or in
+    /// process memory (`false`, the default otherwise: faster, per process).
+    #[serde(default)]
+    pub shared_counters: Option<bool>,
 }
 
 fn default_path() -> PathBuf {
@@ -77,6 +98,12 @@ fn yes() -> bool {
 fn default_pool() -> u32 {
     8
 }
+fn default_lease() -> u64 {
+    15_000
+}
+fn default_compact_every() -> u64 {
+    3_600
+}
 
 impl Default for StateSettings {
     fn default() -> Self {
@@ -88,7 +115,32 @@ impl Default for StateSettings {
             retention_days: default_retention(),
             resume_on_start: true,
             max_connections: default_pool(),
+            node_id: None,
+            lease_ms: default_lease(),
+            compact_every_s: default_compact_every(),
+            shared_counters: None,
         }
+    }
+}
+
+impl StateSettings {
+    /// The node name to lease runs under.
+    pub fn node(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "reins".to_owned());
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}", &id[..8])
+        })
+    }
+
+    /// Whether counters and rate limits go to the store.
+    pub fn counters_shared(&self) -> bool {
+        self.shared_counters.unwrap_or(self.kind == StateKind::Postgres)
     }
 }
 
@@ -146,6 +198,15 @@ pub struct RunRecord {
     pub request: Value,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// The conversation the run belongs to (for session memory).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The node that last wrote the run; it owns the run until `lease_until_ms`.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// 0: nobody holds the run (finished, held for approval, or never leased).
+    #[serde(default)]
+    pub lease_until_ms: i64,
     pub created_ms: i64,
     pub updated_ms: i64,
 }
@@ -160,6 +221,9 @@ impl RunRecord {
             result: Value::Null,
             request: Value::Null,
             idempotency_key: None,
+            session_id: None,
+            owner: None,
+            lease_until_ms: 0,
             created_ms: now,
             updated_ms: now,
         }
@@ -254,8 +318,11 @@ pub trait StateStore: Send + Sync {
     /// `sqlite`, `memory` or `postgres`.
     fn kind(&self) -> &'static str;
 
-    /// Inserts or replaces a run (the idempotency key and `created_ms` of
-    /// an existing run are kept).
+    /// Inserts or replaces a run (the idempotency key, session and
+    /// `created_ms` of an existing run are kept). Fenced: a stored run whose
+    /// lease another node holds (`owner` differs, `lease_until_ms` not past
+    /// `run.updated_ms`) is not overwritten and [`StateError::LeaseLost`]
+    /// is returned.
     async fn put_run(&self, run: &RunRecord) -> Result<(), StateError>;
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError>;
     /// The run a caller's idempotency key started.
@@ -263,7 +330,18 @@ pub trait StateStore: Send + Sync {
     /// Runs with `status`, oldest first.
     async fn runs_with_status(&self, status: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
 
-    /// Records step `step.step` and the run's new state together.
+    /// Takes or renews the lease of a `running` run for `node` until
+    /// `until_ms`, if nobody else holds it at `now_ms`. `false`: another
+    /// node does (or the run is not running).
+    async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError>;
+    /// `running` runs `node` may take: unleased, leased by `node` itself,
+    /// or whose lease has expired at `now_ms`. Oldest first.
+    async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+    /// The finished runs of a session, newest first.
+    async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+
+    /// Records step `step.step` and the run's new state together (fenced
+    /// like [`StateStore::put_run`]: nothing is written if the lease is lost).
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError>;
     /// Every step of a run, in order.
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError>;
@@ -295,6 +373,18 @@ pub trait StateStore: Send + Sync {
 
     /// Adds `delta` to a counter and returns its new total.
     async fn counter_add(&self, scope: &str, key: &str, delta: i64) -> Result<i64, StateError>;
+    /// Adds `delta` to a sliding-window counter at `now_ms` and returns the
+    /// total of the last `window_ms`. A negative `delta` equal to an earlier
+    /// positive add in the window cancels that add (a released
+    /// reservation). Serialized per counter across every node on the store.
+    async fn counter_window_add(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, StateError>;
 
     /// Compacts finished runs last updated before `before_ms` to their
     /// summary: their steps and actions are dropped. Returns how many.

@@ -58,6 +58,19 @@ CREATE TABLE counters (
     value BIGINT NOT NULL,
     PRIMARY KEY (scope, key)
 );
+"#, r#"
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN session_id TEXT;
+CREATE INDEX runs_session ON runs(session_id, created_ms) WHERE session_id IS NOT NULL;
+CREATE TABLE counter_events (
+    id BIGSERIAL PRIMARY KEY,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    delta BIGINT NOT NULL
+);
+CREATE INDEX counter_events_key ON counter_events(scope, key, at_ms);
 "#];
 
 pub struct PgStore {
@@ -108,7 +121,8 @@ impl PgStore {
     }
 }
 
-const RUN_COLS: &str = "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms";
+const RUN_COLS: &str =
+    "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms, session_id, owner, lease_until";
 
 fn run_record(r: PgRow) -> Result<RunRecord, StateError> {
     Ok(RunRecord {
@@ -120,6 +134,9 @@ fn run_record(r: PgRow) -> Result<RunRecord, StateError> {
         idempotency_key: r.try_get(5)?,
         created_ms: r.try_get(6)?,
         updated_ms: r.try_get(7)?,
+        session_id: r.try_get(8)?,
+        owner: r.try_get(9)?,
+        lease_until_ms: r.try_get(10)?,
     })
 }
 
@@ -154,15 +171,20 @@ fn approval_record(r: PgRow) -> Result<ApprovalRecord, StateError> {
     })
 }
 
-const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms,
+       updated_ms, session_id, owner, lease_until)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
      ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, result = excluded.result,
        request = CASE WHEN excluded.request = 'null' THEN runs.request ELSE excluded.request END,
        idempotency_key = COALESCE(runs.idempotency_key, excluded.idempotency_key),
-       updated_ms = excluded.updated_ms";
+       session_id = COALESCE(runs.session_id, excluded.session_id),
+       owner = excluded.owner, lease_until = excluded.lease_until,
+       updated_ms = excluded.updated_ms
+     WHERE runs.owner IS NULL OR runs.owner IS NOT DISTINCT FROM excluded.owner OR runs.lease_until < excluded.updated_ms";
 
+/// Writes `run` unless another node's lease fences it.
 async fn upsert_run(tx: &mut Transaction<'_, Postgres>, run: &RunRecord) -> Result<(), StateError> {
-    sqlx::query(UPSERT_RUN)
+    let done = sqlx::query(UPSERT_RUN)
         .bind(&run.run_id)
         .bind(&run.pipeline)
         .bind(&run.status)
@@ -171,8 +193,16 @@ async fn upsert_run(tx: &mut Transaction<'_, Postgres>, run: &RunRecord) -> Resu
         .bind(&run.idempotency_key)
         .bind(run.created_ms)
         .bind(run.updated_ms)
+        .bind(&run.session_id)
+        .bind(&run.owner)
+        .bind(run.lease_until_ms)
         .execute(&mut **tx)
         .await?;
+    if done.rows_affected() == 0 {
+        return Err(StateError::LeaseLost {
+            run_id: run.run_id.clone(),
+        });
+    }
     Ok(())
 }
 
@@ -215,6 +245,49 @@ impl StateStore for PgStore {
             "SELECT {RUN_COLS} FROM runs WHERE status = $1 ORDER BY updated_ms, run_id LIMIT $2"
         ))
         .bind(status)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(run_record)
+        .collect()
+    }
+
+    async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let done = sqlx::query(
+            "UPDATE runs SET owner = $2, lease_until = $4 WHERE run_id = $1 AND status = 'running'
+               AND (owner IS NULL OR owner = $2 OR lease_until < $3)",
+        )
+        .bind(run_id)
+        .bind(node)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND (owner IS NULL OR owner = $1 OR lease_until < $2)
+             ORDER BY updated_ms, run_id LIMIT $3"
+        ))
+        .bind(node)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(run_record)
+        .collect()
+    }
+
+    async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE session_id = $1 AND status <> 'running'
+             ORDER BY created_ms DESC, run_id DESC LIMIT $2"
+        ))
+        .bind(session_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?
@@ -392,7 +465,67 @@ impl StateStore for PgStore {
         Ok(v)
     }
 
+    async fn counter_window_add(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, StateError> {
+        let mut tx = self.pool.begin().await?;
+        // One add per counter at a time, across every node: the sum below
+        // sees every add committed before it.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 7351))")
+            .bind(scope)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM counter_events WHERE scope = $1 AND key = $2 AND at_ms <= $3")
+            .bind(scope)
+            .bind(key)
+            .bind(now_ms - window_ms)
+            .execute(&mut *tx)
+            .await?;
+        let mut cancelled = false;
+        if delta < 0 {
+            cancelled = sqlx::query(
+                "DELETE FROM counter_events WHERE id = (SELECT id FROM counter_events
+                   WHERE scope = $1 AND key = $2 AND delta = $3 ORDER BY at_ms DESC, id DESC LIMIT 1)",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(-delta)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        }
+        if !cancelled && delta != 0 {
+            sqlx::query("INSERT INTO counter_events (scope, key, at_ms, delta) VALUES ($1, $2, $3, $4)")
+                .bind(scope)
+                .bind(key)
+                .bind(now_ms)
+                .bind(delta)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(delta), 0)::BIGINT FROM counter_events WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(total)
+    }
+
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
+        sqlx::query("DELETE FROM counter_events WHERE at_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
         let rows = sqlx::query(
             "SELECT run_id, result FROM runs WHERE status = ANY($1) AND updated_ms < $2
              AND result NOT LIKE '%\"compacted\":true%'",

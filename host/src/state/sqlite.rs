@@ -62,6 +62,22 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 "#;
 
+/// Leases, sessions and windowed counters (schema version 2), applied once
+/// to a file made by an earlier version.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN session_id TEXT;
+CREATE INDEX IF NOT EXISTS runs_session ON runs(session_id, created_ms) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counter_events (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    delta INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS counter_events_key ON counter_events(scope, key, at_ms);
+"#;
+
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: String,
@@ -104,7 +120,14 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        if version < 2 {
+            tx.execute_batch(SCHEMA).map_err(err)?;
+            tx.execute_batch(SCHEMA_V2).map_err(err)?;
+            tx.execute_batch("PRAGMA user_version = 2").map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path,
@@ -117,6 +140,21 @@ impl SqliteStore {
         f(&mut conn)
     }
 
+    /// The runs a `SELECT {RUN_COLS}` query finds.
+    fn query_runs(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<RunRecord>, StateError> {
+        let err = self.err();
+        let rows = self.with(|c| {
+            let mut stmt = c.prepare_cached(sql).map_err(&err)?;
+            let rows = stmt
+                .query_map(args, run_row)
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(run_record).collect()
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
         move |source| StateError::Sqlite {
             path: self.path.clone(),
@@ -125,25 +163,37 @@ impl SqliteStore {
     }
 }
 
-const RUN_COLS: &str = "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms";
+const RUN_COLS: &str =
+    "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms, session_id, owner, lease_until";
 
-type RunRow = (String, String, String, String, String, Option<String>, i64, i64);
+/// A run row with its JSON columns still text.
+struct RunRow(RunRecord, String, String);
 
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    let (result, request) = (r.get(3)?, r.get(4)?);
+    Ok(RunRow(
+        RunRecord {
+            run_id: r.get(0)?,
+            pipeline: r.get(1)?,
+            status: r.get(2)?,
+            result: Value::Null,
+            request: Value::Null,
+            idempotency_key: r.get(5)?,
+            created_ms: r.get(6)?,
+            updated_ms: r.get(7)?,
+            session_id: r.get(8)?,
+            owner: r.get(9)?,
+            lease_until_ms: r.get(10)?,
+        },
+        result,
+        request,
+    ))
 }
 
-fn run_record(row: RunRow) -> Result<RunRecord, StateError> {
-    Ok(RunRecord {
-        run_id: row.0,
-        pipeline: row.1,
-        status: row.2,
-        result: json_col(row.3)?,
-        request: json_col(row.4)?,
-        idempotency_key: row.5,
-        created_ms: row.6,
-        updated_ms: row.7,
-    })
+fn run_record(RunRow(mut run, result, request): RunRow) -> Result<RunRecord, StateError> {
+    run.result = json_col(result)?;
+    run.request = json_col(request)?;
+    Ok(run)
 }
 
 type ActionRow = (String, String, String, String, String, Option<String>, Option<i64>, i64, i64);
@@ -195,15 +245,20 @@ fn approval_record(row: ApprovalRow) -> Result<ApprovalRecord, StateError> {
     })
 }
 
-const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms,
+       updated_ms, session_id, owner, lease_until)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
      ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, result = excluded.result,
        request = CASE WHEN excluded.request = 'null' THEN runs.request ELSE excluded.request END,
        idempotency_key = COALESCE(runs.idempotency_key, excluded.idempotency_key),
-       updated_ms = excluded.updated_ms";
+       session_id = COALESCE(runs.session_id, excluded.session_id),
+       owner = excluded.owner, lease_until = excluded.lease_until,
+       updated_ms = excluded.updated_ms
+     WHERE runs.owner IS NULL OR runs.owner IS excluded.owner OR runs.lease_until < excluded.updated_ms";
 
-fn upsert_run(conn: &Connection, run: &RunRecord) -> rusqlite::Result<usize> {
-    conn.execute(
+/// Writes `run` unless another node's lease fences it.
+fn upsert_run(conn: &Connection, run: &RunRecord) -> Result<(), rusqlite::Error> {
+    let n = conn.execute(
         UPSERT_RUN,
         params![
             run.run_id,
@@ -213,9 +268,29 @@ fn upsert_run(conn: &Connection, run: &RunRecord) -> rusqlite::Result<usize> {
             run.request.to_string(),
             run.idempotency_key,
             run.created_ms,
-            run.updated_ms
+            run.updated_ms,
+            run.session_id,
+            run.owner,
+            run.lease_until_ms
         ],
-    )
+    )?;
+    if n == 0 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    Ok(())
+}
+
+/// [`upsert_run`]'s errors, with a fenced write as [`StateError::LeaseLost`].
+fn upsert_err<'a>(store: &'a SqliteStore, run: &'a RunRecord) -> impl Fn(rusqlite::Error) -> StateError + 'a {
+    move |e| match e {
+        rusqlite::Error::QueryReturnedNoRows => StateError::LeaseLost {
+            run_id: run.run_id.clone(),
+        },
+        source => StateError::Sqlite {
+            path: store.path.clone(),
+            source,
+        },
+    }
 }
 
 #[async_trait::async_trait]
@@ -225,8 +300,8 @@ impl StateStore for SqliteStore {
     }
 
     async fn put_run(&self, run: &RunRecord) -> Result<(), StateError> {
-        let err = self.err();
-        self.with(|c| upsert_run(c, run).map(|_| ()).map_err(&err))
+        let err = upsert_err(self, run);
+        self.with(|c| upsert_run(c, run).map_err(&err))
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
@@ -254,21 +329,43 @@ impl StateStore for SqliteStore {
     }
 
     async fn runs_with_status(&self, status: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.query_runs(
+            &format!("SELECT {RUN_COLS} FROM runs WHERE status = ?1 ORDER BY updated_ms, run_id LIMIT ?2"),
+            params![status, limit],
+        )
+    }
+
+    async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
         let err = self.err();
-        let rows = self.with(|c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {RUN_COLS} FROM runs WHERE status = ?1 ORDER BY updated_ms, run_id LIMIT ?2"
-                ))
-                .map_err(&err)?;
-            let rows = stmt
-                .query_map(params![status, limit], run_row)
-                .map_err(&err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&err)?;
-            Ok(rows)
-        })?;
-        rows.into_iter().map(run_record).collect()
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET owner = ?2, lease_until = ?4 WHERE run_id = ?1 AND status = 'running'
+                   AND (owner IS NULL OR owner = ?2 OR lease_until < ?3)",
+                params![run_id, node, now_ms, until_ms],
+            )
+            .map(|n| n == 1)
+            .map_err(&err)
+        })
+    }
+
+    async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.query_runs(
+            &format!(
+                "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND (owner IS NULL OR owner = ?1 OR lease_until < ?2)
+                 ORDER BY updated_ms, run_id LIMIT ?3"
+            ),
+            params![node, now_ms, limit],
+        )
+    }
+
+    async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.query_runs(
+            &format!(
+                "SELECT {RUN_COLS} FROM runs WHERE session_id = ?1 AND status <> 'running'
+                 ORDER BY created_ms DESC, run_id DESC LIMIT ?2"
+            ),
+            params![session_id, limit],
+        )
     }
 
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
@@ -280,7 +377,7 @@ impl StateStore for SqliteStore {
                 params![step.run_id, step.step, step.kind, step.data.to_string(), step.created_ms],
             )
             .map_err(&err)?;
-            upsert_run(&tx, run).map_err(&err)?;
+            upsert_run(&tx, run).map_err(upsert_err(self, run))?;
             tx.commit().map_err(&err)
         })
     }
@@ -387,7 +484,7 @@ impl StateStore for SqliteStore {
         let err = self.err();
         self.with(|c| {
             let tx = c.transaction().map_err(&err)?;
-            upsert_run(&tx, run).map_err(&err)?;
+            upsert_run(&tx, run).map_err(upsert_err(self, run))?;
             for a in approvals {
                 tx.execute(
                     "INSERT OR REPLACE INTO approvals (id, run_id, pipeline, status, created_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -458,8 +555,60 @@ impl StateStore for SqliteStore {
         })
     }
 
+    async fn counter_window_add(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, StateError> {
+        let err = self.err();
+        self.with(|c| {
+            // IMMEDIATE: the write lock is taken first, so processes sharing
+            // the file add one at a time.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(&err)?;
+            tx.execute(
+                "DELETE FROM counter_events WHERE scope = ?1 AND key = ?2 AND at_ms <= ?3",
+                params![scope, key, now_ms - window_ms],
+            )
+            .map_err(&err)?;
+            let cancelled = delta < 0
+                && tx
+                    .execute(
+                        "DELETE FROM counter_events WHERE rowid = (SELECT rowid FROM counter_events
+                           WHERE scope = ?1 AND key = ?2 AND delta = ?3 ORDER BY at_ms DESC LIMIT 1)",
+                        params![scope, key, -delta],
+                    )
+                    .map_err(&err)?
+                    == 1;
+            if !cancelled && delta != 0 {
+                tx.execute(
+                    "INSERT INTO counter_events (scope, key, at_ms, delta) VALUES (?1, ?2, ?3, ?4)",
+                    params![scope, key, now_ms, delta],
+                )
+                .map_err(&err)?;
+            }
+            let total: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(delta), 0) FROM counter_events WHERE scope = ?1 AND key = ?2",
+                    params![scope, key],
+                    |r| r.get(0),
+                )
+                .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            Ok(total)
+        })
+    }
+
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
         let err = self.err();
+        self.with(|c| {
+            c.execute("DELETE FROM counter_events WHERE at_ms < ?1", [before_ms])
+                .map_err(&err)
+        })?;
         let old: Vec<(String, String)> = self.with(|c| {
             let mut stmt = c
                 .prepare(&format!(

@@ -1,0 +1,172 @@
+//! Run ownership across nodes.
+//!
+//! A running run is leased to one node (`runs.owner`, `runs.lease_until`).
+//! The node renews the lease while it works on the run (every third of
+//! `[state] lease_ms`), and every write of the run is fenced on it: a node
+//! that stalled past its lease and lost the run to another cannot overwrite
+//! what the new owner records ([`crate::state::StateError::LeaseLost`]). A
+//! node looks for runs whose lease has expired (its own, at start) every
+//! half lease and resumes them: that is both crash recovery and takeover.
+//!
+//! Within one process, [`Active`] keeps a run from being run twice at once.
+
+use super::Host;
+use crate::state::now_ms;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The runs this process is working on.
+#[derive(Default, Clone)]
+pub(super) struct Active(Arc<Mutex<HashSet<String>>>);
+
+impl Active {
+    /// Marks `run_id` as worked on here; `None` if it already is.
+    pub(super) fn enter(&self, run_id: &str) -> Option<ActiveGuard> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(run_id.to_owned()).then(|| ActiveGuard {
+            set: self.clone(),
+            run_id: run_id.to_owned(),
+            heartbeat: None,
+        })
+    }
+
+    pub(super) fn contains(&self, run_id: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(run_id)
+    }
+}
+
+/// Held while a run is worked on; dropping it stops the lease renewal and
+/// frees the run for this process.
+pub(super) struct ActiveGuard {
+    set: Active,
+    run_id: String,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        self.set.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.run_id);
+    }
+}
+
+impl Host {
+    /// The lease a write made now extends to.
+    pub(super) fn lease_until(&self) -> i64 {
+        now_ms().saturating_add(self.lease_ms)
+    }
+
+    /// Keeps renewing `guard`'s run lease in the background until the guard drops.
+    pub(super) fn keep_leased(&self, guard: &mut ActiveGuard) {
+        let store = self.state.clone();
+        let node = self.node.clone();
+        let run_id = guard.run_id.clone();
+        let lease_ms = self.lease_ms;
+        let every = Duration::from_millis((lease_ms / 3).max(10) as u64);
+        guard.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let now = now_ms();
+                match store.claim_run(&run_id, &node, now, now.saturating_add(lease_ms)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(run_id, node, "lease lost: another node owns the run now");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(run_id, "state store: cannot renew the lease: {e}"),
+                }
+            }
+        }));
+    }
+
+    /// This node's name in leases.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Takes every run this node may resume (unleased, its own from an
+    /// earlier process, or whose owner's lease expired) and resumes each in
+    /// its own task. Returns the run ids taken.
+    pub async fn take_over(self: &Arc<Self>) -> Result<Vec<String>, crate::state::StateError> {
+        let now = now_ms();
+        let runs = self.state.claimable_runs(&self.node, now, 1_000).await?;
+        let mut taken = Vec::new();
+        for r in runs {
+            if !self.pipelines.contains_key(&r.pipeline) {
+                continue;
+            }
+            let Some(guard) = self.active.enter(&r.run_id) else {
+                continue;
+            };
+            if !self.state.claim_run(&r.run_id, &self.node, now, self.lease_until()).await? {
+                continue; // another node was quicker
+            }
+            tracing::info!(run_id = %r.run_id, previous_owner = ?r.owner, "taking over an interrupted run");
+            taken.push(r.run_id.clone());
+            let host = self.clone();
+            tokio::spawn(async move {
+                let result = host.resume_claimed(r, guard).await;
+                match result {
+                    Ok(r) => tracing::info!(run_id = %r.run_id, status = r.status.as_str(), "resumed run ended"),
+                    Err(e) => tracing::warn!("resuming failed: {e}"),
+                }
+            });
+        }
+        Ok(taken)
+    }
+
+    /// Takes over interrupted runs now and every half lease, and compacts
+    /// old runs every `[state] compact_every_s`, until the host is dropped
+    /// everywhere else (`reins serve` runs this).
+    pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let every = Duration::from_millis((self.lease_ms / 2).max(10) as u64);
+        let compact_every = self.config.state.compact_every_s.max(1) * 1_000;
+        let resume = self.config.state.resume_on_start;
+        tokio::spawn(async move {
+            let mut last_compact = 0i64;
+            loop {
+                let Some(host) = weak.upgrade() else { return };
+                if resume {
+                    match host.take_over().await {
+                        Ok(taken) if !taken.is_empty() => {
+                            eprintln!("reins: node {} took over {} interrupted run(s)", host.node, taken.len())
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("looking for interrupted runs: {e}"),
+                    }
+                }
+                let now = now_ms();
+                if now - last_compact >= compact_every as i64 {
+                    last_compact = now;
+                    host.compact_now().await;
+                }
+                drop(host);
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Compacts finished runs older than `[state] retention_days` (0 keeps all).
+    pub async fn compact_now(&self) -> u64 {
+        let days = i64::from(self.config.state.retention_days);
+        if days == 0 {
+            return 0;
+        }
+        match self.state.compact(now_ms() - days * 86_400_000).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(runs = n, "compacted finished runs past retention");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!("state store: compaction failed: {e}");
+                0
+            }
+        }
+    }
+}
