@@ -44,20 +44,11 @@ impl OpenAiProvider {
         }
     }
 
-    /// The JSON body sent for `request`.
+    /// The JSON body sent for `request` (see [`wire_messages`]).
     pub fn body(&self, request: &ChatRequest) -> Value {
         let mut body = Map::new();
         body.insert("model".into(), json!(self.config.model));
-        body.insert(
-            "messages".into(),
-            Value::Array(
-                request
-                    .messages
-                    .iter()
-                    .map(|m| json!({"role": m.role, "content": m.content}))
-                    .collect(),
-            ),
-        );
+        body.insert("messages".into(), Value::Array(wire_messages(&request.messages)));
         if let Some(t) = self.config.temperature {
             body.insert("temperature".into(), json!(t));
         }
@@ -284,9 +275,71 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     })
 }
 
+/// Messages in OpenAI's chat format. An agent run records a turn as an
+/// `assistant` message whose content is `{"tool_calls": [{name, arguments}]}`
+/// followed by one `tool` message per call; OpenAI wants the calls as
+/// `tool_calls` with ids and each result tagged with its call's id, so
+/// those are rewritten (ids are positional, hence stable across resumes).
+pub fn wire_messages(messages: &[crate::runtime::Message]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut open: std::collections::VecDeque<String> = Default::default();
+    for (i, m) in messages.iter().enumerate() {
+        let calls = (m.role == "assistant")
+            .then(|| serde_json::from_str::<Value>(&m.content).ok())
+            .flatten()
+            .and_then(|v| v.get("tool_calls").and_then(Value::as_array).cloned());
+        if let Some(calls) = calls {
+            open.clear();
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let id = format!("call_{i}_{j}");
+                    open.push_back(id.clone());
+                    let arguments = match c.get("arguments") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => "{}".to_owned(),
+                    };
+                    json!({"id": id, "type": "function", "function": {"name": c.get("name").cloned().unwrap_or(Value::Null), "arguments": arguments}})
+                })
+                .collect();
+            out.push(json!({"role": "assistant", "content": null, "tool_calls": calls}));
+        } else if m.role == "tool" {
+            match open.pop_front() {
+                Some(id) => out.push(json!({"role": "tool", "tool_call_id": id, "content": m.content})),
+                // A result with no call before it: OpenAI would refuse it as a tool message.
+                None => out.push(json!({"role": "user", "content": m.content})),
+            }
+        } else {
+            open.clear();
+            out.push(json!({"role": m.role, "content": m.content}));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_turns_become_tool_calls_with_ids() {
+        use crate::runtime::Message;
+        let calls = json!({"tool_calls": [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]});
+        let wire = wire_messages(&[
+            Message::new("user", "go"),
+            Message::new("assistant", calls.to_string()),
+            Message::new("tool", "r1"),
+            Message::new("tool", "r2"),
+            Message::new("assistant", "plain {\"tool_calls\": 1} text"),
+        ]);
+        assert_eq!(wire[1]["tool_calls"][0]["id"], "call_1_0");
+        assert_eq!(wire[1]["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
+        assert_eq!(wire[2], json!({"role": "tool", "tool_call_id": "call_1_0", "content": "r1"}));
+        assert_eq!(wire[3]["tool_call_id"], "call_1_1");
+        assert_eq!(wire[4], json!({"role": "assistant", "content": "plain {\"tool_calls\": 1} text"}));
+    }
 
     #[test]
     fn parses_content_tool_calls_and_usage() {

@@ -119,14 +119,19 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs a pipeline under the request deadline and records its metrics.
+/// Runs a pipeline under the request deadline and records its metrics. The
+/// run is its own task: a client that hangs up or a request that times out
+/// does not cut it short (it finishes and is stored; `GET /v1/runs/{id}`).
 pub(crate) async fn run_pipeline(
     state: &AppState,
     pipeline: &str,
     request: Request,
     idempotency_key: Option<&str>,
 ) -> Result<Arc<RunResult>, ApiError> {
-    let result = tokio::time::timeout(state.request_timeout, state.host.run_keyed(pipeline, request, idempotency_key))
+    let host = state.host.clone();
+    let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
+    let run = tokio::spawn(async move { host.run_keyed(&name, request, key.as_deref()).await });
+    let result = tokio::time::timeout(state.request_timeout, run)
         .await
         .map_err(|_| {
             metrics::counter!("reins_requests_total", "pipeline" => pipeline.to_string(), "status" => "timeout")
@@ -134,9 +139,13 @@ pub(crate) async fn run_pipeline(
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
-                format!("the run did not finish within {} ms", state.request_timeout.as_millis()),
+                format!(
+                    "the run did not finish within {} ms; it goes on and its result is kept",
+                    state.request_timeout.as_millis()
+                ),
             )
-        })?;
+        })?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
     metrics_export::record_run(&result);
     if let Some(crate::pipeline::RunError::RateLimited { retry_after_s, .. }) = &result.error {
         let mut err = ApiError::new(
