@@ -473,6 +473,21 @@ impl HostBuilder {
         for name in config.pipelines.keys() {
             pipelines.insert(name.clone(), Arc::new(Pipeline::compile(&config, name, &providers)?));
         }
+        let state = match self.state {
+            Some(s) => s,
+            None => crate::state::open(&config.state, &config.base_dir)
+                .await
+                .map_err(|e| ConfigError::State(Box::new(e)))?,
+        };
+        // Budgets and rate limits: in the store (shared by every node on it)
+        // or in this process.
+        let shared: Option<Arc<dyn crate::runtime::CounterStore>> = if config.state.counters_shared() {
+            let counters = crate::state::counters::StoreCounters::new(&config.state, state.clone())
+                .map_err(|e| ConfigError::State(Box::new(e)))?;
+            Some(Arc::new(counters))
+        } else {
+            None
+        };
         let plugins = match self.plugins {
             Some(p) => p,
             None => {
@@ -480,29 +495,30 @@ impl HostBuilder {
                 let settings = config.runtime.clone();
                 let watch = self.watch.unwrap_or(config.watch);
                 let open_dir = dir.clone();
-                tokio::task::spawn_blocking(move || PluginHost::open(&open_dir, &settings, watch))
-                    .await
-                    .map_err(|e| ConfigError::Runtime {
-                        dir: dir.clone(),
-                        source: Box::new(crate::runtime::RuntimeError::Engine {
-                            message: format!("loader task failed: {e}"),
-                        }),
-                    })?
-                    .map_err(|source| ConfigError::Runtime {
-                        dir,
-                        source: Box::new(source),
-                    })?
+                let counters = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let runtime = match counters {
+                        Some(c) => crate::runtime::Runtime::with_counters(&settings, c)?,
+                        None => crate::runtime::Runtime::new(&settings)?,
+                    };
+                    PluginHost::with_runtime(runtime, &open_dir, &settings, watch)
+                })
+                .await
+                .map_err(|e| ConfigError::Runtime {
+                    dir: dir.clone(),
+                    source: Box::new(crate::runtime::RuntimeError::Engine {
+                        message: format!("loader task failed: {e}"),
+                    }),
+                })?
+                .map_err(|source| ConfigError::Runtime {
+                    dir,
+                    source: Box::new(source),
+                })?
             }
         };
         for p in pipelines.values() {
             p.check_plugins(&config, &plugins)?;
         }
-        let state = match self.state {
-            Some(s) => s,
-            None => crate::state::open(&config.state, &config.base_dir)
-                .await
-                .map_err(|e| ConfigError::State(Box::new(e)))?,
-        };
         let node = self.node_id.unwrap_or_else(|| config.state.node());
         let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
         Ok(Host {
@@ -511,7 +527,7 @@ impl HostBuilder {
             providers,
             pipelines,
             approvals: ApprovalStore::new(state.clone()),
-            limits: RateLimiter::new(),
+            limits: RateLimiter::new(shared),
             node,
             lease_ms,
             active: lease::Active::default(),

@@ -1,10 +1,17 @@
 //! Per-pipeline request and token limits per caller key, over a sliding
 //! window. A refused run answers 429 with `Retry-After` on HTTP.
+//!
+//! The windows live in this process, or (with `[state] shared_counters`,
+//! the default on PostgreSQL) in the state store, so every node on it
+//! counts against one limit. Shared windows answer `Retry-After` with the
+//! whole window: the store keeps totals, not the moment the oldest entry
+//! leaves.
 
 use crate::config::RateLimitConfig;
+use crate::runtime::CounterStore;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The caller key of a request: the configured metadata field, as text.
@@ -20,6 +27,7 @@ pub fn limit_key(limits: &RateLimitConfig, metadata: &Value) -> String {
 #[derive(Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<(String, String), Window>>,
+    shared: Option<Arc<dyn CounterStore>>,
 }
 
 #[derive(Default)]
@@ -39,14 +47,41 @@ impl Window {
     }
 }
 
+/// The counter scope of a pipeline's limits, and a caller's keys in it.
+fn shared_keys(pipeline: &str, key: &str) -> (String, String, String) {
+    (format!("limits:{pipeline}"), format!("{key}\u{1f}runs"), format!("{key}\u{1f}tokens"))
+}
+
 impl RateLimiter {
-    pub fn new() -> Self {
-        Self::default()
+    /// Windows in `shared` when given, else in this process.
+    pub fn new(shared: Option<Arc<dyn CounterStore>>) -> Self {
+        RateLimiter {
+            windows: Mutex::default(),
+            shared,
+        }
     }
 
     /// Admits one run, or says in how many seconds to retry.
     pub fn admit(&self, pipeline: &str, key: &str, limits: &RateLimitConfig) -> Result<(), u64> {
         let window = Duration::from_secs(u64::from(limits.window_seconds.max(1)));
+        if let Some(counters) = &self.shared {
+            let (scope, runs, tokens) = shared_keys(pipeline, key);
+            let refuse = window.as_secs();
+            if let Some(max) = limits.tokens {
+                let spent = counters.add(&scope, &tokens, 0, Some(window));
+                if spent < 0 || spent as u64 >= max {
+                    return Err(refuse);
+                }
+            }
+            if let Some(max) = limits.requests {
+                let total = counters.add(&scope, &runs, 1, Some(window));
+                if total < 0 || total as u64 > max {
+                    counters.add(&scope, &runs, -1, Some(window));
+                    return Err(refuse);
+                }
+            }
+            return Ok(());
+        }
         let now = Instant::now();
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = map.entry((pipeline.to_owned(), key.to_owned())).or_default();
@@ -70,6 +105,12 @@ impl RateLimiter {
     /// Records the tokens a finished run spent.
     pub fn spend_tokens(&self, pipeline: &str, key: &str, limits: &RateLimitConfig, tokens: u64) {
         if limits.tokens.is_none() || tokens == 0 {
+            return;
+        }
+        if let Some(counters) = &self.shared {
+            let (scope, _, key) = shared_keys(pipeline, key);
+            let window = Duration::from_secs(u64::from(limits.window_seconds.max(1)));
+            counters.add(&scope, &key, i64::try_from(tokens).unwrap_or(i64::MAX), Some(window));
             return;
         }
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());

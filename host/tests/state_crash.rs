@@ -18,8 +18,6 @@ use axum::routing::post;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,41 +91,6 @@ async fn listen(app: Router) -> String {
         let _ = axum::serve(listener, app).await;
     });
     format!("http://{addr}")
-}
-
-/// A `reins serve` child; SIGKILLed on drop.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start reins serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let base = rx.recv_timeout(Duration::from_secs(60)).expect("reins serve did not start listening");
-    Server { child, base }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -217,7 +180,7 @@ retries = 20
     let mut pollers = Vec::new();
     let began = Instant::now();
     loop {
-        let server = start(&config);
+        let server = common::serve(&config);
         *base.lock().expect("lock") = server.base.clone();
         // A new batch every other life, so kills keep landing mid-run.
         while started < BATCHES && started <= kills / 2 {
@@ -236,7 +199,7 @@ retries = 20
         let wait = rng.random_range(80..600);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let finished = done.lock().expect("lock").len();
-        drop(server); // SIGKILL
+        drop(server); // SIGKILL (Served's drop)
         kills += 1;
         eprintln!("kill {kills}: after {wait} ms; {finished}/{started} batches done");
     }

@@ -135,16 +135,21 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.check(&headers, Scope::Run)?;
-    if let Some(result) = state.runs.get(&run_id) {
-        return Ok(run_response(&result, false));
+    let recent = state.runs.get(&run_id);
+    if let Some(result) = &recent
+        && result.status != crate::pipeline::RunStatus::AwaitingApproval
+    {
+        return Ok(run_response(result, false));
     }
-    // Not run by this process (or forgotten): the state store has it.
-    let stored = state
-        .host
-        .stored_run(&run_id)
-        .await
-        .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
-    Ok(stored_response(stored, false))
+    // Not run by this process, forgotten, or held for approval (which any
+    // node may have decided since): the state store knows.
+    match state.host.stored_run(&run_id).await {
+        Some(stored) => Ok(stored_response(stored, false)),
+        None => match recent {
+            Some(result) => Ok(run_response(&result, false)),
+            None => Err(ApiError::not_found(format!("no run `{run_id}`"))),
+        },
+    }
 }
 
 /// A run's stored JSON (the headers `run_response` sets, where the JSON has them).

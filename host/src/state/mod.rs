@@ -15,6 +15,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod counters;
 pub mod postgres;
 pub mod sqlite;
 
@@ -165,15 +166,20 @@ pub async fn open(settings: &StateSettings, base_dir: &Path) -> Result<Arc<dyn S
             Ok(Arc::new(sqlite::SqliteStore::open(&path)?))
         }
         StateKind::Memory => Ok(Arc::new(sqlite::SqliteStore::memory()?)),
-        StateKind::Postgres => {
-            let url = match (&settings.url, &settings.url_env) {
-                (Some(u), _) => u.clone(),
-                (None, Some(var)) => std::env::var(var)
-                    .map_err(|_| StateError::Other(format!("[state] url_env: `{var}` is not set")))?,
-                (None, None) => return Err(StateError::Other("[state] kind = \"postgres\" needs `url` or `url_env`".into())),
-            };
-            Ok(Arc::new(postgres::PgStore::connect(&url, settings.max_connections).await?))
+        StateKind::Postgres => Ok(Arc::new(
+            postgres::PgStore::connect(&postgres_url(settings)?, settings.max_connections).await?,
+        )),
+    }
+}
+
+/// The PostgreSQL URL `settings` give (`url`, or the variable `url_env` names).
+fn postgres_url(settings: &StateSettings) -> Result<String, StateError> {
+    match (&settings.url, &settings.url_env) {
+        (Some(u), _) => Ok(u.clone()),
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| StateError::Other(format!("[state] url_env: `{var}` is not set")))
         }
+        (None, None) => Err(StateError::Other("[state] kind = \"postgres\" needs `url` or `url_env`".into())),
     }
 }
 

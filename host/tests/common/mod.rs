@@ -92,30 +92,35 @@ impl Drop for Served {
 /// Starts `reins serve --config CONFIG --listen 127.0.0.1:0` and waits for
 /// the line that names the bound address.
 pub fn serve(config: &Path) -> Served {
+    serve_with(config, &[])
+}
+
+/// [`serve`] with more arguments (e.g. `--node-id`). Its stdout is drained
+/// by a thread, so a chatty server never blocks on a full pipe.
+pub fn serve_with(config: &Path, args: &[&str]) -> Served {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("start reins serve");
     let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    return Served {
-                        child,
-                        base: url.to_string(),
-                    };
-                }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("listening on ") {
+                let _ = tx.send(url.to_owned());
             }
-            _ => {
-                let _ = child.kill();
-                panic!("reins serve exited before listening");
-            }
+        }
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(base) => Served { child, base },
+        Err(_) => {
+            let _ = child.kill();
+            panic!("reins serve did not start listening");
         }
     }
 }

@@ -1,0 +1,342 @@
+//! Two `reins serve` nodes on one PostgreSQL (a fresh database per run):
+//! a run escalated on node A is approved through node B and completes;
+//! budgets and rate limits are shared; and killing node A mid-run lets node
+//! B take the run over once A's lease has expired, with every side effect
+//! applied once.
+//!
+//! Needs `REINS_TEST_PG_URL` (set by `scripts/test.sh`).
+
+mod common;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const AGENT_STEPS: usize = 8;
+const LEASE_MS: u64 = 1500;
+
+/// Every delivery the refund sink saw: (idempotency key, order, when).
+#[derive(Default)]
+struct Sink {
+    seen: Mutex<Vec<(String, String, Instant)>>,
+}
+
+impl Sink {
+    /// Distinct keys per order.
+    fn by_order(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, order, _) in self.seen.lock().expect("lock").iter() {
+            let keys = out.entry(order.clone()).or_default();
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+        out
+    }
+}
+
+async fn refund(State(sink): State<Arc<Sink>>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let order = body["arguments"]["order"].as_str().unwrap_or_default().to_owned();
+    sink.seen.lock().expect("lock").push((key, order.clone(), Instant::now()));
+    if order.starts_with("job") {
+        // Agent steps are slow, so the kill lands mid-run.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Json(json!({"refunded": order}))
+}
+
+/// An OpenAI-compatible model. `refund AMOUNT ORDER` → one refund call;
+/// `agent JOB` → a refund per step for `AGENT_STEPS` steps, then
+/// `{"done": n}`; anything else → a plain answer.
+async fn model(Json(body): Json<Value>) -> Json<Value> {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let user = messages
+        .iter()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let words: Vec<&str> = user.split_whitespace().collect();
+    let call = |order: String, amount: f64| {
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+            "function": {"name": "issue_refund", "arguments": json!({"order": order, "amount": amount}).to_string()}}]})
+    };
+    let message = match words.as_slice() {
+        ["refund", amount, order] => call(order.to_string(), amount.parse().unwrap_or(1.0)),
+        ["agent", job] => {
+            let n = messages.iter().filter(|m| m["role"] == "tool").count();
+            if n < AGENT_STEPS {
+                call(format!("{job}-{n}"), 1.0)
+            } else {
+                json!({"role": "assistant", "content": json!({"done": n}).to_string()})
+            }
+        }
+        _ => json!({"role": "assistant", "content": "hello"}),
+    };
+    Json(json!({
+        "id": "chatcmpl-nodes", "object": "chat.completion", "model": "nodes",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+}
+
+async fn listen(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// A fresh database on the test cluster; dropped (with its connections) on drop.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let admin = std::env::var("REINS_TEST_PG_URL").unwrap_or_else(|_| {
+            panic!(
+                "REINS_TEST_PG_URL is not set: run the tests through `bash scripts/test.sh`, which installs and starts \
+                 PostgreSQL (or source scripts/pg-test.sh)"
+            )
+        });
+        let name = format!("reins_nodes_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
+        pool.close().await;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        Database { admin, name, url }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop needs its own runtime: the test's is shutting down.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let resp = client.post(url).json(&body).send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_share_runs_approvals_budgets_limits_and_take_over_a_dead_nodes_run() {
+    let db = Database::create().await;
+    let sink = Arc::new(Sink::default());
+    let sink_url = listen(Router::new().route("/refund", axum::routing::post(refund)).with_state(sink.clone())).await;
+    let model_url = listen(Router::new().route("/v1/chat/completions", axum::routing::post(model))).await;
+
+    let plugins = common::plugins_dir(&["tool-manifest", "spend-limit"]);
+    std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    std::fs::write(
+        plugins.path().join("spend-limit.toml"),
+        "[config]\nescalate_above = 450\ndaily_budget = 1000\n",
+    )
+    .expect("sidecar");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("reins.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+plugins_dir = "{plugins}"
+[runtime]
+cache_dir = "{cache}"
+[state]
+kind = "postgres"
+url = "{pg}"
+lease_ms = {LEASE_MS}
+[server]
+request_timeout_ms = 60000
+[providers.model]
+kind = "openai"
+base_url = "{model_url}/v1"
+model = "nodes"
+[pipelines.refunds]
+model = "model"
+constraints = "tool-manifest"
+gates = ["spend-limit"]
+limits = {{ requests = 5, window_seconds = 60, key = "tenant" }}
+[pipelines.refunds.executors.issue_refund]
+kind = "webhook"
+url = "{sink_url}/refund"
+[pipelines.jobs]
+model = "model"
+mode = "agent"
+max_steps = {max_steps}
+constraints = "tool-manifest"
+[pipelines.jobs.executors.issue_refund]
+kind = "webhook"
+url = "{sink_url}/refund"
+"#,
+            plugins = plugins.path().display(),
+            cache = common::repo_root().join("target/reins-test-cache").display(),
+            pg = db.url,
+            max_steps = AGENT_STEPS + 2,
+        ),
+    )
+    .expect("config");
+    let mut a = common::serve_with(&config, &["--node-id", "node-a"]);
+    let b = common::serve_with(&config, &["--node-id", "node-b"]);
+    let client = reqwest::Client::new();
+    let run_url = |base: &str, pipeline: &str| format!("{base}/v1/pipelines/{pipeline}/runs");
+
+    // 1. Escalated on A, approved on B: B continues A's run.
+    let (status, held) = post(
+        &client,
+        run_url(&a.base, "refunds"),
+        json!({"input": "refund 500 o1", "metadata": {"tenant": "t1"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["status"], "awaiting_approval", "{held}");
+    let run_id = held["run_id"].as_str().expect("run id").to_owned();
+    let approval = held["approvals"][0].as_str().expect("approval id").to_owned();
+    let pending: Value = client
+        .get(format!("{}/v1/approvals?status=pending", b.base))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(pending.to_string().contains(&approval), "B lists A's approval: {pending}");
+    assert!(sink.by_order().is_empty(), "nothing runs before the approval");
+    let (status, decided) = post(
+        &client,
+        format!("{}/v1/approvals/{approval}", b.base),
+        json!({"decision": "approve", "comment": "ok"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["run"]["status"], "completed", "{decided}");
+    assert_eq!(sink.by_order().get("o1").map(Vec::len), Some(1));
+    // A sees the run B finished.
+    let on_a: Value = client
+        .get(format!("{}/v1/runs/{run_id}", a.base))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(on_a["status"], "completed", "{on_a}");
+
+    // 2. One budget (1000 a day for t1): 500 spent through B's approval, 400
+    // more on B fits, another 400 on A does not.
+    let (_, r) = post(&client, run_url(&b.base, "refunds"), json!({"input": "refund 400 o2", "metadata": {"tenant": "t1"}})).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let (_, r) = post(&client, run_url(&a.base, "refunds"), json!({"input": "refund 400 o3", "metadata": {"tenant": "t1"}})).await;
+    assert_ne!(r["status"], "completed", "the budget is shared: {r}");
+    assert!(r.to_string().contains("budget"), "{r}");
+    assert!(!sink.by_order().contains_key("o3"));
+
+    // 3. One rate limit (5 runs a minute for t9) across both nodes.
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let (status, _) = post(&client, run_url(base, "refunds"), json!({"input": "hi", "metadata": {"tenant": "t9"}})).await;
+        codes.push(status);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 1, "{codes:?}");
+
+    // 4. A dies mid-run; B takes the run over after A's lease expires.
+    let started = {
+        let (client, url) = (client.clone(), run_url(&a.base, "jobs"));
+        tokio::spawn(async move {
+            let _ = client
+                .post(url)
+                .json(&json!({"input": "agent job1", "idempotency_key": "job1"}))
+                .send()
+                .await;
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.by_order().keys().filter(|o| o.starts_with("job1-")).count() < 3 {
+        assert!(Instant::now() < deadline, "node A made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = a.child.kill(); // SIGKILL
+    let _ = a.child.wait();
+    let killed = Instant::now();
+    started.abort();
+    let (_, job) = post(&client, run_url(&b.base, "jobs"), json!({"input": "agent job1", "idempotency_key": "job1"})).await;
+    let job_id = job["run_id"].as_str().expect("the run is known to B").to_owned();
+    let mut result = Value::Null;
+    while Instant::now() < killed + Duration::from_secs(30) {
+        result = client
+            .get(format!("{}/v1/runs/{job_id}", b.base))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if result["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(result["status"], "completed", "B finished A's run: {result}");
+    assert_eq!(result["output"], json!({"done": AGENT_STEPS}));
+    // B waited for the lease: A renewed it at most a third of a lease before dying.
+    let first_after = sink
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, o, at)| o.starts_with("job1-") && *at > killed)
+        .map(|(_, _, at)| at.duration_since(killed))
+        .min()
+        .expect("B sent the remaining steps");
+    assert!(
+        first_after >= Duration::from_millis(LEASE_MS * 2 / 3 - 100),
+        "B took over {first_after:?} after the kill, before A's lease expired"
+    );
+    let orders = sink.by_order();
+    for n in 0..AGENT_STEPS {
+        let keys = orders.get(&format!("job1-{n}")).cloned().unwrap_or_default();
+        assert_eq!(keys.len(), 1, "step {n} applied once: {keys:?}");
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM runs WHERE run_id = $1")
+        .bind(&job_id)
+        .fetch_one(&pool)
+        .await
+        .expect("owner");
+    assert_eq!(owner.as_deref(), Some("node-b"));
+    pool.close().await;
+    drop(b);
+}
