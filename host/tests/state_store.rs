@@ -3,7 +3,8 @@
 //! never skip, when it is unset).
 
 use reins::state::{
-    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, RunRecord, StateSettings, StateStore, StepRecord, now_ms,
+    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, RunRecord, StateError, StateSettings, StateStore, StepRecord,
+    now_ms,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -18,6 +19,125 @@ async fn suite(store: Arc<dyn StateStore>) {
     approvals_are_decided_once(store.clone()).await;
     counters_add_atomically(store.clone()).await;
     compaction_keeps_summaries(&*store).await;
+    leases_fence_writes(store.clone()).await;
+    sessions_list_finished_runs_newest_first(&*store).await;
+    window_counters_expire_cancel_and_serialize(store.clone()).await;
+}
+
+async fn leases_fence_writes(store: Arc<dyn StateStore>) {
+    let id = uid("leased");
+    let mut mine = RunRecord::new(&id, "p", "running");
+    mine.owner = Some("n1".into());
+    mine.lease_until_ms = now_ms() + 60_000;
+    store.put_run(&mine).await.unwrap();
+    // Another node can neither write nor claim it while the lease holds.
+    let mut theirs = mine.clone();
+    theirs.owner = Some("n2".into());
+    theirs.updated_ms = now_ms();
+    assert!(matches!(store.put_run(&theirs).await, Err(StateError::LeaseLost { .. })));
+    let step = StepRecord {
+        run_id: id.clone(),
+        step: 1,
+        kind: "agent".into(),
+        data: json!({}),
+        created_ms: now_ms(),
+    };
+    assert!(matches!(store.checkpoint(&theirs, &step).await, Err(StateError::LeaseLost { .. })));
+    assert!(store.steps(&id).await.unwrap().is_empty(), "a fenced checkpoint writes no step");
+    assert!(!store.claim_run(&id, "n2", now_ms(), now_ms() + 1_000).await.unwrap());
+    assert!(store.claim_run(&id, "n1", now_ms(), now_ms() + 60_000).await.unwrap(), "the owner renews");
+    let claimable = |node: &'static str| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            store
+                .claimable_runs(node, now_ms(), 100_000)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.run_id == id)
+        }
+    };
+    assert!(claimable("n1").await, "a node may take its own runs back");
+    assert!(!claimable("n2").await);
+
+    // The lease runs out: exactly one of many nodes gets the run.
+    mine.lease_until_ms = now_ms() - 1;
+    store.put_run(&mine).await.unwrap();
+    assert!(claimable("n2").await);
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let (s, id) = (store.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            s.claim_run(&id, &format!("m{n}"), now_ms(), now_ms() + 60_000).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1, "one claim wins");
+    // The old owner is fenced out now; the new one writes.
+    mine.lease_until_ms = now_ms() + 60_000;
+    mine.updated_ms = now_ms();
+    assert!(matches!(store.put_run(&mine).await, Err(StateError::LeaseLost { .. })));
+    let stored = store.run(&id).await.unwrap().unwrap();
+    let winner = stored.owner.clone().unwrap();
+    assert!(winner.starts_with('m'));
+    let mut done = stored;
+    done.status = "completed".into();
+    done.lease_until_ms = 0;
+    done.updated_ms = now_ms();
+    store.put_run(&done).await.unwrap();
+    assert!(!store.claim_run(&id, "n1", now_ms(), now_ms() + 1).await.unwrap(), "finished runs are not claimed");
+}
+
+async fn sessions_list_finished_runs_newest_first(store: &dyn StateStore) {
+    let session = uid("session");
+    for (i, status) in ["completed", "failed", "completed", "running"].iter().enumerate() {
+        let mut r = RunRecord::new(&format!("{session}-{i}"), "p", status);
+        r.session_id = Some(session.clone());
+        r.created_ms = 1_000 + i as i64;
+        store.put_run(&r).await.unwrap();
+    }
+    let mut other = RunRecord::new(&uid("other"), "p", "completed");
+    other.session_id = Some(uid("session"));
+    store.put_run(&other).await.unwrap();
+    let runs = store.session_runs(&session, 10).await.unwrap();
+    let ids: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
+    assert_eq!(ids, [2, 1, 0].map(|i| format!("{session}-{i}")));
+    assert_eq!(store.session_runs(&session, 1).await.unwrap().len(), 1);
+    assert!(store.session_runs("nobody", 10).await.unwrap().is_empty());
+}
+
+async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>) {
+    let key = uid("window");
+    let t = 1_000_000;
+    assert_eq!(store.counter_window_add("g", &key, 100, 60_000, t).await.unwrap(), 100);
+    assert_eq!(store.counter_window_add("g", &key, 40, 60_000, t + 10).await.unwrap(), 140);
+    // A release cancels its reservation (not just the oldest add).
+    assert_eq!(store.counter_window_add("g", &key, -40, 60_000, t + 20).await.unwrap(), 100);
+    // Once the window has passed, both the reservation and its release are gone.
+    assert_eq!(store.counter_window_add("g", &key, 0, 60_000, t + 60_001).await.unwrap(), 0);
+    assert_eq!(store.counter_window_add("h", &key, 1, 60_000, t).await.unwrap(), 1, "scopes are separate");
+    let key = uid("concurrent");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (s, k) = (store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                seen.push(s.counter_window_add("g", &k, 1, 60_000, now_ms()).await.unwrap());
+            }
+            seen
+        }));
+    }
+    let mut totals = Vec::new();
+    for t in tasks {
+        totals.extend(t.await.unwrap());
+    }
+    totals.sort();
+    assert_eq!(totals, (1..=80).collect::<Vec<_>>(), "every add sees every add before it, and only those");
 }
 
 async fn runs_and_checkpoints(store: &dyn StateStore) {
@@ -215,6 +335,27 @@ async fn sqlite_store_suite() {
     // Reopening the file sees what was written (and the schema is not re-created).
     let again = reins::state::open(&settings, dir.path()).await.unwrap();
     assert!(!again.runs_with_status("completed", 100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_the_first_schema_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, status TEXT NOT NULL,
+               result TEXT NOT NULL, request TEXT NOT NULL, idempotency_key TEXT,
+               created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+             INSERT INTO runs VALUES ('old-run', 'p', 'running', '{}', 'null', NULL, 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = reins::state::sqlite::SqliteStore::open(&path).unwrap();
+    let old = store.run("old-run").await.unwrap().expect("kept");
+    assert_eq!((old.owner, old.lease_until_ms, old.session_id), (None, 0, None));
+    assert!(store.claim_run("old-run", "n1", now_ms(), now_ms() + 1_000).await.unwrap());
+    assert_eq!(store.counter_window_add("g", "k", 2, 1_000, 5).await.unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
