@@ -93,6 +93,14 @@ pub async fn chat_completions(
         obj.entry("user").or_insert_with(|| json!(user));
     }
     let mut request = Request::from(messages).with_metadata(metadata);
+    // Session memory: `X-Reins-Session`, or `metadata.session_id`.
+    request.session_id = headers
+        .get("x-reins-session")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            request.metadata.get("session_id").and_then(Value::as_str).map(str::to_owned)
+        });
     if let Some(schema) = response_schema(body.response_format.as_ref())? {
         request = request.with_schema(schema);
     }

@@ -32,6 +32,9 @@ pub struct RunBody {
     /// A retried request with the same key gets the first run's result.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The conversation the run belongs to (session memory).
+    #[serde(default)]
+    pub session_id: Option<String>,
 }
 
 impl RunBody {
@@ -49,6 +52,7 @@ impl RunBody {
         }
         let mut request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
         request.dry_run = self.dry_run;
+        request.session_id = self.session_id;
         Ok((request, self.idempotency_key))
     }
 }

@@ -62,6 +62,8 @@ CREATE TABLE counters (
 ALTER TABLE runs ADD COLUMN owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN session_id TEXT;
+-- Insertion order, for runs started within one millisecond.
+ALTER TABLE runs ADD COLUMN seq BIGSERIAL;
 CREATE INDEX runs_session ON runs(session_id, created_ms) WHERE session_id IS NOT NULL;
 CREATE TABLE counter_events (
     id BIGSERIAL PRIMARY KEY,
@@ -285,7 +287,7 @@ impl StateStore for PgStore {
     async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
         sqlx::query(&format!(
             "SELECT {RUN_COLS} FROM runs WHERE session_id = $1 AND status <> 'running'
-             ORDER BY created_ms DESC, run_id DESC LIMIT $2"
+             ORDER BY created_ms DESC, seq DESC LIMIT $2"
         ))
         .bind(session_id)
         .bind(i64::from(limit))

@@ -362,7 +362,7 @@ impl StateStore for SqliteStore {
         self.query_runs(
             &format!(
                 "SELECT {RUN_COLS} FROM runs WHERE session_id = ?1 AND status <> 'running'
-                 ORDER BY created_ms DESC, run_id DESC LIMIT ?2"
+                 ORDER BY created_ms DESC, rowid DESC LIMIT ?2"
             ),
             params![session_id, limit],
         )
