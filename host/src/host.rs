@@ -137,7 +137,7 @@ impl Host {
         let mut record = RunRecord::new(&run_id, pipeline, "running");
         record.idempotency_key = key.map(str::to_owned);
         record.session_id = request.session_id.clone();
-        self.start(p, request, record, guard, limited).await
+        self.start(p, request, record, guard, limited, Vec::new()).await
     }
 
     /// Runs a run this process holds (`guard`) under its lease: records it
@@ -150,6 +150,7 @@ impl Host {
         mut record: RunRecord,
         mut guard: lease::ActiveGuard,
         limited: Option<(&crate::config::RateLimitConfig, String)>,
+        previous: Vec<crate::state::StepRecord>,
     ) -> RunResult {
         let run_id = record.run_id.clone();
         record.status = "running".into();
@@ -170,9 +171,13 @@ impl Host {
         if p.config.mode == crate::config::PipelineMode::Agent {
             return self.run_agent(p, request, record).await;
         }
-        let result = crate::state::CURRENT
-            .scope(self.state.clone(), engine::run(p, self.plugins.current(), request))
-            .await;
+        let run = crate::state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), request));
+        let result = if self.config.state.checkpoints {
+            let journal = crate::state::journal::Journal::new(self.state.clone(), record.clone(), self.lease_ms, &previous);
+            Arc::new(journal).scope(run).await
+        } else {
+            run.await
+        };
         if let Some((limits, lkey)) = limited {
             self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
         }

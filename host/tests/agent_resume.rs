@@ -139,3 +139,71 @@ url = "{url}"
     assert_eq!(stored["status"], "completed");
     assert!(matches!(b.resume(&r.run_id).await, Err(reins::ResumeError::NotResumable { .. })));
 }
+
+/// A single run checkpoints its input and every attempt; resumed after a
+/// crash, it replays the recorded attempts instead of calling the model
+/// again, and only the model step after the last checkpoint is redone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_run_resumes_by_replaying_its_recorded_attempts() {
+    use reins::provider::{ScriptEntry, ScriptedProvider};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.db");
+    let config = format!(
+        r#"
+plugins_dir = "."
+[state]
+path = "{}"
+[providers.model]
+kind = "scripted"
+responses = []
+[pipelines.invoice]
+model = "model"
+schema = {{ type = "object", required = ["total"], properties = {{ total = {{ type = "number" }} }} }}
+repair = {{ max_attempts = 3 }}
+"#,
+        db.display()
+    );
+    let host = |entries: Vec<ScriptEntry>| {
+        let provider = Arc::new(ScriptedProvider::new("model", "m", entries));
+        let built = Host::builder()
+            .config_str(config.clone(), dir.path())
+            .provider("model", provider.clone())
+            .build();
+        async move { (built.await.expect("host"), provider) }
+    };
+    let entry = |attempt: u32, text: &str| ScriptEntry {
+        attempt: Some(attempt),
+        ..ScriptEntry::text(text)
+    };
+    let gone = |attempt: u32| ScriptEntry {
+        attempt: Some(attempt),
+        error: Some("connection reset".into()),
+        ..ScriptEntry::default()
+    };
+    // First process: attempt 1 answers a string total, then the model is gone.
+    let (a, _) = host(vec![entry(1, r#"{"total": "12 EUR"}"#), gone(2)]).await;
+    let r = a.run("invoice", Request::text("Total: 12 EUR")).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let steps = a.state().steps(&r.run_id).await.expect("steps");
+    let kinds: Vec<_> = steps.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["input", "attempt"], "input and the one attempt, in order");
+    assert_eq!(steps[1].data["attempt"]["raw"], r#"{"total": "12 EUR"}"#);
+    assert_eq!(steps[1].data["attempt"]["violations"][0]["source"], "schema");
+    // Emulate a crash at that moment: the run is still `running`.
+    let mut record = a.state().run(&r.run_id).await.expect("store").expect("run");
+    record.status = "running".into();
+    a.state().put_run(&record).await.expect("put");
+    drop(a);
+
+    // Second process: attempt 1 would now be an outage; it is not called.
+    let (b, model) = host(vec![gone(1), entry(2, r#"{"total": 12}"#)]).await;
+    let done = b.resume(&r.run_id).await.expect("resume");
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({"total": 12})));
+    let calls = model.calls();
+    assert_eq!(calls.iter().map(|c| c.attempt).collect::<Vec<_>>(), [2], "only the step after the checkpoint");
+    assert!(done.trace.iter().any(|t| t.result.contains("replayed")), "{}", done.trace_table());
+    assert_eq!(done.attempts.len(), 2);
+    let kinds: Vec<_> = b.state().steps(&r.run_id).await.expect("steps").into_iter().map(|s| s.kind).collect();
+    assert_eq!(kinds, ["input", "attempt", "attempt"]);
+}

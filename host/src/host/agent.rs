@@ -78,7 +78,12 @@ impl Host {
                 record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
                 record.updated_ms = now_ms();
                 record.lease_until_ms = self.lease_until();
-                match self.state.checkpoint(&record, &checkpoint).await {
+                let written = if self.config.state.checkpoints {
+                    self.state.checkpoint(&record, &checkpoint).await
+                } else {
+                    Ok(())
+                };
+                match written {
                     Ok(()) => {}
                     Err(crate::state::StateError::LeaseLost { .. }) => {
                         return super::not_owned(&run_id, &p.name, &format!("another node took the run over after step {step}"));
@@ -152,8 +157,14 @@ impl Host {
             result.error = Some(crate::pipeline::RunError::UnknownPipeline(record.pipeline));
             return Ok(result);
         };
+        // What the run recorded before it was interrupted (a single run
+        // replays its recorded model attempts; an agent run reads its own).
+        let previous = match p.config.mode {
+            crate::config::PipelineMode::Agent => Vec::new(),
+            _ => self.state.steps(&run_id).await?,
+        };
         // Already admitted by the rate limits when it started.
-        Ok(self.start(p, request, record, guard, None).await)
+        Ok(self.start(p, request, record, guard, None, previous).await)
     }
 
     /// Resumes every interrupted run this node may take, concurrently, and

@@ -382,6 +382,16 @@ impl Run<'_> {
         let messages = self.normalize(request.messages).await?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         let tools = self.constraints().await?;
+        if crate::state::journal::active() {
+            let input = serde_json::json!({
+                "messages": &messages,
+                "chunks": chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+                "tools": tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            });
+            if let Err(e) = crate::state::journal::record("input", input).await {
+                return Err(self.lost(e));
+            }
+        }
         let conversation = self.conversation(messages, &chunks);
         let schema = self.model_schema.clone();
         self.deg.key_for(self.p, &conversation, schema.as_deref(), &tools);
@@ -576,6 +586,7 @@ impl Run<'_> {
                     Err(v) => findings.push(finding("constraints", v)),
                 }
             }
+            let decided_before = self.result.decisions.len();
             if !findings.iter().any(is_blocking) && !calls.is_empty() {
                 gated = self.gate(&calls, &tools).await?;
                 findings.append(&mut gated.findings);
@@ -605,6 +616,14 @@ impl Run<'_> {
                 tokens,
                 latency_us,
             });
+            if crate::state::journal::active() {
+                let decided = &self.result.decisions[decided_before.min(self.result.decisions.len())..];
+                let step = serde_json::json!({"attempt": self.result.attempts.last(), "decisions": decided});
+                if let Err(e) = crate::state::journal::record("attempt", step).await {
+                    gated.release_all();
+                    return Err(self.lost(e));
+                }
+            }
 
             if blocking.is_empty() {
                 self.result.output = validation.doc;
@@ -886,6 +905,14 @@ impl Run<'_> {
                 findings: carried,
                 fixed_by,
             });
+        }
+    }
+
+    /// The error of a run whose checkpoint found its lease taken.
+    fn lost(&self, e: crate::state::StateError) -> RunError {
+        RunError::NotOwned {
+            run_id: self.result.run_id.clone(),
+            message: e.to_string(),
         }
     }
 

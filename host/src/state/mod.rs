@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod counters;
+pub mod journal;
 pub mod postgres;
 pub mod sqlite;
 
@@ -77,6 +78,12 @@ pub struct StateSettings {
     /// lease has expired (it looks every half of it).
     #[serde(default = "default_lease")]
     pub lease_ms: u64,
+    /// Checkpoint every step (each model attempt, gate decisions, each
+    /// agent turn) so an interrupted run resumes where it was. `false`
+    /// records only a run's start and end: cheaper, but a resume redoes the
+    /// whole run (model calls included).
+    #[serde(default = "yes")]
+    pub checkpoints: bool,
     /// How often `reins serve` compacts finished runs past `retention_days`.
     #[serde(default = "default_compact_every")]
     pub compact_every_s: u64,
@@ -119,6 +126,7 @@ impl Default for StateSettings {
             node_id: None,
             lease_ms: default_lease(),
             compact_every_s: default_compact_every(),
+            checkpoints: true,
             shared_counters: None,
         }
     }

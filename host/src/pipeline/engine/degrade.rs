@@ -109,6 +109,9 @@ impl Run<'_> {
         messages: Vec<Message>,
         tools: &[Tool],
     ) -> Result<ModelAnswer, RunError> {
+        if let Some(recorded) = crate::state::journal::replayed(attempt) {
+            return Ok(self.replay(&recorded));
+        }
         let request = ChatRequest {
             run_id: self.ctx.run_id.clone(),
             pipeline: self.p.name.clone(),
@@ -168,6 +171,36 @@ impl Run<'_> {
             }
         }
         self.local_fallback(errors).await
+    }
+
+    /// An attempt recorded before the run was interrupted, answered again
+    /// without calling the model.
+    fn replay(&mut self, recorded: &Value) -> ModelAnswer {
+        let start = Instant::now();
+        let text = |k: &str| recorded.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let count = |k: &str| recorded["tokens"].get(k).and_then(Value::as_u64).unwrap_or(0);
+        let provider = text("provider");
+        let response = crate::provider::ChatResponse {
+            content: text("raw"),
+            tool_calls: recorded
+                .get("tool_calls")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default(),
+            usage: Some(crate::provider::Usage {
+                prompt_tokens: count("prompt"),
+                completion_tokens: count("completion"),
+                total_tokens: count("total"),
+            }),
+            model: text("model"),
+        };
+        self.trace("model", &provider, "replayed from the run's checkpoint".to_owned(), start, Instant::now());
+        self.deg.served.push(Served::First);
+        ModelAnswer {
+            response,
+            provider,
+            latency_us: 0,
+            validation: None,
+        }
     }
 
     /// The cache, then the static answer; each only if it passes validation.

@@ -1,0 +1,104 @@
+//! Per-step checkpoints of a single-mode run.
+//!
+//! While a run executes, [`crate::Host`] puts a [`Journal`] in the task's
+//! context; the engine calls [`record`] after each step (the normalized
+//! input, then every model attempt with its violations, tokens and gate
+//! decisions), and each call is one transaction that also renews the run's
+//! lease — the next step starts only after it is committed.
+//!
+//! On resume, the recorded attempts are replayed ([`replayed`]) instead of
+//! calling the model again: validation and gates run again on the same
+//! answers, and only model steps after the last checkpoint are redone.
+
+use super::{RunRecord, StateError, StateStore, StepRecord, now_ms};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The checkpoint log of one run.
+pub struct Journal {
+    store: Arc<dyn StateStore>,
+    record: tokio::sync::Mutex<RunRecord>,
+    next: AtomicU32,
+    lease_ms: i64,
+    /// Recorded attempts from before a crash, by attempt number.
+    replay: BTreeMap<u32, Value>,
+}
+
+tokio::task_local! {
+    static JOURNAL: Arc<Journal>;
+}
+
+impl Journal {
+    /// A journal writing `record`'s steps to `store` (the stored request is
+    /// left as it is), replaying `previous` steps' attempts.
+    pub fn new(store: Arc<dyn StateStore>, mut record: RunRecord, lease_ms: i64, previous: &[StepRecord]) -> Journal {
+        record.request = Value::Null;
+        let replay = previous
+            .iter()
+            .filter(|s| s.kind == "attempt")
+            .filter_map(|s| {
+                let n = s.data["attempt"]["attempt"].as_u64()?;
+                Some((u32::try_from(n).ok()?, s.data["attempt"].clone()))
+            })
+            .collect();
+        Journal {
+            store,
+            record: tokio::sync::Mutex::new(record),
+            next: AtomicU32::new(1),
+            lease_ms,
+            replay,
+        }
+    }
+
+    /// Runs `f` with this journal as the task's.
+    pub fn scope<F: Future>(self: Arc<Self>, f: F) -> tokio::task::futures::TaskLocalFuture<Arc<Journal>, F> {
+        JOURNAL.scope(self, f)
+    }
+
+    async fn write(&self, kind: &str, data: Value) -> Result<(), StateError> {
+        let step = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut record = self.record.lock().await;
+        let now = now_ms();
+        record.updated_ms = now;
+        record.lease_until_ms = now.saturating_add(self.lease_ms);
+        record.result = serde_json::json!({
+            "run_id": record.run_id, "pipeline": record.pipeline, "status": "running", "step": step, "last": kind,
+        });
+        let step = StepRecord {
+            run_id: record.run_id.clone(),
+            step,
+            kind: kind.to_owned(),
+            data,
+            created_ms: now,
+        };
+        self.store.checkpoint(&record, &step).await
+    }
+}
+
+/// Whether the current run keeps a journal (build a step's data only then).
+pub fn active() -> bool {
+    JOURNAL.try_with(|_| ()).is_ok()
+}
+
+/// Records a step of the current run (nothing when the run keeps no
+/// journal). Only a lost lease is an error: another node owns the run now.
+pub async fn record(kind: &str, data: Value) -> Result<(), StateError> {
+    let Ok(journal) = JOURNAL.try_with(Arc::clone) else {
+        return Ok(());
+    };
+    match journal.write(kind, data).await {
+        Err(e @ StateError::LeaseLost { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!(kind, "state store: checkpoint failed (the run goes on): {e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// The attempt `n` recorded before the run was interrupted, if any.
+pub fn replayed(n: u32) -> Option<Value> {
+    JOURNAL.try_with(|j| j.replay.get(&n).cloned()).ok().flatten()
+}
