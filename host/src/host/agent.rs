@@ -39,13 +39,17 @@ impl Host {
                 Vec::new()
             }
         };
-        let (mut messages, mut step) = match steps.last() {
-            Some(s) => (
-                serde_json::from_value::<Vec<Message>>(s.data["messages"].clone()).unwrap_or_else(|_| request.messages.clone()),
-                s.step + 1,
-            ),
-            None => (request.messages.clone(), 1),
-        };
+        // The conversation so far: the request, then each checkpointed
+        // turn's messages (a checkpoint holds only its own turn).
+        let mut messages = request.messages.clone();
+        for s in &steps {
+            let turn = serde_json::from_value::<Vec<Message>>(s.data["messages"].clone()).unwrap_or_default();
+            if s.data["delta"] != Value::Bool(true) {
+                messages.clear(); // an older checkpoint: the whole conversation
+            }
+            messages.extend(turn);
+        }
+        let mut step = steps.last().map_or(1, |s| s.step + 1);
         let max_steps = p.config.max_steps.max(1);
         let mut executions = Vec::new();
         let mut last: Option<RunResult> = None;
@@ -58,6 +62,7 @@ impl Host {
                 .await;
             let done = result.status != RunStatus::Completed || result.executions.is_empty();
             if !done {
+                let before = messages.len();
                 let calls: Vec<Value> = result
                     .executions
                     .iter()
@@ -72,7 +77,7 @@ impl Host {
                     run_id: run_id.clone(),
                     step,
                     kind: "agent".into(),
-                    data: json!({"messages": messages, "executions": result.executions, "tokens": result.tokens}),
+                    data: json!({"delta": true, "messages": &messages[before..], "executions": result.executions, "tokens": result.tokens}),
                     created_ms: now_ms(),
                 };
                 record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});

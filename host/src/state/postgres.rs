@@ -7,7 +7,7 @@ use super::{
 };
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Row};
 
 /// Each entry is applied once, in order, in one transaction.
 const MIGRATIONS: &[&str] = &[r#"
@@ -73,6 +73,41 @@ CREATE TABLE counter_events (
     delta BIGINT NOT NULL
 );
 CREATE INDEX counter_events_key ON counter_events(scope, key, at_ms);
+"#, r#"
+-- A run write, fenced on the lease, and a checkpoint (run + step), each one
+-- call: one round trip instead of four (BEGIN, two statements, COMMIT).
+CREATE FUNCTION reins_put_run(p_run_id TEXT, p_pipeline TEXT, p_status TEXT, p_result TEXT, p_request TEXT,
+    p_key TEXT, p_created BIGINT, p_updated BIGINT, p_session TEXT, p_owner TEXT, p_lease BIGINT)
+RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+DECLARE n INTEGER;
+BEGIN
+    INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms,
+        session_id, owner, lease_until)
+    VALUES (p_run_id, p_pipeline, p_status, p_result, p_request, p_key, p_created, p_updated, p_session, p_owner, p_lease)
+    ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, result = excluded.result,
+        request = CASE WHEN excluded.request = 'null' THEN runs.request ELSE excluded.request END,
+        idempotency_key = COALESCE(runs.idempotency_key, excluded.idempotency_key),
+        session_id = COALESCE(runs.session_id, excluded.session_id),
+        owner = excluded.owner, lease_until = excluded.lease_until,
+        updated_ms = excluded.updated_ms
+    WHERE runs.owner IS NULL OR runs.owner IS NOT DISTINCT FROM excluded.owner
+        OR runs.lease_until < excluded.updated_ms;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n > 0;
+END $$;
+CREATE FUNCTION reins_checkpoint(p_run_id TEXT, p_pipeline TEXT, p_status TEXT, p_result TEXT, p_request TEXT,
+    p_key TEXT, p_created BIGINT, p_updated BIGINT, p_session TEXT, p_owner TEXT, p_lease BIGINT,
+    p_step BIGINT, p_kind TEXT, p_data TEXT, p_step_created BIGINT)
+RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT reins_put_run(p_run_id, p_pipeline, p_status, p_result, p_request, p_key, p_created, p_updated,
+            p_session, p_owner, p_lease) THEN
+        RETURN FALSE;
+    END IF;
+    INSERT INTO steps (run_id, step, kind, data, created_ms) VALUES (p_run_id, p_step, p_kind, p_data, p_step_created)
+    ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms;
+    RETURN TRUE;
+END $$;
 "#];
 
 pub struct PgStore {
@@ -173,21 +208,13 @@ fn approval_record(r: PgRow) -> Result<ApprovalRecord, StateError> {
     })
 }
 
-const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms,
-       updated_ms, session_id, owner, lease_until)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-     ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, result = excluded.result,
-       request = CASE WHEN excluded.request = 'null' THEN runs.request ELSE excluded.request END,
-       idempotency_key = COALESCE(runs.idempotency_key, excluded.idempotency_key),
-       session_id = COALESCE(runs.session_id, excluded.session_id),
-       owner = excluded.owner, lease_until = excluded.lease_until,
-       updated_ms = excluded.updated_ms
-     WHERE runs.owner IS NULL OR runs.owner IS NOT DISTINCT FROM excluded.owner OR runs.lease_until < excluded.updated_ms";
-
-/// Writes `run` unless another node's lease fences it.
-async fn upsert_run(tx: &mut Transaction<'_, Postgres>, run: &RunRecord) -> Result<(), StateError> {
-    let done = sqlx::query(UPSERT_RUN)
-        .bind(&run.run_id)
+/// The run's columns as the eleven leading arguments of `reins_put_run` and
+/// `reins_checkpoint`.
+fn bind_run<'q>(
+    q: sqlx::query::QueryScalar<'q, Postgres, bool, sqlx::postgres::PgArguments>,
+    run: &'q RunRecord,
+) -> sqlx::query::QueryScalar<'q, Postgres, bool, sqlx::postgres::PgArguments> {
+    q.bind(&run.run_id)
         .bind(&run.pipeline)
         .bind(&run.status)
         .bind(run.result.to_string())
@@ -198,14 +225,23 @@ async fn upsert_run(tx: &mut Transaction<'_, Postgres>, run: &RunRecord) -> Resu
         .bind(&run.session_id)
         .bind(&run.owner)
         .bind(run.lease_until_ms)
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(StateError::LeaseLost {
+}
+
+/// A fenced write's answer: `false` is another node's lease.
+fn fenced(written: bool, run: &RunRecord) -> Result<(), StateError> {
+    if written {
+        Ok(())
+    } else {
+        Err(StateError::LeaseLost {
             run_id: run.run_id.clone(),
-        });
+        })
     }
-    Ok(())
+}
+
+/// Writes `run` unless another node's lease fences it.
+async fn upsert_run<'e>(ex: impl sqlx::PgExecutor<'e>, run: &RunRecord) -> Result<(), StateError> {
+    let q = sqlx::query_scalar("SELECT reins_put_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
+    fenced(bind_run(q, run).fetch_one(ex).await?, run)
 }
 
 #[async_trait::async_trait]
@@ -215,10 +251,7 @@ impl StateStore for PgStore {
     }
 
     async fn put_run(&self, run: &RunRecord) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
-        upsert_run(&mut tx, run).await?;
-        tx.commit().await?;
-        Ok(())
+        upsert_run(&self.pool, run).await
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
@@ -299,21 +332,17 @@ impl StateStore for PgStore {
     }
 
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO steps (run_id, step, kind, data, created_ms) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms",
-        )
-        .bind(&step.run_id)
-        .bind(i64::from(step.step))
-        .bind(&step.kind)
-        .bind(step.data.to_string())
-        .bind(step.created_ms)
-        .execute(&mut *tx)
-        .await?;
-        upsert_run(&mut tx, run).await?;
-        tx.commit().await?;
-        Ok(())
+        let q = sqlx::query_scalar(
+            "SELECT reins_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        );
+        let written = bind_run(q, run)
+            .bind(i64::from(step.step))
+            .bind(&step.kind)
+            .bind(step.data.to_string())
+            .bind(step.created_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        fenced(written, run)
     }
 
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
@@ -400,7 +429,7 @@ impl StateStore for PgStore {
 
     async fn hold(&self, run: &RunRecord, approvals: &[ApprovalRecord]) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
-        upsert_run(&mut tx, run).await?;
+        upsert_run(&mut *tx, run).await?;
         for a in approvals {
             sqlx::query(
                 "INSERT INTO approvals (id, run_id, pipeline, status, created_ms, data) VALUES ($1, $2, $3, $4, $5, $6)

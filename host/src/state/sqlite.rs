@@ -118,6 +118,7 @@ impl SqliteStore {
             source,
         };
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         let tx = conn.unchecked_transaction().map_err(err)?;
@@ -256,9 +257,14 @@ const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, re
        updated_ms = excluded.updated_ms
      WHERE runs.owner IS NULL OR runs.owner IS excluded.owner OR runs.lease_until < excluded.updated_ms";
 
+/// Runs one statement, prepared once per connection.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 /// Writes `run` unless another node's lease fences it.
 fn upsert_run(conn: &Connection, run: &RunRecord) -> Result<(), rusqlite::Error> {
-    let n = conn.execute(
+    let n = exec(conn, 
         UPSERT_RUN,
         params![
             run.run_id,
@@ -338,7 +344,7 @@ impl StateStore for SqliteStore {
     async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
         let err = self.err();
         self.with(|c| {
-            c.execute(
+            exec(c, 
                 "UPDATE runs SET owner = ?2, lease_until = ?4 WHERE run_id = ?1 AND status = 'running'
                    AND (owner IS NULL OR owner = ?2 OR lease_until < ?3)",
                 params![run_id, node, now_ms, until_ms],
@@ -372,7 +378,7 @@ impl StateStore for SqliteStore {
         let err = self.err();
         self.with(|c| {
             let tx = c.transaction().map_err(&err)?;
-            tx.execute(
+            exec(&tx, 
                 "INSERT OR REPLACE INTO steps (run_id, step, kind, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![step.run_id, step.step, step.kind, step.data.to_string(), step.created_ms],
             )
@@ -412,7 +418,7 @@ impl StateStore for SqliteStore {
         let err = self.err();
         let row = self.with(|c| {
             let tx = c.transaction().map_err(&err)?;
-            tx.execute(
+            exec(&tx, 
                 "INSERT INTO actions (key, run_id, tool, arguments, state, response, http_status, tries, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, 'planned', NULL, NULL, 0, ?5) ON CONFLICT(key) DO NOTHING",
                 params![a.key, a.run_id, a.tool, a.arguments.to_string(), now_ms()],
@@ -437,7 +443,7 @@ impl StateStore for SqliteStore {
     ) -> Result<(), StateError> {
         let err = self.err();
         self.with(|c| {
-            c.execute(
+            exec(c, 
                 "UPDATE actions SET state = ?2, response = COALESCE(?3, response), http_status = COALESCE(?4, http_status),
                    tries = ?5, updated_ms = ?6 WHERE key = ?1",
                 params![
@@ -486,7 +492,7 @@ impl StateStore for SqliteStore {
             let tx = c.transaction().map_err(&err)?;
             upsert_run(&tx, run).map_err(upsert_err(self, run))?;
             for a in approvals {
-                tx.execute(
+                exec(&tx, 
                     "INSERT OR REPLACE INTO approvals (id, run_id, pipeline, status, created_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![a.id, a.run_id, a.pipeline, a.status, a.created_ms, a.data.to_string()],
                 )
@@ -533,7 +539,7 @@ impl StateStore for SqliteStore {
     async fn decide(&self, d: &ApprovalRecord) -> Result<bool, StateError> {
         let err = self.err();
         self.with(|c| {
-            c.execute(
+            exec(c, 
                 "UPDATE approvals SET status = ?2, data = ?3 WHERE id = ?1 AND status = 'pending'",
                 params![d.id, d.status, d.data.to_string()],
             )
@@ -570,7 +576,7 @@ impl StateStore for SqliteStore {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(&err)?;
-            tx.execute(
+            exec(&tx, 
                 "DELETE FROM counter_events WHERE scope = ?1 AND key = ?2 AND at_ms <= ?3",
                 params![scope, key, now_ms - window_ms],
             )
@@ -585,7 +591,7 @@ impl StateStore for SqliteStore {
                     .map_err(&err)?
                     == 1;
             if !cancelled && delta != 0 {
-                tx.execute(
+                exec(&tx, 
                     "INSERT INTO counter_events (scope, key, at_ms, delta) VALUES (?1, ?2, ?3, ?4)",
                     params![scope, key, now_ms, delta],
                 )
@@ -606,7 +612,7 @@ impl StateStore for SqliteStore {
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
         let err = self.err();
         self.with(|c| {
-            c.execute("DELETE FROM counter_events WHERE at_ms < ?1", [before_ms])
+            exec(c, "DELETE FROM counter_events WHERE at_ms < ?1", [before_ms])
                 .map_err(&err)
         })?;
         let old: Vec<(String, String)> = self.with(|c| {
@@ -629,9 +635,9 @@ impl StateStore for SqliteStore {
             let small = summary(&json_col(result)?).to_string();
             self.with(|c| {
                 let tx = c.transaction().map_err(&err)?;
-                tx.execute("DELETE FROM steps WHERE run_id = ?1", [&run_id]).map_err(&err)?;
-                tx.execute("DELETE FROM actions WHERE run_id = ?1", [&run_id]).map_err(&err)?;
-                tx.execute(
+                exec(&tx, "DELETE FROM steps WHERE run_id = ?1", [&run_id]).map_err(&err)?;
+                exec(&tx, "DELETE FROM actions WHERE run_id = ?1", [&run_id]).map_err(&err)?;
+                exec(&tx, 
                     "UPDATE runs SET result = ?2, request = 'null' WHERE run_id = ?1",
                     params![run_id, small],
                 )

@@ -1,0 +1,240 @@
+//! What durable state costs (see BENCHMARKS.md, "State"):
+//!
+//! 1. one checkpoint (a step record and the run's row, one transaction) on
+//!    SQLite (a file, WAL) and on PostgreSQL (loopback), p50/p99;
+//! 2. runs/s of a 5-step agent pipeline through `reins::Host::run`, with
+//!    checkpoints on and off (`[state] checkpoints`), on SQLite and
+//!    PostgreSQL, with an instant in-process model (the harness alone: the
+//!    worst case for the ratio) and with a 2 ms model (a fast local model).
+//!
+//! PostgreSQL rows need `REINS_TEST_PG_URL` (`. scripts/pg-test.sh` sets it);
+//! without it they are left out.
+//!
+//! cargo bench -p reins --bench state
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use reins::Host;
+use reins::pipeline::{Request, RunStatus};
+use reins::provider::{ChatRequest, ChatResponse, CompletionFuture, Provider, ToolCall};
+use reins::state::{RunRecord, StateSettings, StateStore, StepRecord, now_ms};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WRITES: usize = 3_000;
+const RUNS: usize = 300;
+const STEPS: usize = 5;
+
+/// An agent that asks for one refund per step, `STEPS` times, then answers.
+struct Agent {
+    latency: Duration,
+}
+
+impl Provider for Agent {
+    fn name(&self) -> &str {
+        "agent"
+    }
+    fn model(&self) -> &str {
+        "bench-agent"
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
+        let n = request.messages.iter().filter(|m| m.role == "tool").count();
+        let latency = self.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(if n < STEPS {
+                ChatResponse {
+                    content: String::new(),
+                    tool_calls: vec![ToolCall {
+                        name: "issue_refund".into(),
+                        arguments: json!({"order": format!("A-{n}"), "amount": 1}),
+                    }],
+                    usage: None,
+                    model: "bench-agent".into(),
+                }
+            } else {
+                ChatResponse {
+                    content: json!({"done": n}).to_string(),
+                    tool_calls: Vec::new(),
+                    usage: None,
+                    model: "bench-agent".into(),
+                }
+            })
+        })
+    }
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
+
+fn pg_settings() -> Option<StateSettings> {
+    let url = std::env::var("REINS_TEST_PG_URL").ok()?;
+    toml::from_str(&format!("kind = \"postgres\"\nurl = \"{url}\"")).ok()
+}
+
+/// A typical agent step: a few messages of conversation and an execution.
+fn step_data(step: u32) -> serde_json::Value {
+    let messages: Vec<_> = (0..2 * step + 1)
+        .map(|i| json!({"role": if i % 2 == 0 { "assistant" } else { "tool" }, "content": "x".repeat(160)}))
+        .collect();
+    json!({"messages": messages, "executions": [{"tool": "issue_refund", "arguments": {"order": "A-1", "amount": 1},
+        "idempotency_key": "run.1:1:0", "status": "done", "tries": 1}], "tokens": {"prompt": 300, "completion": 20}})
+}
+
+async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
+    let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let mut run = RunRecord::new(&id, "bench", "running");
+    run.owner = Some("bench-node".into());
+    store.put_run(&run).await.expect("put");
+    let mut times = Vec::with_capacity(WRITES);
+    for i in 0..WRITES {
+        let step = (i % 20) as u32 + 1;
+        run.updated_ms = now_ms();
+        run.lease_until_ms = run.updated_ms + 15_000;
+        let record = StepRecord {
+            run_id: id.clone(),
+            step,
+            kind: "agent".into(),
+            data: step_data(step.min(5)),
+            created_ms: run.updated_ms,
+        };
+        let start = Instant::now();
+        store.checkpoint(&run, &record).await.expect("checkpoint");
+        times.push(start.elapsed());
+    }
+    times.sort();
+    (quantile(&times, 0.5), quantile(&times, 0.99))
+}
+
+struct AgentRow {
+    p50: Duration,
+    p99: Duration,
+    runs_per_s: f64,
+}
+
+async fn agent_runs(state: &str, checkpoints: bool, latency: Duration, plugins: &std::path::Path) -> AgentRow {
+    let config = format!(
+        r#"
+plugins_dir = "{plugins}"
+[runtime]
+cache_dir = "{cache}"
+[state]
+{state}
+checkpoints = {checkpoints}
+[providers.agent]
+kind = "scripted"
+responses = []
+[pipelines.agent]
+model = "agent"
+mode = "agent"
+max_steps = {max_steps}
+constraints = "tool-manifest"
+"#,
+        plugins = plugins.display(),
+        cache = common::repo_root().join("target/reins-test-cache").display(),
+        max_steps = STEPS + 1,
+    );
+    let host = Host::builder()
+        .config_str(config, plugins)
+        .provider("agent", Arc::new(Agent { latency }))
+        .watch(false)
+        .build()
+        .await
+        .expect("host");
+    for _ in 0..20 {
+        host.run("agent", Request::text("refund five orders")).await;
+    }
+    let mut times = Vec::with_capacity(RUNS);
+    let began = Instant::now();
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        let r = host.run("agent", Request::text("refund five orders")).await;
+        times.push(start.elapsed());
+        assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+        assert_eq!(r.executions.len(), STEPS);
+    }
+    let total = began.elapsed();
+    times.sort();
+    AgentRow {
+        p50: quantile(&times, 0.5),
+        p99: quantile(&times, 0.99),
+        runs_per_s: RUNS as f64 / total.as_secs_f64(),
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sqlite_settings: StateSettings = toml::from_str("kind = \"sqlite\"").expect("settings");
+        let pg = pg_settings();
+
+        println!("## One checkpoint (step row + run row, one transaction), {WRITES} writes\n");
+        println!("| store | p50 µs | p99 µs |");
+        println!("|---|---|---|");
+        let sqlite = reins::state::open(&sqlite_settings, dir.path()).await.expect("sqlite");
+        let (p50, p99) = checkpoint_cost(sqlite).await;
+        println!("| SQLite (file, WAL, synchronous=NORMAL) | {} | {} |", us(p50), us(p99));
+        if let Some(pg) = &pg {
+            let store = reins::state::open(pg, dir.path()).await.expect("postgres");
+            let (p50, p99) = checkpoint_cost(store).await;
+            println!("| PostgreSQL (loopback) | {} | {} |", us(p50), us(p99));
+        } else {
+            println!("| PostgreSQL | (REINS_TEST_PG_URL not set) | |");
+        }
+
+        let plugins = common::plugins_dir(&["tool-manifest"]);
+        std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+        println!("\n## A {STEPS}-step agent run, {RUNS} runs one at a time\n");
+        println!("| store | model | checkpoints | p50 µs/run | p99 µs/run | runs/s | added per step | on/off |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let db = dir.path().join("agent.db");
+        let sqlite_state = format!("kind = \"sqlite\"\npath = \"{}\"", db.display());
+        let mut stores = vec![("SQLite", sqlite_state)];
+        if let Ok(url) = std::env::var("REINS_TEST_PG_URL") {
+            stores.push(("PostgreSQL", format!("kind = \"postgres\"\nurl = \"{url}\"")));
+        }
+        for (store, state) in &stores {
+            for (model, latency) in [("instant", Duration::ZERO), ("2 ms", Duration::from_millis(2))] {
+                let off = agent_runs(state, false, latency, plugins.path()).await;
+                let on = agent_runs(state, true, latency, plugins.path()).await;
+                let per_step = (on.p50.as_secs_f64() - off.p50.as_secs_f64()) / STEPS as f64;
+                for (label, row) in [("off", &off), ("on", &on)] {
+                    let (added, ratio) = if label == "on" {
+                        (
+                            format!("{:.0} µs", per_step * 1e6),
+                            format!("{:.2}×", on.p50.as_secs_f64() / off.p50.as_secs_f64()),
+                        )
+                    } else {
+                        ("—".into(), "—".into())
+                    };
+                    println!(
+                        "| {store} | {model} | {label} | {} | {} | {:.0} | {added} | {ratio} |",
+                        us(row.p50),
+                        us(row.p99),
+                        row.runs_per_s
+                    );
+                }
+            }
+        }
+    });
+}
