@@ -261,13 +261,31 @@ impl Host {
                 let Some(mut record) = record else {
                     return Err(ApprovalError::Store(format!("run `{}` is not in the state store", a.run_id)));
                 };
-                let run = match held {
+                let mut run = match held {
                     Some(run) => *run,
                     None => restore(&record),
                 };
+                // An agent turn's actions keep the keys a direct turn would use.
+                let agent_step = record
+                    .request
+                    .get("agent_step")
+                    .and_then(Value::as_u64)
+                    .and_then(|s| u32::try_from(s).ok());
+                if let Some(step) = agent_step {
+                    run.run_id = agent::step_run_id(&a.run_id, step);
+                }
                 let mut run = crate::state::CURRENT
                     .scope(self.state.clone(), self.continue_run(run, &all))
                     .await;
+                run.run_id = a.run_id.clone();
+                if let (Some(step), RunStatus::Completed, Some(p)) =
+                    (agent_step, run.status, self.pipelines.get(&record.pipeline))
+                {
+                    // The approved turn is done: the agent goes on.
+                    run.approvals = all.iter().map(|a| a.id.clone()).collect();
+                    let result = self.continue_agent(p, record, step, run).await;
+                    return Ok((a, Some(result)));
+                }
                 run.approvals = all.iter().map(|a| a.id.clone()).collect();
                 // Keep what the held run recorded (trace, attempts) and
                 // overwrite what the continuation decided.

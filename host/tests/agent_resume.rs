@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 struct Agent {
     steps: usize,
     fail_at: Option<usize>,
+    /// The step that asks for a refund of 500 (an escalation) instead of 1.
+    big_at: Option<usize>,
 }
 
 impl Provider for Agent {
@@ -36,6 +38,7 @@ impl Provider for Agent {
         let n = request.messages.iter().filter(|m| m.role == "tool").count();
         let fail = self.fail_at == Some(n);
         let steps = self.steps;
+        let amount = if self.big_at == Some(n) { 500 } else { 1 };
         Box::pin(async move {
             if fail {
                 return Err(ProviderError::BadResponse {
@@ -48,7 +51,7 @@ impl Provider for Agent {
                     content: String::new(),
                     tool_calls: vec![ToolCall {
                         name: "issue_refund".into(),
-                        arguments: json!({"order": format!("A-{n}"), "amount": 1}),
+                        arguments: json!({"order": format!("A-{n}"), "amount": amount}),
                     }],
                     usage: None,
                     model: "agent-test".into(),
@@ -105,7 +108,7 @@ url = "{url}"
     let host = |fail_at| {
         Host::builder()
             .config_str(config.clone(), dir.path())
-            .provider("agent", Arc::new(Agent { steps: 5, fail_at }))
+            .provider("agent", Arc::new(Agent { steps: 5, fail_at, big_at: None }))
             .build()
     };
     // First process: the model is gone at step 3 (after two checkpoints).
@@ -206,4 +209,72 @@ repair = {{ max_attempts = 3 }}
     assert_eq!(done.attempts.len(), 2);
     let kinds: Vec<_> = b.state().steps(&r.run_id).await.expect("steps").into_iter().map(|s| s.kind).collect();
     assert_eq!(kinds, ["input", "attempt", "attempt"]);
+}
+
+/// An agent turn a gate escalates holds the run; the approval (decided in
+/// another process) executes the held action with the key a direct turn
+/// would use, and the agent goes on to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_escalated_agent_turn_continues_after_its_approval() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/refund", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = common::plugins_dir(&["tool-manifest", "spend-limit"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\ndaily_budget = 10000\n")
+        .expect("sidecar");
+    let config = format!(
+        r#"
+plugins_dir = "."
+[providers.agent]
+kind = "scripted"
+responses = []
+[pipelines.agent]
+model = "agent"
+mode = "agent"
+max_steps = 10
+constraints = "tool-manifest"
+gates = ["spend-limit"]
+[pipelines.agent.executors.issue_refund]
+kind = "webhook"
+url = "{url}"
+"#
+    );
+    let host = || {
+        Host::builder()
+            .config_str(config.clone(), dir.path())
+            .provider("agent", Arc::new(Agent { steps: 5, fail_at: None, big_at: Some(2) }))
+            .build()
+    };
+    let a = host().await.expect("host");
+    let held = a.run("agent", Request::text("refund five orders")).await;
+    assert_eq!(held.status, RunStatus::AwaitingApproval, "{:?}", held.error);
+    assert_eq!(seen.lock().expect("lock").len(), 2, "the turns before the escalation ran");
+    assert_eq!(held.approvals.len(), 1);
+    drop(a);
+
+    let b = host().await.expect("host");
+    let (_, run) = b
+        .decide(&held.approvals[0], reins::approvals::Verdict::Approve, "alice", None)
+        .await
+        .expect("decide");
+    let run = run.expect("the run goes on");
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(run.output, Some(json!({"done": 5})));
+    let seen = seen.lock().expect("lock").clone();
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (5, 5), "each turn's refund once: {seen:?}");
+    assert!(
+        seen.iter().any(|k| k.starts_with(&format!("{}.3:", held.run_id))),
+        "the approved turn keeps its turn's key: {seen:?}"
+    );
+    assert_eq!(run.executions.len(), 5, "every turn's executions, before and after the hold");
+    assert_eq!(b.state().steps(&held.run_id).await.expect("steps").len(), 5);
+    assert_eq!(b.stored_run(&held.run_id).await.expect("stored")["status"], "completed");
 }

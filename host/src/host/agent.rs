@@ -11,7 +11,7 @@
 //! not sent again and a `sending` one is re-sent with its key.
 
 use super::Host;
-use crate::pipeline::{Pipeline, Request, RunResult, RunStatus, engine};
+use crate::pipeline::{Execution, Pipeline, Request, RunResult, RunStatus, Tokens, engine};
 use crate::runtime::Message;
 use crate::state::{RunRecord, StepRecord, now_ms};
 use serde_json::{Value, json};
@@ -40,60 +40,41 @@ impl Host {
             }
         };
         // The conversation so far: the request, then each checkpointed
-        // turn's messages (a checkpoint holds only its own turn).
+        // turn's messages (a checkpoint holds only its own turn); and what
+        // those turns executed and spent.
         let mut messages = request.messages.clone();
+        let mut executions: Vec<Execution> = Vec::new();
+        let mut tokens = Tokens::default();
         for s in &steps {
             let turn = serde_json::from_value::<Vec<Message>>(s.data["messages"].clone()).unwrap_or_default();
             if s.data["delta"] != Value::Bool(true) {
                 messages.clear(); // an older checkpoint: the whole conversation
             }
             messages.extend(turn);
+            executions.extend(serde_json::from_value::<Vec<Execution>>(s.data["executions"].clone()).unwrap_or_default());
+            add_tokens(&mut tokens, &serde_json::from_value(s.data["tokens"].clone()).unwrap_or_default());
         }
         let mut step = steps.last().map_or(1, |s| s.step + 1);
         let max_steps = p.config.max_steps.max(1);
-        let mut executions = Vec::new();
         let mut last: Option<RunResult> = None;
         while step <= max_steps {
             let mut req = request.clone();
             req.messages = messages.clone();
-            req.run_id = Some(format!("{run_id}.{step}"));
+            req.run_id = Some(step_run_id(&run_id, step));
             let result = crate::state::CURRENT
                 .scope(self.state.clone(), engine::run(p, self.plugins.current(), req))
                 .await;
+            add_tokens(&mut tokens, &result.tokens);
+            if result.status == RunStatus::AwaitingApproval {
+                // Held for a human: the decision continues the loop from here.
+                if let Some(req) = record.request.as_object_mut() {
+                    req.insert("agent_step".into(), json!(step));
+                }
+            }
             let done = result.status != RunStatus::Completed || result.executions.is_empty();
             if !done {
-                let before = messages.len();
-                let calls: Vec<Value> = result
-                    .executions
-                    .iter()
-                    .map(|e| json!({"name": e.tool, "arguments": e.arguments}))
-                    .collect();
-                messages.push(Message::new("assistant", json!({"tool_calls": calls}).to_string()));
-                for e in &result.executions {
-                    let body = json!({"tool": e.tool, "idempotency_key": e.idempotency_key, "result": e.response});
-                    messages.push(Message::new("tool", body.to_string()));
-                }
-                let checkpoint = StepRecord {
-                    run_id: run_id.clone(),
-                    step,
-                    kind: "agent".into(),
-                    data: json!({"delta": true, "messages": &messages[before..], "executions": result.executions, "tokens": result.tokens}),
-                    created_ms: now_ms(),
-                };
-                record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
-                record.updated_ms = now_ms();
-                record.lease_until_ms = self.lease_until();
-                let written = if self.config.state.checkpoints {
-                    self.state.checkpoint(&record, &checkpoint).await
-                } else {
-                    Ok(())
-                };
-                match written {
-                    Ok(()) => {}
-                    Err(crate::state::StateError::LeaseLost { .. }) => {
-                        return super::not_owned(&run_id, &p.name, &format!("another node took the run over after step {step}"));
-                    }
-                    Err(e) => tracing::warn!(run_id = %run_id, step, "state store: checkpoint failed: {e}"),
+                if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &result, &mut messages).await {
+                    return lost;
                 }
                 executions.extend(result.executions.iter().cloned());
             }
@@ -104,17 +85,100 @@ impl Host {
             step += 1;
         }
         let mut result = last.unwrap_or_else(|| RunResult::new(run_id.clone(), p.name.clone()));
-        if result.run_id != run_id {
-            result.run_id = run_id;
-        }
+        result.run_id = run_id;
         if step > max_steps {
             tracing::debug!(run_id = %result.run_id, max_steps, "agent run stopped at max_steps");
         }
-        // Every step's executions, not just the last step's.
-        if result.executions.is_empty() || step > max_steps {
-            result.executions = executions;
+        // Every turn's executions (those before a resume included) and tokens.
+        if result.status != RunStatus::AwaitingApproval {
+            let mut all = executions;
+            if result.executions.iter().any(|e| !all.iter().any(|x| x.idempotency_key == e.idempotency_key)) {
+                all.extend(result.executions.iter().cloned());
+            }
+            result.executions = all;
         }
+        result.tokens = tokens;
         self.finish(p, result, record).await
+    }
+
+    /// Appends a finished turn (its tool calls and their results) to the
+    /// conversation and checkpoints it. `Err`: the lease is lost.
+    async fn checkpoint_turn(
+        &self,
+        p: &Pipeline,
+        record: &mut RunRecord,
+        step: u32,
+        result: &RunResult,
+        messages: &mut Vec<Message>,
+    ) -> Result<(), RunResult> {
+        let run_id = record.run_id.clone();
+        let before = messages.len();
+        let calls: Vec<Value> = result
+            .executions
+            .iter()
+            .map(|e| json!({"name": e.tool, "arguments": e.arguments}))
+            .collect();
+        messages.push(Message::new("assistant", json!({"tool_calls": calls}).to_string()));
+        for e in &result.executions {
+            let body = json!({"tool": e.tool, "idempotency_key": e.idempotency_key, "result": e.response});
+            messages.push(Message::new("tool", body.to_string()));
+        }
+        if !self.config.state.checkpoints {
+            return Ok(());
+        }
+        let checkpoint = StepRecord {
+            run_id: run_id.clone(),
+            step,
+            kind: "agent".into(),
+            data: json!({"delta": true, "messages": &messages[before..], "executions": result.executions, "tokens": result.tokens}),
+            created_ms: now_ms(),
+        };
+        record.status = "running".into();
+        record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
+        record.updated_ms = now_ms();
+        record.owner = Some(self.node.clone());
+        record.lease_until_ms = self.lease_until();
+        match self.state.checkpoint(record, &checkpoint).await {
+            Ok(()) => Ok(()),
+            Err(crate::state::StateError::LeaseLost { .. }) => Err(super::not_owned(
+                &run_id,
+                &p.name,
+                &format!("another node took the run over after step {step}"),
+            )),
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, step, "state store: checkpoint failed: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// After the approvals of an agent turn held at `step` were decided and
+    /// its actions executed (`turn`): checkpoints the turn and runs the loop
+    /// on from the next step.
+    pub(super) async fn continue_agent(&self, p: &Pipeline, mut record: RunRecord, step: u32, turn: RunResult) -> RunResult {
+        let run_id = record.run_id.clone();
+        let Some(guard) = self.active.enter(&run_id) else {
+            return super::not_owned(&run_id, &p.name, "it is already running in this process");
+        };
+        if let Some(req) = record.request.as_object_mut() {
+            req.remove("agent_step");
+        }
+        let mut messages = Vec::new();
+        if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &turn, &mut messages).await {
+            return lost;
+        }
+        match self.resume_claimed(record, guard).await {
+            Ok(result) => result,
+            Err(e) => {
+                let mut result = turn;
+                result.status = RunStatus::Failed;
+                result.error = Some(crate::pipeline::RunError::NotOwned {
+                    run_id,
+                    message: format!("the agent could not continue after the approval: {e}"),
+                });
+                result
+            }
+        }
     }
 
     /// Resumes an interrupted run (status `running`) that no live node
@@ -200,4 +264,16 @@ impl Host {
         }
         Ok(out)
     }
+}
+
+/// The run id of an agent turn: its actions' idempotency keys start with it.
+pub(super) fn step_run_id(run_id: &str, step: u32) -> String {
+    format!("{run_id}.{step}")
+}
+
+fn add_tokens(sum: &mut Tokens, t: &Tokens) {
+    sum.prompt += t.prompt;
+    sum.completion += t.completion;
+    sum.total += t.total;
+    sum.estimated |= t.estimated;
 }

@@ -5,13 +5,13 @@
 use crate::config::{ExecutorConfig, PipelineConfig};
 use crate::runtime::{Action, Reservation};
 use crate::state::{ActionRecord, ActionState, StateStore};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// What happened to one approved action.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Execution {
     /// Index of the action among the attempt's proposed actions.
     pub index: usize,
@@ -19,7 +19,8 @@ pub struct Execution {
     pub arguments: Value,
     /// Sent as `Idempotency-Key`; the same on every retry and every resume.
     pub idempotency_key: String,
-    pub executor: &'static str,
+    /// `webhook` or `return`.
+    pub executor: String,
     pub status: ExecStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
@@ -32,7 +33,7 @@ pub struct Execution {
 }
 
 /// Where an action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecStatus {
     /// Dry run: it would have been executed.
@@ -79,7 +80,8 @@ pub async fn execute_all(
             executor: match executor {
                 Some(ExecutorConfig::Webhook { .. }) => "webhook",
                 _ => "return",
-            },
+            }
+            .to_owned(),
             status: ExecStatus::Returned,
             http_status: None,
             response: None,

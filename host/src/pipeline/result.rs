@@ -42,7 +42,7 @@ pub struct Finding {
 }
 
 /// Tokens one attempt spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,
