@@ -193,6 +193,15 @@ impl Host {
         record.lease_until_ms = 0;
         if let Some(req) = record.request.as_object_mut() {
             req.insert("action_indices".into(), serde_json::json!(result.action_indices));
+            // What the gates reserved, so a node that rejects the held run
+            // can give it back (through shared counters).
+            let reserved: Vec<Value> = result
+                .reservations
+                .iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(i, r)| serde_json::json!({"index": i, "scope": r.scope(), "entries": r.entries()}))
+                .collect();
+            req.insert("reservations".into(), Value::Array(reserved));
         }
         record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.status == RunStatus::AwaitingApproval {
@@ -263,7 +272,12 @@ impl Host {
                 };
                 let mut run = match held {
                     Some(run) => *run,
-                    None => restore(&record),
+                    // Reservations outlive a process only in shared counters;
+                    // releasing one into fresh memory would credit the budget.
+                    None => restore(
+                        &record,
+                        self.config.state.counters_shared().then(|| self.plugins.runtime().counters()),
+                    ),
                 };
                 // An agent turn's actions keep the keys a direct turn would use.
                 let agent_step = record
@@ -571,8 +585,9 @@ fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
 
 /// A held run rebuilt from its stored record, for continuing it in a process
 /// that did not start it: what the continuation needs (actions, their
-/// indices, the attempt, dry run); gate reservations were process-local.
-fn restore(record: &RunRecord) -> RunResult {
+/// indices, the attempt, dry run, and the gates' reservations, released
+/// through `counters` — which reach the first process's only when shared).
+fn restore(record: &RunRecord, counters: Option<&Arc<dyn crate::runtime::CounterStore>>) -> RunResult {
     let r = &record.result;
     let mut run = RunResult::new(record.run_id.clone(), record.pipeline.clone());
     run.actions = r
@@ -585,6 +600,21 @@ fn restore(record: &RunRecord) -> RunResult {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_else(|| (0..run.actions.len()).collect());
     run.dry_run = r.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    run.reservations = record
+        .request
+        .get("reservations")
+        .and_then(Value::as_array)
+        .filter(|_| counters.is_some())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            let counters = counters?;
+            let index = usize::try_from(v.get("index")?.as_u64()?).ok()?;
+            let scope = v.get("scope")?.as_str()?;
+            let entries = serde_json::from_value(v.get("entries")?.clone()).ok()?;
+            Some((index, crate::runtime::Reservation::restore(scope, entries, counters.clone())))
+        })
+        .collect();
     run.output = r.get("output").cloned().filter(|v| !v.is_null());
     run.status = RunStatus::AwaitingApproval;
     if let Some(last) = r.get("attempts").and_then(Value::as_array).and_then(|a| a.last()) {

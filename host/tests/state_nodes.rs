@@ -1,6 +1,7 @@
 //! Two `reins serve` nodes on one PostgreSQL (a fresh database per run):
 //! a run escalated on node A is approved through node B and completes;
-//! budgets and rate limits are shared; and killing node A mid-run lets node
+//! budgets and rate limits are shared (a reservation made on A and rejected
+//! on B is given back); and killing node A mid-run lets node
 //! B take the run over once A's lease has expired, with every side effect
 //! applied once.
 //!
@@ -261,6 +262,25 @@ url = "{sink_url}/refund"
     assert_ne!(r["status"], "completed", "the budget is shared: {r}");
     assert!(r.to_string().contains("budget"), "{r}");
     assert!(!sink.by_order().contains_key("o3"));
+
+    // 2b. A reservation made on A and rejected on B is given back: t3's
+    // escalated 500 holds half the budget until B rejects it, then two 400s fit.
+    let (_, held) = post(&client, run_url(&a.base, "refunds"), json!({"input": "refund 500 o5", "metadata": {"tenant": "t3"}})).await;
+    assert_eq!(held["status"], "awaiting_approval", "{held}");
+    let approval = held["approvals"][0].as_str().expect("approval id").to_owned();
+    let (status, decided) = post(
+        &client,
+        format!("{}/v1/approvals/{approval}", b.base),
+        json!({"decision": "reject", "comment": "no"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["run"]["status"], "failed", "{decided}");
+    for (base, order) in [(&b.base, "o6"), (&a.base, "o7")] {
+        let (_, r) = post(&client, run_url(base, "refunds"), json!({"input": format!("refund 400 {order}"), "metadata": {"tenant": "t3"}})).await;
+        assert_eq!(r["status"], "completed", "the rejected reservation was released: {r}");
+    }
+    assert!(!sink.by_order().contains_key("o5"));
 
     // 3. One rate limit (5 runs a minute for t9) across both nodes.
     let mut codes = Vec::new();

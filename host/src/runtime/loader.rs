@@ -55,6 +55,11 @@ impl Runtime {
         }))
     }
 
+    /// Where `counter-add` goes (to release a reservation another process made).
+    pub fn counters(&self) -> &Arc<dyn CounterStore> {
+        &self.counters
+    }
+
     /// The engine handle (for tools that report on compilation).
     pub fn engine(&self) -> &Arc<EngineHandle> {
         &self.engine

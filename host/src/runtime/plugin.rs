@@ -594,6 +594,27 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// A reservation written down by another process (`scope`: the gate
+    /// plugin's name), released through `counters` — the shared store, for
+    /// it to undo what that process added.
+    pub fn restore(scope: &str, entries: Vec<CounterEntry>, counters: Arc<dyn CounterStore>) -> Reservation {
+        Reservation {
+            scope: scope.into(),
+            entries,
+            counters,
+        }
+    }
+
+    /// The gate plugin whose counters these are.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// What the gate added.
+    pub fn entries(&self) -> &[CounterEntry] {
+        &self.entries
+    }
+
     /// True when the gate reserved nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -26,7 +26,7 @@ pub struct StoreState {
 }
 
 /// One `counter-add` a plugin made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CounterEntry {
     pub key: String,
     pub delta: i64,
