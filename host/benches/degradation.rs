@@ -63,17 +63,6 @@ struct Row {
     p99: Duration,
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1e6)
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,8 +164,8 @@ fn main() {
             ),
             by_fallback: t.by_fallback,
             trips: host.breaker(pipeline).map_or(0, |b| b.trips()) - t.trips_before,
-            p50: quantile(&t.samples, 0.50),
-            p99: quantile(&t.samples, 0.99),
+            p50: common::quantile(&t.samples, 0.50),
+            p99: common::quantile(&t.samples, 0.99),
         });
     }
     open_path.sort();
@@ -197,8 +186,8 @@ fn main() {
             per_run(r.calls.1),
             100.0 * r.by_fallback as f64 / r.runs as f64,
             r.trips,
-            us(r.p50),
-            us(r.p99),
+            common::us(r.p50),
+            common::us(r.p99),
             if r.name == rows[0].name {
                 "—".to_owned()
             } else {
@@ -209,8 +198,8 @@ fn main() {
     println!(
         "| …of which the open-breaker path (refused at once → fallback) | {} runs | 1 (0 + 1) | 100 % | | {} | {} | {:+} µs |",
         open_path.len(),
-        us(quantile(&open_path, 0.50)),
-        us(quantile(&open_path, 0.99)),
-        quantile(&open_path, 0.99).as_micros() as i64 - base_p99.as_micros() as i64,
+        common::us(common::quantile(&open_path, 0.50)),
+        common::us(common::quantile(&open_path, 0.99)),
+        common::quantile(&open_path, 0.99).as_micros() as i64 - base_p99.as_micros() as i64,
     );
 }

@@ -17,7 +17,6 @@ mod common;
 
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
-use reins::provider::{ChatRequest, ChatResponse, CompletionFuture, Provider, ToolCall};
 use reins::state::{RunRecord, StateSettings, StateStore, StepRecord, now_ms};
 use serde_json::json;
 use std::sync::Arc;
@@ -26,61 +25,6 @@ use std::time::{Duration, Instant};
 const WRITES: usize = 3_000;
 const RUNS: usize = 300;
 const STEPS: usize = 5;
-
-/// An agent that asks for one refund per step, `STEPS` times, then answers.
-struct Agent {
-    latency: Duration,
-}
-
-impl Provider for Agent {
-    fn name(&self) -> &str {
-        "agent"
-    }
-    fn model(&self) -> &str {
-        "bench-agent"
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
-        let n = request.messages.iter().filter(|m| m.role == "tool").count();
-        let latency = self.latency;
-        Box::pin(async move {
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            Ok(if n < STEPS {
-                ChatResponse {
-                    content: String::new(),
-                    tool_calls: vec![ToolCall {
-                        name: "issue_refund".into(),
-                        arguments: json!({"order": format!("A-{n}"), "amount": 1}),
-                    }],
-                    usage: None,
-                    model: "bench-agent".into(),
-                }
-            } else {
-                ChatResponse {
-                    content: json!({"done": n}).to_string(),
-                    tool_calls: Vec::new(),
-                    usage: None,
-                    model: "bench-agent".into(),
-                }
-            })
-        })
-    }
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1e6)
-}
 
 fn pg_settings() -> Option<StateSettings> {
     let url = std::env::var("REINS_TEST_PG_URL").ok()?;
@@ -118,7 +62,7 @@ async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
         times.push(start.elapsed());
     }
     times.sort();
-    (quantile(&times, 0.5), quantile(&times, 0.99))
+    (common::quantile(&times, 0.5), common::quantile(&times, 0.99))
 }
 
 struct AgentRow {
@@ -151,7 +95,7 @@ constraints = "tool-manifest"
     );
     let host = Host::builder()
         .config_str(config, plugins)
-        .provider("agent", Arc::new(Agent { latency }))
+        .provider("agent", Arc::new(common::AgentModel { latency, ..common::AgentModel::new(STEPS) }))
         .watch(false)
         .build()
         .await
@@ -171,8 +115,8 @@ constraints = "tool-manifest"
     let total = began.elapsed();
     times.sort();
     AgentRow {
-        p50: quantile(&times, 0.5),
-        p99: quantile(&times, 0.99),
+        p50: common::quantile(&times, 0.5),
+        p99: common::quantile(&times, 0.99),
         runs_per_s: RUNS as f64 / total.as_secs_f64(),
     }
 }
@@ -193,11 +137,11 @@ fn main() {
         println!("|---|---|---|");
         let sqlite = reins::state::open(&sqlite_settings, dir.path()).await.expect("sqlite");
         let (p50, p99) = checkpoint_cost(sqlite).await;
-        println!("| SQLite (file, WAL, synchronous=NORMAL) | {} | {} |", us(p50), us(p99));
+        println!("| SQLite (file, WAL, synchronous=NORMAL) | {} | {} |", common::us(p50), common::us(p99));
         if let Some(pg) = &pg {
             let store = reins::state::open(pg, dir.path()).await.expect("postgres");
             let (p50, p99) = checkpoint_cost(store).await;
-            println!("| PostgreSQL (loopback) | {} | {} |", us(p50), us(p99));
+            println!("| PostgreSQL (loopback) | {} | {} |", common::us(p50), common::us(p99));
         } else {
             println!("| PostgreSQL | (REINS_TEST_PG_URL not set) | |");
         }
@@ -229,8 +173,8 @@ fn main() {
                     };
                     println!(
                         "| {store} | {model} | {label} | {} | {} | {:.0} | {added} | {ratio} |",
-                        us(row.p50),
-                        us(row.p99),
+                        common::us(row.p50),
+                        common::us(row.p99),
                         row.runs_per_s
                     );
                 }

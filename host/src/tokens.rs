@@ -24,10 +24,10 @@ pub fn truncate(text: &str, max: u64) -> String {
     }
     let mut keep = usize::try_from(max).unwrap_or(usize::MAX).min(tokens.len());
     loop {
-        if let Ok(s) = bpe.decode(&tokens[..keep]) {
-            if count(&s) <= max {
-                return s;
-            }
+        if let Ok(s) = bpe.decode(&tokens[..keep])
+            && count(&s) <= max
+        {
+            return s;
         }
         if keep == 0 {
             return String::new();

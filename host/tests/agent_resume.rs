@@ -11,62 +11,8 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
-use reins::provider::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
-
-/// Answers step n (n = tool messages so far) with one refund call, until
-/// `steps`; then a final JSON answer. `fail_at`: the step whose call fails.
-struct Agent {
-    steps: usize,
-    fail_at: Option<usize>,
-    /// The step that asks for a refund of 500 (an escalation) instead of 1.
-    big_at: Option<usize>,
-}
-
-impl Provider for Agent {
-    fn name(&self) -> &str {
-        "agent"
-    }
-    fn model(&self) -> &str {
-        "agent-test"
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
-        let n = request.messages.iter().filter(|m| m.role == "tool").count();
-        let fail = self.fail_at == Some(n);
-        let steps = self.steps;
-        let amount = if self.big_at == Some(n) { 500 } else { 1 };
-        Box::pin(async move {
-            if fail {
-                return Err(ProviderError::BadResponse {
-                    provider: "agent".into(),
-                    message: "crash".into(),
-                });
-            }
-            Ok(if n < steps {
-                ChatResponse {
-                    content: String::new(),
-                    tool_calls: vec![ToolCall {
-                        name: "issue_refund".into(),
-                        arguments: json!({"order": format!("A-{n}"), "amount": amount}),
-                    }],
-                    usage: None,
-                    model: "agent-test".into(),
-                }
-            } else {
-                ChatResponse {
-                    content: json!({"done": n}).to_string(),
-                    tool_calls: Vec::new(),
-                    usage: None,
-                    model: "agent-test".into(),
-                }
-            })
-        })
-    }
-}
 
 async fn sink(State(seen): State<Arc<Mutex<Vec<String>>>>, headers: HeaderMap) -> axum::Json<Value> {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
@@ -78,11 +24,7 @@ async fn sink(State(seen): State<Arc<Mutex<Vec<String>>>>, headers: HeaderMap) -
 async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/refund", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = format!("{}/refund", common::listen(app).await);
     let dir = common::plugins_dir(&["tool-manifest"]);
     std::fs::write(
         dir.path().join("tool-manifest.toml"),
@@ -108,7 +50,7 @@ url = "{url}"
     let host = |fail_at| {
         Host::builder()
             .config_str(config.clone(), dir.path())
-            .provider("agent", Arc::new(Agent { steps: 5, fail_at, big_at: None }))
+            .provider("agent", Arc::new(common::AgentModel { fail_at, ..common::AgentModel::new(5) }))
             .build()
     };
     // First process: the model is gone at step 3 (after two checkpoints).
@@ -218,11 +160,7 @@ repair = {{ max_attempts = 3 }}
 async fn an_escalated_agent_turn_continues_after_its_approval() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/refund", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = format!("{}/refund", common::listen(app).await);
     let dir = common::plugins_dir(&["tool-manifest", "spend-limit"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\ndaily_budget = 10000\n")
@@ -247,7 +185,7 @@ url = "{url}"
     let host = || {
         Host::builder()
             .config_str(config.clone(), dir.path())
-            .provider("agent", Arc::new(Agent { steps: 5, fail_at: None, big_at: Some(2) }))
+            .provider("agent", Arc::new(common::AgentModel { big_at: Some(2), ..common::AgentModel::new(5) }))
             .build()
     };
     let a = host().await.expect("host");

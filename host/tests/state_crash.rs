@@ -70,27 +70,11 @@ async fn model(Json(body): Json<Value>) -> Result<Json<Value>, (StatusCode, Stri
         }
     }
     let message = if n < STEPS {
-        let arguments = json!({"order": format!("{batch}-{n}"), "amount": 1}).to_string();
-        json!({"role": "assistant", "content": null, "tool_calls": [
-            {"id": format!("c{n}"), "type": "function", "function": {"name": "issue_refund", "arguments": arguments}}
-        ]})
+        common::refund_call(&format!("{batch}-{n}"), 1.0)
     } else {
         json!({"role": "assistant", "content": json!({"done": n, "batch": batch}).to_string()})
     };
-    Ok(Json(json!({
-        "id": "chatcmpl-crash", "object": "chat.completion", "model": "crash-agent",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    })))
-}
-
-async fn listen(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    Ok(Json(common::completion(message)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,8 +87,8 @@ async fn sigkilled_servers_finish_every_run_and_apply_every_refund_exactly_once(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
     let sink = Arc::new(Sink::default());
-    let sink_url = listen(Router::new().route("/refund", post(refund)).with_state(sink.clone())).await;
-    let model_url = listen(Router::new().route("/v1/chat/completions", post(model))).await;
+    let sink_url = common::listen(Router::new().route("/refund", post(refund)).with_state(sink.clone())).await;
+    let model_url = common::listen(Router::new().route("/v1/chat/completions", post(model))).await;
 
     let plugins = common::plugins_dir(&["tool-manifest"]);
     std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");

@@ -68,36 +68,19 @@ async fn model(Json(body): Json<Value>) -> Json<Value> {
         .unwrap_or_default()
         .to_owned();
     let words: Vec<&str> = user.split_whitespace().collect();
-    let call = |order: String, amount: f64| {
-        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
-            "function": {"name": "issue_refund", "arguments": json!({"order": order, "amount": amount}).to_string()}}]})
-    };
     let message = match words.as_slice() {
-        ["refund", amount, order] => call(order.to_string(), amount.parse().unwrap_or(1.0)),
+        ["refund", amount, order] => common::refund_call(order, amount.parse().unwrap_or(1.0)),
         ["agent", job] => {
             let n = messages.iter().filter(|m| m["role"] == "tool").count();
             if n < AGENT_STEPS {
-                call(format!("{job}-{n}"), 1.0)
+                common::refund_call(&format!("{job}-{n}"), 1.0)
             } else {
                 json!({"role": "assistant", "content": json!({"done": n}).to_string()})
             }
         }
         _ => json!({"role": "assistant", "content": "hello"}),
     };
-    Json(json!({
-        "id": "chatcmpl-nodes", "object": "chat.completion", "model": "nodes",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    }))
-}
-
-async fn listen(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    Json(common::completion(message))
 }
 
 /// A fresh database on the test cluster; dropped (with its connections) on drop.
@@ -145,6 +128,10 @@ impl Drop for Database {
     }
 }
 
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.expect("get").json().await.expect("json")
+}
+
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let resp = client.post(url).json(&body).send().await.expect("request");
     let status = resp.status().as_u16();
@@ -155,8 +142,8 @@ async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value
 async fn two_nodes_share_runs_approvals_budgets_limits_and_take_over_a_dead_nodes_run() {
     let db = Database::create().await;
     let sink = Arc::new(Sink::default());
-    let sink_url = listen(Router::new().route("/refund", axum::routing::post(refund)).with_state(sink.clone())).await;
-    let model_url = listen(Router::new().route("/v1/chat/completions", axum::routing::post(model))).await;
+    let sink_url = common::listen(Router::new().route("/refund", axum::routing::post(refund)).with_state(sink.clone())).await;
+    let model_url = common::listen(Router::new().route("/v1/chat/completions", axum::routing::post(model))).await;
 
     let plugins = common::plugins_dir(&["tool-manifest", "spend-limit"]);
     std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
@@ -224,14 +211,7 @@ url = "{sink_url}/refund"
     assert_eq!(held["status"], "awaiting_approval", "{held}");
     let run_id = held["run_id"].as_str().expect("run id").to_owned();
     let approval = held["approvals"][0].as_str().expect("approval id").to_owned();
-    let pending: Value = client
-        .get(format!("{}/v1/approvals?status=pending", b.base))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let pending: Value = get(&client, format!("{}/v1/approvals?status=pending", b.base)).await;
     assert!(pending.to_string().contains(&approval), "B lists A's approval: {pending}");
     assert!(sink.by_order().is_empty(), "nothing runs before the approval");
     let (status, decided) = post(
@@ -244,14 +224,7 @@ url = "{sink_url}/refund"
     assert_eq!(decided["run"]["status"], "completed", "{decided}");
     assert_eq!(sink.by_order().get("o1").map(Vec::len), Some(1));
     // A sees the run B finished.
-    let on_a: Value = client
-        .get(format!("{}/v1/runs/{run_id}", a.base))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let on_a: Value = get(&client, format!("{}/v1/runs/{run_id}", a.base)).await;
     assert_eq!(on_a["status"], "completed", "{on_a}");
 
     // 2. One budget (1000 a day for t1): 500 spent through B's approval, 400
@@ -316,14 +289,7 @@ url = "{sink_url}/refund"
     let job_id = job["run_id"].as_str().expect("the run is known to B").to_owned();
     let mut result = Value::Null;
     while Instant::now() < killed + Duration::from_secs(30) {
-        result = client
-            .get(format!("{}/v1/runs/{job_id}", b.base))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        result = get(&client, format!("{}/v1/runs/{job_id}", b.base)).await;
         if result["status"] == "completed" {
             break;
         }

@@ -227,6 +227,14 @@ fn bind_run<'q>(
         .bind(run.lease_until_ms)
 }
 
+/// The runs a `SELECT {RUN_COLS}` query finds.
+async fn runs(
+    q: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    pool: &PgPool,
+) -> Result<Vec<RunRecord>, StateError> {
+    q.fetch_all(pool).await?.into_iter().map(run_record).collect()
+}
+
 /// A fenced write's answer: `false` is another node's lease.
 fn fenced(written: bool, run: &RunRecord) -> Result<(), StateError> {
     if written {
@@ -276,16 +284,8 @@ impl StateStore for PgStore {
     }
 
     async fn runs_with_status(&self, status: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs WHERE status = $1 ORDER BY updated_ms, run_id LIMIT $2"
-        ))
-        .bind(status)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(run_record)
-        .collect()
+        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status = $1 ORDER BY updated_ms, run_id LIMIT $2");
+        runs(sqlx::query(&sql).bind(status).bind(i64::from(limit)), &self.pool).await
     }
 
     async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
@@ -303,32 +303,19 @@ impl StateStore for PgStore {
     }
 
     async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND (owner IS NULL OR owner = $1 OR lease_until < $2)
              ORDER BY updated_ms, run_id LIMIT $3"
-        ))
-        .bind(node)
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(run_record)
-        .collect()
+        );
+        runs(sqlx::query(&sql).bind(node).bind(now_ms).bind(i64::from(limit)), &self.pool).await
     }
 
     async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {RUN_COLS} FROM runs WHERE session_id = $1 AND status <> 'running'
              ORDER BY created_ms DESC, seq DESC LIMIT $2"
-        ))
-        .bind(session_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(run_record)
-        .collect()
+        );
+        runs(sqlx::query(&sql).bind(session_id).bind(i64::from(limit)), &self.pool).await
     }
 
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {

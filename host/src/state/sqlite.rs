@@ -264,8 +264,7 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite
 
 /// Writes `run` unless another node's lease fences it.
 fn upsert_run(conn: &Connection, run: &RunRecord) -> Result<(), rusqlite::Error> {
-    let n = exec(conn, 
-        UPSERT_RUN,
+    let n = exec(conn, UPSERT_RUN,
         params![
             run.run_id,
             run.pipeline,
@@ -344,8 +343,7 @@ impl StateStore for SqliteStore {
     async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
         let err = self.err();
         self.with(|c| {
-            exec(c, 
-                "UPDATE runs SET owner = ?2, lease_until = ?4 WHERE run_id = ?1 AND status = 'running'
+            exec(c, "UPDATE runs SET owner = ?2, lease_until = ?4 WHERE run_id = ?1 AND status = 'running'
                    AND (owner IS NULL OR owner = ?2 OR lease_until < ?3)",
                 params![run_id, node, now_ms, until_ms],
             )
@@ -378,8 +376,7 @@ impl StateStore for SqliteStore {
         let err = self.err();
         self.with(|c| {
             let tx = c.transaction().map_err(&err)?;
-            exec(&tx, 
-                "INSERT OR REPLACE INTO steps (run_id, step, kind, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            exec(&tx, "INSERT OR REPLACE INTO steps (run_id, step, kind, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![step.run_id, step.step, step.kind, step.data.to_string(), step.created_ms],
             )
             .map_err(&err)?;
@@ -418,8 +415,7 @@ impl StateStore for SqliteStore {
         let err = self.err();
         let row = self.with(|c| {
             let tx = c.transaction().map_err(&err)?;
-            exec(&tx, 
-                "INSERT INTO actions (key, run_id, tool, arguments, state, response, http_status, tries, updated_ms)
+            exec(&tx, "INSERT INTO actions (key, run_id, tool, arguments, state, response, http_status, tries, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, 'planned', NULL, NULL, 0, ?5) ON CONFLICT(key) DO NOTHING",
                 params![a.key, a.run_id, a.tool, a.arguments.to_string(), now_ms()],
             )
@@ -443,8 +439,7 @@ impl StateStore for SqliteStore {
     ) -> Result<(), StateError> {
         let err = self.err();
         self.with(|c| {
-            exec(c, 
-                "UPDATE actions SET state = ?2, response = COALESCE(?3, response), http_status = COALESCE(?4, http_status),
+            exec(c, "UPDATE actions SET state = ?2, response = COALESCE(?3, response), http_status = COALESCE(?4, http_status),
                    tries = ?5, updated_ms = ?6 WHERE key = ?1",
                 params![
                     key,
@@ -492,8 +487,7 @@ impl StateStore for SqliteStore {
             let tx = c.transaction().map_err(&err)?;
             upsert_run(&tx, run).map_err(upsert_err(self, run))?;
             for a in approvals {
-                exec(&tx, 
-                    "INSERT OR REPLACE INTO approvals (id, run_id, pipeline, status, created_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                exec(&tx, "INSERT OR REPLACE INTO approvals (id, run_id, pipeline, status, created_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![a.id, a.run_id, a.pipeline, a.status, a.created_ms, a.data.to_string()],
                 )
                 .map_err(&err)?;
@@ -539,8 +533,7 @@ impl StateStore for SqliteStore {
     async fn decide(&self, d: &ApprovalRecord) -> Result<bool, StateError> {
         let err = self.err();
         self.with(|c| {
-            exec(c, 
-                "UPDATE approvals SET status = ?2, data = ?3 WHERE id = ?1 AND status = 'pending'",
+            exec(c, "UPDATE approvals SET status = ?2, data = ?3 WHERE id = ?1 AND status = 'pending'",
                 params![d.id, d.status, d.data.to_string()],
             )
             .map(|n| n == 1)
@@ -576,8 +569,7 @@ impl StateStore for SqliteStore {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(&err)?;
-            exec(&tx, 
-                "DELETE FROM counter_events WHERE scope = ?1 AND key = ?2 AND at_ms <= ?3",
+            exec(&tx, "DELETE FROM counter_events WHERE scope = ?1 AND key = ?2 AND at_ms <= ?3",
                 params![scope, key, now_ms - window_ms],
             )
             .map_err(&err)?;
@@ -591,8 +583,7 @@ impl StateStore for SqliteStore {
                     .map_err(&err)?
                     == 1;
             if !cancelled && delta != 0 {
-                exec(&tx, 
-                    "INSERT INTO counter_events (scope, key, at_ms, delta) VALUES (?1, ?2, ?3, ?4)",
+                exec(&tx, "INSERT INTO counter_events (scope, key, at_ms, delta) VALUES (?1, ?2, ?3, ?4)",
                     params![scope, key, now_ms, delta],
                 )
                 .map_err(&err)?;
@@ -637,8 +628,7 @@ impl StateStore for SqliteStore {
                 let tx = c.transaction().map_err(&err)?;
                 exec(&tx, "DELETE FROM steps WHERE run_id = ?1", [&run_id]).map_err(&err)?;
                 exec(&tx, "DELETE FROM actions WHERE run_id = ?1", [&run_id]).map_err(&err)?;
-                exec(&tx, 
-                    "UPDATE runs SET result = ?2, request = 'null' WHERE run_id = ?1",
+                exec(&tx, "UPDATE runs SET result = ?2, request = 'null' WHERE run_id = ?1",
                     params![run_id, small],
                 )
                 .map_err(&err)?;

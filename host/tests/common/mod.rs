@@ -137,3 +137,111 @@ type = "object"
 required = ["order", "amount"]
 properties = { order = { type = "string" }, amount = { type = "number" } }
 "#;
+
+/// Serves `app` on an ephemeral loopback port; returns `http://ADDR`.
+pub async fn listen(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// An OpenAI chat completion answering with `message`.
+pub fn completion(message: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-test", "object": "chat.completion", "model": "test",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    })
+}
+
+/// An OpenAI assistant message calling `issue_refund(order, amount)`.
+pub fn refund_call(order: &str, amount: f64) -> serde_json::Value {
+    let arguments = serde_json::json!({"order": order, "amount": amount}).to_string();
+    serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "call_0", "type": "function", "function": {"name": "issue_refund", "arguments": arguments}}
+    ]})
+}
+
+/// An in-process agent model: turn n (n = `tool` messages so far) asks for
+/// refund `A-n` of 1 until `steps`, then answers `{"done": steps}`.
+pub struct AgentModel {
+    pub steps: usize,
+    /// The turn whose call fails (the model is gone).
+    pub fail_at: Option<usize>,
+    /// The turn that asks for a refund of 500 (an escalation) instead of 1.
+    pub big_at: Option<usize>,
+    /// How long each call takes.
+    pub latency: std::time::Duration,
+}
+
+impl AgentModel {
+    pub fn new(steps: usize) -> AgentModel {
+        AgentModel {
+            steps,
+            fail_at: None,
+            big_at: None,
+            latency: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl reins::provider::Provider for AgentModel {
+    fn name(&self) -> &str {
+        "agent"
+    }
+    fn model(&self) -> &str {
+        "agent-test"
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn complete<'a>(&'a self, request: &'a reins::provider::ChatRequest) -> reins::provider::CompletionFuture<'a> {
+        use reins::provider::{ChatResponse, ProviderError, ToolCall};
+        let n = request.messages.iter().filter(|m| m.role == "tool").count();
+        let fail = self.fail_at == Some(n);
+        let amount = if self.big_at == Some(n) { 500 } else { 1 };
+        let (steps, latency) = (self.steps, self.latency);
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if fail {
+                return Err(ProviderError::BadResponse {
+                    provider: "agent".into(),
+                    message: "crash".into(),
+                });
+            }
+            let (content, tool_calls) = if n < steps {
+                let call = ToolCall {
+                    name: "issue_refund".into(),
+                    arguments: serde_json::json!({"order": format!("A-{n}"), "amount": amount}),
+                };
+                (String::new(), vec![call])
+            } else {
+                (serde_json::json!({"done": n}).to_string(), Vec::new())
+            };
+            Ok(ChatResponse {
+                content,
+                tool_calls,
+                usage: None,
+                model: "agent-test".into(),
+            })
+        })
+    }
+}
+
+/// The `q` quantile of sorted durations (benches).
+pub fn quantile(sorted: &[std::time::Duration], q: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+/// Whole microseconds, for tables (benches).
+pub fn us(d: std::time::Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
