@@ -479,3 +479,41 @@ async fn cache_and_retry_metrics_are_exported() {
         assert!(text.lines().any(|l| l == line), "no `{line}` in /metrics:\n{text}");
     }
 }
+
+/// The response cache is indexed in the state store: an answer cached by
+/// one host serves another host on the same store (a restart, or another
+/// node) when every provider is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_answer_serves_another_host_on_the_same_store() {
+    let up = Upstream::always(Step::Answer(refund(12.5))).await;
+    let down = Upstream::always(server_error()).await;
+    let plugins = common::plugins_dir(&[]);
+    let body = |url: &str| openai("llm", url, "max_retries = 0") + &pipeline("p", "cache = \"read-write\"");
+    let first = host(plugins.path(), &body(&up.base_url()), &script(vec![])).await;
+    let fresh = first.run("p", request("refund 12.50 EUR")).await;
+    assert_eq!(fresh.status, RunStatus::Completed, "{:?}", fresh.error);
+    drop(first);
+    // The write-through is off the request path: wait until it landed.
+    let db = rusqlite::Connection::open(plugins.path().join("reins-state.db")).expect("state file");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db
+        .query_row("SELECT COUNT(*) FROM response_cache", [], |r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the answer was never indexed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let second = host(plugins.path(), &body(&down.base_url()), &script(vec![])).await;
+    let cache = second.pipeline("p").and_then(|p| p.cache()).expect("cache on");
+    assert_eq!(cache.len(), 0, "a new host starts with nothing in memory");
+    let served = second.run("p", request("refund 12.50 EUR")).await;
+    assert_eq!(served.status, RunStatus::Completed, "{:?}", served.error);
+    assert_eq!((served.served_by.as_deref(), served.degraded), (Some("cache"), true));
+    assert_eq!(served.output, fresh.output);
+    assert_eq!(down.count(), 1, "the model was asked first");
+    assert_eq!(cache.len(), 1, "the stored answer is kept in memory too");
+    let other = second.run("p", request("refund 99 EUR")).await;
+    assert_eq!(other.status, RunStatus::Failed, "another request has no cached answer");
+}

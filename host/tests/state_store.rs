@@ -22,6 +22,16 @@ async fn suite(store: Arc<dyn StateStore>) {
     leases_fence_writes(store.clone()).await;
     sessions_list_finished_runs_newest_first(&*store).await;
     window_counters_expire_cancel_and_serialize(store.clone()).await;
+    the_response_cache_index_keeps_fresh_answers(&*store).await;
+}
+
+async fn the_response_cache_index_keeps_fresh_answers(store: &dyn StateStore) {
+    let key = uid("cache");
+    assert!(store.cache_get(&key, 0).await.unwrap().is_none());
+    store.cache_put(&key, "p", &json!({"content": "1"}), 5_000).await.unwrap();
+    store.cache_put(&key, "p", &json!({"content": "2"}), 6_000).await.unwrap();
+    assert_eq!(store.cache_get(&key, 6_000).await.unwrap(), Some((json!({"content": "2"}), 6_000)));
+    assert!(store.cache_get(&key, 6_001).await.unwrap().is_none(), "older than asked for");
 }
 
 async fn leases_fence_writes(store: Arc<dyn StateStore>) {

@@ -11,6 +11,11 @@
 //!
 //! Only outputs that passed validation, answered by a provider (not by the
 //! cache or the static answer) and that propose no actions are stored.
+//!
+//! Behind the memory sits the run's state store (the response cache index):
+//! [`remember`] writes an answer through to it off the request path, and
+//! [`lookup`] asks it on a memory miss — so an answer survives a restart and
+//! serves any node on the same database.
 
 use crate::provider::ToolCall;
 use crate::runtime::{Message, Tool};
@@ -37,6 +42,11 @@ impl CacheKey {
         CacheKey(Sha256::digest(doc.to_string().as_bytes()).into())
     }
 
+    /// The whole hash in hex: the key in the state store.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// The first 12 hex digits, for traces.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])
@@ -44,7 +54,7 @@ impl CacheKey {
 }
 
 /// A validated answer as it is kept.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CachedAnswer {
     /// The validated output, as JSON text.
     pub content: String,
@@ -159,6 +169,11 @@ impl ResponseCache {
         );
     }
 
+    /// How long an answer may be served.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Entries held (expired ones included until they are looked up or evicted).
     pub fn len(&self) -> usize {
         self.lock().map.len()
@@ -174,6 +189,44 @@ impl ResponseCache {
         inner.map.clear();
         inner.lru.clear();
     }
+}
+
+/// The answer for `key`: from memory, else from the run's state store
+/// (then kept in memory for the rest of its time to live).
+pub async fn lookup(cache: &ResponseCache, key: &CacheKey) -> Option<(Arc<CachedAnswer>, Duration)> {
+    if let Some(hit) = cache.get(key) {
+        return Some(hit);
+    }
+    let store = crate::state::current()?;
+    let now = crate::state::now_ms();
+    let ttl_ms = i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX);
+    let (stored, at) = match store.cache_get(&key.hex(), now.saturating_sub(ttl_ms)).await {
+        Ok(found) => found?,
+        Err(e) => {
+            tracing::warn!("state store: response cache lookup failed: {e}");
+            return None;
+        }
+    };
+    let answer: CachedAnswer = serde_json::from_value(stored).ok()?;
+    let age = Duration::from_millis(u64::try_from(now.saturating_sub(at)).unwrap_or(0));
+    let stored_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    cache.put_at(*key, answer, stored_at);
+    cache.get(key)
+}
+
+/// Stores `answer` in memory and, off the request path, in the run's state store.
+pub fn remember(cache: &ResponseCache, key: CacheKey, pipeline: &str, answer: CachedAnswer) {
+    if let Some(store) = crate::state::current()
+        && let Ok(value) = serde_json::to_value(&answer)
+    {
+        let pipeline = pipeline.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.cache_put(&key.hex(), &pipeline, &value, crate::state::now_ms()).await {
+                tracing::warn!("state store: cannot index a cached answer: {e}");
+            }
+        });
+    }
+    cache.put(key, answer);
 }
 
 #[cfg(test)]

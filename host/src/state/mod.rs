@@ -400,8 +400,16 @@ pub trait StateStore: Send + Sync {
         now_ms: i64,
     ) -> Result<i64, StateError>;
 
+    /// Stores a validated answer of the response cache under `key` (the
+    /// hex of the request's hash), replacing an older one.
+    async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError>;
+    /// The answer cached under `key` if it was stored at or after
+    /// `fresh_since_ms`, with when it was stored.
+    async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError>;
+
     /// Compacts finished runs last updated before `before_ms` to their
-    /// summary: their steps and actions are dropped. Returns how many.
+    /// summary: their steps and actions are dropped (as are counter events
+    /// and cached answers older than that). Returns how many runs.
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError>;
 }
 

@@ -108,6 +108,13 @@ BEGIN
     ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms;
     RETURN TRUE;
 END $$;
+"#, r#"
+CREATE TABLE response_cache (
+    key TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    stored_ms BIGINT NOT NULL
+);
 "#];
 
 pub struct PgStore {
@@ -539,11 +546,36 @@ impl StateStore for PgStore {
         Ok(total)
     }
 
-    async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
-        sqlx::query("DELETE FROM counter_events WHERE at_ms < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
+    async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO response_cache (key, pipeline, answer, stored_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET answer = excluded.answer, stored_ms = excluded.stored_ms",
+        )
+        .bind(key)
+        .bind(pipeline)
+        .bind(answer.to_string())
+        .bind(stored_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError> {
+        let row = sqlx::query("SELECT answer, stored_ms FROM response_cache WHERE key = $1 AND stored_ms >= $2")
+            .bind(key)
+            .bind(fresh_since_ms)
+            .fetch_optional(&self.pool)
             .await?;
+        row.map(|r| Ok((json_col(r.try_get(0)?)?, r.try_get(1)?))).transpose()
+    }
+
+    async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
+        for sql in [
+            "DELETE FROM counter_events WHERE at_ms < $1",
+            "DELETE FROM response_cache WHERE stored_ms < $1",
+        ] {
+            sqlx::query(sql).bind(before_ms).execute(&self.pool).await?;
+        }
         let rows = sqlx::query(
             "SELECT run_id, result FROM runs WHERE status = ANY($1) AND updated_ms < $2
              AND result NOT LIKE '%\"compacted\":true%'",

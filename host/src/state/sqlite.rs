@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS counter_events (
 CREATE INDEX IF NOT EXISTS counter_events_key ON counter_events(scope, key, at_ms);
 "#;
 
+/// The response cache index (schema version 3).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE IF NOT EXISTS response_cache (
+    key TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    stored_ms INTEGER NOT NULL
+);
+"#;
+
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: String,
@@ -126,7 +136,10 @@ impl SqliteStore {
         if version < 2 {
             tx.execute_batch(SCHEMA).map_err(err)?;
             tx.execute_batch(SCHEMA_V2).map_err(err)?;
-            tx.execute_batch("PRAGMA user_version = 2").map_err(err)?;
+        }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3).map_err(err)?;
+            tx.execute_batch("PRAGMA user_version = 3").map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(SqliteStore {
@@ -600,11 +613,34 @@ impl StateStore for SqliteStore {
         })
     }
 
+    async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError> {
+        let err = self.err();
+        self.with(|c| {
+            exec(
+                c,
+                "INSERT OR REPLACE INTO response_cache (key, pipeline, answer, stored_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![key, pipeline, answer.to_string(), stored_ms],
+            )
+            .map(|_| ())
+            .map_err(&err)
+        })
+    }
+
+    async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError> {
+        let err = self.err();
+        let row: Option<(String, i64)> = self.with(|c| {
+            c.prepare_cached("SELECT answer, stored_ms FROM response_cache WHERE key = ?1 AND stored_ms >= ?2")
+                .and_then(|mut s| s.query_row(params![key, fresh_since_ms], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(&err)
+        })?;
+        row.map(|(answer, at)| Ok((json_col(answer)?, at))).transpose()
+    }
+
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
         let err = self.err();
         self.with(|c| {
-            exec(c, "DELETE FROM counter_events WHERE at_ms < ?1", [before_ms])
-                .map_err(&err)
+            exec(c, "DELETE FROM counter_events WHERE at_ms < ?1", [before_ms]).map_err(&err)?;
+            exec(c, "DELETE FROM response_cache WHERE stored_ms < ?1", [before_ms]).map_err(&err)
         })?;
         let old: Vec<(String, String)> = self.with(|c| {
             let mut stmt = c

@@ -85,15 +85,13 @@ impl Degradation {
             && p.config.cache.writes()
             && let (Some(cache), Some(key), Some(output)) = (&p.cache, self.key, &result.output)
         {
-            cache.put(
-                key,
-                CachedAnswer {
-                    content: output.to_string(),
-                    tool_calls: Vec::new(),
-                    provider: last.provider.clone(),
-                    model: last.model.clone(),
-                },
-            );
+            let answer = CachedAnswer {
+                content: output.to_string(),
+                tool_calls: Vec::new(),
+                provider: last.provider.clone(),
+                model: last.model.clone(),
+            };
+            crate::pipeline::cache::remember(cache, key, &p.name, answer);
             metrics::counter!("reins_cache_writes_total", "pipeline" => p.name.clone()).increment(1);
         }
     }
@@ -208,7 +206,7 @@ impl Run<'_> {
         let p = self.p;
         if let (Some(cache), Some(key)) = (&p.cache, self.deg.key) {
             let start = Instant::now();
-            match cache.get(&key) {
+            match crate::pipeline::cache::lookup(cache, &key).await {
                 None => {
                     metrics::counter!("reins_cache_misses_total", "pipeline" => p.name.clone()).increment(1);
                     self.trace(
