@@ -316,13 +316,23 @@ url = "{sink_url}/refund"
         let keys = orders.get(&format!("job1-{n}")).cloned().unwrap_or_default();
         assert_eq!(keys.len(), 1, "step {n} applied once: {keys:?}");
     }
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM runs WHERE run_id = $1")
-        .bind(&job_id)
-        .fetch_one(&pool)
+    // The run's history, as any node serves it: B owns it now, every turn
+    // is checkpointed and every action is done.
+    let history = get(&client, format!("{}/v1/runs/{job_id}/steps", b.base)).await;
+    assert_eq!(history["owner"], "node-b", "{history}");
+    assert_eq!(history["status"], "completed");
+    assert_eq!(history["steps"].as_array().map(Vec::len), Some(AGENT_STEPS));
+    let actions = history["actions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(actions.len(), AGENT_STEPS, "{history}");
+    assert!(actions.iter().all(|a| a["state"] == "done"), "{history}");
+    let metrics = client
+        .get(format!("{}/metrics", b.base))
+        .send()
         .await
-        .expect("owner");
-    assert_eq!(owner.as_deref(), Some("node-b"));
-    pool.close().await;
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("reins_runs_taken_over_total"), "{metrics}");
     drop(b);
 }

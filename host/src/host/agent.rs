@@ -138,7 +138,10 @@ impl Host {
         record.updated_ms = now_ms();
         record.owner = Some(self.node.clone());
         record.lease_until_ms = self.lease_until();
-        match self.state.checkpoint(record, &checkpoint).await {
+        let written = self.state.checkpoint(record, &checkpoint).await;
+        metrics::counter!("reins_checkpoints_total", "kind" => "agent", "ok" => if written.is_ok() { "true" } else { "false" })
+            .increment(1);
+        match written {
             Ok(()) => Ok(()),
             Err(crate::state::StateError::LeaseLost { .. }) => Err(super::not_owned(
                 &run_id,

@@ -73,6 +73,7 @@ impl Host {
                 match store.claim_run(&run_id, &node, now, now.saturating_add(lease_ms)).await {
                     Ok(true) => {}
                     Ok(false) => {
+                        metrics::counter!("reins_leases_lost_total").increment(1);
                         tracing::warn!(run_id, node, "lease lost: another node owns the run now");
                         return;
                     }
@@ -105,6 +106,8 @@ impl Host {
                 continue; // another node was quicker
             }
             tracing::info!(run_id = %r.run_id, previous_owner = ?r.owner, "taking over an interrupted run");
+            let from = if r.owner.as_deref() == Some(self.node.as_str()) { "self" } else { "other" };
+            metrics::counter!("reins_runs_taken_over_total", "pipeline" => r.pipeline.clone(), "from" => from).increment(1);
             taken.push(r.run_id.clone());
             let host = self.clone();
             tokio::spawn(async move {

@@ -82,6 +82,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/pipelines/{name}/runs", post(runs::create))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/resume", post(runs::resume))
+        .route("/v1/runs/{id}/steps", get(runs::steps))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/approvals", get(approvals::list))

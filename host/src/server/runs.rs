@@ -173,6 +173,47 @@ fn stored_response(stored: Value, replayed: bool) -> Response {
     response
 }
 
+/// `GET /v1/runs/{id}/steps`: what the run checkpointed, step by step, and
+/// its actions with their idempotency keys and states — the history a
+/// resume starts from.
+pub async fn steps(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let store = state.host.state();
+    let unavailable =
+        |e: crate::state::StateError| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string());
+    let run = store
+        .run(&run_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
+    let steps = store.steps(&run_id).await.map_err(unavailable)?;
+    let actions = store.actions(&run_id).await.map_err(unavailable)?;
+    // An agent's turns record their actions under `RUN.STEP`.
+    let mut turn_actions = Vec::new();
+    for s in steps.iter().filter(|s| s.kind == "agent") {
+        for e in s.data["executions"].as_array().into_iter().flatten() {
+            if let Some(key) = e["idempotency_key"].as_str()
+                && let Some(a) = store.action(key).await.map_err(unavailable)?
+            {
+                turn_actions.push(a);
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({
+        "run_id": run.run_id,
+        "status": run.status,
+        "owner": run.owner,
+        "lease_until_ms": run.lease_until_ms,
+        "steps": steps,
+        "actions": actions.into_iter().chain(turn_actions).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
 /// `POST /v1/runs/{id}/resume`: continues an interrupted run (404 unknown,
 /// 409 not interrupted).
 pub async fn resume(

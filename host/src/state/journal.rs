@@ -73,7 +73,10 @@ impl Journal {
             data,
             created_ms: now,
         };
-        self.store.checkpoint(&record, &step).await
+        let written = self.store.checkpoint(&record, &step).await;
+        metrics::counter!("reins_checkpoints_total", "kind" => step.kind.clone(), "ok" => if written.is_ok() { "true" } else { "false" })
+            .increment(1);
+        written
     }
 }
 
