@@ -65,10 +65,8 @@ pub struct Host {
     approvals: ApprovalStore,
     limits: RateLimiter,
     state: Arc<dyn StateStore>,
-    /// This node's name in run leases.
-    node: String,
-    lease_ms: i64,
-    active: lease::Active,
+    /// Run ownership: this node's name, the lease, the runs worked on here.
+    leases: lease::Leases,
 }
 
 impl std::fmt::Debug for Host {
@@ -114,7 +112,7 @@ impl Host {
             result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
             return result;
         };
-        let Some(guard) = self.active.enter(&run_id) else {
+        let Some(guard) = self.leases.active.enter(&run_id) else {
             return not_owned(&run_id, pipeline, "it is already running in this process");
         };
         let limited = match &p.config.limits {
@@ -156,7 +154,7 @@ impl Host {
         record.status = "running".into();
         record.request = serde_json::json!({"request": &request});
         record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running"});
-        record.owner = Some(self.node.clone());
+        record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = self.lease_until();
         record.updated_ms = crate::state::now_ms();
         match self.state.put_run(&record).await {
@@ -173,7 +171,7 @@ impl Host {
         }
         let run = crate::state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), request));
         let result = if self.config.state.checkpoints {
-            let journal = crate::state::journal::Journal::new(self.state.clone(), record.clone(), self.lease_ms, &previous);
+            let journal = crate::state::journal::Journal::new(self.state.clone(), record.clone(), self.leases.lease_ms, &previous);
             Arc::new(journal).scope(run).await
         } else {
             run.await
@@ -189,7 +187,7 @@ impl Host {
         record.status = result.status.as_str().to_owned();
         record.updated_ms = crate::state::now_ms();
         // Finished (or held for a human): nobody needs to own it now.
-        record.owner = Some(self.node.clone());
+        record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = 0;
         if let Some(req) = record.request.as_object_mut() {
             req.insert("action_indices".into(), serde_json::json!(result.action_indices));
@@ -317,7 +315,7 @@ impl Host {
                 }
                 record.status = run.status.as_str().to_owned();
                 record.updated_ms = crate::state::now_ms();
-                record.owner = Some(self.node.clone());
+                record.owner = Some(self.leases.node.clone());
                 record.lease_until_ms = 0;
                 if let Err(e) = self.state.put_run(&record).await {
                     tracing::warn!(run_id = %run.run_id, "state store: cannot record the continued run: {e}");
@@ -565,9 +563,11 @@ impl HostBuilder {
             pipelines,
             approvals: ApprovalStore::new(state.clone()),
             limits: RateLimiter::new(shared),
-            node,
-            lease_ms,
-            active: lease::Active::default(),
+            leases: lease::Leases {
+                node,
+                lease_ms,
+                active: lease::Active::default(),
+            },
             state,
         })
     }

@@ -136,7 +136,7 @@ impl Host {
         record.status = "running".into();
         record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
         record.updated_ms = now_ms();
-        record.owner = Some(self.node.clone());
+        record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = self.lease_until();
         let written = self.state.checkpoint(record, &checkpoint).await;
         metrics::counter!("reins_checkpoints_total", "kind" => "agent", "ok" => if written.is_ok() { "true" } else { "false" })
@@ -160,7 +160,7 @@ impl Host {
     /// on from the next step.
     pub(super) async fn continue_agent(&self, p: &Pipeline, mut record: RunRecord, step: u32, turn: RunResult) -> RunResult {
         let run_id = record.run_id.clone();
-        let Some(guard) = self.active.enter(&run_id) else {
+        let Some(guard) = self.leases.active.enter(&run_id) else {
             return super::not_owned(&run_id, &p.name, "it is already running in this process");
         };
         if let Some(req) = record.request.as_object_mut() {
@@ -204,10 +204,11 @@ impl Host {
             status,
         };
         let guard = self
+            .leases
             .active
             .enter(run_id)
-            .ok_or_else(|| busy(format!("running on this node ({})", self.node)))?;
-        if !self.state.claim_run(run_id, &self.node, now_ms(), self.lease_until()).await? {
+            .ok_or_else(|| busy(format!("running on this node ({})", self.leases.node)))?;
+        if !self.state.claim_run(run_id, &self.leases.node, now_ms(), self.lease_until()).await? {
             let owner = record.owner.unwrap_or_default();
             return Err(busy(format!("running on node {owner} (its lease has not expired)")));
         }
@@ -244,10 +245,10 @@ impl Host {
     /// [`Host::spawn_background`], which also takes over other nodes' runs).
     pub async fn resume_interrupted(&self) -> Result<Vec<RunResult>, ResumeError> {
         use futures_util::StreamExt;
-        let runs = self.state.claimable_runs(&self.node, now_ms(), 10_000).await?;
+        let runs = self.state.claimable_runs(&self.leases.node, now_ms(), 10_000).await?;
         let runs: Vec<_> = runs
             .into_iter()
-            .filter(|r| self.pipelines.contains_key(&r.pipeline) && !self.active.contains(&r.run_id))
+            .filter(|r| self.pipelines.contains_key(&r.pipeline) && !self.leases.active.contains(&r.run_id))
             .collect();
         let results: Vec<Result<RunResult, ResumeError>> = futures_util::stream::iter(runs)
             .map(|r| async move { self.resume(&r.run_id).await })

@@ -16,6 +16,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How this node holds runs.
+pub(super) struct Leases {
+    /// This node's name in `runs.owner`.
+    pub(super) node: String,
+    /// How long a lease lasts without renewal.
+    pub(super) lease_ms: i64,
+    pub(super) active: Active,
+}
+
 /// The runs this process is working on.
 #[derive(Default, Clone)]
 pub(super) struct Active(Arc<Mutex<HashSet<String>>>);
@@ -56,15 +65,15 @@ impl Drop for ActiveGuard {
 impl Host {
     /// The lease a write made now extends to.
     pub(super) fn lease_until(&self) -> i64 {
-        now_ms().saturating_add(self.lease_ms)
+        now_ms().saturating_add(self.leases.lease_ms)
     }
 
     /// Keeps renewing `guard`'s run lease in the background until the guard drops.
     pub(super) fn keep_leased(&self, guard: &mut ActiveGuard) {
         let store = self.state.clone();
-        let node = self.node.clone();
+        let node = self.leases.node.clone();
         let run_id = guard.run_id.clone();
-        let lease_ms = self.lease_ms;
+        let lease_ms = self.leases.lease_ms;
         let every = Duration::from_millis((lease_ms / 3).max(10) as u64);
         guard.heartbeat = Some(tokio::spawn(async move {
             loop {
@@ -85,7 +94,7 @@ impl Host {
 
     /// This node's name in leases.
     pub fn node_id(&self) -> &str {
-        &self.node
+        &self.leases.node
     }
 
     /// Takes every run this node may resume (unleased, its own from an
@@ -93,20 +102,20 @@ impl Host {
     /// its own task. Returns the run ids taken.
     pub async fn take_over(self: &Arc<Self>) -> Result<Vec<String>, crate::state::StateError> {
         let now = now_ms();
-        let runs = self.state.claimable_runs(&self.node, now, 1_000).await?;
+        let runs = self.state.claimable_runs(&self.leases.node, now, 1_000).await?;
         let mut taken = Vec::new();
         for r in runs {
             if !self.pipelines.contains_key(&r.pipeline) {
                 continue;
             }
-            let Some(guard) = self.active.enter(&r.run_id) else {
+            let Some(guard) = self.leases.active.enter(&r.run_id) else {
                 continue;
             };
-            if !self.state.claim_run(&r.run_id, &self.node, now, self.lease_until()).await? {
+            if !self.state.claim_run(&r.run_id, &self.leases.node, now, self.lease_until()).await? {
                 continue; // another node was quicker
             }
             tracing::info!(run_id = %r.run_id, previous_owner = ?r.owner, "taking over an interrupted run");
-            let from = if r.owner.as_deref() == Some(self.node.as_str()) { "self" } else { "other" };
+            let from = if r.owner.as_deref() == Some(self.leases.node.as_str()) { "self" } else { "other" };
             metrics::counter!("reins_runs_taken_over_total", "pipeline" => r.pipeline.clone(), "from" => from).increment(1);
             taken.push(r.run_id.clone());
             let host = self.clone();
@@ -126,7 +135,7 @@ impl Host {
     /// everywhere else (`reins serve` runs this).
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
-        let every = Duration::from_millis((self.lease_ms / 2).max(10) as u64);
+        let every = Duration::from_millis((self.leases.lease_ms / 2).max(10) as u64);
         let compact_every = self.config.state.compact_every_s.max(1) * 1_000;
         let resume = self.config.state.resume_on_start;
         tokio::spawn(async move {
@@ -136,7 +145,7 @@ impl Host {
                 if resume {
                     match host.take_over().await {
                         Ok(taken) if !taken.is_empty() => {
-                            eprintln!("reins: node {} took over {} interrupted run(s)", host.node, taken.len())
+                            eprintln!("reins: node {} took over {} interrupted run(s)", host.leases.node, taken.len())
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!("looking for interrupted runs: {e}"),
