@@ -286,13 +286,14 @@ impl Host {
                 if let Some(step) = agent_step {
                     run.run_id = agent::step_run_id(&a.run_id, step);
                 }
+                let pipeline = self.pipelines.get(&record.pipeline);
+                let tell_model = agent_step.is_some()
+                    && pipeline.is_some_and(|p| p.config.on_rejection == crate::config::OnRejection::Continue);
                 let mut run = crate::state::CURRENT
-                    .scope(self.state.clone(), self.continue_run(run, &all))
+                    .scope(self.state.clone(), self.continue_run(run, &all, tell_model))
                     .await;
                 run.run_id = a.run_id.clone();
-                if let (Some(step), RunStatus::Completed, Some(p)) =
-                    (agent_step, run.status, self.pipelines.get(&record.pipeline))
-                {
+                if let (Some(step), RunStatus::Completed, Some(p)) = (agent_step, run.status, pipeline) {
                     // The approved turn is done: the agent goes on.
                     run.approvals = all.iter().map(|a| a.id.clone()).collect();
                     let result = self.continue_agent(p, record, step, run).await;
@@ -325,9 +326,15 @@ impl Host {
         }
     }
 
-    async fn continue_run(&self, mut run: RunResult, approvals: &[Approval]) -> RunResult {
+    /// Carries out a held run's actions once every approval is decided. A
+    /// rejection fails the run and releases what its gates reserved — unless
+    /// `tell_model` (an agent turn): then only the rejected actions are
+    /// dropped (their reservations released), each reported as a
+    /// `rejected` execution, and the rest run.
+    async fn continue_run(&self, mut run: RunResult, approvals: &[Approval], tell_model: bool) -> RunResult {
         run.pending.clear();
-        if let Some(rejected) = approvals.iter().find(|a| a.status == ApprovalStatus::Rejected) {
+        let is_rejected = |a: &&Approval| a.status == ApprovalStatus::Rejected;
+        if let Some(rejected) = approvals.iter().find(is_rejected).filter(|_| !tell_model) {
             for (_, r) in &mut run.reservations {
                 r.release();
             }
@@ -345,12 +352,23 @@ impl Host {
             run.error = Some(RunError::UnknownPipeline(run.pipeline.clone()));
             return run;
         };
+        let rejected: Vec<&Approval> = approvals.iter().filter(is_rejected).collect();
+        for a in &rejected {
+            for (_, r) in run.reservations.iter_mut().filter(|(i, _)| *i == a.index) {
+                r.release();
+            }
+        }
         let mut actions: Vec<(usize, crate::runtime::Action)> =
             run.action_indices.iter().copied().zip(run.actions.iter().cloned()).collect();
-        actions.extend(approvals.iter().map(|a| (a.index, a.action.clone())));
+        actions.extend(
+            approvals
+                .iter()
+                .filter(|a| a.status != ApprovalStatus::Rejected)
+                .map(|a| (a.index, a.action.clone())),
+        );
         actions.sort_by_key(|(i, _)| *i);
         let step = run.attempts.last().map_or(1, |a| a.attempt);
-        let executions = crate::pipeline::execute::execute_all(
+        let mut executions = crate::pipeline::execute::execute_all(
             &p.config,
             &run.pipeline,
             &run.run_id,
@@ -360,6 +378,8 @@ impl Host {
             run.dry_run,
         )
         .await;
+        executions.extend(rejected.iter().map(|a| crate::pipeline::execute::rejected(&run.run_id, step, a)));
+        executions.sort_by_key(|e| e.index);
         run.actions = actions.iter().map(|(_, a)| a.clone()).collect();
         run.action_indices = actions.iter().map(|(i, _)| *i).collect();
         let failed = executions.iter().find(|e| e.status == crate::pipeline::ExecStatus::Failed);

@@ -153,11 +153,9 @@ repair = {{ max_attempts = 3 }}
     assert_eq!(kinds, ["input", "attempt", "attempt"]);
 }
 
-/// An agent turn a gate escalates holds the run; the approval (decided in
-/// another process) executes the held action with the key a direct turn
-/// would use, and the agent goes on to the end.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_escalated_agent_turn_continues_after_its_approval() {
+/// A refund sink and an agent pipeline whose third turn (a refund of 500)
+/// the spend-limit gate escalates; `extra` goes into the pipeline's table.
+async fn escalating_agent(extra: &str) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>, String) {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
     let url = format!("{}/refund", common::listen(app).await);
@@ -177,25 +175,38 @@ mode = "agent"
 max_steps = 10
 constraints = "tool-manifest"
 gates = ["spend-limit"]
+{extra}
 [pipelines.agent.executors.issue_refund]
 kind = "webhook"
 url = "{url}"
 "#
     );
-    let host = || {
-        Host::builder()
-            .config_str(config.clone(), dir.path())
-            .provider("agent", Arc::new(common::AgentModel { big_at: Some(2), ..common::AgentModel::new(5) }))
-            .build()
-    };
-    let a = host().await.expect("host");
+    (dir, seen, config)
+}
+
+async fn escalating_host(dir: &std::path::Path, config: &str) -> Host {
+    Host::builder()
+        .config_str(config, dir)
+        .provider("agent", Arc::new(common::AgentModel { big_at: Some(2), ..common::AgentModel::new(5) }))
+        .build()
+        .await
+        .expect("host")
+}
+
+/// An agent turn a gate escalates holds the run; the approval (decided in
+/// another process) executes the held action with the key a direct turn
+/// would use, and the agent goes on to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_escalated_agent_turn_continues_after_its_approval() {
+    let (dir, seen, config) = escalating_agent("").await;
+    let a = escalating_host(dir.path(), &config).await;
     let held = a.run("agent", Request::text("refund five orders")).await;
     assert_eq!(held.status, RunStatus::AwaitingApproval, "{:?}", held.error);
     assert_eq!(seen.lock().expect("lock").len(), 2, "the turns before the escalation ran");
     assert_eq!(held.approvals.len(), 1);
     drop(a);
 
-    let b = host().await.expect("host");
+    let b = escalating_host(dir.path(), &config).await;
     let (_, run) = b
         .decide(&held.approvals[0], reins::approvals::Verdict::Approve, "alice", None)
         .await
@@ -215,4 +226,44 @@ url = "{url}"
     assert_eq!(run.executions.len(), 5, "every turn's executions, before and after the hold");
     assert_eq!(b.state().steps(&held.run_id).await.expect("steps").len(), 5);
     assert_eq!(b.stored_run(&held.run_id).await.expect("stored")["status"], "completed");
+}
+
+/// A rejected agent turn is told to the model (who rejected it and why),
+/// nothing of it is sent, and the agent goes on; `on_rejection = "fail"`
+/// ends the run instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
+    let (dir, seen, config) = escalating_agent("").await;
+    let host = escalating_host(dir.path(), &config).await;
+    let held = host.run("agent", Request::text("refund five orders")).await;
+    assert_eq!(held.status, RunStatus::AwaitingApproval, "{:?}", held.error);
+    let (_, run) = host
+        .decide(&held.approvals[0], reins::approvals::Verdict::Reject, "alice", Some("too much".into()))
+        .await
+        .expect("decide");
+    let run = run.expect("the run goes on");
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(seen.lock().expect("lock").len(), 4, "the rejected refund was never sent");
+    let rejected: Vec<_> = run
+        .executions
+        .iter()
+        .filter(|e| e.status == reins::pipeline::ExecStatus::Rejected)
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].arguments["amount"], json!(500));
+    let steps = host.state().steps(&held.run_id).await.expect("steps");
+    let told = steps[2].data["messages"].to_string();
+    assert!(told.contains("rejected") && told.contains("alice") && told.contains("too much"), "{told}");
+
+    let (dir, seen, config) = escalating_agent("on_rejection = \"fail\"").await;
+    let host = escalating_host(dir.path(), &config).await;
+    let held = host.run("agent", Request::text("refund five orders")).await;
+    let (_, run) = host
+        .decide(&held.approvals[0], reins::approvals::Verdict::Reject, "bob", None)
+        .await
+        .expect("decide");
+    let run = run.expect("result");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(matches!(run.error, Some(reins::pipeline::RunError::ApprovalRejected { .. })), "{:?}", run.error);
+    assert_eq!(seen.lock().expect("lock").len(), 2);
 }

@@ -224,6 +224,12 @@ pub struct PipelineConfig {
     /// tool's schema, a gate's deny): `repair` (tell the model) or `fail`.
     #[serde(default)]
     pub on_invalid_action: OnFail,
+    /// Agent mode: when a human rejects an escalated action, `continue`
+    /// (the default) tells the model — the action's tool result says it was
+    /// rejected, by whom and why — and the agent goes on; `fail` ends the
+    /// run. A single run always fails.
+    #[serde(default)]
+    pub on_rejection: OnRejection,
     /// How approved actions are carried out, by tool name. A tool with no
     /// entry is returned to the caller (the embedding case).
     #[serde(default)]
@@ -239,6 +245,15 @@ pub struct PipelineConfig {
     /// session's earlier runs said, within a token budget.
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
+}
+
+/// What a rejected approval does to an agent run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRejection {
+    #[default]
+    Continue,
+    Fail,
 }
 
 /// `[pipelines.NAME.memory]`.

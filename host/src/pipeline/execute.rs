@@ -44,12 +44,33 @@ pub enum ExecStatus {
     Done,
     /// The webhook refused it or could not be reached within the retries.
     Failed,
+    /// A human rejected it: not executed (an agent is told, and goes on).
+    Rejected,
 }
 
 /// The key a webhook sees for action `index` of step `step` of `run_id`:
 /// stable across retries, restarts and resumes.
 pub fn idempotency_key(run_id: &str, step: u32, index: usize) -> String {
     format!("{run_id}:{step}:{index}")
+}
+
+/// The execution a rejected approval stands for: nothing was sent; its
+/// result tells the model who rejected the action and why.
+pub fn rejected(run_id: &str, step: u32, approval: &crate::approvals::Approval) -> Execution {
+    let by = approval.decided_by.clone().unwrap_or_default();
+    let comment = approval.comment.clone().unwrap_or_default();
+    Execution {
+        index: approval.index,
+        tool: approval.action.tool.clone(),
+        arguments: approval.action.arguments.clone(),
+        idempotency_key: idempotency_key(run_id, step, approval.index),
+        executor: "human".to_owned(),
+        status: ExecStatus::Rejected,
+        http_status: None,
+        response: Some(json!({"rejected": true, "by": by, "comment": comment, "approval": approval.id})),
+        error: Some(format!("rejected by {by}: {comment}")),
+        tries: 0,
+    }
 }
 
 fn client() -> &'static reqwest::Client {
