@@ -162,24 +162,38 @@ impl Host {
             Err(crate::state::StateError::LeaseLost { .. }) => {
                 return not_owned(&run_id, &p.name, "another node holds its lease");
             }
+            Err(e @ crate::state::StateError::Conflict(_)) => {
+                // Two requests with one idempotency key: the other one runs.
+                return not_owned(&run_id, &p.name, &e.to_string());
+            }
             Err(e) => tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}"),
         }
         self.keep_leased(&mut guard);
-        self.remember(p, &mut request).await;
-        if p.config.mode == crate::config::PipelineMode::Agent {
-            return self.run_agent(p, request, record).await;
-        }
-        let run = crate::state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), request));
-        let result = if self.config.state.checkpoints {
-            let journal = crate::state::journal::Journal::new(self.state.clone(), record.clone(), self.leases.lease_ms, &previous);
-            Arc::new(journal).scope(run).await
-        } else {
-            run.await
+        let work = async move {
+            self.remember(p, &mut request).await;
+            if p.config.mode == crate::config::PipelineMode::Agent {
+                return self.run_agent(p, request, record).await;
+            }
+            let run = crate::state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), request));
+            let result = if self.config.state.checkpoints {
+                let lease_ms = self.leases.lease_ms;
+                let journal = crate::state::journal::Journal::new(self.state.clone(), record.clone(), lease_ms, &previous);
+                Arc::new(journal).scope(run).await
+            } else {
+                run.await
+            };
+            if let Some((limits, lkey)) = limited {
+                self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
+            }
+            self.finish(p, result, record).await
         };
-        if let Some((limits, lkey)) = limited {
-            self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
+        // A node that loses the lease (it stalled; another node took the
+        // run over) stops at once rather than racing the new owner.
+        tokio::select! {
+            biased;
+            result = work => result,
+            () = guard.lost() => not_owned(&run_id, &p.name, "this node lost the run's lease; another node continues it"),
         }
-        self.finish(p, result, record).await
     }
 
     /// Records a run's result; a run awaiting approval is held with its approvals.
@@ -268,6 +282,21 @@ impl Host {
                 let Some(mut record) = record else {
                     return Err(ApprovalError::Store(format!("run `{}` is not in the state store", a.run_id)));
                 };
+                // Exactly one node continues a held run: the one that moves
+                // it back to `running` under its lease.
+                let Some(mut guard) = self.leases.active.enter(&a.run_id) else {
+                    return Ok((a, None));
+                };
+                let taken = self
+                    .state
+                    .take_held(&a.run_id, &self.leases.node, crate::state::now_ms(), self.lease_until())
+                    .await
+                    .map_err(|e| ApprovalError::Store(e.to_string()))?;
+                if !taken {
+                    tracing::info!(run_id = %a.run_id, "another node is continuing the held run");
+                    return Ok((a, None));
+                }
+                self.keep_leased(&mut guard);
                 let mut run = match held {
                     Some(run) => *run,
                     // Reservations outlive a process only in shared counters;
@@ -296,7 +325,7 @@ impl Host {
                 if let (Some(step), RunStatus::Completed, Some(p)) = (agent_step, run.status, pipeline) {
                     // The approved turn is done: the agent goes on.
                     run.approvals = all.iter().map(|a| a.id.clone()).collect();
-                    let result = self.continue_agent(p, record, step, run).await;
+                    let result = self.continue_agent(p, record, step, run, guard).await;
                     return Ok((a, Some(result)));
                 }
                 run.approvals = all.iter().map(|a| a.id.clone()).collect();
@@ -321,6 +350,7 @@ impl Host {
                 if let Err(e) = self.state.put_run(&record).await {
                     tracing::warn!(run_id = %run.run_id, "state store: cannot record the continued run: {e}");
                 }
+                drop(guard);
                 Ok((a, Some(run)))
             }
         }

@@ -441,27 +441,30 @@ async fn a_rerun_never_resends_a_done_action_and_resends_a_sending_one_with_its_
     let stored = f.host.state().action(&key).await.unwrap().expect("recorded");
     assert_eq!(stored.state, ActionState::Done);
 
-    // The same run again (as a resume does): the done action is not sent.
+    // A crash after the action but before the run's end was recorded: the
+    // run is still `running`; a new process resumes it and the done action
+    // is not sent again.
+    let crashed = |host: &reins::Host| {
+        let (store, run_id) = (host.state().clone(), first.run_id.clone());
+        async move {
+            let mut record = store.run(&run_id).await.unwrap().expect("run");
+            record.status = "running".into();
+            store.put_run(&record).await.unwrap();
+        }
+    };
+    crashed(&f.host).await;
     let host = f.restart().await;
-    let again = host
-        .run("refunds", with_id(ask("please refund 20", "t1"), &first.run_id))
-        .await;
+    let again = host.resume(&first.run_id).await.expect("resume");
     assert_eq!(again.status, RunStatus::Completed, "{:?}", again.error);
     assert_eq!(again.executions[0].status, ExecStatus::Done);
     assert_eq!(f.sink.seen(), vec![key.clone()], "a done action is never sent again");
 
     // A crash while sending leaves it `sending`: it is sent again, same key.
     host.state().set_action(&key, ActionState::Sending, None, None, 1).await.unwrap();
-    let third = host
-        .run("refunds", with_id(ask("please refund 20", "t1"), &first.run_id))
-        .await;
+    crashed(&host).await;
+    let third = host.resume(&first.run_id).await.expect("resume");
     assert_eq!(third.executions[0].status, ExecStatus::Done);
     assert_eq!(f.sink.seen(), vec![key.clone(), key.clone()]);
     assert_eq!(f.sink.applied(), 1, "the sink applies the key once");
     assert_eq!(host.state().action(&key).await.unwrap().unwrap().state, ActionState::Done);
-}
-
-fn with_id(mut r: Request, run_id: &str) -> Request {
-    r.run_id = Some(run_id.to_owned());
-    r
 }

@@ -20,6 +20,7 @@ async fn suite(store: Arc<dyn StateStore>) {
     counters_add_atomically(store.clone()).await;
     compaction_keeps_summaries(&*store).await;
     leases_fence_writes(store.clone()).await;
+    finished_runs_are_fenced_and_held_runs_taken_once(store.clone()).await;
     sessions_list_finished_runs_newest_first(&*store).await;
     window_counters_expire_cancel_and_serialize(store.clone()).await;
     the_response_cache_index_keeps_fresh_answers(&*store).await;
@@ -102,6 +103,39 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     assert!(!store.claim_run(&id, "n1", now_ms(), now_ms() + 1).await.unwrap(), "finished runs are not claimed");
 }
 
+async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateStore>) {
+    let id = uid("finished");
+    let mut done = RunRecord::new(&id, "p", "completed");
+    done.owner = Some("n1".into());
+    store.put_run(&done).await.unwrap();
+    // A stalled node's late write cannot turn a finished run back.
+    let mut late = RunRecord::new(&id, "p", "running");
+    late.owner = Some("n2".into());
+    late.lease_until_ms = now_ms() + 60_000;
+    assert!(matches!(store.put_run(&late).await, Err(StateError::LeaseLost { .. })));
+    assert_eq!(store.run(&id).await.unwrap().unwrap().status, "completed");
+
+    let held_id = uid("held");
+    let mut held = RunRecord::new(&held_id, "p", "awaiting_approval");
+    held.owner = Some("n1".into());
+    store.put_run(&held).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let (s, id) = (store.clone(), held_id.clone());
+        tasks.push(tokio::spawn(async move {
+            s.take_held(&id, &format!("d{n}"), now_ms(), now_ms() + 60_000).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1, "one node continues a held run");
+    let taken = store.run(&held_id).await.unwrap().unwrap();
+    assert_eq!(taken.status, "running");
+    assert!(taken.owner.unwrap().starts_with('d'));
+}
+
 async fn sessions_list_finished_runs_newest_first(store: &dyn StateStore) {
     let session = uid("session");
     for (i, status) in ["completed", "failed", "completed", "running"].iter().enumerate() {
@@ -113,11 +147,15 @@ async fn sessions_list_finished_runs_newest_first(store: &dyn StateStore) {
     let mut other = RunRecord::new(&uid("other"), "p", "completed");
     other.session_id = Some(uid("session"));
     store.put_run(&other).await.unwrap();
-    let runs = store.session_runs(&session, 10).await.unwrap();
+    let mut elsewhere = RunRecord::new(&uid("elsewhere"), "q", "completed");
+    elsewhere.session_id = Some(session.clone());
+    store.put_run(&elsewhere).await.unwrap();
+    let runs = store.session_runs(&session, "p", 10).await.unwrap();
     let ids: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
     assert_eq!(ids, [2, 1, 0].map(|i| format!("{session}-{i}")));
-    assert_eq!(store.session_runs(&session, 1).await.unwrap().len(), 1);
-    assert!(store.session_runs("nobody", 10).await.unwrap().is_empty());
+    assert_eq!(store.session_runs(&session, "p", 1).await.unwrap().len(), 1);
+    assert!(store.session_runs("nobody", "p", 10).await.unwrap().is_empty());
+    assert_eq!(store.session_runs(&session, "q", 10).await.unwrap().len(), 1, "sessions are per pipeline");
 }
 
 async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>) {
@@ -129,6 +167,9 @@ async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>)
     assert_eq!(store.counter_window_add("g", &key, -40, 60_000, t + 20).await.unwrap(), 100);
     // Once the window has passed, both the reservation and its release are gone.
     assert_eq!(store.counter_window_add("g", &key, 0, 60_000, t + 60_001).await.unwrap(), 0);
+    // A release after its add left the window credits nothing.
+    assert_eq!(store.counter_window_add("g", &key, -100, 60_000, t + 60_002).await.unwrap(), 0);
+    assert_eq!(store.counter_window_add("g", &key, 7, 60_000, t + 60_003).await.unwrap(), 7);
     assert_eq!(store.counter_window_add("h", &key, 1, 60_000, t).await.unwrap(), 1, "scopes are separate");
     let key = uid("concurrent");
     let mut tasks = Vec::new();

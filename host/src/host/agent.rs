@@ -73,7 +73,7 @@ impl Host {
             }
             let done = result.status != RunStatus::Completed || result.executions.is_empty();
             if !done {
-                if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &result, &mut messages).await {
+                if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &result, &mut messages, false).await {
                     return lost;
                 }
                 executions.extend(result.executions.iter().cloned());
@@ -110,6 +110,7 @@ impl Host {
         step: u32,
         result: &RunResult,
         messages: &mut Vec<Message>,
+        always: bool,
     ) -> Result<(), RunResult> {
         let run_id = record.run_id.clone();
         let before = messages.len();
@@ -123,7 +124,7 @@ impl Host {
             let body = json!({"tool": e.tool, "idempotency_key": e.idempotency_key, "result": e.response});
             messages.push(Message::new("tool", body.to_string()));
         }
-        if !self.config.state.checkpoints {
+        if !self.config.state.checkpoints && !always {
             return Ok(());
         }
         let checkpoint = StepRecord {
@@ -158,16 +159,21 @@ impl Host {
     /// After the approvals of an agent turn held at `step` were decided and
     /// its actions executed (`turn`): checkpoints the turn and runs the loop
     /// on from the next step.
-    pub(super) async fn continue_agent(&self, p: &Pipeline, mut record: RunRecord, step: u32, turn: RunResult) -> RunResult {
+    pub(super) async fn continue_agent(
+        &self,
+        p: &Pipeline,
+        mut record: RunRecord,
+        step: u32,
+        turn: RunResult,
+        guard: super::lease::ActiveGuard,
+    ) -> RunResult {
         let run_id = record.run_id.clone();
-        let Some(guard) = self.leases.active.enter(&run_id) else {
-            return super::not_owned(&run_id, &p.name, "it is already running in this process");
-        };
         if let Some(req) = record.request.as_object_mut() {
             req.remove("agent_step");
         }
+        // Written even with `checkpoints = false`: the loop goes on from it.
         let mut messages = Vec::new();
-        if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &turn, &mut messages).await {
+        if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &turn, &mut messages, true).await {
             return lost;
         }
         match self.resume_claimed(record, guard).await {

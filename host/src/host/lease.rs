@@ -13,6 +13,7 @@
 use super::Host;
 use crate::state::now_ms;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ impl Active {
             set: self.clone(),
             run_id: run_id.to_owned(),
             heartbeat: None,
+            lost: Arc::default(),
         })
     }
 
@@ -51,6 +53,25 @@ pub(super) struct ActiveGuard {
     set: Active,
     run_id: String,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    lost: Arc<Lost>,
+}
+
+/// Raised when a renewal finds another node owns the run.
+#[derive(Default)]
+struct Lost {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl ActiveGuard {
+    /// Resolves when this node has lost the run's lease (never, if it keeps it).
+    pub(super) async fn lost(&self) {
+        let notified = self.lost.notify.notified();
+        if self.lost.flag.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
 }
 
 impl Drop for ActiveGuard {
@@ -75,6 +96,7 @@ impl Host {
         let run_id = guard.run_id.clone();
         let lease_ms = self.leases.lease_ms;
         let every = Duration::from_millis((lease_ms / 3).max(10) as u64);
+        let lost = guard.lost.clone();
         guard.heartbeat = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -82,8 +104,14 @@ impl Host {
                 match store.claim_run(&run_id, &node, now, now.saturating_add(lease_ms)).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        metrics::counter!("reins_leases_lost_total").increment(1);
-                        tracing::warn!(run_id, node, "lease lost: another node owns the run now");
+                        // Not running any more (it ended meanwhile) or taken
+                        // over; either way nothing of this node's may go on.
+                        if store.run(&run_id).await.is_ok_and(|r| r.is_some_and(|r| r.status == "running")) {
+                            metrics::counter!("reins_leases_lost_total").increment(1);
+                            tracing::warn!(run_id, node, "lease lost: another node owns the run now");
+                            lost.flag.store(true, Ordering::Release);
+                            lost.notify.notify_waiters();
+                        }
                         return;
                     }
                     Err(e) => tracing::warn!(run_id, "state store: cannot renew the lease: {e}"),
@@ -120,9 +148,23 @@ impl Host {
             taken.push(r.run_id.clone());
             let host = self.clone();
             tokio::spawn(async move {
-                let result = host.resume_claimed(r, guard).await;
-                match result {
+                let mut record = r.clone();
+                match host.resume_claimed(r, guard).await {
                     Ok(r) => tracing::info!(run_id = %r.run_id, status = r.status.as_str(), "resumed run ended"),
+                    Err(e @ super::ResumeError::NoRequest(_)) => {
+                        // It can never be resumed: fail it, or every node
+                        // would take it again every half lease.
+                        tracing::error!(run_id = %record.run_id, "{e}; marking the run failed");
+                        record.status = "failed".into();
+                        record.result = serde_json::json!({"run_id": record.run_id, "pipeline": record.pipeline,
+                            "status": "failed", "error": {"kind": "not_resumable", "message": e.to_string()}});
+                        record.owner = Some(host.leases.node.clone());
+                        record.lease_until_ms = 0;
+                        record.updated_ms = now_ms();
+                        if let Err(e) = host.state.put_run(&record).await {
+                            tracing::warn!(run_id = %record.run_id, "state store: {e}");
+                        }
+                    }
                     Err(e) => tracing::warn!("resuming failed: {e}"),
                 }
             });

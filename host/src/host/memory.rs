@@ -52,7 +52,7 @@ impl Host {
         session: &str,
         run_id: &str,
     ) -> Result<Option<Message>, MemoryError> {
-        let runs = self.state.session_runs(session, config.max_runs.max(1)).await?;
+        let runs = self.state.session_runs(session, &p.name, config.max_runs.max(1)).await?;
         let exchanges: Vec<String> = runs.iter().filter(|r| r.run_id != run_id).filter_map(exchange).collect();
         if exchanges.is_empty() {
             return Ok(None);
@@ -85,14 +85,16 @@ impl Host {
             match provider.complete(&request).await {
                 Ok(answer) if !answer.content.trim().is_empty() => {
                     let text = format!("{SUMMARY_HEADER}\n{}", answer.content.trim());
-                    return Ok(Some(cap(Message::new("system", text), budget)));
+                    let message = cap(Message::new("system", text), budget);
+                    return Ok((!message.content.is_empty() && tokens::count_message(&message) <= budget)
+                        .then_some(message));
                 }
                 Ok(_) => tracing::warn!(run_id, "memory summary was empty; truncating instead"),
                 Err(e) => tracing::warn!(run_id, "{}; truncating instead", MemoryError::from(e)),
             }
         }
         let message = fit(HEADER, &exchanges, budget);
-        Ok((message.content.len() > HEADER.len()).then_some(message))
+        Ok((message.content.len() > HEADER.len() && tokens::count_message(&message) <= budget).then_some(message))
     }
 }
 

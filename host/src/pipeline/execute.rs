@@ -165,6 +165,17 @@ async fn send_recorded(
         Ok(r) => r,
         Err(e) => return fail(exec, e),
     };
+    if stored.tool != exec.tool || stored.arguments != exec.arguments {
+        // A redone step proposed something else under the same key (a model
+        // that answers differently the second time): what was recorded may
+        // already have happened, so this must not be sent as if it were it.
+        exec.status = ExecStatus::Failed;
+        exec.error = Some(format!(
+            "idempotency key {} was first used for `{}` with other arguments; not sent",
+            exec.idempotency_key, stored.tool
+        ));
+        return;
+    }
     match stored.state {
         ActionState::Done | ActionState::Failed => {
             exec.status = if stored.state == ActionState::Done {

@@ -284,7 +284,10 @@ pub fn wire_messages(messages: &[crate::runtime::Message]) -> Vec<Value> {
     let mut out = Vec::with_capacity(messages.len());
     let mut open: std::collections::VecDeque<String> = Default::default();
     for (i, m) in messages.iter().enumerate() {
-        let calls = (m.role == "assistant")
+        // Only a turn that the next message answers (an output that merely
+        // has a `tool_calls` field stays text).
+        let answered = messages.get(i + 1).is_some_and(|n| n.role == "tool");
+        let calls = (m.role == "assistant" && answered)
             .then(|| serde_json::from_str::<Value>(&m.content).ok())
             .flatten()
             .and_then(|v| v.get("tool_calls").and_then(Value::as_array).cloned());

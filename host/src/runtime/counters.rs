@@ -59,6 +59,9 @@ impl CounterStore for MemoryCounters {
                 Some(i) => {
                     series.events.remove(i);
                 }
+                // A negative add that cancels nothing (its add already left
+                // the window) is not a credit for the next window.
+                None if delta < 0 => return series.total,
                 None => series.events.push_back((now, delta)),
             }
         }
@@ -93,5 +96,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         // Both the reservation and its release are gone, not just the +100.
         assert_eq!(c.add("a", "b", 0, w), 0);
+        // A release after its add left the window credits nothing.
+        assert_eq!(c.add("a", "b", -100, w), 0);
+        assert_eq!(c.add("a", "b", 5, w), 5);
     }
 }

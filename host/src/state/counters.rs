@@ -110,9 +110,13 @@ impl StoreCounters {
                     reply,
                 })
                 .map_err(|_| StateError::Other("counter worker thread ended".into()))?;
-                answer
-                    .recv()
-                    .map_err(|_| StateError::Other("counter worker thread ended".into()))?
+                // Off the async workers when there are several: the wait is
+                // database round trips.
+                let wait = || answer.recv();
+                let multi_thread = tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+                let got = if multi_thread { tokio::task::block_in_place(wait) } else { wait() };
+                got.map_err(|_| StateError::Other("counter worker thread ended".into()))?
             }
         }
     }

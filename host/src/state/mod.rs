@@ -35,6 +35,9 @@ pub enum StateError {
     Json(#[from] serde_json::Error),
     #[error("run `{run_id}` is leased to another node: this node lost it (its lease expired and was taken over)")]
     LeaseLost { run_id: String },
+    /// A unique key is taken (e.g. another run holds the idempotency key).
+    #[error("state store conflict: {0}")]
+    Conflict(String),
     #[error("state store: {0}")]
     Other(String),
 }
@@ -351,8 +354,12 @@ pub trait StateStore: Send + Sync {
     /// `running` runs `node` may take: unleased, leased by `node` itself,
     /// or whose lease has expired at `now_ms`. Oldest first.
     async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError>;
-    /// The finished runs of a session, newest first.
-    async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+    /// Moves a run held for approval back to `running` under `node`'s lease,
+    /// for the node that continues it. `false`: it is not held (any more) —
+    /// another node is continuing it.
+    async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError>;
+    /// The finished runs of a session on `pipeline`, newest first.
+    async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
 
     /// Records step `step.step` and the run's new state together (fenced
     /// like [`StateStore::put_run`]: nothing is written if the lease is lost).

@@ -70,7 +70,8 @@ CREATE TABLE counter_events (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
     at_ms BIGINT NOT NULL,
-    delta BIGINT NOT NULL
+    delta BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
 );
 CREATE INDEX counter_events_key ON counter_events(scope, key, at_ms);
 "#, r#"
@@ -90,8 +91,8 @@ BEGIN
         session_id = COALESCE(runs.session_id, excluded.session_id),
         owner = excluded.owner, lease_until = excluded.lease_until,
         updated_ms = excluded.updated_ms
-    WHERE runs.owner IS NULL OR runs.owner IS NOT DISTINCT FROM excluded.owner
-        OR runs.lease_until < excluded.updated_ms;
+    WHERE runs.owner IS NOT DISTINCT FROM excluded.owner
+        OR (runs.status = 'running' AND (runs.owner IS NULL OR runs.lease_until < excluded.updated_ms));
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n > 0;
 END $$;
@@ -256,7 +257,18 @@ fn fenced(written: bool, run: &RunRecord) -> Result<(), StateError> {
 /// Writes `run` unless another node's lease fences it.
 async fn upsert_run<'e>(ex: impl sqlx::PgExecutor<'e>, run: &RunRecord) -> Result<(), StateError> {
     let q = sqlx::query_scalar("SELECT reins_put_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
-    fenced(bind_run(q, run).fetch_one(ex).await?, run)
+    let written = bind_run(q, run).fetch_one(ex).await.map_err(|e| conflict(e, run))?;
+    fenced(written, run)
+}
+
+/// A unique violation (another run holds the idempotency key) as a conflict.
+fn conflict(e: sqlx::Error, run: &RunRecord) -> StateError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StateError::Conflict(format!("run `{}`: another run holds its idempotency key", run.run_id))
+        }
+        _ => StateError::Postgres(e),
+    }
 }
 
 #[async_trait::async_trait]
@@ -317,12 +329,26 @@ impl StateStore for PgStore {
         runs(sqlx::query(&sql).bind(node).bind(now_ms).bind(i64::from(limit)), &self.pool).await
     }
 
-    async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+    async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'running', owner = $2, lease_until = $4, updated_ms = $3
+             WHERE run_id = $1 AND status = 'awaiting_approval'",
+        )
+        .bind(run_id)
+        .bind(node)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
         let sql = format!(
-            "SELECT {RUN_COLS} FROM runs WHERE session_id = $1 AND status <> 'running'
-             ORDER BY created_ms DESC, seq DESC LIMIT $2"
+            "SELECT {RUN_COLS} FROM runs WHERE session_id = $1 AND pipeline = $2 AND status <> 'running'
+             ORDER BY created_ms DESC, seq DESC LIMIT $3"
         );
-        runs(sqlx::query(&sql).bind(session_id).bind(i64::from(limit)), &self.pool).await
+        runs(sqlx::query(&sql).bind(session_id).bind(pipeline).bind(i64::from(limit)), &self.pool).await
     }
 
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
@@ -335,7 +361,8 @@ impl StateStore for PgStore {
             .bind(step.data.to_string())
             .bind(step.created_ms)
             .fetch_one(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| conflict(e, run))?;
         fenced(written, run)
     }
 
@@ -526,12 +553,15 @@ impl StateStore for PgStore {
             .rows_affected()
                 == 1;
         }
-        if !cancelled && delta != 0 {
-            sqlx::query("INSERT INTO counter_events (scope, key, at_ms, delta) VALUES ($1, $2, $3, $4)")
+        // A negative add that cancels nothing (its add already left the
+        // window) is not a credit for the next window.
+        if !cancelled && delta > 0 {
+            sqlx::query("INSERT INTO counter_events (scope, key, at_ms, delta, expires_ms) VALUES ($1, $2, $3, $4, $5)")
                 .bind(scope)
                 .bind(key)
                 .bind(now_ms)
                 .bind(delta)
+                .bind(now_ms.saturating_add(window_ms))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -570,12 +600,14 @@ impl StateStore for PgStore {
     }
 
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
-        for sql in [
-            "DELETE FROM counter_events WHERE at_ms < $1",
-            "DELETE FROM response_cache WHERE stored_ms < $1",
-        ] {
-            sqlx::query(sql).bind(before_ms).execute(&self.pool).await?;
-        }
+        sqlx::query("DELETE FROM counter_events WHERE expires_ms < $1")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM response_cache WHERE stored_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
         let rows = sqlx::query(
             "SELECT run_id, result FROM runs WHERE status = ANY($1) AND updated_ms < $2
              AND result NOT LIKE '%\"compacted\":true%'",

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS counter_events (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
-    delta INTEGER NOT NULL
+    delta INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS counter_events_key ON counter_events(scope, key, at_ms);
 "#;
@@ -131,7 +132,8 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        let tx = conn.unchecked_transaction().map_err(err)?;
+        // IMMEDIATE: of several processes opening one file, one migrates.
+        let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate).map_err(err)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
         if version < 2 {
             tx.execute_batch(SCHEMA).map_err(err)?;
@@ -268,7 +270,8 @@ const UPSERT_RUN: &str = "INSERT INTO runs (run_id, pipeline, status, result, re
        session_id = COALESCE(runs.session_id, excluded.session_id),
        owner = excluded.owner, lease_until = excluded.lease_until,
        updated_ms = excluded.updated_ms
-     WHERE runs.owner IS NULL OR runs.owner IS excluded.owner OR runs.lease_until < excluded.updated_ms";
+     WHERE runs.owner IS excluded.owner
+        OR (runs.status = 'running' AND (runs.owner IS NULL OR runs.lease_until < excluded.updated_ms))";
 
 /// Runs one statement, prepared once per connection.
 fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
@@ -304,6 +307,9 @@ fn upsert_err<'a>(store: &'a SqliteStore, run: &'a RunRecord) -> impl Fn(rusqlit
         rusqlite::Error::QueryReturnedNoRows => StateError::LeaseLost {
             run_id: run.run_id.clone(),
         },
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StateError::Conflict(format!("run `{}`: another run holds its idempotency key", run.run_id))
+        }
         source => StateError::Sqlite {
             path: store.path.clone(),
             source,
@@ -375,13 +381,27 @@ impl StateStore for SqliteStore {
         )
     }
 
-    async fn session_runs(&self, session_id: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+    async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let err = self.err();
+        self.with(|c| {
+            exec(
+                c,
+                "UPDATE runs SET status = 'running', owner = ?2, lease_until = ?4, updated_ms = ?3
+                 WHERE run_id = ?1 AND status = 'awaiting_approval'",
+                params![run_id, node, now_ms, until_ms],
+            )
+            .map(|n| n == 1)
+            .map_err(&err)
+        })
+    }
+
+    async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
         self.query_runs(
             &format!(
-                "SELECT {RUN_COLS} FROM runs WHERE session_id = ?1 AND status <> 'running'
-                 ORDER BY created_ms DESC, rowid DESC LIMIT ?2"
+                "SELECT {RUN_COLS} FROM runs WHERE session_id = ?1 AND pipeline = ?2 AND status <> 'running'
+                 ORDER BY created_ms DESC, rowid DESC LIMIT ?3"
             ),
-            params![session_id, limit],
+            params![session_id, pipeline, limit],
         )
     }
 
@@ -595,9 +615,11 @@ impl StateStore for SqliteStore {
                     )
                     .map_err(&err)?
                     == 1;
-            if !cancelled && delta != 0 {
-                exec(&tx, "INSERT INTO counter_events (scope, key, at_ms, delta) VALUES (?1, ?2, ?3, ?4)",
-                    params![scope, key, now_ms, delta],
+            // A negative add that cancels nothing (its add already left the
+            // window) is not a credit for the next window.
+            if !cancelled && delta > 0 {
+                exec(&tx, "INSERT INTO counter_events (scope, key, at_ms, delta, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![scope, key, now_ms, delta, now_ms.saturating_add(window_ms)],
                 )
                 .map_err(&err)?;
             }
@@ -639,7 +661,7 @@ impl StateStore for SqliteStore {
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
         let err = self.err();
         self.with(|c| {
-            exec(c, "DELETE FROM counter_events WHERE at_ms < ?1", [before_ms]).map_err(&err)?;
+            exec(c, "DELETE FROM counter_events WHERE expires_ms < ?1", [now_ms()]).map_err(&err)?;
             exec(c, "DELETE FROM response_cache WHERE stored_ms < ?1", [before_ms]).map_err(&err)
         })?;
         let old: Vec<(String, String)> = self.with(|c| {
