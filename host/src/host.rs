@@ -207,13 +207,10 @@ impl Host {
             req.insert("action_indices".into(), serde_json::json!(result.action_indices));
             // What the gates reserved, so a node that rejects the held run
             // can give it back (through shared counters).
-            let reserved: Vec<Value> = result
-                .reservations
-                .iter()
-                .filter(|(_, r)| !r.is_empty())
-                .map(|(i, r)| serde_json::json!({"index": i, "scope": r.scope(), "entries": r.entries()}))
-                .collect();
-            req.insert("reservations".into(), Value::Array(reserved));
+            req.insert(
+                "reservations".into(),
+                crate::runtime::Reservation::list_to_json(&result.reservations),
+            );
         }
         record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.status == RunStatus::AwaitingApproval {
@@ -650,21 +647,10 @@ fn restore(record: &RunRecord, counters: Option<&Arc<dyn crate::runtime::Counter
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_else(|| (0..run.actions.len()).collect());
     run.dry_run = r.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
-    run.reservations = record
-        .request
-        .get("reservations")
-        .and_then(Value::as_array)
-        .filter(|_| counters.is_some())
-        .into_iter()
-        .flatten()
-        .filter_map(|v| {
-            let counters = counters?;
-            let index = usize::try_from(v.get("index")?.as_u64()?).ok()?;
-            let scope = v.get("scope")?.as_str()?;
-            let entries = serde_json::from_value(v.get("entries")?.clone()).ok()?;
-            Some((index, crate::runtime::Reservation::restore(scope, entries, counters.clone())))
-        })
-        .collect();
+    run.reservations = match (counters, record.request.get("reservations")) {
+        (Some(counters), Some(list)) => crate::runtime::Reservation::list_from_json(list, counters),
+        _ => Vec::new(),
+    };
     run.output = r.get("output").cloned().filter(|v| !v.is_null());
     run.status = RunStatus::AwaitingApproval;
     if let Some(last) = r.get("attempts").and_then(Value::as_array).and_then(|a| a.last()) {

@@ -597,7 +597,7 @@ impl Reservation {
     /// A reservation written down by another process (`scope`: the gate
     /// plugin's name), released through `counters` — the shared store, for
     /// it to undo what that process added.
-    pub fn restore(scope: &str, entries: Vec<CounterEntry>, counters: Arc<dyn CounterStore>) -> Reservation {
+    fn restore(scope: &str, entries: Vec<CounterEntry>, counters: Arc<dyn CounterStore>) -> Reservation {
         Reservation {
             scope: scope.into(),
             entries,
@@ -605,14 +605,29 @@ impl Reservation {
         }
     }
 
-    /// The gate plugin whose counters these are.
-    pub fn scope(&self) -> &str {
-        &self.scope
+    /// Reservations by action index, written down for another process
+    /// (`[{index, scope, entries}]`; empty ones left out).
+    pub fn list_to_json(list: &[(usize, Reservation)]) -> serde_json::Value {
+        serde_json::Value::Array(
+            list.iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(i, r)| serde_json::json!({"index": i, "scope": &*r.scope, "entries": r.entries}))
+                .collect(),
+        )
     }
 
-    /// What the gate added.
-    pub fn entries(&self) -> &[CounterEntry] {
-        &self.entries
+    /// What [`Reservation::list_to_json`] wrote, released through `counters`.
+    pub fn list_from_json(v: &serde_json::Value, counters: &Arc<dyn CounterStore>) -> Vec<(usize, Reservation)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                let index = usize::try_from(v.get("index")?.as_u64()?).ok()?;
+                let scope = v.get("scope")?.as_str()?;
+                let entries = serde_json::from_value(v.get("entries")?.clone()).ok()?;
+                Some((index, Reservation::restore(scope, entries, counters.clone())))
+            })
+            .collect()
     }
 
     /// True when the gate reserved nothing.
