@@ -199,8 +199,9 @@ impl RunError {
     }
 
     /// `reins run`'s exit code: 2 bad input or config, 3 validation not
-    /// repaired, 4 rejected by a normalizer or gate, 5 model unavailable, 1 a
-    /// fail-closed plugin failed or is missing.
+    /// repaired, 4 rejected by a normalizer, gate or approver, 5 model
+    /// unavailable, 7 rate limited, 8 not owned here, 1 a fail-closed plugin
+    /// failed or is missing (or an action failed).
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::UnknownPipeline(_) | RunError::BadRequest(_) => 2,
