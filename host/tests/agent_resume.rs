@@ -267,3 +267,49 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
     assert!(matches!(run.error, Some(reins::pipeline::RunError::ApprovalRejected { .. })), "{:?}", run.error);
     assert_eq!(seen.lock().expect("lock").len(), 2);
 }
+
+/// A crash inside an agent turn — after the model answered, while its
+/// refund was being sent — is resumed by replaying that turn's recorded
+/// answer: the same action is re-sent with the same key, even though the
+/// model would now answer something else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
+    let url = format!("{}/refund", common::listen(app).await);
+    let dir = common::plugins_dir(&["tool-manifest"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    let config = format!(
+        "plugins_dir = \".\"\n[providers.agent]\nkind = \"scripted\"\nresponses = []\n[pipelines.agent]\nmodel = \"agent\"\n\
+         mode = \"agent\"\nmax_steps = 10\nconstraints = \"tool-manifest\"\n\
+         [pipelines.agent.executors.issue_refund]\nkind = \"webhook\"\nurl = \"{url}\"\n"
+    );
+    let host = |model: common::AgentModel| Host::builder().config_str(config.clone(), dir.path()).provider("agent", Arc::new(model)).build();
+    let a = host(common::AgentModel::new(5)).await.expect("host");
+    let first = a.run("agent", Request::text("refund five orders")).await;
+    assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
+    let last_key = first.executions[4].idempotency_key.clone();
+
+    // Emulate the crash: turn 5 not checkpointed, its refund `sending`, the run `running`.
+    let db = rusqlite::Connection::open(dir.path().join("reins-state.db")).expect("state file");
+    db.execute("DELETE FROM steps WHERE run_id = ?1 AND step = 5", [&first.run_id]).expect("delete");
+    let store = a.state().clone();
+    store
+        .set_action(&last_key, reins::state::ActionState::Sending, None, None, 1)
+        .await
+        .expect("sending");
+    let mut record = store.run(&first.run_id).await.expect("store").expect("run");
+    record.status = "running".into();
+    store.put_run(&record).await.expect("put");
+    drop(a);
+
+    // The model would now ask for 500 in turn 5; the recorded answer (1) is used.
+    let b = host(common::AgentModel { big_at: Some(4), ..common::AgentModel::new(5) }).await.expect("host");
+    let done = b.resume(&first.run_id).await.expect("resume");
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({"done": 5})));
+    assert_eq!(done.executions[4].arguments["amount"], json!(1), "the replayed answer's action");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 6, "turn 5's refund re-sent once: {seen:?}");
+    assert_eq!(seen.iter().filter(|k| **k == last_key).count(), 2, "with the same key");
+}

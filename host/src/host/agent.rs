@@ -15,6 +15,7 @@ use crate::pipeline::{Execution, Pipeline, Request, RunResult, RunStatus, Tokens
 use crate::runtime::Message;
 use crate::state::{RunRecord, StepRecord, now_ms};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// Why a run could not be resumed.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +58,33 @@ impl Host {
         let mut step = steps.last().map_or(1, |s| s.step + 1);
         let max_steps = p.config.max_steps.max(1);
         let mut last: Option<RunResult> = None;
+        let mut first_turn = true;
         while step <= max_steps {
+            let turn_id = step_run_id(&run_id, step);
             let mut req = request.clone();
             req.messages = messages.clone();
-            req.run_id = Some(step_run_id(&run_id, step));
-            let result = crate::state::CURRENT
-                .scope(self.state.clone(), engine::run(p, self.plugins.current(), req))
-                .await;
+            req.run_id = Some(turn_id.clone());
+            let turn = crate::state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), req));
+            let result = if self.config.state.checkpoints {
+                // The turn's model answers are journaled; only the first turn
+                // of a resumed run can have some from before the crash.
+                let previous = if first_turn {
+                    self.state.steps(&turn_id).await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let journal = crate::state::journal::Journal::for_turn(
+                    self.state.clone(),
+                    record.clone(),
+                    self.leases.lease_ms,
+                    &turn_id,
+                    &previous,
+                );
+                Arc::new(journal).scope(turn).await
+            } else {
+                turn.await
+            };
+            first_turn = false;
             add_tokens(&mut tokens, &result.tokens);
             if result.status == RunStatus::AwaitingApproval {
                 // Held for a human: the decision continues the loop from here.

@@ -24,6 +24,10 @@ pub struct Journal {
     lease_ms: i64,
     /// Recorded attempts from before a crash, by attempt number.
     replay: BTreeMap<u32, Value>,
+    /// The run id the steps are written under: the run's own, or an agent
+    /// turn's (`RUN.STEP`), whose attempts only are journaled.
+    steps_id: String,
+    attempts_only: bool,
 }
 
 tokio::task_local! {
@@ -45,11 +49,29 @@ impl Journal {
             .collect();
         Journal {
             store,
+            steps_id: record.run_id.clone(),
             record: tokio::sync::Mutex::new(record),
             next: AtomicU32::new(1),
             lease_ms,
             replay,
+            attempts_only: false,
         }
+    }
+
+    /// The journal of agent turn `turn_id` (`RUN.STEP`) of the run `record`:
+    /// its model attempts, so that a turn redone after a crash replays the
+    /// model's answer (and proposes the same actions) instead of asking again.
+    pub fn for_turn(
+        store: Arc<dyn StateStore>,
+        record: RunRecord,
+        lease_ms: i64,
+        turn_id: &str,
+        previous: &[StepRecord],
+    ) -> Journal {
+        let mut journal = Journal::new(store, record, lease_ms, previous);
+        journal.steps_id = turn_id.to_owned();
+        journal.attempts_only = true;
+        journal
     }
 
     /// Runs `f` with this journal as the task's.
@@ -58,6 +80,9 @@ impl Journal {
     }
 
     async fn write(&self, kind: &str, data: Value) -> Result<(), StateError> {
+        if self.attempts_only && kind != "attempt" {
+            return Ok(());
+        }
         let step = self.next.fetch_add(1, Ordering::Relaxed);
         let mut record = self.record.lock().await;
         let now = now_ms();
@@ -67,7 +92,7 @@ impl Journal {
             "run_id": record.run_id, "pipeline": record.pipeline, "status": "running", "step": step, "last": kind,
         });
         let step = StepRecord {
-            run_id: record.run_id.clone(),
+            run_id: self.steps_id.clone(),
             step,
             kind: kind.to_owned(),
             data,

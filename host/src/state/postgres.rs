@@ -621,7 +621,11 @@ impl StateStore for PgStore {
             let run_id: String = r.try_get(0)?;
             let small = summary(&json_col(r.try_get(1)?)?).to_string();
             let mut tx = self.pool.begin().await?;
-            sqlx::query("DELETE FROM steps WHERE run_id = $1").bind(&run_id).execute(&mut *tx).await?;
+            // The run's steps and its agent turns' (`RUN.STEP`).
+            sqlx::query("DELETE FROM steps WHERE run_id = $1 OR substr(run_id, 1, length($1) + 1) = $1 || '.'")
+                .bind(&run_id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM actions WHERE run_id = $1").bind(&run_id).execute(&mut *tx).await?;
             sqlx::query("UPDATE runs SET result = $2, request = 'null' WHERE run_id = $1")
                 .bind(&run_id)

@@ -684,7 +684,9 @@ impl StateStore for SqliteStore {
             let small = summary(&json_col(result)?).to_string();
             self.with(|c| {
                 let tx = c.transaction().map_err(&err)?;
-                exec(&tx, "DELETE FROM steps WHERE run_id = ?1", [&run_id]).map_err(&err)?;
+                // The run's steps and its agent turns' (`RUN.STEP`).
+                exec(&tx, "DELETE FROM steps WHERE run_id = ?1 OR substr(run_id, 1, length(?1) + 1) = ?1 || '.'", [&run_id])
+                    .map_err(&err)?;
                 exec(&tx, "DELETE FROM actions WHERE run_id = ?1", [&run_id]).map_err(&err)?;
                 exec(&tx, "UPDATE runs SET result = ?2, request = 'null' WHERE run_id = ?1",
                     params![run_id, small],
