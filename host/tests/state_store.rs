@@ -226,6 +226,17 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
         created_ms: now_ms(),
     };
     store.checkpoint(&run, &again).await.unwrap();
+    // A step written under another id (an agent turn's, `RUN.STEP`), fenced
+    // on the run's row, stays apart from the run's own steps.
+    let turn = StepRecord {
+        run_id: format!("{id}.2"),
+        step: 1,
+        kind: "attempt".into(),
+        data: json!({"turn": true}),
+        created_ms: now_ms(),
+    };
+    store.checkpoint(&run, &turn).await.unwrap();
+    assert_eq!(store.steps(&format!("{id}.2")).await.unwrap()[0].data, json!({"turn": true}));
     let steps = store.steps(&id).await.unwrap();
     assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(steps[2].data, json!({"messages": "3b"}));

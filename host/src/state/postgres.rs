@@ -98,14 +98,16 @@ BEGIN
 END $$;
 CREATE FUNCTION reins_checkpoint(p_run_id TEXT, p_pipeline TEXT, p_status TEXT, p_result TEXT, p_request TEXT,
     p_key TEXT, p_created BIGINT, p_updated BIGINT, p_session TEXT, p_owner TEXT, p_lease BIGINT,
-    p_step BIGINT, p_kind TEXT, p_data TEXT, p_step_created BIGINT)
+    p_step_run_id TEXT, p_step BIGINT, p_kind TEXT, p_data TEXT, p_step_created BIGINT)
 RETURNS BOOLEAN LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT reins_put_run(p_run_id, p_pipeline, p_status, p_result, p_request, p_key, p_created, p_updated,
             p_session, p_owner, p_lease) THEN
         RETURN FALSE;
     END IF;
-    INSERT INTO steps (run_id, step, kind, data, created_ms) VALUES (p_run_id, p_step, p_kind, p_data, p_step_created)
+    -- The step may be an agent turn's (`RUN.STEP`), fenced on its run's row.
+    INSERT INTO steps (run_id, step, kind, data, created_ms)
+    VALUES (p_step_run_id, p_step, p_kind, p_data, p_step_created)
     ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms;
     RETURN TRUE;
 END $$;
@@ -353,9 +355,10 @@ impl StateStore for PgStore {
 
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
         let q = sqlx::query_scalar(
-            "SELECT reins_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "SELECT reins_checkpoint($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         );
         let written = bind_run(q, run)
+            .bind(&step.run_id)
             .bind(i64::from(step.step))
             .bind(&step.kind)
             .bind(step.data.to_string())
