@@ -20,17 +20,17 @@ async fn sink(State(seen): State<Arc<Mutex<Vec<String>>>>, headers: HeaderMap) -
     axum::Json(json!({"refunded": true, "key": key}))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once() {
+/// A refund sink on loopback, a plugins dir with the refund tool (and
+/// `plugins`), and the config of pipeline `agent` (agent mode, the sink as
+/// its executor; `extra` goes into the pipeline's table).
+async fn agent_fixture(plugins: &[&str], extra: &str) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>, String) {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
     let url = format!("{}/refund", common::listen(app).await);
-    let dir = common::plugins_dir(&["tool-manifest"]);
-    std::fs::write(
-        dir.path().join("tool-manifest.toml"),
-        common::REFUND_TOOL,
-    )
-    .expect("sidecar");
+    let mut names = vec!["tool-manifest"];
+    names.extend_from_slice(plugins);
+    let dir = common::plugins_dir(&names);
+    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
     let config = format!(
         r#"
 plugins_dir = "."
@@ -42,11 +42,18 @@ model = "agent"
 mode = "agent"
 max_steps = 10
 constraints = "tool-manifest"
+{extra}
 [pipelines.agent.executors.issue_refund]
 kind = "webhook"
 url = "{url}"
 "#
     );
+    (dir, seen, config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once() {
+    let (dir, seen, config) = agent_fixture(&[], "").await;
     let host = |fail_at| {
         Host::builder()
             .config_str(config.clone(), dir.path())
@@ -156,31 +163,9 @@ repair = {{ max_attempts = 3 }}
 /// A refund sink and an agent pipeline whose third turn (a refund of 500)
 /// the spend-limit gate escalates; `extra` goes into the pipeline's table.
 async fn escalating_agent(extra: &str) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>, String) {
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
-    let url = format!("{}/refund", common::listen(app).await);
-    let dir = common::plugins_dir(&["tool-manifest", "spend-limit"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    let (dir, seen, config) = agent_fixture(&["spend-limit"], &format!("gates = [\"spend-limit\"]\n{extra}")).await;
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\ndaily_budget = 10000\n")
         .expect("sidecar");
-    let config = format!(
-        r#"
-plugins_dir = "."
-[providers.agent]
-kind = "scripted"
-responses = []
-[pipelines.agent]
-model = "agent"
-mode = "agent"
-max_steps = 10
-constraints = "tool-manifest"
-gates = ["spend-limit"]
-{extra}
-[pipelines.agent.executors.issue_refund]
-kind = "webhook"
-url = "{url}"
-"#
-    );
     (dir, seen, config)
 }
 
@@ -274,16 +259,7 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
 /// model would now answer something else.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
-    let url = format!("{}/refund", common::listen(app).await);
-    let dir = common::plugins_dir(&["tool-manifest"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
-    let config = format!(
-        "plugins_dir = \".\"\n[providers.agent]\nkind = \"scripted\"\nresponses = []\n[pipelines.agent]\nmodel = \"agent\"\n\
-         mode = \"agent\"\nmax_steps = 10\nconstraints = \"tool-manifest\"\n\
-         [pipelines.agent.executors.issue_refund]\nkind = \"webhook\"\nurl = \"{url}\"\n"
-    );
+    let (dir, seen, config) = agent_fixture(&[], "").await;
     let host = |model: common::AgentModel| Host::builder().config_str(config.clone(), dir.path()).provider("agent", Arc::new(model)).build();
     let a = host(common::AgentModel::new(5)).await.expect("host");
     let first = a.run("agent", Request::text("refund five orders")).await;

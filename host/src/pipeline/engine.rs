@@ -382,7 +382,7 @@ impl Run<'_> {
         let messages = self.normalize(request.messages).await?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         let tools = self.constraints().await?;
-        if crate::state::journal::active() {
+        if crate::state::journal::wants("input") {
             let input = serde_json::json!({
                 "messages": &messages,
                 "chunks": chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
@@ -616,7 +616,7 @@ impl Run<'_> {
                 tokens,
                 latency_us,
             });
-            if crate::state::journal::active() {
+            if crate::state::journal::wants("attempt") {
                 let decided = &self.result.decisions[decided_before.min(self.result.decisions.len())..];
                 let step = serde_json::json!({"attempt": self.result.attempts.last(), "decisions": decided});
                 if let Err(e) = crate::state::journal::record("attempt", step).await {

@@ -80,9 +80,6 @@ impl Journal {
     }
 
     async fn write(&self, kind: &str, data: Value) -> Result<(), StateError> {
-        if self.attempts_only && kind != "attempt" {
-            return Ok(());
-        }
         let step = self.next.fetch_add(1, Ordering::Relaxed);
         let mut record = self.record.lock().await;
         let now = now_ms();
@@ -105,9 +102,10 @@ impl Journal {
     }
 }
 
-/// Whether the current run keeps a journal (build a step's data only then).
-pub fn active() -> bool {
-    JOURNAL.try_with(|_| ()).is_ok()
+/// Whether the current run journals steps of `kind` (build a step's data
+/// only then: an agent turn journals its attempts, not its input).
+pub fn wants(kind: &str) -> bool {
+    JOURNAL.try_with(|j| !j.attempts_only || kind == "attempt").unwrap_or(false)
 }
 
 /// Records a step of the current run (nothing when the run keeps no
@@ -116,6 +114,9 @@ pub async fn record(kind: &str, data: Value) -> Result<(), StateError> {
     let Ok(journal) = JOURNAL.try_with(Arc::clone) else {
         return Ok(());
     };
+    if !wants(kind) {
+        return Ok(());
+    }
     match journal.write(kind, data).await {
         Err(e @ StateError::LeaseLost { .. }) => Err(e),
         Err(e) => {

@@ -194,11 +194,9 @@ fn postgres_url(settings: &StateSettings) -> Result<String, StateError> {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// [`crate::runtime::now_ms`] (the host's one clock) as the stores' BIGINT.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(crate::runtime::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// A run as stored: the `RunResult` JSON and what is needed to resume it.

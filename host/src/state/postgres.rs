@@ -141,6 +141,19 @@ impl PgStore {
         Ok(store)
     }
 
+    /// A conditional lease update (`$1` run, `$2` node, `$3` now, `$4` until):
+    /// `true` if this node got the run.
+    async fn lease_update(&self, sql: &str, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let done = sqlx::query(sql)
+            .bind(run_id)
+            .bind(node)
+            .bind(now_ms)
+            .bind(until_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn migrate(&self) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
         // One host migrates at a time; the others wait here.
@@ -310,17 +323,15 @@ impl StateStore for PgStore {
     }
 
     async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
-        let done = sqlx::query(
+        self.lease_update(
             "UPDATE runs SET owner = $2, lease_until = $4 WHERE run_id = $1 AND status = 'running'
                AND (owner IS NULL OR owner = $2 OR lease_until < $3)",
+            run_id,
+            node,
+            now_ms,
+            until_ms,
         )
-        .bind(run_id)
-        .bind(node)
-        .bind(now_ms)
-        .bind(until_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
@@ -332,17 +343,15 @@ impl StateStore for PgStore {
     }
 
     async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
-        let done = sqlx::query(
+        self.lease_update(
             "UPDATE runs SET status = 'running', owner = $2, lease_until = $4, updated_ms = $3
              WHERE run_id = $1 AND status = 'awaiting_approval'",
+            run_id,
+            node,
+            now_ms,
+            until_ms,
         )
-        .bind(run_id)
-        .bind(node)
-        .bind(now_ms)
-        .bind(until_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {

@@ -156,6 +156,13 @@ impl SqliteStore {
         f(&mut conn)
     }
 
+    /// A conditional lease update (`?1` run, `?2` node, `?3` now, `?4` until):
+    /// `true` if this node got the run.
+    fn lease_update(&self, sql: &str, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        let err = self.err();
+        self.with(|c| exec(c, sql, params![run_id, node, now_ms, until_ms]).map(|n| n == 1).map_err(&err))
+    }
+
     /// The runs a `SELECT {RUN_COLS}` query finds.
     fn query_runs(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<RunRecord>, StateError> {
         let err = self.err();
@@ -360,15 +367,14 @@ impl StateStore for SqliteStore {
     }
 
     async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
-        let err = self.err();
-        self.with(|c| {
-            exec(c, "UPDATE runs SET owner = ?2, lease_until = ?4 WHERE run_id = ?1 AND status = 'running'
-                   AND (owner IS NULL OR owner = ?2 OR lease_until < ?3)",
-                params![run_id, node, now_ms, until_ms],
-            )
-            .map(|n| n == 1)
-            .map_err(&err)
-        })
+        self.lease_update(
+            "UPDATE runs SET owner = ?2, lease_until = ?4 WHERE run_id = ?1 AND status = 'running'
+               AND (owner IS NULL OR owner = ?2 OR lease_until < ?3)",
+            run_id,
+            node,
+            now_ms,
+            until_ms,
+        )
     }
 
     async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
@@ -382,17 +388,14 @@ impl StateStore for SqliteStore {
     }
 
     async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
-        let err = self.err();
-        self.with(|c| {
-            exec(
-                c,
-                "UPDATE runs SET status = 'running', owner = ?2, lease_until = ?4, updated_ms = ?3
-                 WHERE run_id = ?1 AND status = 'awaiting_approval'",
-                params![run_id, node, now_ms, until_ms],
-            )
-            .map(|n| n == 1)
-            .map_err(&err)
-        })
+        self.lease_update(
+            "UPDATE runs SET status = 'running', owner = ?2, lease_until = ?4, updated_ms = ?3
+             WHERE run_id = ?1 AND status = 'awaiting_approval'",
+            run_id,
+            node,
+            now_ms,
+            until_ms,
+        )
     }
 
     async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
