@@ -107,6 +107,7 @@ fn main() {
         pipeline: "bench".into(),
         attempt: 1,
         metadata: json!({}),
+        ..Default::default()
     };
     let scratch = tempfile::tempdir().expect("tmp");
     let mut rows = Vec::new();

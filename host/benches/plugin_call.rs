@@ -69,6 +69,7 @@ fn main() {
         pipeline: "bench".into(),
         attempt: 1,
         metadata: json!({}),
+        ..Default::default()
     };
     let dir = common::plugins_dir(&["json-schema", "stamp-a"]);
     let d = dir.path();

@@ -1,7 +1,7 @@
 //! Plugin case files: the policy author's unit tests, run through the real
 //! host (`reins plugin test FILE.wasm CASES.json`).
 //!
-//! A case file is a JSON array of `{name, input, config?, metadata?, expect}`.
+//! A case file is a JSON array of `{name, input, config?, metadata?, request?, expect}`.
 //! Cases run in order on one runtime, so host counters carry over from case to
 //! case (a budget can fill up). What `input` and `expect` mean depends on the
 //! plugin's layer; see `docs/writing-policies.md`.
@@ -27,6 +27,10 @@ pub struct Case {
     pub config: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// The request's text, as the `request-text` import answers it (what a
+    /// grounding validator checks the answer against).
+    #[serde(default)]
+    pub request: Option<String>,
     pub expect: serde_json::Map<String, Value>,
 }
 
@@ -112,6 +116,7 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
         pipeline: "plugin-test".into(),
         attempt: 1,
         metadata: case.metadata.clone().unwrap_or_else(|| json!({})),
+        request_text: case.request.as_deref().unwrap_or_default().into(),
     };
     let expect = &case.expect;
     let answer = match plugin.layer() {

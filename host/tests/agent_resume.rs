@@ -41,6 +41,7 @@ responses = []
 model = "agent"
 mode = "agent"
 max_steps = 10
+output = "json"
 constraints = "tool-manifest"
 {extra}
 [pipelines.agent.executors.issue_refund]

@@ -242,9 +242,9 @@ async fn the_same_violations_twice_stop_the_repair_loop_early() {
     let plugins = common::plugins_dir(&[]);
     let bad = refund(json!("twenty"));
     let model = script(vec![answer(bad.clone()); 5]);
-    let host = host(plugins.path(), &pipeline("repair = { max_attempts = 5 }"), &model).await;
+    let host = host(plugins.path(), &pipeline("repair = { max_attempts = 5, strategies = [] }"), &model).await;
     let result = host.run("p", request()).await;
-    assert_eq!(model.call_count(), 2, "stops after the first repeat");
+    assert_eq!(model.call_count(), 2, "with no repair strategy, stops after the first repeat");
     assert!(matches!(
         result.error,
         Some(RunError::ValidationFailed { stop: StopReason::Repeated, attempts: 2, .. })

@@ -69,6 +69,7 @@ fn answer(runtime: &Runtime, wasm: &Path, case: &Case) -> Value {
         pipeline: "compare".into(),
         attempt: 1,
         metadata: json!({}),
+        ..Default::default()
     };
     let result = match plugin.layer() {
         Layer::Normalizer => {
@@ -124,6 +125,7 @@ fn heavy_examples_are_pooled_and_answer_within_their_deadline() {
                 pipeline: "t".into(),
                 attempt: 1,
                 metadata: json!({}),
+                ..Default::default()
             };
             let started = std::time::Instant::now();
             let ok = match plugin.layer() {
@@ -165,6 +167,7 @@ fn every_pool_slot_can_hold_a_python_instance() {
         pipeline: "t".into(),
         attempt: 1,
         metadata: json!({}),
+        ..Default::default()
     };
     // Four calls at once: four live instances of the 4-slot pool.
     let barrier = std::sync::Barrier::new(4);

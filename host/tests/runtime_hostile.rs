@@ -14,6 +14,7 @@ fn ctx() -> CallContext {
         pipeline: "test".into(),
         attempt: 1,
         metadata: json!({"tenant": "acme"}),
+        ..Default::default()
     }
 }
 

@@ -15,6 +15,7 @@ fn ctx() -> CallContext {
         pipeline: "test".into(),
         attempt: 1,
         metadata: json!({}),
+        ..Default::default()
     }
 }
 

@@ -23,6 +23,7 @@ fn ctx() -> CallContext {
         pipeline: "test".into(),
         attempt: 1,
         metadata: json!({}),
+        ..Default::default()
     }
 }
 

@@ -116,6 +116,7 @@ model = "crash-agent"
 model = "agent"
 mode = "agent"
 max_steps = {max_steps}
+output = "json"
 constraints = "tool-manifest"
 [pipelines.refunds.executors.issue_refund]
 kind = "webhook"

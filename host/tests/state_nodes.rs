@@ -183,6 +183,7 @@ url = "{sink_url}/refund"
 model = "model"
 mode = "agent"
 max_steps = {max_steps}
+output = "json"
 constraints = "tool-manifest"
 [pipelines.jobs.executors.issue_refund]
 kind = "webhook"

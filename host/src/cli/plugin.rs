@@ -178,6 +178,7 @@ fn call_cost(plugin: &crate::runtime::Plugin) -> CallCost {
         pipeline: "plugin-check".into(),
         attempt: 1,
         metadata: serde_json::json!({}),
+        ..Default::default()
     };
     let once = || -> Result<(), crate::runtime::PluginError> {
         match plugin.layer() {

@@ -113,8 +113,10 @@ pub struct OpenAiConfig {
     /// not waited for (the call fails and the pipeline falls back).
     #[serde(default = "resilience::defaults::max_backoff_ms")]
     pub max_backoff_ms: u64,
-    /// How the pipeline's schema is passed on: `json_schema`, `json_object`
-    /// or `none` (for servers that accept neither).
+    /// How the pipeline's schema is passed on: `auto` (the default: try
+    /// `json_schema`, and step down to `json_object` with the schema, then
+    /// `json_object`, then nothing while the server refuses the mode),
+    /// `json_schema`, `json_object` or `none` (for servers that accept neither).
     #[serde(default)]
     pub response_format: ResponseFormat,
     /// This provider's circuit breaker.
@@ -127,6 +129,7 @@ pub struct OpenAiConfig {
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormat {
     #[default]
+    Auto,
     JsonSchema,
     JsonObject,
     None,
@@ -245,6 +248,70 @@ pub struct PipelineConfig {
     /// session's earlier runs said, within a token budget.
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
+    /// `text` (a prose answer, not parsed) or `json` (one JSON document).
+    /// Default: `json` when the pipeline has a schema or a validator that
+    /// accepts only JSON, else `text`.
+    #[serde(default)]
+    pub output: Option<OutputMode>,
+    /// What tools a caller declares (OpenAI `tools`) mean: `narrow` (they
+    /// can only narrow the constraints plugin's tools), `allow` (they go to
+    /// the model; every call still passes argument checks, gates, budgets
+    /// and approvals) or `deny` (a request with tools is refused). Default:
+    /// `narrow` with a constraints plugin, `allow` without.
+    #[serde(default)]
+    pub caller_tools: Option<CallerTools>,
+    /// Accept and ignore request parameters Reins does not support, instead
+    /// of refusing the request with a 400 that names them.
+    #[serde(default)]
+    pub ignore_unknown_params: bool,
+    /// Caps and overrides that win over what the caller sends.
+    #[serde(default)]
+    pub sampling: SamplingPolicy,
+}
+
+/// What a pipeline answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    Text,
+    Json,
+}
+
+impl OutputMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputMode::Text => "text",
+            OutputMode::Json => "json",
+        }
+    }
+}
+
+/// What a caller's declared tools mean to a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerTools {
+    Narrow,
+    Allow,
+    Deny,
+}
+
+/// `[pipelines.NAME.sampling]`: the operator's word on sampling, over the caller's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingPolicy {
+    /// Every call uses this temperature, whatever the caller asks.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Every call uses this top_p.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Every call uses this seed.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// A ceiling on `max_tokens` / `max_completion_tokens` (and the value
+    /// used when the caller sends none).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 /// What a rejected approval does to an agent run.
@@ -347,6 +414,35 @@ pub struct RepairConfig {
     /// Deterministic fixes applied to one attempt before it counts as failed.
     #[serde(default = "defaults::max_fix_rounds")]
     pub max_fix_rounds: u32,
+    /// What changes, in this order, when an attempt repeats the previous
+    /// attempt's violations: `strict_format` (the strictest structured-output
+    /// mode the provider supports), `temperature` (raise it by
+    /// `temperature_step`), `model` (the repair model's chain, or the
+    /// fallback). A run stops as `repeated` only when all are spent.
+    #[serde(default = "defaults::repair_strategies")]
+    pub strategies: Vec<RepairStrategy>,
+    /// How much the `temperature` strategy raises the temperature.
+    #[serde(default = "defaults::temperature_step")]
+    pub temperature_step: f64,
+}
+
+/// One way to make a repeated repair come out differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairStrategy {
+    StrictFormat,
+    Temperature,
+    Model,
+}
+
+impl RepairStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairStrategy::StrictFormat => "strict_format",
+            RepairStrategy::Temperature => "temperature",
+            RepairStrategy::Model => "model",
+        }
+    }
 }
 
 impl Default for RepairConfig {
@@ -358,6 +454,8 @@ impl Default for RepairConfig {
             template_file: None,
             model: None,
             max_fix_rounds: defaults::max_fix_rounds(),
+            strategies: defaults::repair_strategies(),
+            temperature_step: defaults::temperature_step(),
         }
     }
 }
@@ -483,6 +581,13 @@ mod defaults {
     pub fn max_attempts() -> u32 {
         3
     }
+    pub fn repair_strategies() -> Vec<super::RepairStrategy> {
+        use super::RepairStrategy::*;
+        vec![StrictFormat, Temperature, Model]
+    }
+    pub fn temperature_step() -> f64 {
+        0.4
+    }
     pub fn max_fix_rounds() -> u32 {
         3
     }
@@ -570,6 +675,30 @@ impl Config {
                     key("system_prompt"),
                     "set system_prompt or system_prompt_file, not both",
                 ));
+            }
+            if p.output == Some(OutputMode::Text) && p.actions_field.is_some() {
+                return Err(invalid(
+                    key("output"),
+                    "actions_field reads actions out of a JSON answer: remove it or set output = \"json\"",
+                ));
+            }
+            if p.output == Some(OutputMode::Text) && p.schema.is_some() {
+                return Err(invalid(
+                    key("output"),
+                    "a pipeline with a schema answers JSON: remove `schema` or set output = \"json\"",
+                ));
+            }
+            if !(p.repair.temperature_step > 0.0 && p.repair.temperature_step <= 2.0) {
+                return Err(invalid(key("repair.temperature_step"), "must be in (0, 2]"));
+            }
+            let mut strategies = std::collections::BTreeSet::new();
+            for s in &p.repair.strategies {
+                if !strategies.insert(s.as_str()) {
+                    return Err(invalid(
+                        key("repair.strategies"),
+                        &format!("`{}` is listed twice", s.as_str()),
+                    ));
+                }
             }
             let mut seen = std::collections::BTreeSet::new();
             for v in &p.validators {
@@ -714,10 +843,10 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
 
     #[test]
     fn unknown_provider_kind_is_named() {
-        let e = parse("plugins_dir = \"p\"\n[providers.o]\nkind = \"anthropic\"\n")
+        let e = parse("plugins_dir = \"p\"\n[providers.o]\nkind = \"gemini\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("anthropic"), "{e}");
+        assert!(e.contains("gemini"), "{e}");
     }
 
     #[test]

@@ -135,15 +135,22 @@ impl Host {
     ) -> Result<(), RunResult> {
         let run_id = record.run_id.clone();
         let before = messages.len();
-        let calls: Vec<Value> = result
+        // Ids are positional (step, index), so a resumed run rebuilds the same conversation.
+        let id = |j: usize| format!("call_{step}_{j}");
+        let calls = result
             .executions
             .iter()
-            .map(|e| json!({"name": e.tool, "arguments": e.arguments}))
+            .enumerate()
+            .map(|(j, e)| crate::runtime::MessageToolCall {
+                id: id(j),
+                name: e.tool.clone(),
+                arguments: e.arguments.to_string(),
+            })
             .collect();
-        messages.push(Message::new("assistant", json!({"tool_calls": calls}).to_string()));
-        for e in &result.executions {
+        messages.push(Message::tool_calls("", calls));
+        for (j, e) in result.executions.iter().enumerate() {
             let body = json!({"tool": e.tool, "idempotency_key": e.idempotency_key, "result": e.response});
-            messages.push(Message::new("tool", body.to_string()));
+            messages.push(Message::tool_result(id(j), body.to_string()));
         }
         if !self.config.state.checkpoints && !always {
             return Ok(());

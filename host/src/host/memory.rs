@@ -79,6 +79,9 @@ impl Host {
                     Message::new("user", transcript.content),
                 ],
                 schema: None,
+                json: false,
+                strict: false,
+                sampling: Default::default(),
                 tools: Vec::new(),
                 deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(p.config.deadline_ms)),
             };

@@ -34,7 +34,14 @@ impl CacheKey {
     pub fn new(pipeline: &str, messages: &[Message], schema: Option<&Value>, tools: &[Tool], params: &[Value]) -> Self {
         let doc = json!({
             "pipeline": pipeline,
-            "messages": messages.iter().map(|m| [m.role.as_str(), m.content.as_str()]).collect::<Vec<_>>(),
+            // Plain messages as [role, text]; anything more (tool calls, ids, parts) whole.
+            "messages": messages.iter().map(|m| {
+                if m.tool_calls.is_empty() && m.tool_call_id.is_none() && m.name.is_none() && m.parts.is_none() {
+                    json!([m.role, m.content])
+                } else {
+                    json!(m)
+                }
+            }).collect::<Vec<_>>(),
             "schema": schema,
             "tools": tools.iter().map(|t| json!([t.name, t.parameters])).collect::<Vec<_>>(),
             "params": params,

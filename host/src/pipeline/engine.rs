@@ -21,8 +21,8 @@ use super::result::{
     Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
 };
 use super::{Pipeline, Request, RequestTool, extract_json, repair};
-use crate::config::OnFail;
-use crate::provider::ToolCall;
+use crate::config::{CallerTools, OnFail, OutputMode, RepairStrategy};
+use crate::provider::{Sampling, ToolCall, ToolChoice};
 use crate::runtime::{
     Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin, PluginError, PluginSet,
     Severity, Tool, Violation,
@@ -53,10 +53,15 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
             pipeline: pipeline.name.clone(),
             attempt: 0,
             metadata: request.metadata.clone(),
+            request_text: std::sync::Arc::from(""),
         },
         request_schema: None,
         model_schema: pipeline.schema.clone(),
         caller_tools: None,
+        mode: OutputMode::Json,
+        sampling: Sampling::default(),
+        strict: false,
+        chain_offset: 0,
         deg: Degradation::new(pipeline, Instant::now()),
     };
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
@@ -94,6 +99,15 @@ struct Run<'a> {
     model_schema: Option<Arc<Value>>,
     /// The caller's tools, with their compiled argument schemas.
     caller_tools: Option<Vec<(RequestTool, Option<Arc<jsonschema::Validator>>)>>,
+    /// What this run answers: prose, or one JSON document.
+    mode: OutputMode,
+    /// The caller's sampling under the pipeline's caps; repair strategies
+    /// may raise the temperature.
+    sampling: Sampling,
+    /// Ask the provider for its strictest structured-output mode (a repair strategy).
+    strict: bool,
+    /// Providers of the repair chain passed over (the `model` strategy).
+    chain_offset: usize,
     /// Deadline, cache key and which fallback served each attempt.
     deg: Degradation,
 }
@@ -231,6 +245,7 @@ fn actions_in_output(doc: &Value, field: &str) -> Result<Vec<ToolCall>, Violatio
         .enumerate()
         .map(|(i, item)| match item.get("tool").and_then(Value::as_str) {
             Some(tool) => Ok(ToolCall {
+                id: None,
                 name: tool.to_owned(),
                 arguments: item.get("arguments").cloned().unwrap_or_else(|| Value::Object(Default::default())),
             }),
@@ -241,6 +256,56 @@ fn actions_in_output(doc: &Value, field: &str) -> Result<Vec<ToolCall>, Violatio
             )),
         })
         .collect()
+}
+
+/// A normalizer's messages in place of the ones it was given, keeping what
+/// it does not see (tool calls, ids, non-text parts): by position when it
+/// kept the count, else only if nothing had such structure to lose.
+fn merge_normalized(plugin: &str, before: Vec<Message>, after: Vec<Message>) -> Result<Vec<Message>, RunError> {
+    if before.len() == after.len() {
+        return Ok(before
+            .into_iter()
+            .zip(after)
+            .map(|(old, new)| Message {
+                role: new.role.clone(),
+                ..old.with_text(new.content)
+            })
+            .collect());
+    }
+    let structured = before
+        .iter()
+        .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.parts.is_some() || m.name.is_some());
+    if structured {
+        return Err(RunError::Plugin {
+            layer: Layer::Normalizer.as_str(),
+            plugin: plugin.to_owned(),
+            kind: "malformed",
+            message: format!(
+                "normalizer `{plugin}` returned {} messages for {}: in a conversation with tool calls or multi-part content a normalizer must keep every message (rewrite its text, or reject with a finding)",
+                after.len(),
+                before.len()
+            ),
+        });
+    }
+    Ok(after)
+}
+
+/// What the request says, for grounding: every user and tool message and
+/// every context chunk, after normalization.
+fn request_text(messages: &[Message], chunks: &[Chunk]) -> Arc<str> {
+    let mut text = String::new();
+    let parts = messages
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "tool")
+        .map(|m| m.content.as_str())
+        .chain(chunks.iter().map(|c| c.text.as_str()));
+    for part in parts {
+        if !text.is_empty() {
+            text.push_str("\n\n");
+        }
+        text.push_str(part);
+    }
+    Arc::from(text)
 }
 
 fn violation(path: String, code: &str, message: String) -> Violation {
@@ -363,6 +428,18 @@ impl Run<'_> {
                 None => schema.clone(),
             }));
         }
+        self.mode = if request.json {
+            OutputMode::Json
+        } else {
+            self.p.output_mode(&self.set).0
+        };
+        self.sampling = self.p.sampling_for(&request.sampling);
+        if request.tools.as_ref().is_some_and(|t| !t.is_empty()) && self.p.caller_tools() == CallerTools::Deny {
+            return Err(RunError::BadRequest(format!(
+                "pipeline `{}` does not take the caller's tools (caller_tools = \"deny\"): send the request without `tools`",
+                self.p.name
+            )));
+        }
         if let Some(tools) = &request.tools {
             let mut compiled = Vec::with_capacity(tools.len());
             for t in tools {
@@ -381,7 +458,16 @@ impl Run<'_> {
         }
         let messages = self.normalize(request.messages).await?;
         let chunks = self.assemble(&messages, request.chunks).await?;
+        self.ctx.request_text = request_text(&messages, &chunks);
         let tools = self.constraints().await?;
+        if let Some(ToolChoice::Tool(name)) = &self.sampling.tool_choice
+            && !tools.iter().any(|t| &t.name == name)
+        {
+            return Err(RunError::BadRequest(format!(
+                "tool_choice names `{name}`, which is not a tool of this request (tools: {})",
+                tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
         if crate::state::journal::wants("input") {
             let input = serde_json::json!({
                 "messages": &messages,
@@ -394,7 +480,8 @@ impl Run<'_> {
         }
         let conversation = self.conversation(messages, &chunks);
         let schema = self.model_schema.clone();
-        self.deg.key_for(self.p, &conversation, schema.as_deref(), &tools);
+        self.deg
+            .key_for(self.p, &conversation, schema.as_deref(), &tools, &self.sampling, self.mode);
         self.attempts(conversation, tools).await
     }
 
@@ -432,7 +519,7 @@ impl Run<'_> {
                     reason: reasons.join("; "),
                 });
             }
-            messages = normalized.messages;
+            messages = merge_normalized(name, messages, normalized.messages)?;
         }
         if messages.is_empty() {
             return Err(RunError::BadRequest(
@@ -471,19 +558,39 @@ impl Run<'_> {
 
     async fn constraints(&mut self) -> Result<Vec<Tool>, RunError> {
         let p = self.p;
-        let Some(name) = &p.config.constraints else {
-            return Ok(Vec::new());
+        let mut tools = match &p.config.constraints {
+            None => Vec::new(),
+            Some(name) => {
+                let plugin = self.plugin(Layer::Constraints, name)?;
+                let ctx = self.ctx.clone();
+                let timed = blocking(&plugin, move |p| p.tools(&ctx)).await;
+                // A skipped constraints plugin leaves the model with no tools: the safe side.
+                self.settle(Layer::Constraints, &plugin, timed, |t| format!("{} tools", t.len()))?
+                    .unwrap_or_default()
+            }
         };
-        let plugin = self.plugin(Layer::Constraints, name)?;
-        let ctx = self.ctx.clone();
-        let timed = blocking(&plugin, move |p| p.tools(&ctx)).await;
-        // A skipped constraints plugin leaves the model with no tools: the safe side.
-        let mut tools = self
-            .settle(Layer::Constraints, &plugin, timed, |t| format!("{} tools", t.len()))?
-            .unwrap_or_default();
-        // The caller can narrow the allowed tools, never widen them.
-        if let Some(declared) = &self.caller_tools {
-            tools.retain(|t| declared.iter().any(|(d, _)| d.name == t.name));
+        let Some(declared) = &self.caller_tools else {
+            return Ok(tools);
+        };
+        match p.caller_tools() {
+            // The caller can narrow the allowed tools, never widen them.
+            CallerTools::Narrow | CallerTools::Deny => {
+                tools.retain(|t| declared.iter().any(|(d, _)| d.name == t.name));
+            }
+            // The caller's tools go to the model too (a manifest's entry of
+            // the same name wins: its schema and access level are the operator's).
+            CallerTools::Allow => {
+                for (d, _) in declared {
+                    if !tools.iter().any(|t| t.name == d.name) {
+                        tools.push(Tool {
+                            name: d.name.clone(),
+                            description: d.description.clone(),
+                            parameters: d.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                            access: crate::runtime::Access::Write,
+                        });
+                    }
+                }
+            }
         }
         Ok(tools)
     }
@@ -525,6 +632,7 @@ impl Run<'_> {
         // The previous answer and the repair message on top of `base`.
         let mut repair_turn: Option<(String, String)> = None;
         let mut previous: Option<Vec<Violation>> = None;
+        let mut strategies = self.p.config.repair.strategies.clone().into_iter();
         let mut attempt = 1;
         loop {
             self.ctx.attempt = attempt;
@@ -642,9 +750,10 @@ impl Run<'_> {
 
             // Repair, or stop?
             let spent = self.result.tokens.total;
+            let repeated = previous.as_ref() == Some(&blocking);
             let mut stop = if fail_fast {
                 Some(StopReason::FailFast)
-            } else if previous.as_ref() == Some(&blocking) {
+            } else if repeated && (attempt >= max_attempts || !self.change_strategy(&mut strategies)) {
                 Some(StopReason::Repeated)
             } else if attempt >= max_attempts {
                 Some(StopReason::MaxAttempts)
@@ -657,7 +766,7 @@ impl Run<'_> {
             if stop.is_none() {
                 let prompt = self
                     .p
-                    .template
+                    .template_for(self.mode)
                     .render(&blocking, attempt + 1, max_attempts, self.model_schema.as_deref());
                 let turn = (answer, prompt);
                 // Not even the next prompt fits what is left of the budget.
@@ -717,6 +826,39 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// The answer repeated the previous one's violations: change what the
+    /// next attempt does, by the next strategy that can change anything.
+    /// `false` when every strategy is spent.
+    fn change_strategy(&mut self, strategies: &mut impl Iterator<Item = RepairStrategy>) -> bool {
+        for strategy in strategies.by_ref() {
+            let what = match strategy {
+                RepairStrategy::StrictFormat if self.mode == OutputMode::Json && !self.strict => {
+                    self.strict = true;
+                    "the strictest structured-output mode".to_owned()
+                }
+                RepairStrategy::Temperature if self.p.config.sampling.temperature.is_none() => {
+                    let from = self.sampling.temperature.unwrap_or(0.0);
+                    let to = (from + self.p.config.repair.temperature_step).min(2.0);
+                    if to <= from {
+                        continue;
+                    }
+                    self.sampling.temperature = Some(to);
+                    format!("temperature {from} -> {to}")
+                }
+                RepairStrategy::Model if self.p.repair_providers.len() > self.chain_offset + 1 => {
+                    self.chain_offset += 1;
+                    let next = self.p.repair_providers[self.chain_offset].provider().name().to_owned();
+                    format!("model `{next}`")
+                }
+                _ => continue,
+            };
+            let now = Instant::now();
+            self.trace("repair", strategy.as_str(), format!("answers repeat; next attempt: {what}"), now, now);
+            return true;
+        }
+        false
     }
 
     /// The `on_fail` of what reported a violation.
@@ -780,16 +922,28 @@ impl Run<'_> {
     /// Extract → schema → validator stages, re-validating after each fix.
     async fn validate(&mut self, raw: &str) -> Result<Validation, RunError> {
         let start = Instant::now();
-        let mut doc = match extract_json(raw) {
+        let extracted = match self.mode {
+            // Prose is not parsed: validators get it as a JSON string.
+            OutputMode::Text if raw.trim().is_empty() => Err(violation(
+                String::new(),
+                "empty",
+                "The answer is empty. Answer the request in words.".to_owned(),
+            )),
+            OutputMode::Text => Ok(Value::String(raw.to_owned())),
+            OutputMode::Json => extract_json(raw),
+        };
+        let mut doc = match extracted {
             Ok(doc) => {
                 self.trace("extract", "", "ok".to_owned(), start, Instant::now());
                 doc
             }
             Err(v) => {
-                self.trace("extract", "", "not JSON".to_owned(), start, Instant::now());
+                let what = if self.mode == OutputMode::Text { "empty" } else { "not JSON" };
+                self.trace("extract", "", what.to_owned(), start, Instant::now());
+                let source = if self.mode == OutputMode::Text { "output" } else { "json" };
                 return Ok(Validation {
                     doc: None,
-                    findings: vec![finding("json", v)],
+                    findings: vec![finding(source, v)],
                     fixed_by: Vec::new(),
                 });
             }

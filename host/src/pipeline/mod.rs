@@ -9,9 +9,9 @@
 //! - [`repair`]: the repair prompt.
 //! - [`result`]: [`RunResult`], its trace and typed errors.
 
-use crate::config::{Config, ConfigError, OnFail, PipelineConfig, SchemaSource, ValidatorConfig};
-use crate::provider::Breaker;
-use crate::runtime::{Chunk, Layer, Message, PluginHost};
+use crate::config::{CallerTools, Config, ConfigError, OnFail, OutputMode, PipelineConfig, SchemaSource, ValidatorConfig};
+use crate::provider::{Breaker, Sampling};
+use crate::runtime::{Accepts, Chunk, Layer, Message, PluginHost, PluginSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +65,14 @@ pub struct Request {
     /// it is given what the session's earlier runs said.
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Sampling and tool-choice parameters the caller sent (the pipeline's
+    /// `[sampling]` caps and overrides win over them).
+    #[serde(default, skip_serializing_if = "Sampling::is_empty")]
+    pub sampling: Sampling,
+    /// The caller asks for one JSON document (OpenAI `response_format`
+    /// `json_object` / `json_schema`), whatever the pipeline's default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub json: bool,
 }
 
 /// A tool the caller declares.
@@ -94,6 +102,8 @@ impl Default for Request {
             schema: None,
             tools: None,
             session_id: None,
+            sampling: Sampling::default(),
+            json: false,
         }
     }
 }
@@ -161,6 +171,8 @@ pub struct Pipeline {
     pub(crate) schema: Option<Arc<Value>>,
     pub(crate) schema_validator: Option<jsonschema::Validator>,
     pub(crate) template: RepairTemplate,
+    /// The repair template of text answers, when the pipeline sets no template.
+    pub(crate) text_template: Option<RepairTemplate>,
     /// Validators grouped by stage, stages ascending, config order within.
     pub(crate) stages: Vec<Vec<ValidatorConfig>>,
     /// The first attempt's provider and its fallbacks.
@@ -233,6 +245,10 @@ impl Pipeline {
                 message,
             })?),
         };
+        let text_template = match (&p.repair.template, &p.repair.template_file) {
+            (None, None) => Some(RepairTemplate::text_default()),
+            _ => None,
+        };
         let template_text = match (&p.repair.template, &p.repair.template_file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => read(f)?,
@@ -294,6 +310,7 @@ impl Pipeline {
             schema: schema.map(Arc::new),
             schema_validator,
             template,
+            text_template,
             stages: stages.into_values().collect(),
             providers: providers_chain,
             repair_providers,
@@ -339,9 +356,93 @@ impl Pipeline {
         out
     }
 
-    /// Checks that every plugin the pipeline names is loaded and of the right layer.
+    /// What the pipeline answers, and why: its `output`, else `json` for a
+    /// schema, an `actions_field` or a validator that accepts only JSON,
+    /// else `text`. Validators'
+    /// `accepts` come from the plugin set the run holds.
+    pub fn output_mode(&self, set: &PluginSet) -> (OutputMode, String) {
+        if let Some(mode) = self.config.output {
+            return (mode, "set by `output`".to_owned());
+        }
+        if self.schema.is_some() {
+            return (OutputMode::Json, "the pipeline has a schema".to_owned());
+        }
+        if self.config.actions_field.is_some() {
+            return (OutputMode::Json, "actions_field reads actions out of a JSON answer".to_owned());
+        }
+        let json_only = self.config.validators.iter().find(|v| {
+            set.get(&v.0.plugin)
+                .is_some_and(|p| p.manifest().accepts == Accepts::Json)
+        });
+        match json_only {
+            Some(v) => (OutputMode::Json, format!("validator `{}` accepts only JSON", v.0.plugin)),
+            None => (OutputMode::Text, "no schema and no JSON-only validator".to_owned()),
+        }
+    }
+
+    /// The caller's sampling under this pipeline's `[sampling]`: fixed
+    /// values replace the caller's, `max_tokens` caps both token limits (and
+    /// fills in when the caller sent none).
+    pub fn sampling_for(&self, caller: &Sampling) -> Sampling {
+        let policy = &self.config.sampling;
+        let mut s = caller.clone();
+        if policy.temperature.is_some() {
+            s.temperature = policy.temperature;
+        }
+        if policy.top_p.is_some() {
+            s.top_p = policy.top_p;
+        }
+        if policy.seed.is_some() {
+            s.seed = policy.seed;
+        }
+        if let Some(cap) = policy.max_tokens {
+            s.max_tokens = s.max_tokens.map(|n| n.min(cap));
+            s.max_completion_tokens = s.max_completion_tokens.map(|n| n.min(cap));
+            if s.max_tokens.is_none() && s.max_completion_tokens.is_none() {
+                s.max_tokens = Some(cap);
+            }
+        }
+        s
+    }
+
+    /// What the caller's declared tools mean here (`caller_tools`, else
+    /// `narrow` with a constraints plugin and `allow` without).
+    pub fn caller_tools(&self) -> CallerTools {
+        self.config.caller_tools.unwrap_or(if self.config.constraints.is_some() {
+            CallerTools::Narrow
+        } else {
+            CallerTools::Allow
+        })
+    }
+
+    /// The repair template for answers of this mode.
+    pub(crate) fn template_for(&self, mode: OutputMode) -> &RepairTemplate {
+        match (&self.text_template, mode) {
+            (Some(t), OutputMode::Text) => t,
+            _ => &self.template,
+        }
+    }
+
+    /// Checks that every plugin the pipeline names is loaded and of the right
+    /// layer, and that its validators can check what it answers.
     pub fn check_plugins(&self, config: &Config, host: &PluginHost) -> Result<(), ConfigError> {
         let set = host.current();
+        if self.config.output == Some(OutputMode::Text) {
+            for v in &self.config.validators {
+                if let Some(p) = set.get(&v.0.plugin)
+                    && p.manifest().accepts == Accepts::Json
+                {
+                    return Err(ConfigError::Invalid {
+                        path: config.origin.clone(),
+                        key: format!("pipelines.{}.validators", self.name),
+                        message: format!(
+                            "pipeline `{}` answers text (output = \"text\"), but validator `{}` accepts only JSON (its sidecar says accepts = \"json\" or nothing): remove it, use output = \"json\", or use a validator that accepts text",
+                            self.name, v.0.plugin
+                        ),
+                    });
+                }
+            }
+        }
         for (layer, plugin) in self.plugins() {
             match set.get(plugin) {
                 Some(p) if p.layer() == layer => {}

@@ -23,6 +23,12 @@ pub const DEFAULT_TEMPLATE: &str = "Your previous answer did not pass validation
 \n\
 Reply with the corrected JSON only: no prose, no code fences.";
 
+/// The default for prose answers (pipelines with `output = "text"`).
+pub const TEXT_TEMPLATE: &str = "Your previous answer did not pass the checks. Fix every problem below:\n\
+{{violations}}\n\
+\n\
+Reply with the corrected answer only.";
+
 const PLACEHOLDERS: [&str; 5] = ["violations", "violations_json", "attempt", "max_attempts", "schema"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +51,11 @@ impl Default for RepairTemplate {
 }
 
 impl RepairTemplate {
+    /// The default template of prose answers.
+    pub fn text_default() -> RepairTemplate {
+        RepairTemplate::parse(TEXT_TEMPLATE).unwrap_or_default()
+    }
+
     /// Parses a template; an unknown or unclosed placeholder is an error naming it.
     pub fn parse(text: &str) -> Result<RepairTemplate, String> {
         let mut parts = Vec::new();

@@ -148,6 +148,14 @@ pub enum RunError {
     },
     #[error("model unavailable: {}", errors.join("; "))]
     ModelUnavailable { errors: Vec<String> },
+    /// The upstream refused the request itself (a 4xx that no negotiation
+    /// fixed): the caller's to change, not an outage.
+    #[error("provider `{provider}` refused the request (HTTP {status}): {message}")]
+    UpstreamRefused {
+        provider: String,
+        status: u16,
+        message: String,
+    },
     #[error("action `{tool}` failed: {message}")]
     ActionFailed { tool: String, message: String },
     #[error("approval {approval} for `{tool}` was rejected by {approver}: {comment}")]
@@ -189,6 +197,7 @@ impl RunError {
             RunError::Denied { .. } => "denied",
             RunError::ValidationFailed { .. } => "validation_failed",
             RunError::ModelUnavailable { .. } => "model_unavailable",
+            RunError::UpstreamRefused { .. } => "upstream_refused",
             RunError::Plugin { .. } => "plugin_failed",
             RunError::ActionFailed { .. } => "action_failed",
             RunError::ApprovalRejected { .. } => "approval_rejected",
@@ -204,7 +213,7 @@ impl RunError {
     /// failed or is missing (or an action failed).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::UnknownPipeline(_) | RunError::BadRequest(_) => 2,
+            RunError::UnknownPipeline(_) | RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => 2,
             RunError::ValidationFailed { .. } => 3,
             RunError::Rejected { .. } | RunError::Denied { .. } => 4,
             RunError::ModelUnavailable { .. } => 5,
@@ -248,7 +257,7 @@ impl std::fmt::Display for StopReason {
         f.write_str(match self {
             StopReason::MaxAttempts => "max_attempts reached",
             StopReason::TokenBudget => "token budget spent",
-            StopReason::Repeated => "the same violations twice in a row",
+            StopReason::Repeated => "the same violations twice in a row, with no repair strategy left to change",
             StopReason::FailFast => "a fail-fast validator failed",
         })
     }

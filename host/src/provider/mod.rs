@@ -43,12 +43,81 @@ pub struct ChatRequest {
     /// The pipeline's output schema, for providers that can constrain decoding.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_schema")]
     pub schema: Option<Arc<Value>>,
+    /// The answer must be one JSON document (`schema` or not); `false` is a
+    /// prose answer, and no structured-output mode is asked for.
+    #[serde(default)]
+    pub json: bool,
+    /// Ask for the strictest structured-output mode the provider supports
+    /// (a repair strategy when answers repeat themselves).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
     /// The tools this request may use (from the constraints plugin).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<Tool>,
+    /// Sampling and tool-choice parameters: the caller's, under the
+    /// pipeline's caps and overrides.
+    #[serde(default, skip_serializing_if = "Sampling::is_empty")]
+    pub sampling: Sampling,
     /// When the run's deadline passes: no call, retry or wait goes past it.
     #[serde(skip)]
     pub deadline: Option<Instant>,
+}
+
+/// The parameters besides the conversation that shape an answer. Every
+/// field is optional: `None` leaves the provider's own default (its config,
+/// then the server's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// OpenAI's newer name for `max_tokens`; forwarded under the name the caller used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// The end user, for the upstream's abuse monitoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `auto`, `none`, `required` or a named tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+impl Sampling {
+    pub fn is_empty(&self) -> bool {
+        self == &Sampling::default()
+    }
+
+    /// The token ceiling, whichever name it came under.
+    pub fn token_limit(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    /// This tool, by name.
+    Tool(String),
 }
 
 fn serialize_schema<S: serde::Serializer>(schema: &Option<Arc<Value>>, s: S) -> Result<S::Ok, S::Error> {
@@ -70,6 +139,9 @@ impl ChatRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCall {
+    /// The model's id for the call (a `tool` result names it), when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub name: String,
     /// Parsed arguments; arguments that were not JSON are kept as a string
     /// (and fail the tool's schema).
@@ -193,6 +265,16 @@ impl ProviderError {
     }
 }
 
+impl ProviderError {
+    /// The upstream refused the request itself (400, 413, 422): the
+    /// caller's request, not an outage, so it goes back to the caller with
+    /// the upstream's message. (401, 403 and 404 are the operator's key or
+    /// model: the model is unavailable to this caller.)
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ProviderError::Status { status: 400 | 413 | 422, .. })
+    }
+}
+
 /// 408, 429 and 5xx may change on their own; other statuses will not.
 fn transient_status(status: u16) -> bool {
     status == 408 || status == 429 || status >= 500
@@ -214,6 +296,11 @@ pub trait Provider: Send + Sync + 'static {
     /// of the response cache's key.
     fn params(&self) -> Value {
         json!({"model": self.model()})
+    }
+    /// What the provider learned about its upstream while serving (e.g. the
+    /// structured-output mode it negotiated), for `GET /v1/providers`.
+    fn status(&self) -> Value {
+        Value::Null
     }
     /// For downcasting to a concrete provider (e.g. a test's [`ScriptedProvider`]).
     fn as_any(&self) -> &dyn Any;
@@ -515,7 +602,10 @@ mod tests {
             attempt: 1,
             messages: vec![],
             schema: None,
+            json: true,
+            strict: false,
             tools: vec![],
+            sampling: Sampling::default(),
             deadline,
         }
     }

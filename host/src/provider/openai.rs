@@ -1,8 +1,13 @@
 //! The `openai` provider: OpenAI-compatible chat completions over HTTP.
 //!
-//! `POST {base_url}/chat/completions` with the conversation, the pipeline's
-//! schema as `response_format` (`json_schema`, `json_object` or nothing) and
-//! the request's tools; reads the message text, the tool calls and `usage`.
+//! `POST {base_url}/chat/completions` with the whole conversation (tool
+//! calls, tool results, multi-part content), the sampling parameters, the
+//! pipeline's schema as `response_format` and the request's tools; reads the
+//! message text, the tool calls and `usage`. With `response_format = "auto"`
+//! (the default) the provider negotiates the structured-output mode: a
+//! server that refuses `json_schema` is asked again at once with
+//! `json_object` and the schema, then `json_object`, then nothing, and the
+//! mode that works is kept (and shown on `GET /v1/providers`).
 //! The same wire format is served by OpenAI, vLLM, llama.cpp's server and
 //! Ollama. One `complete` is one HTTP request, bounded by `connect_timeout_ms`
 //! and `timeout_ms` (the whole request, body included, so a slow trickle
@@ -11,8 +16,10 @@
 //! truncated JSON document) is a [`ProviderError::BadResponse`]; a connection
 //! that breaks mid-answer is a [`ProviderError::Interrupted`].
 
-use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, Usage};
+use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice, Usage};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::{OpenAiConfig, ResponseFormat};
+use crate::runtime::Message;
 use serde_json::{Map, Value, json};
 use std::any::Any;
 use std::time::{Duration, SystemTime};
@@ -23,6 +30,36 @@ pub struct OpenAiProvider {
     config: OpenAiConfig,
     url: String,
     client: reqwest::Client,
+    /// The structured-output mode that works with this server (`auto`
+    /// negotiation): an index into [`LADDER`], only ever moving down, for
+    /// the life of the process.
+    negotiated: AtomicUsize,
+}
+
+/// Structured-output modes, strictest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `{"type": "json_schema", "json_schema": {...}}` (OpenAI, vLLM, Ollama).
+    JsonSchema,
+    /// `{"type": "json_object", "schema": {...}}` (llama.cpp's servers).
+    JsonObjectSchema,
+    /// `{"type": "json_object"}`.
+    JsonObject,
+    /// No `response_format`: the prompt alone asks for JSON.
+    None,
+}
+
+const LADDER: [Mode; 4] = [Mode::JsonSchema, Mode::JsonObjectSchema, Mode::JsonObject, Mode::None];
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::JsonSchema => "json_schema",
+            Mode::JsonObjectSchema => "json_object+schema",
+            Mode::JsonObject => "json_object",
+            Mode::None => "none",
+        }
+    }
 }
 
 impl OpenAiProvider {
@@ -36,39 +73,79 @@ impl OpenAiProvider {
                 tracing::warn!(error = %e, "cannot configure the HTTP client; using defaults");
                 reqwest::Client::new()
             });
+        let first = match config.response_format {
+            ResponseFormat::Auto | ResponseFormat::JsonSchema => 0,
+            ResponseFormat::JsonObject => 2,
+            ResponseFormat::None => 3,
+        };
         OpenAiProvider {
             name: name.into(),
             config,
             url,
             client,
+            negotiated: AtomicUsize::new(first),
         }
     }
 
-    /// The JSON body sent for `request` (see [`wire_messages`]).
+    /// The structured-output mode requests use now.
+    fn mode(&self) -> Mode {
+        LADDER[self.negotiated.load(Ordering::Relaxed).min(LADDER.len() - 1)]
+    }
+
+    /// The JSON body sent for `request` in the mode negotiated so far.
     pub fn body(&self, request: &ChatRequest) -> Value {
+        self.body_in(request, self.mode())
+    }
+
+    fn body_in(&self, request: &ChatRequest, mode: Mode) -> Value {
         let mut body = Map::new();
         body.insert("model".into(), json!(self.config.model));
         body.insert("messages".into(), Value::Array(wire_messages(&request.messages)));
-        if let Some(t) = self.config.temperature {
+        let s = &request.sampling;
+        let temperature = s.temperature.or(self.config.temperature.map(f64::from));
+        if let Some(t) = temperature {
             body.insert("temperature".into(), json!(t));
         }
-        if let Some(n) = self.config.max_tokens {
-            body.insert("max_tokens".into(), json!(n));
+        match (s.max_tokens, s.max_completion_tokens, self.config.max_tokens) {
+            (None, None, Some(n)) => {
+                body.insert("max_tokens".into(), json!(n));
+            }
+            (max, completion, _) => {
+                if let Some(n) = max {
+                    body.insert("max_tokens".into(), json!(n));
+                }
+                if let Some(n) = completion {
+                    body.insert("max_completion_tokens".into(), json!(n));
+                }
+            }
         }
-        match (&request.schema, self.config.response_format) {
-            (Some(schema), ResponseFormat::JsonSchema) => {
-                body.insert(
-                    "response_format".into(),
-                    json!({
-                        "type": "json_schema",
-                        "json_schema": {"name": schema_name(&request.pipeline), "schema": schema.as_ref(), "strict": false},
-                    }),
-                );
+        let optional: [(&str, Option<Value>); 7] = [
+            ("top_p", s.top_p.map(|v| json!(v))),
+            ("stop", (!s.stop.is_empty()).then(|| json!(s.stop))),
+            ("seed", s.seed.map(|v| json!(v))),
+            ("presence_penalty", s.presence_penalty.map(|v| json!(v))),
+            ("frequency_penalty", s.frequency_penalty.map(|v| json!(v))),
+            ("logit_bias", s.logit_bias.clone().map(Value::Object)),
+            ("user", s.user.clone().map(Value::String)),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                body.insert(key.into(), v);
             }
-            (Some(_), ResponseFormat::JsonObject) => {
-                body.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        if request.json {
+            let format = match (&request.schema, mode) {
+                (Some(schema), Mode::JsonSchema) => Some(json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": schema_name(&request.pipeline), "schema": schema.as_ref(), "strict": request.strict},
+                })),
+                (Some(schema), Mode::JsonObjectSchema) => Some(json!({"type": "json_object", "schema": schema.as_ref()})),
+                (_, Mode::None) => None,
+                _ => Some(json!({"type": "json_object"})),
+            };
+            if let Some(f) = format {
+                body.insert("response_format".into(), f);
             }
-            _ => {}
         }
         if !request.tools.is_empty() {
             body.insert(
@@ -85,8 +162,76 @@ impl OpenAiProvider {
                         .collect(),
                 ),
             );
+            if let Some(choice) = &s.tool_choice {
+                body.insert(
+                    "tool_choice".into(),
+                    match choice {
+                        ToolChoice::Auto => json!("auto"),
+                        ToolChoice::None => json!("none"),
+                        ToolChoice::Required => json!("required"),
+                        ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+                    },
+                );
+            }
+            if let Some(p) = s.parallel_tool_calls {
+                body.insert("parallel_tool_calls".into(), json!(p));
+            }
         }
         Value::Object(body)
+    }
+
+    /// Whether `error` is the server refusing the structured-output mode
+    /// (rather than an outage or the conversation itself).
+    fn refuses_format(error: &ProviderError) -> bool {
+        let ProviderError::Status { status, body, .. } = error else {
+            return false;
+        };
+        if *status == 429 || *status == 408 || *status < 400 {
+            return false;
+        }
+        let body = body.to_ascii_lowercase();
+        ["response_format", "json_schema", "json_object", "schema"]
+            .iter()
+            .any(|k| body.contains(k))
+    }
+
+    /// One request, stepping down the structured-output ladder while the
+    /// server refuses the mode (`response_format = "auto"`): each refusal is
+    /// retried at once with the next mode, and the mode that works is kept
+    /// for the provider's life.
+    async fn negotiate(&self, request: &ChatRequest, api_key: Option<&str>) -> Result<ChatResponse, ProviderError> {
+        let negotiates = self.config.response_format == ResponseFormat::Auto && request.json;
+        loop {
+            let at = self.negotiated.load(Ordering::Relaxed).min(LADDER.len() - 1);
+            let mode = LADDER[at];
+            let body = serde_json::to_vec(&self.body_in(request, mode)).map_err(|e| ProviderError::BadResponse {
+                provider: self.name.clone(),
+                message: format!("cannot encode the request: {e}"),
+            })?;
+            let result = self.send_once(&body, api_key).await;
+            match result {
+                Err(e) if negotiates && at + 1 < LADDER.len() && Self::refuses_format(&e) => {
+                    let next = LADDER[at + 1];
+                    // Another request may have stepped down meanwhile: only move down.
+                    if self
+                        .negotiated
+                        .compare_exchange(at, at + 1, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        tracing::warn!(
+                            provider = %self.name,
+                            refused = mode.as_str(),
+                            now = next.as_str(),
+                            error = %e,
+                            "the server refused the structured-output mode; using the next one from now on"
+                        );
+                        metrics::counter!("reins_provider_format_downgrades_total", "provider" => self.name.clone(), "to" => next.as_str())
+                            .increment(1);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn send_once(&self, body: &[u8], api_key: Option<&str>) -> Result<ChatResponse, ProviderError> {
@@ -174,11 +319,7 @@ impl Provider for OpenAiProvider {
                     var: var.clone(),
                 })?),
             };
-            let body = serde_json::to_vec(&self.body(request)).map_err(|e| ProviderError::BadResponse {
-                provider: self.name.clone(),
-                message: format!("cannot encode the request: {e}"),
-            })?;
-            self.send_once(&body, api_key.as_deref()).await
+            self.negotiate(request, api_key.as_deref()).await
         })
     }
 
@@ -189,6 +330,10 @@ impl Provider for OpenAiProvider {
             "max_tokens": self.config.max_tokens,
             "response_format": self.config.response_format,
         })
+    }
+
+    fn status(&self) -> Value {
+        json!({"response_format": self.config.response_format, "structured_output": self.mode().as_str()})
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -249,6 +394,7 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
                 Some(v) => v.clone(),
             };
             tool_calls.push(ToolCall {
+                id: call.get("id").and_then(Value::as_str).map(str::to_owned),
                 name: name.to_owned(),
                 arguments,
             });
@@ -275,23 +421,46 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     })
 }
 
-/// Messages in OpenAI's chat format. An agent run records a turn as an
+/// Messages in OpenAI's chat format, with their whole structure: an
+/// assistant's `tool_calls`, a tool result's `tool_call_id`, `name`, and
+/// multi-part content as it came (text parts carry the normalized text).
+///
+/// Agent runs recorded before messages had structure stored a turn as an
 /// `assistant` message whose content is `{"tool_calls": [{name, arguments}]}`
-/// followed by one `tool` message per call; OpenAI wants the calls as
-/// `tool_calls` with ids and each result tagged with its call's id, so
-/// those are rewritten (ids are positional, hence stable across resumes).
-pub fn wire_messages(messages: &[crate::runtime::Message]) -> Vec<Value> {
+/// followed by `tool` messages without ids; those are rewritten to real
+/// `tool_calls` with positional ids (stable across resumes).
+pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
     let mut out = Vec::with_capacity(messages.len());
     let mut open: std::collections::VecDeque<String> = Default::default();
     for (i, m) in messages.iter().enumerate() {
-        // Only a turn that the next message answers (an output that merely
-        // has a `tool_calls` field stays text).
-        let answered = messages.get(i + 1).is_some_and(|n| n.role == "tool");
-        let calls = (m.role == "assistant" && answered)
+        if m.role == "assistant" && !m.tool_calls.is_empty() {
+            open.clear();
+            let calls: Vec<Value> = m
+                .tool_calls
+                .iter()
+                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                .collect();
+            let content = if m.content.is_empty() { Value::Null } else { json!(m.content) };
+            out.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
+            continue;
+        }
+        if m.role == "tool" {
+            let id = m.tool_call_id.clone().or_else(|| open.pop_front());
+            match id {
+                Some(id) => out.push(json!({"role": "tool", "tool_call_id": id, "content": content_of(m)})),
+                // A result with no call before it: OpenAI would refuse it as a tool message.
+                None => out.push(json!({"role": "user", "content": content_of(m)})),
+            }
+            continue;
+        }
+        // A legacy agent turn: only one that the next message answers (an
+        // output that merely has a `tool_calls` field stays text).
+        let answered = messages.get(i + 1).is_some_and(|n| n.role == "tool" && n.tool_call_id.is_none());
+        let legacy = (m.role == "assistant" && answered)
             .then(|| serde_json::from_str::<Value>(&m.content).ok())
             .flatten()
             .and_then(|v| v.get("tool_calls").and_then(Value::as_array).cloned());
-        if let Some(calls) = calls {
+        if let Some(calls) = legacy {
             open.clear();
             let calls: Vec<Value> = calls
                 .iter()
@@ -308,23 +477,49 @@ pub fn wire_messages(messages: &[crate::runtime::Message]) -> Vec<Value> {
                 })
                 .collect();
             out.push(json!({"role": "assistant", "content": null, "tool_calls": calls}));
-        } else if m.role == "tool" {
-            match open.pop_front() {
-                Some(id) => out.push(json!({"role": "tool", "tool_call_id": id, "content": m.content})),
-                // A result with no call before it: OpenAI would refuse it as a tool message.
-                None => out.push(json!({"role": "user", "content": m.content})),
-            }
-        } else {
-            open.clear();
-            out.push(json!({"role": m.role, "content": m.content}));
+            continue;
         }
+        open.clear();
+        let mut wire = json!({"role": m.role, "content": content_of(m)});
+        if let Some(name) = &m.name {
+            wire["name"] = json!(name);
+        }
+        out.push(wire);
     }
     out
+}
+
+/// A message's content on the wire: its parts when it came in parts, else its text.
+fn content_of(m: &Message) -> Value {
+    match &m.parts {
+        Some(parts) => Value::Array(parts.clone()),
+        None => Value::String(m.content.clone()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structured_messages_go_out_as_they_came() {
+        use crate::runtime::{Message, MessageToolCall};
+        let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
+        let mut user = Message::new("user", "look").with_text("look".into());
+        user.parts = Some(vec![json!({"type": "text", "text": "look"}), image.clone()]);
+        let user = user.with_text("look closely".into());
+        let wire = wire_messages(&[
+            user,
+            Message::tool_calls("", vec![MessageToolCall { id: "call_9".into(), name: "f".into(), arguments: "{\"a\":1}".into() }]),
+            Message::tool_result("call_9", "42"),
+        ]);
+        assert_eq!(wire[0]["content"], json!([{"type": "text", "text": "look closely"}, image]));
+        assert_eq!(
+            wire[1],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]})
+        );
+        assert_eq!(wire[2], json!({"role": "tool", "tool_call_id": "call_9", "content": "42"}));
+    }
 
     #[test]
     fn agent_turns_become_tool_calls_with_ids() {

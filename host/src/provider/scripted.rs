@@ -262,7 +262,10 @@ mod tests {
             attempt,
             messages: vec![Message::new("system", "s"), Message::new("user", user)],
             schema: None,
+            json: false,
+            strict: false,
             tools: vec![],
+            sampling: Default::default(),
             deadline: None,
         }
     }

@@ -33,6 +33,29 @@ pub enum Isolation {
     Pooled,
 }
 
+/// What a validator can check: one JSON document, prose, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accepts {
+    /// A JSON document (the default: validators written before text
+    /// pipelines all parse their input as JSON).
+    #[default]
+    Json,
+    /// Prose, as a JSON string.
+    Text,
+    Any,
+}
+
+impl Accepts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accepts::Json => "json",
+            Accepts::Text => "text",
+            Accepts::Any => "any",
+        }
+    }
+}
+
 /// Resource limits of one call.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +105,9 @@ pub struct Manifest {
     pub enabled: bool,
     /// If set, the component must export this layer.
     pub layer: Option<Layer>,
+    /// Validators: what output they check (`json`, `text` or `any`). In a
+    /// text pipeline the output is handed over as a JSON string.
+    pub accepts: Accepts,
     pub fail_mode: FailMode,
     pub isolation: Isolation,
     /// Pooled isolation: idle instances kept per plugin.
@@ -102,6 +128,7 @@ impl Default for Manifest {
             order: 0,
             enabled: true,
             layer: None,
+            accepts: Accepts::Json,
             fail_mode: FailMode::Closed,
             isolation: Isolation::PerCall,
             pool_size: 4,

@@ -186,10 +186,7 @@ impl Plugin {
             messages: out
                 .messages
                 .into_iter()
-                .map(|m| Message {
-                    role: m.role,
-                    content: m.content,
-                })
+                .map(|m| Message::new(m.role, m.content))
                 .collect(),
             findings: self.violations(out.findings)?,
         })
@@ -363,6 +360,7 @@ impl Plugin {
             self.arm(&mut live.store);
         }
         live.uses += 1;
+        live.store.data_mut().request_text = ctx.request_text.clone();
         let started = std::time::Instant::now();
         let result = f(&mut live.store, &live.instance, &wctx);
         self.latency.record(started.elapsed().as_secs_f64());

@@ -23,6 +23,8 @@ pub struct StoreState {
     /// Every `counter-add` of the current call, so the host can release a
     /// reservation whose action never happened.
     pub(crate) journal: Vec<CounterEntry>,
+    /// What `request-text` answers during the current call.
+    pub(crate) request_text: Arc<str>,
 }
 
 /// One `counter-add` a plugin made.
@@ -45,6 +47,7 @@ impl StoreState {
             plugin,
             counters,
             journal: Vec::new(),
+            request_text: Arc::from(""),
         }
     }
 }
@@ -114,6 +117,10 @@ impl host_iface::Host for StoreState {
             window_seconds,
         });
         total
+    }
+
+    fn request_text(&mut self) -> String {
+        self.request_text.to_string()
     }
 }
 

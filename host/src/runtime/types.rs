@@ -69,11 +69,37 @@ impl std::fmt::Display for Layer {
     }
 }
 
-/// One chat message.
+/// One chat message, with everything a chat API may put on it. Plugins see
+/// `role` and `content` (the text); the rest travels with the message to the
+/// model untouched, so a conversation comes out the way it went in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
+    /// The text: the string content, or the text parts of a multi-part
+    /// content joined by newlines. What normalizers see and rewrite.
     pub content: String,
+    /// The tool calls an `assistant` message made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<MessageToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A participant's name (OpenAI `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The original multi-part content (text and e.g. image parts), when the
+    /// caller sent parts: non-text parts go to the model as they came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<Value>>,
+}
+
+/// A tool call recorded in a conversation: ids tie a `tool` result to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text, possibly invalid).
+    pub arguments: String,
 }
 
 impl Message {
@@ -82,7 +108,57 @@ impl Message {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+            parts: None,
         }
+    }
+
+    /// A `tool` message answering call `id`.
+    pub fn tool_result(id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(id.into()),
+            ..Self::new("tool", content)
+        }
+    }
+
+    /// An `assistant` message that calls tools.
+    pub fn tool_calls(content: impl Into<String>, calls: Vec<MessageToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::new("assistant", content)
+        }
+    }
+
+    /// This message with its text replaced (by a normalizer): multi-part
+    /// content keeps its non-text parts in place; the new text takes the
+    /// first text part's place and the other text parts (whose text it now
+    /// holds) go.
+    pub fn with_text(mut self, text: String) -> Self {
+        if text == self.content {
+            return self;
+        }
+        if let Some(parts) = self.parts.take() {
+            let mut placed = false;
+            let mut out = Vec::with_capacity(parts.len());
+            for part in parts {
+                if part.get("type").and_then(Value::as_str) == Some("text") {
+                    if !placed {
+                        out.push(serde_json::json!({"type": "text", "text": text}));
+                        placed = true;
+                    }
+                } else {
+                    out.push(part);
+                }
+            }
+            if !placed {
+                out.insert(0, serde_json::json!({"type": "text", "text": text}));
+            }
+            self.parts = Some(out);
+        }
+        self.content = text;
+        self
     }
 }
 
@@ -95,6 +171,9 @@ pub struct CallContext {
     pub attempt: u32,
     /// The caller's metadata (tenant, user, role...), a JSON object.
     pub metadata: Value,
+    /// What the request says, for the `request-text` import (grounding).
+    #[serde(skip)]
+    pub request_text: std::sync::Arc<str>,
 }
 
 /// How bad a finding is; `Error` findings reject a request or fail validation.

@@ -35,6 +35,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
                 "model": b.provider().model(),
                 "base_url": endpoint,
                 "state": snapshot.state,
+                "upstream": b.provider().status(),
                 "breaker": {
                     "enabled": snapshot.enabled,
                     "state": snapshot.state,

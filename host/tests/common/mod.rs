@@ -216,6 +216,7 @@ impl reins::provider::Provider for AgentModel {
             }
             let (content, tool_calls) = if n < steps {
                 let call = ToolCall {
+                    id: None,
                     name: "issue_refund".into(),
                     arguments: serde_json::json!({"order": format!("A-{n}"), "amount": amount}),
                 };

@@ -103,6 +103,28 @@ pub fn counter_add(key: &str, delta: i64, window_seconds: u32) -> i64 {
     }
 }
 
+/// The text of the request this call serves, after normalization (every
+/// user and tool message and the caller's context chunks, joined by blank
+/// lines): what an answer can be grounded in. Empty outside a run. Off wasm
+/// (native unit tests) it is what [`set_request_text`] last set on this
+/// thread.
+pub fn request_text() -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        shared::reins::policy::host::request_text()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        native::REQUEST.with(|r| r.borrow().clone())
+    }
+}
+
+/// Native unit tests only: what [`request_text`] answers on this thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_request_text(text: &str) {
+    native::REQUEST.with(|r| *r.borrow_mut() = text.to_owned());
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
     use std::cell::RefCell;
@@ -110,6 +132,7 @@ mod native {
 
     thread_local! {
         static COUNTERS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+        pub static REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
     }
 
     pub fn counter_add(key: &str, delta: i64) -> i64 {

@@ -5,6 +5,7 @@
 //! one that no longer passes is passed over.
 
 use super::{Run, Validation, is_blocking};
+use crate::config::OutputMode;
 use crate::pipeline::Pipeline;
 use crate::pipeline::cache::{CacheKey, CachedAnswer};
 use crate::pipeline::result::{RunError, RunResult, RunStatus};
@@ -54,11 +55,23 @@ impl Degradation {
     }
 
     /// Computes the cache key of the conversation the model is sent.
-    pub fn key_for(&mut self, p: &Pipeline, messages: &[Message], schema: Option<&Value>, tools: &[Tool]) {
+    pub fn key_for(
+        &mut self,
+        p: &Pipeline,
+        messages: &[Message],
+        schema: Option<&Value>,
+        tools: &[Tool],
+        sampling: &crate::provider::Sampling,
+        mode: OutputMode,
+    ) {
         if p.cache.is_none() {
             return;
         }
-        let params: Vec<Value> = p.providers.iter().map(|b| b.provider().params()).collect();
+        let mut params: Vec<Value> = p.providers.iter().map(|b| b.provider().params()).collect();
+        // What the caller asked for besides the conversation decides the answer too.
+        if !sampling.is_empty() || mode == OutputMode::Text {
+            params.push(serde_json::json!({"sampling": sampling, "output": mode}));
+        }
         self.key = Some(CacheKey::new(&p.name, messages, schema, tools, &params));
     }
 
@@ -115,17 +128,23 @@ impl Run<'_> {
             pipeline: self.p.name.clone(),
             attempt,
             messages,
-            schema: self.model_schema.clone(),
+            schema: self.model_schema.clone().filter(|_| self.mode == OutputMode::Json),
+            json: self.mode == OutputMode::Json,
+            strict: self.strict,
             tools: tools.to_vec(),
+            sampling: self.sampling.clone(),
             deadline: self.deg.deadline,
         };
         let p = self.p;
         let chain = if attempt == 1 {
-            &p.providers
+            &p.providers[..]
         } else {
-            &p.repair_providers
+            // The `model` repair strategy passes over providers that keep repeating themselves.
+            let skip = self.chain_offset.min(p.repair_providers.len().saturating_sub(1));
+            &p.repair_providers[skip..]
         };
         let mut errors = Vec::new();
+        let mut refused = None;
         for (i, breaker) in chain.iter().enumerate() {
             let name = breaker.provider().name().to_owned();
             let start = Instant::now();
@@ -164,9 +183,24 @@ impl Run<'_> {
                 Err(e) => {
                     tracing::warn!(provider = %name, error = %e, "model call failed");
                     self.trace("model", &name, format!("failed: {}{tries}", e.kind()), start, end);
+                    if i == 0
+                        && e.is_refusal()
+                        && let crate::provider::ProviderError::Status { status, body, .. } = &e
+                    {
+                        refused = Some(RunError::UpstreamRefused {
+                            provider: name.clone(),
+                            status: *status,
+                            message: body.clone(),
+                        });
+                    }
                     errors.push(e.to_string());
                 }
             }
+        }
+        // The request's own shape, refused: telling the caller beats a
+        // cached or static answer to something else.
+        if let Some(refused) = refused {
+            return Err(refused);
         }
         self.local_fallback(errors).await
     }
