@@ -166,7 +166,13 @@ impl ChatRequest {
             request.tools = Some(request_tools(&tools)?);
         }
         if let Some(choice) = body.remove("tool_choice") {
-            request.sampling.tool_choice = Some(tool_choice(&choice)?);
+            let choice = tool_choice(&choice)?;
+            if let (ToolChoice::Tool(name), Some(tools)) = (&choice, &request.tools)
+                && !tools.iter().any(|t| &t.name == name)
+            {
+                return Err(bad("tool_choice", format!("tool_choice names `{name}`, which is not one of `tools`")));
+            }
+            request.sampling.tool_choice = Some(choice);
         }
         for name in UNSUPPORTED {
             if body.remove(name).is_some() && !ignore {
@@ -453,6 +459,7 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
         "degraded": result.degraded,
         "served_by": result.served_by,
         "notice": result.notice,
+        "approvals": result.approvals,
     });
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
