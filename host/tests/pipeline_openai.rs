@@ -318,3 +318,60 @@ async fn a_dead_endpoint_falls_back_to_the_next_provider() {
     assert_eq!(result.attempts[0].provider, "model");
     assert!(result.trace.iter().any(|s| s.name == "llm" && s.result == "failed: connect"));
 }
+
+/// llama-cpp-python's answer to `response_format: {"type": "json_schema"}`.
+const REFUSES_JSON_SCHEMA: &str =
+    "{\"detail\": [{\"type\": \"literal_error\", \"loc\": [\"body\", \"response_format\", \"type\"], \"msg\": \"Input should be 'text' or 'json_object'\"}]}";
+
+#[tokio::test]
+async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept() {
+    let server = Server::start(vec![
+        Reply::Raw(500, REFUSES_JSON_SCHEMA),
+        completion(&refund(json!(3)), 5, 5),
+        completion(&refund(json!(4)), 5, 5),
+    ])
+    .await;
+    let plugins = common::plugins_dir(&[]);
+    let body = body(&server.base_url(), "max_retries = 0\nbreaker = { failure_rate = 0.5, min_calls = 1 }", "");
+    let host = host(plugins.path(), &body, &script(vec![])).await;
+    let result = host.run("p", Request::text("refund 3 EUR")).await;
+    assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
+    let received = server.received();
+    assert_eq!(received.len(), 2, "one refusal, one answer");
+    assert_eq!(received[0].body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        received[1].body["response_format"],
+        json!({"type": "json_object", "schema": refund_schema()}),
+        "the next mode down, with the schema"
+    );
+    // The refusal was not an outage: the breaker stayed closed.
+    let breaker = host.breaker("llm").expect("breaker");
+    assert_eq!(breaker.snapshot().state, reins::provider::CircuitState::Closed);
+    assert_eq!(breaker.trips(), 0);
+    // The mode that works is kept: the next run asks with it at once.
+    let result = host.run("p", Request::text("refund 4 EUR")).await;
+    assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
+    let received = server.received();
+    assert_eq!(received.len(), 3);
+    assert_eq!(received[2].body["response_format"]["type"], "json_object");
+    let status = host.provider("llm").expect("provider").status();
+    assert_eq!(status["structured_output"], "json_object+schema");
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_refuses_goes_back_to_the_caller_without_tripping_the_breaker() {
+    let server = Server::start(vec![Reply::Raw(400, "{\"error\": {\"message\": \"messages[1].content is too long\"}}")]).await;
+    let plugins = common::plugins_dir(&[]);
+    let body = body(&server.base_url(), "max_retries = 3\nbreaker = { failure_rate = 0.5, min_calls = 1 }", "");
+    let host = host(plugins.path(), &body, &script(vec![])).await;
+    for _ in 0..3 {
+        let result = host.run("p", Request::text("refund 3 EUR")).await;
+        match &result.error {
+            Some(RunError::UpstreamRefused { status: 400, message, .. }) => assert!(message.contains("too long"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(result.exit_code(), 2);
+    }
+    assert_eq!(server.received().len(), 3, "a refusal is not retried");
+    assert_eq!(host.breaker("llm").expect("breaker").snapshot().state, reins::provider::CircuitState::Closed);
+}
