@@ -70,6 +70,17 @@ async fn the_openai_package_runs_agent_loops_through_reins() {
     .expect("client");
     assert!(out.contains("7 passed, 0 failed"), "{out}");
     assert_sound(&log);
+    // `GET /v1/pipelines` says which output mode is in force, and why.
+    let listed: Value = reqwest::get(format!("{}/v1/pipelines", served.base))
+        .await
+        .expect("GET /v1/pipelines")
+        .json()
+        .await
+        .expect("JSON");
+    let assistant = listed["data"].as_array().and_then(|d| d.iter().find(|p| p["name"] == "assistant")).expect("assistant");
+    assert_eq!(assistant["output"], "text");
+    assert_eq!(assistant["output_reason"], "no schema and no JSON-only validator");
+    assert_eq!(assistant["caller_tools"], "allow");
 
     // The second turn of the manual loop reached the model whole: the
     // assistant's call with the model's own id, then the result tagged with it.

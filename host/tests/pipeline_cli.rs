@@ -184,3 +184,24 @@ fn exit_codes() {
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("model unavailable"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn check_loads_the_config_and_says_what_each_pipeline_answers() {
+    let dir = example();
+    let config = dir.path().join("reins.toml");
+    let out = reins(&["check", "--config", config.to_str().expect("utf-8"), "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pipelines: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let first = &pipelines[0];
+    assert_eq!(first["name"], "contract-risks");
+    assert_eq!((first["output"].as_str(), first["output_reason"].as_str()), (Some("json"), Some("the pipeline has a schema")));
+
+    // A text pipeline naming a JSON-only validator does not load, and the error says how to fix it.
+    let broken = std::fs::read_to_string(&config).expect("config")
+        + "\n[pipelines.chat]\nmodel = \"scripted\"\noutput = \"text\"\nvalidators = [\"ranges\"]\n";
+    std::fs::write(&config, broken).expect("write");
+    let out = reins(&["check", "--config", config.to_str().expect("utf-8")], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("pipelines.chat.validators") && err.contains("accepts only JSON"), "{err}");
+}

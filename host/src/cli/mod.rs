@@ -2,6 +2,7 @@
 //! `anyhow` lives here and nowhere else.
 
 mod build;
+mod check;
 mod plugin;
 mod scaffold;
 pub mod run;
@@ -25,6 +26,8 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Run one request through a pipeline and print the validated output.
     Run(run::RunArgs),
+    /// Load a configuration (plugins, pipelines, providers) and describe its pipelines.
+    Check(check::CheckArgs),
     /// Serve the HTTP API (native runs, OpenAI-compatible, metrics).
     Serve(serve::ServeArgs),
 }
@@ -41,6 +44,11 @@ pub fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(run::run(args)))
             .map(|code| u8::try_from(code).unwrap_or(1)),
+        Command::Check(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(check::check(args))),
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -405,6 +405,30 @@ impl Pipeline {
         s
     }
 
+    /// What the pipeline is and does, for `GET /v1/pipelines` and `reins
+    /// check`: its output mode and why, what caller tools mean, its model
+    /// chain and its layers.
+    pub fn describe(&self, set: &PluginSet) -> Value {
+        let (output, why) = self.output_mode(set);
+        let c = &self.config;
+        serde_json::json!({
+            "name": self.name,
+            "description": c.description,
+            "mode": match c.mode { crate::config::PipelineMode::Single => "single", crate::config::PipelineMode::Agent => "agent" },
+            "output": output,
+            "output_reason": why,
+            "caller_tools": self.caller_tools(),
+            "model": c.model,
+            "fallbacks": c.fallbacks,
+            "normalizers": c.normalizers,
+            "constraints": c.constraints,
+            "validators": c.validators.iter().map(|v| serde_json::json!({"plugin": v.0.plugin, "on_fail": v.0.on_fail, "stage": v.0.stage})).collect::<Vec<_>>(),
+            "gates": c.gates,
+            "schema": self.schema.is_some(),
+            "repair": {"max_attempts": c.repair.max_attempts, "strategies": c.repair.strategies},
+        })
+    }
+
     /// What the caller's declared tools mean here (`caller_tools`, else
     /// `narrow` with a constraints plugin and `allow` without).
     pub fn caller_tools(&self) -> CallerTools {

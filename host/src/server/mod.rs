@@ -79,6 +79,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/plugins", get(ops::plugins))
         .route("/v1/providers", get(providers::list))
+        .route("/v1/pipelines", get(ops::pipelines))
         .route("/v1/pipelines/{name}/runs", post(runs::create))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/resume", post(runs::resume))

@@ -39,6 +39,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /v1/pipelines`: every pipeline, with its output mode and why.
+pub async fn pipelines(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let set = state.host.plugins().current();
+    let data: Vec<Value> = state
+        .host
+        .pipeline_names()
+        .filter_map(|name| state.host.pipeline(name))
+        .map(|p| p.describe(&set))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
 /// `GET /v1/plugins`: every file in the plugins directory and its state.
 pub async fn plugins(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     state.auth.check(&headers, Scope::Admin)?;
