@@ -117,6 +117,7 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
         attempt: 1,
         metadata: case.metadata.clone().unwrap_or_else(|| json!({})),
         request_text: case.request.as_deref().unwrap_or_default().into(),
+        judge: None,
     };
     let expect = &case.expect;
     let answer = match plugin.layer() {

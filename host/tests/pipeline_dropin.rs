@@ -244,3 +244,47 @@ async fn repeated_answers_change_strategy_in_order_before_the_run_stops() {
 fn refund(amount: serde_json::Value) -> serde_json::Value {
     json!({"amount": amount, "currency": "USD", "reason": "late delivery"})
 }
+
+#[tokio::test]
+async fn a_judge_fail_is_repaired_and_its_tokens_count_in_the_usage() {
+    let plugins = common::plugins_dir(&["judge"]);
+    let model = script(by_attempt(&[json!("Buy from Acme instead."), json!("Happy to help with your order.")]));
+    let grader = script(vec![
+        json!({"match": "Acme", "content": "{\"pass\": false, \"reason\": \"it names a competitor\"}",
+               "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}}),
+        json!({"match": "Happy", "content": "{\"pass\": true}",
+               "usage": {"prompt_tokens": 38, "completion_tokens": 4, "total_tokens": 42}}),
+    ]);
+    let body = "[providers.grader]\nkind = \"scripted\"\nresponses = []\n\n\
+        [pipelines.chat]\nmodel = \"model\"\nvalidators = [\"judge\"]\njudge = { provider = \"grader\" }\n";
+    let host = reins::Host::builder()
+        .config_str(config(plugins.path(), body), plugins.path())
+        .provider("model", model.clone())
+        .provider("grader", grader.clone())
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("config error: {e}"));
+    let r = host.run("chat", Request::text("Where can I buy this?")).await;
+    assert_eq!(r.status, RunStatus::Completed, "{:?}\n{}", r.error, r.trace_table());
+    assert_eq!(r.output, Some(json!("Happy to help with your order.")));
+    let v = &r.attempts[0].violations[0];
+    assert_eq!((v.source.as_str(), v.violation.code.as_str()), ("judge", "judge"));
+    assert!(v.violation.message.contains("it names a competitor"), "{}", v.violation.message);
+    // The repair prompt carried the judge's reason.
+    let repair = model.calls()[1].messages.last().expect("repair").content.clone();
+    assert!(repair.contains("it names a competitor"), "{repair}");
+    // The judge saw the policy and the answer; its tokens are in the run's usage.
+    let asked = grader.calls();
+    assert_eq!(asked.len(), 2);
+    assert!(asked[0].messages[1].content.contains("must not mention competitors"));
+    assert!(asked[0].messages[1].content.contains("Buy from Acme instead."));
+    let judged: u64 = 49 + 42;
+    assert!(r.tokens.total >= judged, "{:?}", r.tokens);
+    let traced: Vec<&str> = r.trace.iter().filter(|s| s.layer == "judge").map(|s| s.result.as_str()).collect();
+    assert_eq!(traced.len(), 2, "{}", r.trace_table());
+    assert!(traced[0].contains("it names a competitor"), "{traced:?}");
+
+    // Without the grant the pipeline does not load, and the error names it.
+    let err = host_err(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nvalidators = [\"judge\"]\n").await;
+    assert!(err.contains("pipelines.chat.judge") && err.contains("grants none") && err.contains("`judge`"), "{err}");
+}

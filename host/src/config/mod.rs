@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 mod error;
 mod resilience;
 pub use error::ConfigError;
-pub use resilience::{BreakerConfig, CacheMode, DegradedConfig, default_degraded_message};
+pub use resilience::{BreakerConfig, CacheMode, DegradedConfig, HttpConfig, default_degraded_message};
 
 /// The whole `reins.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,8 +76,39 @@ pub enum ProviderConfig {
     /// OpenAI-compatible chat completions over HTTP (OpenAI, vLLM, llama.cpp
     /// server, Ollama...).
     Openai(OpenAiConfig),
+    /// The Anthropic Messages API over HTTP.
+    Anthropic(AnthropicConfig),
     /// Replays responses from a JSON or JSONL file; offline and deterministic.
     Scripted(ScriptedConfig),
+}
+
+impl ProviderConfig {
+    /// The `kind` key.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Openai(_) => "openai",
+            ProviderConfig::Anthropic(_) => "anthropic",
+            ProviderConfig::Scripted(_) => "scripted",
+        }
+    }
+
+    /// Where an HTTP provider sends its calls.
+    pub fn base_url(&self) -> Option<&str> {
+        match self {
+            ProviderConfig::Openai(c) => Some(&c.base_url),
+            ProviderConfig::Anthropic(c) => Some(&c.base_url),
+            ProviderConfig::Scripted(_) => None,
+        }
+    }
+
+    /// The timeouts, retries and breaker of an HTTP provider.
+    pub fn http(&self) -> Option<&HttpConfig> {
+        match self {
+            ProviderConfig::Openai(c) => Some(&c.http),
+            ProviderConfig::Anthropic(c) => Some(&c.http),
+            ProviderConfig::Scripted(_) => None,
+        }
+    }
 }
 
 /// `kind = "openai"`.
@@ -95,33 +126,38 @@ pub struct OpenAiConfig {
     pub temperature: Option<f32>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    /// Time to establish a connection.
-    #[serde(default = "resilience::defaults::connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Total time of one request (connect, send, the whole response body).
-    #[serde(default = "defaults::timeout_ms")]
-    pub timeout_ms: u64,
-    /// Retries of a retryable failure (connect error, broken connection,
-    /// timeout, 408, 429, 5xx) with exponential backoff and full jitter; a
-    /// `Retry-After` (or `retry-after-ms`) answer is waited for instead.
-    #[serde(default = "defaults::max_retries")]
-    pub max_retries: u32,
-    /// The backoff before retry `n` is random in `[0, backoff_ms * 2^n]`.
-    #[serde(default = "defaults::backoff_ms")]
-    pub backoff_ms: u64,
-    /// The longest wait before a retry; a `Retry-After` longer than this is
-    /// not waited for (the call fails and the pipeline falls back).
-    #[serde(default = "resilience::defaults::max_backoff_ms")]
-    pub max_backoff_ms: u64,
     /// How the pipeline's schema is passed on: `auto` (the default: try
     /// `json_schema`, and step down to `json_object` with the schema, then
     /// `json_object`, then nothing while the server refuses the mode),
     /// `json_schema`, `json_object` or `none` (for servers that accept neither).
     #[serde(default)]
     pub response_format: ResponseFormat,
-    /// This provider's circuit breaker.
+    /// Timeouts, retries and the circuit breaker (keys of this table).
+    #[serde(flatten)]
+    pub http: HttpConfig,
+}
+
+/// `kind = "anthropic"`: the Anthropic Messages API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicConfig {
+    /// `/v1/messages` is appended.
+    #[serde(default = "defaults::anthropic_base_url")]
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key, sent as
+    /// `x-api-key` (empty: no key is sent, e.g. for a local proxy).
+    #[serde(default = "defaults::anthropic_api_key_env")]
+    pub api_key_env: String,
+    /// Sent when the caller and the pipeline's `[sampling]` set no token
+    /// limit: the Messages API requires one.
+    #[serde(default = "defaults::anthropic_max_tokens")]
+    pub max_tokens: u32,
     #[serde(default)]
-    pub breaker: BreakerConfig,
+    pub temperature: Option<f32>,
+    /// Timeouts, retries and the circuit breaker (keys of this table).
+    #[serde(flatten)]
+    pub http: HttpConfig,
 }
 
 /// How an OpenAI-compatible server is asked for JSON.
@@ -267,6 +303,21 @@ pub struct PipelineConfig {
     /// Caps and overrides that win over what the caller sends.
     #[serde(default)]
     pub sampling: SamplingPolicy,
+    /// Grants the pipeline's validators the `judge` import: a model they
+    /// may ask (a model-graded check).
+    #[serde(default)]
+    pub judge: Option<JudgeConfig>,
+}
+
+/// `judge = { provider = "grader" }`: who a validator's `judge.ask` asks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// The judge's provider; the pipeline's `fallbacks` follow it.
+    pub provider: String,
+    /// A ceiling on the judge's answer.
+    #[serde(default = "defaults::judge_max_tokens")]
+    pub max_tokens: u64,
 }
 
 /// What a pipeline answers.
@@ -563,14 +614,14 @@ mod defaults {
     pub fn limit_window() -> u32 {
         60
     }
-    pub fn timeout_ms() -> u64 {
-        60_000
+    pub fn anthropic_base_url() -> String {
+        "https://api.anthropic.com".to_owned()
     }
-    pub fn max_retries() -> u32 {
-        2
+    pub fn anthropic_api_key_env() -> String {
+        "ANTHROPIC_API_KEY".to_owned()
     }
-    pub fn backoff_ms() -> u64 {
-        250
+    pub fn anthropic_max_tokens() -> u32 {
+        1024
     }
     pub fn scripted_model() -> String {
         "scripted".to_owned()
@@ -584,6 +635,9 @@ mod defaults {
     pub fn repair_strategies() -> Vec<super::RepairStrategy> {
         use super::RepairStrategy::*;
         vec![StrictFormat, Temperature, Model]
+    }
+    pub fn judge_max_tokens() -> u64 {
+        256
     }
     pub fn temperature_step() -> f64 {
         0.4
@@ -647,7 +701,8 @@ impl Config {
             let key = |k: &str| format!("pipelines.{name}.{k}");
             let providers = std::iter::once(("model", &p.model))
                 .chain(p.fallbacks.iter().map(|f| ("fallbacks", f)))
-                .chain(p.repair.model.iter().map(|m| ("repair.model", m)));
+                .chain(p.repair.model.iter().map(|m| ("repair.model", m)))
+                .chain(p.judge.iter().map(|j| ("judge.provider", &j.provider)));
             for (k, provider) in providers {
                 if !self.providers.contains_key(provider) {
                     return Err(ConfigError::UnknownProvider {
@@ -717,30 +772,26 @@ impl Config {
                     "`cache` and `static` name the pipeline's own fallbacks; choose another provider name",
                 ));
             }
-            if let ProviderConfig::Openai(o) = provider {
-                if let Err((k, message)) = resilience::check_breaker(&o.breaker) {
+            if let Some(http) = provider.http() {
+                if let Err((k, message)) = resilience::check_breaker(&http.breaker) {
                     return Err(invalid(format!("providers.{name}.{k}"), message));
                 }
-                if o.timeout_ms == 0 || o.connect_timeout_ms == 0 {
+                if http.timeout_ms == 0 || http.connect_timeout_ms == 0 {
                     return Err(invalid(format!("providers.{name}.timeout_ms"), "timeouts must be at least 1 ms"));
                 }
             }
-            match provider {
-                ProviderConfig::Openai(o)
-                    if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) =>
-                {
-                    return Err(invalid(
-                        format!("providers.{name}.base_url"),
-                        "must start with http:// or https://",
-                    ));
-                }
-                ProviderConfig::Scripted(s) if s.file.is_some() == s.responses.is_some() => {
-                    return Err(invalid(
-                        format!("providers.{name}"),
-                        "a scripted provider needs `file` or `responses` (one of them)",
-                    ));
-                }
-                _ => {}
+            if let Some(url) = provider.base_url()
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(format!("providers.{name}.base_url"), "must start with http:// or https://"));
+            }
+            if let ProviderConfig::Scripted(s) = provider
+                && s.file.is_some() == s.responses.is_some()
+            {
+                return Err(invalid(
+                    format!("providers.{name}"),
+                    "a scripted provider needs `file` or `responses` (one of them)",
+                ));
             }
         }
         Ok(())
@@ -839,6 +890,36 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
         .unwrap_err()
         .to_string();
         assert!(e.contains("api_key"), "{e}");
+    }
+
+    #[test]
+    fn an_anthropic_provider_has_defaults_and_shares_the_http_keys() {
+        let c = parse(
+            "plugins_dir = \"p\"\n[providers.claude]\nkind = \"anthropic\"\nmodel = \"claude-x\"\nmax_retries = 5\nbreaker = { probes = 3 }\n",
+        )
+        .unwrap();
+        let ProviderConfig::Anthropic(a) = &c.providers["claude"] else {
+            panic!("anthropic")
+        };
+        assert_eq!(
+            (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens, a.temperature),
+            ("https://api.anthropic.com", "ANTHROPIC_API_KEY", 1024, None)
+        );
+        assert_eq!((a.http.max_retries, a.http.backoff_ms, a.http.breaker.probes), (5, 250, 3));
+        assert_eq!(c.providers["claude"].kind(), "anthropic");
+        // Unknown keys are still refused by name, next to the shared ones.
+        let e = parse("plugins_dir = \"p\"\n[providers.claude]\nkind = \"anthropic\"\nmodel = \"m\"\nmax_retry = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `max_retry`"), "{e}");
+        let e = parse("plugins_dir = \"p\"\n[providers.claude]\nkind = \"anthropic\"\nmodel = \"m\"\nbase_url = \"api.anthropic.com\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers.claude.base_url"), "{e}");
+        let e = parse("plugins_dir = \"p\"\n[providers.claude]\nkind = \"anthropic\"\nmodel = \"m\"\ntimeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers.claude.timeout_ms"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The degradation keys of `reins.toml`: a provider's circuit breaker, and a
-//! pipeline's response cache and static degraded answer.
+//! The degradation keys of `reins.toml`: an HTTP provider's timeouts,
+//! retries and circuit breaker (shared by every HTTP kind), and a pipeline's
+//! response cache and static degraded answer.
 //!
 //! ```toml
 //! [providers.llm]
@@ -25,6 +26,34 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+
+/// The keys every HTTP provider kind shares (`openai`, `anthropic`): how
+/// one call is bounded, how failed calls are retried, and the breaker.
+/// They sit in the provider's own table (flattened into it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HttpConfig {
+    /// Time to establish a connection.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Total time of one request (connect, send, the whole response body).
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries of a retryable failure (connect error, broken connection,
+    /// timeout, 408, 429, 5xx) with exponential backoff and full jitter; a
+    /// `Retry-After` (or `retry-after-ms`) answer is waited for instead.
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+    /// The backoff before retry `n` is random in `[0, backoff_ms * 2^n]`.
+    #[serde(default = "defaults::backoff_ms")]
+    pub backoff_ms: u64,
+    /// The longest wait before a retry; a `Retry-After` longer than this is
+    /// not waited for (the call fails and the pipeline falls back).
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// This provider's circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
 
 /// A provider's circuit breaker: it opens when at least `failure_rate` of
 /// the calls of the last `window_ms` failed (once there were `min_calls` of
@@ -126,6 +155,15 @@ pub(super) mod defaults {
     pub fn connect_timeout_ms() -> u64 {
         5_000
     }
+    pub fn timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn max_retries() -> u32 {
+        2
+    }
+    pub fn backoff_ms() -> u64 {
+        250
+    }
     pub fn max_backoff_ms() -> u64 {
         10_000
     }
@@ -199,7 +237,8 @@ model = "plain"
         let ProviderConfig::Openai(llm) = &c.providers["llm"] else {
             panic!("openai")
         };
-        assert_eq!((llm.connect_timeout_ms, llm.max_backoff_ms), (250, 900));
+        let llm = &llm.http;
+        assert_eq!((llm.connect_timeout_ms, llm.max_backoff_ms, llm.timeout_ms), (250, 900, 60_000));
         assert_eq!(
             (llm.breaker.failure_rate, llm.breaker.min_calls, llm.breaker.probes),
             (0.25, 3, 2)
@@ -208,7 +247,7 @@ model = "plain"
         let ProviderConfig::Openai(plain) = &c.providers["plain"] else {
             panic!("openai")
         };
-        assert_eq!(plain.breaker, BreakerConfig::default());
+        assert_eq!(plain.http.breaker, BreakerConfig::default());
         let p = &c.pipelines["p"];
         assert_eq!(
             (p.deadline_ms, p.cache, p.cache_ttl_s, p.cache_max_entries),

@@ -54,6 +54,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
             attempt: 0,
             metadata: request.metadata.clone(),
             request_text: std::sync::Arc::from(""),
+            judge: None,
         },
         request_schema: None,
         model_schema: pipeline.schema.clone(),
@@ -62,6 +63,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         sampling: Sampling::default(),
         strict: false,
         chain_offset: 0,
+        judge: None,
         deg: Degradation::new(pipeline, Instant::now()),
     };
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
@@ -108,6 +110,8 @@ struct Run<'a> {
     strict: bool,
     /// Providers of the repair chain passed over (the `model` strategy).
     chain_offset: usize,
+    /// The judge validators may ask (a pipeline with `judge`).
+    judge: Option<Arc<super::judge::RunJudge>>,
     /// Deadline, cache key and which fallback served each attempt.
     deg: Degradation,
 }
@@ -459,6 +463,20 @@ impl Run<'_> {
         let messages = self.normalize(request.messages).await?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         self.ctx.request_text = request_text(&messages, &chunks);
+        if let (Some(config), Ok(runtime)) = (&self.p.config.judge, tokio::runtime::Handle::try_current())
+            && !self.p.judge_providers.is_empty()
+        {
+            let judge = Arc::new(super::judge::RunJudge::new(
+                self.p.judge_providers.clone(),
+                &self.ctx.run_id,
+                &self.p.name,
+                config.max_tokens,
+                self.deg.deadline,
+                runtime,
+            ));
+            self.ctx.judge = Some(crate::runtime::JudgeHandle(judge.clone()));
+            self.judge = Some(judge);
+        }
         let tools = self.constraints().await?;
         if let Some(ToolChoice::Tool(name)) = &self.sampling.tool_choice
             && !tools.iter().any(|t| &t.name == name)
@@ -683,6 +701,7 @@ impl Run<'_> {
             } else {
                 self.validate(&response.content).await?
             };
+            self.note_judge_calls();
             let mut findings = validation.findings;
             let mut gated = Gated::default();
             // Proposed actions: the model's tool calls, then any listed in
@@ -825,6 +844,37 @@ impl Run<'_> {
                     });
                 }
             }
+        }
+    }
+
+    /// Counts the judge's tokens in the run's usage and traces each question
+    /// with its answer.
+    fn note_judge_calls(&mut self) {
+        let Some(judge) = &self.judge else { return };
+        for call in judge.drain() {
+            let (prompt, completion) = match call.usage {
+                Some(u) => (u.prompt_tokens, u.completion_tokens),
+                None => {
+                    let answer = call.answer.as_deref().unwrap_or_default();
+                    self.result.tokens.estimated = true;
+                    (tokens::count(&call.question), tokens::count(answer))
+                }
+            };
+            self.result.tokens.prompt += prompt;
+            self.result.tokens.completion += completion;
+            self.result.tokens.total += prompt + completion;
+            let shown = |s: &str| -> String {
+                let s = s.trim();
+                match s.char_indices().nth(120) {
+                    Some((i, _)) => format!("{}…", &s[..i]),
+                    None => s.to_owned(),
+                }
+            };
+            let result = match &call.answer {
+                Ok(a) => format!("asked {:?} -> {:?}", shown(&call.question), shown(a)),
+                Err(e) => format!("asked {:?} -> failed: {}", shown(&call.question), shown(e)),
+            };
+            self.trace("judge", &call.provider, result, call.start, call.end);
         }
     }
 

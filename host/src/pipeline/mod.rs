@@ -22,6 +22,7 @@ pub mod engine;
 pub mod execute;
 pub mod extract;
 pub mod fallback;
+pub(crate) mod judge;
 pub mod repair;
 pub mod result;
 
@@ -179,6 +180,8 @@ pub struct Pipeline {
     pub(crate) providers: Vec<Arc<Breaker>>,
     /// Providers of repair attempts (the same chain unless `repair.model` is set).
     pub(crate) repair_providers: Vec<Arc<Breaker>>,
+    /// The judge's provider and the pipeline's fallbacks (`judge`).
+    pub(crate) judge_providers: Vec<Arc<Breaker>>,
     /// The provider that summarizes session memory (`memory.mode = "summarize"`).
     pub(crate) memory_provider: Option<Arc<Breaker>>,
     /// The response cache (`cache` not `off`) and the static degraded answer.
@@ -301,8 +304,10 @@ impl Pipeline {
             }
             _ => None,
         };
+        let judge_providers = p.judge.as_ref().map(|j| chain(&j.provider)).unwrap_or_default();
         let (cache, degraded) = fallback::compile(config, name, p, schema_validator.as_ref())?;
         Ok(Pipeline {
+            judge_providers,
             memory_provider,
             name: name.to_owned(),
             config: p.clone(),
@@ -451,6 +456,22 @@ impl Pipeline {
     /// layer, and that its validators can check what it answers.
     pub fn check_plugins(&self, config: &Config, host: &PluginHost) -> Result<(), ConfigError> {
         let set = host.current();
+        if self.config.judge.is_none()
+            && let Some(v) = self
+                .config
+                .validators
+                .iter()
+                .find(|v| set.get(&v.0.plugin).is_some_and(|p| p.asks_judge()))
+        {
+            return Err(ConfigError::Invalid {
+                path: config.origin.clone(),
+                key: format!("pipelines.{}.judge", self.name),
+                message: format!(
+                    "validator `{}` asks the judge (it imports reins:policy/judge), but pipeline `{}` grants none: add judge = {{ provider = \"…\" }} to the pipeline",
+                    v.0.plugin, self.name
+                ),
+            });
+        }
         if self.config.output == Some(OutputMode::Text) {
             for v in &self.config.validators {
                 if let Some(p) = set.get(&v.0.plugin)

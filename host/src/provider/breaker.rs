@@ -61,10 +61,10 @@ impl BreakerSettings {
     }
 
     pub fn for_config(config: &ProviderConfig) -> BreakerSettings {
-        match config {
-            ProviderConfig::Openai(c) => BreakerSettings::from_config(&c.breaker),
+        match config.http() {
+            Some(c) => BreakerSettings::from_config(&c.breaker),
             // A script is deterministic: a breaker would only hide its errors.
-            ProviderConfig::Scripted(_) => BreakerSettings::DISABLED,
+            None => BreakerSettings::DISABLED,
         }
     }
 }

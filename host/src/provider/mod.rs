@@ -2,6 +2,7 @@
 //!
 //! - [`openai::OpenAiProvider`]: OpenAI-compatible chat completions over HTTP
 //!   (OpenAI, vLLM, llama.cpp server, Ollama), with connect and total timeouts.
+//! - [`anthropic::AnthropicProvider`]: the Anthropic Messages API over HTTP.
 //! - [`scripted::ScriptedProvider`]: replays responses from a file, for
 //!   offline runs and tests, and records every request it was sent.
 //!
@@ -21,13 +22,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod anthropic;
 pub mod breaker;
+mod http;
 pub mod openai;
 pub mod retry;
 pub mod scripted;
 
 pub use breaker::{BreakerSettings, BreakerSnapshot, CircuitBreaker, CircuitState};
 use breaker::{Outcome, PermitGuard, Transition};
+pub use anthropic::AnthropicProvider;
 pub use openai::OpenAiProvider;
 pub use retry::RetryPolicy;
 pub use scripted::{ScriptEntry, ScriptedProvider};
@@ -310,6 +314,7 @@ pub trait Provider: Send + Sync + 'static {
 pub fn from_config(name: &str, config: &ProviderConfig, base_dir: &Path) -> Result<Arc<dyn Provider>, ConfigError> {
     Ok(match config {
         ProviderConfig::Openai(c) => Arc::new(OpenAiProvider::new(name, c.clone())),
+        ProviderConfig::Anthropic(c) => Arc::new(AnthropicProvider::new(name, c.clone())),
         ProviderConfig::Scripted(c) => match (&c.file, &c.responses) {
             (Some(file), _) => Arc::new(ScriptedProvider::from_file(name, &c.model, &base_dir.join(file))?),
             (None, responses) => {

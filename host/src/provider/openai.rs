@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::{OpenAiConfig, ResponseFormat};
 use crate::runtime::Message;
 use serde_json::{Map, Value, json};
+use super::http::snippet;
 use std::any::Any;
-use std::time::{Duration, SystemTime};
 
 /// An OpenAI-compatible HTTP endpoint.
 pub struct OpenAiProvider {
@@ -65,14 +65,7 @@ impl Mode {
 impl OpenAiProvider {
     pub fn new(name: impl Into<String>, config: OpenAiConfig) -> OpenAiProvider {
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot configure the HTTP client; using defaults");
-                reqwest::Client::new()
-            });
+        let client = super::http::client(&config.http);
         let first = match config.response_format {
             ResponseFormat::Auto | ResponseFormat::JsonSchema => 0,
             ResponseFormat::JsonObject => 2,
@@ -243,61 +236,11 @@ impl OpenAiProvider {
         if let Some(key) = api_key {
             builder = builder.bearer_auth(key);
         }
-        let response = builder.send().await.map_err(|e| self.transport_error(e))?;
-        let status = response.status();
-        let retry_after = if status.is_success() {
-            None
-        } else {
-            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-            super::retry::parse_retry_after(header("retry-after-ms"), header("retry-after"), SystemTime::now())
-        };
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(e))?;
-        if !status.is_success() {
-            return Err(ProviderError::Status {
-                provider: self.name.clone(),
-                status: status.as_u16(),
-                body: snippet(&bytes),
-                retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-            });
-        }
+        let bytes = super::http::send(&self.name, &self.url, &self.config.http, builder).await?;
         parse_response(&bytes).map_err(|message| ProviderError::BadResponse {
             provider: self.name.clone(),
             message: format!("{message}; body: {}", snippet(&bytes)),
         })
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> ProviderError {
-        if e.is_timeout() {
-            return ProviderError::Timeout {
-                provider: self.name.clone(),
-                timeout_ms: if e.is_connect() {
-                    self.config.connect_timeout_ms
-                } else {
-                    self.config.timeout_ms
-                },
-            };
-        }
-        // Walk the source chain: reqwest's own message is terse.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        if e.is_connect() {
-            ProviderError::Connect {
-                provider: self.name.clone(),
-                url: self.url.clone(),
-                message,
-            }
-        } else {
-            // Reset, closed before the answer, or a body cut short.
-            ProviderError::Interrupted {
-                provider: self.name.clone(),
-                message,
-            }
-        }
     }
 }
 
@@ -355,15 +298,6 @@ fn schema_name(pipeline: &str) -> String {
         .take(64)
         .collect();
     if name.is_empty() { "output".to_owned() } else { name }
-}
-
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    match text.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
 }
 
 /// Reads a chat-completions response body.
@@ -489,12 +423,14 @@ pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
     out
 }
 
-/// A message's content on the wire: its parts when it came in parts, else its text.
+/// A message's content on the wire: its parts when it came in parts, else
+/// its text; a failed tool result is marked (OpenAI has no error flag).
 fn content_of(m: &Message) -> Value {
-    match &m.parts {
+    let content = match &m.parts {
         Some(parts) => Value::Array(parts.clone()),
         None => Value::String(m.content.clone()),
-    }
+    };
+    if m.is_error { crate::runtime::mark_tool_error(content) } else { content }
 }
 
 #[cfg(test)]

@@ -24,14 +24,14 @@ impl RetryPolicy {
     };
 
     pub fn for_config(config: &ProviderConfig) -> RetryPolicy {
-        match config {
-            ProviderConfig::Openai(c) => RetryPolicy {
+        match config.http() {
+            Some(c) => RetryPolicy {
                 max_retries: c.max_retries,
                 base: Duration::from_millis(c.backoff_ms),
                 max_wait: Duration::from_millis(c.max_backoff_ms),
             },
             // A script is deterministic: retrying it gives the same answer.
-            ProviderConfig::Scripted(_) => RetryPolicy::NONE,
+            None => RetryPolicy::NONE,
         }
     }
 

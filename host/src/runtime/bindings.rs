@@ -11,7 +11,7 @@ pub mod shared {
     });
 }
 
-pub use shared::reins::policy::{host as host_iface, types as wit_types};
+pub use shared::reins::policy::{host as host_iface, judge as judge_iface, types as wit_types};
 
 macro_rules! plugin_world {
     ($module:ident, $world:literal) => {

@@ -156,6 +156,12 @@ impl Plugin {
         &self.info
     }
 
+    /// Whether the component imports the `judge` interface (and so needs a
+    /// pipeline that grants it).
+    pub fn asks_judge(&self) -> bool {
+        self.info.imports.iter().any(|i| i.starts_with("reins:policy/judge"))
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -361,10 +367,15 @@ impl Plugin {
         }
         live.uses += 1;
         live.store.data_mut().request_text = ctx.request_text.clone();
+        live.store.data_mut().judge = ctx.judge.clone();
+        live.store.data_mut().call_deadline =
+            Some(std::time::Instant::now() + Duration::from_millis(self.manifest.limits.deadline_ms));
         let started = std::time::Instant::now();
         let result = f(&mut live.store, &live.instance, &wctx);
         self.latency.record(started.elapsed().as_secs_f64());
         let journal = std::mem::take(&mut live.store.data_mut().journal);
+        // A pooled instance keeps no judge of a finished run.
+        live.store.data_mut().judge = None;
         match result {
             Ok(answer) => {
                 if pooled {

@@ -1,7 +1,7 @@
 //! What a wasmtime `Store` carries for one plugin instance, and the host
 //! imports (`log`, `counter-add`) plugins call.
 
-use super::bindings::{host_iface, wit_types};
+use super::bindings::{host_iface, judge_iface, wit_types};
 use super::counters::CounterStore;
 use super::manifest::Grants;
 use std::sync::Arc;
@@ -25,6 +25,10 @@ pub struct StoreState {
     pub(crate) journal: Vec<CounterEntry>,
     /// What `request-text` answers during the current call.
     pub(crate) request_text: Arc<str>,
+    /// Who `judge.ask` asks during the current call (none: not granted).
+    pub(crate) judge: Option<super::types::JudgeHandle>,
+    /// When the current call's deadline passes (a judge must answer before).
+    pub(crate) call_deadline: Option<std::time::Instant>,
 }
 
 /// One `counter-add` a plugin made.
@@ -48,6 +52,8 @@ impl StoreState {
             counters,
             journal: Vec::new(),
             request_text: Arc::from(""),
+            judge: None,
+            call_deadline: None,
         }
     }
 }
@@ -121,6 +127,23 @@ impl host_iface::Host for StoreState {
 
     fn request_text(&mut self) -> String {
         self.request_text.to_string()
+    }
+}
+
+impl judge_iface::Host for StoreState {
+    fn ask(&mut self, system: String, question: String) -> Result<String, String> {
+        match &self.judge {
+            Some(judge) => {
+                let within = self
+                    .call_deadline
+                    .map_or(Duration::from_secs(60), |d| d.saturating_duration_since(std::time::Instant::now()));
+                judge.0.ask(&system, &question, within)
+            }
+            None => Err(format!(
+                "plugin `{}` asked the judge, but this pipeline grants none: set judge = {{ provider = \"…\" }} on the pipeline",
+                self.plugin
+            )),
+        }
     }
 }
 

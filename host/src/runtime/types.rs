@@ -87,10 +87,38 @@ pub struct Message {
     /// A participant's name (OpenAI `name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A `tool` message whose call failed (Anthropic `tool_result.is_error`).
+    /// A model API with no such flag is shown [`TOOL_ERROR_MARK`] before the text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
     /// The original multi-part content (text and e.g. image parts), when the
     /// caller sent parts: non-text parts go to the model as they came.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<Vec<Value>>,
+}
+
+/// What marks a failed tool result's content for a model whose API has no
+/// error flag on tool results (OpenAI's).
+pub const TOOL_ERROR_MARK: &str = "[tool error] ";
+
+/// `content` (a string, or a list of parts) marked as a failed tool result:
+/// the mark goes before the text (before the first text part).
+pub fn mark_tool_error(content: Value) -> Value {
+    match content {
+        Value::String(s) => Value::String(format!("{TOOL_ERROR_MARK}{s}")),
+        Value::Array(mut parts) => {
+            match parts
+                .iter_mut()
+                .find(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .and_then(|p| p.get_mut("text"))
+            {
+                Some(Value::String(t)) => *t = format!("{TOOL_ERROR_MARK}{t}"),
+                _ => parts.insert(0, serde_json::json!({"type": "text", "text": TOOL_ERROR_MARK.trim_end()})),
+            }
+            Value::Array(parts)
+        }
+        other => other,
+    }
 }
 
 /// A tool call recorded in a conversation: ids tie a `tool` result to it.
@@ -111,6 +139,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             name: None,
+            is_error: false,
             parts: None,
         }
     }
@@ -174,6 +203,27 @@ pub struct CallContext {
     /// What the request says, for the `request-text` import (grounding).
     #[serde(skip)]
     pub request_text: std::sync::Arc<str>,
+    /// The judge model, when the pipeline grants it (the `judge` import).
+    #[serde(skip)]
+    pub judge: Option<JudgeHandle>,
+}
+
+/// A model a plugin may ask (the `judge` import). The runtime knows nothing
+/// of providers: the pipeline hands one in per run.
+pub trait Judge: Send + Sync {
+    /// Blocks until the judge answers `question`, or says why it cannot,
+    /// within `within` (what is left of the asking plugin's deadline).
+    fn ask(&self, system: &str, question: &str, within: std::time::Duration) -> Result<String, String>;
+}
+
+/// A shared [`Judge`], carried by a call's context.
+#[derive(Clone)]
+pub struct JudgeHandle(pub std::sync::Arc<dyn Judge>);
+
+impl std::fmt::Debug for JudgeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JudgeHandle")
+    }
 }
 
 /// How bad a finding is; `Error` findings reject a request or fail validation.

@@ -54,18 +54,27 @@ impl Auth {
         self.by_hash.is_empty()
     }
 
-    /// Checks the request's bearer token for `scope`; returns the token's name.
+    /// Checks the request's token for `scope`; returns the token's name.
+    /// The token is the bearer token (`Authorization: Bearer ...`), or the
+    /// `x-api-key` header as Anthropic clients send it; when both are sent,
+    /// the first one that is a known token counts.
     pub fn check(&self, headers: &HeaderMap, scope: Scope) -> Result<Option<String>, ApiError> {
         if self.is_open() {
             return Ok(None);
         }
-        let token = headers
+        let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let (name, scopes) = [bearer, api_key]
+            .into_iter()
+            .flatten()
+            .find_map(|token| {
+                let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+                self.by_hash.get(&hash)
+            })
             .ok_or_else(ApiError::unauthorized)?;
-        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let (name, scopes) = self.by_hash.get(&hash).ok_or_else(ApiError::unauthorized)?;
         if !scopes.contains(&scope) {
             let s = match scope {
                 Scope::Run => "run",

@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
-            "missing or unknown bearer token",
+            "missing or unknown token (send it as `Authorization: Bearer TOKEN` or `x-api-key: TOKEN`)",
         )
     }
 
@@ -65,14 +65,19 @@ impl IntoResponse for ApiError {
         err.insert("message".into(), json!(self.message));
         err.insert("code".into(), json!(self.status.as_u16()));
         err.extend(self.extra);
-        let mut response = (self.status, Json(json!({ "error": err }))).into_response();
-        if let Some(secs) = self.retry_after {
-            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-            }
-        }
-        response
+        respond(self.status, json!({ "error": err }), self.retry_after)
     }
+}
+
+/// An error answer: `body` with `status`, and `Retry-After` when given.
+pub(super) fn respond(status: StatusCode, body: Value, retry_after: Option<u64>) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Some(secs) = retry_after
+        && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    response
 }
 
 /// A JSON body extractor whose rejections are [`ApiError`]s: malformed JSON

@@ -3,6 +3,8 @@
 //! Handlers parse, authorize, call the host and shape the answer; everything
 //! else lives in the library. See `docs/ARCHITECTURE.md` ("Server").
 
+mod anthropic;
+mod answer;
 mod approvals;
 mod auth;
 mod error;
@@ -86,6 +88,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/runs/{id}/steps", get(runs::steps))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", post(approvals::decide))
         .route("/ui/approvals", get(approvals::page))

@@ -45,7 +45,7 @@ const UNSUPPORTED: [&str; 12] = [
     "prompt_cache_key",
 ];
 
-fn bad(param: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn bad(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message).with("param", json!(param))
 }
 
@@ -200,7 +200,7 @@ impl ChatRequest {
     }
 }
 
-fn take_bool(body: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+pub(super) fn take_bool(body: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
     match body.remove(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(b)),
@@ -208,7 +208,7 @@ fn take_bool(body: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, A
     }
 }
 
-fn take_number(body: &mut Map<String, Value>, key: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+pub(super) fn take_number(body: &mut Map<String, Value>, key: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
     match body.remove(key) {
         None => Ok(None),
         Some(v) => match v.as_f64() {
@@ -218,7 +218,7 @@ fn take_number(body: &mut Map<String, Value>, key: &str, min: f64, max: f64) -> 
     }
 }
 
-fn take_count(body: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, ApiError> {
+pub(super) fn take_count(body: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, ApiError> {
     match body.remove(key) {
         None => Ok(None),
         Some(v) => match v.as_u64() {
@@ -361,12 +361,7 @@ pub async fn chat_completions(
         ))
         .with("param", json!("model")));
     }
-    // Session memory: `X-Reins-Session`, or `metadata.session_id`.
-    request.session_id = headers
-        .get("x-reins-session")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.metadata.get("session_id").and_then(Value::as_str).map(str::to_owned));
+    request.session_id = super::answer::session_id(&headers, &request.metadata);
     let result = super::run_pipeline(&state, &pipeline, request, None).await?;
     state.runs.insert(result.clone(), None);
 
@@ -451,24 +446,12 @@ fn request_tools(tools: &[Value]) -> Result<Vec<RequestTool>, ApiError> {
 
 /// Maps a run to an OpenAI answer, or to an error with the right status.
 fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value), ApiError> {
-    let reins = json!({
-        "run_id": result.run_id,
-        "status": result.status.as_str(),
-        "attempts": result.attempts.len(),
-        "skipped": result.skipped,
-        "degraded": result.degraded,
-        "served_by": result.served_by,
-        "notice": result.notice,
-        "approvals": result.approvals,
-    });
+    let reins = super::answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
         RunStatus::Rejected | RunStatus::Failed => return Err(run_error(result, reins)),
     }
-    let content = result.output.as_ref().map(|o| match o {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    });
+    let content = super::answer::output_text(result);
     let tool_calls = returned_calls(result);
     let awaiting = result.status == RunStatus::AwaitingApproval;
     let finish_reason = if awaiting {
@@ -500,38 +483,16 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
     Ok((if awaiting { StatusCode::ACCEPTED } else { StatusCode::OK }, body))
 }
 
-/// The tool calls that go back to the client, as OpenAI `tool_calls`:
-/// actions a webhook already carried out are not the client's to run; each
-/// keeps the id the model gave it (else one made from the run id).
+/// The tool calls that go back to the client, as OpenAI `tool_calls`.
 pub(super) fn returned_calls(result: &RunResult) -> Vec<Value> {
-    let proposed = result.attempts.last().map(|a| a.tool_calls.as_slice()).unwrap_or_default();
-    result
-        .actions
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| {
-            result.executions.is_empty()
-                || result
-                    .executions
-                    .get(*k)
-                    .is_some_and(|e| e.status == crate::pipeline::ExecStatus::Returned)
-        })
-        .map(|(k, a)| {
-            let index = result.action_indices.get(k).copied().unwrap_or(k);
-            let id = proposed
-                .get(index)
-                .and_then(|c| c.id.clone())
-                .unwrap_or_else(|| format!("call_{}_{index}", short(&result.run_id)));
-            json!({
-                "id": id,
-                "type": "function",
-                "function": {"name": a.tool, "arguments": a.arguments.to_string()},
-            })
-        })
+    super::answer::returned_calls(result, "call")
+        .into_iter()
+        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments.to_string()}}))
         .collect()
 }
 
-fn run_error(result: &RunResult, reins: Value) -> ApiError {
+/// A run that did not complete, as an error with the status that says why.
+pub(super) fn run_error(result: &RunResult, reins: Value) -> ApiError {
     let message = result
         .error
         .as_ref()
@@ -617,8 +578,4 @@ pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "reins"}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
-}
-
-fn short(run_id: &str) -> &str {
-    run_id.get(..8).unwrap_or(run_id)
 }

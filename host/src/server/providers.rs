@@ -4,7 +4,6 @@
 use super::AppState;
 use super::error::ApiError;
 use super::settings::Scope;
-use crate::config::ProviderConfig;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -25,8 +24,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
                 metrics::gauge!("reins_breaker_state", "provider" => name.to_owned()).set(snapshot.state.gauge());
             }
             let (kind, endpoint) = match configs.get(name) {
-                Some(ProviderConfig::Openai(c)) => ("openai", Some(c.base_url.clone())),
-                Some(ProviderConfig::Scripted(_)) => ("scripted", None),
+                Some(c) => (c.kind(), c.base_url().map(str::to_owned)),
                 None => ("custom", None),
             };
             json!({

@@ -119,6 +119,29 @@ pub fn request_text() -> String {
     }
 }
 
+/// Ask the pipeline's judge model: `system` instructs it, `question` is
+/// what it answers; returns its answer text. Only for pipelines that grant
+/// the judge (`judge = { provider = "…" }`): the host refuses a plugin that
+/// imports it elsewhere. Off wasm (native unit tests) it answers what
+/// [`set_judge_answer`] last set on this thread.
+pub fn judge(system: &str, question: &str) -> Result<String, String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        shared::reins::policy::judge::ask(system, question)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (system, question);
+        native::JUDGE.with(|r| r.borrow().clone())
+    }
+}
+
+/// Native unit tests only: what [`judge`] answers on this thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_judge_answer(answer: Result<String, String>) {
+    native::JUDGE.with(|r| *r.borrow_mut() = answer);
+}
+
 /// Native unit tests only: what [`request_text`] answers on this thread.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn set_request_text(text: &str) {
@@ -133,6 +156,7 @@ mod native {
     thread_local! {
         static COUNTERS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
         pub static REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
+        pub static JUDGE: RefCell<Result<String, String>> = RefCell::new(Err("no judge in native tests".to_owned()));
     }
 
     pub fn counter_add(key: &str, delta: i64) -> i64 {
