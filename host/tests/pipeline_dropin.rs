@@ -288,3 +288,11 @@ async fn a_judge_fail_is_repaired_and_its_tokens_count_in_the_usage() {
     let err = host_err(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nvalidators = [\"judge\"]\n").await;
     assert!(err.contains("pipelines.chat.judge") && err.contains("grants none") && err.contains("`judge`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_blocklist_pattern_that_does_not_compile_is_refused_at_load_naming_it() {
+    let plugins = common::plugins_dir(&["blocklist"]);
+    sidecar(plugins.path(), "blocklist", "accepts = \"any\"\n[config]\npatterns = [\"(unclosed\"]\n");
+    let err = host_err(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nvalidators = [\"blocklist\"]\n").await;
+    assert!(err.contains("pipelines.chat.validators") && err.contains("blocklist") && err.contains("(unclosed"), "{err}");
+}

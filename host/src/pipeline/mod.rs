@@ -472,6 +472,32 @@ impl Pipeline {
                 ),
             });
         }
+        // A validator that reads prose is called once with an empty answer:
+        // a refusal then is its configuration (a pattern that does not
+        // compile, a missing key), and better refused now than per request.
+        for v in &self.config.validators {
+            let Some(p) = set.get(&v.0.plugin) else { continue };
+            if p.manifest().accepts == Accepts::Json || p.asks_judge() {
+                continue;
+            }
+            let ctx = crate::runtime::CallContext {
+                run_id: "load-check".into(),
+                pipeline: self.name.clone(),
+                attempt: 0,
+                metadata: Value::Object(Default::default()),
+                ..Default::default()
+            };
+            if let Err(e) = p.validate(&ctx, "\"\"") {
+                return Err(ConfigError::Invalid {
+                    path: config.origin.clone(),
+                    key: format!("pipelines.{}.validators", self.name),
+                    message: format!(
+                        "validator `{}` refuses to run with its configuration (its sidecar {}.toml): {e}",
+                        v.0.plugin, v.0.plugin
+                    ),
+                });
+            }
+        }
         if self.config.output == Some(OutputMode::Text) {
             for v in &self.config.validators {
                 if let Some(p) = set.get(&v.0.plugin)
