@@ -390,3 +390,123 @@ async fn a_missing_key_fails_before_any_call() {
     assert!(err.to_string().contains("REINS_TEST_ANTHROPIC_UNSET"), "{err}");
     assert!(fake.seen().is_empty());
 }
+
+/// One request to the router: status, headers, body (JSON, else text).
+async fn call(
+    state: &reins::server::AppState,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder()
+        .method(if body.is_some() { "POST" } else { "GET" })
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(body.map_or_else(axum::body::Body::empty, |b| axum::body::Body::from(b.to_string())))
+        .expect("request");
+    let resp = reins::server::router(state.clone(), 1 << 20).oneshot(req).await.expect("infallible");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, value)
+}
+
+#[tokio::test]
+async fn the_messages_surface_runs_on_the_anthropic_provider_both_ways() {
+    set_key();
+    let (fake, base) = Fake::start(vec![text("Bonjour !")]).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let plugins = common::plugins_dir(&[]);
+    let body = format!(
+        "[server]\n[[server.tokens]]\nname = \"app\"\nenv = \"{KEY_ENV}\"\nscopes = [\"run\"]\n\n\
+         [providers.claude]\nkind = \"anthropic\"\nbase_url = \"{base}\"\nmodel = \"claude-test\"\napi_key_env = \"{KEY_ENV}\"\n\n\
+         [providers.gone]\nkind = \"anthropic\"\nbase_url = \"{dead}\"\nmodel = \"claude-test\"\napi_key_env = \"{KEY_ENV}\"\nmax_retries = 0\n\n\
+         [pipelines.chat]\nmodel = \"claude\"\noutput = \"text\"\nsystem_prompt = \"Answer in French.\"\n\n\
+         [pipelines.down]\nmodel = \"gone\"\noutput = \"text\"\n\n\
+         [pipelines.limited]\nmodel = \"claude\"\noutput = \"text\"\nlimits = {{ key = \"user_id\", requests = 1, window_seconds = 60 }}\n"
+    );
+    let host = reins::Host::builder()
+        .config_str(pipeline_support::config(plugins.path(), &body), plugins.path())
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let settings = host.config().server.clone();
+    let state = reins::server::AppState::new(Arc::new(host), &settings).expect("state");
+    let key = [("x-api-key", "sk-ant-test")];
+    let hello = |model: &str| {
+        json!({"model": model, "max_tokens": 64, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "hello"}], "metadata": {"user_id": "u-1"}})
+    };
+
+    // In through the Messages surface, out through the anthropic provider.
+    let (status, headers, b) = call(&state, "/v1/messages", &key, Some(hello("chat"))).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(b["content"], json!([{"type": "text", "text": "Bonjour !"}]));
+    assert_eq!((b["stop_reason"].clone(), b["usage"].clone()), (json!("end_turn"), json!({"input_tokens": 20, "output_tokens": 5})));
+    assert_eq!(headers.get("x-reins-run-id").and_then(|v| v.to_str().ok()), b["reins"]["run_id"].as_str());
+    let sent = &fake.seen()[0].body;
+    assert_eq!(sent["system"], "Answer in French.\n\nBe brief.");
+    assert_eq!(sent["messages"], json!([{"role": "user", "content": "hello"}]));
+    assert_eq!((sent["max_tokens"].clone(), sent["metadata"].clone()), (json!(64), json!({"user_id": "u-1"})));
+
+    // The same, streamed: the event sequence the SDKs parse.
+    let mut streamed = hello("chat");
+    streamed["stream"] = json!(true);
+    let (status, headers, b) = call(&state, "/v1/messages", &key, Some(streamed)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    let sse = b.as_str().expect("an event stream");
+    let names: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        names,
+        ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+    );
+    let data: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("JSON data"))
+        .collect();
+    assert_eq!(data[0]["message"]["content"], json!([]));
+    assert_eq!(data[2]["delta"], json!({"type": "text_delta", "text": "Bonjour !"}));
+    assert_eq!(data[4]["delta"]["stop_reason"], "end_turn");
+    assert_eq!(data[4]["usage"]["output_tokens"], 5);
+
+    // Every provider down: Anthropic's "overloaded".
+    let (status, _, b) = call(&state, "/v1/messages", &key, Some(hello("down"))).await;
+    assert_eq!((status.as_u16(), b["type"].clone(), b["error"]["type"].clone()), (529, json!("error"), json!("overloaded_error")), "{b}");
+
+    // A pipeline's rate limit: 429 rate_limit_error with Retry-After.
+    let (status, _, _) = call(&state, "/v1/messages", &key, Some(hello("limited"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, b) = call(&state, "/v1/messages", &key, Some(hello("limited"))).await;
+    assert_eq!((status.as_u16(), b["error"]["type"].clone()), (429, json!("rate_limit_error")), "{b}");
+    assert!(headers.get("retry-after").is_some());
+
+    // max_tokens is required, as by Anthropic; no token, no run.
+    let mut missing = hello("chat");
+    missing.as_object_mut().map(|o| o.remove("max_tokens"));
+    let (status, _, b) = call(&state, "/v1/messages", &key, Some(missing)).await;
+    assert_eq!((status.as_u16(), b["error"]["type"].clone()), (400, json!("invalid_request_error")), "{b}");
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.starts_with("max_tokens")), "{b}");
+    let (status, _, b) = call(&state, "/v1/messages", &[("x-api-key", "wrong")], Some(hello("chat"))).await;
+    assert_eq!((status.as_u16(), b["error"]["type"].clone()), (401, json!("authentication_error")), "{b}");
+    let (status, _, b) = call(&state, "/v1/messages", &key, Some(json!("not an object"))).await;
+    assert_eq!((status.as_u16(), b["type"].clone()), (400, json!("error")), "{b}");
+    assert_eq!(fake.seen().len(), 3, "refused requests never reached the model");
+
+    // GET /v1/providers names the kind and where it sends its calls.
+    let admin = reins::server::AppState::new(state.host.clone(), &reins::server::ServerSettings::default()).expect("state");
+    let (status, _, b) = call(&admin, "/v1/providers", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let claude = b["data"].as_array().and_then(|d| d.iter().find(|p| p["name"] == "claude")).cloned().unwrap_or_default();
+    assert_eq!((claude["kind"].clone(), claude["base_url"].clone()), (json!("anthropic"), json!(base)));
+    assert_eq!(claude["upstream"]["anthropic_version"], "2023-06-01");
+}

@@ -2,7 +2,8 @@
 //! process whose pipelines sit on an `openai` provider pointed at a
 //! recording upstream on loopback: what the client sees (messages, a tool
 //! loop over two turns, tool_choice, images, streaming text and tool_use,
-//! usage, errors in Anthropic's shape, `x-api-key`) and what the upstream
+//! usage, a 202 for an action held for approval, errors in Anthropic's
+//! shape, `x-api-key`) and what the upstream
 //! was sent (the same tool ids, tool results, tool_choice, sampling).
 //! (The client is installed by `scripts/test.sh` / `.ci/run` from
 //! tests/clients/requirements.txt.)
@@ -56,6 +57,10 @@ fn reply(body: &Value) -> Value {
         )
     } else if said.contains("weather in Paris") {
         weather_call("call_up_1", json!({"city": "Paris"}))
+    } else if said.contains("refund order A-1") {
+        // Over spend-limit's escalation threshold: held for a human.
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_refund", "type": "function",
+            "function": {"name": "issue_refund", "arguments": json!({"order": "A-1", "amount": 5000}).to_string()}}]})
     } else if said.contains("story") {
         json!({"role": "assistant", "content": format!("Once upon a time {}there was an answer.", "there was a harness, and ".repeat(8))})
     } else if said.contains("bad json") {
@@ -106,7 +111,8 @@ fn official_anthropic_python_client_works_against_reins_serve() {
         .with_state(log.clone());
     let upstream = runtime.block_on(common::listen(app));
 
-    let dir = common::plugins_dir(&[]);
+    let dir = common::plugins_dir(&["spend-limit", "tool-manifest"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("tools sidecar");
     let config = dir.path().join("reins.toml");
     std::fs::write(
         &config,
@@ -133,6 +139,11 @@ output = "text"
 model = "up"
 schema = '{{"type":"object","required":["answer"],"properties":{{"answer":{{"type":"integer"}}}}}}'
 repair = {{ max_attempts = 1 }}
+
+[pipelines.refunds]
+model = "up"
+constraints = "tool-manifest"
+gates = ["spend-limit"]
 "#
         ),
     )
@@ -155,12 +166,12 @@ repair = {{ max_attempts = 1 }}
     }
     drop(served);
     assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("17 passed, 0 failed"), "{stdout}");
 
     let seen = log.lock().expect("log").clone();
     // Refused requests (unknown model, top_k, an unanswered tool_result, a
     // wrong key) never reached the model; each check that ran made its calls.
-    assert_eq!(seen.len(), 13, "{seen:#?}");
+    assert_eq!(seen.len(), 15, "{seen:#?}");
 
     // A plain message: the caller's system prompt, metadata.user_id as `user`, max_tokens.
     let plain = seen

@@ -198,6 +198,46 @@ def streaming_a_tool_use():
     assert use.input == {"city": "Paris", "units": "celsius", "detail": "hourly, with wind and humidity for the whole afternoon"}, use.input
 
 
+REFUND = {
+    "name": "issue_refund",
+    "description": "Refund an order",
+    "input_schema": {
+        "type": "object",
+        "required": ["order", "amount"],
+        "properties": {"order": {"type": "string"}, "amount": {"type": "number"}},
+    },
+}
+
+
+@check
+def a_held_action_is_a_202_awaiting_approval():
+    raw = client.messages.with_raw_response.create(
+        model="refunds",
+        max_tokens=100,
+        tools=[REFUND],
+        messages=[{"role": "user", "content": "refund order A-1 in full"}],
+    )
+    assert raw.status_code == 202, raw.status_code
+    r = raw.parse()
+    assert r.stop_reason == "awaiting_approval", r.stop_reason
+    assert r.reins["status"] == "awaiting_approval" and len(r.reins["approvals"]) == 1, r.reins
+
+
+@check
+def a_held_action_streams_too():
+    with client.messages.stream(
+        model="refunds",
+        max_tokens=100,
+        tools=[REFUND],
+        messages=[{"role": "user", "content": "refund order A-1 in full, streamed"}],
+        # Another tenant: the first held refund already holds this one's budget.
+        metadata={"user_id": "user-9", "tenant": "other"},
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "awaiting_approval", final.stop_reason
+    assert final.reins["status"] == "awaiting_approval", final.reins
+
+
 @check
 def a_json_pipeline_answers_compact_json():
     r = client.messages.create(model="extract", max_tokens=100, messages=[{"role": "user", "content": "give me json"}])
