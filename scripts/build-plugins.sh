@@ -11,6 +11,8 @@ for dir in plugins/*/; do
   name=$(basename "$dir")
   [ -f "$dir/Cargo.toml" ] || continue
   [ "$name" = testing ] && continue
+  # Shared libraries of the plugins (e.g. detect) are no components.
+  grep -q 'cdylib' "$dir/Cargo.toml" || continue
   wasm="target/wasm32-wasip2/release/${name//-/_}.wasm"
   [ -f "$wasm" ] || { echo "missing $wasm" >&2; exit 1; }
   cp "$wasm" "$out/$name.wasm"

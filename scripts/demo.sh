@@ -2,7 +2,8 @@
 # The quick start's main job, offline: build the host and the bundled plugins,
 # run every plugin's case file through the real host, then run the
 # contract-risk example (scripted model, one repair) and print the validated
-# JSON and the trace.
+# JSON and the trace, and the support-chat example (a prose answer behind
+# output guardrails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh
@@ -26,4 +27,16 @@ echo
 echo "== reins run: contract-risks-fix (coerce-numbers fixes it, zero repair calls) =="
 "$reins" run --config examples/contract-risks/reins.toml --pipeline contract-risks-fix \
   --input examples/contract-risks/contract.md --trace human || status=1
+echo
+# The prose assistant behind output guardrails (pii, redact-secrets, blocklist, judge).
+for p in normalize-text pii redact-secrets blocklist judge; do
+  cp "target/plugins/$p.wasm" examples/support-chat/plugins/
+done
+echo "== reins run: support-chat (personal data and a secret redacted, no model call) =="
+"$reins" run --config examples/support-chat/reins.toml --pipeline support \
+  --input examples/support-chat/order.txt --trace none || status=1
+echo
+echo "== reins run: support-chat (the judge fails a competitor's name, one repair) =="
+"$reins" run --config examples/support-chat/reins.toml --pipeline support \
+  --input examples/support-chat/compare.txt --trace human || status=1
 exit $status

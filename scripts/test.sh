@@ -25,4 +25,5 @@ python3 -m unittest discover -s sdk/python
 . scripts/pg-test.sh
 cargo test --release --workspace
 # The guest SDK and plugins' own unit tests, natively.
-cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard
+cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard \
+  -p detect -p pii -p redact-secrets -p blocklist -p grounded -p judge

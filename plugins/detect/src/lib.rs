@@ -198,25 +198,3 @@ mod tests {
         assert_eq!(replace_spans(text, &[]), text);
     }
 }
-
-#[cfg(test)]
-mod perf_tmp {
-    use std::time::Instant;
-    #[test]
-    #[ignore]
-    fn perf() {
-        let words = "the contract states that liability is capped at five hundred thousand dollars and the supplier shall deliver goods to the customer in Lisboa within thirty days of the order date unless otherwise agreed in writing by both parties".split(' ').collect::<Vec<_>>();
-        let mut text = String::new();
-        let mut i = 7usize;
-        while text.len() < 10_000 { i = (i * 31 + 17) % 1009; text.push_str(words[i % words.len()]); text.push(' '); }
-        let t = Instant::now();
-        for _ in 0..100 { std::hint::black_box(crate::find_secrets(&text)); }
-        println!("secrets 10KB: {:?}", t.elapsed() / 100);
-        let t = Instant::now();
-        for _ in 0..100 { std::hint::black_box(crate::find_pii(&text, &crate::PiiKind::ALL)); }
-        println!("pii 10KB: {:?}", t.elapsed() / 100);
-        let t = Instant::now();
-        for _ in 0..100 { std::hint::black_box(crate::fold(&text)); }
-        println!("fold 10KB: {:?}", t.elapsed() / 100);
-    }
-}
