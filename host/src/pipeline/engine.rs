@@ -847,6 +847,11 @@ impl Run<'_> {
         }
     }
 
+    /// The provider the next repair attempt asks first.
+    fn next_provider(&self) -> Option<&Arc<crate::provider::Breaker>> {
+        self.p.repair_providers.get(self.chain_offset)
+    }
+
     /// Counts the judge's tokens in the run's usage and traces each question
     /// with its answer.
     fn note_judge_calls(&mut self) {
@@ -884,11 +889,15 @@ impl Run<'_> {
     fn change_strategy(&mut self, strategies: &mut impl Iterator<Item = RepairStrategy>) -> bool {
         for strategy in strategies.by_ref() {
             let what = match strategy {
-                RepairStrategy::StrictFormat if self.mode == OutputMode::Json && !self.strict => {
+                RepairStrategy::StrictFormat
+                    if self.mode == OutputMode::Json
+                        && !self.strict
+                        && self.next_provider().is_some_and(|b| b.provider().can_tighten()) =>
+                {
                     self.strict = true;
                     "the strictest structured-output mode".to_owned()
                 }
-                RepairStrategy::Temperature if self.p.config.sampling.temperature.is_none() => {
+                RepairStrategy::Temperature => {
                     let from = self.sampling.temperature.unwrap_or(0.0);
                     let to = (from + self.p.config.repair.temperature_step).min(2.0);
                     if to <= from {

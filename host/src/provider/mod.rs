@@ -301,6 +301,12 @@ pub trait Provider: Send + Sync + 'static {
     fn params(&self) -> Value {
         json!({"model": self.model()})
     }
+    /// Whether asking with `strict` would constrain the answer more than
+    /// the provider does now (the `strict_format` repair strategy is
+    /// skipped when it would change nothing).
+    fn can_tighten(&self) -> bool {
+        false
+    }
     /// What the provider learned about its upstream while serving (e.g. the
     /// structured-output mode it negotiated), for `GET /v1/providers`.
     fn status(&self) -> Value {

@@ -275,6 +275,12 @@ impl Provider for OpenAiProvider {
         })
     }
 
+    fn can_tighten(&self) -> bool {
+        // `strict: true` exists only for json_schema; a server that took
+        // json_object with the schema already decodes under its grammar.
+        self.mode() == Mode::JsonSchema
+    }
+
     fn status(&self) -> Value {
         json!({"response_format": self.config.response_format, "structured_output": self.mode().as_str()})
     }

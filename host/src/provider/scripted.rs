@@ -245,6 +245,12 @@ impl Provider for ScriptedProvider {
         })
     }
 
+    /// A script answers whatever it is asked; it records `strict` so tests
+    /// can see the strategy reach the provider.
+    fn can_tighten(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -519,11 +519,64 @@ fn amount(folded: &str) -> Vec<f64> {
 fn request_numbers(folded: &Folded) -> Vec<Number> {
     scan_numbers(&folded.text)
         .into_iter()
+        .chain(word_numbers(&folded.text))
         .map(|n| {
             let (start, end) = folded.original_span(n.start, n.end);
             Number { value: n.value, start, end }
         })
         .collect()
+}
+
+/// Whole numbers from zero to ninety-nine written in English words
+/// ("twenty-five", "twenty five", "seven"), with their spans: an age or a
+/// count the request spells out grounds the digits a model writes.
+fn word_numbers(text: &str) -> Vec<Reading> {
+    const UNITS: [&str; 20] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    ];
+    const TENS: [&str; 8] = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
+    let lower = text.to_ascii_lowercase();
+    // Words with their byte spans.
+    let mut words: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, c) in lower.char_indices() {
+        match (c.is_ascii_alphabetic(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                words.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        words.push((s, lower.len()));
+    }
+    let word = |k: usize| words.get(k).map(|&(a, b)| &lower[a..b]);
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < words.len() {
+        let w = word(k).unwrap_or_default();
+        if let Some(t) = TENS.iter().position(|x| *x == w) {
+            let tens = 20 + 10 * t;
+            // "twenty-five" / "twenty five": a unit right after, joined by one hyphen or space.
+            let joined = words.get(k + 1).is_some_and(|&(a, _)| {
+                let gap = &lower[words[k].1..a];
+                gap == "-" || gap == " "
+            });
+            if let Some(u) = word(k + 1).filter(|_| joined).and_then(|n| UNITS[1..10].iter().position(|x| *x == n)) {
+                out.push(Reading { value: (tens + u + 1) as f64, start: words[k].0, end: words[k + 1].1, whole: true });
+                k += 2;
+                continue;
+            }
+            out.push(Reading { value: tens as f64, start: words[k].0, end: words[k].1, whole: true });
+        } else if let Some(u) = UNITS.iter().position(|x| *x == w) {
+            out.push(Reading { value: u as f64, start: words[k].0, end: words[k].1, whole: true });
+        }
+        k += 1;
+    }
+    out
 }
 
 /// One reading of a number written in a text.
@@ -738,6 +791,14 @@ mod tests {
         );
         // Without `numbers`, numeric leaves are not checked.
         assert!(run(json!({}), REQUEST, &bad).unwrap().violations.len() == 1);
+    }
+
+    #[test]
+    fn numbers_in_words() {
+        let values = |t: &str| word_numbers(t).into_iter().map(|r| r.value).collect::<Vec<_>>();
+        assert_eq!(values("She is twenty-five and has three cats"), [25.0, 3.0]);
+        assert_eq!(values("ninety nine, forty"), [99.0, 40.0]);
+        assert!(values("someone threefold").is_empty());
     }
 
     #[test]
