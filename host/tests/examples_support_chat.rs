@@ -11,18 +11,6 @@ use std::process::Command;
 
 const PLUGINS: [&str; 5] = ["normalize-text", "pii", "redact-secrets", "blocklist", "judge"];
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read example dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.path().extension().is_none_or(|e| e != "wasm") {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
 
 /// `reins run ... --trace json` on one question: (exit code, output, the run result).
 fn ask(dir: &Path, question: &str) -> (i32, Value, Value) {
@@ -43,7 +31,7 @@ fn ask(dir: &Path, question: &str) -> (i32, Value, Value) {
 #[test]
 fn the_support_chat_example_runs_as_its_readme_says() {
     let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&common::repo_root().join("examples/support-chat"), dir.path());
+    common::copy_dir(&common::repo_root().join("examples/support-chat"), dir.path());
     for name in PLUGINS {
         std::fs::copy(common::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
     }

@@ -18,25 +18,13 @@ fn example_dir() -> PathBuf {
 /// (the example's own sidecars stay: they configure the plugins for it).
 fn example() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(&example_dir(), dir.path());
+    common::copy_dir(&example_dir(), dir.path());
     for name in EXAMPLE_PLUGINS {
         std::fs::copy(common::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
     }
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read example dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.path().extension().is_none_or(|e| e != "wasm") {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
 
 fn reins(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))

@@ -296,3 +296,57 @@ async fn a_blocklist_pattern_that_does_not_compile_is_refused_at_load_naming_it(
     let err = host_err(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nvalidators = [\"blocklist\"]\n").await;
     assert!(err.contains("pipelines.chat.validators") && err.contains("blocklist") && err.contains("(unclosed"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_answer_and_an_upstream_that_sends_invalid_utf8_get_clear_outcomes() {
+    use axum::routing::post;
+    let plugins = common::plugins_dir(&["pii"]);
+    // 1 MB of prose with an address at the end: redacted, or refused by name.
+    let huge = format!("{} Mail bob@example.com.", "All is well with your order. ".repeat(36_000));
+    let model = script(vec![json!({"content": huge})]);
+    let host = host(
+        plugins.path(),
+        "[pipelines.chat]\nmodel = \"model\"\nvalidators = [{ plugin = \"pii\", on_fail = \"fix\" }]\n",
+        &model,
+    )
+    .await;
+    let r = host.run("chat", Request::text("status?")).await;
+    match (&r.status, &r.output, &r.error) {
+        (RunStatus::Completed, Some(out), _) => {
+            let text = out.as_str().expect("text");
+            assert!(text.ends_with("Mail [EMAIL].") && text.len() > 1_000_000, "{}", &text[text.len() - 40..]);
+        }
+        (RunStatus::Failed, _, Some(RunError::Plugin { plugin, kind, .. })) => {
+            assert_eq!(plugin, "pii", "{:?}", r.error);
+            assert!(["malformed", "timeout", "memory_limit"].contains(kind), "{:?}", r.error);
+        }
+        other => panic!("no clear outcome: {other:?}"),
+    }
+
+    // Invalid UTF-8 from an OpenAI-compatible upstream: an unreadable
+    // response, named, and the host goes on serving.
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            let mut body = br#"{"choices":[{"message":{"role":"assistant","content":"caf"#.to_vec();
+            body.extend_from_slice(&[0xC3, 0x28, 0xFF]);
+            body.extend_from_slice(br#""}}]}"#);
+            ([("content-type", "application/json")], body)
+        }),
+    );
+    let base = common::listen(app).await;
+    let body = format!(
+        "[providers.bad]\nkind = \"openai\"\nbase_url = \"{base}/v1\"\nmodel = \"m\"\nmax_retries = 0\n\n\
+         [pipelines.bad]\nmodel = \"bad\"\n\n[pipelines.chat]\nmodel = \"model\"\n"
+    );
+    let model = script(vec![json!("still here")]);
+    let host = self::host(plugins.path(), &body, &model).await;
+    let r = host.run("bad", Request::text("hi")).await;
+    match &r.error {
+        Some(RunError::ModelUnavailable { errors }) => {
+            assert!(errors[0].contains("unreadable response") && errors[0].contains("not JSON"), "{errors:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(host.run("chat", Request::text("hi")).await.output, Some(json!("still here")));
+}

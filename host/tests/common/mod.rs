@@ -138,6 +138,20 @@ required = ["order", "amount"]
 properties = { order = { type = "string" }, amount = { type = "number" } }
 "#;
 
+/// Copies an example directory (without any `.wasm`: tests copy the built plugins in).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read example dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.path().extension().is_none_or(|e| e != "wasm") {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
 /// Serves `app` on an ephemeral loopback port; returns `http://ADDR`.
 pub async fn listen(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
