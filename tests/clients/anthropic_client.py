@@ -13,10 +13,10 @@ would see it. Prints one line per check and a closing "N passed, N failed".
 import base64
 import json
 import sys
-import traceback
 
 import anthropic
 from anthropic import Anthropic
+from checks import check, run
 
 BASE, TOKEN = sys.argv[1], sys.argv[2]
 client = Anthropic(base_url=BASE, api_key=TOKEN, max_retries=0, timeout=30)
@@ -38,12 +38,6 @@ PIXEL = base64.b64encode(
     )
 ).decode()
 
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -310,15 +304,4 @@ def a_wrong_key_is_an_authentication_error():
         raise AssertionError("expected a 401")
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:  # noqa: BLE001 - report every failure, keep going
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc()
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run()

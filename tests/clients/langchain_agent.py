@@ -6,11 +6,11 @@ Prints one line per check and a closing "N passed, N failed".
 """
 
 import sys
-import traceback
 
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+from checks import check, run
 
 BASE = sys.argv[1]
 
@@ -22,12 +22,6 @@ def get_weather(city: str) -> str:
 
 
 llm = ChatOpenAI(model="assistant", base_url=BASE, api_key="unused", temperature=0, max_retries=0, timeout=30)
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -53,15 +47,4 @@ def plain_invoke_and_stream():
     assert text == "You said: good night", text
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc(file=sys.stdout)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run()

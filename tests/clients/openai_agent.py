@@ -11,10 +11,10 @@ Prints one line per check and a closing "N passed, N failed".
 
 import json
 import sys
-import traceback
 
 import openai
 from openai import OpenAI
+from checks import check, run
 
 BASE = sys.argv[1]
 client = OpenAI(base_url=BASE, api_key="unused-when-auth-is-off", max_retries=0, timeout=30)
@@ -49,12 +49,6 @@ def get_weather(city):
     return {"Oslo": "cold and clear", "Paris": "mild"}.get(city, "unknown")
 
 
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -211,15 +205,4 @@ def malformed_requests_are_refused_by_name():
     )
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc(file=sys.stdout)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run()

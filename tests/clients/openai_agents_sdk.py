@@ -6,10 +6,10 @@ Prints one line per check and a closing "N passed, N failed".
 """
 
 import sys
-import traceback
 
 from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
 from openai import AsyncOpenAI
+from checks import check, run
 
 BASE = sys.argv[1]
 set_tracing_disabled(True)
@@ -24,12 +24,6 @@ def get_weather(city: str) -> str:
 
 
 client = AsyncOpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=30)
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -66,15 +60,4 @@ def streamed_agent_run():
     assert out == "You said: ping", out
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc(file=sys.stdout)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run()

@@ -8,20 +8,14 @@ would see it. Prints one line per check and a closing "N passed, N failed".
 
 import json
 import sys
-import traceback
 
 import openai
 from openai import OpenAI
+from checks import check, run
 
 BASE = sys.argv[1]
 client = OpenAI(base_url=BASE, api_key="unused-when-auth-is-off", max_retries=0, timeout=30)
 
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -129,15 +123,4 @@ def models_lists_pipelines():
     assert {"answer", "refunds"} <= ids, ids
 
 
-passed = failed = 0
-for fn in checks:
-    try:
-        fn()
-        passed += 1
-        print(f"ok   {fn.__name__}")
-    except Exception:  # noqa: BLE001 - report every failure, keep going
-        failed += 1
-        print(f"FAIL {fn.__name__}")
-        traceback.print_exc()
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+run()
