@@ -7,7 +7,10 @@ use reins::cases::{read_cases, run_cases};
 use reins::runtime::{CallContext, PluginHost, Runtime};
 use serde_json::json;
 
-const BUNDLED: [&str; 7] = [
+/// Every bundled plugin with a case file of its own (`judge` needs a
+/// pipeline's judge model: `pipeline_dropin` and the support-chat example
+/// test it).
+const BUNDLED: [&str; 11] = [
     "normalize-text",
     "json-schema",
     "coerce-numbers",
@@ -15,6 +18,10 @@ const BUNDLED: [&str; 7] = [
     "sql-guard",
     "spend-limit",
     "tool-manifest",
+    "pii",
+    "redact-secrets",
+    "blocklist",
+    "grounded",
 ];
 
 fn ctx() -> CallContext {
