@@ -278,7 +278,7 @@ fn merge_normalized(plugin: &str, before: Vec<Message>, after: Vec<Message>) -> 
     }
     let structured = before
         .iter()
-        .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.parts.is_some() || m.name.is_some());
+        .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.parts.is_some() || m.name.is_some() || m.is_error);
     if structured {
         return Err(RunError::Plugin {
             layer: Layer::Normalizer.as_str(),
@@ -993,7 +993,8 @@ impl Run<'_> {
         };
         let mut doc = match extracted {
             Ok(doc) => {
-                self.trace("extract", "", "ok".to_owned(), start, Instant::now());
+                let what = if self.mode == OutputMode::Text { "text (not parsed)" } else { "ok" };
+                self.trace("extract", "", what.to_owned(), start, Instant::now());
                 doc
             }
             Err(v) => {
