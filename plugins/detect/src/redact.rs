@@ -7,6 +7,30 @@
 
 use crate::{CharPositions, Spanned, replace_spans, resolve_overlaps};
 
+/// What an operator asks for one kind of finding in a sidecar: the three
+/// [`Action`]s, or `off` (not looked for).
+#[derive(serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KindAction {
+    #[default]
+    Redact,
+    Repair,
+    Fail,
+    Off,
+}
+
+impl KindAction {
+    /// The action, or `None` for `off`.
+    pub fn action(self) -> Option<Action> {
+        match self {
+            KindAction::Redact => Some(Action::Redact),
+            KindAction::Repair => Some(Action::Repair),
+            KindAction::Fail => Some(Action::Fail),
+            KindAction::Off => None,
+        }
+    }
+}
+
 /// What to do with one finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

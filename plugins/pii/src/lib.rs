@@ -18,7 +18,7 @@
 //! number that fails Luhn is not a card).
 
 use detect::PiiKind;
-use detect::redact::{self, Action, Finding, Note};
+use detect::redact::{self, Action, Finding, KindAction, Note};
 use reins_sdk::validator::{Guest, Verdict};
 use reins_sdk::{CallContext, Violation};
 use serde::Deserialize;
@@ -43,29 +43,6 @@ impl Default for Config {
             iban: KindAction::Redact,
             placeholders: Placeholders::default(),
             patterns: Vec::new(),
-        }
-    }
-}
-
-/// What to do with one kind: the three actions of `detect::redact`, or
-/// `off` (not looked for).
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-enum KindAction {
-    #[default]
-    Redact,
-    Repair,
-    Fail,
-    Off,
-}
-
-impl KindAction {
-    fn action(self) -> Option<Action> {
-        match self {
-            KindAction::Redact => Some(Action::Redact),
-            KindAction::Repair => Some(Action::Repair),
-            KindAction::Fail => Some(Action::Fail),
-            KindAction::Off => None,
         }
     }
 }

@@ -12,7 +12,7 @@
 //! The detectors are `detect::secrets` (shared with the other text
 //! policies and a streaming checker).
 
-use detect::redact::{self, Action, Finding, Note};
+use detect::redact::{self, Action, Finding, KindAction, Note};
 use detect::{SECRET_KINDS, SecretOptions};
 use reins_sdk::validator::{Guest, Verdict};
 use reins_sdk::{CallContext, Violation};
@@ -48,27 +48,6 @@ impl Default for Config {
             entropy_threshold: defaults.entropy_threshold,
             entropy_min_length: defaults.entropy_min_length,
             keywords: None,
-        }
-    }
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-enum KindAction {
-    #[default]
-    Redact,
-    Repair,
-    Fail,
-    Off,
-}
-
-impl KindAction {
-    fn action(self) -> Option<Action> {
-        match self {
-            KindAction::Redact => Some(Action::Redact),
-            KindAction::Repair => Some(Action::Repair),
-            KindAction::Fail => Some(Action::Fail),
-            KindAction::Off => None,
         }
     }
 }
