@@ -54,6 +54,18 @@ fn after_tools(log: &clients_support::Log) -> Vec<Value> {
         .collect()
 }
 
+/// Runs `script` against `served` off the async workers (the upstream
+/// answers on them), checks it passed `checks` checks, and that every
+/// conversation the upstream received was sound.
+async fn drive(served: &common::Served, log: &clients_support::Log, script: &'static str, checks: usize) {
+    let base = format!("{}/v1", served.base);
+    let out = tokio::task::spawn_blocking(move || clients_support::run_client(script, &base))
+        .await
+        .expect("client");
+    assert!(out.contains(&format!("{checks} passed, 0 failed")), "{out}");
+    assert_sound(log);
+}
+
 fn assert_sound(log: &clients_support::Log) {
     let log = log.lock().expect("log");
     assert!(log.problems.is_empty(), "conversations the upstream received were broken: {:?}", log.problems);
@@ -62,14 +74,7 @@ fn assert_sound(log: &clients_support::Log) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_package_runs_agent_loops_through_reins() {
     let (served, log, _dir) = setup().await;
-    let out = tokio::task::spawn_blocking({
-        let base = format!("{}/v1", served.base);
-        move || clients_support::run_client("openai_agent.py", &base)
-    })
-    .await
-    .expect("client");
-    assert!(out.contains("7 passed, 0 failed"), "{out}");
-    assert_sound(&log);
+    drive(&served, &log, "openai_agent.py", 7).await;
     // `GET /v1/pipelines` says which output mode is in force, and why.
     let listed: Value = reqwest::get(format!("{}/v1/pipelines", served.base))
         .await
@@ -112,14 +117,7 @@ async fn the_openai_package_runs_agent_loops_through_reins() {
 #[tokio::test(flavor = "multi_thread")]
 async fn langchain_openai_bind_tools_loop_runs_through_reins() {
     let (served, log, _dir) = setup().await;
-    let out = tokio::task::spawn_blocking({
-        let base = format!("{}/v1", served.base);
-        move || clients_support::run_client("langchain_agent.py", &base)
-    })
-    .await
-    .expect("client");
-    assert!(out.contains("2 passed, 0 failed"), "{out}");
-    assert_sound(&log);
+    drive(&served, &log, "langchain_agent.py", 2).await;
     let turn = after_tools(&log).into_iter().next().expect("a turn after a tool result");
     let messages = turn["messages"].as_array().expect("messages");
     assert_eq!(messages[messages.len() - 1]["content"], "sunny");
@@ -129,14 +127,7 @@ async fn langchain_openai_bind_tools_loop_runs_through_reins() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_agents_sdk_runs_a_function_tool_through_reins() {
     let (served, log, _dir) = setup().await;
-    let out = tokio::task::spawn_blocking({
-        let base = format!("{}/v1", served.base);
-        move || clients_support::run_client("openai_agents_sdk.py", &base)
-    })
-    .await
-    .expect("client");
-    assert!(out.contains("2 passed, 0 failed"), "{out}");
-    assert_sound(&log);
+    drive(&served, &log, "openai_agents_sdk.py", 2).await;
     let turn = after_tools(&log).into_iter().next().expect("a turn after a tool result");
     let messages = turn["messages"].as_array().expect("messages");
     assert_eq!(messages[0]["content"], "You answer weather questions with the get_weather tool.");

@@ -118,18 +118,6 @@ reins_sdk::export_normalizer!(NormalizeText);
 mod tests {
     use super::*;
 
-    /// The cleaning is `detect`'s; this pins what this plugin relies on.
-    #[test]
-    fn cleans() {
-        assert_eq!(clean("a&amp;b &lt;x&gt; &#65;&#x42;").text, "a&b <x> AB");
-        assert_eq!(clean("ｉｇｎｏｒｅ").text, "ignore");
-        let c = clean("ig\u{200B}nore\u{0007} me");
-        assert_eq!((c.text.as_str(), c.invisible), ("ignore me", 2));
-        assert_eq!(clean("  a \t b  \n\n\n\n c \r\n d  ").text, "a b\n\nc\nd");
-        assert_eq!(clean("&bogus; & &#xZZ;").text, "&bogus; & &#xZZ;");
-        assert_eq!(clean("zero&#8203;width").text, "zerowidth");
-    }
-
     #[test]
     fn injection_hidden_with_look_alike_letters_is_caught() {
         let ctx = CallContext::for_test(&serde_json::json!({}), &serde_json::json!({}));
