@@ -1,0 +1,670 @@
+//! [`Host`]: Reins as a library. The CLI and the server use exactly this API.
+
+use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStatus, ApprovalStore, Decided, Verdict};
+use crate::limits::{RateLimiter, limit_key};
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{Pipeline, Request, RunError, RunResult, RunStatus, engine};
+use crate::provider::{self, Breaker, Provider, ProviderSettings};
+use reins_runtime::PluginHost;
+use reins_state::{RunRecord, StateStore};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod agent;
+mod lease;
+mod memory;
+pub use agent::ResumeError;
+
+/// A loaded configuration: plugins, providers and compiled pipelines.
+///
+/// Build one per process (from a `reins.toml` or with [`Host::builder`]) and
+/// share it: [`Host::run`] takes `&self` and runs any number of requests
+/// concurrently. Every run holds the plugin snapshot it started with, so a
+/// hot reload never changes a run midway.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use reins::Host;
+/// use reins::pipeline::{Request, RunStatus};
+///
+/// let plugins = tempfile::tempdir()?; // no plugins: JSON Schema only
+/// let config = r#"
+///     plugins_dir = "."
+///
+///     [providers.replay]
+///     kind = "scripted"
+///     responses = [
+///         'Here you go: {"total": "12 EUR"}',
+///         '''```json
+///         {"total": 12}
+///         ```''',
+///     ]
+///
+///     [pipelines.invoice]
+///     model = "replay"
+///     system_prompt = "Extract the invoice total as JSON."
+///     schema = { type = "object", required = ["total"], properties = { total = { type = "number" } } }
+///     repair = { max_attempts = 2 }
+/// "#;
+/// let host = Host::builder().config_str(config, plugins.path()).build().await?;
+///
+/// let result = host.run("invoice", Request::text("Total due: 12 EUR")).await;
+/// assert_eq!(result.status, RunStatus::Completed);
+/// assert_eq!(result.output, Some(serde_json::json!({"total": 12})));
+/// assert_eq!(result.repairs(), 1); // the first answer had a string total
+/// eprintln!("{}", result.trace_table());
+/// # Ok(()) }
+/// ```
+pub struct Host {
+    config: Config,
+    plugins: Arc<PluginHost>,
+    providers: BTreeMap<String, Arc<Breaker>>,
+    pipelines: BTreeMap<String, Arc<Pipeline>>,
+    approvals: ApprovalStore,
+    limits: RateLimiter,
+    state: Arc<dyn StateStore>,
+    /// Run ownership: this node's name, the lease, the runs worked on here.
+    leases: lease::Leases,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("config", &self.config.origin)
+            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Loads `reins.toml` at `path`: opens the plugins directory, builds the
+    /// providers, compiles every pipeline and checks every plugin it names.
+    pub async fn from_config(path: impl AsRef<Path>) -> Result<Host, ConfigError> {
+        Host::builder().config_file(path).build().await
+    }
+
+    /// A builder, for configs that are not files, shared plugin hosts and
+    /// providers made in code.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// Runs `request` through pipeline `pipeline`. Never fails outright:
+    /// every failure is in the result's `status` and `error`, next to the
+    /// trace of what happened before it. The run is recorded in the state
+    /// store (`running` before it starts, its result when it ends).
+    pub async fn run(&self, pipeline: &str, request: impl Into<Request>) -> RunResult {
+        self.run_keyed(pipeline, request, None).await
+    }
+
+    /// [`Host::run`], remembering the caller's idempotency key with the run
+    /// (see [`Host::run_by_key`]).
+    pub async fn run_keyed(&self, pipeline: &str, request: impl Into<Request>, key: Option<&str>) -> RunResult {
+        let mut request = request.into();
+        let run_id = request
+            .run_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let Some(p) = self.pipelines.get(pipeline) else {
+            let mut result = RunResult::new(run_id, pipeline);
+            result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
+            return result;
+        };
+        let Some(guard) = self.leases.active.enter(&run_id) else {
+            return not_owned(&run_id, pipeline, "it is already running in this process");
+        };
+        let limited = match &p.config.limits {
+            Some(limits) => {
+                let lkey = limit_key(limits, &request.metadata);
+                if let Err(retry_after_s) = self.limits.admit(pipeline, &lkey, limits) {
+                    let mut result = RunResult::new(run_id, pipeline);
+                    result.status = RunStatus::Rejected;
+                    result.error = Some(RunError::RateLimited {
+                        key: lkey,
+                        message: "too many requests or tokens in the window".into(),
+                        retry_after_s,
+                    });
+                    return result;
+                }
+                Some((limits, lkey))
+            }
+            None => None,
+        };
+        let mut record = RunRecord::new(&run_id, pipeline, "running");
+        record.idempotency_key = key.map(str::to_owned);
+        record.session_id = request.session_id.clone();
+        self.start(p, request, record, guard, limited, Vec::new()).await
+    }
+
+    /// Runs a run this process holds (`guard`) under its lease: records it
+    /// as `running` (the stored request is what a resume starts from), keeps
+    /// the lease renewed, and records its result.
+    async fn start(
+        &self,
+        p: &Pipeline,
+        mut request: Request,
+        mut record: RunRecord,
+        mut guard: lease::ActiveGuard,
+        limited: Option<(&crate::config::RateLimitConfig, String)>,
+        previous: Vec<reins_state::StepRecord>,
+    ) -> RunResult {
+        let run_id = record.run_id.clone();
+        record.status = "running".into();
+        record.request = serde_json::json!({"request": &request});
+        record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running"});
+        record.owner = Some(self.leases.node.clone());
+        record.lease_until_ms = self.lease_until();
+        record.updated_ms = reins_state::now_ms();
+        match self.state.put_run(&record).await {
+            Ok(()) => {}
+            Err(reins_state::StateError::LeaseLost { .. }) => {
+                return not_owned(&run_id, &p.name, "another node holds its lease");
+            }
+            Err(e @ reins_state::StateError::Conflict(_)) => {
+                // Two requests with one idempotency key: the other one runs.
+                return not_owned(&run_id, &p.name, &e.to_string());
+            }
+            Err(e) => tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}"),
+        }
+        self.keep_leased(&mut guard);
+        let work = async move {
+            self.remember(p, &mut request).await;
+            if p.config.mode == crate::config::PipelineMode::Agent {
+                return self.run_agent(p, request, record).await;
+            }
+            let run = reins_state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), request));
+            let result = if self.config.state.checkpoints {
+                let lease_ms = self.leases.lease_ms;
+                let journal = reins_state::journal::Journal::new(self.state.clone(), record.clone(), lease_ms, &previous);
+                Arc::new(journal).scope(run).await
+            } else {
+                run.await
+            };
+            if let Some((limits, lkey)) = limited {
+                self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
+            }
+            self.finish(p, result, record).await
+        };
+        // A node that loses the lease (it stalled; another node took the
+        // run over) stops at once rather than racing the new owner.
+        tokio::select! {
+            biased;
+            result = work => result,
+            () = guard.lost() => not_owned(&run_id, &p.name, "this node lost the run's lease; another node continues it"),
+        }
+    }
+
+    /// Records a run's result; a run awaiting approval is held with its approvals.
+    async fn finish(&self, p: &Pipeline, mut result: RunResult, mut record: RunRecord) -> RunResult {
+        record.status = result.status.as_str().to_owned();
+        record.updated_ms = reins_state::now_ms();
+        // Finished (or held for a human): nobody needs to own it now.
+        record.owner = Some(self.leases.node.clone());
+        record.lease_until_ms = 0;
+        if let Some(req) = record.request.as_object_mut() {
+            req.insert("action_indices".into(), serde_json::json!(result.action_indices));
+            // What the gates reserved, so a node that rejects the held run
+            // can give it back (through shared counters).
+            req.insert(
+                "reservations".into(),
+                reins_runtime::Reservation::list_to_json(&result.reservations),
+            );
+        }
+        record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
+        if result.status == RunStatus::AwaitingApproval {
+            match self.approvals.hold(&result, &record, &p.config.approvers).await {
+                Ok(held) => result.approvals = held.into_iter().map(|a| a.id).collect(),
+                Err(e) => tracing::warn!(run_id = %result.run_id, "cannot hold the run for approval: {e}"),
+            }
+            return result;
+        }
+        match self.state.put_run(&record).await {
+            Ok(()) => {}
+            Err(reins_state::StateError::LeaseLost { .. }) => {
+                return not_owned(&result.run_id, &p.name, "this node stalled past its lease and another node took the run over");
+            }
+            Err(e) => tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}"),
+        }
+        result
+    }
+
+    /// A run's stored result (any host on the same store, any earlier process).
+    pub async fn stored_run(&self, run_id: &str) -> Option<Value> {
+        match self.state.run(run_id).await {
+            Ok(r) => r.map(|r| r.result),
+            Err(e) => {
+                tracing::warn!(run_id, "state store: {e}");
+                None
+            }
+        }
+    }
+
+    /// The stored result of the run a caller's idempotency key started.
+    pub async fn run_by_key(&self, pipeline: &str, key: &str) -> Option<Value> {
+        self.state.run_by_key(pipeline, key).await.ok().flatten().map(|r| r.result)
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
+    /// Pending and decided approvals.
+    pub async fn approvals(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, ApprovalError> {
+        self.approvals.list(filter).await
+    }
+
+    /// One approval by id.
+    pub async fn approval(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
+        self.approvals.get(id).await
+    }
+
+    /// Decides an approval. When it was the run's last pending one, the run
+    /// continues and its new result is returned: approved actions execute
+    /// (with the same idempotency keys a direct run would use) and the run
+    /// completes; a rejection fails it and releases what its gates reserved.
+    pub async fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        approver: &str,
+        comment: Option<String>,
+    ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
+        match self.approvals.decide(id, verdict, approver, comment).await? {
+            Decided::Waiting(a) => Ok((a, None)),
+            Decided::Ready(a, held, all) => {
+                let record = self.state.run(&a.run_id).await.map_err(|e| ApprovalError::Store(e.to_string()))?;
+                let Some(mut record) = record else {
+                    return Err(ApprovalError::Store(format!("run `{}` is not in the state store", a.run_id)));
+                };
+                // Exactly one node continues a held run: the one that moves
+                // it back to `running` under its lease.
+                let Some(mut guard) = self.leases.active.enter(&a.run_id) else {
+                    return Ok((a, None));
+                };
+                let taken = self
+                    .state
+                    .take_held(&a.run_id, &self.leases.node, reins_state::now_ms(), self.lease_until())
+                    .await
+                    .map_err(|e| ApprovalError::Store(e.to_string()))?;
+                if !taken {
+                    tracing::info!(run_id = %a.run_id, "another node is continuing the held run");
+                    return Ok((a, None));
+                }
+                self.keep_leased(&mut guard);
+                let mut run = match held {
+                    Some(run) => *run,
+                    // Reservations outlive a process only in shared counters;
+                    // releasing one into fresh memory would credit the budget.
+                    None => restore(
+                        &record,
+                        self.config.state.counters_shared().then(|| self.plugins.runtime().counters()),
+                    ),
+                };
+                // An agent turn's actions keep the keys a direct turn would use.
+                let agent_step = record
+                    .request
+                    .get("agent_step")
+                    .and_then(Value::as_u64)
+                    .and_then(|s| u32::try_from(s).ok());
+                if let Some(step) = agent_step {
+                    run.run_id = agent::step_run_id(&a.run_id, step);
+                }
+                let pipeline = self.pipelines.get(&record.pipeline);
+                let tell_model = agent_step.is_some()
+                    && pipeline.is_some_and(|p| p.config.on_rejection == crate::config::OnRejection::Continue);
+                let mut run = reins_state::CURRENT
+                    .scope(self.state.clone(), self.continue_run(run, &all, tell_model))
+                    .await;
+                run.run_id = a.run_id.clone();
+                if let (Some(step), RunStatus::Completed, Some(p)) = (agent_step, run.status, pipeline) {
+                    // The approved turn is done: the agent goes on.
+                    run.approvals = all.iter().map(|a| a.id.clone()).collect();
+                    let result = self.continue_agent(p, record, step, run, guard).await;
+                    return Ok((a, Some(result)));
+                }
+                run.approvals = all.iter().map(|a| a.id.clone()).collect();
+                // Keep what the held run recorded (trace, attempts) and
+                // overwrite what the continuation decided.
+                let new = serde_json::to_value(&run).unwrap_or(Value::Null);
+                if let (Some(old), Some(new)) = (record.result.as_object_mut(), new.as_object()) {
+                    for k in ["status", "error", "executions", "actions", "approvals"] {
+                        match new.get(k) {
+                            Some(v) => old.insert(k.to_owned(), v.clone()),
+                            None => old.remove(k),
+                        };
+                    }
+                    old.remove("pending");
+                } else {
+                    record.result = new;
+                }
+                record.status = run.status.as_str().to_owned();
+                record.updated_ms = reins_state::now_ms();
+                record.owner = Some(self.leases.node.clone());
+                record.lease_until_ms = 0;
+                if let Err(e) = self.state.put_run(&record).await {
+                    tracing::warn!(run_id = %run.run_id, "state store: cannot record the continued run: {e}");
+                }
+                drop(guard);
+                Ok((a, Some(run)))
+            }
+        }
+    }
+
+    /// Carries out a held run's actions once every approval is decided. A
+    /// rejection fails the run and releases what its gates reserved — unless
+    /// `tell_model` (an agent turn): then only the rejected actions are
+    /// dropped (their reservations released), each reported as a
+    /// `rejected` execution, and the rest run.
+    async fn continue_run(&self, mut run: RunResult, approvals: &[Approval], tell_model: bool) -> RunResult {
+        run.pending.clear();
+        let is_rejected = |a: &&Approval| a.status == ApprovalStatus::Rejected;
+        if let Some(rejected) = approvals.iter().find(is_rejected).filter(|_| !tell_model) {
+            for (_, r) in &mut run.reservations {
+                r.release();
+            }
+            run.status = RunStatus::Failed;
+            run.error = Some(RunError::ApprovalRejected {
+                approval: rejected.id.clone(),
+                tool: rejected.action.tool.clone(),
+                approver: rejected.decided_by.clone().unwrap_or_default(),
+                comment: rejected.comment.clone().unwrap_or_default(),
+            });
+            return run;
+        }
+        let Some(p) = self.pipelines.get(&run.pipeline) else {
+            run.status = RunStatus::Failed;
+            run.error = Some(RunError::UnknownPipeline(run.pipeline.clone()));
+            return run;
+        };
+        let rejected: Vec<&Approval> = approvals.iter().filter(is_rejected).collect();
+        for a in &rejected {
+            for (_, r) in run.reservations.iter_mut().filter(|(i, _)| *i == a.index) {
+                r.release();
+            }
+        }
+        let mut actions: Vec<(usize, reins_runtime::Action)> =
+            run.action_indices.iter().copied().zip(run.actions.iter().cloned()).collect();
+        actions.extend(
+            approvals
+                .iter()
+                .filter(|a| a.status != ApprovalStatus::Rejected)
+                .map(|a| (a.index, a.action.clone())),
+        );
+        actions.sort_by_key(|(i, _)| *i);
+        let step = run.attempts.last().map_or(1, |a| a.attempt);
+        let mut executions = crate::pipeline::execute::execute_all(
+            &p.config,
+            &run.pipeline,
+            &run.run_id,
+            step,
+            &actions,
+            &mut run.reservations,
+            run.dry_run,
+        )
+        .await;
+        executions.extend(rejected.iter().map(|a| crate::pipeline::execute::rejected(&run.run_id, step, a)));
+        executions.sort_by_key(|e| e.index);
+        run.actions = actions.iter().map(|(_, a)| a.clone()).collect();
+        run.action_indices = actions.iter().map(|(i, _)| *i).collect();
+        let failed = executions.iter().find(|e| e.status == crate::pipeline::ExecStatus::Failed);
+        run.error = failed.map(|e| RunError::ActionFailed {
+            tool: e.tool.clone(),
+            message: e.error.clone().unwrap_or_default(),
+        });
+        run.status = if run.error.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Completed
+        };
+        run.executions = executions;
+        run
+    }
+
+    /// A compiled pipeline.
+    pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
+        self.pipelines.get(name)
+    }
+
+    /// The names of the pipelines.
+    pub fn pipeline_names(&self) -> impl Iterator<Item = &str> {
+        self.pipelines.keys().map(String::as_str)
+    }
+
+    /// A provider by its config name (downcast with [`Provider::as_any`]).
+    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name).map(|b| b.provider())
+    }
+
+    /// A provider with its circuit breaker.
+    pub fn breaker(&self, name: &str) -> Option<&Arc<Breaker>> {
+        self.providers.get(name)
+    }
+
+    /// Every provider with its circuit breaker, by name.
+    pub fn breakers(&self) -> impl Iterator<Item = (&str, &Arc<Breaker>)> {
+        self.providers.iter().map(|(n, b)| (n.as_str(), b))
+    }
+
+    /// The plugin host (statuses, reloads).
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.plugins
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+enum Source {
+    File(PathBuf),
+    Text { text: String, base_dir: PathBuf },
+    Parsed(Box<Config>),
+}
+
+/// Builds a [`Host`].
+#[derive(Default)]
+pub struct HostBuilder {
+    source: Option<Source>,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    plugins: Option<Arc<PluginHost>>,
+    watch: Option<bool>,
+    state: Option<Arc<dyn StateStore>>,
+    node_id: Option<String>,
+}
+
+impl HostBuilder {
+    /// Reads the config from a file (relative paths resolve against its directory).
+    pub fn config_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.source = Some(Source::File(path.as_ref().to_owned()));
+        self
+    }
+
+    /// Parses config text; relative paths resolve against `base_dir`.
+    pub fn config_str(mut self, text: impl Into<String>, base_dir: impl AsRef<Path>) -> Self {
+        self.source = Some(Source::Text {
+            text: text.into(),
+            base_dir: base_dir.as_ref().to_owned(),
+        });
+        self
+    }
+
+    /// Uses an already parsed config.
+    pub fn config(mut self, config: Config) -> Self {
+        self.source = Some(Source::Parsed(Box::new(config)));
+        self
+    }
+
+    /// Replaces the provider the config defines under `name` with one made in
+    /// code (the config must still define `name`, so that pipelines can refer to it).
+    pub fn provider(mut self, name: impl Into<String>, provider: Arc<dyn Provider>) -> Self {
+        self.providers.insert(name.into(), provider);
+        self
+    }
+
+    /// Uses an open plugin host instead of opening `plugins_dir`.
+    pub fn plugin_host(mut self, plugins: Arc<PluginHost>) -> Self {
+        self.plugins = Some(plugins);
+        self
+    }
+
+    /// Uses an open state store instead of the config's `[state]`.
+    pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Overrides `[state] node_id` (this node's name in run leases).
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.node_id = Some(node.into());
+        self
+    }
+
+    /// Overrides the config's `watch` (hot reload of the plugins directory).
+    pub fn watch(mut self, watch: bool) -> Self {
+        self.watch = Some(watch);
+        self
+    }
+
+    pub async fn build(self) -> Result<Host, ConfigError> {
+        let config = match self.source {
+            None => {
+                return Err(ConfigError::Io {
+                    path: PathBuf::from("reins.toml"),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no configuration given to the builder"),
+                });
+            }
+            Some(Source::File(path)) => Config::from_file(&path)?,
+            Some(Source::Text { text, base_dir }) => Config::parse(&text, "<config>", &base_dir)?,
+            Some(Source::Parsed(c)) => *c,
+        };
+        let mut providers = BTreeMap::new();
+        for (name, pc) in &config.providers {
+            let provider = match self.providers.get(name) {
+                Some(p) => p.clone(),
+                None => provider::from_config(name, pc, &config.base_dir)?,
+            };
+            providers.insert(
+                name.clone(),
+                Arc::new(Breaker::new(provider, ProviderSettings::for_config(pc))),
+            );
+        }
+        let mut pipelines = BTreeMap::new();
+        for name in config.pipelines.keys() {
+            pipelines.insert(name.clone(), Arc::new(Pipeline::compile(&config, name, &providers)?));
+        }
+        let state = match self.state {
+            Some(s) => s,
+            None => reins_state::open(&config.state, &config.base_dir)
+                .await
+                .map_err(|e| ConfigError::State(Box::new(e)))?,
+        };
+        // Budgets and rate limits: in the store (shared by every node on it)
+        // or in this process.
+        let shared: Option<Arc<dyn reins_runtime::CounterStore>> = if config.state.counters_shared() {
+            let counters = reins_state::counters::StoreCounters::new(&config.state, state.clone())
+                .map_err(|e| ConfigError::State(Box::new(e)))?;
+            Some(Arc::new(counters))
+        } else {
+            None
+        };
+        let plugins = match self.plugins {
+            Some(p) => p,
+            None => {
+                let dir = config.plugins_dir();
+                let settings = config.runtime.clone();
+                let watch = self.watch.unwrap_or(config.watch);
+                let open_dir = dir.clone();
+                let counters = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let runtime = match counters {
+                        Some(c) => reins_runtime::Runtime::with_counters(&settings, c)?,
+                        None => reins_runtime::Runtime::new(&settings)?,
+                    };
+                    PluginHost::with_runtime(runtime, &open_dir, &settings, watch)
+                })
+                .await
+                .map_err(|e| ConfigError::Runtime {
+                    dir: dir.clone(),
+                    source: Box::new(reins_runtime::RuntimeError::Engine {
+                        message: format!("loader task failed: {e}"),
+                    }),
+                })?
+                .map_err(|source| ConfigError::Runtime {
+                    dir,
+                    source: Box::new(source),
+                })?
+            }
+        };
+        for p in pipelines.values() {
+            p.check_plugins(&config, &plugins)?;
+        }
+        let node = self.node_id.unwrap_or_else(|| config.state.node());
+        let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
+        Ok(Host {
+            config,
+            plugins,
+            providers,
+            pipelines,
+            approvals: ApprovalStore::new(state.clone()),
+            limits: RateLimiter::new(shared),
+            leases: lease::Leases {
+                node,
+                lease_ms,
+                active: lease::Active::default(),
+            },
+            state,
+        })
+    }
+}
+
+/// The result of a run this node does not (or no longer) own.
+fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
+    let mut result = RunResult::new(run_id.to_owned(), pipeline.to_owned());
+    result.error = Some(RunError::NotOwned {
+        run_id: run_id.to_owned(),
+        message: message.to_owned(),
+    });
+    result
+}
+
+/// A held run rebuilt from its stored record, for continuing it in a process
+/// that did not start it: what the continuation needs (actions, their
+/// indices, the attempt, dry run, and the gates' reservations, released
+/// through `counters` — which reach the first process's only when shared).
+fn restore(record: &RunRecord, counters: Option<&Arc<dyn reins_runtime::CounterStore>>) -> RunResult {
+    let r = &record.result;
+    let mut run = RunResult::new(record.run_id.clone(), record.pipeline.clone());
+    run.actions = r
+        .get("actions")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    run.action_indices = record
+        .request
+        .get("action_indices")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_else(|| (0..run.actions.len()).collect());
+    run.dry_run = r.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    run.reservations = match (counters, record.request.get("reservations")) {
+        (Some(counters), Some(list)) => reins_runtime::Reservation::list_from_json(list, counters),
+        _ => Vec::new(),
+    };
+    run.output = r.get("output").cloned().filter(|v| !v.is_null());
+    run.status = RunStatus::AwaitingApproval;
+    if let Some(last) = r.get("attempts").and_then(Value::as_array).and_then(|a| a.last()) {
+        run.attempts.push(crate::pipeline::Attempt {
+            attempt: last.get("attempt").and_then(Value::as_u64).map_or(1, |n| n as u32),
+            provider: last.get("provider").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            model: last.get("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            raw: last.get("raw").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            tool_calls: Vec::new(),
+            violations: Vec::new(),
+            fixed_by: Vec::new(),
+            tokens: Default::default(),
+            latency_us: 0,
+        });
+    }
+    run
+}

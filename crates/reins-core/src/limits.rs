@@ -1,0 +1,122 @@
+//! Per-pipeline request and token limits per caller key, over a sliding
+//! window. A refused run answers 429 with `Retry-After` on HTTP.
+//!
+//! The windows live in this process, or (with `[state] shared_counters`,
+//! the default on PostgreSQL) in the state store, so every node on it
+//! counts against one limit. Shared windows answer `Retry-After` with the
+//! whole window: the store keeps totals, not the moment the oldest entry
+//! leaves.
+
+use crate::config::RateLimitConfig;
+use reins_runtime::CounterStore;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The caller key of a request: the configured metadata field, as text.
+pub fn limit_key(limits: &RateLimitConfig, metadata: &Value) -> String {
+    match metadata.get(&limits.key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) if !v.is_null() => v.to_string(),
+        _ => "anonymous".to_owned(),
+    }
+}
+
+/// Sliding-window logs of runs and tokens, per pipeline and caller key.
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<(String, String), Window>>,
+    shared: Option<Arc<dyn CounterStore>>,
+}
+
+#[derive(Default)]
+struct Window {
+    runs: VecDeque<Instant>,
+    tokens: VecDeque<(Instant, u64)>,
+}
+
+impl Window {
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while self.runs.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            self.runs.pop_front();
+        }
+        while self.tokens.front().is_some_and(|(t, _)| now.duration_since(*t) >= window) {
+            self.tokens.pop_front();
+        }
+    }
+}
+
+/// The counter scope of a pipeline's limits, and a caller's keys in it.
+fn shared_keys(pipeline: &str, key: &str) -> (String, String, String) {
+    (format!("limits:{pipeline}"), format!("{key}\u{1f}runs"), format!("{key}\u{1f}tokens"))
+}
+
+impl RateLimiter {
+    /// Windows in `shared` when given, else in this process.
+    pub fn new(shared: Option<Arc<dyn CounterStore>>) -> Self {
+        RateLimiter {
+            windows: Mutex::default(),
+            shared,
+        }
+    }
+
+    /// Admits one run, or says in how many seconds to retry.
+    pub fn admit(&self, pipeline: &str, key: &str, limits: &RateLimitConfig) -> Result<(), u64> {
+        let window = Duration::from_secs(u64::from(limits.window_seconds.max(1)));
+        if let Some(counters) = &self.shared {
+            let (scope, runs, tokens) = shared_keys(pipeline, key);
+            let refuse = window.as_secs();
+            if let Some(max) = limits.tokens {
+                let spent = counters.add(&scope, &tokens, 0, Some(window));
+                if spent < 0 || spent as u64 >= max {
+                    return Err(refuse);
+                }
+            }
+            if let Some(max) = limits.requests {
+                let total = counters.add(&scope, &runs, 1, Some(window));
+                if total < 0 || total as u64 > max {
+                    counters.add(&scope, &runs, -1, Some(window));
+                    return Err(refuse);
+                }
+            }
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = map.entry((pipeline.to_owned(), key.to_owned())).or_default();
+        w.expire(now, window);
+        let retry = |since: Instant| window.saturating_sub(now.duration_since(since)).as_secs().max(1);
+        if let Some(max) = limits.requests {
+            if w.runs.len() as u64 >= max {
+                return Err(w.runs.front().map_or(1, |t| retry(*t)));
+            }
+        }
+        if let Some(max) = limits.tokens {
+            let spent: u64 = w.tokens.iter().map(|(_, n)| n).sum();
+            if spent >= max {
+                return Err(w.tokens.front().map_or(1, |(t, _)| retry(*t)));
+            }
+        }
+        w.runs.push_back(now);
+        Ok(())
+    }
+
+    /// Records the tokens a finished run spent.
+    pub fn spend_tokens(&self, pipeline: &str, key: &str, limits: &RateLimitConfig, tokens: u64) {
+        if limits.tokens.is_none() || tokens == 0 {
+            return;
+        }
+        if let Some(counters) = &self.shared {
+            let (scope, _, key) = shared_keys(pipeline, key);
+            let window = Duration::from_secs(u64::from(limits.window_seconds.max(1)));
+            counters.add(&scope, &key, i64::try_from(tokens).unwrap_or(i64::MAX), Some(window));
+            return;
+        }
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((pipeline.to_owned(), key.to_owned()))
+            .or_default()
+            .tokens
+            .push_back((Instant::now(), tokens));
+    }
+}

@@ -1,0 +1,322 @@
+//! The model call of one attempt and how it degrades: the run's deadline,
+//! the provider chain (each provider behind its retries and breaker), then
+//! the response cache, then the pipeline's static answer. A cached or static
+//! answer is validated (JSON Schema, validator plugins) before it is served;
+//! one that no longer passes is passed over.
+
+use super::{Run, Validation, is_blocking};
+use crate::config::OutputMode;
+use crate::pipeline::Pipeline;
+use crate::pipeline::cache::{CacheKey, CachedAnswer};
+use crate::pipeline::result::{RunError, RunResult, RunStatus};
+use crate::provider::{ChatRequest, ChatResponse, Usage};
+use reins_runtime::{Message, Tool};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Which step of the fallback chain answered an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Served {
+    /// The first provider of the attempt's chain.
+    First,
+    /// A fallback provider.
+    Fallback,
+    Cache,
+    Static,
+}
+
+/// What one attempt's model call returned.
+pub(super) struct ModelAnswer {
+    pub response: ChatResponse,
+    /// The provider's name, or `cache` / `static`.
+    pub provider: String,
+    pub latency_us: u64,
+    /// A cached or static answer comes validated already.
+    pub validation: Option<Validation>,
+}
+
+/// A run's degradation state.
+pub(super) struct Degradation {
+    pub deadline: Option<Instant>,
+    /// The response cache key of this request (when the cache is on).
+    pub key: Option<CacheKey>,
+    /// Which step served each attempt, in order.
+    pub served: Vec<Served>,
+}
+
+impl Degradation {
+    pub fn new(pipeline: &Pipeline, started: Instant) -> Degradation {
+        let ms = pipeline.config.deadline_ms;
+        Degradation {
+            deadline: (ms > 0).then(|| started + Duration::from_millis(ms)),
+            key: None,
+            served: Vec::new(),
+        }
+    }
+
+    /// Computes the cache key of the conversation the model is sent.
+    pub fn key_for(
+        &mut self,
+        p: &Pipeline,
+        messages: &[Message],
+        schema: Option<&Value>,
+        tools: &[Tool],
+        sampling: &crate::provider::Sampling,
+        mode: OutputMode,
+    ) {
+        if p.cache.is_none() {
+            return;
+        }
+        let mut params: Vec<Value> = p.providers.iter().map(|b| b.provider().params()).collect();
+        // What the caller asked for besides the conversation decides the answer too.
+        if !sampling.is_empty() || mode == OutputMode::Text {
+            params.push(serde_json::json!({"sampling": sampling, "output": mode}));
+        }
+        self.key = Some(CacheKey::new(&p.name, messages, schema, tools, &params));
+    }
+
+    /// Marks the result (`degraded`, `served_by`, `notice`) and stores a
+    /// validated output in the cache.
+    pub fn finish(&self, p: &Pipeline, result: &mut RunResult) {
+        let (Some(served), Some(last)) = (self.served.last(), result.attempts.last()) else {
+            return;
+        };
+        result.served_by = Some(last.provider.clone());
+        result.degraded = *served != Served::First;
+        if *served == Served::Static {
+            result.notice = p.degraded.as_ref().map(|d| d.message.clone());
+        }
+        let from_provider = matches!(served, Served::First | Served::Fallback);
+        // Only validated outputs, only a provider's, and never one that
+        // proposes actions: replaying a side effect is no way to degrade.
+        let proposes_actions = !last.tool_calls.is_empty()
+            || !result.actions.is_empty()
+            || result.decisions.iter().any(|d| d.attempt == last.attempt);
+        if result.status == RunStatus::Completed
+            && from_provider
+            && !proposes_actions
+            && p.config.cache.writes()
+            && let (Some(cache), Some(key), Some(output)) = (&p.cache, self.key, &result.output)
+        {
+            let answer = CachedAnswer {
+                content: output.to_string(),
+                tool_calls: Vec::new(),
+                provider: last.provider.clone(),
+                model: last.model.clone(),
+            };
+            crate::pipeline::cache::remember(cache, key, &p.name, answer);
+            metrics::counter!("reins_cache_writes_total", "pipeline" => p.name.clone()).increment(1);
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The attempt's answer: the first provider of the chain that answers,
+    /// else the cache, else the static answer; else `ModelUnavailable` with
+    /// why each step could not serve.
+    pub(super) async fn call_model(
+        &mut self,
+        attempt: u32,
+        messages: Vec<Message>,
+        tools: &[Tool],
+    ) -> Result<ModelAnswer, RunError> {
+        if let Some(recorded) = reins_state::journal::replayed(attempt) {
+            return Ok(self.replay(&recorded));
+        }
+        let request = ChatRequest {
+            run_id: self.ctx.run_id.clone(),
+            pipeline: self.p.name.clone(),
+            attempt,
+            messages,
+            schema: self.model_schema.clone().filter(|_| self.mode == OutputMode::Json),
+            json: self.mode == OutputMode::Json,
+            strict: self.strict,
+            tools: tools.to_vec(),
+            sampling: self.sampling.clone(),
+            deadline: self.deg.deadline,
+        };
+        let p = self.p;
+        let chain = if attempt == 1 {
+            &p.providers[..]
+        } else {
+            // The `model` repair strategy passes over providers that keep repeating themselves.
+            let skip = self.chain_offset.min(p.repair_providers.len().saturating_sub(1));
+            &p.repair_providers[skip..]
+        };
+        let mut errors = Vec::new();
+        let mut refused = None;
+        for (i, breaker) in chain.iter().enumerate() {
+            let name = breaker.provider().name().to_owned();
+            let start = Instant::now();
+            if self.deg.deadline.is_some_and(|d| start >= d) {
+                self.trace("model", &name, "skipped: deadline passed".to_owned(), start, start);
+                errors.push(format!(
+                    "provider `{name}`: not called, the run's deadline ({} ms) had passed",
+                    p.config.deadline_ms
+                ));
+                continue;
+            }
+            let called = breaker.call(&request).await;
+            let end = Instant::now();
+            let tries = if called.tries > 1 {
+                format!(", {} tries", called.tries)
+            } else {
+                String::new()
+            };
+            match called.result {
+                Ok(r) => {
+                    self.trace("model", &name, format!("ok ({}{tries})", r.model), start, end);
+                    if i > 0 {
+                        metrics::counter!("reins_fallback_uses_total", "pipeline" => p.name.clone(), "step" => name.clone())
+                            .increment(1);
+                    }
+                    self.deg
+                        .served
+                        .push(if i == 0 { Served::First } else { Served::Fallback });
+                    return Ok(ModelAnswer {
+                        response: r,
+                        provider: name,
+                        latency_us: end.saturating_duration_since(start).as_micros() as u64,
+                        validation: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %name, error = %e, "model call failed");
+                    self.trace("model", &name, format!("failed: {}{tries}", e.kind()), start, end);
+                    if i == 0
+                        && e.is_refusal()
+                        && let crate::provider::ProviderError::Status { status, body, .. } = &e
+                    {
+                        refused = Some(RunError::UpstreamRefused {
+                            provider: name.clone(),
+                            status: *status,
+                            message: body.clone(),
+                        });
+                    }
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        // The request's own shape, refused: telling the caller beats a
+        // cached or static answer to something else.
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
+        self.local_fallback(errors).await
+    }
+
+    /// An attempt recorded before the run was interrupted, answered again
+    /// without calling the model.
+    fn replay(&mut self, recorded: &Value) -> ModelAnswer {
+        let start = Instant::now();
+        let text = |k: &str| recorded.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let count = |k: &str| recorded["tokens"].get(k).and_then(Value::as_u64).unwrap_or(0);
+        let provider = text("provider");
+        let response = crate::provider::ChatResponse {
+            content: text("raw"),
+            tool_calls: recorded
+                .get("tool_calls")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default(),
+            usage: Some(crate::provider::Usage {
+                prompt_tokens: count("prompt"),
+                completion_tokens: count("completion"),
+                total_tokens: count("total"),
+            }),
+            model: text("model"),
+        };
+        self.trace("model", &provider, "replayed from the run's checkpoint".to_owned(), start, Instant::now());
+        self.deg.served.push(Served::First);
+        ModelAnswer {
+            response,
+            provider,
+            latency_us: 0,
+            validation: None,
+        }
+    }
+
+    /// The cache, then the static answer; each only if it passes validation.
+    async fn local_fallback(&mut self, mut errors: Vec<String>) -> Result<ModelAnswer, RunError> {
+        let p = self.p;
+        if let (Some(cache), Some(key)) = (&p.cache, self.deg.key) {
+            let start = Instant::now();
+            match crate::pipeline::cache::lookup(cache, &key).await {
+                None => {
+                    metrics::counter!("reins_cache_misses_total", "pipeline" => p.name.clone()).increment(1);
+                    self.trace(
+                        "model",
+                        "cache",
+                        format!("miss ({})", key.short()),
+                        start,
+                        Instant::now(),
+                    );
+                    errors.push("cache: no answer stored for this request".to_owned());
+                }
+                Some((answer, age)) => {
+                    metrics::counter!("reins_cache_hits_total", "pipeline" => p.name.clone()).increment(1);
+                    self.trace(
+                        "model",
+                        "cache",
+                        format!(
+                            "hit ({}, from {}, {} s old)",
+                            key.short(),
+                            answer.provider,
+                            age.as_secs()
+                        ),
+                        start,
+                        Instant::now(),
+                    );
+                    let response = local_response(answer.content.clone(), answer.model.clone());
+                    if let Some(answer) = self.checked(response, "cache", Served::Cache, start).await? {
+                        return Ok(answer);
+                    }
+                    errors.push("cache: the stored answer no longer passes validation".to_owned());
+                }
+            }
+        }
+        if let Some(degraded) = &p.degraded {
+            let start = Instant::now();
+            self.trace("model", "static", "degraded answer".to_owned(), start, start);
+            let response = local_response(degraded.answer.clone(), "static".to_owned());
+            if let Some(answer) = self.checked(response, "static", Served::Static, start).await? {
+                return Ok(answer);
+            }
+            errors.push("static: the degraded answer does not pass validation".to_owned());
+        }
+        Err(RunError::ModelUnavailable { errors })
+    }
+
+    /// Validates a local answer; `None` when it has blocking violations.
+    async fn checked(
+        &mut self,
+        response: ChatResponse,
+        step: &'static str,
+        served: Served,
+        start: Instant,
+    ) -> Result<Option<ModelAnswer>, RunError> {
+        let validation = self.validate(&response.content).await?;
+        if validation.findings.iter().any(is_blocking) {
+            let now = Instant::now();
+            self.trace("model", step, "passed over: fails validation".to_owned(), now, now);
+            return Ok(None);
+        }
+        metrics::counter!("reins_fallback_uses_total", "pipeline" => self.p.name.clone(), "step" => step).increment(1);
+        self.deg.served.push(served);
+        Ok(Some(ModelAnswer {
+            response,
+            provider: step.to_owned(),
+            latency_us: start.elapsed().as_micros() as u64,
+            validation: Some(validation),
+        }))
+    }
+}
+
+/// A cached or static answer as a response: no tokens were spent on it.
+fn local_response(content: String, model: String) -> ChatResponse {
+    ChatResponse {
+        content,
+        tool_calls: Vec::new(),
+        usage: Some(Usage::default()),
+        model,
+    }
+}

@@ -1,0 +1,265 @@
+//! Carrying out approved actions: webhooks with idempotency keys, or handing
+//! them back to the caller. A failed action releases the budget its gates
+//! reserved.
+
+use crate::config::{ExecutorConfig, PipelineConfig};
+use reins_runtime::{Action, Reservation};
+use reins_state::{ActionRecord, ActionState, StateStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// What happened to one approved action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Execution {
+    /// Index of the action among the attempt's proposed actions.
+    pub index: usize,
+    pub tool: String,
+    pub arguments: Value,
+    /// Sent as `Idempotency-Key`; the same on every retry and every resume.
+    pub idempotency_key: String,
+    /// `webhook` or `return`.
+    pub executor: String,
+    pub status: ExecStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The webhook's JSON answer (or its text), e.g. a tool result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub tries: u32,
+}
+
+/// Where an action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecStatus {
+    /// Dry run: it would have been executed.
+    Planned,
+    /// Handed back to the caller to execute.
+    Returned,
+    /// The webhook accepted it.
+    Done,
+    /// The webhook refused it or could not be reached within the retries.
+    Failed,
+    /// A human rejected it: not executed (an agent is told, and goes on).
+    Rejected,
+}
+
+/// The key a webhook sees for action `index` of step `step` of `run_id`:
+/// stable across retries, restarts and resumes.
+pub fn idempotency_key(run_id: &str, step: u32, index: usize) -> String {
+    format!("{run_id}:{step}:{index}")
+}
+
+/// The execution a rejected approval stands for: nothing was sent; its
+/// result tells the model who rejected the action and why.
+pub fn rejected(run_id: &str, step: u32, approval: &crate::approvals::Approval) -> Execution {
+    let by = approval.decided_by.clone().unwrap_or_default();
+    let comment = approval.comment.clone().unwrap_or_default();
+    Execution {
+        index: approval.index,
+        tool: approval.action.tool.clone(),
+        arguments: approval.action.arguments.clone(),
+        idempotency_key: idempotency_key(run_id, step, approval.index),
+        executor: "human".to_owned(),
+        status: ExecStatus::Rejected,
+        http_status: None,
+        response: Some(json!({"rejected": true, "by": by, "comment": comment, "approval": approval.id})),
+        error: Some(format!("rejected by {by}: {comment}")),
+        tries: 0,
+    }
+}
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+/// Executes `actions` in order. `reservations` (by action index) are
+/// released for actions that fail or, in a dry run, for every action.
+pub async fn execute_all(
+    config: &PipelineConfig,
+    pipeline: &str,
+    run_id: &str,
+    step: u32,
+    actions: &[(usize, Action)],
+    reservations: &mut [(usize, Reservation)],
+    dry_run: bool,
+) -> Vec<Execution> {
+    let mut out = Vec::with_capacity(actions.len());
+    for (index, action) in actions {
+        let key = idempotency_key(run_id, step, *index);
+        let executor = config.executors.get(&action.tool);
+        let mut exec = Execution {
+            index: *index,
+            tool: action.tool.clone(),
+            arguments: action.arguments.clone(),
+            idempotency_key: key,
+            executor: match executor {
+                Some(ExecutorConfig::Webhook { .. }) => "webhook",
+                _ => "return",
+            }
+            .to_owned(),
+            status: ExecStatus::Returned,
+            http_status: None,
+            response: None,
+            error: None,
+            tries: 0,
+        };
+        if dry_run {
+            exec.status = ExecStatus::Planned;
+        } else if let Some(ExecutorConfig::Webhook {
+            url,
+            timeout_ms,
+            retries,
+        }) = executor
+        {
+            match reins_state::current() {
+                Some(store) => send_recorded(&*store, &mut exec, pipeline, run_id, url, *timeout_ms, *retries).await,
+                None => send(&mut exec, pipeline, run_id, url, *timeout_ms, *retries).await,
+            }
+        }
+        if dry_run || exec.status == ExecStatus::Failed {
+            for (_, r) in reservations.iter_mut().filter(|(i, _)| i == index) {
+                r.release();
+            }
+        }
+        out.push(exec);
+    }
+    out
+}
+
+/// [`send`], with the action's state recorded around the call: `planned`
+/// → `sending` (committed before the request leaves) → `done`/`failed`. An
+/// action already `done` is not sent again (its recorded answer is used);
+/// one found `sending` (a crash mid-call) is sent again with the same key.
+/// If the store cannot record it, the action is not sent and fails.
+async fn send_recorded(
+    store: &dyn StateStore,
+    exec: &mut Execution,
+    pipeline: &str,
+    run_id: &str,
+    url: &str,
+    timeout_ms: u64,
+    retries: u32,
+) {
+    let planned = ActionRecord {
+        key: exec.idempotency_key.clone(),
+        run_id: run_id.to_owned(),
+        tool: exec.tool.clone(),
+        arguments: exec.arguments.clone(),
+        state: ActionState::Planned,
+        response: None,
+        http_status: None,
+        tries: 0,
+        updated_ms: 0,
+    };
+    let fail = |exec: &mut Execution, e: reins_state::StateError| {
+        exec.status = ExecStatus::Failed;
+        exec.error = Some(format!("state store: {e}"));
+    };
+    let stored = match store.plan_action(&planned).await {
+        Ok(r) => r,
+        Err(e) => return fail(exec, e),
+    };
+    if stored.tool != exec.tool || stored.arguments != exec.arguments {
+        // A redone step proposed something else under the same key (a model
+        // that answers differently the second time): what was recorded may
+        // already have happened, so this must not be sent as if it were it.
+        exec.status = ExecStatus::Failed;
+        exec.error = Some(format!(
+            "idempotency key {} was first used for `{}` with other arguments; not sent",
+            exec.idempotency_key, stored.tool
+        ));
+        return;
+    }
+    match stored.state {
+        ActionState::Done | ActionState::Failed => {
+            exec.status = if stored.state == ActionState::Done {
+                ExecStatus::Done
+            } else {
+                ExecStatus::Failed
+            };
+            exec.response = stored.response;
+            exec.http_status = stored.http_status;
+            exec.tries = stored.tries;
+            if exec.status == ExecStatus::Failed {
+                exec.error = Some("failed before the run was resumed".into());
+            }
+            return;
+        }
+        ActionState::Planned | ActionState::Sending => {}
+    }
+    if let Err(e) = store.set_action(&exec.idempotency_key, ActionState::Sending, None, None, stored.tries).await {
+        return fail(exec, e);
+    }
+    send(exec, pipeline, run_id, url, timeout_ms, retries).await;
+    exec.tries += stored.tries;
+    let state = if exec.status == ExecStatus::Done {
+        ActionState::Done
+    } else {
+        ActionState::Failed
+    };
+    if let Err(e) = store
+        .set_action(&exec.idempotency_key, state, exec.response.as_ref(), exec.http_status, exec.tries)
+        .await
+    {
+        // The webhook has it; a resume re-sends it with the same key.
+        tracing::warn!(key = %exec.idempotency_key, "state store: cannot record the action's outcome: {e}");
+    }
+}
+
+/// POSTs one action, retrying 5xx, 429 and connection errors with the same key.
+async fn send(exec: &mut Execution, pipeline: &str, run_id: &str, url: &str, timeout_ms: u64, retries: u32) {
+    let body = json!({
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "tool": exec.tool,
+        "arguments": exec.arguments,
+        "idempotency_key": exec.idempotency_key,
+    });
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    loop {
+        exec.tries += 1;
+        let sent = client()
+            .post(url)
+            .header("idempotency-key", &exec.idempotency_key)
+            .timeout(timeout)
+            .json(&body)
+            .send()
+            .await;
+        let retryable = match sent {
+            Ok(resp) => {
+                let status = resp.status();
+                exec.http_status = Some(status.as_u16());
+                let text = resp.text().await.unwrap_or_default();
+                let parsed = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                if status.is_success() {
+                    exec.status = ExecStatus::Done;
+                    exec.response = Some(parsed);
+                    exec.error = None;
+                    return;
+                }
+                exec.error = Some(format!("webhook answered {status}"));
+                exec.response = Some(parsed);
+                status.is_server_error() || status.as_u16() == 429
+            }
+            Err(e) => {
+                exec.error = Some(format!("webhook unreachable: {e}"));
+                true
+            }
+        };
+        if !retryable || exec.tries > retries {
+            exec.status = ExecStatus::Failed;
+            tracing::warn!(tool = %exec.tool, key = %exec.idempotency_key, tries = exec.tries, "action failed: {}", exec.error.as_deref().unwrap_or(""));
+            return;
+        }
+        // Exponential backoff with full jitter, capped at 2 s.
+        let cap = 50u64.saturating_mul(1 << exec.tries.min(6)).min(2_000);
+        let wait = rand::random_range(0..=cap);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}

@@ -1,0 +1,435 @@
+//! What a run returns: its status, its output, every attempt, every finding
+//! and decision, and a trace of every step with its timing.
+
+use crate::provider::ToolCall;
+use reins_runtime::{Action, Decision, Violation};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The output passed every validator and every action every gate.
+    Completed,
+    /// Validation was not repaired within the limits, the model was
+    /// unavailable, or a fail-closed plugin failed.
+    Failed,
+    /// A normalizer or a gate refused the request.
+    Rejected,
+    /// A gate escalated an action; a human must decide.
+    AwaitingApproval,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Rejected => "rejected",
+            RunStatus::AwaitingApproval => "awaiting_approval",
+        }
+    }
+}
+
+/// A violation or finding, with what reported it (`json`, `schema`,
+/// `constraints`, or a plugin's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub source: String,
+    #[serde(flatten)]
+    pub violation: Violation,
+}
+
+/// Tokens one attempt spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub total: u64,
+    /// Counted by the host's tokenizer because the provider reported no usage.
+    pub estimated: bool,
+}
+
+/// One model call and what validation made of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// 1 for the first call, 2 for the first repair...
+    pub attempt: u32,
+    /// The provider that answered (after any fallbacks).
+    pub provider: String,
+    pub model: String,
+    /// The answer's text as the model wrote it.
+    pub raw: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Everything validation found, in a stable order: `json`, `schema`, then
+    /// validators by stage and config order, then constraints and gates.
+    pub violations: Vec<Finding>,
+    /// Validators whose deterministic fixes were applied, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fixed_by: Vec<String>,
+    pub tokens: Tokens,
+    /// Model call latency.
+    pub latency_us: u64,
+}
+
+impl Attempt {
+    /// The violations that fail validation (severity `error`).
+    pub fn blocking(&self) -> impl Iterator<Item = &Finding> {
+        self.violations
+            .iter()
+            .filter(|f| f.violation.severity == reins_runtime::Severity::Error)
+    }
+}
+
+/// A gate's decision on one proposed action.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateDecision {
+    pub attempt: u32,
+    /// Index of the action in the attempt's tool calls.
+    pub action: usize,
+    pub tool: String,
+    pub gate: String,
+    pub decision: Decision,
+}
+
+/// An escalated action waiting for a human.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    /// Index of the action among the attempt's proposed actions.
+    pub index: usize,
+    pub action: Action,
+    pub gate: String,
+    pub reason: String,
+}
+
+/// One step of the trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceStep {
+    /// Plugin layers (`normalizer`, `context`, `constraints`, `validator`,
+    /// `gate`) and the host's steps: `model`, `extract`, `schema`, `fix`,
+    /// `action` (an action's check against its tool) and `repair`.
+    pub layer: &'static str,
+    /// The plugin or provider; empty for the host's own steps.
+    pub name: String,
+    /// The attempt it belongs to (0 before the first model call).
+    pub attempt: u32,
+    /// What happened, in a few words.
+    pub result: String,
+    /// Start, in µs since the run started.
+    pub start_us: u64,
+    pub duration_us: u64,
+}
+
+impl TraceStep {
+    pub fn end_us(&self) -> u64 {
+        self.start_us + self.duration_us
+    }
+}
+
+/// Why a run did not complete. [`RunError::exit_code`] maps each class to
+/// the exit code of `reins run`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunError {
+    #[error("no pipeline `{0}`")]
+    UnknownPipeline(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("rejected by normalizer `{plugin}`: {reason}")]
+    Rejected { plugin: String, reason: String },
+    #[error("rejected by gate `{gate}` on `{tool}`: {reason}")]
+    Denied { gate: String, tool: String, reason: String },
+    #[error("validation failed after {attempts} attempt(s) ({stop}): {summary}")]
+    ValidationFailed {
+        attempts: u32,
+        stop: StopReason,
+        summary: String,
+    },
+    #[error("model unavailable: {}", errors.join("; "))]
+    ModelUnavailable { errors: Vec<String> },
+    /// The upstream refused the request itself (a 4xx that no negotiation
+    /// fixed): the caller's to change, not an outage.
+    #[error("provider `{provider}` refused the request (HTTP {status}): {message}")]
+    UpstreamRefused {
+        provider: String,
+        status: u16,
+        message: String,
+    },
+    #[error("action `{tool}` failed: {message}")]
+    ActionFailed { tool: String, message: String },
+    #[error("approval {approval} for `{tool}` was rejected by {approver}: {comment}")]
+    ApprovalRejected {
+        approval: String,
+        tool: String,
+        approver: String,
+        comment: String,
+    },
+    #[error("rate limit exceeded for {key}: {message}; retry in {retry_after_s} s")]
+    RateLimited {
+        key: String,
+        message: String,
+        retry_after_s: u64,
+    },
+    #[error("{layer} plugin `{plugin}` failed ({kind}): {message}")]
+    Plugin {
+        layer: &'static str,
+        plugin: String,
+        kind: &'static str,
+        message: String,
+    },
+    #[error("{layer} plugin `{plugin}` is not loaded")]
+    MissingPlugin { layer: &'static str, plugin: String },
+    /// This node lost the run's lease (it stalled past it and another node
+    /// took the run over) or the run is already being run: the run goes on
+    /// where it is owned; ask the store for its result.
+    #[error("run `{run_id}` continues elsewhere: {message}")]
+    NotOwned { run_id: String, message: String },
+}
+
+impl RunError {
+    /// A stable short name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::UnknownPipeline(_) => "unknown_pipeline",
+            RunError::BadRequest(_) => "bad_request",
+            RunError::Rejected { .. } => "rejected",
+            RunError::Denied { .. } => "denied",
+            RunError::ValidationFailed { .. } => "validation_failed",
+            RunError::ModelUnavailable { .. } => "model_unavailable",
+            RunError::UpstreamRefused { .. } => "upstream_refused",
+            RunError::Plugin { .. } => "plugin_failed",
+            RunError::ActionFailed { .. } => "action_failed",
+            RunError::ApprovalRejected { .. } => "approval_rejected",
+            RunError::RateLimited { .. } => "rate_limited",
+            RunError::MissingPlugin { .. } => "missing_plugin",
+            RunError::NotOwned { .. } => "not_owned",
+        }
+    }
+
+    /// `reins run`'s exit code: 2 bad input or config, 3 validation not
+    /// repaired, 4 rejected by a normalizer, gate or approver, 5 model
+    /// unavailable, 7 rate limited, 8 not owned here, 1 a fail-closed plugin
+    /// failed or is missing (or an action failed).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::UnknownPipeline(_) | RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => 2,
+            RunError::ValidationFailed { .. } => 3,
+            RunError::Rejected { .. } | RunError::Denied { .. } => 4,
+            RunError::ModelUnavailable { .. } => 5,
+            RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => 1,
+            RunError::ApprovalRejected { .. } => 4,
+            RunError::RateLimited { .. } => 7,
+            RunError::NotOwned { .. } => 8,
+        }
+    }
+}
+
+impl Serialize for RunError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("kind", self.kind())?;
+        m.serialize_entry("message", &self.to_string())?;
+        if let RunError::ValidationFailed { stop, .. } = self {
+            m.serialize_entry("stop", stop)?;
+        }
+        m.end()
+    }
+}
+
+/// Why the repair loop stopped without a valid output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `max_attempts` model calls were made.
+    MaxAttempts,
+    /// The token budget is spent (or the next attempt would overspend it).
+    TokenBudget,
+    /// An attempt had the same violations as the one before: repairing is not converging.
+    Repeated,
+    /// A validator with `on_fail = "fail"` found a problem.
+    FailFast,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::MaxAttempts => "max_attempts reached",
+            StopReason::TokenBudget => "token budget spent",
+            StopReason::Repeated => "the same violations twice in a row, with no repair strategy left to change",
+            StopReason::FailFast => "a fail-fast validator failed",
+        })
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub run_id: String,
+    pub pipeline: String,
+    pub status: RunStatus,
+    /// The validated output (also set when awaiting approval).
+    pub output: Option<Value>,
+    pub attempts: Vec<Attempt>,
+    /// Normalizer findings.
+    pub findings: Vec<Finding>,
+    pub decisions: Vec<GateDecision>,
+    /// Actions every gate allowed (to execute, or to hand to the caller).
+    pub actions: Vec<Action>,
+    /// True when the pipeline is a dry run: `actions` were approved but must
+    /// not be executed.
+    pub dry_run: bool,
+    /// Escalated actions waiting for a human (the run is `awaiting_approval`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingApproval>,
+    /// Ids of the approvals this run waits on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
+    /// What happened to each approved action (webhook, returned, planned).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub executions: Vec<super::Execution>,
+    /// Budget the gates reserved, by action index; released when an action
+    /// does not happen. Not part of the answer.
+    #[serde(skip)]
+    pub reservations: Vec<(usize, reins_runtime::Reservation)>,
+    /// Index of each of `actions` among the attempt's proposed actions.
+    #[serde(skip)]
+    pub action_indices: Vec<usize>,
+    /// Plugins skipped because they failed and are `fail_mode = "open"`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    pub trace: Vec<TraceStep>,
+    /// Tokens of all attempts together.
+    pub tokens: Tokens,
+    pub duration_us: u64,
+    /// The answer came from a fallback (another provider, the cache or the
+    /// static answer), not from the first provider of its chain.
+    pub degraded: bool,
+    /// What produced the final answer: a provider's name, `cache` or `static`.
+    pub served_by: Option<String>,
+    /// What the caller should be told about a degraded answer (the static
+    /// answer's configured message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    pub error: Option<RunError>,
+}
+
+impl RunResult {
+    /// A fresh result for a run that has not done anything yet.
+    pub fn new(run_id: impl Into<String>, pipeline: impl Into<String>) -> RunResult {
+        RunResult {
+            run_id: run_id.into(),
+            pipeline: pipeline.into(),
+            status: RunStatus::Failed,
+            output: None,
+            attempts: Vec::new(),
+            findings: Vec::new(),
+            decisions: Vec::new(),
+            actions: Vec::new(),
+            dry_run: false,
+            pending: Vec::new(),
+            executions: Vec::new(),
+            approvals: Vec::new(),
+            reservations: Vec::new(),
+            action_indices: Vec::new(),
+            skipped: Vec::new(),
+            trace: Vec::new(),
+            tokens: Tokens::default(),
+            duration_us: 0,
+            degraded: false,
+            served_by: None,
+            notice: None,
+            error: None,
+        }
+    }
+
+    /// Model calls that were repairs (attempts after the first).
+    pub fn repairs(&self) -> usize {
+        self.attempts.len().saturating_sub(1)
+    }
+
+    /// `reins run`'s exit code for this result.
+    pub fn exit_code(&self) -> i32 {
+        match (&self.error, self.status) {
+            (Some(e), _) => e.exit_code(),
+            (None, RunStatus::Completed) => 0,
+            (None, RunStatus::AwaitingApproval) => 6,
+            (None, RunStatus::Rejected) => 4,
+            (None, RunStatus::Failed) => 1,
+        }
+    }
+
+    /// The output of a completed run, or why there is none.
+    pub fn into_output(self) -> Result<Value, RunError> {
+        match (self.status, self.error, self.output) {
+            (RunStatus::Completed, _, Some(output)) => Ok(output),
+            (_, Some(e), _) => Err(e),
+            (status, None, _) => Err(RunError::BadRequest(format!("run ended {}", status.as_str()))),
+        }
+    }
+
+    /// The trace as a table: layer, name, attempt, result, µs.
+    pub fn trace_table(&self) -> String {
+        use std::fmt::Write;
+        let rows: Vec<[String; 5]> = self
+            .trace
+            .iter()
+            .map(|s| {
+                [
+                    s.layer.to_owned(),
+                    if s.name.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        s.name.clone()
+                    },
+                    if s.attempt == 0 {
+                        "-".to_owned()
+                    } else {
+                        s.attempt.to_string()
+                    },
+                    s.result.clone(),
+                    s.duration_us.to_string(),
+                ]
+            })
+            .collect();
+        let header = ["layer", "plugin", "attempt", "result", "µs"];
+        let mut widths = header.map(|h| h.chars().count());
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let line = |out: &mut String, cells: [&str; 5]| {
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                let pad = w.saturating_sub(cell.chars().count());
+                if i == 4 {
+                    let _ = write!(out, "{}{cell}", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+                }
+            }
+            out.push('\n');
+        };
+        line(&mut out, header);
+        for row in &rows {
+            line(&mut out, [&row[0], &row[1], &row[2], &row[3], &row[4]]);
+        }
+        let _ = writeln!(
+            out,
+            "run {} {}: {} attempt(s), {} repair(s), {} tokens{}, {} µs",
+            self.run_id,
+            self.status.as_str(),
+            self.attempts.len(),
+            self.repairs(),
+            self.tokens.total,
+            if self.tokens.estimated { " (estimated)" } else { "" },
+            self.duration_us
+        );
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "error: {e}");
+        }
+        out
+    }
+}

@@ -1,0 +1,730 @@
+//! Model providers: where a pipeline's model calls go.
+//!
+//! - [`openai::OpenAiProvider`]: OpenAI-compatible chat completions over HTTP
+//!   (OpenAI, vLLM, llama.cpp server, Ollama), with connect and total timeouts.
+//! - [`anthropic::AnthropicProvider`]: the Anthropic Messages API over HTTP.
+//! - [`scripted::ScriptedProvider`]: replays responses from a file, for
+//!   offline runs and tests, and records every request it was sent.
+//!
+//! Every provider is wrapped in a [`Breaker`]: the run's deadline, retries
+//! with full-jitter backoff and `Retry-After` ([`retry`]), and one circuit
+//! breaker per provider ([`breaker`]). The pipeline walks its fallback chain
+//! when a provider is unavailable.
+
+use crate::config::{ConfigError, ProviderConfig};
+use reins_runtime::{Message, Tool};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::any::Any;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub mod anthropic;
+pub mod breaker;
+mod http;
+pub mod openai;
+pub mod retry;
+pub mod scripted;
+
+pub use breaker::{BreakerSettings, BreakerSnapshot, CircuitBreaker, CircuitState};
+use breaker::{Outcome, PermitGuard, Transition};
+pub use anthropic::AnthropicProvider;
+pub use openai::OpenAiProvider;
+pub use retry::RetryPolicy;
+pub use scripted::{ScriptEntry, ScriptedProvider};
+
+/// One model call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatRequest {
+    pub run_id: String,
+    pub pipeline: String,
+    /// 1 for the first attempt, 2 for the first repair...
+    pub attempt: u32,
+    pub messages: Vec<Message>,
+    /// The pipeline's output schema, for providers that can constrain decoding.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_schema")]
+    pub schema: Option<Arc<Value>>,
+    /// The answer must be one JSON document (`schema` or not); `false` is a
+    /// prose answer, and no structured-output mode is asked for.
+    #[serde(default)]
+    pub json: bool,
+    /// Ask for the strictest structured-output mode the provider supports
+    /// (a repair strategy when answers repeat themselves).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// The tools this request may use (from the constraints plugin).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// Sampling and tool-choice parameters: the caller's, under the
+    /// pipeline's caps and overrides.
+    #[serde(default, skip_serializing_if = "Sampling::is_empty")]
+    pub sampling: Sampling,
+    /// When the run's deadline passes: no call, retry or wait goes past it.
+    #[serde(skip)]
+    pub deadline: Option<Instant>,
+}
+
+/// The parameters besides the conversation that shape an answer. Every
+/// field is optional: `None` leaves the provider's own default (its config,
+/// then the server's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// OpenAI's newer name for `max_tokens`; forwarded under the name the caller used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// The end user, for the upstream's abuse monitoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `auto`, `none`, `required` or a named tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+impl Sampling {
+    pub fn is_empty(&self) -> bool {
+        self == &Sampling::default()
+    }
+
+    /// The token ceiling, whichever name it came under.
+    pub fn token_limit(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    /// This tool, by name.
+    Tool(String),
+}
+
+fn serialize_schema<S: serde::Serializer>(schema: &Option<Arc<Value>>, s: S) -> Result<S::Ok, S::Error> {
+    schema.as_deref().serialize(s)
+}
+
+impl ChatRequest {
+    /// The content of the last `user` message, if any.
+    pub fn last_user_message(&self) -> Option<&str> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+    }
+}
+
+/// A tool call the model proposed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    /// The model's id for the call (a `tool` result names it), when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    /// Parsed arguments; arguments that were not JSON are kept as a string
+    /// (and fail the tool's schema).
+    #[serde(default)]
+    pub arguments: Value,
+}
+
+/// Token counts of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// What a model answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatResponse {
+    /// The assistant message text (empty when the model only called tools).
+    pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    /// As reported by the provider; `None` when it reported nothing.
+    pub usage: Option<Usage>,
+    /// The model that answered, as reported.
+    pub model: String,
+}
+
+/// Why a model call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider `{provider}`: cannot connect to {url}: {message}")]
+    Connect {
+        provider: String,
+        url: String,
+        message: String,
+    },
+    #[error("provider `{provider}`: no response within {timeout_ms} ms")]
+    Timeout { provider: String, timeout_ms: u64 },
+    #[error("provider `{provider}`: HTTP {status}: {body}")]
+    Status {
+        provider: String,
+        status: u16,
+        body: String,
+        /// What the upstream asked for in `Retry-After` / `retry-after-ms`.
+        retry_after_ms: Option<u64>,
+    },
+    #[error("provider `{provider}`: the connection broke: {message}")]
+    Interrupted { provider: String, message: String },
+    #[error("provider `{provider}`: unreadable response: {message}")]
+    BadResponse { provider: String, message: String },
+    #[error("provider `{provider}`: environment variable {var} (api_key_env) is not set")]
+    MissingApiKey { provider: String, var: String },
+    #[error(
+        "provider `{provider}`: circuit breaker open ({failures} of the last {calls} calls failed); next probe in {retry_in_ms} ms"
+    )]
+    BreakerOpen {
+        provider: String,
+        failures: u32,
+        calls: u32,
+        retry_in_ms: u64,
+    },
+    #[error("provider `{provider}`: the run's deadline passed")]
+    DeadlineExceeded { provider: String },
+    #[error("provider `{provider}`: the script has no response for attempt {attempt}")]
+    ScriptExhausted { provider: String, attempt: u32 },
+    #[error("provider `{provider}`: {message}")]
+    Scripted { provider: String, message: String },
+}
+
+impl ProviderError {
+    /// Worth retrying on the same provider (the failure may be transient).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ProviderError::Connect { .. } | ProviderError::Timeout { .. } | ProviderError::Interrupted { .. } => true,
+            ProviderError::Status { status, .. } => transient_status(*status),
+            _ => false,
+        }
+    }
+
+    /// How long the upstream asked to wait before the next call.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status {
+                retry_after_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(*ms)),
+            _ => None,
+        }
+    }
+
+    /// What the failure says about the upstream's health (for its breaker):
+    /// a 400 or a missing key says nothing; garbage, a broken connection, a
+    /// timeout, 408, 429 and 5xx are failures.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ProviderError::Connect { .. }
+            | ProviderError::Timeout { .. }
+            | ProviderError::Interrupted { .. }
+            | ProviderError::BadResponse { .. }
+            | ProviderError::DeadlineExceeded { .. } => Outcome::Failure,
+            ProviderError::Status { status, .. } if transient_status(*status) => Outcome::Failure,
+            _ => Outcome::Neutral,
+        }
+    }
+
+    /// A stable short name for metrics and traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Connect { .. } => "connect",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Status { .. } => "status",
+            ProviderError::Interrupted { .. } => "interrupted",
+            ProviderError::BadResponse { .. } => "bad_response",
+            ProviderError::MissingApiKey { .. } => "missing_api_key",
+            ProviderError::BreakerOpen { .. } => "breaker_open",
+            ProviderError::DeadlineExceeded { .. } => "deadline",
+            ProviderError::ScriptExhausted { .. } => "script_exhausted",
+            ProviderError::Scripted { .. } => "scripted",
+        }
+    }
+}
+
+impl ProviderError {
+    /// The upstream refused the request itself (400, 413, 422): the
+    /// caller's request, not an outage, so it goes back to the caller with
+    /// the upstream's message. (401, 403 and 404 are the operator's key or
+    /// model: the model is unavailable to this caller.)
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ProviderError::Status { status: 400 | 413 | 422, .. })
+    }
+}
+
+/// 408, 429 and 5xx may change on their own; other statuses will not.
+fn transient_status(status: u16) -> bool {
+    status == 408 || status == 429 || status >= 500
+}
+
+/// A boxed future of a model call.
+pub type CompletionFuture<'a> = Pin<Box<dyn Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a>>;
+
+/// A model behind a chat-completions interface.
+pub trait Provider: Send + Sync + 'static {
+    /// The provider's name in the config.
+    fn name(&self) -> &str;
+    /// The model it calls, for traces.
+    fn model(&self) -> &str;
+    /// One chat completion: one call upstream (retries, the breaker and the
+    /// run's deadline are the [`Breaker`]'s job).
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a>;
+    /// What besides the messages decides the answer (model, sampling): part
+    /// of the response cache's key.
+    fn params(&self) -> Value {
+        json!({"model": self.model()})
+    }
+    /// Whether asking with `strict` would constrain the answer more than
+    /// the provider does now (the `strict_format` repair strategy is
+    /// skipped when it would change nothing).
+    fn can_tighten(&self) -> bool {
+        false
+    }
+    /// What the provider learned about its upstream while serving (e.g. the
+    /// structured-output mode it negotiated), for `GET /v1/providers`.
+    fn status(&self) -> Value {
+        Value::Null
+    }
+    /// For downcasting to a concrete provider (e.g. a test's [`ScriptedProvider`]).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Builds the provider a config entry describes. Relative paths resolve against `base_dir`.
+pub fn from_config(name: &str, config: &ProviderConfig, base_dir: &Path) -> Result<Arc<dyn Provider>, ConfigError> {
+    Ok(match config {
+        ProviderConfig::Openai(c) => Arc::new(OpenAiProvider::new(name, c.clone())),
+        ProviderConfig::Anthropic(c) => Arc::new(AnthropicProvider::new(name, c.clone())),
+        ProviderConfig::Scripted(c) => match (&c.file, &c.responses) {
+            (Some(file), _) => Arc::new(ScriptedProvider::from_file(name, &c.model, &base_dir.join(file))?),
+            (None, responses) => {
+                let entries =
+                    ScriptedProvider::from_values(responses.clone().unwrap_or_default()).map_err(|message| {
+                        ConfigError::Script {
+                            path: format!("providers.{name}.responses").into(),
+                            message,
+                        }
+                    })?;
+                Arc::new(ScriptedProvider::new(name, &c.model, entries))
+            }
+        },
+    })
+}
+
+/// How a provider's calls are guarded: retries and the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderSettings {
+    pub retry: RetryPolicy,
+    pub breaker: BreakerSettings,
+}
+
+impl ProviderSettings {
+    /// No retries, no breaker: every call goes to the provider once.
+    pub const NONE: ProviderSettings = ProviderSettings {
+        retry: RetryPolicy::NONE,
+        breaker: BreakerSettings::DISABLED,
+    };
+
+    pub fn for_config(config: &ProviderConfig) -> ProviderSettings {
+        ProviderSettings {
+            retry: RetryPolicy::for_config(config),
+            breaker: BreakerSettings::for_config(config),
+        }
+    }
+}
+
+/// One call through a [`Breaker`]: the result and how many upstream calls it took.
+#[derive(Debug)]
+pub struct Called {
+    pub result: Result<ChatResponse, ProviderError>,
+    /// Calls that reached the provider (retries included; 0 when the breaker
+    /// refused or the deadline had passed).
+    pub tries: u32,
+}
+
+/// A provider behind its guards. Every call:
+///
+/// 1. fails at once with [`ProviderError::DeadlineExceeded`] if the
+///    request's deadline has passed;
+/// 2. asks the [`CircuitBreaker`]: an open breaker fails fast with
+///    [`ProviderError::BreakerOpen`], without touching the upstream;
+/// 3. calls the provider, cut at the request's deadline (a cut counts as a
+///    failure: the upstream did not answer in the time the run had);
+/// 4. reports the outcome to the breaker;
+/// 5. retries a retryable failure (connect errors, broken connections,
+///    timeouts, 408, 429, 5xx) after a full-jitter backoff, or after the
+///    upstream's `Retry-After` if it sent one — unless that is longer than
+///    the policy's `max_wait` or than what is left before the deadline, or
+///    the retries are used up, or the breaker now refuses.
+pub struct Breaker {
+    provider: Arc<dyn Provider>,
+    settings: ProviderSettings,
+    circuit: CircuitBreaker,
+}
+
+impl Breaker {
+    pub fn new(provider: Arc<dyn Provider>, settings: ProviderSettings) -> Breaker {
+        if settings.breaker.enabled {
+            metrics::gauge!("reins_breaker_state", "provider" => provider.name().to_owned())
+                .set(CircuitState::Closed.gauge());
+        }
+        Breaker {
+            circuit: CircuitBreaker::new(settings.breaker),
+            provider,
+            settings,
+        }
+    }
+
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    /// How many times the breaker has opened.
+    pub fn trips(&self) -> u64 {
+        self.circuit.trips()
+    }
+
+    /// The breaker's state now.
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        self.circuit.snapshot(Instant::now())
+    }
+
+    /// Calls the provider through the guards (see [`Breaker`]).
+    pub async fn complete(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.call(request).await.result
+    }
+
+    /// Like [`Breaker::complete`], and says how many upstream calls it took.
+    pub async fn call(&self, request: &ChatRequest) -> Called {
+        let policy = self.settings.retry;
+        let mut tries = 0;
+        let mut previous: Option<ProviderError> = None;
+        loop {
+            let error = match self.once(request).await {
+                (Ok(response), reached) => {
+                    return Called {
+                        result: Ok(response),
+                        tries: tries + reached,
+                    };
+                }
+                (Err(e), reached) => {
+                    tries += reached;
+                    e
+                }
+            };
+            // A retry the breaker refused: the upstream's own error says more.
+            if let (ProviderError::BreakerOpen { .. }, Some(previous)) = (&error, previous.take()) {
+                return Called {
+                    result: Err(previous),
+                    tries,
+                };
+            }
+            let retry = tries.saturating_sub(1);
+            if !error.retryable() || retry >= policy.max_retries {
+                return Called {
+                    result: Err(error),
+                    tries,
+                };
+            }
+            let wait = match error.retry_after() {
+                Some(asked) if asked > policy.max_wait => {
+                    tracing::debug!(
+                        provider = self.provider.name(),
+                        ?asked,
+                        "Retry-After is over max_backoff_ms; not retrying"
+                    );
+                    return Called {
+                        result: Err(error),
+                        tries,
+                    };
+                }
+                Some(asked) => asked,
+                None => policy.backoff(retry),
+            };
+            if request.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                return Called {
+                    result: Err(error),
+                    tries,
+                };
+            }
+            metrics::counter!("reins_provider_retries_total", "provider" => self.provider.name().to_owned(), "reason" => error.kind())
+                .increment(1);
+            tracing::debug!(provider = self.provider.name(), error = %error, retry, ?wait, "retrying model call");
+            tokio::time::sleep(wait).await;
+            previous = Some(error);
+        }
+    }
+
+    /// One guarded call; the count is 1 when it reached the provider.
+    async fn once(&self, request: &ChatRequest) -> (Result<ChatResponse, ProviderError>, u32) {
+        let name = self.provider.name();
+        let now = Instant::now();
+        let remaining = request.deadline.map(|d| d.saturating_duration_since(now));
+        if remaining == Some(Duration::ZERO) {
+            return (
+                Err(ProviderError::DeadlineExceeded {
+                    provider: name.to_owned(),
+                }),
+                0,
+            );
+        }
+        let (permit, transition) = self.circuit.acquire(now);
+        self.note(transition);
+        let permit = match permit {
+            Ok(p) => PermitGuard::new(&self.circuit, p),
+            Err(refused) => {
+                metrics::counter!("reins_breaker_rejections_total", "provider" => name.to_owned()).increment(1);
+                return (
+                    Err(ProviderError::BreakerOpen {
+                        provider: name.to_owned(),
+                        failures: refused.failures,
+                        calls: refused.calls,
+                        retry_in_ms: refused.retry_in.as_millis() as u64,
+                    }),
+                    0,
+                );
+            }
+        };
+        let call = self.provider.complete(request);
+        let result = match remaining {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Err(ProviderError::DeadlineExceeded {
+                    provider: name.to_owned(),
+                })
+            }),
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) => e.outcome(),
+        };
+        self.note(permit.record(outcome, Instant::now()));
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        metrics::counter!("reins_provider_calls_total", "provider" => name.to_owned(), "outcome" => label).increment(1);
+        (result, 1)
+    }
+
+    fn note(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        let name = self.provider.name().to_owned();
+        metrics::gauge!("reins_breaker_state", "provider" => name.clone()).set(t.to.gauge());
+        if t.is_trip() {
+            metrics::counter!("reins_breaker_trips_total", "provider" => name.clone()).increment(1);
+            tracing::warn!(provider = %name, from = t.from.as_str(), "circuit breaker open");
+        } else {
+            tracing::info!(provider = %name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Answers call `n` with `replies[n]` (the last one repeats).
+    struct Flaky {
+        calls: AtomicU32,
+        replies: Vec<Result<(), ProviderError>>,
+        delay: Duration,
+    }
+
+    fn status(code: u16, retry_after_ms: Option<u64>) -> Result<(), ProviderError> {
+        Err(ProviderError::Status {
+            provider: "flaky".into(),
+            status: code,
+            body: String::new(),
+            retry_after_ms,
+        })
+    }
+
+    fn flaky(replies: Vec<Result<(), ProviderError>>) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            calls: AtomicU32::new(0),
+            replies,
+            delay: Duration::ZERO,
+        })
+    }
+
+    impl Provider for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn model(&self) -> &str {
+            "m"
+        }
+        fn complete<'a>(&'a self, _: &'a ChatRequest) -> CompletionFuture<'a> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) as usize;
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                let reply = self.replies[n.min(self.replies.len() - 1)].clone();
+                reply.map(|()| ChatResponse {
+                    content: "{}".into(),
+                    tool_calls: vec![],
+                    usage: None,
+                    model: "m".into(),
+                })
+            })
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    fn request(deadline: Option<Instant>) -> ChatRequest {
+        ChatRequest {
+            run_id: "r".into(),
+            pipeline: "p".into(),
+            attempt: 1,
+            messages: vec![],
+            schema: None,
+            json: true,
+            strict: false,
+            tools: vec![],
+            sampling: Sampling::default(),
+            deadline,
+        }
+    }
+
+    fn settings(max_retries: u32, breaker: BreakerSettings) -> ProviderSettings {
+        ProviderSettings {
+            retry: RetryPolicy {
+                max_retries,
+                base: Duration::from_millis(1),
+                max_wait: Duration::from_millis(200),
+            },
+            breaker,
+        }
+    }
+
+    fn opens_after(n: u32) -> BreakerSettings {
+        BreakerSettings {
+            enabled: true,
+            failure_rate: 1.0,
+            min_calls: n,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(60),
+            probes: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_transient_failures_up_to_the_bound() {
+        let p = flaky(vec![status(503, None), status(500, None), Ok(())]);
+        let b = Breaker::new(p.clone(), settings(2, BreakerSettings::DISABLED));
+        let called = b.call(&request(None)).await;
+        assert!(called.result.is_ok());
+        assert_eq!((called.tries, p.calls.load(Ordering::SeqCst)), (3, 3));
+
+        let p = flaky(vec![status(500, None)]);
+        let b = Breaker::new(p.clone(), settings(2, BreakerSettings::DISABLED));
+        let called = b.call(&request(None)).await;
+        assert_eq!(called.result.unwrap_err().kind(), "status");
+        assert_eq!(p.calls.load(Ordering::SeqCst), 3, "one call and two retries");
+    }
+
+    #[tokio::test]
+    async fn a_client_error_is_not_retried_and_does_not_count_against_the_breaker() {
+        let p = flaky(vec![status(400, None)]);
+        let b = Breaker::new(p.clone(), settings(3, opens_after(1)));
+        for _ in 0..3 {
+            assert_eq!(b.call(&request(None)).await.tries, 1);
+        }
+        assert_eq!(p.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(b.snapshot().state, CircuitState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_over_the_bound_is_not_waited_for() {
+        let p = flaky(vec![status(429, Some(60_000)), Ok(())]);
+        let b = Breaker::new(p.clone(), settings(3, BreakerSettings::DISABLED));
+        let called = b.call(&request(None)).await;
+        assert_eq!(called.result.unwrap_err().retry_after(), Some(Duration::from_secs(60)));
+        assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn no_retry_waits_past_the_deadline_and_no_call_starts_after_it() {
+        let p = flaky(vec![status(429, Some(150)), Ok(())]);
+        let b = Breaker::new(p.clone(), settings(3, BreakerSettings::DISABLED));
+        let deadline = Instant::now() + Duration::from_millis(100);
+        assert_eq!(
+            b.call(&request(Some(deadline))).await.result.unwrap_err().kind(),
+            "status"
+        );
+        assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+        let past = Instant::now() - Duration::from_millis(1);
+        let called = b.call(&request(Some(past))).await;
+        assert_eq!((called.result.unwrap_err().kind(), called.tries), ("deadline", 0));
+        assert_eq!(p.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_call_is_cut_at_the_deadline_and_counts_as_a_failure() {
+        let p = Arc::new(Flaky {
+            calls: AtomicU32::new(0),
+            replies: vec![Ok(())],
+            delay: Duration::from_secs(30),
+        });
+        let b = Breaker::new(p.clone(), settings(0, opens_after(1)));
+        let deadline = Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            b.call(&request(Some(deadline))).await.result.unwrap_err().kind(),
+            "deadline"
+        );
+        assert_eq!(b.snapshot().state, CircuitState::Open);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_fails_fast_and_stops_the_retries() {
+        let p = flaky(vec![Err(ProviderError::Timeout {
+            provider: "flaky".into(),
+            timeout_ms: 1,
+        })]);
+        let b = Breaker::new(p.clone(), settings(5, opens_after(2)));
+        let called = b.call(&request(None)).await;
+        // Two calls open the breaker; the refused third returns the upstream's error.
+        assert_eq!((called.result.unwrap_err().kind(), called.tries), ("timeout", 2));
+        let called = b.call(&request(None)).await;
+        assert_eq!((called.result.unwrap_err().kind(), called.tries), ("breaker_open", 0));
+        assert_eq!(p.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(b.trips(), 1);
+        let snap = b.snapshot();
+        assert_eq!((snap.state, snap.rejected), (CircuitState::Open, 2));
+    }
+}

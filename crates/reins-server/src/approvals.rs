@@ -1,0 +1,89 @@
+//! Approvals over HTTP, and the approvals web page.
+
+use super::AppState;
+use super::error::{ApiError, JsonBody};
+use super::settings::Scope;
+use reins_core::approvals::{ApprovalError, ApprovalFilter, Verdict};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Html;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// `GET /v1/approvals?status=pending&pipeline=..&run_id=..`
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(filter): Query<ApprovalFilter>,
+) -> Result<Json<Value>, ApiError> {
+    state.auth.check(&headers, Scope::Approve)?;
+    let approvals = state.host.approvals(&filter).await.map_err(store_error)?;
+    // Each approval carries its run's trace, so the approver sees why (from
+    // this process's recent runs, else from the state store).
+    let mut data: Vec<Value> = Vec::with_capacity(approvals.len());
+    for a in approvals {
+        let trace = match state.runs.get(&a.run_id) {
+            Some(r) => json!(r.trace),
+            None => state
+                .host
+                .stored_run(&a.run_id)
+                .await
+                .and_then(|r| r.get("trace").cloned())
+                .unwrap_or(Value::Null),
+        };
+        let mut v = json!(a);
+        v["trace"] = trace;
+        data.push(v);
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    pub decision: Verdict,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}` with `{"decision": "approve"|"reject", "comment"}`.
+pub async fn decide(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<DecisionBody>,
+) -> Result<Json<Value>, ApiError> {
+    let who = state.auth.check(&headers, Scope::Approve)?;
+    let approver = who.unwrap_or_else(|| "anonymous".to_owned());
+    let (approval, run) = state
+        .host
+        .decide(&id, body.decision, &approver, body.comment)
+        .await
+        .map_err(|e| match e {
+            ApprovalError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ApprovalError::AlreadyDecided { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ApprovalError::NotAllowed { .. } => ApiError::new(StatusCode::FORBIDDEN, "permission_error", e.to_string()),
+            ApprovalError::Store(_) => store_error(e),
+        })?;
+    if let Some(run) = &run {
+        super::metrics_export::record_run(run);
+        state.runs.insert(std::sync::Arc::new(run.clone()), None);
+    }
+    metrics::counter!("reins_approvals_decided_total", "decision" => match body.decision {
+        Verdict::Approve => "approve",
+        Verdict::Reject => "reject",
+    })
+    .increment(1);
+    Ok(Json(json!({"approval": approval, "run": run})))
+}
+
+/// `GET /ui/approvals`: a page that needs no build step. It asks for a token
+/// (kept in this tab's sessionStorage) and talks to the same JSON API.
+pub async fn page() -> Html<&'static str> {
+    Html(include_str!("approvals.html"))
+}
+
+fn store_error(e: ApprovalError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string())
+}

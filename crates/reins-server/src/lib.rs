@@ -1,0 +1,184 @@
+//! `reins serve`: a thin HTTP layer over [`reins_core::Host`].
+//!
+//! Handlers parse, authorize, call the host and shape the answer; everything
+//! else lives in the library. See `docs/ARCHITECTURE.md` ("Server").
+
+mod anthropic;
+mod answer;
+mod approvals;
+mod auth;
+mod error;
+mod metrics_export;
+mod openai;
+mod ops;
+mod providers;
+mod runs;
+mod settings;
+
+pub use auth::{Auth, AuthError};
+pub use error::ApiError;
+pub use settings::{Scope, ServerSettings, TokenSettings};
+
+/// Installs the Prometheus recorder (idempotent). Call before loading plugins.
+pub fn install_metrics() {
+    let _ = metrics_export::handle();
+}
+
+use reins_core::Host;
+use reins_core::pipeline::{Request, RunResult};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub host: Arc<Host>,
+    pub auth: Arc<Auth>,
+    pub runs: Arc<runs::RunStore>,
+    pub metrics: PrometheusHandle,
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// State for a host with the given server settings.
+    pub fn new(host: Arc<Host>, settings: &ServerSettings) -> Result<Self, ServeError> {
+        Ok(Self {
+            auth: Arc::new(Auth::from_settings(&settings.tokens)?),
+            runs: Arc::new(runs::RunStore::new(settings.keep_runs)),
+            metrics: metrics_export::handle(),
+            request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
+            host,
+        })
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(
+        "refusing to listen on non-loopback {addr} with no auth tokens configured; add [[server.tokens]] or pass --insecure"
+    )]
+    Insecure { addr: SocketAddr },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The router with every endpoint; tests drive it with `tower::ServiceExt::oneshot`.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/plugins", get(ops::plugins))
+        .route("/v1/providers", get(providers::list))
+        .route("/v1/pipelines", get(ops::pipelines))
+        .route("/v1/pipelines/{name}/runs", post(runs::create))
+        .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/resume", post(runs::resume))
+        .route("/v1/runs/{id}/steps", get(runs::steps))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", post(approvals::decide))
+        .route("/ui/approvals", get(approvals::page))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish, and returns.
+pub async fn serve(
+    state: AppState,
+    settings: &ServerSettings,
+    listen: &str,
+    insecure: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && state.auth.is_open() && !insecure {
+        return Err(ServeError::Insecure { addr });
+    }
+    tracing::info!(%addr, "reins listening");
+    // Tests and scripts read the bound address (useful with port 0).
+    println!("listening on http://{addr}");
+    let app = router(state, settings.body_limit_bytes);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// Runs a pipeline under the request deadline and records its metrics. The
+/// run is its own task: a client that hangs up or a request that times out
+/// does not cut it short (it finishes and is stored; `GET /v1/runs/{id}`).
+pub(crate) async fn run_pipeline(
+    state: &AppState,
+    pipeline: &str,
+    request: Request,
+    idempotency_key: Option<&str>,
+) -> Result<Arc<RunResult>, ApiError> {
+    let host = state.host.clone();
+    let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
+    let run = tokio::spawn(async move { host.run_keyed(&name, request, key.as_deref()).await });
+    let result = tokio::time::timeout(state.request_timeout, run)
+        .await
+        .map_err(|_| {
+            metrics::counter!("reins_requests_total", "pipeline" => pipeline.to_string(), "status" => "timeout")
+                .increment(1);
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the run did not finish within {} ms; it goes on and its result is kept",
+                    state.request_timeout.as_millis()
+                ),
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
+    metrics_export::record_run(&result);
+    if let Some(reins_core::pipeline::RunError::RateLimited { retry_after_s, .. }) = &result.error {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            result.error.as_ref().map_or_else(String::new, ToString::to_string),
+        )
+        .with("run_id", serde_json::json!(result.run_id));
+        err.retry_after = Some(*retry_after_s);
+        return Err(err);
+    }
+    Ok(Arc::new(result))
+}
+
+/// `X-Reins-*` headers: enough to correlate an answer with its run.
+pub(crate) fn reins_headers(headers: &mut HeaderMap, result: &RunResult) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-reins-run-id", result.run_id.clone());
+    set("x-reins-status", result.status.as_str().to_string());
+    set("x-reins-attempts", result.attempts.len().to_string());
+    if result.degraded
+        && let Some(by) = &result.served_by
+    {
+        // Which fallback served the answer: a provider, `cache` or `static`.
+        set("x-reins-degraded", by.clone());
+    }
+}

@@ -1,0 +1,249 @@
+//! The native run API: start a run, read it back.
+
+use super::AppState;
+use super::error::{ApiError, JsonBody};
+use super::settings::Scope;
+use reins_core::pipeline::{Request, RunResult};
+use reins_runtime::{Chunk, Message};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// Body of `POST /v1/pipelines/{name}/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    #[serde(default)]
+    pub messages: Option<Vec<Message>>,
+    /// Shorthand for one user message: a string, or any JSON (sent as its text).
+    #[serde(default)]
+    pub input: Option<Value>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub chunks: Vec<Chunk>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// A retried request with the same key gets the first run's result.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// The conversation the run belongs to (session memory).
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+impl RunBody {
+    fn into_request(self) -> Result<(Request, Option<String>), ApiError> {
+        let messages = match (self.messages, self.input) {
+            (Some(m), None) if !m.is_empty() => m,
+            (None, Some(Value::String(s))) => vec![Message::new("user", s)],
+            (None, Some(other)) => vec![Message::new("user", other.to_string())],
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("give `messages` or `input`, not both")),
+            _ => return Err(ApiError::bad_request("the body needs `messages` (non-empty) or `input`")),
+        };
+        let metadata = self.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+        if !metadata.is_object() {
+            return Err(ApiError::bad_request("`metadata` must be a JSON object"));
+        }
+        let mut request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
+        request.dry_run = self.dry_run;
+        request.session_id = self.session_id;
+        Ok((request, self.idempotency_key))
+    }
+}
+
+/// Recent runs, for `GET /v1/runs/{id}` and idempotent retries. Bounded:
+/// the oldest runs are forgotten first.
+pub struct RunStore {
+    inner: Mutex<RunStoreInner>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct RunStoreInner {
+    runs: HashMap<String, Arc<RunResult>>,
+    order: VecDeque<String>,
+    idempotency: HashMap<(String, String), String>,
+}
+
+impl RunStore {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(RunStoreInner::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn insert(&self, result: Arc<RunResult>, idempotency_key: Option<&str>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = idempotency_key {
+            inner
+                .idempotency
+                .insert((result.pipeline.clone(), key.to_string()), result.run_id.clone());
+        }
+        inner.order.push_back(result.run_id.clone());
+        inner.runs.insert(result.run_id.clone(), result);
+        while inner.order.len() > self.capacity {
+            if let Some(old) = inner.order.pop_front() {
+                inner.runs.remove(&old);
+                inner.idempotency.retain(|_, id| id != &old);
+            }
+        }
+    }
+
+    pub fn get(&self, run_id: &str) -> Option<Arc<RunResult>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.get(run_id).cloned()
+    }
+
+    pub fn by_key(&self, pipeline: &str, key: &str) -> Option<Arc<RunResult>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let id = inner.idempotency.get(&(pipeline.to_string(), key.to_string()))?;
+        inner.runs.get(id).cloned()
+    }
+}
+
+/// `POST /v1/pipelines/{name}/runs`
+pub async fn create(
+    State(state): State<AppState>,
+    Path(pipeline): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RunBody>,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    if state.host.pipeline(&pipeline).is_none() {
+        return Err(ApiError::not_found(format!("no pipeline `{pipeline}`")));
+    }
+    let (request, key) = body.into_request()?;
+    if let Some(key) = &key {
+        if let Some(previous) = state.runs.by_key(&pipeline, key) {
+            return Ok(run_response(&previous, true));
+        }
+        if let Some(stored) = state.host.run_by_key(&pipeline, key).await {
+            return Ok(stored_response(stored, true));
+        }
+    }
+    let result = super::run_pipeline(&state, &pipeline, request, key.as_deref()).await?;
+    state.runs.insert(result.clone(), key.as_deref());
+    Ok(run_response(&result, false))
+}
+
+/// `GET /v1/runs/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let recent = state.runs.get(&run_id);
+    if let Some(result) = &recent
+        && result.status != reins_core::pipeline::RunStatus::AwaitingApproval
+    {
+        return Ok(run_response(result, false));
+    }
+    // Not run by this process, forgotten, or held for approval (which any
+    // node may have decided since): the state store knows.
+    match state.host.stored_run(&run_id).await {
+        Some(stored) => Ok(stored_response(stored, false)),
+        None => match recent {
+            Some(result) => Ok(run_response(&result, false)),
+            None => Err(ApiError::not_found(format!("no run `{run_id}`"))),
+        },
+    }
+}
+
+/// A run's stored JSON (the headers `run_response` sets, where the JSON has them).
+fn stored_response(stored: Value, replayed: bool) -> Response {
+    let run_id = stored.get("run_id").and_then(Value::as_str).map(str::to_owned);
+    let status = stored.get("status").and_then(Value::as_str).map(str::to_owned);
+    let mut response = Json(stored).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [("x-reins-run-id", run_id), ("x-reins-status", status)] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+    if replayed {
+        headers.insert("x-reins-idempotent-replay", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// `GET /v1/runs/{id}/steps`: what the run checkpointed, step by step, and
+/// its actions with their idempotency keys and states — the history a
+/// resume starts from.
+pub async fn steps(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let store = state.host.state();
+    let unavailable =
+        |e: reins_state::StateError| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string());
+    let run = store
+        .run(&run_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
+    let steps = store.steps(&run_id).await.map_err(unavailable)?;
+    let actions = store.actions(&run_id).await.map_err(unavailable)?;
+    // An agent's turns record their actions under `RUN.STEP`.
+    let mut turn_actions = Vec::new();
+    for s in steps.iter().filter(|s| s.kind == "agent") {
+        for e in s.data["executions"].as_array().into_iter().flatten() {
+            if let Some(key) = e["idempotency_key"].as_str()
+                && let Some(a) = store.action(key).await.map_err(unavailable)?
+            {
+                turn_actions.push(a);
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({
+        "run_id": run.run_id,
+        "status": run.status,
+        "owner": run.owner,
+        "lease_until_ms": run.lease_until_ms,
+        "steps": steps,
+        "actions": actions.into_iter().chain(turn_actions).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/runs/{id}/resume`: continues an interrupted run (404 unknown,
+/// 409 not interrupted).
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.check(&headers, Scope::Run)?;
+    let result = state.host.resume(&run_id).await.map_err(|e| match e {
+        reins_core::ResumeError::NotFound(_) => ApiError::not_found(e.to_string()),
+        reins_core::ResumeError::NotResumable { .. } | reins_core::ResumeError::NoRequest(_) => {
+            ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        reins_core::ResumeError::Store(_) => {
+            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string())
+        }
+    })?;
+    super::metrics_export::record_run(&result);
+    let result = Arc::new(result);
+    state.runs.insert(result.clone(), None);
+    Ok(run_response(&result, false))
+}
+
+fn run_response(result: &RunResult, replayed: bool) -> Response {
+    let mut response = Json(result).into_response();
+    super::reins_headers(response.headers_mut(), result);
+    if replayed {
+        response
+            .headers_mut()
+            .insert("x-reins-idempotent-replay", HeaderValue::from_static("true"));
+    }
+    response
+}

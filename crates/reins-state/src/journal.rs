@@ -1,0 +1,133 @@
+//! Per-step checkpoints of a single-mode run.
+//!
+//! While a run executes, `reins_core::Host` puts a [`Journal`] in the task's
+//! context; the engine calls [`record`] after each step (the normalized
+//! input, then every model attempt with its violations, tokens and gate
+//! decisions), and each call is one transaction that also renews the run's
+//! lease — the next step starts only after it is committed.
+//!
+//! On resume, the recorded attempts are replayed ([`replayed`]) instead of
+//! calling the model again: validation and gates run again on the same
+//! answers, and only model steps after the last checkpoint are redone.
+
+use super::{RunRecord, StateError, StateStore, StepRecord, now_ms};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The checkpoint log of one run.
+pub struct Journal {
+    store: Arc<dyn StateStore>,
+    record: tokio::sync::Mutex<RunRecord>,
+    next: AtomicU32,
+    lease_ms: i64,
+    /// Recorded attempts from before a crash, by attempt number.
+    replay: BTreeMap<u32, Value>,
+    /// The run id the steps are written under: the run's own, or an agent
+    /// turn's (`RUN.STEP`), whose attempts only are journaled.
+    steps_id: String,
+    attempts_only: bool,
+}
+
+tokio::task_local! {
+    static JOURNAL: Arc<Journal>;
+}
+
+impl Journal {
+    /// A journal writing `record`'s steps to `store` (the stored request is
+    /// left as it is), replaying `previous` steps' attempts.
+    pub fn new(store: Arc<dyn StateStore>, mut record: RunRecord, lease_ms: i64, previous: &[StepRecord]) -> Journal {
+        record.request = Value::Null;
+        let replay = previous
+            .iter()
+            .filter(|s| s.kind == "attempt")
+            .filter_map(|s| {
+                let n = s.data["attempt"]["attempt"].as_u64()?;
+                Some((u32::try_from(n).ok()?, s.data["attempt"].clone()))
+            })
+            .collect();
+        Journal {
+            store,
+            steps_id: record.run_id.clone(),
+            record: tokio::sync::Mutex::new(record),
+            next: AtomicU32::new(1),
+            lease_ms,
+            replay,
+            attempts_only: false,
+        }
+    }
+
+    /// The journal of agent turn `turn_id` (`RUN.STEP`) of the run `record`:
+    /// its model attempts, so that a turn redone after a crash replays the
+    /// model's answer (and proposes the same actions) instead of asking again.
+    pub fn for_turn(
+        store: Arc<dyn StateStore>,
+        record: RunRecord,
+        lease_ms: i64,
+        turn_id: &str,
+        previous: &[StepRecord],
+    ) -> Journal {
+        let mut journal = Journal::new(store, record, lease_ms, previous);
+        journal.steps_id = turn_id.to_owned();
+        journal.attempts_only = true;
+        journal
+    }
+
+    /// Runs `f` with this journal as the task's.
+    pub fn scope<F: Future>(self: Arc<Self>, f: F) -> tokio::task::futures::TaskLocalFuture<Arc<Journal>, F> {
+        JOURNAL.scope(self, f)
+    }
+
+    async fn write(&self, kind: &str, data: Value) -> Result<(), StateError> {
+        let step = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut record = self.record.lock().await;
+        let now = now_ms();
+        record.updated_ms = now;
+        record.lease_until_ms = now.saturating_add(self.lease_ms);
+        record.result = serde_json::json!({
+            "run_id": record.run_id, "pipeline": record.pipeline, "status": "running", "step": step, "last": kind,
+        });
+        let step = StepRecord {
+            run_id: self.steps_id.clone(),
+            step,
+            kind: kind.to_owned(),
+            data,
+            created_ms: now,
+        };
+        let written = self.store.checkpoint(&record, &step).await;
+        metrics::counter!("reins_checkpoints_total", "kind" => step.kind.clone(), "ok" => if written.is_ok() { "true" } else { "false" })
+            .increment(1);
+        written
+    }
+}
+
+/// Whether the current run journals steps of `kind` (build a step's data
+/// only then: an agent turn journals its attempts, not its input).
+pub fn wants(kind: &str) -> bool {
+    JOURNAL.try_with(|j| !j.attempts_only || kind == "attempt").unwrap_or(false)
+}
+
+/// Records a step of the current run (nothing when the run keeps no
+/// journal). Only a lost lease is an error: another node owns the run now.
+pub async fn record(kind: &str, data: Value) -> Result<(), StateError> {
+    let Ok(journal) = JOURNAL.try_with(Arc::clone) else {
+        return Ok(());
+    };
+    if !wants(kind) {
+        return Ok(());
+    }
+    match journal.write(kind, data).await {
+        Err(e @ StateError::LeaseLost { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!(kind, "state store: checkpoint failed (the run goes on): {e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// The attempt `n` recorded before the run was interrupted, if any.
+pub fn replayed(n: u32) -> Option<Value> {
+    JOURNAL.try_with(|j| j.replay.get(&n).cloned()).ok().flatten()
+}
