@@ -3,7 +3,8 @@
 use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStatus, ApprovalStore, Decided, Verdict};
 use crate::limits::{RateLimiter, limit_key};
 use crate::config::{Config, ConfigError};
-use crate::pipeline::{Pipeline, Request, RunError, RunResult, RunStatus, engine};
+use crate::pipeline::journal::Journal;
+use crate::pipeline::{Pipeline, Request, RunContext, RunError, RunResult, RunStatus, engine};
 use crate::provider::{self, Breaker, Provider, ProviderSettings};
 use reins_runtime::PluginHost;
 use reins_state::{RunRecord, StateStore};
@@ -174,14 +175,11 @@ impl Host {
             if p.config.mode == crate::config::PipelineMode::Agent {
                 return self.run_agent(p, request, record).await;
             }
-            let run = reins_state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), request));
-            let result = if self.config.state.checkpoints {
-                let lease_ms = self.leases.lease_ms;
-                let journal = reins_state::journal::Journal::new(self.state.clone(), record.clone(), lease_ms, &previous);
-                Arc::new(journal).scope(run).await
-            } else {
-                run.await
-            };
+            let journal = self.config.state.checkpoints.then(|| {
+                Journal::new(self.state.clone(), record.clone(), self.leases.lease_ms, &previous)
+            });
+            let rc = RunContext::new(self.state.clone(), journal);
+            let result = engine::run(p, self.plugins.current(), request, &rc).await;
             if let Some((limits, lkey)) = limited {
                 self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
             }
@@ -315,9 +313,7 @@ impl Host {
                 let pipeline = self.pipelines.get(&record.pipeline);
                 let tell_model = agent_step.is_some()
                     && pipeline.is_some_and(|p| p.config.on_rejection == crate::config::OnRejection::Continue);
-                let mut run = reins_state::CURRENT
-                    .scope(self.state.clone(), self.continue_run(run, &all, tell_model))
-                    .await;
+                let mut run = self.continue_run(run, &all, tell_model).await;
                 run.run_id = a.run_id.clone();
                 if let (Some(step), RunStatus::Completed, Some(p)) = (agent_step, run.status, pipeline) {
                     // The approved turn is done: the agent goes on.
@@ -396,6 +392,7 @@ impl Host {
         actions.sort_by_key(|(i, _)| *i);
         let step = run.attempts.last().map_or(1, |a| a.attempt);
         let mut executions = crate::pipeline::execute::execute_all(
+            &*self.state,
             &p.config,
             &run.pipeline,
             &run.run_id,

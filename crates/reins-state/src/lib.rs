@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod counters;
-pub mod journal;
 pub mod postgres;
 pub mod sqlite;
 
@@ -433,13 +432,3 @@ pub fn summary(result: &Value) -> Value {
 /// Statuses of runs that are finished (and can be compacted).
 pub const FINISHED: [&str; 3] = ["completed", "failed", "rejected"];
 
-tokio::task_local! {
-    /// The store of the run being executed, for the executors (set by
-    /// `reins_core::Host` around a run, so the engine needs no parameter for it).
-    pub static CURRENT: Arc<dyn StateStore>;
-}
-
-/// The store of the current run, if any.
-pub fn current() -> Option<Arc<dyn StateStore>> {
-    CURRENT.try_with(|s| s.clone()).ok()
-}

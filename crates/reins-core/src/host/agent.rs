@@ -11,11 +11,11 @@
 //! not sent again and a `sending` one is re-sent with its key.
 
 use super::Host;
-use crate::pipeline::{Execution, Pipeline, Request, RunResult, RunStatus, Tokens, engine};
+use crate::pipeline::journal::Journal;
+use crate::pipeline::{Execution, Pipeline, Request, RunContext, RunResult, RunStatus, Tokens, engine};
 use reins_runtime::Message;
 use reins_state::{RunRecord, StepRecord, now_ms};
 use serde_json::{Value, json};
-use std::sync::Arc;
 
 /// Why a run could not be resumed.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +64,7 @@ impl Host {
             let mut req = request.clone();
             req.messages = messages.clone();
             req.run_id = Some(turn_id.clone());
-            let turn = reins_state::CURRENT.scope(self.state.clone(), engine::run(p, self.plugins.current(), req));
-            let result = if self.config.state.checkpoints {
+            let journal = if self.config.state.checkpoints {
                 // The turn's model answers are journaled; only the first turn
                 // of a resumed run can have some from before the crash.
                 let previous = if first_turn {
@@ -73,17 +72,12 @@ impl Host {
                 } else {
                     Vec::new()
                 };
-                let journal = reins_state::journal::Journal::for_turn(
-                    self.state.clone(),
-                    record.clone(),
-                    self.leases.lease_ms,
-                    &turn_id,
-                    &previous,
-                );
-                Arc::new(journal).scope(turn).await
+                Some(Journal::for_turn(self.state.clone(), record.clone(), self.leases.lease_ms, &turn_id, &previous))
             } else {
-                turn.await
+                None
             };
+            let rc = RunContext::new(self.state.clone(), journal);
+            let result = engine::run(p, self.plugins.current(), req, &rc).await;
             first_turn = false;
             add_tokens(&mut tokens, &result.tokens);
             if result.status == RunStatus::AwaitingApproval {

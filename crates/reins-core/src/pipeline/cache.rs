@@ -19,6 +19,7 @@
 
 use crate::provider::ToolCall;
 use reins_runtime::{Message, Tool};
+use reins_state::StateStore;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -198,13 +199,12 @@ impl ResponseCache {
     }
 }
 
-/// The answer for `key`: from memory, else from the run's state store
+/// The answer for `key`: from memory, else from the store's cache index
 /// (then kept in memory for the rest of its time to live).
-pub async fn lookup(cache: &ResponseCache, key: &CacheKey) -> Option<(Arc<CachedAnswer>, Duration)> {
+pub async fn lookup(cache: &ResponseCache, key: &CacheKey, store: &dyn StateStore) -> Option<(Arc<CachedAnswer>, Duration)> {
     if let Some(hit) = cache.get(key) {
         return Some(hit);
     }
-    let store = reins_state::current()?;
     let now = reins_state::now_ms();
     let ttl_ms = i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX);
     let (stored, at) = match store.cache_get(&key.hex(), now.saturating_sub(ttl_ms)).await {
@@ -221,11 +221,9 @@ pub async fn lookup(cache: &ResponseCache, key: &CacheKey) -> Option<(Arc<Cached
     cache.get(key)
 }
 
-/// Stores `answer` in memory and, off the request path, in the run's state store.
-pub fn remember(cache: &ResponseCache, key: CacheKey, pipeline: &str, answer: CachedAnswer) {
-    if let Some(store) = reins_state::current()
-        && let Ok(value) = serde_json::to_value(&answer)
-    {
+/// Stores `answer` in memory and, off the request path, in the store's cache index.
+pub fn remember(cache: &ResponseCache, key: CacheKey, pipeline: &str, answer: CachedAnswer, store: Arc<dyn StateStore>) {
+    if let Ok(value) = serde_json::to_value(&answer) {
         let pipeline = pipeline.to_owned();
         tokio::spawn(async move {
             if let Err(e) = store.cache_put(&key.hex(), &pipeline, &value, reins_state::now_ms()).await {

@@ -20,7 +20,7 @@
 use super::result::{
     Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
 };
-use super::{Pipeline, Request, RequestTool, extract_json, repair};
+use super::{Pipeline, Request, RequestTool, RunContext, extract_json, repair};
 use crate::config::{CallerTools, OnFail, OutputMode, RepairStrategy};
 use crate::provider::{Sampling, ToolCall, ToolChoice};
 use reins_runtime::{
@@ -38,7 +38,7 @@ use degrade::{Degradation, ModelAnswer};
 /// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
 /// one snapshot for the whole run). Never panics on what a model, a plugin
 /// or the caller sends; every failure is in the result.
-pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request) -> RunResult {
+pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request, rc: &RunContext) -> RunResult {
     let run_id = request
         .run_id
         .clone()
@@ -46,7 +46,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
     let mut run = Run {
         p: pipeline,
         set: plugins,
-        started: Instant::now(),
+        rc,
         result: RunResult::new(run_id.clone(), pipeline.name.clone()),
         ctx: CallContext {
             run_id,
@@ -64,7 +64,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         strict: false,
         chain_offset: 0,
         judge: None,
-        deg: Degradation::new(pipeline, Instant::now()),
+        deg: Degradation::new(pipeline, rc.started),
     };
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
@@ -78,8 +78,8 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
         };
         result.error = Some(e);
     }
-    run.deg.finish(pipeline, &mut result);
-    result.duration_us = run.started.elapsed().as_micros() as u64;
+    run.deg.finish(pipeline, &mut result, &rc.cache_index);
+    result.duration_us = rc.started.elapsed().as_micros() as u64;
     tracing::debug!(
         status = result.status.as_str(),
         attempts = result.attempts.len(),
@@ -92,7 +92,8 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request)
 struct Run<'a> {
     p: &'a Pipeline,
     set: Arc<PluginSet>,
-    started: Instant,
+    /// What the run records into (journal, action log, cache index) and its clock.
+    rc: &'a RunContext,
     result: RunResult,
     ctx: CallContext,
     /// The caller's schema, checked after the pipeline's.
@@ -345,7 +346,7 @@ fn count_summary(findings: &[Finding]) -> String {
 
 impl Run<'_> {
     fn micros(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.started).as_micros() as u64
+        t.saturating_duration_since(self.rc.started).as_micros() as u64
     }
 
     fn trace(&mut self, layer: &'static str, name: &str, result: String, start: Instant, end: Instant) {
@@ -486,13 +487,13 @@ impl Run<'_> {
                 tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        if reins_state::journal::wants("input") {
+        if self.rc.journals("input") {
             let input = serde_json::json!({
                 "messages": &messages,
                 "chunks": chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                 "tools": tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
             });
-            if let Err(e) = reins_state::journal::record("input", input).await {
+            if let Err(e) = self.rc.checkpoint("input", input).await {
                 return Err(self.lost(e));
             }
         }
@@ -743,10 +744,10 @@ impl Run<'_> {
                 tokens,
                 latency_us,
             });
-            if reins_state::journal::wants("attempt") {
+            if self.rc.journals("attempt") {
                 let decided = &self.result.decisions[decided_before.min(self.result.decisions.len())..];
                 let step = serde_json::json!({"attempt": self.result.attempts.last(), "decisions": decided});
-                if let Err(e) = reins_state::journal::record("attempt", step).await {
+                if let Err(e) = self.rc.checkpoint("attempt", step).await {
                     gated.release_all();
                     return Err(self.lost(e));
                 }
@@ -929,6 +930,7 @@ impl Run<'_> {
         }
         let start = Instant::now();
         let executions = super::execute::execute_all(
+            &*self.rc.actions,
             &self.p.config,
             &self.p.name,
             &self.ctx.run_id,

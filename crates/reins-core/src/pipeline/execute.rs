@@ -78,9 +78,12 @@ fn client() -> &'static reqwest::Client {
     CLIENT.get_or_init(reqwest::Client::new)
 }
 
-/// Executes `actions` in order. `reservations` (by action index) are
-/// released for actions that fail or, in a dry run, for every action.
+/// Executes `actions` in order, each recorded in the `log` around its
+/// sending. `reservations` (by action index) are released for actions that
+/// fail or, in a dry run, for every action.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute_all(
+    log: &dyn StateStore,
     config: &PipelineConfig,
     pipeline: &str,
     run_id: &str,
@@ -117,10 +120,7 @@ pub async fn execute_all(
             retries,
         }) = executor
         {
-            match reins_state::current() {
-                Some(store) => send_recorded(&*store, &mut exec, pipeline, run_id, url, *timeout_ms, *retries).await,
-                None => send(&mut exec, pipeline, run_id, url, *timeout_ms, *retries).await,
-            }
+            send_recorded(log, &mut exec, pipeline, run_id, url, *timeout_ms, *retries).await;
         }
         if dry_run || exec.status == ExecStatus::Failed {
             for (_, r) in reservations.iter_mut().filter(|(i, _)| i == index) {

@@ -25,6 +25,9 @@ pub mod fallback;
 pub(crate) mod judge;
 pub mod repair;
 pub mod result;
+pub mod journal;
+mod run_context;
+pub use run_context::RunContext;
 
 pub use extract::extract_json;
 pub use execute::{ExecStatus, Execution};

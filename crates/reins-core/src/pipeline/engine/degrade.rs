@@ -12,6 +12,8 @@ use crate::pipeline::result::{RunError, RunResult, RunStatus};
 use crate::provider::{ChatRequest, ChatResponse, Usage};
 use reins_runtime::{Message, Tool};
 use serde_json::Value;
+use reins_state::StateStore;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which step of the fallback chain answered an attempt.
@@ -77,7 +79,7 @@ impl Degradation {
 
     /// Marks the result (`degraded`, `served_by`, `notice`) and stores a
     /// validated output in the cache.
-    pub fn finish(&self, p: &Pipeline, result: &mut RunResult) {
+    pub fn finish(&self, p: &Pipeline, result: &mut RunResult, cache_index: &Arc<dyn StateStore>) {
         let (Some(served), Some(last)) = (self.served.last(), result.attempts.last()) else {
             return;
         };
@@ -104,7 +106,7 @@ impl Degradation {
                 provider: last.provider.clone(),
                 model: last.model.clone(),
             };
-            crate::pipeline::cache::remember(cache, key, &p.name, answer);
+            crate::pipeline::cache::remember(cache, key, &p.name, answer, cache_index.clone());
             metrics::counter!("reins_cache_writes_total", "pipeline" => p.name.clone()).increment(1);
         }
     }
@@ -120,7 +122,7 @@ impl Run<'_> {
         messages: Vec<Message>,
         tools: &[Tool],
     ) -> Result<ModelAnswer, RunError> {
-        if let Some(recorded) = reins_state::journal::replayed(attempt) {
+        if let Some(recorded) = self.rc.replayed(attempt) {
             return Ok(self.replay(&recorded));
         }
         let request = ChatRequest {
@@ -240,7 +242,7 @@ impl Run<'_> {
         let p = self.p;
         if let (Some(cache), Some(key)) = (&p.cache, self.deg.key) {
             let start = Instant::now();
-            match crate::pipeline::cache::lookup(cache, &key).await {
+            match crate::pipeline::cache::lookup(cache, &key, &*self.rc.cache_index).await {
                 None => {
                     metrics::counter!("reins_cache_misses_total", "pipeline" => p.name.clone()).increment(1);
                     self.trace(

@@ -1,16 +1,16 @@
 //! Per-step checkpoints of a single-mode run.
 //!
-//! While a run executes, `reins_core::Host` puts a [`Journal`] in the task's
-//! context; the engine calls [`record`] after each step (the normalized
+//! A run's [`Journal`] travels in its [`RunContext`](super::RunContext);
+//! the engine calls [`Journal::record`] after each step (the normalized
 //! input, then every model attempt with its violations, tokens and gate
 //! decisions), and each call is one transaction that also renews the run's
 //! lease — the next step starts only after it is committed.
 //!
-//! On resume, the recorded attempts are replayed ([`replayed`]) instead of
+//! On resume, the recorded attempts are replayed ([`Journal::replayed`]) instead of
 //! calling the model again: validation and gates run again on the same
 //! answers, and only model steps after the last checkpoint are redone.
 
-use super::{RunRecord, StateError, StateStore, StepRecord, now_ms};
+use reins_state::{RunRecord, StateError, StateStore, StepRecord, now_ms};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,10 +28,6 @@ pub struct Journal {
     /// turn's (`RUN.STEP`), whose attempts only are journaled.
     steps_id: String,
     attempts_only: bool,
-}
-
-tokio::task_local! {
-    static JOURNAL: Arc<Journal>;
 }
 
 impl Journal {
@@ -74,11 +70,6 @@ impl Journal {
         journal
     }
 
-    /// Runs `f` with this journal as the task's.
-    pub fn scope<F: Future>(self: Arc<Self>, f: F) -> tokio::task::futures::TaskLocalFuture<Arc<Journal>, F> {
-        JOURNAL.scope(self, f)
-    }
-
     async fn write(&self, kind: &str, data: Value) -> Result<(), StateError> {
         let step = self.next.fetch_add(1, Ordering::Relaxed);
         let mut record = self.record.lock().await;
@@ -100,34 +91,31 @@ impl Journal {
             .increment(1);
         written
     }
-}
 
-/// Whether the current run journals steps of `kind` (build a step's data
-/// only then: an agent turn journals its attempts, not its input).
-pub fn wants(kind: &str) -> bool {
-    JOURNAL.try_with(|j| !j.attempts_only || kind == "attempt").unwrap_or(false)
-}
-
-/// Records a step of the current run (nothing when the run keeps no
-/// journal). Only a lost lease is an error: another node owns the run now.
-pub async fn record(kind: &str, data: Value) -> Result<(), StateError> {
-    let Ok(journal) = JOURNAL.try_with(Arc::clone) else {
-        return Ok(());
-    };
-    if !wants(kind) {
-        return Ok(());
+    /// Whether this journal keeps steps of `kind` (build a step's data
+    /// only then: an agent turn journals its attempts, not its input).
+    pub fn wants(&self, kind: &str) -> bool {
+        !self.attempts_only || kind == "attempt"
     }
-    match journal.write(kind, data).await {
-        Err(e @ StateError::LeaseLost { .. }) => Err(e),
-        Err(e) => {
-            tracing::warn!(kind, "state store: checkpoint failed (the run goes on): {e}");
-            Ok(())
+
+    /// Records a step. Only a lost lease is an error: another node owns the
+    /// run now; any other failure is logged and the run goes on.
+    pub async fn record(&self, kind: &str, data: Value) -> Result<(), StateError> {
+        if !self.wants(kind) {
+            return Ok(());
         }
-        Ok(()) => Ok(()),
+        match self.write(kind, data).await {
+            Err(e @ StateError::LeaseLost { .. }) => Err(e),
+            Err(e) => {
+                tracing::warn!(kind, "state store: checkpoint failed (the run goes on): {e}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
-}
 
-/// The attempt `n` recorded before the run was interrupted, if any.
-pub fn replayed(n: u32) -> Option<Value> {
-    JOURNAL.try_with(|j| j.replay.get(&n).cloned()).ok().flatten()
+    /// The attempt `n` recorded before the run was interrupted, if any.
+    pub fn replayed(&self, n: u32) -> Option<Value> {
+        self.replay.get(&n).cloned()
+    }
 }

@@ -1,0 +1,56 @@
+//! [`RunContext`]: everything a run writes outside itself, passed in.
+//!
+//! The engine never reaches the store through ambient state: its checkpoint
+//! journal, the action log its executors record side effects in, and the
+//! cache index behind the response cache all arrive here, from the
+//! [`Host`](crate::Host) that starts the run. A side effect therefore cannot
+//! be sent unrecorded, and every store write shows in a signature.
+
+use super::journal::Journal;
+use reins_state::StateStore;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one run records into, and the clock it is timed by.
+pub struct RunContext {
+    /// Per-step checkpoints; `None` when `[state] checkpoints = false`.
+    pub journal: Option<Journal>,
+    /// Where executors record each action (planned → sending → done) under
+    /// its idempotency key before and after sending it.
+    pub actions: Arc<dyn StateStore>,
+    /// Where validated answers are indexed for the response cache, so other
+    /// nodes and restarts find them.
+    pub cache_index: Arc<dyn StateStore>,
+    /// When the run started: its deadline and durations count from here.
+    pub started: Instant,
+}
+
+impl RunContext {
+    /// A context recording into `store`, with an optional journal.
+    pub fn new(store: Arc<dyn StateStore>, journal: Option<Journal>) -> RunContext {
+        RunContext {
+            journal,
+            actions: store.clone(),
+            cache_index: store,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the journal keeps steps of `kind`.
+    pub fn journals(&self, kind: &str) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.wants(kind))
+    }
+
+    /// Records a step in the journal, if the run keeps one.
+    pub async fn checkpoint(&self, kind: &str, data: serde_json::Value) -> Result<(), reins_state::StateError> {
+        match &self.journal {
+            Some(j) => j.record(kind, data).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The model attempt `n` recorded before a crash, if any.
+    pub fn replayed(&self, n: u32) -> Option<serde_json::Value> {
+        self.journal.as_ref().and_then(|j| j.replayed(n))
+    }
+}
