@@ -1,0 +1,45 @@
+//! Stage 7, execution: the approved actions of a completed run go to their
+//! executors, each recorded in the run's action log around its sending.
+
+use super::*;
+
+impl Run<'_> {
+    /// Carries out the approved actions of a completed run (or plans them,
+    /// in a dry run). A failed action fails the run.
+    pub(super) async fn execute_actions(&mut self, step: u32, approved: &[(usize, Action)]) -> Result<(), RunError> {
+        if approved.is_empty() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let executions = crate::pipeline::execute::execute_all(
+            &*self.rc.actions,
+            &self.p.config,
+            &self.p.name,
+            &self.ctx.run_id,
+            step,
+            approved,
+            &mut self.result.reservations,
+            self.result.dry_run,
+        )
+        .await;
+        for e in &executions {
+            let what = match e.status {
+                crate::pipeline::ExecStatus::Done => format!("done ({} tries)", e.tries),
+                other => format!("{other:?}").to_lowercase(),
+            };
+            self.trace("execute", &e.tool, what, start, Instant::now());
+        }
+        let failed = executions
+            .iter()
+            .find(|e| e.status == crate::pipeline::ExecStatus::Failed)
+            .map(|e| RunError::ActionFailed {
+                tool: e.tool.clone(),
+                message: e.error.clone().unwrap_or_default(),
+            });
+        self.result.executions = executions;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

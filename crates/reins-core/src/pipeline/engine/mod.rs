@@ -1,0 +1,335 @@
+//! Runs one request through one pipeline on one plugin snapshot.
+//!
+//! ```text
+//! normalize.rs    normalizers (in order; an `error` finding rejects before any model call)
+//! context.rs        → context builder
+//! constraints.rs    → constraints (the tools of this request)
+//! attempts.rs       → attempt loop:
+//! degrade.rs             model (provider, then fallbacks, cache, static answer)
+//! validate.rs            → extract JSON → JSON Schema → validator stages
+//!                          (one stage's validators run concurrently; a `fix`
+//!                           validator's document restarts validation)
+//! gate.rs                → constraint check and gates for each proposed action
+//!                        → done, or repair (the violations go back to the model), or stop
+//! execute.rs        → executors for the approved actions
+//! ```
+//!
+//! Each stage is an `impl Run` block in its own file; this file holds the
+//! run's state and the order of the stages ([`Run::execute`]). Plugin calls
+//! are blocking (bounded by each plugin's deadline) and cross to async in one
+//! place, `bridge.rs`. A plugin that fails is skipped if its manifest says
+//! `fail_mode = "open"` (the skip is traced and listed in
+//! [`RunResult::skipped`]); otherwise the run fails.
+
+use super::result::{
+    Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
+};
+use super::{Pipeline, Request, RequestTool, RunContext, extract_json, repair};
+use crate::config::{CallerTools, OnFail, OutputMode, RepairStrategy};
+use crate::provider::{Sampling, ToolCall, ToolChoice};
+use reins_runtime::{
+    Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin, PluginError, PluginSet,
+    Severity, Tool, Violation,
+};
+use crate::tokens;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+mod attempts;
+mod bridge;
+mod constraints;
+mod context;
+mod degrade;
+mod execute;
+mod gate;
+mod normalize;
+mod validate;
+use bridge::*;
+use gate::Gated;
+use normalize::*;
+use validate::*;
+use degrade::{Degradation, ModelAnswer};
+
+/// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
+/// one snapshot for the whole run). Never panics on what a model, a plugin
+/// or the caller sends; every failure is in the result.
+pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request, rc: &RunContext) -> RunResult {
+    let run_id = request
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut run = Run {
+        p: pipeline,
+        set: plugins,
+        rc,
+        result: RunResult::new(run_id.clone(), pipeline.name.clone()),
+        ctx: CallContext {
+            run_id,
+            pipeline: pipeline.name.clone(),
+            attempt: 0,
+            metadata: request.metadata.clone(),
+            request_text: std::sync::Arc::from(""),
+            judge: None,
+        },
+        request_schema: None,
+        model_schema: pipeline.schema.clone(),
+        caller_tools: None,
+        mode: OutputMode::Json,
+        sampling: Sampling::default(),
+        strict: false,
+        chain_offset: 0,
+        judge: None,
+        deg: Degradation::new(pipeline, rc.started),
+    };
+    run.result.dry_run = pipeline.config.dry_run || request.dry_run;
+    let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
+    let _enter = span.enter();
+    let outcome = run.execute(request).await;
+    let mut result = run.result;
+    if let Err(e) = outcome {
+        result.status = match &e {
+            RunError::Rejected { .. } | RunError::Denied { .. } => RunStatus::Rejected,
+            _ => RunStatus::Failed,
+        };
+        result.error = Some(e);
+    }
+    run.deg.finish(pipeline, &mut result, &rc.cache_index);
+    result.duration_us = rc.started.elapsed().as_micros() as u64;
+    tracing::debug!(
+        status = result.status.as_str(),
+        attempts = result.attempts.len(),
+        us = result.duration_us,
+        "run finished"
+    );
+    result
+}
+
+struct Run<'a> {
+    p: &'a Pipeline,
+    set: Arc<PluginSet>,
+    /// What the run records into (journal, action log, cache index) and its clock.
+    rc: &'a RunContext,
+    result: RunResult,
+    ctx: CallContext,
+    /// The caller's schema, checked after the pipeline's.
+    request_schema: Option<Arc<jsonschema::Validator>>,
+    /// What the model is told to produce: the pipeline's schema, the caller's, or both (`allOf`).
+    model_schema: Option<Arc<Value>>,
+    /// The caller's tools, with their compiled argument schemas.
+    caller_tools: Option<Vec<(RequestTool, Option<Arc<jsonschema::Validator>>)>>,
+    /// What this run answers: prose, or one JSON document.
+    mode: OutputMode,
+    /// The caller's sampling under the pipeline's caps; repair strategies
+    /// may raise the temperature.
+    sampling: Sampling,
+    /// Ask the provider for its strictest structured-output mode (a repair strategy).
+    strict: bool,
+    /// Providers of the repair chain passed over (the `model` strategy).
+    chain_offset: usize,
+    /// The judge validators may ask (a pipeline with `judge`).
+    judge: Option<Arc<super::judge::RunJudge>>,
+    /// Deadline, cache key and which fallback served each attempt.
+    deg: Degradation,
+}
+
+fn violation(path: String, code: &str, message: String) -> Violation {
+    Violation {
+        path,
+        code: code.to_owned(),
+        message,
+        severity: Severity::Error,
+    }
+}
+
+fn finding(source: &str, violation: Violation) -> Finding {
+    Finding {
+        source: source.to_owned(),
+        violation,
+    }
+}
+
+fn is_blocking(f: &Finding) -> bool {
+    f.violation.severity == Severity::Error
+}
+
+fn count_summary(findings: &[Finding]) -> String {
+    let blocking = findings.iter().filter(|f| is_blocking(f)).count();
+    match (blocking, findings.len()) {
+        (0, 0) => "ok".to_owned(),
+        (0, 1) => "ok (1 note)".to_owned(),
+        (0, n) => format!("ok ({n} notes)"),
+        (1, _) => "1 violation".to_owned(),
+        (b, _) => format!("{b} violations"),
+    }
+}
+
+impl Run<'_> {
+    fn micros(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.rc.started).as_micros() as u64
+    }
+
+    fn trace(&mut self, layer: &'static str, name: &str, result: String, start: Instant, end: Instant) {
+        let step = TraceStep {
+            layer,
+            name: name.to_owned(),
+            attempt: self.ctx.attempt,
+            result,
+            start_us: self.micros(start),
+            duration_us: end.saturating_duration_since(start).as_micros() as u64,
+        };
+        self.result.trace.push(step);
+    }
+
+    fn plugin(&self, layer: Layer, name: &str) -> Result<Arc<Plugin>, RunError> {
+        match self.set.get(name) {
+            Some(p) if p.layer() == layer => Ok(p.clone()),
+            _ => Err(RunError::MissingPlugin {
+                layer: layer.as_str(),
+                plugin: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Traces a plugin call; `Ok(None)` is a fail-open skip.
+    fn settle<T>(
+        &mut self,
+        layer: Layer,
+        plugin: &Plugin,
+        timed: Timed<T>,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Result<Option<T>, RunError> {
+        match timed.result {
+            Ok(value) => {
+                let s = summary(&value);
+                self.trace(layer.as_str(), plugin.name(), s, timed.start, timed.end);
+                Ok(Some(value))
+            }
+            Err(e) if plugin.fail_mode() == FailMode::Open => {
+                tracing::warn!(plugin = plugin.name(), error = %e, "plugin failed; skipped (fail_mode = open)");
+                self.trace(
+                    layer.as_str(),
+                    plugin.name(),
+                    format!("skipped (fail open): {}", e.kind()),
+                    timed.start,
+                    timed.end,
+                );
+                self.result.skipped.push(plugin.name().to_owned());
+                Ok(None)
+            }
+            Err(e) => {
+                self.trace(
+                    layer.as_str(),
+                    plugin.name(),
+                    format!("failed: {}", e.kind()),
+                    timed.start,
+                    timed.end,
+                );
+                Err(RunError::Plugin {
+                    layer: layer.as_str(),
+                    plugin: plugin.name().to_owned(),
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn execute(&mut self, request: Request) -> Result<(), RunError> {
+        if request.messages.is_empty() {
+            return Err(RunError::BadRequest("the request has no messages".to_owned()));
+        }
+        if !request.metadata.is_object() {
+            return Err(RunError::BadRequest("metadata must be a JSON object".to_owned()));
+        }
+        if let Some(schema) = &request.schema {
+            let compiled = self
+                .p
+                .tool_validator(schema)
+                .map_err(|e| RunError::BadRequest(format!("the request's schema is not a valid JSON Schema: {e}")))?;
+            self.request_schema = Some(compiled);
+            self.model_schema = Some(Arc::new(match self.p.schema.as_deref() {
+                Some(own) => serde_json::json!({"allOf": [own, schema]}),
+                None => schema.clone(),
+            }));
+        }
+        self.mode = if request.json {
+            OutputMode::Json
+        } else {
+            self.p.output_mode(&self.set).0
+        };
+        self.sampling = self.p.sampling_for(&request.sampling);
+        if request.tools.as_ref().is_some_and(|t| !t.is_empty()) && self.p.caller_tools() == CallerTools::Deny {
+            return Err(RunError::BadRequest(format!(
+                "pipeline `{}` does not take the caller's tools (caller_tools = \"deny\"): send the request without `tools`",
+                self.p.name
+            )));
+        }
+        if let Some(tools) = &request.tools {
+            let mut compiled = Vec::with_capacity(tools.len());
+            for t in tools {
+                let check = match &t.parameters {
+                    None => None,
+                    Some(schema) => Some(self.p.tool_validator(schema).map_err(|e| {
+                        RunError::BadRequest(format!(
+                            "the parameters of tool `{}` are not a valid JSON Schema: {e}",
+                            t.name
+                        ))
+                    })?),
+                };
+                compiled.push((t.clone(), check));
+            }
+            self.caller_tools = Some(compiled);
+        }
+        let messages = self.normalize(request.messages).await?;
+        let chunks = self.assemble(&messages, request.chunks).await?;
+        self.ctx.request_text = request_text(&messages, &chunks);
+        if let (Some(config), Ok(runtime)) = (&self.p.config.judge, tokio::runtime::Handle::try_current())
+            && !self.p.judge_providers.is_empty()
+        {
+            let judge = Arc::new(super::judge::RunJudge::new(
+                self.p.judge_providers.clone(),
+                &self.ctx.run_id,
+                &self.p.name,
+                config.max_tokens,
+                self.deg.deadline,
+                runtime,
+            ));
+            self.ctx.judge = Some(reins_runtime::JudgeHandle(judge.clone()));
+            self.judge = Some(judge);
+        }
+        let tools = self.constraints().await?;
+        if let Some(ToolChoice::Tool(name)) = &self.sampling.tool_choice
+            && !tools.iter().any(|t| &t.name == name)
+        {
+            return Err(RunError::BadRequest(format!(
+                "tool_choice names `{name}`, which is not a tool of this request (tools: {})",
+                tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if self.rc.journals("input") {
+            let input = serde_json::json!({
+                "messages": &messages,
+                "chunks": chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+                "tools": tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            });
+            if let Err(e) = self.rc.checkpoint("input", input).await {
+                return Err(self.lost(e));
+            }
+        }
+        let conversation = self.conversation(messages, &chunks);
+        let schema = self.model_schema.clone();
+        self.deg
+            .key_for(self.p, &conversation, schema.as_deref(), &tools, &self.sampling, self.mode);
+        self.attempts(conversation, tools).await
+    }
+
+    /// The error of a run whose checkpoint found its lease taken.
+    fn lost(&self, e: reins_state::StateError) -> RunError {
+        RunError::NotOwned {
+            run_id: self.result.run_id.clone(),
+            message: e.to_string(),
+        }
+    }
+
+}
