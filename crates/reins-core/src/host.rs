@@ -16,6 +16,8 @@ use std::sync::Arc;
 mod agent;
 mod lease;
 mod memory;
+mod record;
+use record::StoredRequest;
 pub use agent::ResumeError;
 
 /// A loaded configuration: plugins, providers and compiled pipelines.
@@ -27,8 +29,8 @@ pub use agent::ResumeError;
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use reins::Host;
-/// use reins::pipeline::{Request, RunStatus};
+/// use reins_core::Host;
+/// use reins_core::pipeline::{Request, RunStatus};
 ///
 /// let plugins = tempfile::tempdir()?; // no plugins: JSON Schema only
 /// let config = r#"
@@ -153,7 +155,7 @@ impl Host {
     ) -> RunResult {
         let run_id = record.run_id.clone();
         record.status = "running".into();
-        record.request = serde_json::json!({"request": &request});
+        StoredRequest::new(&request).write(&mut record);
         record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running"});
         record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = self.lease_until();
@@ -201,15 +203,10 @@ impl Host {
         // Finished (or held for a human): nobody needs to own it now.
         record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = 0;
-        if let Some(req) = record.request.as_object_mut() {
-            req.insert("action_indices".into(), serde_json::json!(result.action_indices));
-            // What the gates reserved, so a node that rejects the held run
-            // can give it back (through shared counters).
-            req.insert(
-                "reservations".into(),
-                reins_runtime::Reservation::list_to_json(&result.reservations),
-            );
-        }
+        StoredRequest::update(&mut record, |stored| {
+            stored.action_indices = Some(result.action_indices.clone());
+            stored.reservations = reins_runtime::Reservation::list_to_json(&result.reservations);
+        });
         record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.status == RunStatus::AwaitingApproval {
             match self.approvals.hold(&result, &record, &p.config.approvers).await {
@@ -302,11 +299,7 @@ impl Host {
                     ),
                 };
                 // An agent turn's actions keep the keys a direct turn would use.
-                let agent_step = record
-                    .request
-                    .get("agent_step")
-                    .and_then(Value::as_u64)
-                    .and_then(|s| u32::try_from(s).ok());
+                let agent_step = StoredRequest::of(&record).agent_step;
                 if let Some(step) = agent_step {
                     run.run_id = agent::step_run_id(&a.run_id, step);
                 }
@@ -632,36 +625,19 @@ fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
 /// indices, the attempt, dry run, and the gates' reservations, released
 /// through `counters` — which reach the first process's only when shared).
 fn restore(record: &RunRecord, counters: Option<&Arc<dyn reins_runtime::CounterStore>>) -> RunResult {
-    let r = &record.result;
-    let mut run = RunResult::new(record.run_id.clone(), record.pipeline.clone());
-    run.actions = r
-        .get("actions")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
-    run.action_indices = record
-        .request
-        .get("action_indices")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_else(|| (0..run.actions.len()).collect());
-    run.dry_run = r.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
-    run.reservations = match (counters, record.request.get("reservations")) {
-        (Some(counters), Some(list)) => reins_runtime::Reservation::list_from_json(list, counters),
+    let stored = StoredRequest::of(record);
+    let mut run: RunResult = serde_json::from_value(record.result.clone()).unwrap_or_else(|e| {
+        tracing::warn!(run_id = %record.run_id, "stored result does not read: {e}");
+        RunResult::new(record.run_id.clone(), record.pipeline.clone())
+    });
+    run.action_indices = stored.action_indices.unwrap_or_else(|| (0..run.actions.len()).collect());
+    run.reservations = match counters {
+        Some(counters) if !stored.reservations.is_null() => {
+            reins_runtime::Reservation::list_from_json(&stored.reservations, counters)
+        }
         _ => Vec::new(),
     };
-    run.output = r.get("output").cloned().filter(|v| !v.is_null());
     run.status = RunStatus::AwaitingApproval;
-    if let Some(last) = r.get("attempts").and_then(Value::as_array).and_then(|a| a.last()) {
-        run.attempts.push(crate::pipeline::Attempt {
-            attempt: last.get("attempt").and_then(Value::as_u64).map_or(1, |n| n as u32),
-            provider: last.get("provider").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            model: last.get("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            raw: last.get("raw").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            tool_calls: Vec::new(),
-            violations: Vec::new(),
-            fixed_by: Vec::new(),
-            tokens: Default::default(),
-            latency_us: 0,
-        });
-    }
+    run.error = None;
     run
 }

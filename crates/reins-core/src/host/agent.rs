@@ -10,7 +10,7 @@
 //! same idempotency keys (`RUN.STEP:ATTEMPT:INDEX`), so a `done` action is
 //! not sent again and a `sending` one is re-sent with its key.
 
-use super::Host;
+use super::{Host, StoredRequest};
 use crate::pipeline::journal::Journal;
 use crate::pipeline::{Execution, Pipeline, Request, RunContext, RunResult, RunStatus, Tokens, engine};
 use reins_runtime::Message;
@@ -82,9 +82,7 @@ impl Host {
             add_tokens(&mut tokens, &result.tokens);
             if result.status == RunStatus::AwaitingApproval {
                 // Held for a human: the decision continues the loop from here.
-                if let Some(req) = record.request.as_object_mut() {
-                    req.insert("agent_step".into(), json!(step));
-                }
+                StoredRequest::update(&mut record, |stored| stored.agent_step = Some(step));
             }
             let done = result.status != RunStatus::Completed || result.executions.is_empty();
             if !done {
@@ -190,9 +188,7 @@ impl Host {
         guard: super::lease::ActiveGuard,
     ) -> RunResult {
         let run_id = record.run_id.clone();
-        if let Some(req) = record.request.as_object_mut() {
-            req.remove("agent_step");
-        }
+        StoredRequest::update(&mut record, |stored| stored.agent_step = None);
         // Written even with `checkpoints = false`: the loop goes on from it.
         let mut messages = Vec::new();
         if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &turn, &mut messages, true).await {
@@ -250,8 +246,9 @@ impl Host {
         guard: super::lease::ActiveGuard,
     ) -> Result<RunResult, ResumeError> {
         let run_id = record.run_id.clone();
-        let mut request: Request = serde_json::from_value(record.request["request"].clone())
-            .map_err(|_| ResumeError::NoRequest(run_id.clone()))?;
+        let mut request = StoredRequest::of(&record)
+            .request
+            .ok_or_else(|| ResumeError::NoRequest(run_id.clone()))?;
         request.run_id = Some(run_id.clone());
         let Some(p) = self.pipelines.get(&record.pipeline) else {
             let mut result = RunResult::new(run_id, record.pipeline.clone());

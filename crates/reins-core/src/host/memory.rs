@@ -103,22 +103,20 @@ impl Host {
 
 /// One earlier run as `user: … / assistant: …` (`None` if it said nothing).
 fn exchange(run: &RunRecord) -> Option<String> {
-    let asked = run.request["request"]["messages"]
-        .as_array()
-        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .map(str::trim)
+    let request = super::StoredRequest::of(run).request;
+    let asked = request
+        .as_ref()
+        .and_then(|r| r.messages.iter().rev().find(|m| m.role == "user"))
+        .map(|m| m.content.trim())
         .filter(|s| !s.is_empty());
-    let answered = match run.result.get("output") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(v) if !v.is_null() => Some(v.to_string()),
-        _ => run.result["attempts"]
-            .as_array()
-            .and_then(|a| a.last())
-            .and_then(|a| a["raw"].as_str())
-            .map(str::to_owned),
-    }
-    .filter(|s| !s.trim().is_empty());
+    let result: Option<crate::pipeline::RunResult> = serde_json::from_value(run.result.clone()).ok();
+    let answered = result
+        .and_then(|r| match r.output {
+            Some(Value::String(s)) => Some(s),
+            Some(v) if !v.is_null() => Some(v.to_string()),
+            _ => r.attempts.last().map(|a| a.raw.clone()),
+        })
+        .filter(|s| !s.trim().is_empty());
     match (asked, answered) {
         (None, None) => None,
         (u, a) => Some(format!(

@@ -3,11 +3,11 @@
 
 use crate::provider::ToolCall;
 use reins_runtime::{Action, Decision, Violation};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// The output passed every validator and every action every gate.
@@ -34,7 +34,7 @@ impl RunStatus {
 
 /// A violation or finding, with what reported it (`json`, `schema`,
 /// `constraints`, or a plugin's name).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub source: String,
     #[serde(flatten)]
@@ -42,7 +42,7 @@ pub struct Finding {
 }
 
 /// Tokens one attempt spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
     pub prompt: u64,
     pub completion: u64,
@@ -52,7 +52,7 @@ pub struct Tokens {
 }
 
 /// One model call and what validation made of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     /// 1 for the first call, 2 for the first repair...
     pub attempt: u32,
@@ -61,13 +61,13 @@ pub struct Attempt {
     pub model: String,
     /// The answer's text as the model wrote it.
     pub raw: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     /// Everything validation found, in a stable order: `json`, `schema`, then
     /// validators by stage and config order, then constraints and gates.
     pub violations: Vec<Finding>,
     /// Validators whose deterministic fixes were applied, in order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fixed_by: Vec<String>,
     pub tokens: Tokens,
     /// Model call latency.
@@ -84,7 +84,7 @@ impl Attempt {
 }
 
 /// A gate's decision on one proposed action.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GateDecision {
     pub attempt: u32,
     /// Index of the action in the attempt's tool calls.
@@ -95,7 +95,7 @@ pub struct GateDecision {
 }
 
 /// An escalated action waiting for a human.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingApproval {
     /// Index of the action among the attempt's proposed actions.
     pub index: usize,
@@ -120,6 +120,48 @@ pub struct TraceStep {
     /// Start, in µs since the run started.
     pub start_us: u64,
     pub duration_us: u64,
+}
+
+/// Every `TraceStep::layer` the engine writes. A stored trace reads back
+/// into these names (anything else reads as `other`).
+pub const TRACE_LAYERS: &[&str] = &[
+    "normalizer", "context", "constraints", "validator", "gate", "model", "extract", "schema", "fix", "action",
+    "repair", "judge", "execute", "other",
+];
+
+/// A closed set's name from stored JSON, as the `'static` name the engine uses.
+fn known_name(names: &[&'static str], name: &str) -> &'static str {
+    names.iter().copied().find(|k| *k == name).unwrap_or("other")
+}
+
+/// A [`TraceStep`] as stored, before its layer is matched to the engine's name.
+#[derive(Deserialize)]
+struct StoredTraceStep {
+    layer: String,
+    name: String,
+    attempt: u32,
+    result: String,
+    start_us: u64,
+    duration_us: u64,
+}
+
+impl<'de> Deserialize<'de> for TraceStep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        StoredTraceStep::deserialize(d).map(TraceStep::from)
+    }
+}
+
+impl From<StoredTraceStep> for TraceStep {
+    fn from(s: StoredTraceStep) -> TraceStep {
+        TraceStep {
+            layer: known_name(TRACE_LAYERS, &s.layer),
+            name: s.name,
+            attempt: s.attempt,
+            result: s.result,
+            start_us: s.start_us,
+            duration_us: s.duration_us,
+        }
+    }
 }
 
 impl TraceStep {
@@ -185,7 +227,18 @@ pub enum RunError {
     /// where it is owned; ask the store for its result.
     #[error("run `{run_id}` continues elsewhere: {message}")]
     NotOwned { run_id: String, message: String },
+    /// An error read back from a stored run: its kind and message as they
+    /// were recorded (the variant's fields are not stored).
+    #[error("{message}")]
+    Recorded { kind: &'static str, message: String },
 }
+
+/// Every [`RunError::kind`].
+pub const ERROR_KINDS: &[&str] = &[
+    "unknown_pipeline", "bad_request", "rejected", "denied", "validation_failed", "model_unavailable",
+    "upstream_refused", "plugin_failed", "action_failed", "approval_rejected", "rate_limited", "missing_plugin",
+    "not_owned", "other",
+];
 
 impl RunError {
     /// A stable short name.
@@ -204,6 +257,7 @@ impl RunError {
             RunError::RateLimited { .. } => "rate_limited",
             RunError::MissingPlugin { .. } => "missing_plugin",
             RunError::NotOwned { .. } => "not_owned",
+            RunError::Recorded { kind, .. } => kind,
         }
     }
 
@@ -221,6 +275,15 @@ impl RunError {
             RunError::ApprovalRejected { .. } => 4,
             RunError::RateLimited { .. } => 7,
             RunError::NotOwned { .. } => 8,
+            RunError::Recorded { kind, .. } => match *kind {
+                "unknown_pipeline" | "bad_request" | "upstream_refused" => 2,
+                "validation_failed" => 3,
+                "rejected" | "denied" | "approval_rejected" => 4,
+                "model_unavailable" => 5,
+                "rate_limited" => 7,
+                "not_owned" => 8,
+                _ => 1,
+            },
         }
     }
 }
@@ -238,8 +301,25 @@ impl Serialize for RunError {
     }
 }
 
+impl<'de> Deserialize<'de> for RunError {
+    /// Reads the stored `{kind, message}` form back as [`RunError::Recorded`].
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Stored {
+            kind: String,
+            #[serde(default)]
+            message: String,
+        }
+        let Stored { kind, message } = Stored::deserialize(d)?;
+        Ok(RunError::Recorded {
+            kind: known_name(ERROR_KINDS, &kind),
+            message,
+        })
+    }
+}
+
 /// Why the repair loop stopped without a valid output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// `max_attempts` model calls were made.
@@ -263,8 +343,9 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// The outcome of a run.
-#[derive(Debug, Clone, Serialize)]
+/// The outcome of a run: what the library returns, what the API answers
+/// and what the store keeps as the run's `result` (it reads back with serde).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub run_id: String,
     pub pipeline: String,
@@ -281,13 +362,13 @@ pub struct RunResult {
     /// not be executed.
     pub dry_run: bool,
     /// Escalated actions waiting for a human (the run is `awaiting_approval`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingApproval>,
     /// Ids of the approvals this run waits on.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<String>,
     /// What happened to each approved action (webhook, returned, planned).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub executions: Vec<super::Execution>,
     /// Budget the gates reserved, by action index; released when an action
     /// does not happen. Not part of the answer.
@@ -297,7 +378,7 @@ pub struct RunResult {
     #[serde(skip)]
     pub action_indices: Vec<usize>,
     /// Plugins skipped because they failed and are `fail_mode = "open"`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
     pub trace: Vec<TraceStep>,
     /// Tokens of all attempts together.
@@ -310,7 +391,7 @@ pub struct RunResult {
     pub served_by: Option<String>,
     /// What the caller should be told about a degraded answer (the static
     /// answer's configured message).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     pub error: Option<RunError>,
 }
@@ -431,5 +512,49 @@ impl RunResult {
             let _ = writeln!(out, "error: {e}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored form of a run reads back into the same answer, so a node
+    /// restoring a held run sees what the node that held it saw.
+    #[test]
+    fn a_stored_result_reads_back_the_same() {
+        let mut r = RunResult::new("r1", "p");
+        r.status = RunStatus::AwaitingApproval;
+        r.output = Some(serde_json::json!({"refund": 40}));
+        r.attempts.push(Attempt {
+            attempt: 1,
+            provider: "m".into(),
+            model: "x".into(),
+            raw: "{}".into(),
+            tool_calls: Vec::new(),
+            violations: Vec::new(),
+            fixed_by: vec!["coerce".into()],
+            tokens: Tokens { prompt: 3, completion: 2, total: 5, estimated: true },
+            latency_us: 7,
+        });
+        r.trace.push(TraceStep {
+            layer: "validator",
+            name: "ranges".into(),
+            attempt: 1,
+            result: "ok".into(),
+            start_us: 1,
+            duration_us: 2,
+        });
+        r.error = Some(RunError::ValidationFailed { attempts: 2, stop: StopReason::Repeated, summary: "x".into() });
+        let stored = serde_json::to_value(&r).expect("serializes");
+        let back: RunResult = serde_json::from_value(stored.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(&back).expect("serializes"), {
+            let mut s = stored;
+            s["error"].as_object_mut().expect("error").remove("stop");
+            s
+        });
+        assert_eq!(back.trace[0].layer, "validator");
+        assert_eq!(back.error.as_ref().map(RunError::kind), Some("validation_failed"));
+        assert_eq!(back.exit_code(), r.exit_code());
     }
 }

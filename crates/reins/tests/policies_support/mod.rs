@@ -141,7 +141,7 @@ pub fn python_stamp() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let dir = repo_root().join("host/tests/policies_support/stamp-python");
+            let dir = repo_root().join("crates/reins/tests/policies_support/stamp-python");
             build("python", &dir, &out_root().join("fixtures"))
         })
         .clone()
