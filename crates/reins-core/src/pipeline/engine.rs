@@ -486,13 +486,13 @@ impl Run<'_> {
                 tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        if reins_state::journal::wants("input") {
+        if reins_state::journal::wants(reins_state::StepKind::Input) {
             let input = serde_json::json!({
                 "messages": &messages,
                 "chunks": chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                 "tools": tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
             });
-            if let Err(e) = reins_state::journal::record("input", input).await {
+            if let Err(e) = reins_state::journal::record(reins_state::StepKind::Input, input).await {
                 return Err(self.lost(e));
             }
         }
@@ -743,10 +743,10 @@ impl Run<'_> {
                 tokens,
                 latency_us,
             });
-            if reins_state::journal::wants("attempt") {
+            if reins_state::journal::wants(reins_state::StepKind::Attempt) {
                 let decided = &self.result.decisions[decided_before.min(self.result.decisions.len())..];
                 let step = serde_json::json!({"attempt": self.result.attempts.last(), "decisions": decided});
-                if let Err(e) = reins_state::journal::record("attempt", step).await {
+                if let Err(e) = reins_state::journal::record(reins_state::StepKind::Attempt, step).await {
                     gated.release_all();
                     return Err(self.lost(e));
                 }
