@@ -877,3 +877,23 @@ impl<B: Backend> Housekeeping for SqlStore<B> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_and_dollar_quotes_kept() {
+        assert_eq!(renumber("a = $1 OR b = $12 AS $$ x $$", 0, '?'), "a = ?1 OR b = ?12 AS $$ x $$");
+        assert_eq!(renumber("VALUES ($1, $5)", 11, '$'), "VALUES ($12, $16)");
+    }
+
+    #[test]
+    fn every_statement_of_sqlite_is_numbered_its_way() {
+        let sql = Dialect::Sqlite.sql();
+        for s in [&sql.upsert_run, &sql.claim_run, &sql.window_cancel, &sql.session_runs] {
+            assert!(!s.contains('$'), "{s}");
+        }
+        assert!(Dialect::Postgres.sql().claim_run.contains("$4"));
+    }
+}
