@@ -13,14 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Where an approval stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApprovalStatus {
-    Pending,
-    Approved,
-    Rejected,
-}
+/// Where an approval stands (the stored status).
+pub use reins_state::ApprovalStatus;
 
 /// What a human decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +96,7 @@ fn record(a: &Approval) -> Result<ApprovalRecord, ApprovalError> {
         id: a.id.clone(),
         run_id: a.run_id.clone(),
         pipeline: a.pipeline.clone(),
-        status: status_str(a.status).to_owned(),
+        status: a.status,
         created_ms: i64::try_from(a.created_at_ms).unwrap_or(i64::MAX),
         data: serde_json::to_value(a).map_err(|e| ApprovalError::Store(e.to_string()))?,
     })
@@ -110,14 +104,6 @@ fn record(a: &Approval) -> Result<ApprovalRecord, ApprovalError> {
 
 fn approval(r: ApprovalRecord) -> Result<Approval, ApprovalError> {
     serde_json::from_value(r.data).map_err(|e| ApprovalError::Store(format!("approval {}: {e}", r.id)))
-}
-
-fn status_str(s: ApprovalStatus) -> &'static str {
-    match s {
-        ApprovalStatus::Pending => "pending",
-        ApprovalStatus::Approved => "approved",
-        ApprovalStatus::Rejected => "rejected",
-    }
 }
 
 impl ApprovalStore {
@@ -167,7 +153,7 @@ impl ApprovalStore {
 
     pub async fn list(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, ApprovalError> {
         let q = ApprovalQuery {
-            status: filter.status.map(|s| status_str(s).to_owned()),
+            status: filter.status,
             pipeline: filter.pipeline.clone(),
             run_id: filter.run_id.clone(),
         };

@@ -135,7 +135,7 @@ impl Host {
             }
             None => None,
         };
-        let mut record = RunRecord::new(&run_id, pipeline, "running");
+        let mut record = RunRecord::new(&run_id, pipeline, RunStatus::Running);
         record.idempotency_key = key.map(str::to_owned);
         record.session_id = request.session_id.clone();
         self.start(p, request, record, guard, limited, Vec::new()).await
@@ -154,7 +154,7 @@ impl Host {
         previous: Vec<reins_state::StepRecord>,
     ) -> RunResult {
         let run_id = record.run_id.clone();
-        record.status = "running".into();
+        record.status = RunStatus::Running;
         StoredRequest::new(&request).write(&mut record);
         record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running"});
         record.owner = Some(self.leases.node.clone());
@@ -198,7 +198,7 @@ impl Host {
 
     /// Records a run's result; a run awaiting approval is held with its approvals.
     async fn finish(&self, p: &Pipeline, mut result: RunResult, mut record: RunRecord) -> RunResult {
-        record.status = result.status.as_str().to_owned();
+        record.status = result.status;
         record.updated_ms = reins_state::now_ms();
         // Finished (or held for a human): nobody needs to own it now.
         record.owner = Some(self.leases.node.clone());
@@ -329,7 +329,7 @@ impl Host {
                 } else {
                     record.result = new;
                 }
-                record.status = run.status.as_str().to_owned();
+                record.status = run.status;
                 record.updated_ms = reins_state::now_ms();
                 record.owner = Some(self.leases.node.clone());
                 record.lease_until_ms = 0;

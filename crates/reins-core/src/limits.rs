@@ -8,9 +8,9 @@
 //! leaves.
 
 use crate::config::RateLimitConfig;
-use reins_runtime::CounterStore;
+use reins_runtime::{CounterStore, Window};
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,28 +23,23 @@ pub fn limit_key(limits: &RateLimitConfig, metadata: &Value) -> String {
     }
 }
 
-/// Sliding-window logs of runs and tokens, per pipeline and caller key.
+/// Sliding windows of runs and tokens, per pipeline and caller key.
 #[derive(Default)]
 pub struct RateLimiter {
-    windows: Mutex<HashMap<(String, String), Window>>,
+    windows: Mutex<HashMap<(String, String), Caller>>,
     shared: Option<Arc<dyn CounterStore>>,
 }
 
+/// One caller's windows on one pipeline.
 #[derive(Default)]
-struct Window {
-    runs: VecDeque<Instant>,
-    tokens: VecDeque<(Instant, u64)>,
+struct Caller {
+    runs: Window,
+    tokens: Window,
 }
 
-impl Window {
-    fn expire(&mut self, now: Instant, window: Duration) {
-        while self.runs.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            self.runs.pop_front();
-        }
-        while self.tokens.front().is_some_and(|(t, _)| now.duration_since(*t) >= window) {
-            self.tokens.pop_front();
-        }
-    }
+/// A pipeline's limit window.
+fn window_of(limits: &RateLimitConfig) -> Duration {
+    Duration::from_secs(u64::from(limits.window_seconds.max(1)))
 }
 
 /// The counter scope of a pipeline's limits, and a caller's keys in it.
@@ -63,7 +58,7 @@ impl RateLimiter {
 
     /// Admits one run, or says in how many seconds to retry.
     pub fn admit(&self, pipeline: &str, key: &str, limits: &RateLimitConfig) -> Result<(), u64> {
-        let window = Duration::from_secs(u64::from(limits.window_seconds.max(1)));
+        let window = window_of(limits);
         if let Some(counters) = &self.shared {
             let (scope, runs, tokens) = shared_keys(pipeline, key);
             let refuse = window.as_secs();
@@ -85,20 +80,21 @@ impl RateLimiter {
         let now = Instant::now();
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = map.entry((pipeline.to_owned(), key.to_owned())).or_default();
-        w.expire(now, window);
+        w.runs.expire(now, window);
+        w.tokens.expire(now, window);
         let retry = |since: Instant| window.saturating_sub(now.duration_since(since)).as_secs().max(1);
+        let over = |w: &Window, max: u64| u64::try_from(w.total()).unwrap_or(0) >= max;
         if let Some(max) = limits.requests {
-            if w.runs.len() as u64 >= max {
-                return Err(w.runs.front().map_or(1, |t| retry(*t)));
+            if over(&w.runs, max) {
+                return Err(w.runs.oldest().map_or(1, retry));
             }
         }
         if let Some(max) = limits.tokens {
-            let spent: u64 = w.tokens.iter().map(|(_, n)| n).sum();
-            if spent >= max {
-                return Err(w.tokens.front().map_or(1, |(t, _)| retry(*t)));
+            if over(&w.tokens, max) {
+                return Err(w.tokens.oldest().map_or(1, retry));
             }
         }
-        w.runs.push_back(now);
+        w.runs.add(now, 1, window);
         Ok(())
     }
 
@@ -107,16 +103,16 @@ impl RateLimiter {
         if limits.tokens.is_none() || tokens == 0 {
             return;
         }
+        let spent = i64::try_from(tokens).unwrap_or(i64::MAX);
         if let Some(counters) = &self.shared {
             let (scope, _, key) = shared_keys(pipeline, key);
-            let window = Duration::from_secs(u64::from(limits.window_seconds.max(1)));
-            counters.add(&scope, &key, i64::try_from(tokens).unwrap_or(i64::MAX), Some(window));
+            counters.add(&scope, &key, spent, Some(window_of(limits)));
             return;
         }
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((pipeline.to_owned(), key.to_owned()))
             .or_default()
             .tokens
-            .push_back((Instant::now(), tokens));
+            .add(Instant::now(), spent, window_of(limits));
     }
 }

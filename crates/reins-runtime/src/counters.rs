@@ -19,13 +19,7 @@ pub trait CounterStore: Send + Sync {
 /// A process-local sliding-window counter store.
 #[derive(Default)]
 pub struct MemoryCounters {
-    inner: Mutex<HashMap<(String, String), Series>>,
-}
-
-#[derive(Default)]
-struct Series {
-    events: VecDeque<(Instant, i64)>,
-    total: i64,
+    inner: Mutex<HashMap<(String, String), Window>>,
 }
 
 impl MemoryCounters {
@@ -36,37 +30,74 @@ impl MemoryCounters {
 
 impl CounterStore for MemoryCounters {
     fn add(&self, scope: &str, key: &str, delta: i64, window: Option<Duration>) -> i64 {
-        let now = Instant::now();
         let mut map = match self.inner.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
         let series = map.entry((scope.to_string(), key.to_string())).or_default();
-        if let Some(window) = window {
-            while let Some(&(at, d)) = series.events.front() {
-                if now.duration_since(at) < window {
-                    break;
-                }
-                series.total = series.total.saturating_sub(d);
-                series.events.pop_front();
-            }
-            // A negative add that matches an earlier positive one is a
-            // release: cancel that event, so it does not outlive it in the window.
-            let cancel = (delta < 0)
-                .then(|| series.events.iter().rposition(|&(_, d)| d == -delta))
-                .flatten();
-            match cancel {
-                Some(i) => {
-                    series.events.remove(i);
-                }
-                // A negative add that cancels nothing (its add already left
-                // the window) is not a credit for the next window.
-                None if delta < 0 => return series.total,
-                None => series.events.push_back((now, delta)),
-            }
+        match window {
+            Some(window) => series.add(Instant::now(), delta, window),
+            None => series.add_unwindowed(delta),
         }
-        series.total = series.total.saturating_add(delta);
-        series.total
+    }
+}
+
+/// One sliding-window counter in process memory: what `counter-add` with a
+/// window and the per-pipeline rate limits count with. (The state store
+/// keeps the same algorithm in SQL, for counters shared between nodes.)
+#[derive(Debug, Default)]
+pub struct Window {
+    events: VecDeque<(Instant, i64)>,
+    total: i64,
+}
+
+impl Window {
+    /// Drops the events that have left the window at `now`.
+    pub fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some(&(at, d)) = self.events.front() {
+            if now.duration_since(at) < window {
+                break;
+            }
+            self.total = self.total.saturating_sub(d);
+            self.events.pop_front();
+        }
+    }
+
+    /// Adds `delta` at `now` and returns the total of the last `window`.
+    pub fn add(&mut self, now: Instant, delta: i64, window: Duration) -> i64 {
+        self.expire(now, window);
+        // A negative add that matches an earlier positive one is a
+        // release: cancel that event, so it does not outlive it in the window.
+        let cancel = (delta < 0)
+            .then(|| self.events.iter().rposition(|&(_, d)| d == -delta))
+            .flatten();
+        match cancel {
+            Some(i) => {
+                self.events.remove(i);
+            }
+            // A negative add that cancels nothing (its add already left
+            // the window) is not a credit for the next window.
+            None if delta < 0 => return self.total,
+            None => self.events.push_back((now, delta)),
+        }
+        self.total = self.total.saturating_add(delta);
+        self.total
+    }
+
+    /// Adds `delta` to the total with no window (a plain running total).
+    pub fn add_unwindowed(&mut self, delta: i64) -> i64 {
+        self.total = self.total.saturating_add(delta);
+        self.total
+    }
+
+    /// The total as of the last add or expiry.
+    pub fn total(&self) -> i64 {
+        self.total
+    }
+
+    /// When the oldest event in the window was added: it leaves first.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.events.front().map(|&(at, _)| at)
     }
 }
 

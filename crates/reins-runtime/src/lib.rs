@@ -20,7 +20,7 @@ mod settings;
 mod state;
 pub mod types;
 
-pub use counters::{CounterStore, MemoryCounters};
+pub use counters::{CounterStore, MemoryCounters, Window};
 pub use engine::{CompileStats, EngineHandle, digest};
 pub use error::{CallFailure, PluginError, RuntimeError, short_digest};
 pub use host::PluginHost;

@@ -519,7 +519,7 @@ fn message(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value), Ap
     let reins = answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed => return Err(super::openai::run_error(result, reins)),
+        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running => return Err(super::openai::run_error(result, reins)),
     }
     let mut content = Vec::new();
     if let Some(text) = answer::output_text(result).filter(|t| !t.is_empty()) {

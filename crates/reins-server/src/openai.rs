@@ -449,7 +449,7 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
     let reins = super::answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed => return Err(run_error(result, reins)),
+        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running => return Err(run_error(result, reins)),
     }
     let content = super::answer::output_text(result);
     let tool_calls = returned_calls(result);

@@ -194,7 +194,7 @@ pub async fn steps(
     let actions = store.actions(&run_id).await.map_err(unavailable)?;
     // An agent's turns record their actions under `RUN.STEP`.
     let mut turn_actions = Vec::new();
-    for s in steps.iter().filter(|s| s.kind == "agent") {
+    for s in steps.iter().filter(|s| s.kind == reins_state::StepKind::Agent) {
         for e in s.data["executions"].as_array().into_iter().flatten() {
             if let Some(key) = e["idempotency_key"].as_str()
                 && let Some(a) = store.action(key).await.map_err(unavailable)?

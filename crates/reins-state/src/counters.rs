@@ -8,7 +8,7 @@
 //! call never needs the caller's runtime (which may be the very thread that
 //! is blocked waiting).
 
-use super::{StateError, StateKind, StateSettings, StateStore, now_ms};
+use super::{Counters, StateError, StateKind, StateSettings, now_ms};
 use reins_runtime::CounterStore;
 use futures_util::FutureExt;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ pub const UNAVAILABLE: i64 = i64::MAX / 4;
 
 type Reply = mpsc::SyncSender<Result<i64, StateError>>;
 
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 struct Job {
     scope: String,
     key: String,
@@ -29,9 +30,10 @@ struct Job {
     reply: Reply,
 }
 
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 enum Bridge {
     /// A store whose calls complete without waiting (SQLite).
-    InPlace(Arc<dyn StateStore>),
+    InPlace(Arc<dyn Counters>),
     /// A worker thread with its own runtime and store.
     Thread(mpsc::Sender<Job>),
 }
@@ -41,7 +43,7 @@ pub struct StoreCounters {
     bridge: Bridge,
 }
 
-async fn add(store: &dyn StateStore, scope: &str, key: &str, delta: i64, window: Option<Duration>) -> Result<i64, StateError> {
+async fn add(store: &dyn Counters, scope: &str, key: &str, delta: i64, window: Option<Duration>) -> Result<i64, StateError> {
     match window {
         Some(w) => {
             let window_ms = i64::try_from(w.as_millis()).unwrap_or(i64::MAX);
@@ -54,12 +56,23 @@ async fn add(store: &dyn StateStore, scope: &str, key: &str, delta: i64, window:
 impl StoreCounters {
     /// Counters on `store` (opened from `settings`; PostgreSQL gets its own
     /// worker thread and a pool of two connections).
-    pub fn new(settings: &StateSettings, store: Arc<dyn StateStore>) -> Result<Self, StateError> {
+    pub fn new(settings: &StateSettings, store: Arc<dyn Counters>) -> Result<Self, StateError> {
         if settings.kind != StateKind::Postgres {
             return Ok(StoreCounters {
                 bridge: Bridge::InPlace(store),
             });
         }
+        Self::worker(settings)
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn worker(settings: &StateSettings) -> Result<Self, StateError> {
+        Err(settings.kind.not_compiled())
+    }
+
+    /// The PostgreSQL worker thread.
+    #[cfg(feature = "postgres")]
+    fn worker(settings: &StateSettings) -> Result<Self, StateError> {
         let url = super::postgres_url(settings)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), StateError>>(1);

@@ -1,11 +1,15 @@
 //! Durable state: runs, their step checkpoints, approvals, actions with their
 //! idempotency keys, and counters.
 //!
-//! One trait, [`StateStore`], two backends: [`sqlite::SqliteStore`] (the
-//! embedded default, a file next to the config, WAL mode) and
-//! [`postgres::PgStore`] (many hosts on one database; migrations run at
-//! start). Every write that records a step is one transaction: a step is
-//! never half-recorded.
+//! Narrow traits, one per concept ([`RunStore`], [`ActionLog`],
+//! [`Approvals`], [`Counters`], [`CacheIndex`]), so a caller asks only for
+//! what it uses; [`StateStore`] is all of them. Two backends, each behind a
+//! cargo feature: [`sqlite::SqliteStore`] (the embedded default, a file next
+//! to the config, WAL mode) and [`postgres::PgStore`] (many hosts on one
+//! database; migrations run at start). Both are [`sql::SqlStore`]: the
+//! statements, migrations and row mappings are written once in [`sql`], and a
+//! backend only runs them. Every write that records a step is one
+//! transaction: a step is never half-recorded.
 //!
 //! Values are stored as JSON text, so the schema does not follow every field
 //! of `RunResult`.
@@ -16,20 +20,34 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod counters;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod sql;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[cfg(feature = "sqlite")]
     #[error("sqlite state store {path}: {source}")]
     Sqlite {
         path: String,
         #[source]
         source: rusqlite::Error,
     },
+    #[cfg(feature = "postgres")]
     #[error("postgres state store: {0}")]
     Postgres(#[from] sqlx::Error),
+    /// The configured backend was left out of this build.
+    #[error("[state] kind = \"{kind}\" is not in this build of reins: rebuild with the cargo feature `{feature}`")]
+    NotCompiled { kind: &'static str, feature: &'static str },
+    /// A stored value no record type knows (a newer version wrote it, or a hand edit).
+    #[error("stored {what} `{value}` is unknown")]
+    Unknown { what: &'static str, value: String },
+    /// A column did not read as the record expects.
+    #[error("stored row: {0}")]
+    Row(String),
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
     #[error("run `{run_id}` is leased to another node: this node lost it (its lease expired and was taken over)")]
@@ -39,6 +57,23 @@ pub enum StateError {
     Conflict(String),
     #[error("state store: {0}")]
     Other(String),
+}
+
+impl StateError {
+    /// Whether a unique key refused the write (told apart from other
+    /// failures so a taken idempotency key is a [`StateError::Conflict`]).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            #[cfg(feature = "sqlite")]
+            StateError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => f.code == rusqlite::ErrorCode::ConstraintViolation,
+            #[cfg(feature = "postgres")]
+            StateError::Postgres(sqlx::Error::Database(db)) => db.is_unique_violation(),
+            _ => false,
+        }
+    }
 }
 
 /// The `[state]` section of `reins.toml`.
@@ -167,6 +202,7 @@ pub enum StateKind {
 /// Opens the store `settings` describe (relative paths against `base_dir`).
 pub async fn open(settings: &StateSettings, base_dir: &Path) -> Result<Arc<dyn StateStore>, StateError> {
     match settings.kind {
+        #[cfg(feature = "sqlite")]
         StateKind::Sqlite => {
             let path = if settings.path.is_absolute() {
                 settings.path.clone()
@@ -175,14 +211,31 @@ pub async fn open(settings: &StateSettings, base_dir: &Path) -> Result<Arc<dyn S
             };
             Ok(Arc::new(sqlite::SqliteStore::open(&path)?))
         }
+        #[cfg(feature = "sqlite")]
         StateKind::Memory => Ok(Arc::new(sqlite::SqliteStore::memory()?)),
+        #[cfg(feature = "postgres")]
         StateKind::Postgres => Ok(Arc::new(
             postgres::PgStore::connect(&postgres_url(settings)?, settings.max_connections).await?,
         )),
+        #[allow(unreachable_patterns)]
+        kind => Err(kind.not_compiled()),
+    }
+}
+
+impl StateKind {
+    /// The error for a backend whose feature this build lacks.
+    #[allow(dead_code)]
+    fn not_compiled(self) -> StateError {
+        match self {
+            StateKind::Sqlite => StateError::NotCompiled { kind: "sqlite", feature: "sqlite" },
+            StateKind::Memory => StateError::NotCompiled { kind: "memory", feature: "sqlite" },
+            StateKind::Postgres => StateError::NotCompiled { kind: "postgres", feature: "postgres" },
+        }
     }
 }
 
 /// The PostgreSQL URL `settings` give (`url`, or the variable `url_env` names).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 fn postgres_url(settings: &StateSettings) -> Result<String, StateError> {
     match (&settings.url, &settings.url_env) {
         (Some(u), _) => Ok(u.clone()),
@@ -198,14 +251,109 @@ pub fn now_ms() -> i64 {
     i64::try_from(reins_runtime::now_ms()).unwrap_or(i64::MAX)
 }
 
+/// A closed set of values stored as text: the variant's string is both its
+/// column value and its JSON form, so the two cannot drift apart.
+macro_rules! stored_enum {
+    ($(#[$m:meta])* $name:ident, $what:literal { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $s),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Result<$name, StateError> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    other => Err(StateError::Unknown { what: $what, value: other.to_owned() }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+stored_enum! {
+    /// Where a run stands: `Running` while a node works on it, else how it ended.
+    RunStatus, "run status" {
+        /// Started and not finished: a node holds it or will resume it.
+        Running = "running",
+        /// The output passed every validator and every action every gate.
+        Completed = "completed",
+        /// Validation was not repaired within the limits, the model was
+        /// unavailable, or a fail-closed plugin failed.
+        Failed = "failed",
+        /// A normalizer or a gate refused the request.
+        Rejected = "rejected",
+        /// A gate escalated an action; a human must decide.
+        AwaitingApproval = "awaiting_approval",
+    }
+}
+
+impl RunStatus {
+    /// Statuses of runs that are over for good (and can be compacted); a run
+    /// awaiting approval may still go on.
+    pub const FINISHED: [RunStatus; 3] = [RunStatus::Completed, RunStatus::Failed, RunStatus::Rejected];
+
+    pub fn is_finished(self) -> bool {
+        RunStatus::FINISHED.contains(&self)
+    }
+}
+
+stored_enum! {
+    /// What a checkpoint records.
+    StepKind, "step kind" {
+        /// A whole pipeline run.
+        Run = "run",
+        /// One model → tools turn of an agent run.
+        Agent = "agent",
+        /// The normalized input of a single-mode run.
+        Input = "input",
+        /// One model attempt with its violations, tokens and gate decisions.
+        Attempt = "attempt",
+    }
+}
+
+stored_enum! {
+    /// Where an approval stands.
+    ApprovalStatus, "approval status" {
+        Pending = "pending",
+        Approved = "approved",
+        Rejected = "rejected",
+    }
+}
+
+stored_enum! {
+    /// Where a side effect stands.
+    ActionState, "action state" {
+        /// Recorded, not sent yet.
+        Planned = "planned",
+        /// Being sent: after a crash it is sent again with the same key.
+        Sending = "sending",
+        /// Applied: never sent again.
+        Done = "done",
+        /// Refused or unreachable within the retries.
+        Failed = "failed",
+    }
+}
+
 /// A run as stored: the `RunResult` JSON and what is needed to resume it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub run_id: String,
     pub pipeline: String,
-    /// `running`, or a finished `RunStatus` (`completed`, `failed`,
-    /// `rejected`, `awaiting_approval`).
-    pub status: String,
+    pub status: RunStatus,
     /// The `RunResult` as JSON (the latest known).
     pub result: Value,
     /// The request, for resuming (`null` when not resumable).
@@ -226,12 +374,12 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub fn new(run_id: &str, pipeline: &str, status: &str) -> RunRecord {
+    pub fn new(run_id: &str, pipeline: &str, status: RunStatus) -> RunRecord {
         let now = now_ms();
         RunRecord {
             run_id: run_id.to_owned(),
             pipeline: pipeline.to_owned(),
-            status: status.to_owned(),
+            status,
             result: Value::Null,
             request: Value::Null,
             idempotency_key: None,
@@ -250,45 +398,9 @@ pub struct StepRecord {
     pub run_id: String,
     /// 1-based; the same step written twice replaces the first.
     pub step: u32,
-    /// `run` (a whole pipeline run) or `agent` (one model → tools turn).
-    pub kind: String,
+    pub kind: StepKind,
     pub data: Value,
     pub created_ms: i64,
-}
-
-/// Where a side effect stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionState {
-    /// Recorded, not sent yet.
-    Planned,
-    /// Being sent: after a crash it is sent again with the same key.
-    Sending,
-    /// Applied: never sent again.
-    Done,
-    /// Refused or unreachable within the retries.
-    Failed,
-}
-
-impl ActionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionState::Planned => "planned",
-            ActionState::Sending => "sending",
-            ActionState::Done => "done",
-            ActionState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<ActionState, StateError> {
-        Ok(match s {
-            "planned" => ActionState::Planned,
-            "sending" => ActionState::Sending,
-            "done" => ActionState::Done,
-            "failed" => ActionState::Failed,
-            other => return Err(StateError::Other(format!("unknown action state `{other}`"))),
-        })
-    }
 }
 
 /// One side effect, keyed by its idempotency key.
@@ -312,26 +424,22 @@ pub struct ApprovalRecord {
     pub id: String,
     pub run_id: String,
     pub pipeline: String,
-    /// `pending`, `approved`, `rejected`.
-    pub status: String,
+    pub status: ApprovalStatus,
     pub created_ms: i64,
     pub data: Value,
 }
 
-/// Filters for [`StateStore::approvals`].
+/// Filters for [`Approvals::approvals`].
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalQuery {
-    pub status: Option<String>,
+    pub status: Option<ApprovalStatus>,
     pub pipeline: Option<String>,
     pub run_id: Option<String>,
 }
 
-/// The durable store. Every method is one transaction.
+/// Runs with their leases and step checkpoints. Every method is one transaction.
 #[async_trait::async_trait]
-pub trait StateStore: Send + Sync {
-    /// `sqlite`, `memory` or `postgres`.
-    fn kind(&self) -> &'static str;
-
+pub trait RunStore: Send + Sync {
     /// Inserts or replaces a run (the idempotency key, session and
     /// `created_ms` of an existing run are kept). Fenced: a stored run whose
     /// lease another node holds (`owner` differs, `lease_until_ms` not past
@@ -342,7 +450,7 @@ pub trait StateStore: Send + Sync {
     /// The run a caller's idempotency key started.
     async fn run_by_key(&self, pipeline: &str, key: &str) -> Result<Option<RunRecord>, StateError>;
     /// Runs with `status`, oldest first.
-    async fn runs_with_status(&self, status: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+    async fn runs_with_status(&self, status: RunStatus, limit: u32) -> Result<Vec<RunRecord>, StateError>;
 
     /// Takes or renews the lease of a `running` run for `node` until
     /// `until_ms`, if nobody else holds it at `now_ms`. `false`: another
@@ -359,11 +467,15 @@ pub trait StateStore: Send + Sync {
     async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
 
     /// Records step `step.step` and the run's new state together (fenced
-    /// like [`StateStore::put_run`]: nothing is written if the lease is lost).
+    /// like [`RunStore::put_run`]: nothing is written if the lease is lost).
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError>;
     /// Every step of a run, in order.
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError>;
+}
 
+/// Side effects keyed by their idempotency keys, so none is sent twice.
+#[async_trait::async_trait]
+pub trait ActionLog: Send + Sync {
     /// Records a planned action unless its key is known; returns the stored
     /// record either way (so a `done` action is seen and not sent again).
     async fn plan_action(&self, action: &ActionRecord) -> Result<ActionRecord, StateError>;
@@ -379,7 +491,11 @@ pub trait StateStore: Send + Sync {
     async fn action(&self, key: &str) -> Result<Option<ActionRecord>, StateError>;
     /// The actions of a run, by key.
     async fn actions(&self, run_id: &str) -> Result<Vec<ActionRecord>, StateError>;
+}
 
+/// Escalated actions waiting for (or decided by) a human, and the runs they hold.
+#[async_trait::async_trait]
+pub trait Approvals: Send + Sync {
     /// Records approvals and the run they hold, together.
     async fn hold(&self, run: &RunRecord, approvals: &[ApprovalRecord]) -> Result<(), StateError>;
     async fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError>;
@@ -388,13 +504,18 @@ pub trait StateStore: Send + Sync {
     /// Records a decision if the approval is still pending. `false`: someone
     /// decided it first (or it does not exist).
     async fn decide(&self, decided: &ApprovalRecord) -> Result<bool, StateError>;
+}
 
+/// Plugin counters and rate-limit windows shared by every node on the store.
+#[async_trait::async_trait]
+pub trait Counters: Send + Sync {
     /// Adds `delta` to a counter and returns its new total.
     async fn counter_add(&self, scope: &str, key: &str, delta: i64) -> Result<i64, StateError>;
     /// Adds `delta` to a sliding-window counter at `now_ms` and returns the
     /// total of the last `window_ms`. A negative `delta` equal to an earlier
     /// positive add in the window cancels that add (a released
-    /// reservation). Serialized per counter across every node on the store.
+    /// reservation); one that cancels nothing credits nothing. Serialized
+    /// per counter across every node on the store.
     async fn counter_window_add(
         &self,
         scope: &str,
@@ -403,19 +524,35 @@ pub trait StateStore: Send + Sync {
         window_ms: i64,
         now_ms: i64,
     ) -> Result<i64, StateError>;
+}
 
+/// The response cache's index of validated answers.
+#[async_trait::async_trait]
+pub trait CacheIndex: Send + Sync {
     /// Stores a validated answer of the response cache under `key` (the
     /// hex of the request's hash), replacing an older one.
     async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError>;
     /// The answer cached under `key` if it was stored at or after
     /// `fresh_since_ms`, with when it was stored.
     async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError>;
+}
 
+/// What concerns the store as a whole rather than one concept.
+#[async_trait::async_trait]
+pub trait Housekeeping: Send + Sync {
+    /// `sqlite`, `memory` or `postgres`.
+    fn kind(&self) -> &'static str;
     /// Compacts finished runs last updated before `before_ms` to their
     /// summary: their steps and actions are dropped (as are counter events
     /// and cached answers older than that). Returns how many runs.
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError>;
 }
+
+/// The whole durable store, for the callers that hold one handle to it
+/// (`Arc<dyn StateStore>`); a caller that needs one concept takes its trait.
+pub trait StateStore: RunStore + ActionLog + Approvals + Counters + CacheIndex + Housekeeping {}
+
+impl<T: RunStore + ActionLog + Approvals + Counters + CacheIndex + Housekeeping> StateStore for T {}
 
 /// What a compacted run keeps of its result.
 pub fn summary(result: &Value) -> Value {
@@ -428,7 +565,4 @@ pub fn summary(result: &Value) -> Value {
     out.insert("compacted".to_owned(), Value::Bool(true));
     Value::Object(out)
 }
-
-/// Statuses of runs that are finished (and can be compacted).
-pub const FINISHED: [&str; 3] = ["completed", "failed", "rejected"];
 

@@ -17,7 +17,7 @@ mod common;
 
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
-use reins::state::{RunRecord, StateSettings, StateStore, StepRecord, now_ms};
+use reins::state::{RunRecord, StateSettings, StateStore, StepKind, StepRecord, now_ms};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ fn step_data(step: u32) -> serde_json::Value {
 
 async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
     let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let mut run = RunRecord::new(&id, "bench", "running");
+    let mut run = RunRecord::new(&id, "bench", RunStatus::Running);
     run.owner = Some("bench-node".into());
     store.put_run(&run).await.expect("put");
     let mut times = Vec::with_capacity(WRITES);
@@ -53,7 +53,7 @@ async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
         let record = StepRecord {
             run_id: id.clone(),
             step,
-            kind: "agent".into(),
+            kind: StepKind::Agent,
             data: step_data(step.min(5)),
             created_ms: run.updated_ms,
         };

@@ -448,7 +448,7 @@ async fn a_rerun_never_resends_a_done_action_and_resends_a_sending_one_with_its_
         let (store, run_id) = (host.state().clone(), first.run_id.clone());
         async move {
             let mut record = store.run(&run_id).await.unwrap().expect("run");
-            record.status = "running".into();
+            record.status = RunStatus::Running;
             store.put_run(&record).await.unwrap();
         }
     };

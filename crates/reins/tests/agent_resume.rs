@@ -70,7 +70,7 @@ async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once()
     assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
     // Emulate a crash at that moment: the run is still `running`.
     let mut record = a.state().run(&r.run_id).await.expect("store").expect("run");
-    record.status = "running".into();
+    record.status = RunStatus::Running;
     a.state().put_run(&record).await.expect("put");
     drop(a);
 
@@ -144,7 +144,7 @@ repair = {{ max_attempts = 3 }}
     assert_eq!(steps[1].data["attempt"]["violations"][0]["source"], "schema");
     // Emulate a crash at that moment: the run is still `running`.
     let mut record = a.state().run(&r.run_id).await.expect("store").expect("run");
-    record.status = "running".into();
+    record.status = RunStatus::Running;
     a.state().put_run(&record).await.expect("put");
     drop(a);
 
@@ -157,7 +157,7 @@ repair = {{ max_attempts = 3 }}
     assert_eq!(calls.iter().map(|c| c.attempt).collect::<Vec<_>>(), [2], "only the step after the checkpoint");
     assert!(done.trace.iter().any(|t| t.result.contains("replayed")), "{}", done.trace_table());
     assert_eq!(done.attempts.len(), 2);
-    let kinds: Vec<_> = b.state().steps(&r.run_id).await.expect("steps").into_iter().map(|s| s.kind).collect();
+    let kinds: Vec<_> = b.state().steps(&r.run_id).await.expect("steps").into_iter().map(|s| s.kind.as_str()).collect();
     assert_eq!(kinds, ["input", "attempt", "attempt"]);
 }
 
@@ -276,7 +276,7 @@ async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
         .await
         .expect("sending");
     let mut record = store.run(&first.run_id).await.expect("store").expect("run");
-    record.status = "running".into();
+    record.status = RunStatus::Running;
     store.put_run(&record).await.expect("put");
     drop(a);
 

@@ -3,8 +3,9 @@
 //! never skip, when it is unset).
 
 use reins::state::{
-    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, RunRecord, StateError, StateSettings, StateStore, StepRecord,
-    now_ms,
+    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Counters, RunRecord, RunStatus, RunStore,
+    StateError,
+    StateSettings, StateStore, StepKind, StepRecord, now_ms,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ async fn the_response_cache_index_keeps_fresh_answers(store: &dyn StateStore) {
 
 async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     let id = uid("leased");
-    let mut mine = RunRecord::new(&id, "p", "running");
+    let mut mine = RunRecord::new(&id, "p", RunStatus::Running);
     mine.owner = Some("n1".into());
     mine.lease_until_ms = now_ms() + 60_000;
     store.put_run(&mine).await.unwrap();
@@ -49,7 +50,7 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     let step = StepRecord {
         run_id: id.clone(),
         step: 1,
-        kind: "agent".into(),
+        kind: StepKind::Agent,
         data: json!({}),
         created_ms: now_ms(),
     };
@@ -96,7 +97,7 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     let winner = stored.owner.clone().unwrap();
     assert!(winner.starts_with('m'));
     let mut done = stored;
-    done.status = "completed".into();
+    done.status = RunStatus::Completed;
     done.lease_until_ms = 0;
     done.updated_ms = now_ms();
     store.put_run(&done).await.unwrap();
@@ -105,18 +106,18 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
 
 async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateStore>) {
     let id = uid("finished");
-    let mut done = RunRecord::new(&id, "p", "completed");
+    let mut done = RunRecord::new(&id, "p", RunStatus::Completed);
     done.owner = Some("n1".into());
     store.put_run(&done).await.unwrap();
     // A stalled node's late write cannot turn a finished run back.
-    let mut late = RunRecord::new(&id, "p", "running");
+    let mut late = RunRecord::new(&id, "p", RunStatus::Running);
     late.owner = Some("n2".into());
     late.lease_until_ms = now_ms() + 60_000;
     assert!(matches!(store.put_run(&late).await, Err(StateError::LeaseLost { .. })));
-    assert_eq!(store.run(&id).await.unwrap().unwrap().status, "completed");
+    assert_eq!(store.run(&id).await.unwrap().unwrap().status, RunStatus::Completed);
 
     let held_id = uid("held");
-    let mut held = RunRecord::new(&held_id, "p", "awaiting_approval");
+    let mut held = RunRecord::new(&held_id, "p", RunStatus::AwaitingApproval);
     held.owner = Some("n1".into());
     store.put_run(&held).await.unwrap();
     let mut tasks = Vec::new();
@@ -132,22 +133,22 @@ async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateS
     }
     assert_eq!(won, 1, "one node continues a held run");
     let taken = store.run(&held_id).await.unwrap().unwrap();
-    assert_eq!(taken.status, "running");
+    assert_eq!(taken.status, RunStatus::Running);
     assert!(taken.owner.unwrap().starts_with('d'));
 }
 
 async fn sessions_list_finished_runs_newest_first(store: &dyn StateStore) {
     let session = uid("session");
-    for (i, status) in ["completed", "failed", "completed", "running"].iter().enumerate() {
+    for (i, status) in [RunStatus::Completed, RunStatus::Failed, RunStatus::Completed, RunStatus::Running].into_iter().enumerate() {
         let mut r = RunRecord::new(&format!("{session}-{i}"), "p", status);
         r.session_id = Some(session.clone());
         r.created_ms = 1_000 + i as i64;
         store.put_run(&r).await.unwrap();
     }
-    let mut other = RunRecord::new(&uid("other"), "p", "completed");
+    let mut other = RunRecord::new(&uid("other"), "p", RunStatus::Completed);
     other.session_id = Some(uid("session"));
     store.put_run(&other).await.unwrap();
-    let mut elsewhere = RunRecord::new(&uid("elsewhere"), "q", "completed");
+    let mut elsewhere = RunRecord::new(&uid("elsewhere"), "q", RunStatus::Completed);
     elsewhere.session_id = Some(session.clone());
     store.put_run(&elsewhere).await.unwrap();
     let runs = store.session_runs(&session, "p", 10).await.unwrap();
@@ -193,7 +194,7 @@ async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>)
 
 async fn runs_and_checkpoints(store: &dyn StateStore) {
     let id = uid("run");
-    let mut run = RunRecord::new(&id, "p", "running");
+    let mut run = RunRecord::new(&id, "p", RunStatus::Running);
     run.request = json!({"messages": [{"role": "user", "content": "hi"}]});
     run.idempotency_key = Some(uid("key"));
     run.result = json!({"run_id": id, "status": "running"});
@@ -211,7 +212,7 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
         let rec = StepRecord {
             run_id: id.clone(),
             step,
-            kind: "agent".into(),
+            kind: StepKind::Agent,
             data: json!({"messages": step}),
             created_ms: now_ms(),
         };
@@ -221,7 +222,7 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
     let again = StepRecord {
         run_id: id.clone(),
         step: 3,
-        kind: "agent".into(),
+        kind: StepKind::Agent,
         data: json!({"messages": "3b"}),
         created_ms: now_ms(),
     };
@@ -231,7 +232,7 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
     let turn = StepRecord {
         run_id: format!("{id}.2"),
         step: 1,
-        kind: "attempt".into(),
+        kind: StepKind::Attempt,
         data: json!({"turn": true}),
         created_ms: now_ms(),
     };
@@ -244,12 +245,12 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
     assert_eq!(stored.request, run.request, "a null request keeps the stored one");
     assert!(stored.idempotency_key.is_some());
 
-    let running = store.runs_with_status("running", 10_000).await.unwrap();
+    let running = store.runs_with_status(RunStatus::Running, 10_000).await.unwrap();
     assert!(running.iter().any(|r| r.run_id == id));
     let mut done = stored.clone();
-    done.status = "completed".into();
+    done.status = RunStatus::Completed;
     store.put_run(&done).await.unwrap();
-    let running = store.runs_with_status("running", 10_000).await.unwrap();
+    let running = store.runs_with_status(RunStatus::Running, 10_000).await.unwrap();
     assert!(!running.iter().any(|r| r.run_id == id));
     assert!(store.run("nope").await.unwrap().is_none());
 }
@@ -292,20 +293,20 @@ async fn actions_move_through_states(store: &dyn StateStore) {
 async fn approvals_are_decided_once(store: Arc<dyn StateStore>) {
     let run_id = uid("run");
     let pipeline = uid("pipe");
-    let mut run = RunRecord::new(&run_id, &pipeline, "awaiting_approval");
+    let mut run = RunRecord::new(&run_id, &pipeline, RunStatus::AwaitingApproval);
     run.result = json!({"run_id": run_id});
     let approvals: Vec<ApprovalRecord> = (0..2)
         .map(|i| ApprovalRecord {
             id: uid("apr"),
             run_id: run_id.clone(),
             pipeline: pipeline.clone(),
-            status: "pending".into(),
+            status: ApprovalStatus::Pending,
             created_ms: now_ms() + i,
             data: json!({"index": i}),
         })
         .collect();
     store.hold(&run, &approvals).await.unwrap();
-    assert_eq!(store.run(&run_id).await.unwrap().unwrap().status, "awaiting_approval");
+    assert_eq!(store.run(&run_id).await.unwrap().unwrap().status, RunStatus::AwaitingApproval);
     let q = ApprovalQuery {
         pipeline: Some(pipeline.clone()),
         ..Default::default()
@@ -314,9 +315,9 @@ async fn approvals_are_decided_once(store: Arc<dyn StateStore>) {
     assert_eq!(listed, approvals);
     // Two concurrent decisions: exactly one wins.
     let mut a = approvals[0].clone();
-    a.status = "approved".into();
+    a.status = ApprovalStatus::Approved;
     let mut b = approvals[0].clone();
-    b.status = "rejected".into();
+    b.status = ApprovalStatus::Rejected;
     let (s1, s2) = (store.clone(), store.clone());
     let (r1, r2) = tokio::join!(
         tokio::spawn(async move { s1.decide(&a).await.unwrap() }),
@@ -325,7 +326,7 @@ async fn approvals_are_decided_once(store: Arc<dyn StateStore>) {
     assert!(r1.unwrap() ^ r2.unwrap(), "exactly one decision wins");
     let pending = store
         .approvals(&ApprovalQuery {
-            status: Some("pending".into()),
+            status: Some(ApprovalStatus::Pending),
             pipeline: Some(pipeline.clone()),
             run_id: Some(run_id.clone()),
         })
@@ -358,20 +359,20 @@ async fn counters_add_atomically(store: Arc<dyn StateStore>) {
 
 async fn compaction_keeps_summaries(store: &dyn StateStore) {
     let id = uid("old");
-    let mut run = RunRecord::new(&id, "p", "completed");
+    let mut run = RunRecord::new(&id, "p", RunStatus::Completed);
     run.updated_ms = 1_000; // long ago
     run.result = json!({"run_id": id, "status": "completed", "output": {"x": 1}, "trace": [1, 2, 3]});
     run.request = json!({"messages": []});
     let step = StepRecord {
         run_id: id.clone(),
         step: 1,
-        kind: "run".into(),
+        kind: StepKind::Run,
         data: json!({}),
         created_ms: 1_000,
     };
     store.checkpoint(&run, &step).await.unwrap();
     let live = uid("live");
-    let mut running = RunRecord::new(&live, "p", "running");
+    let mut running = RunRecord::new(&live, "p", RunStatus::Running);
     running.updated_ms = 1_000;
     store.put_run(&running).await.unwrap();
     let n = store.compact(now_ms() - 86_400_000).await.unwrap();
@@ -382,7 +383,7 @@ async fn compaction_keeps_summaries(store: &dyn StateStore) {
         json!({"run_id": id, "status": "completed", "output": {"x": 1}, "compacted": true})
     );
     assert!(store.steps(&id).await.unwrap().is_empty());
-    assert_eq!(store.run(&live).await.unwrap().unwrap().status, "running", "running runs are kept");
+    assert_eq!(store.run(&live).await.unwrap().unwrap().status, RunStatus::Running, "running runs are kept");
     assert_eq!(store.compact(now_ms() - 86_400_000).await.unwrap(), 0, "compaction is idempotent");
 }
 
@@ -396,7 +397,7 @@ async fn sqlite_store_suite() {
     assert!(dir.path().join("reins-state.db").exists());
     // Reopening the file sees what was written (and the schema is not re-created).
     let again = reins::state::open(&settings, dir.path()).await.unwrap();
-    assert!(!again.runs_with_status("completed", 100).await.unwrap().is_empty());
+    assert!(!again.runs_with_status(RunStatus::Completed, 100).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,5 +445,5 @@ async fn postgres_store_suite() {
     suite(store).await;
     // A second connect finds the schema migrated and leaves it be.
     let again = reins::state::open(&settings, std::path::Path::new(".")).await.unwrap();
-    assert!(!again.runs_with_status("completed", 100).await.unwrap().is_empty());
+    assert!(!again.runs_with_status(RunStatus::Completed, 100).await.unwrap().is_empty());
 }

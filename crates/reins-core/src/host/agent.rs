@@ -150,11 +150,11 @@ impl Host {
         let checkpoint = StepRecord {
             run_id: run_id.clone(),
             step,
-            kind: "agent".into(),
+            kind: reins_state::StepKind::Agent,
             data: json!({"delta": true, "messages": &messages[before..], "executions": result.executions, "tokens": result.tokens}),
             created_ms: now_ms(),
         };
-        record.status = "running".into();
+        record.status = RunStatus::Running;
         record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
         record.updated_ms = now_ms();
         record.owner = Some(self.leases.node.clone());
@@ -217,10 +217,10 @@ impl Host {
             .run(run_id)
             .await?
             .ok_or_else(|| ResumeError::NotFound(run_id.to_owned()))?;
-        if record.status != "running" {
+        if record.status != RunStatus::Running {
             return Err(ResumeError::NotResumable {
                 run_id: run_id.to_owned(),
-                status: record.status,
+                status: record.status.to_string(),
             });
         }
         let busy = |status: String| ResumeError::NotResumable {

@@ -106,7 +106,7 @@ impl Host {
                     Ok(false) => {
                         // Not running any more (it ended meanwhile) or taken
                         // over; either way nothing of this node's may go on.
-                        if store.run(&run_id).await.is_ok_and(|r| r.is_some_and(|r| r.status == "running")) {
+                        if store.run(&run_id).await.is_ok_and(|r| r.is_some_and(|r| r.status == reins_state::RunStatus::Running)) {
                             metrics::counter!("reins_leases_lost_total").increment(1);
                             tracing::warn!(run_id, node, "lease lost: another node owns the run now");
                             lost.flag.store(true, Ordering::Release);
@@ -155,7 +155,7 @@ impl Host {
                         // It can never be resumed: fail it, or every node
                         // would take it again every half lease.
                         tracing::error!(run_id = %record.run_id, "{e}; marking the run failed");
-                        record.status = "failed".into();
+                        record.status = reins_state::RunStatus::Failed;
                         record.result = serde_json::json!({"run_id": record.run_id, "pipeline": record.pipeline,
                             "status": "failed", "error": {"kind": "not_resumable", "message": e.to_string()}});
                         record.owner = Some(host.leases.node.clone());

@@ -10,7 +10,7 @@
 //! calling the model again: validation and gates run again on the same
 //! answers, and only model steps after the last checkpoint are redone.
 
-use reins_state::{RunRecord, StateError, StateStore, StepRecord, now_ms};
+use reins_state::{RunRecord, RunStatus, RunStore, StateError, StepKind, StepRecord, now_ms};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The checkpoint log of one run.
 pub struct Journal {
-    store: Arc<dyn StateStore>,
+    store: Arc<dyn RunStore>,
     record: tokio::sync::Mutex<RunRecord>,
     next: AtomicU32,
     lease_ms: i64,
@@ -33,11 +33,11 @@ pub struct Journal {
 impl Journal {
     /// A journal writing `record`'s steps to `store` (the stored request is
     /// left as it is), replaying `previous` steps' attempts.
-    pub fn new(store: Arc<dyn StateStore>, mut record: RunRecord, lease_ms: i64, previous: &[StepRecord]) -> Journal {
+    pub fn new(store: Arc<dyn RunStore>, mut record: RunRecord, lease_ms: i64, previous: &[StepRecord]) -> Journal {
         record.request = Value::Null;
         let replay = previous
             .iter()
-            .filter(|s| s.kind == "attempt")
+            .filter(|s| s.kind == StepKind::Attempt)
             .filter_map(|s| {
                 let n = s.data["attempt"]["attempt"].as_u64()?;
                 Some((u32::try_from(n).ok()?, s.data["attempt"].clone()))
@@ -58,7 +58,7 @@ impl Journal {
     /// its model attempts, so that a turn redone after a crash replays the
     /// model's answer (and proposes the same actions) instead of asking again.
     pub fn for_turn(
-        store: Arc<dyn StateStore>,
+        store: Arc<dyn RunStore>,
         record: RunRecord,
         lease_ms: i64,
         turn_id: &str,
@@ -70,44 +70,44 @@ impl Journal {
         journal
     }
 
-    async fn write(&self, kind: &str, data: Value) -> Result<(), StateError> {
+    async fn write(&self, kind: StepKind, data: Value) -> Result<(), StateError> {
         let step = self.next.fetch_add(1, Ordering::Relaxed);
         let mut record = self.record.lock().await;
         let now = now_ms();
         record.updated_ms = now;
         record.lease_until_ms = now.saturating_add(self.lease_ms);
         record.result = serde_json::json!({
-            "run_id": record.run_id, "pipeline": record.pipeline, "status": "running", "step": step, "last": kind,
+            "run_id": record.run_id, "pipeline": record.pipeline, "status": RunStatus::Running, "step": step, "last": kind,
         });
         let step = StepRecord {
             run_id: self.steps_id.clone(),
             step,
-            kind: kind.to_owned(),
+            kind,
             data,
             created_ms: now,
         };
         let written = self.store.checkpoint(&record, &step).await;
-        metrics::counter!("reins_checkpoints_total", "kind" => step.kind.clone(), "ok" => if written.is_ok() { "true" } else { "false" })
+        metrics::counter!("reins_checkpoints_total", "kind" => step.kind.as_str(), "ok" => if written.is_ok() { "true" } else { "false" })
             .increment(1);
         written
     }
 
     /// Whether this journal keeps steps of `kind` (build a step's data
     /// only then: an agent turn journals its attempts, not its input).
-    pub fn wants(&self, kind: &str) -> bool {
-        !self.attempts_only || kind == "attempt"
+    pub fn wants(&self, kind: StepKind) -> bool {
+        !self.attempts_only || kind == StepKind::Attempt
     }
 
     /// Records a step. Only a lost lease is an error: another node owns the
     /// run now; any other failure is logged and the run goes on.
-    pub async fn record(&self, kind: &str, data: Value) -> Result<(), StateError> {
+    pub async fn record(&self, kind: StepKind, data: Value) -> Result<(), StateError> {
         if !self.wants(kind) {
             return Ok(());
         }
         match self.write(kind, data).await {
             Err(e @ StateError::LeaseLost { .. }) => Err(e),
             Err(e) => {
-                tracing::warn!(kind, "state store: checkpoint failed (the run goes on): {e}");
+                tracing::warn!(kind = kind.as_str(), "state store: checkpoint failed (the run goes on): {e}");
                 Ok(())
             }
             Ok(()) => Ok(()),

@@ -6,31 +6,9 @@ use reins_runtime::{Action, Decision, Violation};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// The output passed every validator and every action every gate.
-    Completed,
-    /// Validation was not repaired within the limits, the model was
-    /// unavailable, or a fail-closed plugin failed.
-    Failed,
-    /// A normalizer or a gate refused the request.
-    Rejected,
-    /// A gate escalated an action; a human must decide.
-    AwaitingApproval,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-            RunStatus::Rejected => "rejected",
-            RunStatus::AwaitingApproval => "awaiting_approval",
-        }
-    }
-}
+/// How a run ended (the store's status: one enum from the stored column to
+/// the HTTP answer).
+pub use reins_state::RunStatus;
 
 /// A violation or finding, with what reported it (`json`, `schema`,
 /// `constraints`, or a plugin's name).
@@ -437,7 +415,7 @@ impl RunResult {
             (None, RunStatus::Completed) => 0,
             (None, RunStatus::AwaitingApproval) => 6,
             (None, RunStatus::Rejected) => 4,
-            (None, RunStatus::Failed) => 1,
+            (None, RunStatus::Failed | RunStatus::Running) => 1,
         }
     }
 

@@ -7,7 +7,7 @@
 //! be sent unrecorded, and every store write shows in a signature.
 
 use super::journal::Journal;
-use reins_state::StateStore;
+use reins_state::{StateStore, StepKind};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,12 +37,12 @@ impl RunContext {
     }
 
     /// Whether the journal keeps steps of `kind`.
-    pub fn journals(&self, kind: &str) -> bool {
+    pub fn journals(&self, kind: StepKind) -> bool {
         self.journal.as_ref().is_some_and(|j| j.wants(kind))
     }
 
     /// Records a step in the journal, if the run keeps one.
-    pub async fn checkpoint(&self, kind: &str, data: serde_json::Value) -> Result<(), reins_state::StateError> {
+    pub async fn checkpoint(&self, kind: StepKind, data: serde_json::Value) -> Result<(), reins_state::StateError> {
         match &self.journal {
             Some(j) => j.record(kind, data).await,
             None => Ok(()),

@@ -115,10 +115,10 @@ impl Run<'_> {
                 tokens,
                 latency_us,
             });
-            if self.rc.journals("attempt") {
+            if self.rc.journals(StepKind::Attempt) {
                 let decided = &self.result.decisions[decided_before.min(self.result.decisions.len())..];
                 let step = serde_json::json!({"attempt": self.result.attempts.last(), "decisions": decided});
-                if let Err(e) = self.rc.checkpoint("attempt", step).await {
+                if let Err(e) = self.rc.checkpoint(StepKind::Attempt, step).await {
                     gated.release_all();
                     return Err(self.lost(e));
                 }

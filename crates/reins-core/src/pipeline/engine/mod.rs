@@ -27,6 +27,7 @@ use super::result::{
 use super::{Pipeline, Request, RequestTool, RunContext, extract_json, repair};
 use crate::config::{CallerTools, OnFail, OutputMode, RepairStrategy};
 use crate::provider::{Sampling, ToolCall, ToolChoice};
+use reins_state::StepKind;
 use reins_runtime::{
     Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin, PluginError, PluginSet,
     Severity, Tool, Violation,
@@ -307,13 +308,13 @@ impl Run<'_> {
                 tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        if self.rc.journals("input") {
+        if self.rc.journals(StepKind::Input) {
             let input = serde_json::json!({
                 "messages": &messages,
                 "chunks": chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
                 "tools": tools.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
             });
-            if let Err(e) = self.rc.checkpoint("input", input).await {
+            if let Err(e) = self.rc.checkpoint(StepKind::Input, input).await {
                 return Err(self.lost(e));
             }
         }

@@ -1,0 +1,899 @@
+//! The store written once for both databases: every statement, the
+//! migrations, the lease fence and the row ↔ record mappings live here, and a
+//! backend ([`Backend`]) only runs statements (SQLite in place, PostgreSQL
+//! over a pool).
+//!
+//! Statements are written in PostgreSQL's `$N` placeholders and in the SQL
+//! both databases speak (`ON CONFLICT ... DO UPDATE SET x = excluded.x`,
+//! `IS NOT DISTINCT FROM`, `CAST`); [`Dialect`] holds the few places they
+//! differ: placeholder spelling (SQLite's `?N`, which, unlike its `$N`, binds
+//! by number), integer and serial column types, the implicit row id, the
+//! per-counter lock, and PostgreSQL's one-round-trip checkpoint function.
+
+use super::{
+    ActionLog, ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Approvals, CacheIndex,
+    Counters, Housekeeping, RunRecord, RunStatus, RunStore, StateError, StepKind, StepRecord, now_ms, summary,
+};
+use serde_json::Value;
+use std::sync::LazyLock;
+
+/// Which SQL a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The statements in this dialect, built once per process.
+    pub fn sql(self) -> &'static Sql {
+        static SQLITE: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::Sqlite));
+        static POSTGRES: LazyLock<Sql> = LazyLock::new(|| Sql::new(Dialect::Postgres));
+        match self {
+            Dialect::Sqlite => &SQLITE,
+            Dialect::Postgres => &POSTGRES,
+        }
+    }
+
+    /// `sql` (written with `$N`) as this dialect numbers its parameters.
+    fn placeholders(self, sql: &str) -> String {
+        match self {
+            Dialect::Sqlite => renumber(sql, 0, '?'),
+            Dialect::Postgres => sql.to_owned(),
+        }
+    }
+
+    /// The 64-bit integer column type (SQLite's INTEGER is 64-bit already,
+    /// and files made before the list was shared say INTEGER).
+    fn int(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "INTEGER",
+            Dialect::Postgres => "BIGINT",
+        }
+    }
+
+    /// A column giving insertion order: SQLite has its implicit `rowid`;
+    /// PostgreSQL needs one declared (`named`, a BIGSERIAL).
+    fn row_id(self, named: &'static str) -> &'static str {
+        match self {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => named,
+        }
+    }
+
+    /// The DDL that declares [`Dialect::row_id`]'s column, `template`
+    /// holding `{col}` (nothing on SQLite).
+    fn serial(self, template: &str, named: &str) -> String {
+        match self {
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => template.replace("{col}", &format!("{named} BIGSERIAL")),
+        }
+    }
+}
+
+/// Renumbers `$N` placeholders to `{mark}{N + by}`.
+fn renumber(sql: &str, by: u32, mark: char) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' || !chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push(c);
+            continue;
+        }
+        let mut n = 0u32;
+        while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+            n = n * 10 + d;
+            chars.next();
+        }
+        out.push(mark);
+        out.push_str(&(n + by).to_string());
+    }
+    out
+}
+
+/// `$first, $first+1, ... $last`.
+fn params(first: u32, last: u32) -> String {
+    (first..=last).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The schema, one entry per version, applied once each and in order
+/// (SQLite counts them in `PRAGMA user_version`, PostgreSQL in
+/// `reins_migrations`). Never edit an entry that has shipped; add one.
+pub const MIGRATIONS: &[fn(Dialect) -> String] = &[base, leases, functions_moved, response_cache];
+
+fn base(d: Dialect) -> String {
+    let int = d.int();
+    format!(
+        "CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT NOT NULL,
+    request TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_ms {int} NOT NULL,
+    updated_ms {int} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, updated_ms);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs(pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step {int} NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_ms {int} NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS actions (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    state TEXT NOT NULL,
+    response TEXT,
+    http_status INTEGER,
+    tries {int} NOT NULL DEFAULT 0,
+    updated_ms {int} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_run ON actions(run_id);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ms {int} NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_run ON approvals(run_id);
+CREATE TABLE IF NOT EXISTS counters (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value {int} NOT NULL,
+    PRIMARY KEY (scope, key)
+);"
+    )
+}
+
+/// Leases, sessions and windowed counters.
+fn leases(d: Dialect) -> String {
+    let int = d.int();
+    // Insertion order, for runs started within one millisecond.
+    let seq = d.serial("ALTER TABLE runs ADD COLUMN {col};", "seq");
+    let id = d.serial("{col} PRIMARY KEY,", "id");
+    format!(
+        "ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until {int} NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN session_id TEXT;
+{seq}
+CREATE INDEX IF NOT EXISTS runs_session ON runs(session_id, created_ms) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counter_events (
+    {id}
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at_ms {int} NOT NULL,
+    delta {int} NOT NULL,
+    expires_ms {int} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS counter_events_key ON counter_events(scope, key, at_ms);"
+    )
+}
+
+/// Version 3 created PostgreSQL's write functions; they are now (re)defined
+/// at every connect from [`Sql::functions`], so they always run the
+/// statements of this build. Kept so the numbers of the others stay.
+fn functions_moved(_: Dialect) -> String {
+    String::new()
+}
+
+/// The response cache index. Idempotent: a SQLite file of the version
+/// before this list (its `user_version` 3 meant "through the cache") runs
+/// it again.
+fn response_cache(d: Dialect) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS response_cache (
+    key TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    stored_ms {} NOT NULL
+);",
+        d.int()
+    )
+}
+
+/// Whether `node` may take a run's lease at `now` (SQL expressions): nobody
+/// holds it, `node` does, or it has expired.
+fn lease_open(node: &str, now: &str) -> String {
+    format!("(runs.owner IS NULL OR runs.owner = {node} OR runs.lease_until < {now})")
+}
+
+const RUN_COLS: &str =
+    "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms, session_id, owner, lease_until";
+const ACTION_COLS: &str =
+    "key, run_id, tool, arguments, state, response, CAST(http_status AS BIGINT), tries, updated_ms";
+const APPROVAL_COLS: &str = "id, run_id, pipeline, status, created_ms, data";
+
+/// Every statement of the store, in one dialect.
+pub struct Sql {
+    pub upsert_run: String,
+    pub run: String,
+    pub run_by_key: String,
+    pub runs_with_status: String,
+    pub claim_run: String,
+    pub claimable_runs: String,
+    pub take_held: String,
+    pub session_runs: String,
+    pub upsert_step: String,
+    /// PostgreSQL: the run and its step in one call (one round trip).
+    pub checkpoint_call: Option<String>,
+    pub steps: String,
+    pub plan_action: String,
+    pub action: String,
+    pub actions: String,
+    pub set_action: String,
+    pub upsert_approval: String,
+    pub approval: String,
+    pub approvals: String,
+    pub decide: String,
+    pub counter_add: String,
+    /// PostgreSQL: serializes the adds to one counter across every node
+    /// (SQLite's write transactions are serialized already).
+    pub counter_lock: Option<String>,
+    pub window_expire: String,
+    pub window_cancel: String,
+    pub window_insert: String,
+    pub window_total: String,
+    pub cache_put: String,
+    pub cache_get: String,
+    pub drop_events: String,
+    pub drop_cache: String,
+    pub finished_runs: String,
+    pub drop_steps: String,
+    pub drop_actions: String,
+    pub compact_run: String,
+    /// What to (re)define after the migrations (PostgreSQL's functions).
+    pub functions: Vec<String>,
+}
+
+impl Sql {
+    fn new(d: Dialect) -> Sql {
+        let q = |sql: &str| d.placeholders(sql);
+        let running = RunStatus::Running.as_str();
+        let upsert_run = format!(
+            "INSERT INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms,
+       updated_ms, session_id, owner, lease_until)
+     VALUES ({})
+     ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, result = excluded.result,
+       request = CASE WHEN excluded.request = 'null' THEN runs.request ELSE excluded.request END,
+       idempotency_key = COALESCE(runs.idempotency_key, excluded.idempotency_key),
+       session_id = COALESCE(runs.session_id, excluded.session_id),
+       owner = excluded.owner, lease_until = excluded.lease_until,
+       updated_ms = excluded.updated_ms
+     WHERE runs.owner IS NOT DISTINCT FROM excluded.owner
+        OR (runs.status = '{running}' AND {})",
+            params(1, 11),
+            lease_open("excluded.owner", "excluded.updated_ms"),
+        );
+        let upsert_step = "INSERT INTO steps (run_id, step, kind, data, created_ms) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms";
+        let event_id = d.row_id("id");
+        let finished = RunStatus::FINISHED.map(|s| format!("'{s}'")).join(", ");
+        let functions = match d {
+            Dialect::Sqlite => Vec::new(),
+            Dialect::Postgres => pg_functions(&upsert_run, upsert_step),
+        };
+        Sql {
+            run: q(&format!("SELECT {RUN_COLS} FROM runs WHERE run_id = $1")),
+            run_by_key: q(&format!("SELECT {RUN_COLS} FROM runs WHERE pipeline = $1 AND idempotency_key = $2")),
+            runs_with_status: q(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE status = $1 ORDER BY updated_ms, run_id LIMIT $2"
+            )),
+            claim_run: q(&format!(
+                "UPDATE runs SET owner = $2, lease_until = $4 WHERE run_id = $1 AND status = '{running}' AND {}",
+                lease_open("$2", "$3")
+            )),
+            claimable_runs: q(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE status = '{running}' AND {} ORDER BY updated_ms, run_id LIMIT $3",
+                lease_open("$1", "$2")
+            )),
+            take_held: q(&format!(
+                "UPDATE runs SET status = '{running}', owner = $2, lease_until = $4, updated_ms = $3
+             WHERE run_id = $1 AND status = '{}'",
+                RunStatus::AwaitingApproval
+            )),
+            session_runs: q(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE session_id = $1 AND pipeline = $2 AND status <> '{running}'
+                 ORDER BY created_ms DESC, {} DESC LIMIT $3",
+                d.row_id("seq")
+            )),
+            checkpoint_call: (d == Dialect::Postgres)
+                .then(|| format!("SELECT CAST(CAST(reins_checkpoint({}) AS INTEGER) AS BIGINT)", params(1, 16))),
+            steps: q("SELECT run_id, step, kind, data, created_ms FROM steps WHERE run_id = $1 ORDER BY step"),
+            plan_action: q(&format!(
+                "INSERT INTO actions (key, run_id, tool, arguments, state, response, http_status, tries, updated_ms)
+                 VALUES ($1, $2, $3, $4, '{}', NULL, NULL, 0, $5) ON CONFLICT (key) DO NOTHING",
+                ActionState::Planned
+            )),
+            action: q(&format!("SELECT {ACTION_COLS} FROM actions WHERE key = $1")),
+            actions: q(&format!("SELECT {ACTION_COLS} FROM actions WHERE run_id = $1 ORDER BY key")),
+            set_action: q(
+                "UPDATE actions SET state = $2, response = COALESCE($3, response), http_status = COALESCE($4, http_status),
+                   tries = $5, updated_ms = $6 WHERE key = $1",
+            ),
+            upsert_approval: q(&format!(
+                "INSERT INTO approvals ({APPROVAL_COLS}) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET run_id = excluded.run_id, pipeline = excluded.pipeline,
+                   status = excluded.status, created_ms = excluded.created_ms, data = excluded.data"
+            )),
+            approval: q(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE id = $1")),
+            approvals: q(&format!(
+                "SELECT {APPROVAL_COLS} FROM approvals
+                 WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) AND (CAST($2 AS TEXT) IS NULL OR pipeline = $2)
+                   AND (CAST($3 AS TEXT) IS NULL OR run_id = $3)
+                 ORDER BY created_ms, id"
+            )),
+            decide: q(&format!(
+                "UPDATE approvals SET status = $2, data = $3 WHERE id = $1 AND status = '{}'",
+                ApprovalStatus::Pending
+            )),
+            counter_add: q("INSERT INTO counters (scope, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (scope, key) DO UPDATE SET value = counters.value + excluded.value RETURNING value"),
+            counter_lock: (d == Dialect::Postgres)
+                .then(|| "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 7351))".to_owned()),
+            window_expire: q("DELETE FROM counter_events WHERE scope = $1 AND key = $2 AND at_ms <= $3"),
+            window_cancel: q(&format!(
+                "DELETE FROM counter_events WHERE {event_id} = (SELECT {event_id} FROM counter_events
+                   WHERE scope = $1 AND key = $2 AND delta = $3 ORDER BY at_ms DESC, {event_id} DESC LIMIT 1)"
+            )),
+            window_insert: q(
+                "INSERT INTO counter_events (scope, key, at_ms, delta, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+            ),
+            window_total: q(
+                "SELECT CAST(COALESCE(SUM(delta), 0) AS BIGINT) FROM counter_events WHERE scope = $1 AND key = $2",
+            ),
+            cache_put: q("INSERT INTO response_cache (key, pipeline, answer, stored_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO UPDATE SET pipeline = excluded.pipeline, answer = excluded.answer,
+                   stored_ms = excluded.stored_ms"),
+            cache_get: q("SELECT answer, stored_ms FROM response_cache WHERE key = $1 AND stored_ms >= $2"),
+            drop_events: q("DELETE FROM counter_events WHERE expires_ms < $1"),
+            drop_cache: q("DELETE FROM response_cache WHERE stored_ms < $1"),
+            finished_runs: q(&format!(
+                "SELECT run_id, result FROM runs WHERE status IN ({finished}) AND updated_ms < $1
+                 AND result NOT LIKE '%\"compacted\":true%'"
+            )),
+            // The run's steps and its agent turns' (`RUN.STEP`).
+            drop_steps: q("DELETE FROM steps WHERE run_id = $1 OR substr(run_id, 1, length($1) + 1) = $1 || '.'"),
+            drop_actions: q("DELETE FROM actions WHERE run_id = $1"),
+            compact_run: q("UPDATE runs SET result = $2, request = 'null' WHERE run_id = $1"),
+            upsert_run: q(&upsert_run),
+            upsert_step: q(upsert_step),
+            functions,
+        }
+    }
+}
+
+/// PostgreSQL's run write and checkpoint as functions, so a checkpoint is
+/// one round trip instead of four (BEGIN, two statements, COMMIT). Their
+/// bodies are the shared statements: PL/pgSQL reads `$N` as the function's
+/// N-th argument. The argument names are those version 3 created them with
+/// (`CREATE OR REPLACE` may not rename them).
+fn pg_functions(upsert_run: &str, upsert_step: &str) -> Vec<String> {
+    let run_args = "p_run_id TEXT, p_pipeline TEXT, p_status TEXT, p_result TEXT, p_request TEXT,
+    p_key TEXT, p_created BIGINT, p_updated BIGINT, p_session TEXT, p_owner TEXT, p_lease BIGINT";
+    vec![
+        format!(
+            "CREATE OR REPLACE FUNCTION reins_put_run({run_args})
+RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+DECLARE n INTEGER;
+BEGIN
+    {upsert_run};
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n > 0;
+END $$"
+        ),
+        format!(
+            "CREATE OR REPLACE FUNCTION reins_checkpoint({run_args},
+    p_step_run_id TEXT, p_step BIGINT, p_kind TEXT, p_data TEXT, p_step_created BIGINT)
+RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT reins_put_run({}) THEN
+        RETURN FALSE;
+    END IF;
+    -- The step may be an agent turn's (`RUN.STEP`), fenced on its run's row.
+    {};
+    RETURN TRUE;
+END $$",
+            params(1, 11),
+            renumber(upsert_step, 11, '$'),
+        ),
+    ]
+}
+
+/// A statement's argument, bound the same way by either backend.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl From<&str> for Arg {
+    fn from(v: &str) -> Arg {
+        Arg::Text(Some(v.to_owned()))
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Arg {
+        Arg::Text(Some(v))
+    }
+}
+impl From<&String> for Arg {
+    fn from(v: &String) -> Arg {
+        Arg::Text(Some(v.clone()))
+    }
+}
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Arg {
+        Arg::Text(v.map(str::to_owned))
+    }
+}
+impl From<&Option<String>> for Arg {
+    fn from(v: &Option<String>) -> Arg {
+        Arg::Text(v.clone())
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Arg {
+        Arg::Text(v)
+    }
+}
+impl From<i64> for Arg {
+    fn from(v: i64) -> Arg {
+        Arg::Int(Some(v))
+    }
+}
+impl From<u32> for Arg {
+    fn from(v: u32) -> Arg {
+        Arg::Int(Some(i64::from(v)))
+    }
+}
+impl From<Option<u16>> for Arg {
+    fn from(v: Option<u16>) -> Arg {
+        Arg::Int(v.map(i64::from))
+    }
+}
+impl From<&Value> for Arg {
+    fn from(v: &Value) -> Arg {
+        Arg::Text(Some(v.to_string()))
+    }
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { vec![$(Arg::from($a)),*] };
+}
+
+/// One statement with its arguments.
+pub struct Stmt<'a> {
+    pub sql: &'a str,
+    pub args: Vec<Arg>,
+    /// The run whose lease fences this write: if it changes no row, the
+    /// transaction is rolled back and the answer is [`StateError::LeaseLost`].
+    pub fence: Option<&'a str>,
+}
+
+fn stmt(sql: &str, args: Vec<Arg>) -> Stmt<'_> {
+    Stmt { sql, args, fence: None }
+}
+
+impl Stmt<'_> {
+    /// `changed` rows were written: an error if the statement is fenced and wrote none.
+    pub fn check(&self, changed: u64) -> Result<u64, StateError> {
+        match self.fence {
+            Some(run_id) if changed == 0 => Err(StateError::LeaseLost {
+                run_id: run_id.to_owned(),
+            }),
+            _ => Ok(changed),
+        }
+    }
+}
+
+/// A result row, read by column number, whichever database it came from.
+pub trait Row {
+    fn text(&self, i: usize) -> Result<Option<String>, StateError>;
+    fn int(&self, i: usize) -> Result<Option<i64>, StateError>;
+}
+
+/// Maps a row to a record.
+pub type RowMap<T> = fn(&dyn Row) -> Result<T, StateError>;
+
+impl dyn Row + '_ {
+    fn string(&self, i: usize) -> Result<String, StateError> {
+        self.text(i)?.ok_or_else(|| StateError::Row(format!("column {i} is NULL")))
+    }
+    fn i64(&self, i: usize) -> Result<i64, StateError> {
+        self.int(i)?.ok_or_else(|| StateError::Row(format!("column {i} is NULL")))
+    }
+    fn json(&self, i: usize) -> Result<Value, StateError> {
+        Ok(serde_json::from_str(&self.string(i)?)?)
+    }
+}
+
+fn run_record(r: &dyn Row) -> Result<RunRecord, StateError> {
+    Ok(RunRecord {
+        run_id: r.string(0)?,
+        pipeline: r.string(1)?,
+        status: RunStatus::parse(&r.string(2)?)?,
+        result: r.json(3)?,
+        request: r.json(4)?,
+        idempotency_key: r.text(5)?,
+        created_ms: r.i64(6)?,
+        updated_ms: r.i64(7)?,
+        session_id: r.text(8)?,
+        owner: r.text(9)?,
+        lease_until_ms: r.i64(10)?,
+    })
+}
+
+/// The arguments of [`Sql::upsert_run`] (and the first eleven of the checkpoint call).
+fn run_args(run: &RunRecord) -> Vec<Arg> {
+    args![
+        &run.run_id,
+        &run.pipeline,
+        run.status.as_str(),
+        &run.result,
+        &run.request,
+        &run.idempotency_key,
+        run.created_ms,
+        run.updated_ms,
+        &run.session_id,
+        &run.owner,
+        run.lease_until_ms,
+    ]
+}
+
+fn step_record(r: &dyn Row) -> Result<StepRecord, StateError> {
+    Ok(StepRecord {
+        run_id: r.string(0)?,
+        step: u32::try_from(r.i64(1)?).map_err(|e| StateError::Row(format!("step number: {e}")))?,
+        kind: StepKind::parse(&r.string(2)?)?,
+        data: r.json(3)?,
+        created_ms: r.i64(4)?,
+    })
+}
+
+fn step_args(step: &StepRecord) -> Vec<Arg> {
+    args![&step.run_id, step.step, step.kind.as_str(), &step.data, step.created_ms]
+}
+
+fn action_record(r: &dyn Row) -> Result<ActionRecord, StateError> {
+    Ok(ActionRecord {
+        key: r.string(0)?,
+        run_id: r.string(1)?,
+        tool: r.string(2)?,
+        arguments: r.json(3)?,
+        state: ActionState::parse(&r.string(4)?)?,
+        response: r.text(5)?.map(|t| serde_json::from_str(&t)).transpose()?,
+        http_status: r.int(6)?.and_then(|s| u16::try_from(s).ok()),
+        tries: u32::try_from(r.i64(7)?).unwrap_or(0),
+        updated_ms: r.i64(8)?,
+    })
+}
+
+fn approval_record(r: &dyn Row) -> Result<ApprovalRecord, StateError> {
+    Ok(ApprovalRecord {
+        id: r.string(0)?,
+        run_id: r.string(1)?,
+        pipeline: r.string(2)?,
+        status: ApprovalStatus::parse(&r.string(3)?)?,
+        created_ms: r.i64(4)?,
+        data: r.json(5)?,
+    })
+}
+
+fn int(r: &dyn Row) -> Result<i64, StateError> {
+    r.i64(0)
+}
+
+fn cache_hit(r: &dyn Row) -> Result<(Value, i64), StateError> {
+    Ok((r.json(0)?, r.i64(1)?))
+}
+
+fn run_result(r: &dyn Row) -> Result<(String, Value), StateError> {
+    Ok((r.string(0)?, r.json(1)?))
+}
+
+/// What a backend answers for [`Backend::run`].
+pub struct Done<T> {
+    /// Rows each write changed, in order.
+    pub changed: Vec<u64>,
+    /// The read's rows, mapped.
+    pub rows: Vec<T>,
+}
+
+/// A database that runs [`Sql`]'s statements.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    const DIALECT: Dialect;
+    fn kind(&self) -> &'static str;
+    /// Runs `writes` then `read`; more than one statement is one
+    /// transaction, rolled back if any fails (a fenced write that changes
+    /// nothing fails: see [`Stmt::check`]).
+    async fn run<T: Send + 'static>(
+        &self,
+        writes: &[Stmt<'_>],
+        read: Option<(&Stmt<'_>, RowMap<T>)>,
+    ) -> Result<Done<T>, StateError>;
+}
+
+/// The store over a [`Backend`]: every trait written once for both databases.
+pub struct SqlStore<B> {
+    pub(crate) db: B,
+}
+
+impl<B: Backend> SqlStore<B> {
+    fn sql(&self) -> &'static Sql {
+        B::DIALECT.sql()
+    }
+
+    async fn write(&self, writes: &[Stmt<'_>]) -> Result<Vec<u64>, StateError> {
+        Ok(self.db.run::<()>(writes, None).await?.changed)
+    }
+
+    /// Whether `s` changed exactly one row.
+    async fn changed_one(&self, s: Stmt<'_>) -> Result<bool, StateError> {
+        Ok(self.write(&[s]).await? == [1])
+    }
+
+    async fn rows<T: Send + 'static>(&self, s: Stmt<'_>, map: RowMap<T>) -> Result<Vec<T>, StateError> {
+        Ok(self.db.run(&[], Some((&s, map))).await?.rows)
+    }
+
+    async fn one<T: Send + 'static>(&self, s: Stmt<'_>, map: RowMap<T>) -> Result<Option<T>, StateError> {
+        Ok(self.rows(s, map).await?.into_iter().next())
+    }
+
+    /// Writes fenced on `run`, with a taken idempotency key as a conflict.
+    async fn write_run(&self, run: &RunRecord, writes: &[Stmt<'_>]) -> Result<(), StateError> {
+        self.write(writes).await.map(|_| ()).map_err(|e| key_conflict(run, e))
+    }
+
+    fn upsert_run<'a>(&'a self, run: &'a RunRecord) -> Stmt<'a> {
+        Stmt {
+            sql: &self.sql().upsert_run,
+            args: run_args(run),
+            fence: Some(&run.run_id),
+        }
+    }
+}
+
+/// A taken idempotency key as a [`StateError::Conflict`].
+fn key_conflict(run: &RunRecord, e: StateError) -> StateError {
+    if e.is_unique_violation() {
+        StateError::Conflict(format!("run `{}`: another run holds its idempotency key", run.run_id))
+    } else {
+        e
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> RunStore for SqlStore<B> {
+    async fn put_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        self.write_run(run, &[self.upsert_run(run)]).await
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
+        self.one(stmt(&self.sql().run, args![run_id]), run_record).await
+    }
+
+    async fn run_by_key(&self, pipeline: &str, key: &str) -> Result<Option<RunRecord>, StateError> {
+        self.one(stmt(&self.sql().run_by_key, args![pipeline, key]), run_record).await
+    }
+
+    async fn runs_with_status(&self, status: RunStatus, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.rows(stmt(&self.sql().runs_with_status, args![status.as_str(), limit]), run_record)
+            .await
+    }
+
+    async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        self.changed_one(stmt(&self.sql().claim_run, args![run_id, node, now_ms, until_ms]))
+            .await
+    }
+
+    async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.rows(stmt(&self.sql().claimable_runs, args![node, now_ms, limit]), run_record)
+            .await
+    }
+
+    async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
+        self.changed_one(stmt(&self.sql().take_held, args![run_id, node, now_ms, until_ms]))
+            .await
+    }
+
+    async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.rows(stmt(&self.sql().session_runs, args![session_id, pipeline, limit]), run_record)
+            .await
+    }
+
+    async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
+        let sql = self.sql();
+        let Some(call) = &sql.checkpoint_call else {
+            let step = stmt(&sql.upsert_step, step_args(step));
+            return self.write_run(run, &[step, self.upsert_run(run)]).await;
+        };
+        let mut all = run_args(run);
+        all.extend(step_args(step));
+        match self.one(stmt(call, all), int).await.map_err(|e| key_conflict(run, e))? {
+            Some(1) => Ok(()),
+            _ => Err(StateError::LeaseLost {
+                run_id: run.run_id.clone(),
+            }),
+        }
+    }
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
+        self.rows(stmt(&self.sql().steps, args![run_id]), step_record).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> ActionLog for SqlStore<B> {
+    async fn plan_action(&self, a: &ActionRecord) -> Result<ActionRecord, StateError> {
+        let sql = self.sql();
+        let plan = stmt(&sql.plan_action, args![&a.key, &a.run_id, &a.tool, &a.arguments, now_ms()]);
+        let read = stmt(&sql.action, args![&a.key]);
+        let done = self.db.run(&[plan], Some((&read, action_record))).await?;
+        done.rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| StateError::Other(format!("action `{}` is not stored after planning it", a.key)))
+    }
+
+    async fn set_action(
+        &self,
+        key: &str,
+        state: ActionState,
+        response: Option<&Value>,
+        http_status: Option<u16>,
+        tries: u32,
+    ) -> Result<(), StateError> {
+        let response = Arg::Text(response.map(Value::to_string));
+        let s = stmt(
+            &self.sql().set_action,
+            vec![key.into(), state.as_str().into(), response, http_status.into(), tries.into(), now_ms().into()],
+        );
+        self.write(&[s]).await.map(|_| ())
+    }
+
+    async fn action(&self, key: &str) -> Result<Option<ActionRecord>, StateError> {
+        self.one(stmt(&self.sql().action, args![key]), action_record).await
+    }
+
+    async fn actions(&self, run_id: &str) -> Result<Vec<ActionRecord>, StateError> {
+        self.rows(stmt(&self.sql().actions, args![run_id]), action_record).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Approvals for SqlStore<B> {
+    async fn hold(&self, run: &RunRecord, approvals: &[ApprovalRecord]) -> Result<(), StateError> {
+        let sql = self.sql();
+        let mut writes = vec![self.upsert_run(run)];
+        writes.extend(approvals.iter().map(|a| {
+            stmt(
+                &sql.upsert_approval,
+                args![&a.id, &a.run_id, &a.pipeline, a.status.as_str(), a.created_ms, &a.data],
+            )
+        }));
+        self.write_run(run, &writes).await
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
+        self.one(stmt(&self.sql().approval, args![id]), approval_record).await
+    }
+
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<ApprovalRecord>, StateError> {
+        let status = q.status.map(ApprovalStatus::as_str);
+        let s = stmt(&self.sql().approvals, args![status, &q.pipeline, &q.run_id]);
+        self.rows(s, approval_record).await
+    }
+
+    async fn decide(&self, d: &ApprovalRecord) -> Result<bool, StateError> {
+        self.changed_one(stmt(&self.sql().decide, args![&d.id, d.status.as_str(), &d.data]))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Counters for SqlStore<B> {
+    async fn counter_add(&self, scope: &str, key: &str, delta: i64) -> Result<i64, StateError> {
+        let total = self.one(stmt(&self.sql().counter_add, args![scope, key, delta]), int).await?;
+        total.ok_or_else(|| StateError::Other(format!("counter `{scope}`/`{key}` returned no total")))
+    }
+
+    /// The windowed-counter algorithm of the store (the in-memory one is
+    /// `reins_runtime::counters::Window`): events older than the window
+    /// go, a release cancels the latest equal reservation, and a release
+    /// that cancels nothing credits nothing — so only a positive `delta`
+    /// is inserted.
+    async fn counter_window_add(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<i64, StateError> {
+        let sql = self.sql();
+        let mut writes = Vec::with_capacity(3);
+        if let Some(lock) = &sql.counter_lock {
+            writes.push(stmt(lock, args![scope, key]));
+        }
+        writes.push(stmt(&sql.window_expire, args![scope, key, now_ms - window_ms]));
+        if delta < 0 {
+            writes.push(stmt(&sql.window_cancel, args![scope, key, -delta]));
+        }
+        if delta > 0 {
+            let expires = now_ms.saturating_add(window_ms);
+            writes.push(stmt(&sql.window_insert, args![scope, key, now_ms, delta, expires]));
+        }
+        let total = stmt(&sql.window_total, args![scope, key]);
+        let done = self.db.run(&writes, Some((&total, int))).await?;
+        Ok(done.rows.into_iter().next().unwrap_or(0))
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> CacheIndex for SqlStore<B> {
+    async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError> {
+        let s = stmt(&self.sql().cache_put, args![key, pipeline, answer, stored_ms]);
+        self.write(&[s]).await.map(|_| ())
+    }
+
+    async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError> {
+        self.one(stmt(&self.sql().cache_get, args![key, fresh_since_ms]), cache_hit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> Housekeeping for SqlStore<B> {
+    fn kind(&self) -> &'static str {
+        self.db.kind()
+    }
+
+    async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
+        let sql = self.sql();
+        self.write(&[stmt(&sql.drop_events, args![now_ms()])]).await?;
+        self.write(&[stmt(&sql.drop_cache, args![before_ms])]).await?;
+        let old = self.rows(stmt(&sql.finished_runs, args![before_ms]), run_result).await?;
+        let mut n = 0;
+        for (run_id, result) in old {
+            let small = summary(&result);
+            self.write(&[
+                stmt(&sql.drop_steps, args![&run_id]),
+                stmt(&sql.drop_actions, args![&run_id]),
+                stmt(&sql.compact_run, args![&run_id, &small]),
+            ])
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_and_dollar_quotes_kept() {
+        assert_eq!(renumber("a = $1 OR b = $12 AS $$ x $$", 0, '?'), "a = ?1 OR b = ?12 AS $$ x $$");
+        assert_eq!(renumber("VALUES ($1, $5)", 11, '$'), "VALUES ($12, $16)");
+    }
+
+    #[test]
+    fn every_statement_of_sqlite_is_numbered_its_way() {
+        let sql = Dialect::Sqlite.sql();
+        for s in [&sql.upsert_run, &sql.claim_run, &sql.window_cancel, &sql.session_runs] {
+            assert!(!s.contains('$'), "{s}");
+        }
+        assert!(Dialect::Postgres.sql().claim_run.contains("$4"));
+    }
+}
