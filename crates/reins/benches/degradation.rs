@@ -19,7 +19,8 @@
 mod degradation_support;
 
 use reins_testing::{bench, plugins};
-use degradation_support::{Step, Upstream, openai, refund, server_error};
+use degradation_support::{openai, refund};
+use reins_testing::model::{Step, Upstream, server_error};
 use reins::Host;
 use reins::pipeline::{Request, RunResult, RunStatus};
 use std::time::{Duration, Instant};

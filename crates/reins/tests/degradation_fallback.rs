@@ -12,6 +12,7 @@ use reins_testing::plugins;
 use axum::body::Body;
 use axum::http::{Request as HttpRequest, StatusCode};
 use degradation_support::*;
+use reins_testing::model::{Step, Upstream, server_error};
 use pipeline_support::{host, host_err, refund_schema, script, sidecar};
 use reins::Host;
 use reins::pipeline::{Request, RunError, RunResult, RunStatus};

@@ -10,6 +10,7 @@ mod pipeline_support;
 
 use reins_testing::plugins;
 use degradation_support::*;
+use reins_testing::model::{Step, Upstream, rate_limited, raw_200, server_error, status};
 use pipeline_support::{host, refund_schema, script};
 use reins::Host;
 use reins::pipeline::{Request, RunError, RunResult, RunStatus};
