@@ -15,12 +15,12 @@
 //!
 //! cargo bench -p reins --bench degradation
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "../tests/degradation_support/mod.rs"]
 mod degradation_support;
 
-use degradation_support::{Step, Upstream, openai, refund, server_error};
+use reins_testing::{bench, plugins};
+use degradation_support::{openai, refund};
+use reins_testing::model::{Step, Upstream, server_error};
 use reins::Host;
 use reins::pipeline::{Request, RunResult, RunStatus};
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ fn main() {
 
     let retries = "max_retries = 1\nbackoff_ms = 2\n";
     let breaker = "breaker = { failure_rate = 0.5, min_calls = 20, window_ms = 5000, cooldown_ms = 200, probes = 1 }";
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let config = format!(
         "plugins_dir = {dir:?}\n\n{}{}{}{}{}{}{}{}",
         openai("healthy", &healthy.base_url(), retries),
@@ -164,8 +164,8 @@ fn main() {
             ),
             by_fallback: t.by_fallback,
             trips: host.breaker(pipeline).map_or(0, |b| b.trips()) - t.trips_before,
-            p50: common::quantile(&t.samples, 0.50),
-            p99: common::quantile(&t.samples, 0.99),
+            p50: bench::quantile(&t.samples, 0.50),
+            p99: bench::quantile(&t.samples, 0.99),
         });
     }
     open_path.sort();
@@ -186,8 +186,8 @@ fn main() {
             per_run(r.calls.1),
             100.0 * r.by_fallback as f64 / r.runs as f64,
             r.trips,
-            common::us(r.p50),
-            common::us(r.p99),
+            bench::us(r.p50),
+            bench::us(r.p99),
             if r.name == rows[0].name {
                 "—".to_owned()
             } else {
@@ -198,8 +198,8 @@ fn main() {
     println!(
         "| …of which the open-breaker path (refused at once → fallback) | {} runs | 1 (0 + 1) | 100 % | | {} | {} | {:+} µs |",
         open_path.len(),
-        common::us(common::quantile(&open_path, 0.50)),
-        common::us(common::quantile(&open_path, 0.99)),
-        common::quantile(&open_path, 0.99).as_micros() as i64 - base_p99.as_micros() as i64,
+        bench::us(bench::quantile(&open_path, 0.50)),
+        bench::us(bench::quantile(&open_path, 0.99)),
+        bench::quantile(&open_path, 0.99).as_micros() as i64 - base_p99.as_micros() as i64,
     );
 }

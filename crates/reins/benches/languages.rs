@@ -8,8 +8,6 @@
 //! Builds the three examples with `reins plugin build` first (needs
 //! componentize-py and componentize-js, like the tests).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "../tests/policies_support/mod.rs"]
 mod policies_support;
 

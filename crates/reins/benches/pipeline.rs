@@ -14,9 +14,7 @@
 //!
 //! cargo bench -p reins --bench pipeline
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use reins_testing::plugins;
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
 use serde_json::{Value, json};
@@ -30,7 +28,7 @@ const IN_FLIGHT: usize = 8;
 const THROUGHPUT_RUNS: usize = 6000;
 
 fn example(file: &str) -> String {
-    std::fs::read_to_string(common::repo_root().join("examples/contract-risks").join(file))
+    std::fs::read_to_string(plugins::repo_root().join("examples/contract-risks").join(file))
         .unwrap_or_else(|e| panic!("examples/contract-risks/{file}: {e}"))
 }
 
@@ -75,7 +73,7 @@ fn config(plugins: &std::path::Path) -> String {
             "[pipelines.{name}]\nmodel = \"{model}\"\nsystem_prompt_file = {prompt:?}\nnormalizers = [\"normalize-text\"]\n\
              schema = '''{schema}'''\nvalidators = {validators}\nconstraints = \"tool-manifest\"\ngates = [\"spend-limit\"]\n\
              repair = {{ max_attempts = 3 }}\n\n",
-            prompt = common::repo_root()
+            prompt = plugins::repo_root()
                 .join("examples/contract-risks/prompt.md")
                 .display()
                 .to_string(),
@@ -87,7 +85,7 @@ fn config(plugins: &std::path::Path) -> String {
          [providers.repair]\nkind = \"scripted\"\n{repair}\n\n\
          {success}{one_repair}{fix}",
         dir = plugins.display().to_string(),
-        cache = common::settings().resolved_cache_dir().display().to_string(),
+        cache = plugins::settings().resolved_cache_dir().display().to_string(),
         valid = script(plugins, "valid", &[entry(None, &good)]),
         repair = script(plugins, "repair", &[entry(Some(1), &bad), entry(Some(2), &good)]),
         success = pipeline("success", "valid", "[\"ranges\", \"coerce-numbers\"]"),
@@ -159,7 +157,7 @@ fn main() {
     let mut rows: Vec<(String, String, Stats, Option<f64>)> = Vec::new();
 
     for isolation in ["per-call", "pooled"] {
-        let plugins = common::plugins_dir(&[
+        let plugins = plugins::plugins_dir(&[
             "normalize-text",
             "ranges",
             "coerce-numbers",

@@ -3,9 +3,7 @@
 //!
 //! cargo bench -p reins --bench plugin_call
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use reins_testing::plugins;
 use reins::runtime::{Allocator, CallContext, PluginHost, Runtime, RuntimeSettings};
 use serde_json::{Value, json};
 use std::hint::black_box;
@@ -71,7 +69,7 @@ fn main() {
         metadata: json!({}),
         ..Default::default()
     };
-    let dir = common::plugins_dir(&["json-schema", "stamp-a"]);
+    let dir = plugins::plugins_dir(&["json-schema", "stamp-a"]);
     let d = dir.path();
     let schema_toml = {
         let mut t = toml::Table::new();
@@ -84,16 +82,16 @@ fn main() {
         std::fs::write(d.join(format!("{name}.toml")), format!("{head}\n{schema_toml}")).expect("sidecar");
     };
     write("json-schema", "isolation = \"per-call\"");
-    common::install(d, "json-schema", "json-schema-pooled");
+    plugins::install(d, "json-schema", "json-schema-pooled");
     write("json-schema-pooled", "isolation = \"pooled\"\npool_size = 4\nmax_uses = 1000000");
-    common::install(d, "stamp-a", "tiny-pooled");
+    plugins::install(d, "stamp-a", "tiny-pooled");
     std::fs::write(d.join("tiny-pooled.toml"), "isolation = \"pooled\"\nmax_uses = 1000000\n").expect("sidecar");
 
-    let pooling = common::settings();
+    let pooling = plugins::settings();
     let host = PluginHost::open(d, &pooling, false).expect("host");
     let on_demand = RuntimeSettings {
         allocator: Allocator::OnDemand,
-        ..common::settings()
+        ..plugins::settings()
     };
     let host_od = PluginHost::open(d, &on_demand, false).expect("host");
     let set = host.current();
@@ -127,7 +125,7 @@ fn main() {
 
     // Compile cost: cold compile vs cached artifact.
     let cold_dir = tempfile::tempdir().expect("tmp");
-    let wasm = common::wasm_path("json-schema");
+    let wasm = plugins::wasm_path("json-schema");
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for i in 0..3 {

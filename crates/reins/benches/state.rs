@@ -12,9 +12,7 @@
 //!
 //! cargo bench -p reins --bench state
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use reins_testing::{bench, model, plugins};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
 use reins::state::{RunRecord, StateSettings, StateStore, StepKind, StepRecord, now_ms};
@@ -62,7 +60,7 @@ async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
         times.push(start.elapsed());
     }
     times.sort();
-    (common::quantile(&times, 0.5), common::quantile(&times, 0.99))
+    (bench::quantile(&times, 0.5), bench::quantile(&times, 0.99))
 }
 
 struct AgentRow {
@@ -90,12 +88,12 @@ max_steps = {max_steps}
 constraints = "tool-manifest"
 "#,
         plugins = plugins.display(),
-        cache = common::repo_root().join("target/reins-test-cache").display(),
+        cache = plugins::repo_root().join("target/reins-test-cache").display(),
         max_steps = STEPS + 1,
     );
     let host = Host::builder()
         .config_str(config, plugins)
-        .provider("agent", Arc::new(common::AgentModel { latency, ..common::AgentModel::new(STEPS) }))
+        .provider("agent", Arc::new(model::AgentModel { latency, ..model::AgentModel::new(STEPS) }))
         .watch(false)
         .build()
         .await
@@ -115,8 +113,8 @@ constraints = "tool-manifest"
     let total = began.elapsed();
     times.sort();
     AgentRow {
-        p50: common::quantile(&times, 0.5),
-        p99: common::quantile(&times, 0.99),
+        p50: bench::quantile(&times, 0.5),
+        p99: bench::quantile(&times, 0.99),
         runs_per_s: RUNS as f64 / total.as_secs_f64(),
     }
 }
@@ -137,17 +135,17 @@ fn main() {
         println!("|---|---|---|");
         let sqlite = reins::state::open(&sqlite_settings, dir.path()).await.expect("sqlite");
         let (p50, p99) = checkpoint_cost(sqlite).await;
-        println!("| SQLite (file, WAL, synchronous=NORMAL) | {} | {} |", common::us(p50), common::us(p99));
+        println!("| SQLite (file, WAL, synchronous=NORMAL) | {} | {} |", bench::us(p50), bench::us(p99));
         if let Some(pg) = &pg {
             let store = reins::state::open(pg, dir.path()).await.expect("postgres");
             let (p50, p99) = checkpoint_cost(store).await;
-            println!("| PostgreSQL (loopback) | {} | {} |", common::us(p50), common::us(p99));
+            println!("| PostgreSQL (loopback) | {} | {} |", bench::us(p50), bench::us(p99));
         } else {
             println!("| PostgreSQL | (REINS_TEST_PG_URL not set) | |");
         }
 
-        let plugins = common::plugins_dir(&["tool-manifest"]);
-        std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+        let plugins = plugins::plugins_dir(&["tool-manifest"]);
+        std::fs::write(plugins.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
         println!("\n## A {STEPS}-step agent run, {RUNS} runs one at a time\n");
         println!("| store | model | checkpoints | p50 µs/run | p99 µs/run | runs/s | added per step | on/off |");
         println!("|---|---|---|---|---|---|---|---|");
@@ -173,8 +171,8 @@ fn main() {
                     };
                     println!(
                         "| {store} | {model} | {label} | {} | {} | {:.0} | {added} | {ratio} |",
-                        common::us(row.p50),
-                        common::us(row.p99),
+                        bench::us(row.p50),
+                        bench::us(row.p99),
                         row.runs_per_s
                     );
                 }

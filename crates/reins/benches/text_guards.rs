@@ -5,9 +5,7 @@
 //!
 //! cargo bench -p reins --bench text_guards
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use reins_testing::plugins;
 use reins::Host;
 use reins::pipeline::Request;
 use reins::runtime::{CallContext, PluginHost};
@@ -52,15 +50,15 @@ fn answer(with_pii: bool) -> String {
 const GUARDS: [&str; 3] = ["pii", "redact-secrets", "blocklist"];
 
 fn main() {
-    let dir = common::plugins_dir(&GUARDS);
+    let dir = plugins::plugins_dir(&GUARDS);
     let d = dir.path();
     for name in GUARDS {
-        common::install(d, name, &format!("{name}-pooled"));
+        plugins::install(d, name, &format!("{name}-pooled"));
         let sidecar = std::fs::read_to_string(d.join(format!("{name}.toml"))).expect("sidecar");
         let pooled = sidecar.replace("isolation = \"per-call\"", "isolation = \"pooled\"\npool_size = 4\nmax_uses = 1000000");
         std::fs::write(d.join(format!("{name}-pooled.toml")), pooled).expect("pooled sidecar");
     }
-    let host = PluginHost::open(d, &common::settings(), false).expect("plugins");
+    let host = PluginHost::open(d, &plugins::settings(), false).expect("plugins");
     let set = host.current();
     let ctx = CallContext {
         run_id: "bench".into(),
@@ -100,7 +98,7 @@ fn main() {
          [pipelines.guarded]\nmodel = \"model\"\noutput = \"text\"\n\
          validators = [{{ plugin = \"pii-pooled\", on_fail = \"fix\" }}, {{ plugin = \"redact-secrets-pooled\", on_fail = \"fix\" }}, \"blocklist-pooled\"]\n",
         plugins = d.display().to_string(),
-        cache = common::settings().resolved_cache_dir().display().to_string(),
+        cache = plugins::settings().resolved_cache_dir().display().to_string(),
     );
     let host = rt.block_on(Host::builder().config_str(config, d).build()).expect("host");
     let run = |pipeline: &str| {

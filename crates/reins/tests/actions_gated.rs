@@ -2,69 +2,13 @@
 //! (tool-manifest, spend-limit, echo-gate), a scripted model, and a webhook
 //! sink on loopback that counts what it applied by idempotency key.
 
-mod common;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use reins_testing::plugins;
+use reins_testing::webhook::Sink;
 use reins::Host;
 use reins::approvals::{ApprovalError, Verdict};
 use reins::pipeline::{ExecStatus, Request, RunError, RunStatus};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// A webhook that applies each idempotency key once, and can be told to
-/// fail the first N requests with 503.
-#[derive(Clone, Default)]
-struct Sink {
-    seen: Arc<Mutex<Vec<String>>>,
-    applied: Arc<Mutex<HashMap<String, Value>>>,
-    fail_first: Arc<AtomicU32>,
-}
-
-impl Sink {
-    fn applied(&self) -> usize {
-        self.applied.lock().expect("lock").len()
-    }
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().expect("lock").clone()
-    }
-}
-
-async fn sink_handler(State(sink): State<Sink>, headers: HeaderMap, body: axum::Json<Value>) -> (StatusCode, axum::Json<Value>) {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    sink.seen.lock().expect("lock").push(key.clone());
-    if sink
-        .fail_first
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "try again"})));
-    }
-    let mut applied = sink.applied.lock().expect("lock");
-    let first = !applied.contains_key(&key);
-    applied.entry(key).or_insert(body.0);
-    (StatusCode::OK, axum::Json(json!({"ok": true, "first": first})))
-}
-
-async fn start_sink() -> (Sink, String) {
-    let sink = Sink::default();
-    let app = Router::new().route("/refund", post(sink_handler)).with_state(sink.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (sink, format!("http://{addr}/refund"))
-}
-
+use std::sync::Arc;
 
 fn refund(amount: f64) -> Value {
     json!([{"name": "issue_refund", "arguments": {"order": "A-1", "amount": amount}}])
@@ -89,9 +33,10 @@ impl Fixture {
 }
 
 async fn fixture(extra: &str, budget: u32) -> Fixture {
-    let (sink, url) = start_sink().await;
-    let dir = common::plugins_dir(&["tool-manifest", "spend-limit", "echo-gate"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    let sink = Sink::start().await;
+    let url = sink.url().to_owned();
+    let dir = plugins::plugins_dir(&["tool-manifest", "spend-limit", "echo-gate"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     std::fs::write(
         dir.path().join("spend-limit.toml"),
         format!("[config]\nescalate_above = 100\ndaily_budget = {budget}\n"),
@@ -176,7 +121,7 @@ async fn an_allowed_refund_is_sent_once_with_its_idempotency_key() {
     assert_eq!(e.status, ExecStatus::Done);
     assert_eq!(e.idempotency_key, format!("{}:1:0", r.run_id));
     assert_eq!(f.sink.applied(), 1);
-    assert_eq!(f.sink.seen(), vec![e.idempotency_key.clone()]);
+    assert_eq!(f.sink.keys(), vec![e.idempotency_key.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,7 +201,7 @@ async fn escalate_then_approve_executes_exactly_once() {
     // A decided approval cannot be decided again, and nothing is re-sent.
     let again = f.host.decide(&id, Verdict::Approve, "bob", None).await;
     assert!(matches!(again, Err(ApprovalError::AlreadyDecided { .. })));
-    assert_eq!(f.sink.seen().len(), 1);
+    assert_eq!(f.sink.keys().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -293,17 +238,17 @@ async fn dry_run_executes_nothing_and_spends_nothing() {
         assert_eq!(r.executions[0].status, ExecStatus::Planned);
         assert_eq!(r.decisions[0].decision.kind(), "allow");
     }
-    assert_eq!(f.sink.seen().len(), 0, "the sink counts zero");
+    assert_eq!(f.sink.keys().len(), 0, "the sink counts zero");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_reuse_the_idempotency_key_and_apply_once() {
     let f = fixture("", 1000).await;
-    f.sink.fail_first.store(2, Ordering::SeqCst);
+    f.sink.fail_next(2);
     let r = f.host.run("refunds", ask("refund 20", "t1")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(r.executions[0].tries, 3);
-    let seen = f.sink.seen();
+    let seen = f.sink.keys();
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|k| k == &seen[0]), "{seen:?}");
     assert_eq!(f.sink.applied(), 1);
@@ -312,12 +257,12 @@ async fn retries_reuse_the_idempotency_key_and_apply_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_action_fails_the_run_and_releases_its_budget() {
     let f = fixture("", 25).await;
-    f.sink.fail_first.store(100, Ordering::SeqCst);
+    f.sink.fail_next(100);
     let r = f.host.run("refunds", ask("refund 20", "t1")).await;
     assert_eq!(r.status, RunStatus::Failed);
     assert!(matches!(r.error, Some(RunError::ActionFailed { .. })), "{:?}", r.error);
     assert_eq!(r.executions[0].tries, 4, "1 try + 3 retries");
-    f.sink.fail_first.store(0, Ordering::SeqCst);
+    f.sink.fail_next(0);
     let ok = f.host.run("refunds", ask("refund 20", "t1")).await;
     assert_eq!(ok.status, RunStatus::Completed, "budget was released: {:?}", ok.error);
 }
@@ -457,14 +402,14 @@ async fn a_rerun_never_resends_a_done_action_and_resends_a_sending_one_with_its_
     let again = host.resume(&first.run_id).await.expect("resume");
     assert_eq!(again.status, RunStatus::Completed, "{:?}", again.error);
     assert_eq!(again.executions[0].status, ExecStatus::Done);
-    assert_eq!(f.sink.seen(), vec![key.clone()], "a done action is never sent again");
+    assert_eq!(f.sink.keys(), vec![key.clone()], "a done action is never sent again");
 
     // A crash while sending leaves it `sending`: it is sent again, same key.
     host.state().set_action(&key, ActionState::Sending, None, None, 1).await.unwrap();
     crashed(&host).await;
     let third = host.resume(&first.run_id).await.expect("resume");
     assert_eq!(third.executions[0].status, ExecStatus::Done);
-    assert_eq!(f.sink.seen(), vec![key.clone(), key.clone()]);
+    assert_eq!(f.sink.keys(), vec![key.clone(), key.clone()]);
     assert_eq!(f.sink.applied(), 1, "the sink applies the key once");
     assert_eq!(host.state().action(&key).await.unwrap().unwrap().state, ActionState::Done);
 }

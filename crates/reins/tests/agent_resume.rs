@@ -3,34 +3,23 @@
 //! step 2 resumes on a new host from its checkpoint and no side effect is
 //! applied twice.
 
-mod common;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
+use reins_testing::webhook::Sink;
+use reins_testing::{model, plugins};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
-use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
-
-async fn sink(State(seen): State<Arc<Mutex<Vec<String>>>>, headers: HeaderMap) -> axum::Json<Value> {
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    seen.lock().expect("lock").push(key.clone());
-    axum::Json(json!({"refunded": true, "key": key}))
-}
+use serde_json::json;
+use std::sync::Arc;
 
 /// A refund sink on loopback, a plugins dir with the refund tool (and
 /// `plugins`), and the config of pipeline `agent` (agent mode, the sink as
 /// its executor; `extra` goes into the pipeline's table).
-async fn agent_fixture(plugins: &[&str], extra: &str) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>, String) {
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
-    let url = format!("{}/refund", common::listen(app).await);
+async fn agent_fixture(plugins: &[&str], extra: &str) -> (tempfile::TempDir, Sink, String) {
+    let sink = Sink::start().await;
+    let url = sink.url().to_owned();
     let mut names = vec!["tool-manifest"];
     names.extend_from_slice(plugins);
-    let dir = common::plugins_dir(&names);
-    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    let dir = plugins::plugins_dir(&names);
+    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     let config = format!(
         r#"
 plugins_dir = "."
@@ -49,23 +38,23 @@ kind = "webhook"
 url = "{url}"
 "#
     );
-    (dir, seen, config)
+    (dir, sink, config)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once() {
-    let (dir, seen, config) = agent_fixture(&[], "").await;
+    let (dir, sink, config) = agent_fixture(&[], "").await;
     let host = |fail_at| {
         Host::builder()
             .config_str(config.clone(), dir.path())
-            .provider("agent", Arc::new(common::AgentModel { fail_at, ..common::AgentModel::new(5) }))
+            .provider("agent", Arc::new(model::AgentModel { fail_at, ..model::AgentModel::new(5) }))
             .build()
     };
     // First process: the model is gone at step 3 (after two checkpoints).
     let a = host(Some(2)).await.expect("host");
     let r = a.run("agent", Request::text("refund five orders")).await;
     assert_eq!(r.status, RunStatus::Failed, "{:?}", r.error);
-    assert_eq!(seen.lock().expect("lock").len(), 2);
+    assert_eq!(sink.keys().len(), 2);
     let steps = a.state().steps(&r.run_id).await.expect("steps");
     assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
     // Emulate a crash at that moment: the run is still `running`.
@@ -80,7 +69,7 @@ async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once()
     let done = resumed.iter().find(|x| x.run_id == r.run_id).expect("resumed");
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(json!({"done": 5})));
-    let seen = seen.lock().expect("lock").clone();
+    let seen = sink.keys();
     assert_eq!(seen.len(), 5, "each step's action applied once: {seen:?}");
     let mut unique = seen.clone();
     unique.sort();
@@ -163,17 +152,17 @@ repair = {{ max_attempts = 3 }}
 
 /// A refund sink and an agent pipeline whose third turn (a refund of 500)
 /// the spend-limit gate escalates; `extra` goes into the pipeline's table.
-async fn escalating_agent(extra: &str) -> (tempfile::TempDir, Arc<Mutex<Vec<String>>>, String) {
-    let (dir, seen, config) = agent_fixture(&["spend-limit"], &format!("gates = [\"spend-limit\"]\n{extra}")).await;
+async fn escalating_agent(extra: &str) -> (tempfile::TempDir, Sink, String) {
+    let (dir, sink, config) = agent_fixture(&["spend-limit"], &format!("gates = [\"spend-limit\"]\n{extra}")).await;
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\ndaily_budget = 10000\n")
         .expect("sidecar");
-    (dir, seen, config)
+    (dir, sink, config)
 }
 
 async fn escalating_host(dir: &std::path::Path, config: &str) -> Host {
     Host::builder()
         .config_str(config, dir)
-        .provider("agent", Arc::new(common::AgentModel { big_at: Some(2), ..common::AgentModel::new(5) }))
+        .provider("agent", Arc::new(model::AgentModel { big_at: Some(2), ..model::AgentModel::new(5) }))
         .build()
         .await
         .expect("host")
@@ -184,11 +173,11 @@ async fn escalating_host(dir: &std::path::Path, config: &str) -> Host {
 /// would use, and the agent goes on to the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_escalated_agent_turn_continues_after_its_approval() {
-    let (dir, seen, config) = escalating_agent("").await;
+    let (dir, sink, config) = escalating_agent("").await;
     let a = escalating_host(dir.path(), &config).await;
     let held = a.run("agent", Request::text("refund five orders")).await;
     assert_eq!(held.status, RunStatus::AwaitingApproval, "{:?}", held.error);
-    assert_eq!(seen.lock().expect("lock").len(), 2, "the turns before the escalation ran");
+    assert_eq!(sink.keys().len(), 2, "the turns before the escalation ran");
     assert_eq!(held.approvals.len(), 1);
     drop(a);
 
@@ -200,7 +189,7 @@ async fn an_escalated_agent_turn_continues_after_its_approval() {
     let run = run.expect("the run goes on");
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
     assert_eq!(run.output, Some(json!({"done": 5})));
-    let seen = seen.lock().expect("lock").clone();
+    let seen = sink.keys();
     let mut unique = seen.clone();
     unique.sort();
     unique.dedup();
@@ -219,7 +208,7 @@ async fn an_escalated_agent_turn_continues_after_its_approval() {
 /// ends the run instead.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
-    let (dir, seen, config) = escalating_agent("").await;
+    let (dir, sink, config) = escalating_agent("").await;
     let host = escalating_host(dir.path(), &config).await;
     let held = host.run("agent", Request::text("refund five orders")).await;
     assert_eq!(held.status, RunStatus::AwaitingApproval, "{:?}", held.error);
@@ -229,7 +218,7 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
         .expect("decide");
     let run = run.expect("the run goes on");
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
-    assert_eq!(seen.lock().expect("lock").len(), 4, "the rejected refund was never sent");
+    assert_eq!(sink.keys().len(), 4, "the rejected refund was never sent");
     let rejected: Vec<_> = run
         .executions
         .iter()
@@ -241,7 +230,7 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
     let told = steps[2].data["messages"].to_string();
     assert!(told.contains("rejected") && told.contains("alice") && told.contains("too much"), "{told}");
 
-    let (dir, seen, config) = escalating_agent("on_rejection = \"fail\"").await;
+    let (dir, sink, config) = escalating_agent("on_rejection = \"fail\"").await;
     let host = escalating_host(dir.path(), &config).await;
     let held = host.run("agent", Request::text("refund five orders")).await;
     let (_, run) = host
@@ -251,7 +240,7 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
     let run = run.expect("result");
     assert_eq!(run.status, RunStatus::Failed);
     assert!(matches!(run.error, Some(reins::pipeline::RunError::ApprovalRejected { .. })), "{:?}", run.error);
-    assert_eq!(seen.lock().expect("lock").len(), 2);
+    assert_eq!(sink.keys().len(), 2);
 }
 
 /// A crash inside an agent turn — after the model answered, while its
@@ -260,9 +249,9 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
 /// model would now answer something else.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
-    let (dir, seen, config) = agent_fixture(&[], "").await;
-    let host = |model: common::AgentModel| Host::builder().config_str(config.clone(), dir.path()).provider("agent", Arc::new(model)).build();
-    let a = host(common::AgentModel::new(5)).await.expect("host");
+    let (dir, sink, config) = agent_fixture(&[], "").await;
+    let host = |model: model::AgentModel| Host::builder().config_str(config.clone(), dir.path()).provider("agent", Arc::new(model)).build();
+    let a = host(model::AgentModel::new(5)).await.expect("host");
     let first = a.run("agent", Request::text("refund five orders")).await;
     assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
     let last_key = first.executions[4].idempotency_key.clone();
@@ -281,12 +270,12 @@ async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
     drop(a);
 
     // The model would now ask for 500 in turn 5; the recorded answer (1) is used.
-    let b = host(common::AgentModel { big_at: Some(4), ..common::AgentModel::new(5) }).await.expect("host");
+    let b = host(model::AgentModel { big_at: Some(4), ..model::AgentModel::new(5) }).await.expect("host");
     let done = b.resume(&first.run_id).await.expect("resume");
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(json!({"done": 5})));
     assert_eq!(done.executions[4].arguments["amount"], json!(1), "the replayed answer's action");
-    let seen = seen.lock().expect("lock").clone();
+    let seen = sink.keys();
     assert_eq!(seen.len(), 6, "turn 5's refund re-sent once: {seen:?}");
     assert_eq!(seen.iter().filter(|k| **k == last_key).count(), 2, "with the same key");
 }

@@ -7,8 +7,8 @@
 //! model was sent (the upstream's record).
 
 mod clients_support;
-mod common;
 
+use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 
 fn config(upstream: &str) -> String {
@@ -36,12 +36,12 @@ repair = {{ max_attempts = 2 }}
 }
 
 /// The upstream, a `reins serve` in front of it, and the dir they live in.
-async fn setup() -> (common::Served, clients_support::Log, tempfile::TempDir) {
+async fn setup() -> (server::Served, clients_support::Log, tempfile::TempDir) {
     let (upstream, log) = clients_support::start().await;
-    let dir = common::plugins_dir(&["normalize-text", "spend-limit"]);
+    let dir = plugins::plugins_dir(&["normalize-text", "spend-limit"]);
     let path = dir.path().join("reins.toml");
     std::fs::write(&path, config(&upstream)).expect("config");
-    (common::serve(&path), log, dir)
+    (server::serve(&path), log, dir)
 }
 
 /// The requests whose conversation ends with a `tool` message.
@@ -57,7 +57,7 @@ fn after_tools(log: &clients_support::Log) -> Vec<Value> {
 /// Runs `script` against `served` off the async workers (the upstream
 /// answers on them), checks it passed `checks` checks, and that every
 /// conversation the upstream received was sound.
-async fn drive(served: &common::Served, log: &clients_support::Log, script: &'static str, checks: usize) {
+async fn drive(served: &server::Served, log: &clients_support::Log, script: &'static str, checks: usize) {
     let base = format!("{}/v1", served.base);
     let out = tokio::task::spawn_blocking(move || clients_support::run_client(script, &base))
         .await

@@ -5,13 +5,14 @@
 //! HTTP (`X-Reins-Degraded`, the OpenAI `reins` object, `/v1/providers`,
 //! `/metrics`); config errors for the degradation keys.
 
-mod common;
 mod degradation_support;
 mod pipeline_support;
 
+use reins_testing::plugins;
 use axum::body::Body;
 use axum::http::{Request as HttpRequest, StatusCode};
 use degradation_support::*;
+use reins_testing::model::{Step, Upstream, server_error};
 use pipeline_support::{host, host_err, refund_schema, script, sidecar};
 use reins::Host;
 use reins::pipeline::{Request, RunError, RunResult, RunStatus};
@@ -49,7 +50,7 @@ fn errors(r: &RunResult) -> Vec<String> {
 async fn a_hanging_primary_falls_back_within_the_deadline() {
     let primary = Upstream::always(Step::Hang).await;
     let backup = Upstream::always(Step::Answer(refund(12.5))).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = openai("llm", &primary.base_url(), "timeout_ms = 300\nmax_retries = 1")
         + &openai("backup", &backup.base_url(), "max_retries = 0")
         + &pipeline("p", "fallbacks = [\"backup\"]\ndeadline_ms = 30000");
@@ -75,7 +76,7 @@ async fn a_hanging_primary_falls_back_within_the_deadline() {
 async fn the_deadline_covers_every_attempt_retry_and_fallback() {
     let primary = Upstream::always(Step::Hang).await;
     let backup = Upstream::always(Step::Hang).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     // Each provider alone would wait a minute, three times; the run has 400 ms.
     let slow = "timeout_ms = 60000\nmax_retries = 2";
     let body = openai("llm", &primary.base_url(), slow)
@@ -122,7 +123,7 @@ async fn the_deadline_covers_every_attempt_retry_and_fallback() {
 async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
     let primary = Upstream::always(Step::Answer(refund(12.5))).await;
     let backup = Upstream::always(server_error()).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = openai("llm", &primary.base_url(), "max_retries = 0")
         + &openai("backup", &backup.base_url(), "max_retries = 0")
         + &pipeline("p", "fallbacks = [\"backup\"]\ncache = \"read-write\"");
@@ -178,7 +179,7 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
 async fn unvalidated_outputs_are_never_cached() {
     let invalid = json!({"amount": "12,50", "currency": "EUR", "reason": "damaged parcel"}).to_string();
     let up = Upstream::always(Step::Answer(invalid.clone())).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = openai("llm", &up.base_url(), "max_retries = 0")
         + &pipeline("p", "cache = \"read-write\"\nrepair = { max_attempts = 2 }")
         + &pipeline("ro", "cache = \"read\"");
@@ -221,7 +222,7 @@ async fn unvalidated_outputs_are_never_cached() {
 #[tokio::test]
 async fn cached_and_static_answers_are_validated_by_the_current_validators() {
     let up = Upstream::always(Step::Answer(refund(50.0))).await;
-    let plugins = common::plugins_dir(&["ranges"]);
+    let plugins = plugins::plugins_dir(&["ranges"]);
     sidecar(
         plugins.path(),
         "ranges",
@@ -281,7 +282,7 @@ async fn cached_and_static_answers_are_validated_by_the_current_validators() {
 
 #[tokio::test]
 async fn config_errors_name_the_degradation_key() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let up = "http://127.0.0.1:9/v1";
     let e = host_err(
         plugins.path(),
@@ -359,7 +360,7 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
     server::install_metrics();
     let down = Upstream::always(server_error()).await;
     let up = Upstream::always(Step::Answer(refund(7.0))).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = openai(
         "deg-down",
         &down.base_url(),
@@ -451,7 +452,7 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
 async fn cache_and_retry_metrics_are_exported() {
     server::install_metrics();
     let up = Upstream::steps(vec![server_error(), Step::Answer(refund(2.0)), server_error()]).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = openai("met-llm", &up.base_url(), "max_retries = 1")
         + &pipeline("met-p", "cache = \"read-write\"").replace("\"llm\"", "\"met-llm\"");
     let host = Arc::new(host(plugins.path(), &body, &script(vec![])).await);
@@ -487,7 +488,7 @@ async fn cache_and_retry_metrics_are_exported() {
 async fn a_cached_answer_serves_another_host_on_the_same_store() {
     let up = Upstream::always(Step::Answer(refund(12.5))).await;
     let down = Upstream::always(server_error()).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = |url: &str| openai("llm", url, "max_retries = 0") + &pipeline("p", "cache = \"read-write\"");
     let first = host(plugins.path(), &body(&up.base_url()), &script(vec![])).await;
     let fresh = first.run("p", request("refund 12.50 EUR")).await;

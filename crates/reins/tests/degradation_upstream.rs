@@ -5,11 +5,12 @@
 //! trickles become. Every assertion is on what the upstream saw, by count
 //! and order; the only timings asserted are lower bounds a server asked for.
 
-mod common;
 mod degradation_support;
 mod pipeline_support;
 
+use reins_testing::plugins;
 use degradation_support::*;
+use reins_testing::model::{Step, Upstream, rate_limited, raw_200, server_error, status};
 use pipeline_support::{host, refund_schema, script};
 use reins::Host;
 use reins::pipeline::{Request, RunError, RunResult, RunStatus};
@@ -53,7 +54,7 @@ const BREAKER: &str = "max_retries = 0\nbreaker = { failure_rate = 0.5, min_call
 #[tokio::test]
 async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until_a_probe_closes_it() {
     let up = Upstream::always(server_error()).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let host = llm_host(&plugins, &up, BREAKER, "").await;
     let breaker = host.breaker("llm").expect("provider llm");
 
@@ -114,7 +115,7 @@ async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until
 #[tokio::test]
 async fn a_failing_probe_reopens_the_breaker() {
     let up = Upstream::always(server_error()).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let host = llm_host(&plugins, &up, BREAKER, "").await;
     let breaker = host.breaker("llm").expect("provider llm");
     for _ in 0..4 {
@@ -137,7 +138,7 @@ async fn a_failing_probe_reopens_the_breaker() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_in_milliseconds_and_seconds() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     for (header, value, at_least) in [
         ("retry-after-ms", "300", Duration::from_millis(300)),
         ("Retry-After", "1", Duration::from_secs(1)),
@@ -160,7 +161,7 @@ async fn retry_after_is_honoured_in_milliseconds_and_seconds() {
 
 #[tokio::test]
 async fn retries_stop_at_the_bound_and_4xx_are_never_retried() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     // 503 every time: one call and three retries, then the error.
     let up = Upstream::always(status(503, "{\"error\": \"overloaded\"}")).await;
     let host = llm_host(&plugins, &up, "max_retries = 3", "").await;
@@ -218,7 +219,7 @@ async fn resets_closed_connections_and_cut_bodies_are_retried() {
         Step::Answer(refund(12.5)),
     ])
     .await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let host = llm_host(&plugins, &up, "max_retries = 3", "").await;
     let r = run(&host).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
@@ -244,7 +245,7 @@ async fn resets_closed_connections_and_cut_bodies_are_retried() {
 
 #[tokio::test]
 async fn garbage_bodies_are_provider_errors_and_broken_answers_are_violations() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     // Not a chat completion: an unreadable response (not retried, counted by the breaker).
     for body in [
         "<html>502 Bad Gateway</html>",
@@ -295,7 +296,7 @@ async fn a_slow_trickle_times_out_as_a_whole() {
         every: Duration::from_millis(50),
     })
     .await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let host = llm_host(
         &plugins,
         &up,

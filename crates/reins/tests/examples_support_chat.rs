@@ -3,14 +3,12 @@
 //! and a secret redacted with no model call, a blocked phrase repaired, a
 //! judge's fail repaired with the judge's tokens in the usage.
 
-mod common;
-
+use reins_testing::plugins;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
 const PLUGINS: [&str; 5] = ["normalize-text", "pii", "redact-secrets", "blocklist", "judge"];
-
 
 /// `reins run ... --trace json` on one question: (exit code, output, the run result).
 fn ask(dir: &Path, question: &str) -> (i32, Value, Value) {
@@ -31,9 +29,9 @@ fn ask(dir: &Path, question: &str) -> (i32, Value, Value) {
 #[test]
 fn the_support_chat_example_runs_as_its_readme_says() {
     let dir = tempfile::tempdir().expect("temp dir");
-    common::copy_dir(&common::repo_root().join("examples/support-chat"), dir.path());
+    plugins::copy_dir(&plugins::repo_root().join("examples/support-chat"), dir.path());
     for name in PLUGINS {
-        std::fs::copy(common::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
+        std::fs::copy(plugins::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
     }
 
     let (code, output, result) = ask(dir.path(), "order.txt");

@@ -6,9 +6,9 @@
 //! system prompt; 429 and 529 retried after `retry-after`; a 400 not retried
 //! and handed back to the caller as a refusal.
 
-mod common;
 mod pipeline_support;
 
+use reins_testing::{plugins, server};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -49,7 +49,7 @@ impl Fake {
             seen: Arc::default(),
         };
         let app = axum::Router::new().fallback(answer).with_state(fake.clone());
-        (fake, common::listen(app).await)
+        (fake, server::listen(app).await)
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -294,7 +294,7 @@ async fn text_tool_use_and_usage_are_read_back() {
 /// A host whose pipeline `p` runs on the anthropic provider `claude`.
 async fn host(base_url: &str, pipeline: &str) -> (reins::Host, tempfile::TempDir) {
     set_key();
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = format!(
         "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{base_url}\"\nmodel = \"claude-test\"\n\
          api_key_env = \"{KEY_ENV}\"\nbackoff_ms = 1\nmax_retries = 3\n\n[pipelines.p]\nmodel = \"claude\"\n{pipeline}\n"
@@ -424,7 +424,7 @@ async fn the_messages_surface_runs_on_the_anthropic_provider_both_ways() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         format!("http://{}", l.local_addr().expect("addr"))
     };
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = format!(
         "[server]\n[[server.tokens]]\nname = \"app\"\nenv = \"{KEY_ENV}\"\nscopes = [\"run\"]\n\n\
          [providers.claude]\nkind = \"anthropic\"\nbase_url = \"{base}\"\nmodel = \"claude-test\"\napi_key_env = \"{KEY_ENV}\"\n\n\

@@ -1,8 +1,7 @@
 //! `reins run` on the contract-risks example (copied to a temp dir with the
 //! built plugins), and every exit code.
 
-mod common;
-
+use reins_testing::plugins;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,20 +10,19 @@ use std::process::{Command, Output, Stdio};
 const EXAMPLE_PLUGINS: [&str; 3] = ["normalize-text", "coerce-numbers", "ranges"];
 
 fn example_dir() -> PathBuf {
-    common::repo_root().join("examples/contract-risks")
+    plugins::repo_root().join("examples/contract-risks")
 }
 
 /// A copy of the example with the built plugins in its `plugins/` directory
 /// (the example's own sidecars stay: they configure the plugins for it).
 fn example() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    common::copy_dir(&example_dir(), dir.path());
+    plugins::copy_dir(&example_dir(), dir.path());
     for name in EXAMPLE_PLUGINS {
-        std::fs::copy(common::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
+        std::fs::copy(plugins::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
     }
     dir
 }
-
 
 fn reins(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))

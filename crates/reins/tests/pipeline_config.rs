@@ -2,9 +2,9 @@
 //! (`Host::from_config` on a file): every bad key, missing or misplaced
 //! plugin, bad schema, bad template and bad script names what is wrong.
 
-mod common;
 mod pipeline_support;
 
+use reins_testing::plugins;
 use pipeline_support::*;
 use reins::Host;
 use std::path::Path;
@@ -27,7 +27,7 @@ const P: &str = "[pipelines.p]\nmodel = \"model\"\n";
 
 #[tokio::test]
 async fn a_valid_config_loads() {
-    let plugins = common::plugins_dir(&["normalize-text", "ranges"]);
+    let plugins = plugins::plugins_dir(&["normalize-text", "ranges"]);
     let host = load(
         plugins.path(),
         &format!("{P}normalizers = [\"normalize-text\"]\nvalidators = [\"ranges\"]\nschema = {{ type = \"object\" }}\n"),
@@ -39,7 +39,7 @@ async fn a_valid_config_loads() {
 
 #[tokio::test]
 async fn every_bad_key_is_named_with_file_and_line() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let dir = plugins.path();
     let file = dir.join("reins.toml").display().to_string();
     // The shared head is 9 lines; the body starts on line 10. A provider's
@@ -68,7 +68,7 @@ async fn every_bad_key_is_named_with_file_and_line() {
 
 #[tokio::test]
 async fn a_missing_disabled_or_refused_plugin_is_named() {
-    let plugins = common::plugins_dir(&["ranges", "coerce-numbers"]);
+    let plugins = plugins::plugins_dir(&["ranges", "coerce-numbers"]);
     let dir = plugins.path();
     let e = error(dir, &format!("{P}gates = [\"spend-limit\"]\n")).await;
     assert!(
@@ -86,7 +86,7 @@ async fn a_missing_disabled_or_refused_plugin_is_named() {
 
 #[tokio::test]
 async fn a_plugin_in_the_wrong_layer_is_named() {
-    let plugins = common::plugins_dir(&["normalize-text"]);
+    let plugins = plugins::plugins_dir(&["normalize-text"]);
     let e = error(plugins.path(), &format!("{P}validators = [\"normalize-text\"]\n")).await;
     assert!(
         e.contains("pipeline `p` lists `normalize-text` as a validator plugin, but it is a normalizer plugin"),
@@ -96,7 +96,7 @@ async fn a_plugin_in_the_wrong_layer_is_named() {
 
 #[tokio::test]
 async fn a_bad_schema_is_named_with_its_pipeline_and_origin() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let dir = plugins.path();
     let e = error(dir, &format!("{P}schema = {{ type = \"objekt\" }}\n")).await;
     assert!(e.contains("pipeline `p`: schema (inline) is not a valid JSON Schema") && e.contains("objekt"), "{e}");
@@ -112,7 +112,7 @@ async fn a_bad_schema_is_named_with_its_pipeline_and_origin() {
 
 #[tokio::test]
 async fn a_bad_template_or_script_is_named() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let dir = plugins.path();
     let e = error(dir, &format!("{P}repair = {{ template = \"Fix: {{{{violatons}}}}\" }}\n")).await;
     assert!(e.contains("pipeline `p`: repair template: unknown placeholder `{{violatons}}`"), "{e}");

@@ -3,9 +3,9 @@
 //! conversations (tool calls, ids, multi-part content) through normalizers,
 //! and repair strategies that change something when answers repeat.
 
-mod common;
 mod pipeline_support;
 
+use reins_testing::{plugins, server};
 use pipeline_support::*;
 use reins::pipeline::{Request, RequestTool, RunError, RunStatus, StopReason};
 use reins::provider::{Sampling, ScriptedProvider, ToolChoice};
@@ -32,7 +32,7 @@ async fn host_with_backup(
 
 #[tokio::test]
 async fn a_pipeline_with_only_a_model_answers_prose_as_it_came() {
-    let plugins = common::plugins_dir(&["normalize-text"]);
+    let plugins = plugins::plugins_dir(&["normalize-text"]);
     let model = script(vec![json!("Hello! How can I help you today?")]);
     let host = host(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nnormalizers = [\"normalize-text\"]\n", &model).await;
     let r = host.run("chat", Request::text("hi")).await;
@@ -47,7 +47,7 @@ async fn a_pipeline_with_only_a_model_answers_prose_as_it_came() {
 
 #[tokio::test]
 async fn an_empty_prose_answer_is_repaired_and_a_caller_can_still_ask_for_json() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(by_attempt(&[json!(""), json!("Now with words.")]));
     let host = host(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\n", &model).await;
     let r = host.run("chat", Request::text("hi")).await;
@@ -69,7 +69,7 @@ async fn an_empty_prose_answer_is_repaired_and_a_caller_can_still_ask_for_json()
 
 #[tokio::test]
 async fn a_json_only_validator_on_a_text_pipeline_is_refused_at_load() {
-    let plugins = common::plugins_dir(&["ranges"]);
+    let plugins = plugins::plugins_dir(&["ranges"]);
     let err = host_err(
         plugins.path(),
         "[pipelines.chat]\nmodel = \"model\"\noutput = \"text\"\nvalidators = [\"ranges\"]\n",
@@ -88,7 +88,7 @@ async fn a_json_only_validator_on_a_text_pipeline_is_refused_at_load() {
 
 #[tokio::test]
 async fn the_callers_sampling_reaches_the_model_under_the_pipelines_caps() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![json!("ok")]);
     let body = "[pipelines.chat]\nmodel = \"model\"\n[pipelines.chat.sampling]\nmax_tokens = 100\ntemperature = 0.0\n";
     let host = host(plugins.path(), body, &model).await;
@@ -124,7 +124,7 @@ fn weather_tool() -> RequestTool {
 
 #[tokio::test]
 async fn caller_tools_reach_the_model_without_a_constraints_plugin_and_are_still_checked() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![
         json!({"attempt": 1, "tool_calls": [{"id": "call_a", "name": "get_weather", "arguments": {"town": "Oslo"}}]}),
         json!({"attempt": 2, "tool_calls": [{"id": "call_b", "name": "get_weather", "arguments": {"city": "Oslo"}}]}),
@@ -166,7 +166,7 @@ async fn host_deny(plugins: &std::path::Path, model: &Arc<ScriptedProvider>) -> 
 
 #[tokio::test]
 async fn a_whole_conversation_reaches_the_model_after_normalization() {
-    let plugins = common::plugins_dir(&["normalize-text"]);
+    let plugins = plugins::plugins_dir(&["normalize-text"]);
     let model = script(vec![json!("It is sunny in Oslo.")]);
     let host = host(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nnormalizers = [\"normalize-text\"]\n", &model).await;
     let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}});
@@ -199,7 +199,7 @@ async fn a_whole_conversation_reaches_the_model_after_normalization() {
 
 #[tokio::test]
 async fn repeated_answers_change_strategy_in_order_before_the_run_stops() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let bad = refund(json!("twenty"));
     let model = script(vec![answer(bad.clone()); 8]);
     let backup = script(vec![json!({"attempt": 5, "content": refund(json!(20))})]);
@@ -247,7 +247,7 @@ fn refund(amount: serde_json::Value) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_judge_fail_is_repaired_and_its_tokens_count_in_the_usage() {
-    let plugins = common::plugins_dir(&["judge"]);
+    let plugins = plugins::plugins_dir(&["judge"]);
     let model = script(by_attempt(&[json!("Buy from Acme instead."), json!("Happy to help with your order.")]));
     let grader = script(vec![
         json!({"match": "Acme", "content": "{\"pass\": false, \"reason\": \"it names a competitor\"}",
@@ -291,7 +291,7 @@ async fn a_judge_fail_is_repaired_and_its_tokens_count_in_the_usage() {
 
 #[tokio::test]
 async fn a_blocklist_pattern_that_does_not_compile_is_refused_at_load_naming_it() {
-    let plugins = common::plugins_dir(&["blocklist"]);
+    let plugins = plugins::plugins_dir(&["blocklist"]);
     sidecar(plugins.path(), "blocklist", "accepts = \"any\"\n[config]\npatterns = [\"(unclosed\"]\n");
     let err = host_err(plugins.path(), "[pipelines.chat]\nmodel = \"model\"\nvalidators = [\"blocklist\"]\n").await;
     assert!(err.contains("pipelines.chat.validators") && err.contains("blocklist") && err.contains("(unclosed"), "{err}");
@@ -300,7 +300,7 @@ async fn a_blocklist_pattern_that_does_not_compile_is_refused_at_load_naming_it(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_answer_and_an_upstream_that_sends_invalid_utf8_get_clear_outcomes() {
     use axum::routing::post;
-    let plugins = common::plugins_dir(&["pii"]);
+    let plugins = plugins::plugins_dir(&["pii"]);
     // 1 MB of prose with an address at the end: redacted, or refused by name.
     let huge = format!("{} Mail bob@example.com.", "All is well with your order. ".repeat(36_000));
     let model = script(vec![json!({"content": huge})]);
@@ -334,7 +334,7 @@ async fn a_huge_answer_and_an_upstream_that_sends_invalid_utf8_get_clear_outcome
             ([("content-type", "application/json")], body)
         }),
     );
-    let base = common::listen(app).await;
+    let base = server::listen(app).await;
     let body = format!(
         "[providers.bad]\nkind = \"openai\"\nbase_url = \"{base}/v1\"\nmodel = \"m\"\nmax_retries = 0\n\n\
          [pipelines.bad]\nmodel = \"bad\"\n\n[pipelines.chat]\nmodel = \"model\"\n"

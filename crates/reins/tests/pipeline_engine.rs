@@ -3,9 +3,9 @@
 //! rejection; concurrent validators; fail-open and fail-closed plugins;
 //! constraints and gates; fallbacks.
 
-mod common;
 mod pipeline_support;
 
+use reins_testing::plugins;
 use pipeline_support::*;
 use reins::pipeline::{Request, RunError, RunStatus, StopReason};
 use reins::runtime::{Decision, Message};
@@ -36,7 +36,7 @@ fn coerce_sidecar() -> String {
 
 #[tokio::test]
 async fn repair_sends_the_violations_back_and_completes() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![
         json!({"attempt": 1, "content": refund(json!("20 USD")),
                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}),
@@ -84,7 +84,7 @@ async fn repair_sends_the_violations_back_and_completes() {
 async fn fixing_host(
     answers: &[Value],
 ) -> (tempfile::TempDir, Arc<reins::provider::ScriptedProvider>, reins::Host) {
-    let plugins = common::plugins_dir(&["coerce-numbers"]);
+    let plugins = plugins::plugins_dir(&["coerce-numbers"]);
     sidecar(plugins.path(), "coerce-numbers", &coerce_sidecar());
     let model = script(by_attempt(answers));
     let host = host(
@@ -133,7 +133,7 @@ async fn a_fix_validator_without_a_document_falls_back_to_repair() {
 
 #[tokio::test]
 async fn fail_fails_fast_without_a_repair() {
-    let plugins = common::plugins_dir(&["ranges"]);
+    let plugins = plugins::plugins_dir(&["ranges"]);
     sidecar(
         plugins.path(),
         "ranges",
@@ -162,7 +162,7 @@ async fn fail_fails_fast_without_a_repair() {
 
 #[tokio::test]
 async fn max_attempts_exhausted_fails_and_keeps_every_attempts_violations() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(by_attempt(&[refund(json!("a")), refund(json!("b")), refund(json!("c")), refund(json!(1))]));
     let host = host(plugins.path(), &pipeline("repair = { max_attempts = 3 }"), &model).await;
     let result = host.run("p", request()).await;
@@ -182,7 +182,7 @@ async fn max_attempts_exhausted_fails_and_keeps_every_attempts_violations() {
 
 #[tokio::test]
 async fn the_token_budget_stops_the_repair_loop() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let usage = json!({"prompt_tokens": 300, "completion_tokens": 100, "total_tokens": 400});
     let entries: Vec<Value> = ["a", "b", "c", "d"]
         .iter()
@@ -224,7 +224,7 @@ async fn the_token_budget_stops_the_repair_loop() {
 
 #[tokio::test]
 async fn estimated_tokens_count_every_attempt_when_no_usage_is_reported() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(by_attempt(&[refund(json!("x")), refund(json!(2))]));
     let host = host(plugins.path(), &pipeline(""), &model).await;
     let result = host.run("p", request()).await;
@@ -239,7 +239,7 @@ async fn estimated_tokens_count_every_attempt_when_no_usage_is_reported() {
 
 #[tokio::test]
 async fn the_same_violations_twice_stop_the_repair_loop_early() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let bad = refund(json!("twenty"));
     let model = script(vec![answer(bad.clone()); 5]);
     let host = host(plugins.path(), &pipeline("repair = { max_attempts = 5, strategies = [] }"), &model).await;
@@ -254,7 +254,7 @@ async fn the_same_violations_twice_stop_the_repair_loop_early() {
 
 #[tokio::test]
 async fn fenced_and_prose_wrapped_json_is_extracted() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = refund(json!(20));
     for raw in [
         format!("Sure! Here is the refund:\n```json\n{body:#}\n```\nLet me know if you need anything else."),
@@ -273,7 +273,7 @@ async fn fenced_and_prose_wrapped_json_is_extracted() {
 
 #[tokio::test]
 async fn a_non_json_answer_is_a_violation_like_any_other() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(by_attempt(&[json!("I'm sorry, I cannot help with refunds."), refund(json!(20))]));
     let host = host(plugins.path(), &pipeline(""), &model).await;
     let result = host.run("p", request()).await;
@@ -286,7 +286,7 @@ async fn a_non_json_answer_is_a_violation_like_any_other() {
 
 #[tokio::test]
 async fn a_normalizer_rejection_never_calls_the_model() {
-    let plugins = common::plugins_dir(&["normalize-text"]);
+    let plugins = plugins::plugins_dir(&["normalize-text"]);
     sidecar(plugins.path(), "normalize-text", "[config]\nmax_chars = 5000\n");
     let model = script(vec![answer(refund(json!(20)))]);
     let host = host(plugins.path(), &pipeline("normalizers = [\"normalize-text\"]"), &model).await;
@@ -309,8 +309,8 @@ async fn a_normalizer_rejection_never_calls_the_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validators_of_one_stage_run_concurrently() {
-    let plugins = common::plugins_dir(&["slow", "ranges"]);
-    common::install(plugins.path(), "slow", "slow-b");
+    let plugins = plugins::plugins_dir(&["slow", "ranges"]);
+    plugins::install(plugins.path(), "slow", "slow-b");
     // Each slow validator burns tens of milliseconds; ranges takes microseconds.
     let slow = "[limits]\ndeadline_ms = 20000\n[config]\niterations = 40000000\n";
     sidecar(plugins.path(), "slow", slow);
@@ -339,7 +339,7 @@ async fn validators_of_one_stage_run_concurrently() {
 
 #[tokio::test]
 async fn a_fail_open_plugin_that_fails_is_skipped_and_recorded() {
-    let plugins = common::plugins_dir(&["panic", "ranges"]);
+    let plugins = plugins::plugins_dir(&["panic", "ranges"]);
     sidecar(plugins.path(), "panic", "fail_mode = \"open\"\n");
     sidecar(plugins.path(), "ranges", "[config]\nrules = [{ path = \"/amount\", max = 100 }]\n");
     let model = script(vec![answer(refund(json!(20)))]);
@@ -353,7 +353,7 @@ async fn a_fail_open_plugin_that_fails_is_skipped_and_recorded() {
 
 #[tokio::test]
 async fn a_fail_closed_plugin_that_fails_fails_the_run() {
-    let plugins = common::plugins_dir(&["panic"]);
+    let plugins = plugins::plugins_dir(&["panic"]);
     sidecar(plugins.path(), "panic", "fail_mode = \"closed\"\n");
     let model = script(vec![answer(refund(json!(20)))]);
     let host = host(plugins.path(), &pipeline("validators = [\"panic\"]"), &model).await;
@@ -388,7 +388,7 @@ fn agent(extra: &str) -> String {
 }
 
 async fn agent_host(model: &Arc<reins::provider::ScriptedProvider>, extra: &str) -> (tempfile::TempDir, reins::Host) {
-    let plugins = common::plugins_dir(&["tool-manifest", "spend-limit"]);
+    let plugins = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
     sidecar(plugins.path(), "tool-manifest", TOOLS_SIDECAR);
     sidecar(plugins.path(), "spend-limit", "[config]\nescalate_above = 1000.0\ndaily_budget = 5000.0\n");
     let host = host(plugins.path(), &agent(extra), model).await;
@@ -458,7 +458,7 @@ async fn a_tool_outside_the_manifest_or_with_bad_arguments_never_reaches_a_gate(
 
 #[tokio::test]
 async fn a_gate_rewrite_replaces_the_arguments() {
-    let plugins = common::plugins_dir(&["tool-manifest", "echo-gate"]);
+    let plugins = plugins::plugins_dir(&["tool-manifest", "echo-gate"]);
     sidecar(
         plugins.path(),
         "tool-manifest",
@@ -477,7 +477,7 @@ async fn a_gate_rewrite_replaces_the_arguments() {
 
 #[tokio::test]
 async fn fallbacks_answer_when_the_first_provider_is_unavailable() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![answer(refund(json!(20)))]);
     let body = format!(
         "[providers.down]\nkind = \"scripted\"\nresponses = [{{ error = \"connection refused\" }}]\n\n{}",
@@ -505,7 +505,7 @@ async fn fallbacks_answer_when_the_first_provider_is_unavailable() {
 
 #[tokio::test]
 async fn repairs_go_to_the_repair_model() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![answer(refund(json!("x")))]);
     let body = format!(
         "[providers.fixer]\nkind = \"scripted\"\nresponses = [{{ attempt = 2, content = '{}' }}]\n\n{}",
@@ -522,7 +522,7 @@ async fn repairs_go_to_the_repair_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runs_on_one_host_replay_independently() {
-    let plugins = common::plugins_dir(&["ranges"]);
+    let plugins = plugins::plugins_dir(&["ranges"]);
     sidecar(plugins.path(), "ranges", "[config]\nrules = [{ path = \"/amount\", max = 100 }]\n");
     let model = script(by_attempt(&[refund(json!(500)), refund(json!(20))]));
     let host = Arc::new(host(plugins.path(), &pipeline("validators = [\"ranges\"]"), &model).await);
@@ -547,7 +547,7 @@ async fn concurrent_runs_on_one_host_replay_independently() {
 
 #[tokio::test]
 async fn an_unknown_pipeline_and_an_empty_request_are_bad_input() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![]);
     let host = host(plugins.path(), &pipeline(""), &model).await;
     let result = host.run("nope", request()).await;
@@ -561,7 +561,7 @@ async fn an_unknown_pipeline_and_an_empty_request_are_bad_input() {
 
 #[tokio::test]
 async fn a_request_schema_is_checked_as_well_as_the_pipelines() {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(by_attempt(&[refund(json!(20)), refund(json!(5))]));
     let host = host(plugins.path(), &pipeline(""), &model).await;
     let small = json!({"properties": {"amount": {"maximum": 10}}});
@@ -584,7 +584,7 @@ async fn a_request_schema_is_checked_as_well_as_the_pipelines() {
 
 #[tokio::test]
 async fn caller_tools_narrow_the_allowed_tools_and_add_their_schema() {
-    let plugins = common::plugins_dir(&["tool-manifest", "spend-limit"]);
+    let plugins = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
     sidecar(
         plugins.path(),
         "tool-manifest",

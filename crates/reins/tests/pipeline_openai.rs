@@ -3,9 +3,9 @@
 //! message, the API key), usage summed across attempts, retries, and clear
 //! errors for 500s, timeouts, garbage and refused connections.
 
-mod common;
 mod pipeline_support;
 
+use reins_testing::plugins;
 use pipeline_support::*;
 use reins::pipeline::{Request, RunError, RunStatus};
 use serde_json::{Value, json};
@@ -164,7 +164,7 @@ async fn requests_carry_the_conversation_schema_tools_key_and_exact_repair_messa
     .await;
     // SAFETY: a variable only this test reads, set before any provider reads it.
     unsafe { std::env::set_var("REINS_TEST_OPENAI_KEY_1", "sk-test-1") };
-    let plugins = common::plugins_dir(&["tool-manifest"]);
+    let plugins = plugins::plugins_dir(&["tool-manifest"]);
     sidecar(plugins.path(), "tool-manifest", TOOLS);
     let model = script(vec![]);
     let host = host(
@@ -222,7 +222,7 @@ async fn response_format_can_be_json_object_or_nothing() {
         ("response_format = \"none\"", None),
     ] {
         let server = Server::start(vec![completion(&refund(json!(1)), 1, 1)]).await;
-        let plugins = common::plugins_dir(&[]);
+        let plugins = plugins::plugins_dir(&[]);
         let host = host(plugins.path(), &body(&server.base_url(), setting, ""), &script(vec![])).await;
         let result = host.run("p", Request::text("refund 1 EUR")).await;
         assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
@@ -235,7 +235,7 @@ async fn response_format_can_be_json_object_or_nothing() {
 #[tokio::test]
 async fn a_500_is_retried_with_backoff() {
     let server = Server::start(vec![Reply::Raw(500, "{\"error\": \"busy\"}"), completion(&refund(json!(3)), 5, 5)]).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let host = host(plugins.path(), &body(&server.base_url(), "max_retries = 2", ""), &script(vec![])).await;
     let result = host.run("p", Request::text("refund 3 EUR")).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
@@ -245,7 +245,7 @@ async fn a_500_is_retried_with_backoff() {
 
 /// Runs pipeline `p` against a provider configured by `provider_extra` and returns the error.
 async fn failure(base_url: &str, provider_extra: &str) -> (String, i32) {
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let host = host(plugins.path(), &body(base_url, provider_extra, ""), &script(vec![])).await;
     let result = host.run("p", Request::text("refund 3 EUR")).await;
     assert_eq!(result.status, RunStatus::Failed);
@@ -309,7 +309,7 @@ async fn a_dead_endpoint_falls_back_to_the_next_provider() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![json!(refund(json!(4)))]);
     let config = body(&format!("http://127.0.0.1:{port}/v1"), "max_retries = 0", "fallbacks = [\"model\"]");
     let host = host(plugins.path(), &config, &model).await;
@@ -331,7 +331,7 @@ async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept()
         completion(&refund(json!(4)), 5, 5),
     ])
     .await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = body(&server.base_url(), "max_retries = 0\nbreaker = { failure_rate = 0.5, min_calls = 1 }", "");
     let host = host(plugins.path(), &body, &script(vec![])).await;
     let result = host.run("p", Request::text("refund 3 EUR")).await;
@@ -361,7 +361,7 @@ async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept()
 #[tokio::test]
 async fn a_request_the_upstream_refuses_goes_back_to_the_caller_without_tripping_the_breaker() {
     let server = Server::start(vec![Reply::Raw(400, "{\"error\": {\"message\": \"messages[1].content is too long\"}}")]).await;
-    let plugins = common::plugins_dir(&[]);
+    let plugins = plugins::plugins_dir(&[]);
     let body = body(&server.base_url(), "max_retries = 3\nbreaker = { failure_rate = 0.5, min_calls = 1 }", "");
     let host = host(plugins.path(), &body, &script(vec![])).await;
     for _ in 0..3 {

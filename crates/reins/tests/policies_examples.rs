@@ -3,10 +3,11 @@
 //! built with `reins plugin build`, passes the same case file through the
 //! real host, and all three give the same answer to every case.
 
-mod common;
 mod policies_support;
 
-use policies_support::{EXAMPLES, LANGS, examples_dir, repo_root};
+use reins_testing::plugins;
+use policies_support::{EXAMPLES, LANGS, examples_dir};
+use reins_testing::plugins::repo_root;
 use reins::cases::{Case, read_cases, run_cases};
 use reins::runtime::{CallContext, Layer, Manifest, Message, Plugin, Runtime};
 use serde_json::{Value, json};
@@ -22,7 +23,7 @@ fn wasm(lang: &str, name: &str) -> PathBuf {
 
 #[test]
 fn every_implementation_passes_the_shared_case_file() {
-    let runtime = Runtime::new(&common::settings()).expect("runtime");
+    let runtime = Runtime::new(&plugins::settings()).expect("runtime");
     let mut failures = Vec::new();
     for name in EXAMPLES {
         let cases = read_cases(&cases_file(name)).expect("case file");
@@ -93,7 +94,7 @@ fn answer(runtime: &Runtime, wasm: &Path, case: &Case) -> Value {
 
 #[test]
 fn the_three_languages_answer_every_case_identically() {
-    let runtime = Runtime::new(&common::settings()).expect("runtime");
+    let runtime = Runtime::new(&plugins::settings()).expect("runtime");
     for name in EXAMPLES {
         let cases = read_cases(&cases_file(name)).expect("case file");
         for case in &cases {
@@ -112,7 +113,7 @@ fn the_three_languages_answer_every_case_identically() {
 
 #[test]
 fn heavy_examples_are_pooled_and_answer_within_their_deadline() {
-    let runtime = Runtime::new(&common::settings()).expect("runtime");
+    let runtime = Runtime::new(&plugins::settings()).expect("runtime");
     for lang in ["python", "js"] {
         for name in EXAMPLES {
             let plugin = runtime.load_file(&wasm(lang, name)).expect("load");
@@ -154,7 +155,7 @@ fn every_pool_slot_can_hold_a_python_instance() {
             instances: 4,
             ..Default::default()
         },
-        ..common::settings()
+        ..plugins::settings()
     };
     let runtime = Runtime::new(&settings).expect("runtime");
     if runtime.engine().allocator() != reins::runtime::Allocator::Pooling {

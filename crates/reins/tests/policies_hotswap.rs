@@ -5,9 +5,9 @@
 //! are still served by the Rust version without waiting for the compile,
 //! and then the new behaviour shows.
 
-mod common;
 mod policies_support;
 
+use reins_testing::plugins;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -68,7 +68,7 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
-    common::install(&plugins, "stamp-a", "stamp");
+    plugins::install(&plugins, "stamp-a", "stamp");
     let config = dir.path().join("reins.toml");
     // A fresh compile cache: the Python component compiles cold (seconds).
     let cache = dir.path().join("cache");

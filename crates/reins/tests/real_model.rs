@@ -11,8 +11,7 @@
 //! - streaming through `reins serve`;
 //! - a prose pipeline with `pii` on.
 
-mod common;
-
+use reins_testing::{bench, plugins, server};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
 use serde_json::{Value, json};
@@ -28,7 +27,7 @@ fn llama_url() -> String {
 }
 
 fn data() -> std::path::PathBuf {
-    common::repo_root().join("tests/data/extraction")
+    plugins::repo_root().join("tests/data/extraction")
 }
 
 /// The config: the local model with the default provider settings, an
@@ -118,7 +117,7 @@ fn norm(v: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_provider_config_negotiates_with_llama_cpp_python() {
-    let dir = common::plugins_dir(&["grounded", "pii"]);
+    let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let host = host(dir.path()).await;
     let r = host.run("raw", Request::text("Maria Lopez is 34 and lives in Madrid.")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}\n{}", r.error, r.trace_table());
@@ -159,8 +158,8 @@ impl Score {
             pct(self.fully_correct, self.inputs),
             self.served_wrong,
             self.refused,
-            common::us(common::quantile(&self.latencies, 0.5)),
-            common::us(common::quantile(&self.latencies, 0.99)),
+            bench::us(bench::quantile(&self.latencies, 0.5)),
+            bench::us(bench::quantile(&self.latencies, 0.99)),
             self.calls as f64 / self.inputs.max(1) as f64,
         )
     }
@@ -206,7 +205,7 @@ async fn score(host: &Host, pipeline: &str, cases: &[Case], misses: &mut Vec<Str
 /// BENCHMARKS.md records.
 #[tokio::test(flavor = "multi_thread")]
 async fn extraction_with_grounding_and_repair_on_the_labelled_set() {
-    let dir = common::plugins_dir(&["grounded", "pii"]);
+    let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let host = host(dir.path()).await;
     let cases = cases();
     assert!(cases.len() >= 30, "the labelled set has {} inputs", cases.len());
@@ -228,11 +227,11 @@ async fn extraction_with_grounding_and_repair_on_the_labelled_set() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_through_reins_serve_carries_the_validated_answer() {
-    let dir = common::plugins_dir(&["grounded", "pii"]);
+    let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let path = dir.path().join("reins.toml");
     std::fs::write(dir.path().join("grounded.toml"), GROUNDED).expect("grounded sidecar");
     std::fs::write(&path, config(dir.path())).expect("config");
-    let served = common::serve(&path);
+    let served = server::serve(&path);
     let body = json!({
         "model": "extract",
         "messages": [{"role": "user", "content": "Tom Becker is 27 and lives in Berlin."}],
@@ -269,7 +268,7 @@ async fn a_stream_through_reins_serve_carries_the_validated_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prose_pipeline_answers_in_words_with_pii_on() {
-    let dir = common::plugins_dir(&["grounded", "pii"]);
+    let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let host = host(dir.path()).await;
     let r = host.run("chat", Request::text("Write one sentence that tells people to email jane.doe@example.com for help.")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}\n{}", r.error, r.trace_table());

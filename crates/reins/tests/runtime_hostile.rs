@@ -1,8 +1,7 @@
 //! Hostile and broken plugins: each yields its typed error, the host keeps
 //! serving other calls, and nothing a plugin does escapes its sandbox.
 
-mod common;
-
+use reins_testing::plugins;
 use reins::runtime::{CallContext, CallFailure, PluginError, PluginHost, Runtime, RuntimeError};
 use serde_json::json;
 use std::path::Path;
@@ -19,7 +18,7 @@ fn ctx() -> CallContext {
 }
 
 fn runtime() -> Arc<Runtime> {
-    Runtime::new(&common::settings()).expect("runtime")
+    Runtime::new(&plugins::settings()).expect("runtime")
 }
 
 fn validate_err(host: &PluginHost, name: &str) -> PluginError {
@@ -47,9 +46,9 @@ fn write_sidecar(dir: &Path, name: &str, text: &str) {
 
 #[test]
 fn infinite_loop_times_out_and_host_keeps_serving() {
-    let dir = common::plugins_dir(&["infinite-loop", "stamp-a"]);
+    let dir = plugins::plugins_dir(&["infinite-loop", "stamp-a"]);
     write_sidecar(dir.path(), "infinite-loop", "[limits]\ndeadline_ms = 20\n");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "infinite-loop");
     assert_eq!(err.cause, CallFailure::Timeout { deadline_ms: 20 }, "{err}");
     assert_eq!(err.plugin, "infinite-loop");
@@ -62,9 +61,9 @@ fn infinite_loop_times_out_and_host_keeps_serving() {
 
 #[test]
 fn fuel_limit_stops_a_loop_deterministically() {
-    let dir = common::plugins_dir(&["infinite-loop", "stamp-a"]);
+    let dir = plugins::plugins_dir(&["infinite-loop", "stamp-a"]);
     write_sidecar(dir.path(), "infinite-loop", "[limits]\ndeadline_ms = 5000\nfuel = 1000000\n");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "infinite-loop");
     assert_eq!(err.cause, CallFailure::OutOfFuel { fuel: 1_000_000 });
     still_serving(&host);
@@ -72,9 +71,9 @@ fn fuel_limit_stops_a_loop_deterministically() {
 
 #[test]
 fn memory_bomb_hits_its_cap() {
-    let dir = common::plugins_dir(&["memory-bomb", "stamp-a"]);
+    let dir = plugins::plugins_dir(&["memory-bomb", "stamp-a"]);
     write_sidecar(dir.path(), "memory-bomb", "[limits]\nmemory_mib = 16\ndeadline_ms = 2000\n");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "memory-bomb");
     assert_eq!(err.cause, CallFailure::MemoryLimit { limit_mib: 16 }, "{err}");
     still_serving(&host);
@@ -82,8 +81,8 @@ fn memory_bomb_hits_its_cap() {
 
 #[test]
 fn panic_is_a_trap() {
-    let dir = common::plugins_dir(&["panic", "stamp-a"]);
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let dir = plugins::plugins_dir(&["panic", "stamp-a"]);
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "panic");
     assert_eq!(err.kind(), "trap", "{err}");
     still_serving(&host);
@@ -91,9 +90,9 @@ fn panic_is_a_trap() {
 
 #[test]
 fn huge_output_is_stopped_by_memory_cap_or_output_limit() {
-    let dir = common::plugins_dir(&["huge-output", "stamp-a"]);
+    let dir = plugins::plugins_dir(&["huge-output", "stamp-a"]);
     // 300 MiB cannot even be built inside a 64 MiB plugin.
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "huge-output");
     assert_eq!(err.cause, CallFailure::MemoryLimit { limit_mib: 64 }, "{err}");
     // 4 MiB fits in memory but is over the 1 MiB result limit.
@@ -107,8 +106,8 @@ fn huge_output_is_stopped_by_memory_cap_or_output_limit() {
 
 #[test]
 fn malformed_json_from_a_plugin_is_a_typed_error() {
-    let dir = common::plugins_dir(&["bad-json", "stamp-a"]);
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let dir = plugins::plugins_dir(&["bad-json", "stamp-a"]);
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "bad-json");
     assert_eq!(err.kind(), "malformed", "{err}");
     assert!(err.to_string().contains("fixed is not valid JSON"), "{err}");
@@ -117,8 +116,8 @@ fn malformed_json_from_a_plugin_is_a_typed_error() {
 
 #[test]
 fn sandbox_denies_files_network_clock_and_randomness() {
-    let dir = common::plugins_dir(&["open-file", "echo-gate", "stamp-a"]);
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let dir = plugins::plugins_dir(&["open-file", "echo-gate", "stamp-a"]);
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let v = set.get("open-file").expect("open-file").validate(&ctx(), "{}").expect("answers");
     let codes: Vec<&str> = v.violations.iter().map(|v| v.code.as_str()).collect();
@@ -143,22 +142,22 @@ fn sandbox_denies_files_network_clock_and_randomness() {
 
 #[test]
 fn broken_files_are_refused_with_clear_reasons_and_never_stop_the_host() {
-    let dir = common::plugins_dir(&["stamp-a", "wrong-world"]);
+    let dir = plugins::plugins_dir(&["stamp-a", "wrong-world"]);
     let d = dir.path();
     std::fs::write(d.join("random.wasm"), (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>())
         .expect("write");
     // A core module, not a component.
     std::fs::write(d.join("core.wasm"), [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]).expect("write");
-    common::install(d, "stamp-b", "pinned");
+    plugins::install(d, "stamp-b", "pinned");
     write_sidecar(d, "pinned", &format!("sha256 = \"{}\"\n", "0".repeat(64)));
-    common::install(d, "stamp-b", "typo");
+    plugins::install(d, "stamp-b", "typo");
     write_sidecar(d, "typo", "[limits]\ndeadline = 5\n");
-    common::install(d, "stamp-b", "off");
+    plugins::install(d, "stamp-b", "off");
     write_sidecar(d, "off", "enabled = false\n");
-    common::install(d, "stamp-b", "layer-lie");
+    plugins::install(d, "stamp-b", "layer-lie");
     write_sidecar(d, "layer-lie", "layer = \"gate\"\n");
 
-    let host = PluginHost::open(d, &common::settings(), false).expect("host");
+    let host = PluginHost::open(d, &plugins::settings(), false).expect("host");
     let statuses = host.statuses();
     let status = |n: &str| statuses.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("no status for {n}"));
     let refused = |n: &str, needle: &str| {
@@ -189,9 +188,9 @@ fn broken_files_are_refused_with_clear_reasons_and_never_stop_the_host() {
 
 #[test]
 fn fail_mode_is_read_from_the_manifest() {
-    let dir = common::plugins_dir(&["panic", "stamp-a"]);
+    let dir = plugins::plugins_dir(&["panic", "stamp-a"]);
     write_sidecar(dir.path(), "panic", "fail_mode = \"open\"\n");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     assert_eq!(set.get("panic").expect("panic").fail_mode(), reins::runtime::FailMode::Open);
     assert_eq!(set.get("stamp-a").expect("stamp-a").fail_mode(), reins::runtime::FailMode::Closed);
@@ -199,8 +198,8 @@ fn fail_mode_is_read_from_the_manifest() {
 
 #[test]
 fn calling_the_wrong_layer_is_an_error_not_a_crash() {
-    let dir = common::plugins_dir(&["stamp-a"]);
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let dir = plugins::plugins_dir(&["stamp-a"]);
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let err = set.get("stamp-a").expect("stamp-a").tools(&ctx()).expect_err("validator has no tools");
     assert_eq!(err.kind(), "wrong_layer");

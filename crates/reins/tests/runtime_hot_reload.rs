@@ -1,8 +1,7 @@
 //! Hot reload under load, in its own test binary so that no other test's
 //! compile competes with the watcher for the two cores while it is timed.
 
-mod common;
-
+use reins_testing::plugins;
 use reins::runtime::{CallContext, PluginHost};
 use serde_json::json;
 use std::sync::Arc;
@@ -21,11 +20,11 @@ fn ctx() -> CallContext {
 
 #[test]
 fn hot_reload_under_load_swaps_versions_without_failing_a_call() {
-    let dir = common::plugins_dir(&["stamp-a"]);
+    let dir = plugins::plugins_dir(&["stamp-a"]);
     let d = dir.path().to_owned();
-    let wasm_a = std::fs::read(common::wasm_path("stamp-a")).expect("a");
-    let wasm_b = std::fs::read(common::wasm_path("stamp-b")).expect("b");
-    let mut settings = common::settings();
+    let wasm_a = std::fs::read(plugins::wasm_path("stamp-a")).expect("a");
+    let wasm_b = std::fs::read(plugins::wasm_path("stamp-b")).expect("b");
+    let mut settings = plugins::settings();
     settings.reload_debounce_ms = 20;
     let host = PluginHost::open(&d, &settings, true).expect("host");
 

@@ -1,8 +1,7 @@
 //! Bundled plugins through the real host, isolation modes, and hot reload
 //! under load.
 
-mod common;
-
+use reins_testing::plugins;
 use reins::cases::{read_cases, run_cases};
 use reins::runtime::{CallContext, PluginHost, Runtime};
 use serde_json::json;
@@ -36,11 +35,11 @@ fn ctx() -> CallContext {
 
 #[test]
 fn every_bundled_plugin_passes_its_case_file() {
-    let runtime = Runtime::new(&common::settings()).expect("runtime");
+    let runtime = Runtime::new(&plugins::settings()).expect("runtime");
     let mut failures = Vec::new();
     for name in BUNDLED {
-        let dir = common::plugins_dir(&[name]);
-        let cases = read_cases(&common::cases_path(name)).expect("case file");
+        let dir = plugins::plugins_dir(&[name]);
+        let cases = read_cases(&plugins::cases_path(name)).expect("case file");
         assert!(cases.len() >= 5, "{name} ships only {} cases", cases.len());
         let outcomes = run_cases(&runtime, &dir.path().join(format!("{name}.wasm")), &cases).expect("run cases");
         for o in outcomes.iter().filter(|o| !o.passed) {
@@ -52,8 +51,8 @@ fn every_bundled_plugin_passes_its_case_file() {
 
 #[test]
 fn damage_cap_string_is_caught_by_json_schema_and_fixed_by_coerce_numbers() {
-    let dir = common::plugins_dir(&["json-schema", "coerce-numbers"]);
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let dir = plugins::plugins_dir(&["json-schema", "coerce-numbers"]);
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let output = r#"[{"clause":"Limitation of liability","risk":"high","damage_cap":"$500,000","rationale":"Caps damages."}]"#;
 
@@ -79,14 +78,14 @@ fn damage_cap_string_is_caught_by_json_schema_and_fixed_by_coerce_numbers() {
 
 #[test]
 fn per_call_isolation_leaks_no_state_and_pooled_reuses_instances() {
-    let dir = common::plugins_dir(&["leak"]);
-    common::install(dir.path(), "leak", "leak-pooled");
+    let dir = plugins::plugins_dir(&["leak"]);
+    plugins::install(dir.path(), "leak", "leak-pooled");
     std::fs::write(
         dir.path().join("leak-pooled.toml"),
         "isolation = \"pooled\"\npool_size = 1\nmax_uses = 3\n",
     )
     .expect("sidecar");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let count = |name: &str| -> String {
         let v = set.get(name).expect(name).validate(&ctx(), "{}").expect("answers");
@@ -101,13 +100,13 @@ fn per_call_isolation_leaks_no_state_and_pooled_reuses_instances() {
 
 #[test]
 fn pooled_instance_is_discarded_after_a_trap() {
-    let dir = common::plugins_dir(&["infinite-loop"]);
+    let dir = plugins::plugins_dir(&["infinite-loop"]);
     std::fs::write(
         dir.path().join("infinite-loop.toml"),
         "isolation = \"pooled\"\n[limits]\ndeadline_ms = 10\n",
     )
     .expect("sidecar");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let p = set.get("infinite-loop").expect("loaded");
     for _ in 0..3 {
@@ -119,13 +118,13 @@ fn pooled_instance_is_discarded_after_a_trap() {
 
 #[test]
 fn counters_are_kept_by_the_host_across_fresh_instances() {
-    let dir = common::plugins_dir(&["spend-limit"]);
+    let dir = plugins::plugins_dir(&["spend-limit"]);
     std::fs::write(
         dir.path().join("spend-limit.toml"),
         "[config]\nescalate_above = 1000\ndaily_budget = 250\n",
     )
     .expect("sidecar");
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let gate = set.get("spend-limit").expect("loaded");
     let spend = |amount: f64| {
@@ -148,8 +147,8 @@ fn counters_are_kept_by_the_host_across_fresh_instances() {
 
 #[test]
 fn deleting_a_file_unloads_the_plugin() {
-    let dir = common::plugins_dir(&["stamp-a", "stamp-b"]);
-    let host = PluginHost::open(dir.path(), &common::settings(), false).expect("host");
+    let dir = plugins::plugins_dir(&["stamp-a", "stamp-b"]);
+    let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let before = host.current();
     std::fs::remove_file(dir.path().join("stamp-b.wasm")).expect("rm");
     host.reload().expect("reload");

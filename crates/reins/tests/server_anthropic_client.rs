@@ -8,8 +8,7 @@
 //! (The client is installed by `scripts/test.sh` / `.ci/run` from
 //! tests/clients/requirements.txt.)
 
-mod common;
-
+use reins_testing::{plugins, server};
 use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -109,10 +108,10 @@ fn official_anthropic_python_client_works_against_reins_serve() {
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(completions))
         .with_state(log.clone());
-    let upstream = runtime.block_on(common::listen(app));
+    let upstream = runtime.block_on(server::listen(app));
 
-    let dir = common::plugins_dir(&["spend-limit", "tool-manifest"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("tools sidecar");
+    let dir = plugins::plugins_dir(&["spend-limit", "tool-manifest"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("tools sidecar");
     let config = dir.path().join("reins.toml");
     std::fs::write(
         &config,
@@ -150,9 +149,9 @@ gates = ["spend-limit"]
     .expect("config");
     // SAFETY: the only test of this binary; set before the server starts.
     unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
-    let served = common::serve(&config);
+    let served = server::serve(&config);
 
-    let script = common::repo_root().join("tests/clients/anthropic_client.py");
+    let script = plugins::repo_root().join("tests/clients/anthropic_client.py");
     let out = Command::new("python3")
         .arg(&script)
         .arg(&served.base)

@@ -1,8 +1,7 @@
 //! The HTTP API at the router level (tower `oneshot`), plus a real listener
 //! for graceful shutdown and the non-loopback refusal.
 
-mod common;
-
+use reins_testing::plugins;
 use axum::body::Body;
 use axum::http::{Request as HttpRequest, StatusCode};
 use reins::Host;
@@ -80,7 +79,7 @@ struct Fixture {
 
 async fn fixture(extra: &str) -> Fixture {
     server::install_metrics();
-    let dir = common::plugins_dir(&["normalize-text", "tool-manifest", "spend-limit"]);
+    let dir = plugins::plugins_dir(&["normalize-text", "tool-manifest", "spend-limit"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), TOOLS).expect("sidecar");
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
     let host = Host::builder()

@@ -3,28 +3,10 @@
 //! approve a pending refund, and check that the webhook sink received it
 //! exactly once.
 
-mod common;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
+use reins_testing::webhook::Sink;
+use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-type Seen = Arc<Mutex<HashMap<String, u32>>>;
-
-async fn sink(State(seen): State<Seen>, headers: HeaderMap, _body: axum::Json<Value>) -> axum::Json<Value> {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    *seen.lock().expect("lock").entry(key).or_default() += 1;
-    axum::Json(json!({"refunded": true}))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn approve_a_refund_through_the_web_page() {
@@ -34,22 +16,13 @@ async fn approve_a_refund_through_the_web_page() {
             "{bin} is missing: apt-get install chromium chromium-driver (see .ci/run)"
         );
     }
-    let seen: Seen = Arc::default();
-    let app = Router::new().route("/refund", post(sink)).with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let sink_addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let sink = Sink::start().await;
+    let sink_url = sink.url();
 
     let token = "approver-secret-token";
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
-    let dir = common::plugins_dir(&["tool-manifest", "spend-limit"]);
-    std::fs::write(
-        dir.path().join("tool-manifest.toml"),
-        "[[config.tools]]\nname = \"issue_refund\"\ndescription = \"Refund an order\"\naccess = \"write\"\nparameters = { type = \"object\", required = [\"order\", \"amount\"], properties = { order = { type = \"string\" }, amount = { type = \"number\" } } }\n",
-    )
-    .expect("sidecar");
+    let dir = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
     let config = format!(
         r#"
@@ -71,13 +44,13 @@ gates = ["spend-limit"]
 
 [pipelines.refunds.executors.issue_refund]
 kind = "webhook"
-url = "http://{sink_addr}/refund"
+url = "{sink_url}"
 "#
     );
     let config_path = dir.path().join("reins.toml");
     std::fs::write(&config_path, config).expect("config");
 
-    let served = common::serve(&config_path);
+    let served = server::serve(&config_path);
     let base = served.base.clone();
 
     let client = reqwest::Client::new();
@@ -92,9 +65,9 @@ url = "http://{sink_addr}/refund"
         .await
         .expect("json");
     assert_eq!(run["status"], "awaiting_approval", "{run}");
-    assert!(seen.lock().expect("lock").is_empty(), "nothing is sent before approval");
+    assert!(sink.counts().is_empty(), "nothing is sent before approval");
 
-    let script = common::repo_root().join("tests/clients/approvals_ui.py");
+    let script = plugins::repo_root().join("tests/clients/approvals_ui.py");
     let out = tokio::process::Command::new("python3")
         .arg(&script)
         .arg(&base)
@@ -107,7 +80,7 @@ url = "http://{sink_addr}/refund"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
-    let seen = seen.lock().expect("lock");
+    let seen = sink.counts();
     assert_eq!(seen.len(), 1, "one action: {seen:?}");
     assert_eq!(seen.values().copied().collect::<Vec<_>>(), vec![1], "sent exactly once: {seen:?}");
 }

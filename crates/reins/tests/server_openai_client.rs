@@ -1,8 +1,7 @@
 //! The official `openai` Python client against a real `reins serve` process
 //! (installed by `scripts/test.sh` / `.ci/run` from tests/clients/requirements.txt).
 
-mod common;
-
+use reins_testing::{plugins, server};
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ constraints = "tool-manifest"
 gates = ["spend-limit"]
 "#;
 
-/// Appended to `common::REFUND_TOOL`: a tool this caller is not given.
+/// Appended to `plugins::REFUND_TOOL`: a tool this caller is not given.
 const MORE_TOOLS: &str = r#"
 [[config.tools]]
 name = "delete_account"
@@ -45,15 +44,15 @@ parameters = { type = "object" }
 
 #[test]
 fn official_openai_python_client_works_against_reins_serve() {
-    let dir = common::plugins_dir(&["normalize-text", "spend-limit", "tool-manifest"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), format!("{}{MORE_TOOLS}", common::REFUND_TOOL)).expect("tools sidecar");
+    let dir = plugins::plugins_dir(&["normalize-text", "spend-limit", "tool-manifest"]);
+    std::fs::write(dir.path().join("tool-manifest.toml"), format!("{}{MORE_TOOLS}", plugins::REFUND_TOOL)).expect("tools sidecar");
     let config = dir.path().join("reins.toml");
     std::fs::write(&config, CONFIG).expect("config");
 
-    let mut served = common::serve(&config);
+    let mut served = server::serve(&config);
     let base = format!("{}/v1", served.base);
 
-    let script = common::repo_root().join("tests/clients/openai_client.py");
+    let script = plugins::repo_root().join("tests/clients/openai_client.py");
     let out = Command::new("python3")
         .arg(&script)
         .arg(&base)

@@ -8,16 +8,12 @@
 //! that every `tool` message answers a call by id, as OpenAI requires). Set
 //! `REINS_CRASH_SEED` to replay a seed.
 
-mod common;
-
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use reins_testing::model::{self, Step, Upstream};
+use reins_testing::webhook::{Delivery, Sink};
+use reins_testing::{plugins, server};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,34 +21,17 @@ const STEPS: usize = 20;
 const BATCHES: usize = 10;
 const MIN_KILLS: usize = 20;
 
-/// What the refund sink saw: per idempotency key, the order and how many
-/// times the key was delivered.
-#[derive(Default)]
-struct Sink {
-    applied: Mutex<HashMap<String, (String, u32)>>,
-}
-
-async fn refund(State(sink): State<Arc<Sink>>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let order = body["arguments"]["order"].as_str().unwrap_or_default().to_owned();
-    {
-        let mut applied = sink.applied.lock().expect("lock");
-        applied.entry(key.clone()).or_insert((order.clone(), 0)).1 += 1;
-    }
-    // The refund is applied; the answer takes a while, so some kills land
-    // between the two (the action is `sending` and must be re-sent).
-    let wait = 15 + key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 50;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
-    Json(json!({"refunded": order, "key": key}))
+/// How long the sink takes to answer a delivery it has applied: a while,
+/// so some kills land between the two (the action is `sending` and must be
+/// re-sent).
+fn answer_delay(d: &Delivery) -> Duration {
+    let wait = 15 + d.key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 50;
+    Duration::from_millis(wait)
 }
 
 /// An OpenAI-compatible agent model: step n (n = tool results so far) asks
 /// for refund `BATCH-n`; after `STEPS` it answers `{"done": n}`.
-async fn model(Json(body): Json<Value>) -> Result<Json<Value>, (StatusCode, String)> {
+fn model(body: &Value) -> Step {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let batch = messages
         .iter()
@@ -64,17 +43,17 @@ async fn model(Json(body): Json<Value>) -> Result<Json<Value>, (StatusCode, Stri
     for m in &messages {
         if m["role"] == "tool" {
             if m["tool_call_id"].as_str().is_none_or(str::is_empty) {
-                return Err((StatusCode::BAD_REQUEST, "a tool message without tool_call_id".into()));
+                return model::status(400, "a tool message without tool_call_id");
             }
             n += 1;
         }
     }
     let message = if n < STEPS {
-        common::refund_call(&format!("{batch}-{n}"), 1.0)
+        model::refund_call(&format!("{batch}-{n}"), 1.0)
     } else {
         json!({"role": "assistant", "content": json!({"done": n, "batch": batch}).to_string()})
     };
-    Ok(Json(common::completion(message)))
+    model::ok(&model::completion(message))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -86,12 +65,11 @@ async fn sigkilled_servers_finish_every_run_and_apply_every_refund_exactly_once(
     eprintln!("crash test seed: {seed} (replay with REINS_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let sink = Arc::new(Sink::default());
-    let sink_url = common::listen(Router::new().route("/refund", post(refund)).with_state(sink.clone())).await;
-    let model_url = common::listen(Router::new().route("/v1/chat/completions", post(model))).await;
+    let sink = Sink::with_delay(answer_delay).await;
+    let upstream = Upstream::replying(|seen| model(&seen.body)).await;
 
-    let plugins = common::plugins_dir(&["tool-manifest"]);
-    std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    let plugins = plugins::plugins_dir(&["tool-manifest"]);
+    std::fs::write(plugins.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("reins.toml");
     std::fs::write(
@@ -110,7 +88,7 @@ lease_ms = 2000
 request_timeout_ms = 120000
 [providers.agent]
 kind = "openai"
-base_url = "{model_url}/v1"
+base_url = "{model_url}"
 model = "crash-agent"
 [pipelines.refunds]
 model = "agent"
@@ -120,11 +98,13 @@ output = "json"
 constraints = "tool-manifest"
 [pipelines.refunds.executors.issue_refund]
 kind = "webhook"
-url = "{sink_url}/refund"
+url = "{sink_url}"
 retries = 20
 "#,
             plugins = plugins.path().display(),
-            cache = common::repo_root().join("target/reins-test-cache").display(),
+            model_url = upstream.base_url(),
+            sink_url = sink.url(),
+            cache = plugins::cache_dir().display(),
             max_steps = STEPS + 5,
         ),
     )
@@ -165,7 +145,7 @@ retries = 20
     let mut pollers = Vec::new();
     let began = Instant::now();
     loop {
-        let server = common::serve(&config);
+        let server = server::serve(&config);
         *base.lock().expect("lock") = server.base.clone();
         // A new batch every other life, so kills keep landing mid-run.
         while started < BATCHES && started <= kills / 2 {
@@ -202,13 +182,9 @@ retries = 20
     }
 
     // Every refund applied exactly once: one key per order, every order there.
-    let applied = sink.applied.lock().expect("lock").clone();
-    let mut by_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut deliveries = 0;
-    for (key, (order, n)) in &applied {
-        by_order.entry(order.clone()).or_default().push(key.clone());
-        deliveries += n;
-    }
+    let applied = sink.counts();
+    let by_order = sink.by_order();
+    let deliveries: u32 = applied.values().sum();
     let twice: Vec<_> = by_order.iter().filter(|(_, keys)| keys.len() > 1).collect();
     assert!(twice.is_empty(), "refunds applied under two keys: {twice:?}");
     for b in 0..BATCHES {

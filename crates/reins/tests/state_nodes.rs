@@ -7,59 +7,24 @@
 //!
 //! Needs `REINS_TEST_PG_URL` (set by `scripts/test.sh`).
 
-mod common;
-
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use reins_testing::model::{self, Step, Upstream};
+use reins_testing::webhook::{Delivery, Sink};
+use reins_testing::{plugins, server};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const AGENT_STEPS: usize = 8;
 const LEASE_MS: u64 = 1500;
 
-/// Every delivery the refund sink saw: (idempotency key, order, when).
-#[derive(Default)]
-struct Sink {
-    seen: Mutex<Vec<(String, String, Instant)>>,
-}
-
-impl Sink {
-    /// Distinct keys per order.
-    fn by_order(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (key, order, _) in self.seen.lock().expect("lock").iter() {
-            let keys = out.entry(order.clone()).or_default();
-            if !keys.contains(key) {
-                keys.push(key.clone());
-            }
-        }
-        out
-    }
-}
-
-async fn refund(State(sink): State<Arc<Sink>>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let order = body["arguments"]["order"].as_str().unwrap_or_default().to_owned();
-    sink.seen.lock().expect("lock").push((key, order.clone(), Instant::now()));
-    if order.starts_with("job") {
-        // Agent steps are slow, so the kill lands mid-run.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Json(json!({"refunded": order}))
+/// Agent steps are slow at the sink, so the kill lands mid-run.
+fn answer_delay(d: &Delivery) -> Duration {
+    if d.order().starts_with("job") { Duration::from_millis(200) } else { Duration::ZERO }
 }
 
 /// An OpenAI-compatible model. `refund AMOUNT ORDER` → one refund call;
 /// `agent JOB` → a refund per step for `AGENT_STEPS` steps, then
 /// `{"done": n}`; anything else → a plain answer.
-async fn model(Json(body): Json<Value>) -> Json<Value> {
+fn model(body: &Value) -> Step {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let user = messages
         .iter()
@@ -69,18 +34,18 @@ async fn model(Json(body): Json<Value>) -> Json<Value> {
         .to_owned();
     let words: Vec<&str> = user.split_whitespace().collect();
     let message = match words.as_slice() {
-        ["refund", amount, order] => common::refund_call(order, amount.parse().unwrap_or(1.0)),
+        ["refund", amount, order] => model::refund_call(order, amount.parse().unwrap_or(1.0)),
         ["agent", job] => {
             let n = messages.iter().filter(|m| m["role"] == "tool").count();
             if n < AGENT_STEPS {
-                common::refund_call(&format!("{job}-{n}"), 1.0)
+                model::refund_call(&format!("{job}-{n}"), 1.0)
             } else {
                 json!({"role": "assistant", "content": json!({"done": n}).to_string()})
             }
         }
         _ => json!({"role": "assistant", "content": "hello"}),
     };
-    Json(common::completion(message))
+    model::ok(&model::completion(message))
 }
 
 /// A fresh database on the test cluster; dropped (with its connections) on drop.
@@ -141,12 +106,11 @@ async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_share_runs_approvals_budgets_limits_and_take_over_a_dead_nodes_run() {
     let db = Database::create().await;
-    let sink = Arc::new(Sink::default());
-    let sink_url = common::listen(Router::new().route("/refund", axum::routing::post(refund)).with_state(sink.clone())).await;
-    let model_url = common::listen(Router::new().route("/v1/chat/completions", axum::routing::post(model))).await;
+    let sink = Sink::with_delay(answer_delay).await;
+    let upstream = Upstream::replying(|seen| model(&seen.body)).await;
 
-    let plugins = common::plugins_dir(&["tool-manifest", "spend-limit"]);
-    std::fs::write(plugins.path().join("tool-manifest.toml"), common::REFUND_TOOL).expect("sidecar");
+    let plugins = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
+    std::fs::write(plugins.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     std::fs::write(
         plugins.path().join("spend-limit.toml"),
         "[config]\nescalate_above = 450\ndaily_budget = 1000\n",
@@ -169,7 +133,7 @@ lease_ms = {LEASE_MS}
 request_timeout_ms = 60000
 [providers.model]
 kind = "openai"
-base_url = "{model_url}/v1"
+base_url = "{model_url}"
 model = "nodes"
 [pipelines.refunds]
 model = "model"
@@ -178,7 +142,7 @@ gates = ["spend-limit"]
 limits = {{ requests = 5, window_seconds = 60, key = "tenant" }}
 [pipelines.refunds.executors.issue_refund]
 kind = "webhook"
-url = "{sink_url}/refund"
+url = "{sink_url}"
 [pipelines.jobs]
 model = "model"
 mode = "agent"
@@ -187,17 +151,19 @@ output = "json"
 constraints = "tool-manifest"
 [pipelines.jobs.executors.issue_refund]
 kind = "webhook"
-url = "{sink_url}/refund"
+url = "{sink_url}"
 "#,
             plugins = plugins.path().display(),
-            cache = common::repo_root().join("target/reins-test-cache").display(),
+            model_url = upstream.base_url(),
+            sink_url = sink.url(),
+            cache = plugins::cache_dir().display(),
             pg = db.url,
             max_steps = AGENT_STEPS + 2,
         ),
     )
     .expect("config");
-    let mut a = common::serve_with(&config, &["--node-id", "node-a"]);
-    let b = common::serve_with(&config, &["--node-id", "node-b"]);
+    let mut a = server::serve_with(&config, &["--node-id", "node-a"]);
+    let b = server::serve_with(&config, &["--node-id", "node-b"]);
     let client = reqwest::Client::new();
     let run_url = |base: &str, pipeline: &str| format!("{base}/v1/pipelines/{pipeline}/runs");
 
@@ -300,12 +266,10 @@ url = "{sink_url}/refund"
     assert_eq!(result["output"], json!({"done": AGENT_STEPS}));
     // B waited for the lease: A renewed it at most a third of a lease before dying.
     let first_after = sink
-        .seen
-        .lock()
-        .expect("lock")
+        .deliveries()
         .iter()
-        .filter(|(_, o, at)| o.starts_with("job1-") && *at > killed)
-        .map(|(_, _, at)| at.duration_since(killed))
+        .filter(|d| d.order().starts_with("job1-") && d.at > killed)
+        .map(|d| d.at.duration_since(killed))
         .min()
         .expect("B sent the remaining steps");
     assert!(

@@ -12,6 +12,7 @@
 //! echo.
 #![allow(dead_code)]
 
+use reins_testing::{plugins, server};
 use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
@@ -33,7 +34,7 @@ pub async fn start() -> (String, Log) {
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(chat))
         .with_state(log.clone());
-    (crate::common::listen(app).await, log)
+    (server::listen(app).await, log)
 }
 
 fn text_of(m: &Value) -> String {
@@ -130,7 +131,7 @@ async fn chat(State(log): State<Log>, Json(body): Json<Value>) -> Json<Value> {
 /// Runs `python3 tests/clients/SCRIPT BASE` and returns its stdout, after
 /// checking it passed every check (it prints `N passed, 0 failed`).
 pub fn run_client(script: &str, base: &str) -> String {
-    let path = crate::common::repo_root().join("tests/clients").join(script);
+    let path = plugins::repo_root().join("tests/clients").join(script);
     let out = std::process::Command::new("python3")
         .arg(&path)
         .arg(base)

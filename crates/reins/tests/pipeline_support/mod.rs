@@ -3,7 +3,7 @@
 //! sidecars written for the test.
 #![allow(dead_code)]
 
-use crate::common;
+use reins_testing::plugins;
 use reins::Host;
 use reins::provider::{ScriptEntry, ScriptedProvider};
 use serde_json::{Value, json};
@@ -43,7 +43,7 @@ pub fn sidecar(dir: &Path, name: &str, text: &str) {
 /// The config head every test shares: the plugins dir, the test compile cache
 /// and a scripted provider named `model` (replaced by the test's own).
 pub fn config(plugins: &Path, body: &str) -> String {
-    let cache = common::settings().resolved_cache_dir();
+    let cache = plugins::settings().resolved_cache_dir();
     format!(
         "plugins_dir = {:?}\n\n[runtime]\ncache_dir = {:?}\n\n[providers.model]\nkind = \"scripted\"\nresponses = []\n\n{body}",
         plugins.display().to_string(),

@@ -3,15 +3,12 @@
 //! test binary, into `target/policies/`.
 #![allow(dead_code)]
 
+use reins_testing::plugins;
+use reins_testing::plugins::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
-
-/// The repository root.
-pub fn repo_root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
 
 /// Where these tests put what they build (never committed).
 pub fn out_root() -> PathBuf {
@@ -110,7 +107,7 @@ pub fn examples_dir(lang: &str) -> PathBuf {
         // Compile each component once into the tests' shared cache, so the
         // tests that load them in parallel deserialize instead of all
         // compiling the same 12-18 MB at once.
-        let runtime = reins::runtime::Runtime::new(&test_settings()).expect("runtime");
+        let runtime = reins::runtime::Runtime::new(&plugins::settings()).expect("runtime");
         for lang in LANGS {
             for name in EXAMPLES {
                 let wasm = out_root().join("examples").join(lang).join(format!("{name}.wasm"));
@@ -125,15 +122,6 @@ pub fn examples_dir(lang: &str) -> PathBuf {
         }
     });
     out_root().join("examples").join(lang)
-}
-
-/// The runtime settings of the integration tests (tests/common): the
-/// compile cache shared by the whole test run.
-pub fn test_settings() -> reins::runtime::RuntimeSettings {
-    reins::runtime::RuntimeSettings {
-        cache_dir: Some(repo_root().join("target/reins-test-cache")),
-        ..reins::runtime::RuntimeSettings::default()
-    }
 }
 
 /// The Python twin of the `stamp-a` fixture, built once.

@@ -1,0 +1,435 @@
+//! Fake models. [`Upstream`] is an OpenAI-compatible (or any JSON) HTTP
+//! server on loopback whose answers the test scripts request by request:
+//! answers, error statuses with headers, hangs, slow trickles, garbage and
+//! truncated bodies, resets and closed connections, or a reply computed
+//! from the request. It records every request (when, path, headers, body),
+//! so tests assert on what the model was really sent.
+//!
+//! It speaks HTTP/1.1 on a raw socket rather than through a framework, so
+//! it can misbehave the ways real upstreams do; connections are kept alive
+//! as a real server would, so a reused connection is part of what the
+//! client copes with.
+//!
+//! [`AgentModel`] is an in-process provider for agent runs, for tests that
+//! need no HTTP in between.
+
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the upstream does with one request.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// A chat completion whose message content is this text.
+    Answer(String),
+    /// The same, after this long.
+    Slow(Duration, String),
+    /// Any status and body, with extra headers (e.g. `Retry-After`).
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Read the request, answer nothing (until the client gives up).
+    Hang,
+    /// The headers at once, then the body one byte every `every`.
+    Trickle { content: String, every: Duration },
+    /// A `content-length` larger than the body sent, then close.
+    Truncated(String),
+    /// Read the request, then reset the connection (RST).
+    Reset,
+    /// Read the request, then close the connection without a word.
+    Close,
+}
+
+/// A 500 with a JSON error body.
+pub fn server_error() -> Step {
+    status(500, "{\"error\": {\"message\": \"upstream exploded\"}}")
+}
+
+/// Any status with this body as it is.
+pub fn status(code: u16, body: &str) -> Step {
+    Step::Status {
+        status: code,
+        headers: Vec::new(),
+        body: body.to_owned(),
+    }
+}
+
+/// Any status with a JSON body.
+pub fn json_status(code: u16, body: &Value) -> Step {
+    status(code, &body.to_string())
+}
+
+/// A 200 with a JSON body: a whole completion the test wrote.
+pub fn ok(body: &Value) -> Step {
+    json_status(200, body)
+}
+
+/// A 429 with one `name: value` header (`retry-after`, `retry-after-ms`).
+pub fn rate_limited(name: &str, value: &str) -> Step {
+    Step::Status {
+        status: 429,
+        headers: vec![(name.to_owned(), value.to_owned())],
+        body: "{\"error\": {\"message\": \"slow down\"}}".to_owned(),
+    }
+}
+
+/// A 200 whose body is this text as it is.
+pub fn raw_200(body: &str) -> Step {
+    status(200, body)
+}
+
+/// An OpenAI chat completion from `model` answering with `message`.
+pub fn completion_from(model: &str, message: Value) -> Value {
+    json!({
+        "id": "chatcmpl-test", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    })
+}
+
+/// An OpenAI chat completion answering with `message`.
+pub fn completion(message: Value) -> Value {
+    completion_from("test", message)
+}
+
+/// An assistant message with this text.
+pub fn assistant(content: &str) -> Value {
+    json!({"role": "assistant", "content": content})
+}
+
+/// An OpenAI assistant message calling `issue_refund(order, amount)`
+/// (the tool of [`crate::plugins::REFUND_TOOL`]).
+pub fn refund_call(order: &str, amount: f64) -> Value {
+    let arguments = json!({"order": order, "amount": amount}).to_string();
+    json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "call_0", "type": "function", "function": {"name": "issue_refund", "arguments": arguments}}
+    ]})
+}
+
+/// The text of an OpenAI message's content, a string or parts (joined by
+/// `sep`).
+pub fn text_of(message: &Value, sep: &str) -> String {
+    match &message["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(sep),
+        _ => String::new(),
+    }
+}
+
+/// One request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub path: String,
+    /// Names in lower case, as sent otherwise.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body; `Null` when there was none or it was not JSON.
+    pub body: Value,
+}
+
+impl Seen {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+type Script = Box<dyn FnMut(usize, &Seen) -> Step + Send>;
+
+/// The upstream. Dropping it stops accepting.
+pub struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<Script>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Upstream {
+    /// Starts on 127.0.0.1 with `script(n)` deciding request `n` (0-based).
+    pub async fn start(mut script: impl FnMut(usize) -> Step + Send + 'static) -> Upstream {
+        Upstream::with_script(Box::new(move |n, _| script(n))).await
+    }
+
+    /// Starts with `reply(request)` deciding each answer: a model that
+    /// answers what it is asked.
+    pub async fn replying(mut reply: impl FnMut(&Seen) -> Step + Send + 'static) -> Upstream {
+        Upstream::with_script(Box::new(move |_, seen| reply(seen))).await
+    }
+
+    async fn with_script(script: Script) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script));
+        let (log, plan) = (seen.clone(), script.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (log, plan) = (log.clone(), plan.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &log, &plan).await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            script,
+            accept,
+        }
+    }
+
+    /// Always the same step.
+    pub async fn always(step: Step) -> Upstream {
+        Upstream::start(move |_| step.clone()).await
+    }
+
+    /// These steps in order; the last one repeats.
+    pub async fn steps(steps: Vec<Step>) -> Upstream {
+        Upstream::start(move |n| steps[n.min(steps.len() - 1)].clone()).await
+    }
+
+    /// Replaces the script (request numbers keep counting).
+    pub fn set(&self, mut script: impl FnMut(usize) -> Step + Send + 'static) {
+        *self.script.lock().expect("script") = Box::new(move |n, _| script(n));
+    }
+
+    /// From now on, always `step`.
+    pub fn set_always(&self, step: Step) {
+        self.set(move |_| step.clone());
+    }
+
+    /// `http://ADDR`, for configs that add their own path.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://ADDR/v1`, an OpenAI provider's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.origin())
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("seen").len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+
+    /// The bodies of the requests received so far.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.seen.lock().expect("seen").iter().map(|s| s.body.clone()).collect()
+    }
+}
+
+/// Reads one HTTP/1.1 request; `None` when the client closed the connection.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Seen>> {
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let mut lines = head.lines();
+    let path = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[header_end..header_end + length]).unwrap_or(Value::Null);
+    buf.drain(..header_end + length);
+    Ok(Some(Seen {
+        at: Instant::now(),
+        path,
+        headers,
+        body,
+    }))
+}
+
+fn head(status: u16, length: usize, headers: &[(String, String)]) -> String {
+    let mut h = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n");
+    for (k, v) in headers {
+        h.push_str(&format!("{k}: {v}\r\n"));
+    }
+    h.push_str("\r\n");
+    h
+}
+
+/// The completion body of an [`Step::Answer`]: it names the model the
+/// request asked for, as OpenAI does, so traces show the configured model.
+fn answer_body(request: &Value, content: &str) -> String {
+    let model = request["model"].as_str().unwrap_or("test");
+    completion_from(model, assistant(content)).to_string()
+}
+
+async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Script>) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let Some(seen) = read_request(&mut stream, &mut buf).await? else {
+            return Ok(());
+        };
+        let request = seen.body.clone();
+        let step = {
+            let mut log = log.lock().expect("seen");
+            log.push(seen.clone());
+            let n = log.len() - 1;
+            drop(log);
+            let mut script = plan.lock().expect("script");
+            (*script)(n, &seen)
+        };
+        match step {
+            Step::Answer(content) => {
+                let body = answer_body(&request, &content);
+                stream
+                    .write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
+            }
+            Step::Slow(delay, content) => {
+                tokio::time::sleep(delay).await;
+                let body = answer_body(&request, &content);
+                stream
+                    .write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
+            }
+            Step::Status { status, headers, body } => {
+                stream
+                    .write_all(format!("{}{body}", head(status, body.len(), &headers)).as_bytes())
+                    .await?;
+            }
+            Step::Hang => {
+                // Bounded, so a test that forgets its client still ends.
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                return Ok(());
+            }
+            Step::Trickle { content, every } => {
+                let body = answer_body(&request, &content);
+                stream.write_all(head(200, body.len(), &[]).as_bytes()).await?;
+                for byte in body.as_bytes() {
+                    tokio::time::sleep(every).await;
+                    stream.write_all(&[*byte]).await?;
+                }
+            }
+            Step::Truncated(content) => {
+                let body = answer_body(&request, &content);
+                let cut = &body[..body.len() / 2];
+                stream
+                    .write_all(format!("{}{cut}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            Step::Reset => {
+                stream.set_zero_linger()?;
+                return Ok(());
+            }
+            Step::Close => {
+                stream.shutdown().await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// An in-process agent model: turn n (n = `tool` messages so far) asks for
+/// refund `A-n` of 1 until `steps`, then answers `{"done": steps}`.
+pub struct AgentModel {
+    pub steps: usize,
+    /// The turn whose call fails (the model is gone).
+    pub fail_at: Option<usize>,
+    /// The turn that asks for a refund of 500 (an escalation) instead of 1.
+    pub big_at: Option<usize>,
+    /// How long each call takes.
+    pub latency: Duration,
+}
+
+impl AgentModel {
+    pub fn new(steps: usize) -> AgentModel {
+        AgentModel {
+            steps,
+            fail_at: None,
+            big_at: None,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+impl reins::provider::Provider for AgentModel {
+    fn name(&self) -> &str {
+        "agent"
+    }
+    fn model(&self) -> &str {
+        "agent-test"
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn complete<'a>(&'a self, request: &'a reins::provider::ChatRequest) -> reins::provider::CompletionFuture<'a> {
+        use reins::provider::{ChatResponse, ProviderError, ToolCall};
+        let n = request.messages.iter().filter(|m| m.role == "tool").count();
+        let fail = self.fail_at == Some(n);
+        let amount = if self.big_at == Some(n) { 500 } else { 1 };
+        let (steps, latency) = (self.steps, self.latency);
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if fail {
+                return Err(ProviderError::BadResponse {
+                    provider: "agent".into(),
+                    message: "crash".into(),
+                });
+            }
+            let (content, tool_calls) = if n < steps {
+                let call = ToolCall {
+                    id: None,
+                    name: "issue_refund".into(),
+                    arguments: json!({"order": format!("A-{n}"), "amount": amount}),
+                };
+                (String::new(), vec![call])
+            } else {
+                (json!({"done": n}).to_string(), Vec::new())
+            };
+            Ok(ChatResponse {
+                content,
+                tool_calls,
+                usage: None,
+                model: "agent-test".into(),
+            })
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! The guest plugins as the tests use them: built once per test binary
+//! (cargo makes a repeat build a no-op) and copied into fresh directories,
+//! so a test that changes a plugin directory never affects another.
+
+use reins::runtime::RuntimeSettings;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root, from this crate's place in it, so tests find
+/// `plugins/`, `examples/` and `target/` wherever they run from.
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Builds every guest crate for wasm32-wasip2 (once) and returns the output
+/// dir. The guests live in their own workspace, so the host's build never
+/// builds them.
+pub fn guest_out_dir() -> &'static Path {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let root = repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("plugins/Cargo.toml"))
+            .status()
+            .expect("run cargo to build the guest plugins");
+        assert!(status.success(), "building the guest plugins failed");
+        root.join("target/wasm32-wasip2/release")
+    })
+}
+
+/// The built `.wasm` of plugin `name` (`json-schema` → `json_schema.wasm`:
+/// cargo names artifacts after the crate, with underscores).
+pub fn wasm_path(name: &str) -> PathBuf {
+    let p = guest_out_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.is_file(), "no built plugin at {}", p.display());
+    p
+}
+
+/// The sidecar shipped with plugin `name`, if any: bundled plugins keep it
+/// next to their crate, test fixtures under `plugins/testing/`.
+pub fn sidecar_path(name: &str) -> Option<PathBuf> {
+    let root = repo_root().join("plugins");
+    [root.join(name), root.join("testing").join(name)]
+        .into_iter()
+        .map(|d| d.join(format!("{name}.toml")))
+        .find(|p| p.is_file())
+}
+
+/// The case file shipped with bundled plugin `name`.
+pub fn cases_path(name: &str) -> PathBuf {
+    repo_root().join("plugins").join(name).join("cases.json")
+}
+
+/// A fresh plugins directory holding the named plugins and their sidecars;
+/// removed when dropped.
+pub fn plugins_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in names {
+        install(dir.path(), name, name);
+    }
+    dir
+}
+
+/// Copies plugin `name` (and its sidecar) into `dir` as `as_name`, so one
+/// build can stand under several names.
+pub fn install(dir: &Path, name: &str, as_name: &str) {
+    std::fs::copy(wasm_path(name), dir.join(format!("{as_name}.wasm"))).expect("copy wasm");
+    if let Some(sidecar) = sidecar_path(name) {
+        std::fs::copy(sidecar, dir.join(format!("{as_name}.toml"))).expect("copy sidecar");
+    }
+}
+
+/// Writes (or replaces) the sidecar of plugin `name` in `dir`.
+pub fn sidecar(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(format!("{name}.toml")), text).expect("write sidecar");
+}
+
+/// Where every test of a run keeps compiled components: compiling a
+/// component takes seconds, deserializing it milliseconds.
+pub fn cache_dir() -> PathBuf {
+    repo_root().join("target/reins-test-cache")
+}
+
+/// Runtime settings for tests: the shared compile cache of [`cache_dir`].
+pub fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        cache_dir: Some(cache_dir()),
+        ..RuntimeSettings::default()
+    }
+}
+
+/// A tool-manifest sidecar granting one `issue_refund(order, amount)` tool:
+/// the action most tests of gates, executors and clients take.
+pub const REFUND_TOOL: &str = r#"
+[[config.tools]]
+name = "issue_refund"
+description = "Refund an order"
+access = "write"
+[config.tools.parameters]
+type = "object"
+required = ["order", "amount"]
+properties = { order = { type = "string" }, amount = { type = "number" } }
+"#;
+
+/// Copies an example directory without any `.wasm`: tests copy the
+/// freshly built plugins in, never a stale build.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read example dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.path().extension().is_none_or(|e| e != "wasm") {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
