@@ -147,11 +147,6 @@ impl Plugin {
         self.manifest.fail_mode
     }
 
-    /// Position within its layer (lower first).
-    pub fn order(&self) -> i32 {
-        self.manifest.order
-    }
-
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
