@@ -70,7 +70,7 @@ pub async fn decide(
         super::metrics_export::record_run(run);
         state.runs.insert(std::sync::Arc::new(run.clone()), None);
     }
-    metrics::counter!("reins_approvals_decided_total", "decision" => match body.decision {
+    metrics::counter!(reins_runtime::metric_names::APPROVALS_DECIDED_TOTAL, "decision" => match body.decision {
         Verdict::Approve => "approve",
         Verdict::Reject => "reject",
     })

@@ -139,7 +139,7 @@ pub(crate) async fn run_pipeline(
     let result = tokio::time::timeout(state.request_timeout, run)
         .await
         .map_err(|_| {
-            metrics::counter!("reins_requests_total", "pipeline" => pipeline.to_string(), "status" => "timeout")
+            metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.to_string(), "status" => "timeout")
                 .increment(1);
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
