@@ -104,9 +104,9 @@ impl PluginHost {
                 .any(|p| previous.get(p.name()).is_none_or(|old| !Arc::ptr_eq(old, p)));
         self.current.store(Arc::new(next));
         self.refused.fetch_add(refused, Ordering::Relaxed);
-        metrics::counter!("reins_plugin_refused_total").increment(refused);
+        metrics::counter!(crate::metric_names::PLUGIN_REFUSED_TOTAL).increment(refused);
         if changed {
-            metrics::counter!("reins_plugin_swaps_total").increment(1);
+            metrics::counter!(crate::metric_names::PLUGIN_SWAPS_TOTAL).increment(1);
             self.reloads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(dir = %self.dir.display(), refused, "plugin set reloaded");
         }

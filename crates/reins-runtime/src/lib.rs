@@ -7,6 +7,7 @@
 //!   limits and isolation mode.
 //! - [`PluginSet`] / [`PluginHost`]: a directory of plugins, hot-reloaded as
 //!   an atomic snapshot.
+//! - [`metric_names`]: every metric any Reins crate emits.
 
 mod bindings;
 mod counters;
@@ -15,6 +16,7 @@ mod error;
 mod host;
 mod loader;
 mod manifest;
+pub mod metric_names;
 mod plugin;
 mod settings;
 mod state;

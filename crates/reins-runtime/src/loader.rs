@@ -180,13 +180,6 @@ impl PluginSet {
         self.plugins.get(name)
     }
 
-    /// Every serving plugin of `layer`, by `order` then name.
-    pub fn by_layer(&self, layer: Layer) -> Vec<&Arc<Plugin>> {
-        let mut v: Vec<_> = self.plugins.values().filter(|p| p.layer() == layer).collect();
-        v.sort_by(|a, b| a.order().cmp(&b.order()).then_with(|| a.name().cmp(b.name())));
-        v
-    }
-
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.plugins.values()
     }

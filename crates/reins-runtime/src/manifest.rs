@@ -3,7 +3,9 @@
 //! The manifest is the operator's word on a plugin: where it runs in its
 //! layer, what it may touch, how much it may spend and what happens when it
 //! fails. Unknown keys are refused so that a typo never silently loosens a
-//! limit.
+//! limit. Where it runs among its layer's plugins is not here: each pipeline
+//! lists its plugins in `reins.toml`, and one plugin may sit at different
+//! places in different pipelines.
 
 use super::types::Layer;
 use serde::Deserialize;
@@ -100,8 +102,6 @@ pub struct Grants {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Manifest {
-    /// Position within its layer; lower runs first, ties break by name.
-    pub order: i32,
     pub enabled: bool,
     /// If set, the component must export this layer.
     pub layer: Option<Layer>,
@@ -125,7 +125,6 @@ pub struct Manifest {
 impl Default for Manifest {
     fn default() -> Self {
         Self {
-            order: 0,
             enabled: true,
             layer: None,
             accepts: Accepts::Json,
@@ -151,7 +150,22 @@ pub enum ManifestError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A key older sidecars carry that no longer means anything; named on
+    /// its own so the operator learns what replaced it, not just that serde
+    /// did not know it.
+    #[error("{path}: `{key}` was removed: {instead}; delete the line")]
+    Removed {
+        path: PathBuf,
+        key: &'static str,
+        instead: &'static str,
+    },
 }
+
+/// Top-level keys sidecars once had, and what took their place.
+const REMOVED_KEYS: &[(&str, &str)] = &[(
+    "order",
+    "plugins run in the order the pipeline lists them in reins.toml (`normalizers`, `validators`, `gates`)",
+)];
 
 impl Manifest {
     /// Reads `path` if it exists; a missing sidecar means all defaults.
@@ -171,15 +185,30 @@ impl Manifest {
 
     /// Parses manifest text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
-        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Invalid {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_string(),
+        let m: Manifest = toml::from_str(text).map_err(|e| {
+            Self::removed_key(text, path).unwrap_or_else(|| ManifestError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string().trim_end().to_string(),
+            })
         })?;
         m.check().map_err(|message| ManifestError::Invalid {
             path: path.to_owned(),
             message,
         })?;
         Ok(m)
+    }
+
+    /// Only asked once parsing failed, so a valid sidecar is parsed once.
+    fn removed_key(text: &str, path: &Path) -> Option<ManifestError> {
+        let table: toml::Table = toml::from_str(text).ok()?;
+        REMOVED_KEYS
+            .iter()
+            .find(|(key, _)| table.contains_key(*key))
+            .map(|&(key, instead)| ManifestError::Removed {
+                path: path.to_owned(),
+                key,
+                instead,
+            })
     }
 
     fn check(&self) -> Result<(), String> {
@@ -221,6 +250,14 @@ mod tests {
         assert!(err.to_string().contains("dedline_ms"), "{err}");
         let err = Manifest::parse("[limits]\nmemory = 5\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_key_says_what_replaced_it() {
+        let err = Manifest::parse("order = 10\nfail_mode = \"open\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(matches!(err, ManifestError::Removed { key: "order", .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("`order` was removed") && message.contains("reins.toml"), "{message}");
     }
 
     #[test]

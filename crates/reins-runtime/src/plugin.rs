@@ -111,7 +111,7 @@ impl Plugin {
         counters: Arc<dyn CounterStore>,
     ) -> Self {
         let latency = metrics::histogram!(
-            "reins_plugin_call_seconds",
+            crate::metric_names::PLUGIN_CALL_SECONDS,
             "plugin" => info.name.clone(),
             "layer" => info.layer.as_str(),
             "digest" => super::error::short_digest(&info.digest).to_string()
@@ -145,11 +145,6 @@ impl Plugin {
 
     pub fn fail_mode(&self) -> FailMode {
         self.manifest.fail_mode
-    }
-
-    /// Position within its layer (lower first).
-    pub fn order(&self) -> i32 {
-        self.manifest.order
     }
 
     pub fn info(&self) -> &PluginInfo {
@@ -514,7 +509,7 @@ impl Plugin {
     fn error(&self, cause: CallFailure) -> PluginError {
         tracing::debug!(plugin = %self.info.name, kind = cause.kind(), "plugin call failed: {cause}");
         metrics::counter!(
-            "reins_plugin_failures_total",
+            crate::metric_names::PLUGIN_FAILURES_TOTAL,
             "plugin" => self.info.name.clone(),
             "digest" => super::error::short_digest(&self.info.digest).to_string(),
             "kind" => cause.kind()

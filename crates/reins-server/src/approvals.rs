@@ -3,10 +3,10 @@
 use super::AppState;
 use super::error::{ApiError, JsonBody};
 use super::settings::Scope;
-use reins_core::approvals::{ApprovalError, ApprovalFilter, Verdict};
+use reins_core::approvals::{ApprovalFilter, Verdict};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Html;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ pub async fn list(
     Query(filter): Query<ApprovalFilter>,
 ) -> Result<Json<Value>, ApiError> {
     state.auth.check(&headers, Scope::Approve)?;
-    let approvals = state.host.approvals(&filter).await.map_err(store_error)?;
+    let approvals = state.host.approvals(&filter).await?;
     // Each approval carries its run's trace, so the approver sees why (from
     // this process's recent runs, else from the state store).
     let mut data: Vec<Value> = Vec::with_capacity(approvals.len());
@@ -59,18 +59,12 @@ pub async fn decide(
     let (approval, run) = state
         .host
         .decide(&id, body.decision, &approver, body.comment)
-        .await
-        .map_err(|e| match e {
-            ApprovalError::NotFound(_) => ApiError::not_found(e.to_string()),
-            ApprovalError::AlreadyDecided { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ApprovalError::NotAllowed { .. } => ApiError::new(StatusCode::FORBIDDEN, "permission_error", e.to_string()),
-            ApprovalError::Store(_) => store_error(e),
-        })?;
+        .await?;
     if let Some(run) = &run {
         super::metrics_export::record_run(run);
         state.runs.insert(std::sync::Arc::new(run.clone()), None);
     }
-    metrics::counter!("reins_approvals_decided_total", "decision" => match body.decision {
+    metrics::counter!(reins_runtime::metric_names::APPROVALS_DECIDED_TOTAL, "decision" => match body.decision {
         Verdict::Approve => "approve",
         Verdict::Reject => "reject",
     })
@@ -82,8 +76,4 @@ pub async fn decide(
 /// (kept in this tab's sessionStorage) and talks to the same JSON API.
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("approvals.html"))
-}
-
-fn store_error(e: ApprovalError) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string())
 }

@@ -4,6 +4,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use reins_core::ResumeError;
+use reins_core::approvals::ApprovalError;
+use reins_core::pipeline::RunError;
+use reins_state::StateError;
 use serde_json::{Value, json};
 
 /// An error answer. `extra` fields are merged into the `error` object.
@@ -55,6 +59,79 @@ impl ApiError {
             "permission_error",
             format!("this token lacks the `{scope}` scope"),
         )
+    }
+
+    /// A 503: the store is down or refused, which a retry may fix.
+    fn state_unavailable(message: String) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", message)
+    }
+}
+
+// One conversion per domain error, so every endpoint answers the same
+// failure with the same status and `type`.
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        Self::state_unavailable(e.to_string())
+    }
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::NotFound(_) => Self::not_found(e.to_string()),
+            ApprovalError::AlreadyDecided { .. } => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ApprovalError::NotAllowed { .. } => Self::new(StatusCode::FORBIDDEN, "permission_error", e.to_string()),
+            ApprovalError::Store(_) => Self::state_unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<ResumeError> for ApiError {
+    fn from(e: ResumeError) -> Self {
+        match e {
+            ResumeError::NotFound(_) => Self::not_found(e.to_string()),
+            ResumeError::NotResumable { .. } | ResumeError::NoRequest(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            ResumeError::Store(_) => Self::state_unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A run's error travels inside its result (which is stored and answered
+/// too), hence by reference.
+impl From<&RunError> for ApiError {
+    fn from(e: &RunError) -> Self {
+        let (status, kind) = match e {
+            RunError::ValidationFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+            RunError::Rejected { .. } | RunError::Denied { .. } => (StatusCode::BAD_REQUEST, "rejected"),
+            RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error")
+            }
+            RunError::ModelUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
+            RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),
+            RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+            RunError::Plugin { .. }
+            | RunError::MissingPlugin { .. }
+            | RunError::ActionFailed { .. }
+            | RunError::ApprovalRejected { .. }
+            | RunError::NotOwned { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
+            // A stored run's error: only its kind survived.
+            RunError::Recorded { kind, .. } => match *kind {
+                "validation_failed" => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
+                "rejected" | "denied" => (StatusCode::BAD_REQUEST, "rejected"),
+                "bad_request" | "upstream_refused" => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+                "model_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
+                "unknown_pipeline" => (StatusCode::NOT_FOUND, "not_found_error"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
+            },
+        };
+        let mut err = Self::new(status, kind, e.to_string());
+        if let RunError::RateLimited { retry_after_s, .. } = e {
+            err.retry_after = Some(*retry_after_s);
+        }
+        err
     }
 }
 

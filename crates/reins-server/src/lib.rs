@@ -139,7 +139,7 @@ pub(crate) async fn run_pipeline(
     let result = tokio::time::timeout(state.request_timeout, run)
         .await
         .map_err(|_| {
-            metrics::counter!("reins_requests_total", "pipeline" => pipeline.to_string(), "status" => "timeout")
+            metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.to_string(), "status" => "timeout")
                 .increment(1);
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -152,15 +152,8 @@ pub(crate) async fn run_pipeline(
         })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
     metrics_export::record_run(&result);
-    if let Some(reins_core::pipeline::RunError::RateLimited { retry_after_s, .. }) = &result.error {
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            result.error.as_ref().map_or_else(String::new, ToString::to_string),
-        )
-        .with("run_id", serde_json::json!(result.run_id));
-        err.retry_after = Some(*retry_after_s);
-        return Err(err);
+    if let Some(e @ reins_core::pipeline::RunError::RateLimited { .. }) = &result.error {
+        return Err(ApiError::from(e).with("run_id", serde_json::json!(result.run_id)));
     }
     Ok(Arc::new(result))
 }

@@ -23,26 +23,26 @@ pub fn handle() -> PrometheusHandle {
 /// Records one finished run.
 pub fn record_run(r: &RunResult) {
     let pipeline = r.pipeline.clone();
-    metrics::counter!("reins_requests_total", "pipeline" => pipeline.clone(), "status" => r.status.as_str())
+    metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.clone(), "status" => r.status.as_str())
         .increment(1);
     let failed_attempts = r.attempts.iter().filter(|a| a.blocking().next().is_some()).count();
-    metrics::counter!("reins_validation_failures_total", "pipeline" => pipeline.clone())
+    metrics::counter!(reins_runtime::metric_names::VALIDATION_FAILURES_TOTAL, "pipeline" => pipeline.clone())
         .increment(failed_attempts as u64);
     let repairs = r.attempts.len().saturating_sub(1);
-    metrics::counter!("reins_repair_attempts_total", "pipeline" => pipeline.clone()).increment(repairs as u64);
-    metrics::histogram!("reins_repair_attempts_per_run", "pipeline" => pipeline.clone()).record(repairs as f64);
+    metrics::counter!(reins_runtime::metric_names::REPAIR_ATTEMPTS_TOTAL, "pipeline" => pipeline.clone()).increment(repairs as u64);
+    metrics::histogram!(reins_runtime::metric_names::REPAIR_ATTEMPTS_PER_RUN, "pipeline" => pipeline.clone()).record(repairs as f64);
     if repairs > 0 && r.status == RunStatus::Completed {
-        metrics::counter!("reins_repair_successes_total", "pipeline" => pipeline.clone()).increment(1);
+        metrics::counter!(reins_runtime::metric_names::REPAIR_SUCCESSES_TOTAL, "pipeline" => pipeline.clone()).increment(1);
     }
     for a in &r.attempts {
-        metrics::histogram!("reins_model_latency_seconds", "provider" => a.provider.clone())
+        metrics::histogram!(reins_runtime::metric_names::MODEL_LATENCY_SECONDS, "provider" => a.provider.clone())
             .record(a.latency_us as f64 / 1e6);
     }
     if let Some(e) = &r.error {
-        metrics::counter!("reins_run_errors_total", "pipeline" => pipeline, "kind" => e.kind()).increment(1);
+        metrics::counter!(reins_runtime::metric_names::RUN_ERRORS_TOTAL, "pipeline" => pipeline, "kind" => e.kind()).increment(1);
     }
     for d in &r.decisions {
-        metrics::counter!("reins_gate_decisions_total", "gate" => d.gate.clone(), "decision" => d.decision.kind())
+        metrics::counter!(reins_runtime::metric_names::GATE_DECISIONS_TOTAL, "gate" => d.gate.clone(), "decision" => d.decision.kind())
             .increment(1);
     }
 }

@@ -5,7 +5,7 @@
 use super::AppState;
 use super::error::{ApiError, JsonBody};
 use super::settings::Scope;
-use reins_core::pipeline::{Request, RequestTool, RunError, RunResult, RunStatus};
+use reins_core::pipeline::{Request, RequestTool, RunResult, RunStatus};
 use reins_core::provider::ToolChoice;
 use reins_runtime::{Message, MessageToolCall};
 use axum::Json;
@@ -493,22 +493,12 @@ pub(super) fn returned_calls(result: &RunResult) -> Vec<Value> {
 
 /// A run that did not complete, as an error with the status that says why.
 pub(super) fn run_error(result: &RunResult, reins: Value) -> ApiError {
-    let message = result
-        .error
-        .as_ref()
-        .map_or_else(|| format!("run {}", result.status.as_str()), ToString::to_string);
-    let (status, kind) = match &result.error {
-        Some(RunError::ValidationFailed { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
-        Some(RunError::Rejected { .. } | RunError::Denied { .. }) => (StatusCode::BAD_REQUEST, "rejected"),
-        Some(RunError::BadRequest(_) | RunError::UpstreamRefused { .. }) => {
-            (StatusCode::BAD_REQUEST, "invalid_request_error")
-        }
-        Some(RunError::ModelUnavailable { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
-        Some(RunError::UnknownPipeline(_)) => (StatusCode::NOT_FOUND, "not_found_error"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
-    };
+    let err = result.error.as_ref().map_or_else(
+        || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "harness_error", format!("run {}", result.status.as_str())),
+        ApiError::from,
+    );
     let violations = result.attempts.last().map_or_else(Vec::new, |a| a.violations.clone());
-    let mut err = ApiError::new(status, kind, message).with("reins", reins);
+    let mut err = err.with("reins", reins);
     if !violations.is_empty() {
         err = err.with("violations", json!(violations));
     }

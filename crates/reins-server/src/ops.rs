@@ -69,10 +69,10 @@ pub async fn plugins(State(state): State<AppState>, headers: HeaderMap) -> Resul
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let (reloads, refused) = state.host.plugins().reload_counts();
-    metrics::gauge!("reins_plugin_reloads").set(reloads as f64);
-    metrics::gauge!("reins_plugin_refused_reloads").set(refused as f64);
+    metrics::gauge!(reins_runtime::metric_names::PLUGIN_RELOADS).set(reloads as f64);
+    metrics::gauge!(reins_runtime::metric_names::PLUGIN_REFUSED_RELOADS).set(refused as f64);
     let loaded = state.host.plugins().current().plugins().count();
-    metrics::gauge!("reins_plugins_loaded").set(loaded as f64);
+    metrics::gauge!(reins_runtime::metric_names::PLUGINS_LOADED).set(loaded as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

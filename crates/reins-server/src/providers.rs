@@ -21,7 +21,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
             let settings = b.settings();
             if settings.breaker.enabled {
                 // The gauge moves on calls; an open breaker past its cool-down shows here first.
-                metrics::gauge!("reins_breaker_state", "provider" => name.to_owned()).set(snapshot.state.gauge());
+                metrics::gauge!(reins_runtime::metric_names::BREAKER_STATE, "provider" => name.to_owned()).set(snapshot.state.gauge());
             }
             let (kind, endpoint) = match configs.get(name) {
                 Some(c) => (c.kind(), c.base_url().map(str::to_owned)),

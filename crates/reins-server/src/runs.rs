@@ -183,21 +183,18 @@ pub async fn steps(
 ) -> Result<Response, ApiError> {
     state.auth.check(&headers, Scope::Run)?;
     let store = state.host.state();
-    let unavailable =
-        |e: reins_state::StateError| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string());
     let run = store
         .run(&run_id)
-        .await
-        .map_err(unavailable)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
-    let steps = store.steps(&run_id).await.map_err(unavailable)?;
-    let actions = store.actions(&run_id).await.map_err(unavailable)?;
+    let steps = store.steps(&run_id).await?;
+    let actions = store.actions(&run_id).await?;
     // An agent's turns record their actions under `RUN.STEP`.
     let mut turn_actions = Vec::new();
     for s in steps.iter().filter(|s| s.kind == reins_state::StepKind::Agent) {
         for e in s.data["executions"].as_array().into_iter().flatten() {
             if let Some(key) = e["idempotency_key"].as_str()
-                && let Some(a) = store.action(key).await.map_err(unavailable)?
+                && let Some(a) = store.action(key).await?
             {
                 turn_actions.push(a);
             }
@@ -222,15 +219,7 @@ pub async fn resume(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.check(&headers, Scope::Run)?;
-    let result = state.host.resume(&run_id).await.map_err(|e| match e {
-        reins_core::ResumeError::NotFound(_) => ApiError::not_found(e.to_string()),
-        reins_core::ResumeError::NotResumable { .. } | reins_core::ResumeError::NoRequest(_) => {
-            ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", e.to_string())
-        }
-        reins_core::ResumeError::Store(_) => {
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", e.to_string())
-        }
-    })?;
+    let result = state.host.resume(&run_id).await?;
     super::metrics_export::record_run(&result);
     let result = Arc::new(result);
     state.runs.insert(result.clone(), None);

@@ -172,6 +172,17 @@ fn exit_codes() {
 }
 
 #[test]
+fn run_help_lists_every_exit_code() {
+    let out = reins(&["run", "--help"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for code in reins::pipeline::ExitCode::ALL {
+        let line = format!("  {}  {}", code.code(), code.meaning());
+        assert!(help.lines().any(|l| l == line), "`{line}` missing from:\n{help}");
+    }
+}
+
+#[test]
 fn check_loads_the_config_and_says_what_each_pipeline_answers() {
     let dir = example();
     let config = dir.path().join("reins.toml");

@@ -74,7 +74,7 @@ sampling = {{ temperature = 0.0, max_tokens = 64 }}
 }
 
 /// `grounded` checks numbers too (an age the input never states).
-const GROUNDED: &str = "order = 50\naccepts = \"json\"\n[limits]\ndeadline_ms = 200\n[config]\nnumbers = true\n";
+const GROUNDED: &str = "accepts = \"json\"\n[limits]\ndeadline_ms = 200\n[config]\nnumbers = true\n";
 
 async fn host(dir: &Path) -> Host {
     std::fs::write(dir.join("grounded.toml"), GROUNDED).expect("grounded sidecar");

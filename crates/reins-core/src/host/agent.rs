@@ -160,7 +160,7 @@ impl Host {
         record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = self.lease_until();
         let written = self.state.checkpoint(record, &checkpoint).await;
-        metrics::counter!("reins_checkpoints_total", "kind" => "agent", "ok" => if written.is_ok() { "true" } else { "false" })
+        metrics::counter!(reins_runtime::metric_names::CHECKPOINTS_TOTAL, "kind" => "agent", "ok" => if written.is_ok() { "true" } else { "false" })
             .increment(1);
         match written {
             Ok(()) => Ok(()),

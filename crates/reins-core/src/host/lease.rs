@@ -107,7 +107,7 @@ impl Host {
                         // Not running any more (it ended meanwhile) or taken
                         // over; either way nothing of this node's may go on.
                         if store.run(&run_id).await.is_ok_and(|r| r.is_some_and(|r| r.status == reins_state::RunStatus::Running)) {
-                            metrics::counter!("reins_leases_lost_total").increment(1);
+                            metrics::counter!(reins_runtime::metric_names::LEASES_LOST_TOTAL).increment(1);
                             tracing::warn!(run_id, node, "lease lost: another node owns the run now");
                             lost.flag.store(true, Ordering::Release);
                             lost.notify.notify_waiters();
@@ -144,7 +144,7 @@ impl Host {
             }
             tracing::info!(run_id = %r.run_id, previous_owner = ?r.owner, "taking over an interrupted run");
             let from = if r.owner.as_deref() == Some(self.leases.node.as_str()) { "self" } else { "other" };
-            metrics::counter!("reins_runs_taken_over_total", "pipeline" => r.pipeline.clone(), "from" => from).increment(1);
+            metrics::counter!(reins_runtime::metric_names::RUNS_TAKEN_OVER_TOTAL, "pipeline" => r.pipeline.clone(), "from" => from).increment(1);
             taken.push(r.run_id.clone());
             let host = self.clone();
             tokio::spawn(async move {

@@ -87,7 +87,7 @@ impl Journal {
             created_ms: now,
         };
         let written = self.store.checkpoint(&record, &step).await;
-        metrics::counter!("reins_checkpoints_total", "kind" => step.kind.as_str(), "ok" => if written.is_ok() { "true" } else { "false" })
+        metrics::counter!(reins_runtime::metric_names::CHECKPOINTS_TOTAL, "kind" => step.kind.as_str(), "ok" => if written.is_ok() { "true" } else { "false" })
             .increment(1);
         written
     }

@@ -33,7 +33,7 @@ pub use extract::extract_json;
 pub use execute::{ExecStatus, Execution};
 pub use repair::RepairTemplate;
 pub use result::{
-    Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
+    Attempt, ExitCode, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
 };
 
 /// What a caller asks a pipeline to do.

@@ -148,6 +148,67 @@ impl TraceStep {
     }
 }
 
+/// The exit codes of `reins run`, the one list of them: scripts branch on
+/// these numbers, so `reins run --help` prints [`ExitCode::help`] and the
+/// run's outcome maps here ([`RunResult::exit_code`]), never to a bare number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Completed = 0,
+    PluginFailed = 1,
+    BadInput = 2,
+    ValidationFailed = 3,
+    Rejected = 4,
+    ModelUnavailable = 5,
+    AwaitingApproval = 6,
+    RateLimited = 7,
+    NotOwned = 8,
+}
+
+impl ExitCode {
+    /// Every code, lowest first.
+    pub const ALL: [ExitCode; 9] = [
+        ExitCode::Completed,
+        ExitCode::PluginFailed,
+        ExitCode::BadInput,
+        ExitCode::ValidationFailed,
+        ExitCode::Rejected,
+        ExitCode::ModelUnavailable,
+        ExitCode::AwaitingApproval,
+        ExitCode::RateLimited,
+        ExitCode::NotOwned,
+    ];
+
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// What the code tells the caller, as `--help` prints it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Completed => "completed: the output is on stdout",
+            ExitCode::PluginFailed => "a fail-closed plugin failed or is missing, or an action failed",
+            ExitCode::BadInput => {
+                "bad input or config (unknown pipeline, empty input, the provider refused the request)"
+            }
+            ExitCode::ValidationFailed => "validation not repaired within the limits",
+            ExitCode::Rejected => "rejected by a normalizer or gate, or an approver rejected an action",
+            ExitCode::ModelUnavailable => "model unavailable",
+            ExitCode::AwaitingApproval => "awaiting approval: the output is on stdout, its actions wait for a human",
+            ExitCode::RateLimited => "rate limited",
+            ExitCode::NotOwned => "the run continues on another node (or its idempotency key is another run's)",
+        }
+    }
+
+    /// The table `reins run --help` ends with.
+    pub fn help() -> String {
+        let mut out = String::from("Exit codes:");
+        for c in ExitCode::ALL {
+            out.push_str(&format!("\n  {}  {}", c.code(), c.meaning()));
+        }
+        out
+    }
+}
+
 /// Why a run did not complete. [`RunError::exit_code`] maps each class to
 /// the exit code of `reins run`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -239,28 +300,34 @@ impl RunError {
         }
     }
 
-    /// `reins run`'s exit code: 2 bad input or config, 3 validation not
-    /// repaired, 4 rejected by a normalizer, gate or approver, 5 model
-    /// unavailable, 7 rate limited, 8 not owned here, 1 a fail-closed plugin
-    /// failed or is missing (or an action failed).
+    /// `reins run`'s exit code (see [`ExitCode`]).
     pub fn exit_code(&self) -> i32 {
+        self.exit().code()
+    }
+
+    fn exit(&self) -> ExitCode {
         match self {
-            RunError::UnknownPipeline(_) | RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => 2,
-            RunError::ValidationFailed { .. } => 3,
-            RunError::Rejected { .. } | RunError::Denied { .. } => 4,
-            RunError::ModelUnavailable { .. } => 5,
-            RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => 1,
-            RunError::ApprovalRejected { .. } => 4,
-            RunError::RateLimited { .. } => 7,
-            RunError::NotOwned { .. } => 8,
+            RunError::UnknownPipeline(_) | RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => {
+                ExitCode::BadInput
+            }
+            RunError::ValidationFailed { .. } => ExitCode::ValidationFailed,
+            RunError::Rejected { .. } | RunError::Denied { .. } | RunError::ApprovalRejected { .. } => {
+                ExitCode::Rejected
+            }
+            RunError::ModelUnavailable { .. } => ExitCode::ModelUnavailable,
+            RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => {
+                ExitCode::PluginFailed
+            }
+            RunError::RateLimited { .. } => ExitCode::RateLimited,
+            RunError::NotOwned { .. } => ExitCode::NotOwned,
             RunError::Recorded { kind, .. } => match *kind {
-                "unknown_pipeline" | "bad_request" | "upstream_refused" => 2,
-                "validation_failed" => 3,
-                "rejected" | "denied" | "approval_rejected" => 4,
-                "model_unavailable" => 5,
-                "rate_limited" => 7,
-                "not_owned" => 8,
-                _ => 1,
+                "unknown_pipeline" | "bad_request" | "upstream_refused" => ExitCode::BadInput,
+                "validation_failed" => ExitCode::ValidationFailed,
+                "rejected" | "denied" | "approval_rejected" => ExitCode::Rejected,
+                "model_unavailable" => ExitCode::ModelUnavailable,
+                "rate_limited" => ExitCode::RateLimited,
+                "not_owned" => ExitCode::NotOwned,
+                _ => ExitCode::PluginFailed,
             },
         }
     }
@@ -411,12 +478,13 @@ impl RunResult {
     /// `reins run`'s exit code for this result.
     pub fn exit_code(&self) -> i32 {
         match (&self.error, self.status) {
-            (Some(e), _) => e.exit_code(),
-            (None, RunStatus::Completed) => 0,
-            (None, RunStatus::AwaitingApproval) => 6,
-            (None, RunStatus::Rejected) => 4,
-            (None, RunStatus::Failed | RunStatus::Running) => 1,
+            (Some(e), _) => e.exit(),
+            (None, RunStatus::Completed) => ExitCode::Completed,
+            (None, RunStatus::AwaitingApproval) => ExitCode::AwaitingApproval,
+            (None, RunStatus::Rejected) => ExitCode::Rejected,
+            (None, RunStatus::Failed | RunStatus::Running) => ExitCode::PluginFailed,
         }
+        .code()
     }
 
     /// The output of a completed run, or why there is none.

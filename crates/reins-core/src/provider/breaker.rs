@@ -87,7 +87,7 @@ impl CircuitState {
         }
     }
 
-    /// The value of the `reins_breaker_state` gauge.
+    /// The value of the [`reins_runtime::metric_names::BREAKER_STATE`] gauge.
     pub fn gauge(self) -> f64 {
         match self {
             CircuitState::Closed => 0.0,

@@ -391,7 +391,7 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(provider: Arc<dyn Provider>, settings: ProviderSettings) -> Breaker {
         if settings.breaker.enabled {
-            metrics::gauge!("reins_breaker_state", "provider" => provider.name().to_owned())
+            metrics::gauge!(reins_runtime::metric_names::BREAKER_STATE, "provider" => provider.name().to_owned())
                 .set(CircuitState::Closed.gauge());
         }
         Breaker {
@@ -477,7 +477,7 @@ impl Breaker {
                     tries,
                 };
             }
-            metrics::counter!("reins_provider_retries_total", "provider" => self.provider.name().to_owned(), "reason" => error.kind())
+            metrics::counter!(reins_runtime::metric_names::PROVIDER_RETRIES_TOTAL, "provider" => self.provider.name().to_owned(), "reason" => error.kind())
                 .increment(1);
             tracing::debug!(provider = self.provider.name(), error = %error, retry, ?wait, "retrying model call");
             tokio::time::sleep(wait).await;
@@ -503,7 +503,7 @@ impl Breaker {
         let permit = match permit {
             Ok(p) => PermitGuard::new(&self.circuit, p),
             Err(refused) => {
-                metrics::counter!("reins_breaker_rejections_total", "provider" => name.to_owned()).increment(1);
+                metrics::counter!(reins_runtime::metric_names::BREAKER_REJECTIONS_TOTAL, "provider" => name.to_owned()).increment(1);
                 return (
                     Err(ProviderError::BreakerOpen {
                         provider: name.to_owned(),
@@ -533,16 +533,16 @@ impl Breaker {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
-        metrics::counter!("reins_provider_calls_total", "provider" => name.to_owned(), "outcome" => label).increment(1);
+        metrics::counter!(reins_runtime::metric_names::PROVIDER_CALLS_TOTAL, "provider" => name.to_owned(), "outcome" => label).increment(1);
         (result, 1)
     }
 
     fn note(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
         let name = self.provider.name().to_owned();
-        metrics::gauge!("reins_breaker_state", "provider" => name.clone()).set(t.to.gauge());
+        metrics::gauge!(reins_runtime::metric_names::BREAKER_STATE, "provider" => name.clone()).set(t.to.gauge());
         if t.is_trip() {
-            metrics::counter!("reins_breaker_trips_total", "provider" => name.clone()).increment(1);
+            metrics::counter!(reins_runtime::metric_names::BREAKER_TRIPS_TOTAL, "provider" => name.clone()).increment(1);
             tracing::warn!(provider = %name, from = t.from.as_str(), "circuit breaker open");
         } else {
             tracing::info!(provider = %name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");

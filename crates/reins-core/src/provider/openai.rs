@@ -218,7 +218,7 @@ impl OpenAiProvider {
                             error = %e,
                             "the server refused the structured-output mode; using the next one from now on"
                         );
-                        metrics::counter!("reins_provider_format_downgrades_total", "provider" => self.name.clone(), "to" => next.as_str())
+                        metrics::counter!(reins_runtime::metric_names::PROVIDER_FORMAT_DOWNGRADES_TOTAL, "provider" => self.name.clone(), "to" => next.as_str())
                             .increment(1);
                     }
                 }

@@ -3,13 +3,10 @@
 //! Prints the validated output JSON to stdout and the trace to stderr.
 
 use crate::Host;
-use crate::pipeline::{Request, RunStatus};
+use crate::pipeline::{ExitCode, Request, RunStatus};
 use anyhow::Context;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-
-/// Exit code for bad input or config.
-pub const EXIT_BAD_INPUT: i32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TraceFormat {
@@ -32,16 +29,8 @@ pub enum InputFormat {
 }
 
 /// Run one request through a pipeline and print the validated output.
-///
-/// Exit codes: 0 completed, 2 bad input or config, 3 validation not repaired
-/// within the limits, 4 rejected by a normalizer or gate, 5 model
-/// unavailable, 6 awaiting approval, 1 a fail-closed plugin failed.
 #[derive(Debug, Clone, clap::Args)]
-#[command(
-    after_help = "Exit codes: 0 completed, 1 a fail-closed plugin failed or is missing, 2 bad input or config, \
-3 validation not repaired within the limits, 4 rejected by a normalizer or gate, 5 model unavailable, \
-6 awaiting approval."
-)]
+#[command(after_help = ExitCode::help())]
 pub struct RunArgs {
     /// The configuration file.
     #[arg(short, long, default_value = "reins.toml")]
@@ -69,14 +58,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Ok(r) => r,
         Err(e) => {
             eprintln!("reins run: {e:#}");
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(ExitCode::BadInput.code());
         }
     };
     let host = match Host::from_config(&args.config).await {
         Ok(h) => h,
         Err(e) => {
             eprintln!("reins run: {e}");
-            return Ok(EXIT_BAD_INPUT);
+            return Ok(ExitCode::BadInput.code());
         }
     };
     let pipeline = match &args.pipeline {
@@ -94,7 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                             names.join(", ")
                         }
                     );
-                    return Ok(EXIT_BAD_INPUT);
+                    return Ok(ExitCode::BadInput.code());
                 }
             }
         }

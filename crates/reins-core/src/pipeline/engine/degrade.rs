@@ -107,7 +107,7 @@ impl Degradation {
                 model: last.model.clone(),
             };
             crate::pipeline::cache::remember(cache, key, &p.name, answer, cache_index.clone());
-            metrics::counter!("reins_cache_writes_total", "pipeline" => p.name.clone()).increment(1);
+            metrics::counter!(reins_runtime::metric_names::CACHE_WRITES_TOTAL, "pipeline" => p.name.clone()).increment(1);
         }
     }
 }
@@ -169,7 +169,7 @@ impl Run<'_> {
                 Ok(r) => {
                     self.trace("model", &name, format!("ok ({}{tries})", r.model), start, end);
                     if i > 0 {
-                        metrics::counter!("reins_fallback_uses_total", "pipeline" => p.name.clone(), "step" => name.clone())
+                        metrics::counter!(reins_runtime::metric_names::FALLBACK_USES_TOTAL, "pipeline" => p.name.clone(), "step" => name.clone())
                             .increment(1);
                     }
                     self.deg
@@ -244,7 +244,7 @@ impl Run<'_> {
             let start = Instant::now();
             match crate::pipeline::cache::lookup(cache, &key, &*self.rc.cache_index).await {
                 None => {
-                    metrics::counter!("reins_cache_misses_total", "pipeline" => p.name.clone()).increment(1);
+                    metrics::counter!(reins_runtime::metric_names::CACHE_MISSES_TOTAL, "pipeline" => p.name.clone()).increment(1);
                     self.trace(
                         "model",
                         "cache",
@@ -255,7 +255,7 @@ impl Run<'_> {
                     errors.push("cache: no answer stored for this request".to_owned());
                 }
                 Some((answer, age)) => {
-                    metrics::counter!("reins_cache_hits_total", "pipeline" => p.name.clone()).increment(1);
+                    metrics::counter!(reins_runtime::metric_names::CACHE_HITS_TOTAL, "pipeline" => p.name.clone()).increment(1);
                     self.trace(
                         "model",
                         "cache",
@@ -302,7 +302,7 @@ impl Run<'_> {
             self.trace("model", step, "passed over: fails validation".to_owned(), now, now);
             return Ok(None);
         }
-        metrics::counter!("reins_fallback_uses_total", "pipeline" => self.p.name.clone(), "step" => step).increment(1);
+        metrics::counter!(reins_runtime::metric_names::FALLBACK_USES_TOTAL, "pipeline" => self.p.name.clone(), "step" => step).increment(1);
         self.deg.served.push(served);
         Ok(Some(ModelAnswer {
             response,

@@ -1,0 +1,78 @@
+//! Every metric name Reins emits, with its labels.
+//!
+//! Dashboards, alerts and tests match these names byte for byte, so they are
+//! spelt once, here, in the crate every other crate depends on; call sites
+//! use the constants, never a literal. Renaming one is a breaking change.
+
+// Plugins (reins-runtime).
+
+/// Histogram `{plugin, layer, digest}`: seconds one plugin call took, instantiation included.
+pub const PLUGIN_CALL_SECONDS: &str = "reins_plugin_call_seconds";
+/// Counter `{plugin, digest, kind}`: plugin calls that trapped, timed out or errored.
+pub const PLUGIN_FAILURES_TOTAL: &str = "reins_plugin_failures_total";
+/// Counter: plugin files a reload refused (each refusal counted once, not on every rescan).
+pub const PLUGIN_REFUSED_TOTAL: &str = "reins_plugin_refused_total";
+/// Counter: reloads that changed the serving plugin set.
+pub const PLUGIN_SWAPS_TOTAL: &str = "reins_plugin_swaps_total";
+/// Gauge: reloads that changed the plugin set since start (set on each scrape).
+pub const PLUGIN_RELOADS: &str = "reins_plugin_reloads";
+/// Gauge: plugin files refused by reloads since start (set on each scrape).
+pub const PLUGIN_REFUSED_RELOADS: &str = "reins_plugin_refused_reloads";
+/// Gauge: plugins serving now (set on each scrape).
+pub const PLUGINS_LOADED: &str = "reins_plugins_loaded";
+
+// Providers and degradation (reins-core).
+
+/// Gauge `{provider}`: the circuit breaker, 0 closed, 1 half-open, 2 open; set on each
+/// transition and refreshed by `GET /v1/providers`.
+pub const BREAKER_STATE: &str = "reins_breaker_state";
+/// Counter `{provider}`: times the breaker opened.
+pub const BREAKER_TRIPS_TOTAL: &str = "reins_breaker_trips_total";
+/// Counter `{provider}`: calls an open breaker refused without asking the provider.
+pub const BREAKER_REJECTIONS_TOTAL: &str = "reins_breaker_rejections_total";
+/// Counter `{provider, outcome}`: model calls by outcome (`ok` or the error's kind).
+pub const PROVIDER_CALLS_TOTAL: &str = "reins_provider_calls_total";
+/// Counter `{provider, reason}`: model calls retried, by the error that caused the retry.
+pub const PROVIDER_RETRIES_TOTAL: &str = "reins_provider_retries_total";
+/// Counter `{provider, to}`: times an upstream refused a structured-output format and the
+/// provider fell back to a simpler one.
+pub const PROVIDER_FORMAT_DOWNGRADES_TOTAL: &str = "reins_provider_format_downgrades_total";
+/// Counter `{pipeline, step}`: answers served by a fallback (a fallback provider, `cache`
+/// or `static`).
+pub const FALLBACK_USES_TOTAL: &str = "reins_fallback_uses_total";
+/// Counter `{pipeline}`: degradation cache hits.
+pub const CACHE_HITS_TOTAL: &str = "reins_cache_hits_total";
+/// Counter `{pipeline}`: degradation cache misses.
+pub const CACHE_MISSES_TOTAL: &str = "reins_cache_misses_total";
+/// Counter `{pipeline}`: answers written to the degradation cache.
+pub const CACHE_WRITES_TOTAL: &str = "reins_cache_writes_total";
+
+// Durability (reins-core).
+
+/// Counter `{kind, ok}`: checkpoints written (or not) to the state store.
+pub const CHECKPOINTS_TOTAL: &str = "reins_checkpoints_total";
+/// Counter `{pipeline, from}`: interrupted runs this node took over (`from` = `self` or `other`).
+pub const RUNS_TAKEN_OVER_TOTAL: &str = "reins_runs_taken_over_total";
+/// Counter: leases this node lost to another node.
+pub const LEASES_LOST_TOTAL: &str = "reins_leases_lost_total";
+
+// Runs over HTTP (reins-server).
+
+/// Counter `{pipeline, status}`: runs by final status, or `timeout` when the request deadline passed.
+pub const REQUESTS_TOTAL: &str = "reins_requests_total";
+/// Counter `{pipeline, kind}`: runs that ended with an error, by the error's kind.
+pub const RUN_ERRORS_TOTAL: &str = "reins_run_errors_total";
+/// Counter `{pipeline}`: attempts that failed validation.
+pub const VALIDATION_FAILURES_TOTAL: &str = "reins_validation_failures_total";
+/// Counter `{pipeline}`: repair attempts (every model call after the first).
+pub const REPAIR_ATTEMPTS_TOTAL: &str = "reins_repair_attempts_total";
+/// Histogram `{pipeline}`: repair attempts per run.
+pub const REPAIR_ATTEMPTS_PER_RUN: &str = "reins_repair_attempts_per_run";
+/// Counter `{pipeline}`: runs that completed after at least one repair.
+pub const REPAIR_SUCCESSES_TOTAL: &str = "reins_repair_successes_total";
+/// Histogram `{provider}`: seconds one model call took.
+pub const MODEL_LATENCY_SECONDS: &str = "reins_model_latency_seconds";
+/// Counter `{gate, decision}`: gate decisions on proposed actions.
+pub const GATE_DECISIONS_TOTAL: &str = "reins_gate_decisions_total";
+/// Counter `{decision}`: approvals decided (`approve` or `reject`).
+pub const APPROVALS_DECIDED_TOTAL: &str = "reins_approvals_decided_total";
