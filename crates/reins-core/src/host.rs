@@ -17,6 +17,7 @@ mod agent;
 mod lease;
 mod memory;
 mod record;
+mod recent;
 use record::StoredRequest;
 pub use agent::ResumeError;
 
@@ -70,6 +71,8 @@ pub struct Host {
     state: Arc<dyn StateStore>,
     /// Run ownership: this node's name, the lease, the runs worked on here.
     leases: lease::Leases,
+    /// Finished runs read lately, in front of the store.
+    recent: recent::RecentRuns,
 }
 
 impl std::fmt::Debug for Host {
@@ -220,15 +223,24 @@ impl Host {
             Err(reins_state::StateError::LeaseLost { .. }) => {
                 return not_owned(&result.run_id, &p.name, "this node stalled past its lease and another node took the run over");
             }
+            // Still readable here from memory while the store is down.
             Err(e) => tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}"),
         }
+        self.recent.offer(&record.run_id, record.status, &record.result);
         result
     }
 
-    /// A run's stored result (any host on the same store, any earlier process).
+    /// A run's stored result (any host on the same store, any earlier
+    /// process); finished runs read lately come from memory.
     pub async fn stored_run(&self, run_id: &str) -> Option<Value> {
+        if let Some(result) = self.recent.get(run_id) {
+            return Some((*result).clone());
+        }
         match self.state.run(run_id).await {
-            Ok(r) => r.map(|r| r.result),
+            Ok(r) => r.map(|r| {
+                self.recent.offer(&r.run_id, r.status, &r.result);
+                r.result
+            }),
             Err(e) => {
                 tracing::warn!(run_id, "state store: {e}");
                 None
@@ -594,6 +606,7 @@ impl HostBuilder {
         let node = self.node_id.unwrap_or_else(|| config.state.node());
         let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
         Ok(Host {
+            recent: recent::RecentRuns::new(config.state.recent_runs),
             config,
             plugins,
             providers,

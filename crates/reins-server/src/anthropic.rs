@@ -497,8 +497,7 @@ pub async fn messages(
         return Err(ApiError::not_found(format!("model: `{pipeline}` does not exist: `model` names a Reins pipeline")).into());
     }
     request.session_id = answer::session_id(&headers, &request.metadata);
-    let result = super::run_pipeline(&state, &pipeline, request, None).await?;
-    state.runs.insert(result.clone(), None);
+    let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
 
     let (status, message) = message(&result, &pipeline)?;
     // A run held for approval streams too (with its 202): a streaming
@@ -508,7 +507,7 @@ pub async fn messages(
     } else {
         (status, Json(message)).into_response()
     };
-    super::reins_headers(response.headers_mut(), &result);
+    super::service::reins_headers(response.headers_mut(), &result);
     Ok(response)
 }
 

@@ -19,19 +19,15 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     state.auth.check(&headers, Scope::Approve)?;
     let approvals = state.host.approvals(&filter).await?;
-    // Each approval carries its run's trace, so the approver sees why (from
-    // this process's recent runs, else from the state store).
+    // Each approval carries its run's trace, so the approver sees why.
     let mut data: Vec<Value> = Vec::with_capacity(approvals.len());
     for a in approvals {
-        let trace = match state.runs.get(&a.run_id) {
-            Some(r) => json!(r.trace),
-            None => state
-                .host
-                .stored_run(&a.run_id)
-                .await
-                .and_then(|r| r.get("trace").cloned())
-                .unwrap_or(Value::Null),
-        };
+        let trace = state
+            .host
+            .stored_run(&a.run_id)
+            .await
+            .and_then(|r| r.get("trace").cloned())
+            .unwrap_or(Value::Null);
         let mut v = json!(a);
         v["trace"] = trace;
         data.push(v);
@@ -62,7 +58,6 @@ pub async fn decide(
         .await?;
     if let Some(run) = &run {
         super::metrics_export::record_run(run);
-        state.runs.insert(std::sync::Arc::new(run.clone()), None);
     }
     metrics::counter!(reins_runtime::metric_names::APPROVALS_DECIDED_TOTAL, "decision" => match body.decision {
         Verdict::Approve => "approve",

@@ -13,6 +13,7 @@ mod openai;
 mod ops;
 mod providers;
 mod runs;
+mod service;
 mod settings;
 
 pub use auth::{Auth, AuthError};
@@ -40,7 +41,6 @@ use std::time::Duration;
 pub struct AppState {
     pub host: Arc<Host>,
     pub auth: Arc<Auth>,
-    pub runs: Arc<runs::RunStore>,
     pub metrics: PrometheusHandle,
     pub request_timeout: Duration,
 }
@@ -50,7 +50,6 @@ impl AppState {
     pub fn new(host: Arc<Host>, settings: &ServerSettings) -> Result<Self, ServeError> {
         Ok(Self {
             auth: Arc::new(Auth::from_settings(&settings.tokens)?),
-            runs: Arc::new(runs::RunStore::new(settings.keep_runs)),
             metrics: metrics_export::handle(),
             request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
             host,
@@ -124,54 +123,3 @@ pub async fn serve(
     Ok(())
 }
 
-/// Runs a pipeline under the request deadline and records its metrics. The
-/// run is its own task: a client that hangs up or a request that times out
-/// does not cut it short (it finishes and is stored; `GET /v1/runs/{id}`).
-pub(crate) async fn run_pipeline(
-    state: &AppState,
-    pipeline: &str,
-    request: Request,
-    idempotency_key: Option<&str>,
-) -> Result<Arc<RunResult>, ApiError> {
-    let host = state.host.clone();
-    let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
-    let run = tokio::spawn(async move { host.run_keyed(&name, request, key.as_deref()).await });
-    let result = tokio::time::timeout(state.request_timeout, run)
-        .await
-        .map_err(|_| {
-            metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.to_string(), "status" => "timeout")
-                .increment(1);
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "the run did not finish within {} ms; it goes on and its result is kept",
-                    state.request_timeout.as_millis()
-                ),
-            )
-        })?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
-    metrics_export::record_run(&result);
-    if let Some(e @ reins_core::pipeline::RunError::RateLimited { .. }) = &result.error {
-        return Err(ApiError::from(e).with("run_id", serde_json::json!(result.run_id)));
-    }
-    Ok(Arc::new(result))
-}
-
-/// `X-Reins-*` headers: enough to correlate an answer with its run.
-pub(crate) fn reins_headers(headers: &mut HeaderMap, result: &RunResult) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    };
-    set("x-reins-run-id", result.run_id.clone());
-    set("x-reins-status", result.status.as_str().to_string());
-    set("x-reins-attempts", result.attempts.len().to_string());
-    if result.degraded
-        && let Some(by) = &result.served_by
-    {
-        // Which fallback served the answer: a provider, `cache` or `static`.
-        set("x-reins-degraded", by.clone());
-    }
-}

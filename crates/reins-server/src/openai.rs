@@ -362,8 +362,7 @@ pub async fn chat_completions(
         .with("param", json!("model")));
     }
     request.session_id = super::answer::session_id(&headers, &request.metadata);
-    let result = super::run_pipeline(&state, &pipeline, request, None).await?;
-    state.runs.insert(result.clone(), None);
+    let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
 
     let (status, payload) = completion(&result, &pipeline)?;
     let mut response = if streaming && status == StatusCode::OK {
@@ -371,7 +370,7 @@ pub async fn chat_completions(
     } else {
         (status, Json(payload)).into_response()
     };
-    super::reins_headers(response.headers_mut(), &result);
+    super::service::reins_headers(response.headers_mut(), &result);
     Ok(response)
 }
 

@@ -11,8 +11,6 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 
 /// Body of `POST /v1/pipelines/{name}/runs`.
 #[derive(Debug, Deserialize)]
@@ -57,56 +55,6 @@ impl RunBody {
     }
 }
 
-/// Recent runs, for `GET /v1/runs/{id}` and idempotent retries. Bounded:
-/// the oldest runs are forgotten first.
-pub struct RunStore {
-    inner: Mutex<RunStoreInner>,
-    capacity: usize,
-}
-
-#[derive(Default)]
-struct RunStoreInner {
-    runs: HashMap<String, Arc<RunResult>>,
-    order: VecDeque<String>,
-    idempotency: HashMap<(String, String), String>,
-}
-
-impl RunStore {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            inner: Mutex::new(RunStoreInner::default()),
-            capacity: capacity.max(1),
-        }
-    }
-
-    pub fn insert(&self, result: Arc<RunResult>, idempotency_key: Option<&str>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = idempotency_key {
-            inner
-                .idempotency
-                .insert((result.pipeline.clone(), key.to_string()), result.run_id.clone());
-        }
-        inner.order.push_back(result.run_id.clone());
-        inner.runs.insert(result.run_id.clone(), result);
-        while inner.order.len() > self.capacity {
-            if let Some(old) = inner.order.pop_front() {
-                inner.runs.remove(&old);
-                inner.idempotency.retain(|_, id| id != &old);
-            }
-        }
-    }
-
-    pub fn get(&self, run_id: &str) -> Option<Arc<RunResult>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.get(run_id).cloned()
-    }
-
-    pub fn by_key(&self, pipeline: &str, key: &str) -> Option<Arc<RunResult>> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let id = inner.idempotency.get(&(pipeline.to_string(), key.to_string()))?;
-        inner.runs.get(id).cloned()
-    }
-}
-
 /// `POST /v1/pipelines/{name}/runs`
 pub async fn create(
     State(state): State<AppState>,
@@ -119,16 +67,12 @@ pub async fn create(
         return Err(ApiError::not_found(format!("no pipeline `{pipeline}`")));
     }
     let (request, key) = body.into_request()?;
-    if let Some(key) = &key {
-        if let Some(previous) = state.runs.by_key(&pipeline, key) {
-            return Ok(run_response(&previous, true));
-        }
-        if let Some(stored) = state.host.run_by_key(&pipeline, key).await {
-            return Ok(stored_response(stored, true));
-        }
+    if let Some(key) = &key
+        && let Some(stored) = state.host.run_by_key(&pipeline, key).await
+    {
+        return Ok(stored_response(stored, true));
     }
-    let result = super::run_pipeline(&state, &pipeline, request, key.as_deref()).await?;
-    state.runs.insert(result.clone(), key.as_deref());
+    let result = super::service::run_pipeline(&state, &pipeline, request, key.as_deref()).await?;
     Ok(run_response(&result, false))
 }
 
@@ -139,20 +83,9 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.check(&headers, Scope::Run)?;
-    let recent = state.runs.get(&run_id);
-    if let Some(result) = &recent
-        && result.status != reins_core::pipeline::RunStatus::AwaitingApproval
-    {
-        return Ok(run_response(result, false));
-    }
-    // Not run by this process, forgotten, or held for approval (which any
-    // node may have decided since): the state store knows.
     match state.host.stored_run(&run_id).await {
         Some(stored) => Ok(stored_response(stored, false)),
-        None => match recent {
-            Some(result) => Ok(run_response(&result, false)),
-            None => Err(ApiError::not_found(format!("no run `{run_id}`"))),
-        },
+        None => Err(ApiError::not_found(format!("no run `{run_id}`"))),
     }
 }
 
@@ -221,14 +154,12 @@ pub async fn resume(
     state.auth.check(&headers, Scope::Run)?;
     let result = state.host.resume(&run_id).await?;
     super::metrics_export::record_run(&result);
-    let result = Arc::new(result);
-    state.runs.insert(result.clone(), None);
     Ok(run_response(&result, false))
 }
 
 fn run_response(result: &RunResult, replayed: bool) -> Response {
     let mut response = Json(result).into_response();
-    super::reins_headers(response.headers_mut(), result);
+    super::service::reins_headers(response.headers_mut(), result);
     if replayed {
         response
             .headers_mut()

@@ -12,8 +12,6 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Deadline for one request, end to end (→ 504).
     pub request_timeout_ms: u64,
-    /// Runs kept in memory for `GET /v1/runs/{id}`.
-    pub keep_runs: usize,
     /// Bearer tokens. With none, only a loopback listener is allowed (unless `--insecure`).
     pub tokens: Vec<TokenSettings>,
 }
@@ -38,7 +36,6 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 60_000,
-            keep_runs: 10_000,
             tokens: Vec::new(),
         }
     }

@@ -129,6 +129,14 @@ pub struct StateSettings {
     /// process memory (`false`, the default otherwise: faster, per process).
     #[serde(default)]
     pub shared_counters: Option<bool>,
+    /// Finished runs kept in memory in front of the store, for reads right
+    /// after a run ends (`GET /v1/runs/{id}`). The store stays the owner.
+    #[serde(default = "default_recent_runs")]
+    pub recent_runs: usize,
+}
+
+fn default_recent_runs() -> usize {
+    1_000
 }
 
 fn default_path() -> PathBuf {
@@ -165,6 +173,7 @@ impl Default for StateSettings {
             compact_every_s: default_compact_every(),
             checkpoints: true,
             shared_counters: None,
+            recent_runs: default_recent_runs(),
         }
     }
 }
