@@ -8,21 +8,18 @@
 
 mod clients_support;
 
+use reins_testing::config::Config;
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 
-fn config(upstream: &str) -> String {
-    format!(
-        r#"
-plugins_dir = "."
-
-[providers.up]
-kind = "openai"
-base_url = "{upstream}/v1"
-model = "upstream-model"
-max_retries = 0
-
-[pipelines.assistant]
+/// `reins serve`'s config: pipelines on an `openai` provider at `base_url`.
+fn config(base_url: &str) -> Config {
+    Config::new()
+        .plugins_dir(".")
+        .test_cache()
+        .openai("up", base_url, "upstream-model", "max_retries = 0")
+        .table(
+            r#"[pipelines.assistant]
 model = "up"
 normalizers = ["normalize-text"]
 
@@ -30,17 +27,16 @@ normalizers = ["normalize-text"]
 model = "up"
 normalizers = ["normalize-text"]
 gates = ["spend-limit"]
-repair = {{ max_attempts = 2 }}
-"#
-    )
+repair = { max_attempts = 2 }
+"#,
+        )
 }
 
 /// The upstream, a `reins serve` in front of it, and the dir they live in.
 async fn setup() -> (server::Served, clients_support::Model, tempfile::TempDir) {
     let model = clients_support::start().await;
     let dir = plugins::plugins_dir(&["normalize-text", "spend-limit"]);
-    let path = dir.path().join("reins.toml");
-    std::fs::write(&path, config(&model.upstream.origin())).expect("config");
+    let path = config(&model.upstream.base_url()).write(dir.path());
     (server::serve(&path), model, dir)
 }
 

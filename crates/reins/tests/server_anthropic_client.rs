@@ -8,6 +8,7 @@
 //! (The client is installed by `scripts/test.sh` / `.ci/run` from
 //! tests/clients/requirements.txt.)
 
+use reins_testing::config::Config;
 use reins_testing::model::{Upstream, ok, text_of};
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
@@ -82,45 +83,31 @@ fn official_anthropic_python_client_works_against_reins_serve() {
         .build()
         .expect("runtime");
     let model = runtime.block_on(Upstream::replying(|seen| ok(&reply(&seen.body))));
-    let upstream = model.origin();
 
     let dir = plugins::plugins_dir(&["spend-limit", "tool-manifest"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("tools sidecar");
-    let config = dir.path().join("reins.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-plugins_dir = "."
-
-[[server.tokens]]
-name = "app"
-env = "{TOKEN_ENV}"
-scopes = ["run"]
-
-[providers.up]
-kind = "openai"
-base_url = "{upstream}/v1"
-model = "up-model"
-max_retries = 0
-
-[pipelines.chat]
+    let config = Config::new()
+        .plugins_dir(".")
+        .test_cache()
+        .openai("up", &model.base_url(), "up-model", "max_retries = 0")
+        .table(&format!("[[server.tokens]]\nname = \"app\"\nenv = \"{TOKEN_ENV}\"\nscopes = [\"run\"]\n"))
+        .table(
+            r#"[pipelines.chat]
 model = "up"
 output = "text"
 
 [pipelines.extract]
 model = "up"
-schema = '{{"type":"object","required":["answer"],"properties":{{"answer":{{"type":"integer"}}}}}}'
-repair = {{ max_attempts = 1 }}
+schema = '{"type":"object","required":["answer"],"properties":{"answer":{"type":"integer"}}}'
+repair = { max_attempts = 1 }
 
 [pipelines.refunds]
 model = "up"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
-"#
-        ),
-    )
-    .expect("config");
+"#,
+        )
+        .write(dir.path());
     // SAFETY: the only test of this binary; set before the server starts.
     unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
     let served = server::serve(&config);
