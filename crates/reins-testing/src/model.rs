@@ -33,6 +33,8 @@ pub enum Step {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// A 200 whose body is these bytes, UTF-8 or not.
+    Bytes(Vec<u8>),
     /// Read the request, answer nothing (until the client gives up).
     Hang,
     /// The headers at once, then the body one byte every `every`.
@@ -330,6 +332,10 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
                 stream
                     .write_all(format!("{}{body}", head(status, body.len(), &headers)).as_bytes())
                     .await?;
+            }
+            Step::Bytes(body) => {
+                stream.write_all(head(200, body.len(), &[]).as_bytes()).await?;
+                stream.write_all(&body).await?;
             }
             Step::Hang => {
                 // Bounded, so a test that forgets its client still ends.
