@@ -127,6 +127,12 @@ pub fn text_of(message: &Value, sep: &str) -> String {
     }
 }
 
+/// The text of the first `user` message of a chat request body.
+pub fn first_user_text(body: &Value) -> String {
+    let messages = body["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    messages.iter().find(|m| m["role"] == "user").map(|m| text_of(m, " ")).unwrap_or_default()
+}
+
 /// One request the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {

@@ -34,12 +34,7 @@ fn answer_delay(d: &Delivery) -> Duration {
 /// for refund `BATCH-n`; after `STEPS` it answers `{"done": n}`.
 fn model(body: &Value) -> Step {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let batch = messages
-        .iter()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let batch = model::first_user_text(body);
     let mut n = 0;
     for m in &messages {
         if m["role"] == "tool" {

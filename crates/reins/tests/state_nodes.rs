@@ -27,12 +27,7 @@ fn answer_delay(d: &Delivery) -> Duration {
 /// `{"done": n}`; anything else → a plain answer.
 fn model(body: &Value) -> Step {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let user = messages
-        .iter()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let user = model::first_user_text(body);
     let words: Vec<&str> = user.split_whitespace().collect();
     let message = match words.as_slice() {
         ["refund", amount, order] => model::refund_call(order, amount.parse().unwrap_or(1.0)),
