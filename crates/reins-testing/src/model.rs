@@ -33,6 +33,8 @@ pub enum Step {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// A 200 whose body is these bytes, UTF-8 or not.
+    Bytes(Vec<u8>),
     /// Read the request, answer nothing (until the client gives up).
     Hang,
     /// The headers at once, then the body one byte every `every`.
@@ -123,6 +125,12 @@ pub fn text_of(message: &Value, sep: &str) -> String {
             .join(sep),
         _ => String::new(),
     }
+}
+
+/// The text of the first `user` message of a chat request body.
+pub fn first_user_text(body: &Value) -> String {
+    let messages = body["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    messages.iter().find(|m| m["role"] == "user").map(|m| text_of(m, " ")).unwrap_or_default()
 }
 
 /// One request the upstream received.
@@ -330,6 +338,10 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
                 stream
                     .write_all(format!("{}{body}", head(status, body.len(), &headers)).as_bytes())
                     .await?;
+            }
+            Step::Bytes(body) => {
+                stream.write_all(head(200, body.len(), &[]).as_bytes()).await?;
+                stream.write_all(&body).await?;
             }
             Step::Hang => {
                 // Bounded, so a test that forgets its client still ends.

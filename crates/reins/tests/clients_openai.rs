@@ -8,21 +8,18 @@
 
 mod clients_support;
 
+use reins_testing::config::Config;
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 
-fn config(upstream: &str) -> String {
-    format!(
-        r#"
-plugins_dir = "."
-
-[providers.up]
-kind = "openai"
-base_url = "{upstream}/v1"
-model = "upstream-model"
-max_retries = 0
-
-[pipelines.assistant]
+/// `reins serve`'s config: pipelines on an `openai` provider at `base_url`.
+fn config(base_url: &str) -> Config {
+    Config::new()
+        .plugins_dir(".")
+        .test_cache()
+        .openai("up", base_url, "upstream-model", "max_retries = 0")
+        .table(
+            r#"[pipelines.assistant]
 model = "up"
 normalizers = ["normalize-text"]
 
@@ -30,34 +27,32 @@ normalizers = ["normalize-text"]
 model = "up"
 normalizers = ["normalize-text"]
 gates = ["spend-limit"]
-repair = {{ max_attempts = 2 }}
-"#
-    )
+repair = { max_attempts = 2 }
+"#,
+        )
 }
 
 /// The upstream, a `reins serve` in front of it, and the dir they live in.
-async fn setup() -> (server::Served, clients_support::Log, tempfile::TempDir) {
-    let (upstream, log) = clients_support::start().await;
+async fn setup() -> (server::Served, clients_support::Model, tempfile::TempDir) {
+    let model = clients_support::start().await;
     let dir = plugins::plugins_dir(&["normalize-text", "spend-limit"]);
-    let path = dir.path().join("reins.toml");
-    std::fs::write(&path, config(&upstream)).expect("config");
-    (server::serve(&path), log, dir)
+    let path = config(&model.upstream.base_url()).write(dir.path());
+    (server::serve(&path), model, dir)
 }
 
 /// The requests whose conversation ends with a `tool` message.
-fn after_tools(log: &clients_support::Log) -> Vec<Value> {
-    let log = log.lock().expect("log");
-    log.bodies
-        .iter()
+fn after_tools(log: &clients_support::Model) -> Vec<Value> {
+    log.upstream
+        .bodies()
+        .into_iter()
         .filter(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["role"] == "tool"))
-        .cloned()
         .collect()
 }
 
 /// Runs `script` against `served` off the async workers (the upstream
 /// answers on them), checks it passed `checks` checks, and that every
 /// conversation the upstream received was sound.
-async fn drive(served: &server::Served, log: &clients_support::Log, script: &'static str, checks: usize) {
+async fn drive(served: &server::Served, log: &clients_support::Model, script: &'static str, checks: usize) {
     let base = format!("{}/v1", served.base);
     let out = tokio::task::spawn_blocking(move || clients_support::run_client(script, &base))
         .await
@@ -66,9 +61,9 @@ async fn drive(served: &server::Served, log: &clients_support::Log, script: &'st
     assert_sound(log);
 }
 
-fn assert_sound(log: &clients_support::Log) {
-    let log = log.lock().expect("log");
-    assert!(log.problems.is_empty(), "conversations the upstream received were broken: {:?}", log.problems);
+fn assert_sound(log: &clients_support::Model) {
+    let problems = log.problems();
+    assert!(problems.is_empty(), "conversations the upstream received were broken: {problems:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -105,7 +100,7 @@ async fn the_openai_package_runs_agent_loops_through_reins() {
     assert!(turn.get("response_format").is_none(), "a prose pipeline asks for no JSON: {turn}");
 
     // The denied refund went back to the model as a repair, naming the gate's reason.
-    let bodies = log.lock().expect("log").bodies.clone();
+    let bodies = log.upstream.bodies();
     let repair = bodies
         .iter()
         .find(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["content"].as_str().is_some_and(|t| t.contains("denied"))))

@@ -9,8 +9,7 @@ mod degradation_support;
 mod pipeline_support;
 
 use reins_testing::plugins;
-use axum::body::Body;
-use axum::http::{Request as HttpRequest, StatusCode};
+use axum::http::StatusCode;
 use degradation_support::*;
 use reins_testing::model::{Step, Upstream, server_error};
 use pipeline_support::{host, host_err, refund_schema, script, sidecar};
@@ -19,7 +18,6 @@ use reins::pipeline::{Request, RunError, RunResult, RunStatus};
 use reins::server::{self, AppState};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tower::ServiceExt;
 
 const STATIC: &str = "degraded = { answer = { amount = 0, currency = \"EUR\", reason = \"refunds are reviewed by hand right now\" }, \
      message = \"Our assistant is offline; this is a placeholder, not a decision on your refund.\" }";
@@ -331,28 +329,8 @@ async fn config_errors_name_the_degradation_key() {
     );
 }
 
-async fn call(
-    state: &AppState,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = HttpRequest::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .expect("request");
-    let resp = server::router(state.clone(), 1 << 20)
-        .oneshot(req)
-        .await
-        .expect("infallible");
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    let value =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, headers, value)
+async fn call(state: &AppState, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    reins_testing::server::call(state, method, uri, &[], body.map(|b| b.to_string().into_bytes()), 1 << 20).await
 }
 
 #[tokio::test]

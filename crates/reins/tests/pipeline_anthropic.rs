@@ -8,11 +8,9 @@
 
 mod pipeline_support;
 
+use reins_testing::model::{Step, Upstream, ok};
 use reins_testing::{plugins, server};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use pipeline_support::*;
 use reins::config::{Config, ProviderConfig};
 use reins::pipeline::{Request, RunError, RunStatus};
@@ -20,81 +18,37 @@ use reins::provider::anthropic::JSON_INSTRUCTION;
 use reins::provider::{Breaker, ChatRequest, ProviderError, ProviderSettings, Sampling, ToolChoice};
 use reins::runtime::{Access, Message, MessageToolCall, Tool};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-/// One answer of the fake server: status, extra headers, JSON body.
-#[derive(Clone)]
-struct Reply(u16, Vec<(&'static str, &'static str)>, Value);
-
-/// One request it received.
-#[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    headers: HeaderMap,
-    body: Value,
-}
-
-#[derive(Clone)]
-struct Fake {
-    replies: Arc<Vec<Reply>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Fake {
-    /// Serves `replies` in order (the last one repeats); returns the fake and its base URL.
-    async fn start(replies: Vec<Reply>) -> (Fake, String) {
-        let fake = Fake {
-            replies: Arc::new(replies),
-            seen: Arc::default(),
-        };
-        let app = axum::Router::new().fallback(answer).with_state(fake.clone());
-        (fake, server::listen(app).await)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-async fn answer(State(fake): State<Fake>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let n = {
-        let mut seen = fake.seen.lock().unwrap();
-        seen.push(Seen {
-            path: uri.path().to_owned(),
-            headers,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        });
-        seen.len() - 1
-    };
-    let Reply(status, headers, body) = fake.replies[n.min(fake.replies.len() - 1)].clone();
-    let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
-    for (k, v) in headers {
-        response.headers_mut().insert(k, v.parse().unwrap());
-    }
-    response
+/// A fake Anthropic server answering `steps` in order (the last one
+/// repeats) and its base URL (the provider adds `/v1/messages`).
+async fn anthropic(steps: Vec<Step>) -> (Upstream, String) {
+    let fake = Upstream::steps(steps).await;
+    let base = fake.origin();
+    (fake, base)
 }
 
 /// A Messages API answer.
-fn message(content: Value, input_tokens: u64, output_tokens: u64) -> Reply {
-    Reply(
-        200,
-        vec![],
-        json!({
-            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-test",
-            "content": content, "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-        }),
-    )
+fn message(content: Value, input_tokens: u64, output_tokens: u64) -> Step {
+    ok(&json!({
+        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-test",
+        "content": content, "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }))
 }
 
-fn text(t: &str) -> Reply {
+fn text(t: &str) -> Step {
     message(json!([{"type": "text", "text": t}]), 20, 5)
 }
 
 /// An Anthropic error answer.
-fn error(status: u16, kind: &str, headers: Vec<(&'static str, &'static str)>) -> Reply {
-    Reply(status, headers, json!({"type": "error", "error": {"type": kind, "message": format!("the {kind} message")}}))
+fn error(status: u16, kind: &str, headers: &[(&str, &str)]) -> Step {
+    Step::Status {
+        status,
+        headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        body: json!({"type": "error", "error": {"type": kind, "message": format!("the {kind} message")}}).to_string(),
+    }
 }
 
 const KEY_ENV: &str = "REINS_TEST_ANTHROPIC_KEY";
@@ -149,7 +103,7 @@ fn lookup_tool() -> Tool {
 
 #[tokio::test]
 async fn a_whole_conversation_goes_out_in_the_messages_shape() {
-    let (fake, base) = Fake::start(vec![text("done")]).await;
+    let (fake, base) = anthropic(vec![text("done")]).await;
     let claude = breaker(&base, "");
     let mut look = Message::new("user", "what is on this picture?");
     look.parts = Some(vec![
@@ -191,7 +145,7 @@ async fn a_whole_conversation_goes_out_in_the_messages_shape() {
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/v1/messages");
-    let header = |k: &str| seen[0].headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |k: &str| seen[0].header(k).map(str::to_owned);
     assert_eq!(header("x-api-key").as_deref(), Some("sk-ant-test"));
     assert_eq!(header("anthropic-version").as_deref(), Some("2023-06-01"));
     assert_eq!(header("content-type").as_deref(), Some("application/json"));
@@ -235,7 +189,7 @@ async fn a_whole_conversation_goes_out_in_the_messages_shape() {
 
 #[tokio::test]
 async fn tool_choice_maps_and_the_configured_defaults_fill_in() {
-    let (fake, base) = Fake::start(vec![text("ok")]).await;
+    let (fake, base) = anthropic(vec![text("ok")]).await;
     let claude = breaker(&base, "temperature = 0.5\nmax_tokens = 333");
     for (choice, wire) in [
         (None, None),
@@ -262,10 +216,7 @@ async fn tool_choice_maps_and_the_configured_defaults_fill_in() {
 
 #[tokio::test]
 async fn text_tool_use_and_usage_are_read_back() {
-    let (_fake, base) = Fake::start(vec![Reply(
-        200,
-        vec![],
-        json!({
+    let (_fake, base) = anthropic(vec![ok(&json!({
             "id": "msg_02", "type": "message", "role": "assistant", "model": "claude-test-2025",
             "content": [
                 {"type": "text", "text": "Looking "},
@@ -274,8 +225,7 @@ async fn text_tool_use_and_usage_are_read_back() {
             ],
             "stop_reason": "tool_use", "stop_sequence": null,
             "usage": {"input_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7, "output_tokens": 12},
-        }),
-    )])
+    }))])
     .await;
     let answer = breaker(&base, "")
         .complete(&request(vec![Message::new("user", "where is A-1?")]))
@@ -306,7 +256,7 @@ async fn host(base_url: &str, pipeline: &str) -> (reins::Host, tempfile::TempDir
 #[tokio::test]
 async fn a_json_pipeline_asks_for_json_in_the_system_prompt() {
     let answer = json!({"amount": 12.5, "currency": "EUR", "reason": "damaged parcel"});
-    let (fake, base) = Fake::start(vec![text(&answer.to_string())]).await;
+    let (fake, base) = anthropic(vec![text(&answer.to_string())]).await;
     let pipeline = format!("system_prompt = \"Extract the refund.\"\nschema = '{}'", refund_schema());
     let (host, _plugins) = host(&base, &pipeline).await;
     let result = host.run("p", Request::text("refund 12.50 EUR, the parcel was crushed")).await;
@@ -327,7 +277,7 @@ async fn a_json_pipeline_asks_for_json_in_the_system_prompt() {
 
 #[tokio::test]
 async fn a_text_pipeline_gets_no_json_instruction() {
-    let (fake, base) = Fake::start(vec![text("Your parcel is on its way.")]).await;
+    let (fake, base) = anthropic(vec![text("Your parcel is on its way.")]).await;
     let (host, _plugins) = host(&base, "output = \"text\"\nsystem_prompt = \"Be kind.\"").await;
     let result = host.run("p", Request::text("where is my parcel?")).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
@@ -337,9 +287,9 @@ async fn a_text_pipeline_gets_no_json_instruction() {
 
 #[tokio::test]
 async fn a_429_and_a_529_are_retried_after_retry_after() {
-    let (fake, base) = Fake::start(vec![
-        error(429, "rate_limit_error", vec![("retry-after", "1")]),
-        error(529, "overloaded_error", vec![]),
+    let (fake, base) = anthropic(vec![
+        error(429, "rate_limit_error", &[("retry-after", "1")]),
+        error(529, "overloaded_error", &[]),
         text("at last"),
     ])
     .await;
@@ -350,7 +300,7 @@ async fn a_429_and_a_529_are_retried_after_retry_after() {
     assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}, not retry-after's 1 s", started.elapsed());
 
     // With no retries left, the error says what the upstream asked for.
-    let (_fake, base) = Fake::start(vec![error(429, "rate_limit_error", vec![("retry-after", "7")])]).await;
+    let (_fake, base) = anthropic(vec![error(429, "rate_limit_error", &[("retry-after", "7")])]).await;
     let called = breaker(&base, "max_retries = 0").call(&request(vec![Message::new("user", "hi")])).await;
     match called.result {
         Err(e @ ProviderError::Status { status: 429, .. }) => {
@@ -363,7 +313,7 @@ async fn a_429_and_a_529_are_retried_after_retry_after() {
 
 #[tokio::test]
 async fn a_400_is_not_retried_and_goes_back_to_the_caller_as_a_refusal() {
-    let (fake, base) = Fake::start(vec![error(400, "invalid_request_error", vec![])]).await;
+    let (fake, base) = anthropic(vec![error(400, "invalid_request_error", &[])]).await;
     let (host, _plugins) = host(&base, "output = \"text\"").await;
     let result = host.run("p", Request::text("hi")).await;
     assert_eq!(result.status, RunStatus::Failed);
@@ -379,7 +329,7 @@ async fn a_400_is_not_retried_and_goes_back_to_the_caller_as_a_refusal() {
 
 #[tokio::test]
 async fn a_missing_key_fails_before_any_call() {
-    let (fake, base) = Fake::start(vec![text("never")]).await;
+    let (fake, base) = anthropic(vec![text("never")]).await;
     let text = format!(
         "plugins_dir = \".\"\n[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{base}\"\nmodel = \"m\"\napi_key_env = \"REINS_TEST_ANTHROPIC_UNSET\"\n"
     );
@@ -391,39 +341,22 @@ async fn a_missing_key_fails_before_any_call() {
     assert!(fake.seen().is_empty());
 }
 
-/// One request to the router: status, headers, body (JSON, else text).
+/// One request to the router: a POST of `body` as JSON, else a GET.
 async fn call(
     state: &reins::server::AppState,
     uri: &str,
     headers: &[(&str, &str)],
     body: Option<Value>,
-) -> (StatusCode, HeaderMap, Value) {
-    use tower::ServiceExt;
-    let mut req = axum::http::Request::builder()
-        .method(if body.is_some() { "POST" } else { "GET" })
-        .uri(uri)
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(body.map_or_else(axum::body::Body::empty, |b| axum::body::Body::from(b.to_string())))
-        .expect("request");
-    let resp = reins::server::router(state.clone(), 1 << 20).oneshot(req).await.expect("infallible");
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, headers, value)
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let method = if body.is_some() { "POST" } else { "GET" };
+    server::call(state, method, uri, headers, body.map(|b| b.to_string().into_bytes()), 1 << 20).await
 }
 
 #[tokio::test]
 async fn the_messages_surface_runs_on_the_anthropic_provider_both_ways() {
     set_key();
-    let (fake, base) = Fake::start(vec![text("Bonjour !")]).await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("http://{}", l.local_addr().expect("addr"))
-    };
+    let (fake, base) = anthropic(vec![text("Bonjour !")]).await;
+    let dead = server::dead_url();
     let plugins = plugins::plugins_dir(&[]);
     let body = format!(
         "[server]\n[[server.tokens]]\nname = \"app\"\nenv = \"{KEY_ENV}\"\nscopes = [\"run\"]\n\n\

@@ -1,7 +1,7 @@
 //! `reins run` on the contract-risks example (copied to a temp dir with the
 //! built plugins), and every exit code.
 
-use reins_testing::plugins;
+use reins_testing::{plugins, server};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,10 +160,9 @@ fn exit_codes() {
     assert!(text(&out.stderr).contains("rejected by normalizer `normalize-text`"), "{}", text(&out.stderr));
 
     // 5: the model is unavailable.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let dead = custom(
         d,
-        &format!("kind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"x\"\nmax_retries = 0"),
+        &format!("kind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"x\"\nmax_retries = 0", server::dead_url()),
         "",
     );
     let out = reins(&["run", "--config", &dead, "--input", &contract], None);

@@ -5,7 +5,8 @@
 
 mod pipeline_support;
 
-use reins_testing::{plugins, server};
+use reins_testing::model::{Step, Upstream};
+use reins_testing::plugins;
 use pipeline_support::*;
 use reins::pipeline::{Request, RequestTool, RunError, RunStatus, StopReason};
 use reins::provider::{Sampling, ScriptedProvider, ToolChoice};
@@ -299,7 +300,6 @@ async fn a_blocklist_pattern_that_does_not_compile_is_refused_at_load_naming_it(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_answer_and_an_upstream_that_sends_invalid_utf8_get_clear_outcomes() {
-    use axum::routing::post;
     let plugins = plugins::plugins_dir(&["pii"]);
     // 1 MB of prose with an address at the end: redacted, or refused by name.
     let huge = format!("{} Mail bob@example.com.", "All is well with your order. ".repeat(36_000));
@@ -325,16 +325,11 @@ async fn a_huge_answer_and_an_upstream_that_sends_invalid_utf8_get_clear_outcome
 
     // Invalid UTF-8 from an OpenAI-compatible upstream: an unreadable
     // response, named, and the host goes on serving.
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(|| async {
-            let mut body = br#"{"choices":[{"message":{"role":"assistant","content":"caf"#.to_vec();
-            body.extend_from_slice(&[0xC3, 0x28, 0xFF]);
-            body.extend_from_slice(br#""}}]}"#);
-            ([("content-type", "application/json")], body)
-        }),
-    );
-    let base = server::listen(app).await;
+    let mut body = br#"{"choices":[{"message":{"role":"assistant","content":"caf"#.to_vec();
+    body.extend_from_slice(&[0xC3, 0x28, 0xFF]);
+    body.extend_from_slice(br#""}}]}"#);
+    let upstream = Upstream::always(Step::Bytes(body)).await;
+    let base = upstream.origin();
     let body = format!(
         "[providers.bad]\nkind = \"openai\"\nbase_url = \"{base}/v1\"\nmodel = \"m\"\nmax_retries = 0\n\n\
          [pipelines.bad]\nmodel = \"bad\"\n\n[pipelines.chat]\nmodel = \"model\"\n"

@@ -5,137 +5,20 @@
 
 mod pipeline_support;
 
-use reins_testing::plugins;
+use reins_testing::model::{Step, Upstream, ok, status};
+use reins_testing::{plugins, server};
 use pipeline_support::*;
 use reins::pipeline::{Request, RunError, RunStatus};
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// What the test server answers to the n-th request (the last one repeats).
-#[derive(Clone)]
-enum Reply {
-    Json(u16, Value),
-    Raw(u16, &'static str),
-    /// Answer nothing for this long.
-    Sleep(Duration),
-}
-
-/// One request the server received.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    authorization: Option<String>,
-    body: Value,
-}
-
-struct Server {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Server {
-    async fn start(replies: Vec<Reply>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                let replies = replies.clone();
-                tokio::spawn(async move {
-                    let _ = handle(stream, &log, &replies).await;
-                });
-            }
-        });
-        Server { addr, received }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
-async fn handle(mut stream: TcpStream, log: &Mutex<Vec<Received>>, replies: &[Reply]) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let mut lines = head.lines();
-    let path = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_owned();
-    let mut length = 0;
-    let mut authorization = None;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "authorization" => authorization = Some(v.trim().to_owned()),
-                _ => {}
-            }
-        }
-    }
-    while buf.len() < header_end + length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = serde_json::from_slice(&buf[header_end..]).unwrap_or(Value::Null);
-    let index = {
-        let mut log = log.lock().unwrap();
-        log.push(Received {
-            path,
-            authorization,
-            body,
-        });
-        log.len() - 1
-    };
-    let reply = replies[index.min(replies.len() - 1)].clone();
-    let (status, text) = match reply {
-        Reply::Json(status, v) => (status, v.to_string()),
-        Reply::Raw(status, t) => (status, t.to_owned()),
-        Reply::Sleep(d) => {
-            tokio::time::sleep(d).await;
-            return Ok(());
-        }
-    };
-    let response = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
 
 /// A chat-completions response with `content` and usage.
-fn completion(content: &str, prompt: u64, completion: u64) -> Reply {
-    Reply::Json(
-        200,
-        json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "model": "test-model",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-        }),
-    )
+fn completion(content: &str, prompt: u64, completion: u64) -> Step {
+    ok(&json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "test-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }))
 }
 
 fn refund(amount: Value) -> String {
@@ -157,7 +40,7 @@ const TOOLS: &str = "[[config.tools]]\nname = \"lookup_order\"\naccess = \"read\
 
 #[tokio::test]
 async fn requests_carry_the_conversation_schema_tools_key_and_exact_repair_message() {
-    let server = Server::start(vec![
+    let server = Upstream::steps(vec![
         completion(&refund(json!("12,50 EUR")), 50, 10),
         completion(&refund(json!(12.5)), 80, 11),
     ])
@@ -181,11 +64,11 @@ async fn requests_carry_the_conversation_schema_tools_key_and_exact_repair_messa
     assert!(!result.tokens.estimated);
     assert_eq!(result.attempts[1].tokens.total, 91);
 
-    let received = server.received();
+    let received = server.seen();
     assert_eq!(received.len(), 2);
     let first = &received[0];
     assert_eq!(first.path, "/v1/chat/completions");
-    assert_eq!(first.authorization.as_deref(), Some("Bearer sk-test-1"));
+    assert_eq!(first.header("authorization"), Some("Bearer sk-test-1"));
     assert_eq!(first.body["model"], "test-model");
     assert_eq!(first.body["temperature"], 0.0);
     assert_eq!(
@@ -221,25 +104,25 @@ async fn response_format_can_be_json_object_or_nothing() {
         ("response_format = \"json_object\"", Some(json!({"type": "json_object"}))),
         ("response_format = \"none\"", None),
     ] {
-        let server = Server::start(vec![completion(&refund(json!(1)), 1, 1)]).await;
+        let server = Upstream::steps(vec![completion(&refund(json!(1)), 1, 1)]).await;
         let plugins = plugins::plugins_dir(&[]);
         let host = host(plugins.path(), &body(&server.base_url(), setting, ""), &script(vec![])).await;
         let result = host.run("p", Request::text("refund 1 EUR")).await;
         assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
-        assert_eq!(server.received()[0].body.get("response_format").cloned(), expected);
-        assert!(server.received()[0].body.get("tools").is_none());
-        assert!(server.received()[0].authorization.is_none(), "no api_key_env, no header");
+        assert_eq!(server.seen()[0].body.get("response_format").cloned(), expected);
+        assert!(server.seen()[0].body.get("tools").is_none());
+        assert!(server.seen()[0].header("authorization").is_none(), "no api_key_env, no header");
     }
 }
 
 #[tokio::test]
 async fn a_500_is_retried_with_backoff() {
-    let server = Server::start(vec![Reply::Raw(500, "{\"error\": \"busy\"}"), completion(&refund(json!(3)), 5, 5)]).await;
+    let server = Upstream::steps(vec![status(500, "{\"error\": \"busy\"}"), completion(&refund(json!(3)), 5, 5)]).await;
     let plugins = plugins::plugins_dir(&[]);
     let host = host(plugins.path(), &body(&server.base_url(), "max_retries = 2", ""), &script(vec![])).await;
     let result = host.run("p", Request::text("refund 3 EUR")).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
-    assert_eq!(server.received().len(), 2);
+    assert_eq!(server.seen().len(), 2);
     assert_eq!(result.attempts.len(), 1, "a retry is not a repair attempt");
 }
 
@@ -256,62 +139,55 @@ async fn failure(base_url: &str, provider_extra: &str) -> (String, i32) {
 
 #[tokio::test]
 async fn a_server_error_is_reported_with_status_and_body_after_the_retries() {
-    let server = Server::start(vec![Reply::Raw(500, "{\"error\": \"upstream exploded\"}")]).await;
+    let server = Upstream::steps(vec![status(500, "{\"error\": \"upstream exploded\"}")]).await;
     let (message, code) = failure(&server.base_url(), "max_retries = 1").await;
     assert!(message.contains("provider `llm`: HTTP 500") && message.contains("upstream exploded"), "{message}");
     assert_eq!(code, 5);
-    assert_eq!(server.received().len(), 2, "one call and one retry");
+    assert_eq!(server.seen().len(), 2, "one call and one retry");
 }
 
 #[tokio::test]
 async fn a_client_error_is_not_retried() {
-    let server = Server::start(vec![Reply::Raw(401, "{\"error\": \"bad key\"}")]).await;
+    let server = Upstream::steps(vec![status(401, "{\"error\": \"bad key\"}")]).await;
     let (message, _) = failure(&server.base_url(), "max_retries = 3").await;
     assert!(message.contains("HTTP 401") && message.contains("bad key"), "{message}");
-    assert_eq!(server.received().len(), 1);
+    assert_eq!(server.seen().len(), 1);
 }
 
 #[tokio::test]
 async fn a_timeout_is_reported_as_such() {
-    let server = Server::start(vec![Reply::Sleep(Duration::from_secs(5))]).await;
+    let server = Upstream::steps(vec![Step::Hang]).await;
     let (message, _) = failure(&server.base_url(), "timeout_ms = 200\nmax_retries = 0").await;
     assert!(message.contains("provider `llm`: no response within 200 ms"), "{message}");
 }
 
 #[tokio::test]
 async fn garbage_is_an_unreadable_response() {
-    let server = Server::start(vec![Reply::Raw(200, "<html>502 Bad Gateway</html>")]).await;
+    let server = Upstream::steps(vec![status(200, "<html>502 Bad Gateway</html>")]).await;
     let (message, _) = failure(&server.base_url(), "max_retries = 0").await;
     assert!(message.contains("unreadable response: not JSON"), "{message}");
     assert!(message.contains("<html>502 Bad Gateway</html>"), "{message}");
-    let server = Server::start(vec![Reply::Json(200, json!({"choices": []}))]).await;
+    let server = Upstream::steps(vec![ok(&json!({"choices": []}))]).await;
     let (message, _) = failure(&server.base_url(), "max_retries = 0").await;
     assert!(message.contains("no choices[0].message"), "{message}");
 }
 
 #[tokio::test]
 async fn a_refused_connection_and_a_missing_key_are_clear() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let (message, _) = failure(&format!("http://127.0.0.1:{port}/v1"), "max_retries = 0").await;
-    assert!(message.contains(&format!("cannot connect to http://127.0.0.1:{port}/v1/chat/completions")), "{message}");
-    let server = Server::start(vec![completion("{}", 1, 1)]).await;
+    let dead = format!("{}/v1", server::dead_url());
+    let (message, _) = failure(&dead, "max_retries = 0").await;
+    assert!(message.contains(&format!("cannot connect to {dead}/chat/completions")), "{message}");
+    let server = Upstream::steps(vec![completion("{}", 1, 1)]).await;
     let (message, _) = failure(&server.base_url(), "api_key_env = \"REINS_TEST_UNSET_KEY\"").await;
     assert!(message.contains("environment variable REINS_TEST_UNSET_KEY (api_key_env) is not set"), "{message}");
-    assert!(server.received().is_empty());
+    assert!(server.seen().is_empty());
 }
 
 #[tokio::test]
 async fn a_dead_endpoint_falls_back_to_the_next_provider() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
     let plugins = plugins::plugins_dir(&[]);
     let model = script(vec![json!(refund(json!(4)))]);
-    let config = body(&format!("http://127.0.0.1:{port}/v1"), "max_retries = 0", "fallbacks = [\"model\"]");
+    let config = body(&format!("{}/v1", server::dead_url()), "max_retries = 0", "fallbacks = [\"model\"]");
     let host = host(plugins.path(), &config, &model).await;
     let result = host.run("p", Request::text("refund 4 EUR")).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
@@ -325,8 +201,8 @@ const REFUSES_JSON_SCHEMA: &str =
 
 #[tokio::test]
 async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept() {
-    let server = Server::start(vec![
-        Reply::Raw(500, REFUSES_JSON_SCHEMA),
+    let server = Upstream::steps(vec![
+        status(500, REFUSES_JSON_SCHEMA),
         completion(&refund(json!(3)), 5, 5),
         completion(&refund(json!(4)), 5, 5),
     ])
@@ -336,7 +212,7 @@ async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept()
     let host = host(plugins.path(), &body, &script(vec![])).await;
     let result = host.run("p", Request::text("refund 3 EUR")).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
-    let received = server.received();
+    let received = server.seen();
     assert_eq!(received.len(), 2, "one refusal, one answer");
     assert_eq!(received[0].body["response_format"]["type"], "json_schema");
     assert_eq!(
@@ -351,7 +227,7 @@ async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept()
     // The mode that works is kept: the next run asks with it at once.
     let result = host.run("p", Request::text("refund 4 EUR")).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
-    let received = server.received();
+    let received = server.seen();
     assert_eq!(received.len(), 3);
     assert_eq!(received[2].body["response_format"]["type"], "json_object");
     let status = host.provider("llm").expect("provider").status();
@@ -360,7 +236,7 @@ async fn a_server_that_refuses_json_schema_is_asked_again_and_the_mode_is_kept()
 
 #[tokio::test]
 async fn a_request_the_upstream_refuses_goes_back_to_the_caller_without_tripping_the_breaker() {
-    let server = Server::start(vec![Reply::Raw(400, "{\"error\": {\"message\": \"messages[1].content is too long\"}}")]).await;
+    let server = Upstream::steps(vec![status(400, "{\"error\": {\"message\": \"messages[1].content is too long\"}}")]).await;
     let plugins = plugins::plugins_dir(&[]);
     let body = body(&server.base_url(), "max_retries = 3\nbreaker = { failure_rate = 0.5, min_calls = 1 }", "");
     let host = host(plugins.path(), &body, &script(vec![])).await;
@@ -372,6 +248,6 @@ async fn a_request_the_upstream_refuses_goes_back_to_the_caller_without_tripping
         }
         assert_eq!(result.exit_code(), 2);
     }
-    assert_eq!(server.received().len(), 3, "a refusal is not retried");
+    assert_eq!(server.seen().len(), 3, "a refusal is not retried");
     assert_eq!(host.breaker("llm").expect("breaker").snapshot().state, reins::provider::CircuitState::Closed);
 }

@@ -8,30 +8,14 @@
 //! (The client is installed by `scripts/test.sh` / `.ci/run` from
 //! tests/clients/requirements.txt.)
 
+use reins_testing::config::Config;
+use reins_testing::model::{Upstream, ok, text_of};
 use reins_testing::{plugins, server};
-use axum::extract::State;
-use axum::routing::post;
 use serde_json::{Value, json};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 const TOKEN_ENV: &str = "REINS_TEST_ANTHROPIC_SERVER_TOKEN";
 const TOKEN: &str = "reins-anthropic-test-token";
-
-type Log = Arc<Mutex<Vec<Value>>>;
-
-/// The text of an OpenAI message's content (a string or parts).
-fn text_of(message: &Value) -> String {
-    match &message["content"] {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
 
 fn weather_call(id: &str, arguments: Value) -> Value {
     json!({"role": "assistant", "content": null, "tool_calls": [
@@ -44,7 +28,7 @@ fn weather_call(id: &str, arguments: Value) -> Value {
 fn reply(body: &Value) -> Value {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let last = messages.last().cloned().unwrap_or(Value::Null);
-    let said = text_of(&last);
+    let said = text_of(&last, " ");
     let message = if last["role"] == "tool" {
         json!({"role": "assistant", "content": format!("Tool said: {said}")})
     } else if let Some(city) = said.strip_prefix("forced: ").or_else(|| said.strip_prefix("any tool: ")) {
@@ -81,17 +65,11 @@ fn reply(body: &Value) -> Value {
     })
 }
 
-async fn completions(State(log): State<Log>, axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
-    let answer = reply(&body);
-    log.lock().expect("log").push(body);
-    axum::Json(answer)
-}
-
 /// The one request whose last message says `needle`.
 fn request_saying<'a>(seen: &'a [Value], needle: &str) -> &'a Value {
     let found: Vec<&Value> = seen
         .iter()
-        .filter(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| text_of(m).contains(needle)))
+        .filter(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| text_of(m, " ").contains(needle)))
         .collect();
     assert_eq!(found.len(), 1, "requests saying {needle:?}: {seen:#?}");
     found[0]
@@ -104,49 +82,32 @@ fn official_anthropic_python_client_works_against_reins_serve() {
         .enable_all()
         .build()
         .expect("runtime");
-    let log: Log = Arc::default();
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", post(completions))
-        .with_state(log.clone());
-    let upstream = runtime.block_on(server::listen(app));
+    let model = runtime.block_on(Upstream::replying(|seen| ok(&reply(&seen.body))));
 
     let dir = plugins::plugins_dir(&["spend-limit", "tool-manifest"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("tools sidecar");
-    let config = dir.path().join("reins.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-plugins_dir = "."
-
-[[server.tokens]]
-name = "app"
-env = "{TOKEN_ENV}"
-scopes = ["run"]
-
-[providers.up]
-kind = "openai"
-base_url = "{upstream}/v1"
-model = "up-model"
-max_retries = 0
-
-[pipelines.chat]
+    let config = Config::new()
+        .plugins_dir(".")
+        .test_cache()
+        .openai("up", &model.base_url(), "up-model", "max_retries = 0")
+        .table(&format!("[[server.tokens]]\nname = \"app\"\nenv = \"{TOKEN_ENV}\"\nscopes = [\"run\"]\n"))
+        .table(
+            r#"[pipelines.chat]
 model = "up"
 output = "text"
 
 [pipelines.extract]
 model = "up"
-schema = '{{"type":"object","required":["answer"],"properties":{{"answer":{{"type":"integer"}}}}}}'
-repair = {{ max_attempts = 1 }}
+schema = '{"type":"object","required":["answer"],"properties":{"answer":{"type":"integer"}}}'
+repair = { max_attempts = 1 }
 
 [pipelines.refunds]
 model = "up"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
-"#
-        ),
-    )
-    .expect("config");
+"#,
+        )
+        .write(dir.path());
     // SAFETY: the only test of this binary; set before the server starts.
     unsafe { std::env::set_var(TOKEN_ENV, TOKEN) };
     let served = server::serve(&config);
@@ -167,7 +128,7 @@ gates = ["spend-limit"]
     assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("17 passed, 0 failed"), "{stdout}");
 
-    let seen = log.lock().expect("log").clone();
+    let seen = model.bodies();
     // Refused requests (unknown model, top_k, an unanswered tool_result, a
     // wrong key) never reached the model; each check that ran made its calls.
     assert_eq!(seen.len(), 15, "{seen:#?}");

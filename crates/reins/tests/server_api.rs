@@ -2,14 +2,13 @@
 //! for graceful shutdown and the non-loopback refusal.
 
 use reins_testing::plugins;
-use axum::body::Body;
-use axum::http::{Request as HttpRequest, StatusCode};
+use reins_testing::server as testing;
+use axum::http::StatusCode;
 use reins::Host;
 use reins::server::{self, AppState};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tower::ServiceExt;
 
 const SCHEMA: &str = r#"{"type":"object","required":["answer"],"properties":{"answer":{"type":"integer"}},"additionalProperties":false}"#;
 
@@ -93,29 +92,14 @@ async fn fixture(extra: &str) -> Fixture {
 }
 
 async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>, token: Option<&str>) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let raw = body.map(|b| b.to_string());
-    call_raw(f, method, uri, raw, token).await
+    call_raw(f, method, uri, body.map(|b| b.to_string()), token).await
 }
 
 async fn call_raw(f: &Fixture, method: &str, uri: &str, body: Option<String>, token: Option<&str>) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = HttpRequest::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req.body(body.map_or_else(Body::empty, Body::from)).expect("request");
-    let settings = reins::server::ServerSettings::from_config(f.state.host.config()).expect("[server]");
-    let resp = server::router(f.state.clone(), settings.body_limit_bytes)
-        .oneshot(req)
-        .await
-        .expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, headers, value)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    let settings = server::ServerSettings::from_config(f.state.host.config()).expect("[server]");
+    testing::call(&f.state, method, uri, &headers, body.map(String::into_bytes), settings.body_limit_bytes).await
 }
 
 fn assert_error(body: &Value, kind: &str) {

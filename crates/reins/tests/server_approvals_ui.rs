@@ -3,6 +3,7 @@
 //! approve a pending refund, and check that the webhook sink received it
 //! exactly once.
 
+use reins_testing::config::Config;
 use reins_testing::webhook::Sink;
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
@@ -24,20 +25,16 @@ async fn approve_a_refund_through_the_web_page() {
     let dir = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
-    let config = format!(
-        r#"
-plugins_dir = "."
-
-[[server.tokens]]
-name = "alice"
-sha256 = "{hash}"
-scopes = ["run", "approve"]
-
-[providers.script]
-kind = "scripted"
-responses = [ {{ match = "refund", tool_calls = [ {{ name = "issue_refund", arguments = {{ order = "A-77", amount = 500 }} }} ] }} ]
-
-[pipelines.refunds]
+    let config_path = Config::new()
+        .plugins_dir(".")
+        .test_cache()
+        .table(&format!("[[server.tokens]]\nname = \"alice\"\nsha256 = \"{hash}\"\nscopes = [\"run\", \"approve\"]\n"))
+        .scripted(
+            "script",
+            r#"[ { match = "refund", tool_calls = [ { name = "issue_refund", arguments = { order = "A-77", amount = 500 } } ] } ]"#,
+        )
+        .table(&format!(
+            r#"[pipelines.refunds]
 model = "script"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
@@ -46,9 +43,8 @@ gates = ["spend-limit"]
 kind = "webhook"
 url = "{sink_url}"
 "#
-    );
-    let config_path = dir.path().join("reins.toml");
-    std::fs::write(&config_path, config).expect("config");
+        ))
+        .write(dir.path());
 
     let served = server::serve(&config_path);
     let base = served.base.clone();

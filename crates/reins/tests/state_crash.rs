@@ -10,6 +10,7 @@
 
 use reins_testing::model::{self, Step, Upstream};
 use reins_testing::webhook::{Delivery, Sink};
+use reins_testing::config::Config;
 use reins_testing::{plugins, server};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -33,12 +34,7 @@ fn answer_delay(d: &Delivery) -> Duration {
 /// for refund `BATCH-n`; after `STEPS` it answers `{"done": n}`.
 fn model(body: &Value) -> Step {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let batch = messages
-        .iter()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let batch = model::first_user_text(body);
     let mut n = 0;
     for m in &messages {
         if m["role"] == "tool" {
@@ -71,26 +67,16 @@ async fn sigkilled_servers_finish_every_run_and_apply_every_refund_exactly_once(
     let plugins = plugins::plugins_dir(&["tool-manifest"]);
     std::fs::write(plugins.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("reins.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-plugins_dir = "{plugins}"
-[runtime]
-cache_dir = "{cache}"
-[state]
-kind = "sqlite"
-path = "state.db"
-node_id = "crash-node"
-lease_ms = 2000
-[server]
-request_timeout_ms = 120000
-[providers.agent]
-kind = "openai"
-base_url = "{model_url}"
-model = "crash-agent"
-[pipelines.refunds]
+    let config = Config::new()
+        .plugins_dir(plugins.path())
+        .test_cache()
+        .table(
+            "[state]\nkind = \"sqlite\"\npath = \"state.db\"\nnode_id = \"crash-node\"\nlease_ms = 2000\n\
+             [server]\nrequest_timeout_ms = 120000\n",
+        )
+        .openai("agent", &upstream.base_url(), "crash-agent", "")
+        .table(&format!(
+            r#"[pipelines.refunds]
 model = "agent"
 mode = "agent"
 max_steps = {max_steps}
@@ -101,14 +87,10 @@ kind = "webhook"
 url = "{sink_url}"
 retries = 20
 "#,
-            plugins = plugins.path().display(),
-            model_url = upstream.base_url(),
             sink_url = sink.url(),
-            cache = plugins::cache_dir().display(),
             max_steps = STEPS + 5,
-        ),
-    )
-    .expect("config");
+        ))
+        .write(dir.path());
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))

@@ -9,6 +9,7 @@
 
 use reins_testing::model::{self, Step, Upstream};
 use reins_testing::webhook::{Delivery, Sink};
+use reins_testing::config::Config;
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -26,12 +27,7 @@ fn answer_delay(d: &Delivery) -> Duration {
 /// `{"done": n}`; anything else → a plain answer.
 fn model(body: &Value) -> Step {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let user = messages
-        .iter()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let user = model::first_user_text(body);
     let words: Vec<&str> = user.split_whitespace().collect();
     let message = match words.as_slice() {
         ["refund", amount, order] => model::refund_call(order, amount.parse().unwrap_or(1.0)),
@@ -117,25 +113,16 @@ async fn two_nodes_share_runs_approvals_budgets_limits_and_take_over_a_dead_node
     )
     .expect("sidecar");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("reins.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-plugins_dir = "{plugins}"
-[runtime]
-cache_dir = "{cache}"
-[state]
-kind = "postgres"
-url = "{pg}"
-lease_ms = {LEASE_MS}
-[server]
-request_timeout_ms = 60000
-[providers.model]
-kind = "openai"
-base_url = "{model_url}"
-model = "nodes"
-[pipelines.refunds]
+    let config = Config::new()
+        .plugins_dir(plugins.path())
+        .test_cache()
+        .table(&format!(
+            "[state]\nkind = \"postgres\"\nurl = \"{}\"\nlease_ms = {LEASE_MS}\n[server]\nrequest_timeout_ms = 60000\n",
+            db.url
+        ))
+        .openai("model", &upstream.base_url(), "nodes", "")
+        .table(&format!(
+            r#"[pipelines.refunds]
 model = "model"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
@@ -153,15 +140,10 @@ constraints = "tool-manifest"
 kind = "webhook"
 url = "{sink_url}"
 "#,
-            plugins = plugins.path().display(),
-            model_url = upstream.base_url(),
             sink_url = sink.url(),
-            cache = plugins::cache_dir().display(),
-            pg = db.url,
             max_steps = AGENT_STEPS + 2,
-        ),
-    )
-    .expect("config");
+        ))
+        .write(dir.path());
     let mut a = server::serve_with(&config, &["--node-id", "node-a"]);
     let b = server::serve_with(&config, &["--node-id", "node-b"]);
     let client = reqwest::Client::new();

@@ -10,43 +10,38 @@
 //! with a `get_weather` tool available gets a call for the city it names,
 //! with `issue_refund` a call for the amount it names; anything else an
 //! echo.
-#![allow(dead_code)]
 
-use reins_testing::{plugins, server};
-use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
+use reins_testing::model::{Upstream, ok, text_of};
+use reins_testing::plugins;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
-#[derive(Default)]
-pub struct Recorded {
-    pub bodies: Vec<Value>,
-    /// What was wrong with the structure of a conversation, if anything.
-    pub problems: Vec<String>,
+/// The upstream and what was wrong with the structure of the
+/// conversations it received, if anything.
+pub struct Model {
+    pub upstream: Upstream,
+    problems: Arc<Mutex<Vec<String>>>,
 }
 
-pub type Log = Arc<Mutex<Recorded>>;
-
-/// Starts the upstream on loopback: returns its base URL (`http://ADDR`) and its log.
-pub async fn start() -> (String, Log) {
-    let log: Log = Arc::default();
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .with_state(log.clone());
-    (server::listen(app).await, log)
-}
-
-fn text_of(m: &Value) -> String {
-    match &m["content"] {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
+impl Model {
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().expect("problems").clone()
     }
+}
+
+/// Starts the upstream on loopback.
+pub async fn start() -> Model {
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    let found = problems.clone();
+    let mut n = 0;
+    let upstream = Upstream::replying(move |seen| {
+        n += 1;
+        let messages = seen.body["messages"].as_array().cloned().unwrap_or_default();
+        found.lock().expect("problems").extend(check(&messages));
+        ok(&chat(&seen.body, n))
+    })
+    .await;
+    Model { upstream, problems }
 }
 
 /// Structure problems of one conversation.
@@ -85,30 +80,24 @@ fn has_tool(body: &Value, name: &str) -> bool {
         .is_some_and(|t| t.iter().any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name)))
 }
 
-async fn chat(State(log): State<Log>, Json(body): Json<Value>) -> Json<Value> {
+/// The answer to request `n` (1-based).
+fn chat(body: &Value, n: usize) -> Value {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let n = {
-        let mut log = log.lock().expect("log");
-        let problems = check(&messages);
-        log.problems.extend(problems);
-        log.bodies.push(body.clone());
-        log.bodies.len()
-    };
     let last = messages.last().cloned().unwrap_or(Value::Null);
-    let last_text = text_of(&last);
+    let last_text = text_of(&last, "\n");
     let city = ["Oslo", "Paris", "Lisbon"]
         .into_iter()
-        .find(|c| messages.iter().any(|m| text_of(m).contains(c)))
+        .find(|c| messages.iter().any(|m| text_of(m, "\n").contains(c)))
         .unwrap_or("Paris");
     let message = if last["role"] == "tool" {
         json!({"role": "assistant", "content": format!("In {city} the weather is {last_text}.")})
     } else if last_text.contains("did not pass") {
         json!({"role": "assistant", "content": "I cannot do that: it was not allowed."})
-    } else if has_tool(&body, "get_weather") && body["tool_choice"] != "none" {
+    } else if has_tool(body, "get_weather") && body["tool_choice"] != "none" {
         json!({"role": "assistant", "content": null, "tool_calls": [{
             "id": format!("call_up_{n}"), "type": "function",
             "function": {"name": "get_weather", "arguments": json!({"city": city}).to_string()}}]})
-    } else if has_tool(&body, "issue_refund") {
+    } else if has_tool(body, "issue_refund") {
         let amount: f64 = last_text
             .split(|c: char| !(c.is_ascii_digit() || c == '-' || c == '.'))
             .filter_map(|w| w.parse().ok())
@@ -121,11 +110,11 @@ async fn chat(State(log): State<Log>, Json(body): Json<Value>) -> Json<Value> {
         json!({"role": "assistant", "content": format!("You said: {last_text}")})
     };
     let finish = if message.get("tool_calls").is_some() { "tool_calls" } else { "stop" };
-    Json(json!({
+    json!({
         "id": format!("chatcmpl-up-{n}"), "object": "chat.completion", "created": 0, "model": "upstream-model",
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-    }))
+    })
 }
 
 /// Runs `python3 tests/clients/SCRIPT BASE` and returns its stdout, after
