@@ -26,10 +26,9 @@ pub fn install_metrics() {
 }
 
 use reins_core::Host;
-use reins_core::pipeline::{Request, RunResult};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
