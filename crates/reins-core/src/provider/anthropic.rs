@@ -28,7 +28,6 @@
 //! 5xx are retried by the [`super::Breaker`], honouring `retry-after`; 400,
 //! 413 and 422 are refusals that go back to the caller.
 
-use super::http::snippet;
 use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice, Usage};
 use crate::config::AnthropicConfig;
 use reins_runtime::Message;
@@ -161,11 +160,7 @@ impl AnthropicProvider {
             value.set_sensitive(true);
             builder = builder.header("x-api-key", value);
         }
-        let bytes = super::http::send(&self.name, &self.url, &self.config.http, builder).await?;
-        parse_response(&bytes).map_err(|message| ProviderError::BadResponse {
-            provider: self.name.clone(),
-            message: format!("{message}; body: {}", snippet(&bytes)),
-        })
+        super::http::exchange(&self.name, &self.url, &self.config.http, builder, parse_response).await
     }
 }
 

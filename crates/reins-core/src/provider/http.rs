@@ -27,7 +27,7 @@ pub(super) fn client(http: &HttpConfig) -> reqwest::Client {
 
 /// Sends `request` (a POST to `url` built by the provider) and returns the
 /// body of a 2xx answer.
-pub(super) async fn send(
+async fn send(
     provider: &str,
     url: &str,
     http: &HttpConfig,
@@ -95,6 +95,22 @@ pub(super) fn transport_error(provider: &str, url: &str, http: &HttpConfig, e: r
 }
 
 /// The start of a body, for error messages.
+/// [`send`], then `parse` the answer; an answer that does not parse is a
+/// `BadResponse` quoting the start of the body.
+pub(super) async fn exchange(
+    provider: &str,
+    url: &str,
+    http: &HttpConfig,
+    builder: reqwest::RequestBuilder,
+    parse: fn(&[u8]) -> Result<super::ChatResponse, String>,
+) -> Result<super::ChatResponse, ProviderError> {
+    let bytes = send(provider, url, http, builder).await?;
+    parse(&bytes).map_err(|message| ProviderError::BadResponse {
+        provider: provider.to_owned(),
+        message: format!("{message}; body: {}", snippet(&bytes)),
+    })
+}
+
 pub(super) fn snippet(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();

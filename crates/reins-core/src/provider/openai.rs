@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::config::{OpenAiConfig, ResponseFormat};
 use reins_runtime::Message;
 use serde_json::{Map, Value, json};
-use super::http::snippet;
 use std::any::Any;
 
 /// An OpenAI-compatible HTTP endpoint.
@@ -236,11 +235,7 @@ impl OpenAiProvider {
         if let Some(key) = api_key {
             builder = builder.bearer_auth(key);
         }
-        let bytes = super::http::send(&self.name, &self.url, &self.config.http, builder).await?;
-        parse_response(&bytes).map_err(|message| ProviderError::BadResponse {
-            provider: self.name.clone(),
-            message: format!("{message}; body: {}", snippet(&bytes)),
-        })
+        super::http::exchange(&self.name, &self.url, &self.config.http, builder, parse_response).await
     }
 }
 
