@@ -1,6 +1,6 @@
 //! [`Host`]: Reins as a library. The CLI and the server use exactly this API.
 
-use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStatus, ApprovalStore, Decided, Verdict};
+use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStore};
 use crate::limits::{RateLimiter, limit_key};
 use crate::config::{Config, ConfigError};
 use crate::pipeline::journal::Journal;
@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-mod agent;
+mod resume;
 mod lease;
 mod memory;
 mod record;
 mod recent;
 use record::StoredRequest;
-pub use agent::ResumeError;
+pub use resume::ResumeError;
 
 /// A loaded configuration: plugins, providers and compiled pipelines.
 ///
@@ -268,163 +268,6 @@ impl Host {
         self.approvals.get(id).await
     }
 
-    /// Decides an approval. When it was the run's last pending one, the run
-    /// continues and its new result is returned: approved actions execute
-    /// (with the same idempotency keys a direct run would use) and the run
-    /// completes; a rejection fails it and releases what its gates reserved.
-    pub async fn decide(
-        &self,
-        id: &str,
-        verdict: Verdict,
-        approver: &str,
-        comment: Option<String>,
-    ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
-        match self.approvals.decide(id, verdict, approver, comment).await? {
-            Decided::Waiting(a) => Ok((a, None)),
-            Decided::Ready(a, held, all) => {
-                let record = self.state.run(&a.run_id).await.map_err(|e| ApprovalError::Store(e.to_string()))?;
-                let Some(mut record) = record else {
-                    return Err(ApprovalError::Store(format!("run `{}` is not in the state store", a.run_id)));
-                };
-                // Exactly one node continues a held run: the one that moves
-                // it back to `running` under its lease.
-                let Some(mut guard) = self.leases.active.enter(&a.run_id) else {
-                    return Ok((a, None));
-                };
-                let taken = self
-                    .state
-                    .take_held(&a.run_id, &self.leases.node, reins_state::now_ms(), self.lease_until())
-                    .await
-                    .map_err(|e| ApprovalError::Store(e.to_string()))?;
-                if !taken {
-                    tracing::info!(run_id = %a.run_id, "another node is continuing the held run");
-                    return Ok((a, None));
-                }
-                self.keep_leased(&mut guard);
-                let mut run = match held {
-                    Some(run) => *run,
-                    // Reservations outlive a process only in shared counters;
-                    // releasing one into fresh memory would credit the budget.
-                    None => restore(
-                        &record,
-                        self.config.state.counters_shared().then(|| self.plugins.runtime().counters()),
-                    ),
-                };
-                // An agent turn's actions keep the keys a direct turn would use.
-                let agent_step = StoredRequest::of(&record).agent_step;
-                if let Some(step) = agent_step {
-                    run.run_id = agent::step_run_id(&a.run_id, step);
-                }
-                let pipeline = self.pipelines.get(&record.pipeline);
-                let tell_model = agent_step.is_some()
-                    && pipeline.is_some_and(|p| p.config.on_rejection == crate::config::OnRejection::Continue);
-                let mut run = self.continue_run(run, &all, tell_model).await;
-                run.run_id = a.run_id.clone();
-                if let (Some(step), RunStatus::Completed, Some(p)) = (agent_step, run.status, pipeline) {
-                    // The approved turn is done: the agent goes on.
-                    run.approvals = all.iter().map(|a| a.id.clone()).collect();
-                    let result = self.continue_agent(p, record, step, run, guard).await;
-                    return Ok((a, Some(result)));
-                }
-                run.approvals = all.iter().map(|a| a.id.clone()).collect();
-                // Keep what the held run recorded (trace, attempts) and
-                // overwrite what the continuation decided.
-                let new = serde_json::to_value(&run).unwrap_or(Value::Null);
-                if let (Some(old), Some(new)) = (record.result.as_object_mut(), new.as_object()) {
-                    for k in ["status", "error", "executions", "actions", "approvals"] {
-                        match new.get(k) {
-                            Some(v) => old.insert(k.to_owned(), v.clone()),
-                            None => old.remove(k),
-                        };
-                    }
-                    old.remove("pending");
-                } else {
-                    record.result = new;
-                }
-                record.status = run.status;
-                record.updated_ms = reins_state::now_ms();
-                record.owner = Some(self.leases.node.clone());
-                record.lease_until_ms = 0;
-                if let Err(e) = self.state.put_run(&record).await {
-                    tracing::warn!(run_id = %run.run_id, "state store: cannot record the continued run: {e}");
-                }
-                drop(guard);
-                Ok((a, Some(run)))
-            }
-        }
-    }
-
-    /// Carries out a held run's actions once every approval is decided. A
-    /// rejection fails the run and releases what its gates reserved — unless
-    /// `tell_model` (an agent turn): then only the rejected actions are
-    /// dropped (their reservations released), each reported as a
-    /// `rejected` execution, and the rest run.
-    async fn continue_run(&self, mut run: RunResult, approvals: &[Approval], tell_model: bool) -> RunResult {
-        run.pending.clear();
-        let is_rejected = |a: &&Approval| a.status == ApprovalStatus::Rejected;
-        if let Some(rejected) = approvals.iter().find(is_rejected).filter(|_| !tell_model) {
-            for (_, r) in &mut run.reservations {
-                r.release();
-            }
-            run.status = RunStatus::Failed;
-            run.error = Some(RunError::ApprovalRejected {
-                approval: rejected.id.clone(),
-                tool: rejected.action.tool.clone(),
-                approver: rejected.decided_by.clone().unwrap_or_default(),
-                comment: rejected.comment.clone().unwrap_or_default(),
-            });
-            return run;
-        }
-        let Some(p) = self.pipelines.get(&run.pipeline) else {
-            run.status = RunStatus::Failed;
-            run.error = Some(RunError::UnknownPipeline(run.pipeline.clone()));
-            return run;
-        };
-        let rejected: Vec<&Approval> = approvals.iter().filter(is_rejected).collect();
-        for a in &rejected {
-            for (_, r) in run.reservations.iter_mut().filter(|(i, _)| *i == a.index) {
-                r.release();
-            }
-        }
-        let mut actions: Vec<(usize, reins_runtime::Action)> =
-            run.action_indices.iter().copied().zip(run.actions.iter().cloned()).collect();
-        actions.extend(
-            approvals
-                .iter()
-                .filter(|a| a.status != ApprovalStatus::Rejected)
-                .map(|a| (a.index, a.action.clone())),
-        );
-        actions.sort_by_key(|(i, _)| *i);
-        let step = run.attempts.last().map_or(1, |a| a.attempt);
-        let mut executions = crate::pipeline::execute::execute_all(
-            &*self.state,
-            &p.config,
-            &run.pipeline,
-            &run.run_id,
-            step,
-            &actions,
-            &mut run.reservations,
-            run.dry_run,
-        )
-        .await;
-        executions.extend(rejected.iter().map(|a| crate::pipeline::execute::rejected(&run.run_id, step, a)));
-        executions.sort_by_key(|e| e.index);
-        run.actions = actions.iter().map(|(_, a)| a.clone()).collect();
-        run.action_indices = actions.iter().map(|(i, _)| *i).collect();
-        let failed = executions.iter().find(|e| e.status == crate::pipeline::ExecStatus::Failed);
-        run.error = failed.map(|e| RunError::ActionFailed {
-            tool: e.tool.clone(),
-            message: e.error.clone().unwrap_or_default(),
-        });
-        run.status = if run.error.is_some() {
-            RunStatus::Failed
-        } else {
-            RunStatus::Completed
-        };
-        run.executions = executions;
-        run
-    }
-
     /// A compiled pipeline.
     pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
         self.pipelines.get(name)
@@ -633,24 +476,3 @@ fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
     result
 }
 
-/// A held run rebuilt from its stored record, for continuing it in a process
-/// that did not start it: what the continuation needs (actions, their
-/// indices, the attempt, dry run, and the gates' reservations, released
-/// through `counters` — which reach the first process's only when shared).
-fn restore(record: &RunRecord, counters: Option<&Arc<dyn reins_runtime::CounterStore>>) -> RunResult {
-    let stored = StoredRequest::of(record);
-    let mut run: RunResult = serde_json::from_value(record.result.clone()).unwrap_or_else(|e| {
-        tracing::warn!(run_id = %record.run_id, "stored result does not read: {e}");
-        RunResult::new(record.run_id.clone(), record.pipeline.clone())
-    });
-    run.action_indices = stored.action_indices.unwrap_or_else(|| (0..run.actions.len()).collect());
-    run.reservations = match counters {
-        Some(counters) if !stored.reservations.is_null() => {
-            reins_runtime::Reservation::list_from_json(&stored.reservations, counters)
-        }
-        _ => Vec::new(),
-    };
-    run.status = RunStatus::AwaitingApproval;
-    run.error = None;
-    run
-}
