@@ -209,6 +209,7 @@ pub enum StateKind {
 }
 
 /// Opens the store `settings` describe (relative paths against `base_dir`).
+#[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
 pub async fn open(settings: &StateSettings, base_dir: &Path) -> Result<Arc<dyn StateStore>, StateError> {
     match settings.kind {
         #[cfg(feature = "sqlite")]
