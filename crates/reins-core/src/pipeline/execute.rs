@@ -3,6 +3,7 @@
 //! reserved.
 
 use crate::config::{ExecutorConfig, PipelineConfig};
+use crate::provider::RetryPolicy;
 use reins_runtime::{Action, Reservation};
 use reins_state::{ActionRecord, ActionState, StateStore};
 use serde::{Deserialize, Serialize};
@@ -222,6 +223,12 @@ async fn send(exec: &mut Execution, pipeline: &str, run_id: &str, url: &str, tim
         "idempotency_key": exec.idempotency_key,
     });
     let timeout = Duration::from_millis(timeout_ms.max(1));
+    // The providers' retry policy: full jitter from 100 ms, capped at 2 s.
+    let policy = RetryPolicy {
+        max_retries: retries,
+        base: Duration::from_millis(50),
+        max_wait: Duration::from_secs(2),
+    };
     loop {
         exec.tries += 1;
         let sent = client()
@@ -252,14 +259,11 @@ async fn send(exec: &mut Execution, pipeline: &str, run_id: &str, url: &str, tim
                 true
             }
         };
-        if !retryable || exec.tries > retries {
+        if !retryable || exec.tries > policy.max_retries {
             exec.status = ExecStatus::Failed;
             tracing::warn!(tool = %exec.tool, key = %exec.idempotency_key, tries = exec.tries, "action failed: {}", exec.error.as_deref().unwrap_or(""));
             return;
         }
-        // Exponential backoff with full jitter, capped at 2 s.
-        let cap = 50u64.saturating_mul(1 << exec.tries.min(6)).min(2_000);
-        let wait = rand::random_range(0..=cap);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        tokio::time::sleep(policy.backoff(exec.tries)).await;
     }
 }
