@@ -206,10 +206,13 @@ impl Host {
         // Finished (or held for a human): nobody needs to own it now.
         record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = 0;
-        StoredRequest::update(&mut record, |stored| {
-            stored.action_indices = Some(result.action_indices.clone());
-            stored.reservations = reins_runtime::Reservation::list_to_json(&result.reservations);
-        });
+        if result.status == RunStatus::AwaitingApproval {
+            // What continuing the held run needs; a finished run needs none of it.
+            StoredRequest::update(&mut record, |stored| {
+                stored.action_indices = Some(result.action_indices.clone());
+                stored.reservations = reins_runtime::Reservation::list_to_json(&result.reservations);
+            });
+        }
         record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.status == RunStatus::AwaitingApproval {
             match self.approvals.hold(&result, &record, &p.config.approvers).await {
@@ -226,7 +229,7 @@ impl Host {
             // Still readable here from memory while the store is down.
             Err(e) => tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}"),
         }
-        self.recent.offer(&record.run_id, record.status, &record.result);
+        self.recent.offer(&record.run_id, record.status, std::mem::take(&mut record.result));
         result
     }
 
@@ -238,8 +241,11 @@ impl Host {
         }
         match self.state.run(run_id).await {
             Ok(r) => r.map(|r| {
-                self.recent.offer(&r.run_id, r.status, &r.result);
-                r.result
+                let result = r.result;
+                if r.status.is_finished() {
+                    self.recent.offer(&r.run_id, r.status, result.clone());
+                }
+                result
             }),
             Err(e) => {
                 tracing::warn!(run_id, "state store: {e}");

@@ -28,9 +28,9 @@ impl RecentRuns {
     }
 
     /// Keeps `result` if its run is finished.
-    pub fn offer(&self, run_id: &str, status: reins_state::RunStatus, result: &Value) {
+    pub fn offer(&self, run_id: &str, status: reins_state::RunStatus, result: Value) {
         if status.is_finished() {
-            self.lock().put(run_id.to_owned(), Arc::new(result.clone()));
+            self.lock().put(run_id.to_owned(), Arc::new(result));
         }
     }
 
