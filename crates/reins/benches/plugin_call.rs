@@ -9,23 +9,14 @@ use serde_json::{Value, json};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Median ns per iteration over several timed batches.
-fn measure(mut f: impl FnMut()) -> f64 {
-    for _ in 0..200 {
-        f();
-    }
-    let mut samples = Vec::new();
-    let budget = Instant::now();
-    while samples.len() < 15 || (budget.elapsed() < Duration::from_millis(600) && samples.len() < 200) {
-        let n = 200;
-        let t = Instant::now();
-        for _ in 0..n {
-            f();
-        }
-        samples.push(t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples[samples.len() / 2]
+/// This bench's sampling: see `reins_testing::bench::median_ns`.
+fn measure(f: impl FnMut()) -> f64 {
+    let sampling = reins_testing::bench::Sampling {
+        warmup: 200,
+        batch: 200,
+        budget: Duration::from_millis(600),
+    };
+    reins_testing::bench::median_ns(&sampling, f)
 }
 
 const RISKS: [&str; 3] = ["low", "medium", "high"];

@@ -11,25 +11,16 @@ use reins::pipeline::Request;
 use reins::runtime::{CallContext, PluginHost};
 use serde_json::json;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Median ns per iteration over several timed batches.
-fn measure(mut f: impl FnMut()) -> f64 {
-    for _ in 0..50 {
-        f();
-    }
-    let mut samples = Vec::new();
-    let budget = Instant::now();
-    while samples.len() < 15 || (budget.elapsed() < Duration::from_millis(800) && samples.len() < 200) {
-        let n = 20;
-        let t = Instant::now();
-        for _ in 0..n {
-            f();
-        }
-        samples.push(t.elapsed().as_nanos() as f64 / n as f64);
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples[samples.len() / 2]
+/// This bench's sampling: see `reins_testing::bench::median_ns`.
+fn measure(f: impl FnMut()) -> f64 {
+    let sampling = reins_testing::bench::Sampling {
+        warmup: 50,
+        batch: 20,
+        budget: Duration::from_millis(800),
+    };
+    reins_testing::bench::median_ns(&sampling, f)
 }
 
 /// About 2 KB of support-chat prose; `with_pii` puts an address, a phone
