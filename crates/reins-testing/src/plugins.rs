@@ -120,3 +120,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The call context the runtime tests call plugins with (run `r1` of
+/// pipeline `test`, attempt 1), with `metadata` as the caller's.
+pub fn call_context(metadata: serde_json::Value) -> reins::runtime::CallContext {
+    reins::runtime::CallContext {
+        run_id: "r1".into(),
+        pipeline: "test".into(),
+        attempt: 1,
+        metadata,
+        ..Default::default()
+    }
+}

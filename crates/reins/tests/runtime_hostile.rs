@@ -8,13 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn ctx() -> CallContext {
-    CallContext {
-        run_id: "r1".into(),
-        pipeline: "test".into(),
-        attempt: 1,
-        metadata: json!({"tenant": "acme"}),
-        ..Default::default()
-    }
+    plugins::call_context(json!({"tenant": "acme"}))
 }
 
 fn runtime() -> Arc<Runtime> {

@@ -9,13 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn ctx() -> CallContext {
-    CallContext {
-        run_id: "r1".into(),
-        pipeline: "test".into(),
-        attempt: 1,
-        metadata: json!({}),
-        ..Default::default()
-    }
+    plugins::call_context(json!({}))
 }
 
 #[test]

@@ -24,13 +24,7 @@ const BUNDLED: [&str; 11] = [
 ];
 
 fn ctx() -> CallContext {
-    CallContext {
-        run_id: "r1".into(),
-        pipeline: "test".into(),
-        attempt: 1,
-        metadata: json!({}),
-        ..Default::default()
-    }
+    plugins::call_context(json!({}))
 }
 
 #[test]
