@@ -26,11 +26,11 @@
 // - contextBuilder(fn) [contextBuilder]: fn(ctx, query, chunks, budgetTokens)
 //   -> [{id, text, score, source}].
 //
-// `ctx` is {runId, pipeline, attempt, config, metadata, setting(), meta()}
+// `ctx` is {runId, pipeline, attempt, caller, config, metadata, setting(), meta()}
 // with config and metadata parsed. Throw `new Refuse("why")` (or let any
 // error escape) to answer err(why): the host applies the plugin's fail_mode.
 
-import { log as hostLog, counterAdd as hostCounterAdd } from "reins:policy/host@0.1.0";
+import { log as hostLog, counterAdd as hostCounterAdd } from "reins:policy/host@0.2.0";
 
 export const SEVERITIES = ["info", "warning", "error"];
 export const ACCESSES = ["read", "write", "irreversible"];
@@ -86,12 +86,28 @@ export function context(raw = {}) {
   } catch (_) {
     metadata = {}; // the caller's, not the operator's: read leniently
   }
+  const c = raw.caller || {};
+  let claims = {};
+  try {
+    claims = typeof c.claims === "string" ? jsonObject(c.claims, "caller.claims", false) : c.claims || {};
+  } catch (_) {
+    claims = {};
+  }
+  // Who is calling, verified by the host from the credential (not the body).
+  const caller = {
+    subject: c.subject ?? "anonymous",
+    tenant: c.tenant ?? undefined,
+    roles: c.roles ?? [],
+    credential: c.credential ?? "none",
+    claims,
+  };
   return {
     runId: raw.runId ?? "test",
     pipeline: raw.pipeline ?? "test",
     attempt: raw.attempt ?? 1,
     config,
     metadata,
+    caller,
     /** config[key] or fallback; with kind ("string", "number", "integer",
      * "boolean", "list", "object") another type is refused, naming the key. */
     setting(key, fallback, kind) {

@@ -64,16 +64,38 @@ class Refuse(Exception):
 # The call context
 
 
-class Context:
-    """What every call is told: run id, pipeline, attempt, and the parsed
-    `config` (the sidecar's `[config]` table) and `metadata` (the caller's)."""
+class Caller:
+    """Who is calling, as the host verified it from the credential (never the
+    request body): key tenants' budgets and roles' tools on this."""
 
-    def __init__(self, run_id="test", pipeline="test", attempt=1, config=None, metadata=None):
+    def __init__(self, subject="anonymous", tenant=None, roles=None, credential="none", claims=None):
+        self.subject = subject
+        self.tenant = tenant
+        self.roles = list(roles or [])
+        self.credential = credential
+        self.claims = claims if claims is not None else {}
+
+    @classmethod
+    def from_wit(cls, c) -> "Caller":
+        try:
+            claims = _json_object(c.claims, "caller.claims", strict=False)
+        except Refuse:
+            claims = {}
+        return cls(c.subject, c.tenant, c.roles, c.credential, claims)
+
+
+class Context:
+    """What every call is told: run id, pipeline, attempt, the verified
+    `caller`, and the parsed `config` (the sidecar's `[config]` table) and
+    `metadata` (the caller's own hints)."""
+
+    def __init__(self, run_id="test", pipeline="test", attempt=1, config=None, metadata=None, caller=None):
         self.run_id = run_id
         self.pipeline = pipeline
         self.attempt = attempt
         self.config = config if config is not None else {}
         self.metadata = metadata if metadata is not None else {}
+        self.caller = caller if caller is not None else Caller()
 
     @classmethod
     def from_wit(cls, ctx) -> "Context":
@@ -83,7 +105,7 @@ class Context:
             metadata = _json_object(ctx.metadata, "metadata", strict=False)
         except Refuse:
             metadata = {}
-        return cls(ctx.run_id, ctx.pipeline, ctx.attempt, config, metadata)
+        return cls(ctx.run_id, ctx.pipeline, ctx.attempt, config, metadata, Caller.from_wit(ctx.caller))
 
     def setting(self, key, default=None, kind=None):
         """`config[key]`, or `default` when absent. With `kind` (a type or a

@@ -1,6 +1,7 @@
 //! [`Host`]: Reins as a library. The CLI and the server use exactly this API.
 
 use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStore};
+use crate::identity;
 use crate::limits::{RateLimiter, limit_key};
 use crate::config::{Config, ConfigError};
 use crate::pipeline::journal::Journal;
@@ -118,12 +119,22 @@ impl Host {
             result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
             return result;
         };
+        // Identity first, before any plugin runs: a body that contradicts
+        // the credential is refused, and the pipeline sees the effective
+        // caller (metadata fills it in only where the pipeline trusts it).
+        if let Err(e) = identity::check_metadata(&request.caller, &request.metadata) {
+            let mut result = RunResult::new(run_id, pipeline);
+            result.status = RunStatus::Rejected;
+            result.error = Some(RunError::Forbidden { key: format!("metadata.{}", e.key), message: e.to_string() });
+            return result;
+        }
+        request.caller = identity::effective(&request.caller, &request.metadata, p.config.trust_metadata);
         let Some(guard) = self.leases.active.enter(&run_id) else {
             return not_owned(&run_id, pipeline, "it is already running in this process");
         };
         let limited = match &p.config.limits {
             Some(limits) => {
-                let lkey = limit_key(limits, &request.metadata);
+                let lkey = limit_key(limits, &request.caller);
                 if let Err(retry_after_s) = self.limits.admit(pipeline, &lkey, limits) {
                     let mut result = RunResult::new(run_id, pipeline);
                     result.status = RunStatus::Rejected;
@@ -139,8 +150,10 @@ impl Host {
             None => None,
         };
         let mut record = RunRecord::new(&run_id, pipeline, RunStatus::Running);
-        record.idempotency_key = key.map(str::to_owned);
-        record.session_id = request.session_id.clone();
+        // Keys and sessions are the caller's own: two tenants with one key
+        // get two runs and two memories.
+        record.idempotency_key = key.map(|k| identity::scoped(&request.caller, k));
+        record.session_id = request.session_id.as_deref().map(|s| identity::scoped(&request.caller, s));
         self.start(p, request, record, guard, limited, Vec::new()).await
     }
 
@@ -159,7 +172,7 @@ impl Host {
         let run_id = record.run_id.clone();
         record.status = RunStatus::Running;
         StoredRequest::new(&request).write(&mut record);
-        record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running"});
+        record.result = serde_json::json!({"run_id": &run_id, "pipeline": &p.name, "status": "running", "caller": &request.caller});
         record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = self.lease_until();
         record.updated_ms = reins_state::now_ms();
@@ -254,9 +267,11 @@ impl Host {
         }
     }
 
-    /// The stored result of the run a caller's idempotency key started.
-    pub async fn run_by_key(&self, pipeline: &str, key: &str) -> Option<Value> {
-        self.state.run_by_key(pipeline, key).await.ok().flatten().map(|r| r.result)
+    /// The stored result of the run `caller`'s idempotency key started
+    /// (keys are per owner: another tenant's key finds nothing).
+    pub async fn run_by_key(&self, pipeline: &str, caller: &reins_runtime::Caller, key: &str) -> Option<Value> {
+        let key = identity::scoped(caller, key);
+        self.state.run_by_key(pipeline, &key).await.ok().flatten().map(|r| r.result)
     }
 
     /// The state store.

@@ -11,6 +11,7 @@
 
 pub mod approvals;
 pub mod config;
+pub mod identity;
 pub mod limits;
 pub mod pipeline;
 pub mod provider;

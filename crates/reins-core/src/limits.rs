@@ -14,10 +14,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The caller key of a request: the configured metadata field, as text.
-pub fn limit_key(limits: &RateLimitConfig, metadata: &Value) -> String {
-    match metadata.get(&limits.key) {
+/// The caller key of a request: the configured key of the (effective)
+/// caller, as text — never the body's word, unless the pipeline trusts it.
+pub fn limit_key(limits: &RateLimitConfig, caller: &reins_runtime::Caller) -> String {
+    match caller.get(&limits.key) {
         Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
         Some(v) if !v.is_null() => v.to_string(),
         _ => "anonymous".to_owned(),
     }

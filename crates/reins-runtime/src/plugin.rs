@@ -343,6 +343,13 @@ impl Plugin {
             run_id: ctx.run_id.clone(),
             pipeline: ctx.pipeline.clone(),
             attempt: ctx.attempt,
+            caller: wit_types::Caller {
+                subject: ctx.caller.subject.clone(),
+                tenant: ctx.caller.tenant.clone(),
+                roles: ctx.caller.roles.clone(),
+                credential: ctx.caller.credential.clone(),
+                claims: serde_json::Value::Object(ctx.caller.claims.clone()).to_string(),
+            },
             metadata: if ctx.metadata.is_null() {
                 "{}".to_string()
             } else {

@@ -32,11 +32,11 @@ impl Layer {
     /// The exported interface that identifies this layer.
     pub fn interface(self) -> &'static str {
         match self {
-            Layer::Normalizer => "reins:policy/normalizer@0.1.0",
-            Layer::Validator => "reins:policy/validator@0.1.0",
-            Layer::Constraints => "reins:policy/constraints@0.1.0",
-            Layer::Gate => "reins:policy/gate@0.1.0",
-            Layer::Context => "reins:policy/context-builder@0.1.0",
+            Layer::Normalizer => "reins:policy/normalizer@0.2.0",
+            Layer::Validator => "reins:policy/validator@0.2.0",
+            Layer::Constraints => "reins:policy/constraints@0.2.0",
+            Layer::Gate => "reins:policy/gate@0.2.0",
+            Layer::Context => "reins:policy/context-builder@0.2.0",
         }
     }
 
@@ -198,14 +198,73 @@ pub struct CallContext {
     pub run_id: String,
     pub pipeline: String,
     pub attempt: u32,
-    /// The caller's metadata (tenant, user, role...), a JSON object.
+    /// The caller's metadata (channel, locale...), a JSON object: hints the
+    /// caller wrote itself, never proof of who it is.
     pub metadata: Value,
+    /// Who is calling, as the credential says (see [`Caller`]).
+    pub caller: Caller,
     /// What the request says, for the `request-text` import (grounding).
     #[serde(skip)]
     pub request_text: std::sync::Arc<str>,
     /// The judge model, when the pipeline grants it (the `judge` import).
     #[serde(skip)]
     pub judge: Option<JudgeHandle>,
+}
+
+/// Who is calling: resolved by the host from the credential (a token's
+/// claims, a verified JWT) before any plugin runs, never from the request
+/// body. Plugins key budgets, tools and rate limits on this; `metadata`
+/// stays a caller-written hint. A pipeline with `trust_metadata = true`
+/// (open local development) fills what the credential leaves empty from
+/// `metadata`, and says so in `credential`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Caller {
+    /// The token's name or the JWT's `sub`; `anonymous` without a credential.
+    pub subject: String,
+    pub tenant: Option<String>,
+    pub roles: Vec<String>,
+    /// How the identity was established: `token:NAME`, `jwt:ISSUER`,
+    /// `metadata` (trusted by the pipeline) or `none`.
+    pub credential: String,
+    /// Every other claim the credential carries (strings and string arrays).
+    pub claims: serde_json::Map<String, Value>,
+}
+
+impl Default for Caller {
+    fn default() -> Caller {
+        Caller::anonymous()
+    }
+}
+
+impl Caller {
+    /// No credential: no tenant, no roles.
+    pub fn anonymous() -> Caller {
+        Caller {
+            subject: "anonymous".to_owned(),
+            tenant: None,
+            roles: Vec::new(),
+            credential: "none".to_owned(),
+            claims: serde_json::Map::new(),
+        }
+    }
+
+    /// True when a credential (not the caller's own word) established it.
+    pub fn is_verified(&self) -> bool {
+        self.credential != "none" && self.credential != "metadata"
+    }
+
+    /// The value of one identity key: `tenant`, `subject`, `roles`/`role`,
+    /// or any other claim.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        match key {
+            "tenant" => self.tenant.clone().map(Value::String),
+            "subject" | "sub" | "user" => Some(Value::String(self.subject.clone())),
+            "roles" | "role" if !self.roles.is_empty() => Some(Value::from(self.roles.clone())),
+            "roles" | "role" => None,
+            other => self.claims.get(other).cloned(),
+        }
+    }
 }
 
 /// A model a plugin may ask (the `judge` import). The runtime knows nothing

@@ -2,7 +2,9 @@
 
 use super::AppState;
 use super::error::{ApiError, JsonBody};
+use super::auth::Identity;
 use super::settings::Scope;
+use axum::http::StatusCode;
 use reins_core::approvals::{ApprovalFilter, Verdict};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -17,19 +19,18 @@ pub async fn list(
     headers: HeaderMap,
     Query(filter): Query<ApprovalFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    state.auth.check(&headers, Scope::Approve)?;
+    let who = state.auth.check(&headers, Scope::Approve).await?;
     let approvals = state.host.approvals(&filter).await?;
     // Each approval carries its run's trace, so the approver sees why.
     let mut data: Vec<Value> = Vec::with_capacity(approvals.len());
     for a in approvals {
-        let trace = state
-            .host
-            .stored_run(&a.run_id)
-            .await
-            .and_then(|r| r.get("trace").cloned())
-            .unwrap_or(Value::Null);
+        let run = state.host.stored_run(&a.run_id).await.unwrap_or(Value::Null);
+        if !may_decide(&state, &who, &a.pipeline, &run) {
+            continue;
+        }
         let mut v = json!(a);
-        v["trace"] = trace;
+        v["trace"] = run.get("trace").cloned().unwrap_or(Value::Null);
+        v["requested_by"] = json!(reins_core::identity::owner_of(&run));
         data.push(v);
     }
     Ok(Json(json!({"object": "list", "data": data})))
@@ -50,8 +51,27 @@ pub async fn decide(
     headers: HeaderMap,
     JsonBody(body): JsonBody<DecisionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = state.auth.check(&headers, Scope::Approve)?;
-    let approver = who.unwrap_or_else(|| "anonymous".to_owned());
+    let who = state.auth.check(&headers, Scope::Approve).await?;
+    let not_found = || ApiError::not_found(format!("no approval `{id}`"));
+    let pending = state.host.approval(&id).await?.ok_or_else(not_found)?;
+    let run = state.host.stored_run(&pending.run_id).await.unwrap_or(Value::Null);
+    if !may_decide(&state, &who, &pending.pipeline, &run) {
+        return Err(not_found());
+    }
+    let owner = reins_core::identity::owner_of(&run);
+    let self_approval = state.host.pipeline(&pending.pipeline).is_some_and(|p| p.config.self_approval);
+    if !self_approval && owner.is_verified() && owner.subject == who.caller.subject && owner.credential == who.caller.credential {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "`{}` started run `{}` and cannot approve its own escalation; another approver must decide \
+                 (or set `self_approval = true` on pipeline `{}`)",
+                who.caller.subject, pending.run_id, pending.pipeline
+            ),
+        ));
+    }
+    let approver = who.caller.subject.clone();
     let (approval, run) = state
         .host
         .decide(&id, body.decision, &approver, body.comment)
@@ -65,6 +85,20 @@ pub async fn decide(
     })
     .increment(1);
     Ok(Json(json!({"approval": approval, "run": run})))
+}
+
+/// Whether `who` may see and decide an approval of `pipeline` whose run
+/// is `run`: by default only its own tenant's (`approval_scope = "any"`
+/// opens a pipeline's approvals to every approver); an admin decides all.
+fn may_decide(state: &AppState, who: &Identity, pipeline: &str, run: &Value) -> bool {
+    let any = state
+        .host
+        .pipeline(pipeline)
+        .is_some_and(|p| p.config.approval_scope == reins_core::config::ApprovalScope::Any);
+    if any {
+        return who.is_admin() || who.may_call(pipeline);
+    }
+    super::runs::visible(who, run)
 }
 
 /// `GET /ui/approvals`: a page that needs no build step. It asks for a token

@@ -53,6 +53,11 @@ impl ApiError {
         )
     }
 
+    /// A 401 that says what is wrong with the credential (never a secret).
+    pub fn unauthorized_because(reason: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", reason.to_owned())
+    }
+
     pub fn forbidden(scope: &str) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
@@ -112,6 +117,7 @@ impl From<&RunError> for ApiError {
             RunError::ModelUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
             RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+            RunError::Forbidden { .. } => (StatusCode::FORBIDDEN, "permission_error"),
             RunError::Plugin { .. }
             | RunError::MissingPlugin { .. }
             | RunError::ActionFailed { .. }
@@ -124,12 +130,15 @@ impl From<&RunError> for ApiError {
                 "bad_request" | "upstream_refused" => (StatusCode::BAD_REQUEST, "invalid_request_error"),
                 "model_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
                 "unknown_pipeline" => (StatusCode::NOT_FOUND, "not_found_error"),
+                "forbidden" => (StatusCode::FORBIDDEN, "permission_error"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
             },
         };
         let mut err = Self::new(status, kind, e.to_string());
-        if let RunError::RateLimited { retry_after_s, .. } = e {
-            err.retry_after = Some(*retry_after_s);
+        match e {
+            RunError::RateLimited { retry_after_s, .. } => err.retry_after = Some(*retry_after_s),
+            RunError::Forbidden { key, .. } => err = err.with("param", json!(key)),
+            _ => {}
         }
         err
     }

@@ -16,9 +16,9 @@ mod runs;
 mod service;
 mod settings;
 
-pub use auth::{Auth, AuthError};
+pub use auth::{Auth, AuthError, Identity, JwtError};
 pub use error::ApiError;
-pub use settings::{Scope, ServerSettings, TokenSettings};
+pub use settings::{JwtSettings, Scope, ServerSettings, TokenSettings};
 
 /// Installs the Prometheus recorder (idempotent). Call before loading plugins.
 pub fn install_metrics() {
@@ -48,7 +48,7 @@ impl AppState {
     /// State for a host with the given server settings.
     pub fn new(host: Arc<Host>, settings: &ServerSettings) -> Result<Self, ServeError> {
         Ok(Self {
-            auth: Arc::new(Auth::from_settings(&settings.tokens)?),
+            auth: Arc::new(Auth::from_settings(settings)?),
             metrics: metrics_export::handle(),
             request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
             host,

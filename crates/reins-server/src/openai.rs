@@ -347,7 +347,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
     let host = state.host.clone();
     let ChatRequest {
         model: pipeline,
@@ -355,13 +355,14 @@ pub async fn chat_completions(
         include_usage,
         mut request,
     } = ChatRequest::parse(body, |name| host.pipeline(name).is_some_and(|p| p.config.ignore_unknown_params))?;
-    if state.host.pipeline(&pipeline).is_none() {
+    if state.host.pipeline(&pipeline).is_none() || !who.may_call(&pipeline) {
         return Err(ApiError::not_found(format!(
             "The model `{pipeline}` does not exist: `model` names a Reins pipeline"
         ))
         .with("param", json!("model")));
     }
     request.session_id = super::answer::session_id(&headers, &request.metadata);
+    request.caller = who.caller;
     let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
 
     let (status, payload) = completion(&result, &pipeline)?;
@@ -560,10 +561,11 @@ fn stream(completion: Value, include_usage: bool) -> Sse<impl futures_util::Stre
 
 /// `GET /v1/models`: one model per pipeline.
 pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
     let data: Vec<Value> = state
         .host
         .pipeline_names()
+        .filter(|name| who.may_call(name))
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "reins"}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))

@@ -41,11 +41,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /v1/pipelines`: every pipeline, with its output mode and why.
 pub async fn pipelines(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
     let set = state.host.plugins().current();
     let data: Vec<Value> = state
         .host
         .pipeline_names()
+        .filter(|name| who.may_call(name))
         .filter_map(|name| state.host.pipeline(name))
         .map(|p| p.describe(&set))
         .collect();
@@ -54,7 +55,7 @@ pub async fn pipelines(State(state): State<AppState>, headers: HeaderMap) -> Res
 
 /// `GET /v1/plugins`: every file in the plugins directory and its state.
 pub async fn plugins(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.auth.check(&headers, Scope::Admin)?;
+    state.auth.check(&headers, Scope::Admin).await?;
     let plugins = state.host.plugins();
     let (reloads, refused) = plugins.reload_counts();
     Ok(Json(json!({

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 /// `GET /v1/providers`
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.auth.check(&headers, Scope::Admin)?;
+    state.auth.check(&headers, Scope::Admin).await?;
     let configs = &state.host.config().providers;
     let data: Vec<Value> = state
         .host

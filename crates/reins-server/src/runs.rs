@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::{ApiError, JsonBody};
+use super::auth::Identity;
 use super::settings::Scope;
 use reins_core::pipeline::{Request, RunResult};
 use reins_runtime::{Chunk, Message};
@@ -62,13 +63,15 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<RunBody>,
 ) -> Result<Response, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
+    who.pipeline_or_404(&pipeline)?;
     if state.host.pipeline(&pipeline).is_none() {
         return Err(ApiError::not_found(format!("no pipeline `{pipeline}`")));
     }
     let (request, key) = body.into_request()?;
+    let request = request.with_caller(who.caller.clone());
     if let Some(key) = &key
-        && let Some(stored) = state.host.run_by_key(&pipeline, key).await
+        && let Some(stored) = state.host.run_by_key(&pipeline, &who.caller, key).await
     {
         return Ok(stored_response(stored, true));
     }
@@ -82,11 +85,22 @@ pub async fn get(
     Path(run_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
     match state.host.stored_run(&run_id).await {
-        Some(stored) => Ok(stored_response(stored, false)),
-        None => Err(ApiError::not_found(format!("no run `{run_id}`"))),
+        Some(stored) if visible(&who, &stored) => Ok(stored_response(stored, false)),
+        _ => Err(no_run(&run_id)),
     }
+}
+
+/// Whether `who` may see a stored run (another tenant's answers 404, as if
+/// it did not exist: run ids are not secrets).
+pub(crate) fn visible(who: &Identity, stored: &Value) -> bool {
+    let pipeline = stored.get("pipeline").and_then(Value::as_str).unwrap_or_default();
+    who.may_see(pipeline, &reins_core::identity::owner_of(stored))
+}
+
+fn no_run(run_id: &str) -> ApiError {
+    ApiError::not_found(format!("no run `{run_id}`"))
 }
 
 /// A run's stored JSON (the headers `run_response` sets, where the JSON has them).
@@ -114,12 +128,13 @@ pub async fn steps(
     Path(run_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
     let store = state.host.state();
     let run = store
         .run(&run_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{run_id}`")))?;
+        .filter(|r| visible(&who, &r.result))
+        .ok_or_else(|| no_run(&run_id))?;
     let steps = store.steps(&run_id).await?;
     let actions = store.actions(&run_id).await?;
     // An agent's turns record their actions under `RUN.STEP`.
@@ -151,7 +166,11 @@ pub async fn resume(
     Path(run_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
+    match state.host.stored_run(&run_id).await {
+        Some(stored) if visible(&who, &stored) => {}
+        _ => return Err(no_run(&run_id)),
+    }
     let result = state.host.resume(&run_id).await?;
     super::metrics_export::record_run(&result);
     Ok(run_response(&result, false))

@@ -39,7 +39,9 @@ pub(crate) async fn run_pipeline(
         })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
     metrics_export::record_run(&result);
-    if let Some(e @ reins_core::pipeline::RunError::RateLimited { .. }) = &result.error {
+    if let Some(e @ (reins_core::pipeline::RunError::RateLimited { .. } | reins_core::pipeline::RunError::Forbidden { .. })) =
+        &result.error
+    {
         return Err(ApiError::from(e).with("run_id", serde_json::json!(result.run_id)));
     }
     Ok(Arc::new(result))

@@ -12,8 +12,11 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Deadline for one request, end to end (→ 504).
     pub request_timeout_ms: u64,
-    /// Bearer tokens. With none, only a loopback listener is allowed (unless `--insecure`).
+    /// Bearer tokens. With none (and no `jwt`), only a loopback listener is
+    /// allowed (unless `--insecure`).
     pub tokens: Vec<TokenSettings>,
+    /// JWT bearer tokens, verified against an issuer's keys.
+    pub jwt: Option<JwtSettings>,
 }
 
 impl ServerSettings {
@@ -37,6 +40,7 @@ impl Default for ServerSettings {
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 60_000,
             tokens: Vec::new(),
+            jwt: None,
         }
     }
 }
@@ -52,6 +56,109 @@ pub struct TokenSettings {
     #[serde(default)]
     pub env: Option<String>,
     pub scopes: Vec<Scope>,
+    /// Who the token speaks for: `tenant`, `roles` and any other claims
+    /// (strings or lists of strings) that plugins and limits key on.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The pipelines this token may call (absent: all); others answer 404.
+    #[serde(default)]
+    pub pipelines: Option<Vec<String>>,
+}
+
+/// `[server.jwt]`: bearer tokens that are JWTs from an identity provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` values accepted (a token must name one of them).
+    pub audience: Audience,
+    /// A JWKS file, re-read when it changes (a bad file keeps the last good keys).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// A JWKS URL, fetched with `jwks_timeout_ms` and refreshed every
+    /// `jwks_refresh_s` (and on an unknown `kid`, at most every 30 s).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "defaults::jwks_refresh_s")]
+    pub jwks_refresh_s: u64,
+    #[serde(default = "defaults::jwks_timeout_ms")]
+    pub jwks_timeout_ms: u64,
+    /// Accepted signature algorithms: any of `RS256`, `ES256`, `EdDSA`
+    /// (`none` and HMAC are always refused: an HMAC "signed" with a public
+    /// key proves nothing).
+    #[serde(default = "defaults::algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "defaults::leeway_s")]
+    pub leeway_s: u64,
+    /// Which claim holds what.
+    #[serde(default)]
+    pub claims: ClaimMapping,
+    /// Scopes of a token whose scope claim is absent.
+    #[serde(default = "defaults::jwt_scopes")]
+    pub default_scopes: Vec<Scope>,
+}
+
+/// One audience or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn values(&self) -> Vec<String> {
+        match self {
+            Audience::One(a) => vec![a.clone()],
+            Audience::Many(a) => a.clone(),
+        }
+    }
+}
+
+/// Claim names (`tenant = "org_id"`). A tenant claim is required: a token
+/// without one is refused rather than made tenantless.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimMapping {
+    pub subject: String,
+    pub tenant: String,
+    pub roles: String,
+    /// A space-separated string (OAuth `scope`) or a list.
+    pub scopes: String,
+    /// Other claims handed to plugins as they are.
+    pub extra: Vec<String>,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        ClaimMapping {
+            subject: "sub".into(),
+            tenant: "tenant".into(),
+            roles: "roles".into(),
+            scopes: "scope".into(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn jwks_refresh_s() -> u64 {
+        300
+    }
+    pub fn jwks_timeout_ms() -> u64 {
+        2000
+    }
+    pub fn algorithms() -> Vec<String> {
+        vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+    }
+    pub fn leeway_s() -> u64 {
+        30
+    }
+    pub fn jwt_scopes() -> Vec<super::Scope> {
+        vec![super::Scope::Run]
+    }
 }
 
 /// What a token may do.
@@ -64,4 +171,24 @@ pub enum Scope {
     Approve,
     /// Read plugin state and operate the host.
     Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Run => "run",
+            Scope::Approve => "approve",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// An OAuth scope name, if it is one of ours.
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "run" => Some(Scope::Run),
+            "approve" => Some(Scope::Approve),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
 }

@@ -65,12 +65,24 @@ pub fn serve(config: &Path) -> Served {
 /// [`serve`] with more arguments (e.g. `--node-id`). Its stdout is drained
 /// by a thread, so a chatty server never blocks on a full pipe.
 pub fn serve_with(config: &Path, args: &[&str]) -> Served {
+    serve_env(config, args, &[], None)
+}
+
+/// [`serve_with`] with environment variables for the child (e.g. an
+/// upstream's API key) and, with `log`, its stderr (the log) written to
+/// that file instead of the test's, so a test can search what it logged.
+pub fn serve_env(config: &Path, args: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Served {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::inherit(),
+    };
     let mut child = Command::new(reins_exe())
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start reins serve");
     let stdout = child.stdout.take().expect("stdout");

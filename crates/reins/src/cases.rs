@@ -1,7 +1,7 @@
 //! Plugin case files: the policy author's unit tests, run through the real
 //! host (`reins plugin test FILE.wasm CASES.json`).
 //!
-//! A case file is a JSON array of `{name, input, config?, metadata?, request?, expect}`.
+//! A case file is a JSON array of `{name, input, config?, metadata?, caller?, request?, expect}`.
 //! Cases run in order on one runtime, so host counters carry over from case to
 //! case (a budget can fill up). What `input` and `expect` mean depends on the
 //! plugin's layer; see `docs/writing-policies.md`.
@@ -27,6 +27,10 @@ pub struct Case {
     pub config: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// The verified caller the call sees (`{subject, tenant, roles,
+    /// credential, claims}`); anonymous when absent.
+    #[serde(default)]
+    pub caller: Option<crate::runtime::Caller>,
     /// The request's text, as the `request-text` import answers it (what a
     /// grounding validator checks the answer against).
     #[serde(default)]
@@ -116,6 +120,7 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
         pipeline: "plugin-test".into(),
         attempt: 1,
         metadata: case.metadata.clone().unwrap_or_else(|| json!({})),
+        caller: case.caller.clone().unwrap_or_default(),
         request_text: case.request.as_deref().unwrap_or_default().into(),
         judge: None,
     };

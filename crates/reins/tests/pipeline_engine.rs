@@ -402,7 +402,7 @@ async fn a_gate_denial_is_fed_back_as_a_repair() {
         json!({"attempt": 2, "tool_calls": refund_call(json!(20))["tool_calls"]}),
     ]);
     let (_dir, host) = agent_host(&model, "").await;
-    let result = host.run("agent", request().with_metadata(json!({"tenant": "t-deny"}))).await;
+    let result = host.run("agent", request().with_caller(tenant("t-deny"))).await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}\n{}", result.error, result.trace_table());
     assert_eq!(result.actions.len(), 1);
     assert_eq!(result.actions[0].arguments, json!({"order_id": "A1", "amount": 20}));
@@ -429,7 +429,7 @@ async fn a_denial_that_is_never_repaired_rejects_the_run() {
 async fn an_escalation_awaits_approval() {
     let model = script(vec![json!({"tool_calls": refund_call(json!(2500))["tool_calls"]})]);
     let (_dir, host) = agent_host(&model, "").await;
-    let result = host.run("agent", request().with_metadata(json!({"tenant": "t-escalate"}))).await;
+    let result = host.run("agent", request().with_caller(tenant("t-escalate"))).await;
     assert_eq!(result.status, RunStatus::AwaitingApproval, "{:?}", result.error);
     let pending = result.pending.first().expect("a pending approval");
     assert_eq!(pending.gate, "spend-limit");
@@ -610,4 +610,14 @@ async fn caller_tools_narrow_the_allowed_tools_and_add_their_schema() {
     assert_eq!((v.path.as_str(), v.code.as_str()), ("/actions/0/arguments/amount", "tool-arguments"));
     assert!(v.message.contains("as the caller declared them"), "{}", v.message);
     assert_eq!(result.actions[0].arguments["amount"], 20);
+}
+
+/// A caller of `tenant`, as a credential would establish it.
+fn tenant(tenant: &str) -> reins::runtime::Caller {
+    reins::runtime::Caller {
+        subject: "test".into(),
+        tenant: Some(tenant.into()),
+        credential: "token:test".into(),
+        ..Default::default()
+    }
 }

@@ -128,7 +128,10 @@ fn counters_are_kept_by_the_host_across_fresh_instances() {
             access: reins::runtime::Access::Write,
         };
         let c = CallContext {
-            metadata: json!({"tenant": "acme"}),
+            caller: reins::runtime::Caller {
+                tenant: Some("acme".into()),
+                ..Default::default()
+            },
             ..ctx()
         };
         gate.check(&c, &action).expect("answers").kind()

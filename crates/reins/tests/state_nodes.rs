@@ -126,6 +126,8 @@ async fn two_nodes_share_runs_approvals_budgets_limits_and_take_over_a_dead_node
 model = "model"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
+# The callers are anonymous: the tenant is the body's word.
+trust_metadata = true
 limits = {{ requests = 5, window_seconds = 60, key = "tenant" }}
 [pipelines.refunds.executors.issue_refund]
 kind = "webhook"

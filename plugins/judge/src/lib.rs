@@ -84,13 +84,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> CallContext {
-        CallContext {
-            run_id: "r".into(),
-            pipeline: "p".into(),
-            attempt: 1,
-            metadata: "{}".into(),
-            config: r#"{"policy": "no competitors"}"#.into(),
-        }
+        CallContext::for_test(&serde_json::json!({"policy": "no competitors"}), &serde_json::json!({}))
     }
 
     #[test]

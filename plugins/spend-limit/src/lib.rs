@@ -91,7 +91,9 @@ impl Guest for SpendLimit {
             return Ok(Decision::Allow);
         }
         let cents = cents as i64;
-        let tenant = reins_sdk::metadata_str(&ctx, "tenant").unwrap_or_else(|| "default".to_string());
+        // The verified tenant (the host fills it from `metadata` only on a
+        // pipeline that trusts metadata): a caller cannot pick its budget.
+        let tenant = ctx.caller.tenant.clone().unwrap_or_else(|| "default".to_string());
         let key = format!("spend:{tenant}");
         let total = reins_sdk::counter_add(&key, cents, config.window_seconds);
         if total as f64 > budget_cents {

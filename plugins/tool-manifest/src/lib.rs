@@ -1,6 +1,6 @@
 //! `tool-manifest`: the tools a request may use come from the operator's
 //! config, not from the prompt. Each tool may be limited to some `roles`
-//! and `tenants` (from the caller's metadata); a tool without such a list is
+//! and `tenants` (of the verified caller); a tool without such a list is
 //! for everyone. The model never sees a tool it may not call.
 
 use reins_sdk::constraints::{Access, Guest, Tool};
@@ -39,14 +39,9 @@ struct ToolManifest;
 impl Guest for ToolManifest {
     fn tools(ctx: CallContext) -> Result<Vec<Tool>, String> {
         let config: Config = reins_sdk::parse_config(&ctx)?;
-        let metadata = reins_sdk::metadata(&ctx);
-        // A caller may hold one role or several.
-        let roles: Vec<String> = match metadata.get("role").or_else(|| metadata.get("roles")) {
-            Some(Value::String(r)) => vec![r.clone()],
-            Some(Value::Array(rs)) => rs.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-            _ => Vec::new(),
-        };
-        let tenant = reins_sdk::metadata_str(&ctx, "tenant");
+        // The verified caller's roles and tenant, never the body's metadata.
+        let roles = &ctx.caller.roles;
+        let tenant = ctx.caller.tenant.as_ref();
 
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
@@ -74,7 +69,7 @@ impl Guest for ToolManifest {
             let tenant_ok = t
                 .tenants
                 .as_ref()
-                .is_none_or(|allowed| tenant.as_ref().is_some_and(|x| allowed.contains(x)));
+                .is_none_or(|allowed| tenant.is_some_and(|x| allowed.contains(x)));
             if role_ok && tenant_ok {
                 out.push(Tool {
                     name: t.name,

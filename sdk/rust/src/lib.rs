@@ -70,7 +70,7 @@ pub mod shared {
 }
 
 pub use shared::reins::policy::host::Level;
-pub use shared::reins::policy::types::{Access, CallContext, Json, Message, Severity, Violation};
+pub use shared::reins::policy::types::{Access, CallContext, Caller, Json, Message, Severity, Violation};
 
 /// Write `message` to the host's structured log, tagged with the plugin's name.
 ///
@@ -239,7 +239,8 @@ pub fn parse_config<T: DeserializeOwned>(ctx: &CallContext) -> Result<T, String>
     parse_json_as(&ctx.config, "config")
 }
 
-/// The caller's metadata (tenant, user, role, channel...) as a JSON object.
+/// The caller's own metadata (channel, locale...) as a JSON object: hints
+/// the caller wrote itself. Identity (tenant, roles) is `ctx.caller`.
 ///
 /// Metadata is the caller's, not the operator's, so it is read leniently:
 /// anything that is not a JSON object counts as empty.
@@ -261,17 +262,46 @@ pub fn metadata_str(ctx: &CallContext, key: &str) -> Option<String> {
     }
 }
 
+/// The verified caller's claims (beyond subject, tenant and roles) as a
+/// JSON object; empty when the host sent none.
+pub fn caller_claims(ctx: &CallContext) -> Map<String, Value> {
+    match serde_json::from_str(&ctx.caller.claims) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
 impl CallContext {
     /// A context for a plugin's native unit tests (the host builds the real
-    /// ones).
+    /// ones), with an anonymous caller.
     pub fn for_test(config: &Value, metadata: &Value) -> Self {
         CallContext {
             run_id: "test".to_string(),
             pipeline: "test".to_string(),
             attempt: 1,
+            caller: Caller {
+                subject: "anonymous".to_string(),
+                tenant: None,
+                roles: Vec::new(),
+                credential: "none".to_string(),
+                claims: "{}".to_string(),
+            },
             metadata: metadata.to_string(),
             config: config.to_string(),
         }
+    }
+
+    /// [`CallContext::for_test`] for a verified caller of `tenant` holding `roles`.
+    pub fn for_test_as(config: &Value, tenant: &str, roles: &[&str]) -> Self {
+        let mut ctx = CallContext::for_test(config, &Value::Object(Map::new()));
+        ctx.caller = Caller {
+            subject: "test".to_string(),
+            tenant: Some(tenant.to_string()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            credential: "token:test".to_string(),
+            claims: "{}".to_string(),
+        };
+        ctx
     }
 
     /// Same as [`parse_config`].
@@ -357,8 +387,8 @@ pub mod normalizer {
             path: "../../wit",
             world: "normalizer-plugin",
             with: {
-                "reins:policy/types@0.1.0": crate::shared::reins::policy::types,
-                "reins:policy/host@0.1.0": crate::shared::reins::policy::host,
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+                "reins:policy/host@0.2.0": crate::shared::reins::policy::host,
             },
             pub_export_macro: true,
             export_macro_name: "__reins_export_normalizer_plugin",
@@ -385,8 +415,8 @@ pub mod validator {
             path: "../../wit",
             world: "validator-plugin",
             with: {
-                "reins:policy/types@0.1.0": crate::shared::reins::policy::types,
-                "reins:policy/host@0.1.0": crate::shared::reins::policy::host,
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+                "reins:policy/host@0.2.0": crate::shared::reins::policy::host,
             },
             pub_export_macro: true,
             export_macro_name: "__reins_export_validator_plugin",
@@ -430,8 +460,8 @@ pub mod constraints {
             path: "../../wit",
             world: "constraints-plugin",
             with: {
-                "reins:policy/types@0.1.0": crate::shared::reins::policy::types,
-                "reins:policy/host@0.1.0": crate::shared::reins::policy::host,
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+                "reins:policy/host@0.2.0": crate::shared::reins::policy::host,
             },
             pub_export_macro: true,
             export_macro_name: "__reins_export_constraints_plugin",
@@ -452,8 +482,8 @@ pub mod gate {
             path: "../../wit",
             world: "gate-plugin",
             with: {
-                "reins:policy/types@0.1.0": crate::shared::reins::policy::types,
-                "reins:policy/host@0.1.0": crate::shared::reins::policy::host,
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+                "reins:policy/host@0.2.0": crate::shared::reins::policy::host,
             },
             pub_export_macro: true,
             export_macro_name: "__reins_export_gate_plugin",
@@ -483,8 +513,8 @@ pub mod context {
             path: "../../wit",
             world: "context-plugin",
             with: {
-                "reins:policy/types@0.1.0": crate::shared::reins::policy::types,
-                "reins:policy/host@0.1.0": crate::shared::reins::policy::host,
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+                "reins:policy/host@0.2.0": crate::shared::reins::policy::host,
             },
             pub_export_macro: true,
             export_macro_name: "__reins_export_context_plugin",

@@ -94,6 +94,19 @@ pub struct PipelineConfig {
     /// token with the `approve` scope).
     #[serde(default)]
     pub approvers: Vec<String>,
+    /// Whose approvals an approver sees and decides: `tenant` (only its own
+    /// tenant's runs; the default) or `any`.
+    #[serde(default)]
+    pub approval_scope: ApprovalScope,
+    /// May the caller who started a run approve its own escalation? Off by
+    /// default: an escalation exists so that someone else looks.
+    #[serde(default)]
+    pub self_approval: bool,
+    /// Read the caller's tenant and roles from the body's `metadata` when
+    /// the credential gives none. Meant for open local development only: a
+    /// caller can then claim any tenant and role.
+    #[serde(default)]
+    pub trust_metadata: bool,
     /// Request and token rate limits per caller key.
     #[serde(default)]
     pub limits: Option<RateLimitConfig>,
@@ -182,6 +195,17 @@ pub struct SamplingPolicy {
     pub max_tokens: Option<u64>,
 }
 
+/// Whose approvals an approver may see and decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalScope {
+    /// Only those of runs started by its own tenant.
+    #[default]
+    Tenant,
+    /// Every approval of the pipeline.
+    Any,
+}
+
 /// What a rejected approval does to an agent run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -239,7 +263,9 @@ pub enum ExecutorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// The metadata field that names the caller; missing → `"anonymous"`.
+    /// The caller key: `tenant` (the default), `subject`, or a claim of the
+    /// verified caller (metadata only where the pipeline trusts it);
+    /// missing → `"anonymous"`.
     #[serde(default = "defaults::limit_key")]
     pub key: String,
     #[serde(default = "defaults::limit_window")]

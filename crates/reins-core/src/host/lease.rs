@@ -156,8 +156,9 @@ impl Host {
                         // would take it again every half lease.
                         tracing::error!(run_id = %record.run_id, "{e}; marking the run failed");
                         record.status = reins_state::RunStatus::Failed;
+                        let caller = record.result.get("caller").cloned().unwrap_or(serde_json::Value::Null);
                         record.result = serde_json::json!({"run_id": record.run_id, "pipeline": record.pipeline,
-                            "status": "failed", "error": {"kind": "not_resumable", "message": e.to_string()}});
+                            "status": "failed", "error": {"kind": "not_resumable", "message": e.to_string()}, "caller": caller});
                         record.owner = Some(host.leases.node.clone());
                         record.lease_until_ms = 0;
                         record.updated_ms = now_ms();

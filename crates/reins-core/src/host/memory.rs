@@ -37,6 +37,8 @@ impl Host {
             return;
         };
         let run_id = request.run_id.clone().unwrap_or_default();
+        // Sessions are the caller's own (as recorded by `run_keyed`).
+        let session = &crate::identity::scoped(&request.caller, session);
         match self.session_memory(p, config, session, &run_id).await {
             Ok(Some(message)) => request.messages.insert(0, message),
             Ok(None) => {}

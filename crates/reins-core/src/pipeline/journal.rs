@@ -76,8 +76,11 @@ impl Journal {
         let now = now_ms();
         record.updated_ms = now;
         record.lease_until_ms = now.saturating_add(self.lease_ms);
+        // The owner stays on the record while it runs (see `identity`).
+        let caller = record.result.get("caller").cloned().unwrap_or(Value::Null);
         record.result = serde_json::json!({
             "run_id": record.run_id, "pipeline": record.pipeline, "status": RunStatus::Running, "step": step, "last": kind,
+            "caller": caller,
         });
         let step = StepRecord {
             run_id: self.steps_id.clone(),

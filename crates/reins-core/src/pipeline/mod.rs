@@ -11,7 +11,7 @@
 
 use crate::config::{CallerTools, Config, ConfigError, OnFail, OutputMode, PipelineConfig, SchemaSource, ValidatorConfig};
 use crate::provider::{Breaker, Sampling};
-use reins_runtime::{Accepts, Chunk, Layer, Message, PluginHost, PluginSet};
+use reins_runtime::{Accepts, Caller, Chunk, Layer, Message, PluginHost, PluginSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -42,9 +42,16 @@ pub use result::{
 pub struct Request {
     /// The conversation; the pipeline's system prompt is put before it.
     pub messages: Vec<Message>,
-    /// The caller's metadata (tenant, user, role...), handed to every plugin.
+    /// The caller's own metadata (channel, locale...), handed to every
+    /// plugin as hints. Identity is `caller`.
     #[serde(default = "empty_object")]
     pub metadata: Value,
+    /// Who is calling, as a credential established it (the server resolves
+    /// it from the bearer token or JWT; an embedder sets it). Anonymous by
+    /// default. Plugins, rate limits, idempotency keys, sessions and run
+    /// ownership key on it.
+    #[serde(default, skip_serializing_if = "is_anonymous")]
+    pub caller: Caller,
     /// Retrieved context for the context builder.
     #[serde(default)]
     pub chunks: Vec<Chunk>,
@@ -91,6 +98,10 @@ pub struct RequestTool {
     pub parameters: Option<Value>,
 }
 
+fn is_anonymous(caller: &Caller) -> bool {
+    *caller == Caller::anonymous()
+}
+
 fn empty_object() -> Value {
     Value::Object(Default::default())
 }
@@ -100,6 +111,7 @@ impl Default for Request {
         Request {
             messages: Vec::new(),
             metadata: empty_object(),
+            caller: Caller::anonymous(),
             chunks: Vec::new(),
             run_id: None,
             dry_run: false,
@@ -124,6 +136,12 @@ impl Request {
     /// Sets the caller's metadata.
     pub fn with_metadata(mut self, metadata: Value) -> Request {
         self.metadata = metadata;
+        self
+    }
+
+    /// Sets who is calling (see [`Request::caller`]).
+    pub fn with_caller(mut self, caller: Caller) -> Request {
+        self.caller = caller;
         self
     }
 

@@ -259,6 +259,10 @@ pub enum RunError {
         kind: &'static str,
         message: String,
     },
+    /// The request says something its credential contradicts (a body
+    /// `metadata` role or tenant the caller does not hold).
+    #[error("forbidden: {message}")]
+    Forbidden { key: String, message: String },
     #[error("{layer} plugin `{plugin}` is not loaded")]
     MissingPlugin { layer: &'static str, plugin: String },
     /// This node lost the run's lease (it stalled past it and another node
@@ -276,7 +280,7 @@ pub enum RunError {
 pub const ERROR_KINDS: &[&str] = &[
     "unknown_pipeline", "bad_request", "rejected", "denied", "validation_failed", "model_unavailable",
     "upstream_refused", "plugin_failed", "action_failed", "approval_rejected", "rate_limited", "missing_plugin",
-    "not_owned", "other",
+    "not_owned", "forbidden", "other",
 ];
 
 impl RunError {
@@ -296,6 +300,7 @@ impl RunError {
             RunError::RateLimited { .. } => "rate_limited",
             RunError::MissingPlugin { .. } => "missing_plugin",
             RunError::NotOwned { .. } => "not_owned",
+            RunError::Forbidden { .. } => "forbidden",
             RunError::Recorded { kind, .. } => kind,
         }
     }
@@ -311,9 +316,10 @@ impl RunError {
                 ExitCode::BadInput
             }
             RunError::ValidationFailed { .. } => ExitCode::ValidationFailed,
-            RunError::Rejected { .. } | RunError::Denied { .. } | RunError::ApprovalRejected { .. } => {
-                ExitCode::Rejected
-            }
+            RunError::Rejected { .. }
+            | RunError::Denied { .. }
+            | RunError::ApprovalRejected { .. }
+            | RunError::Forbidden { .. } => ExitCode::Rejected,
             RunError::ModelUnavailable { .. } => ExitCode::ModelUnavailable,
             RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => {
                 ExitCode::PluginFailed
@@ -323,7 +329,7 @@ impl RunError {
             RunError::Recorded { kind, .. } => match *kind {
                 "unknown_pipeline" | "bad_request" | "upstream_refused" => ExitCode::BadInput,
                 "validation_failed" => ExitCode::ValidationFailed,
-                "rejected" | "denied" | "approval_rejected" => ExitCode::Rejected,
+                "rejected" | "denied" | "approval_rejected" | "forbidden" => ExitCode::Rejected,
                 "model_unavailable" => ExitCode::ModelUnavailable,
                 "rate_limited" => ExitCode::RateLimited,
                 "not_owned" => ExitCode::NotOwned,
@@ -439,6 +445,13 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     pub error: Option<RunError>,
+    /// Who started the run (its owner: another tenant does not see it).
+    #[serde(default, skip_serializing_if = "is_anonymous")]
+    pub caller: reins_runtime::Caller,
+}
+
+fn is_anonymous(caller: &reins_runtime::Caller) -> bool {
+    *caller == reins_runtime::Caller::anonymous()
 }
 
 impl RunResult {
@@ -467,6 +480,7 @@ impl RunResult {
             served_by: None,
             notice: None,
             error: None,
+            caller: reins_runtime::Caller::anonymous(),
         }
     }
 

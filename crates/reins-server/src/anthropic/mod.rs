@@ -37,7 +37,7 @@ pub async fn messages(
     headers: HeaderMap,
     body: Result<JsonBody<Value>, ApiError>,
 ) -> Result<Response, AnthropicError> {
-    state.auth.check(&headers, Scope::Run)?;
+    let who = state.auth.check(&headers, Scope::Run).await?;
     let JsonBody(body) = body?;
     let host = state.host.clone();
     let MessagesRequest {
@@ -45,10 +45,11 @@ pub async fn messages(
         stream: streaming,
         mut request,
     } = MessagesRequest::parse(body, |name| host.pipeline(name).is_some_and(|p| p.config.ignore_unknown_params))?;
-    if state.host.pipeline(&pipeline).is_none() {
+    if state.host.pipeline(&pipeline).is_none() || !who.may_call(&pipeline) {
         return Err(ApiError::not_found(format!("model: `{pipeline}` does not exist: `model` names a Reins pipeline")).into());
     }
     request.session_id = answer::session_id(&headers, &request.metadata);
+    request.caller = who.caller;
     let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
 
     let (status, message) = message(&result, &pipeline)?;

@@ -60,16 +60,19 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request,
         .run_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut result = RunResult::new(run_id.clone(), pipeline.name.clone());
+    result.caller = request.caller.clone();
     let mut run = Run {
         p: pipeline,
         set: plugins,
         rc,
-        result: RunResult::new(run_id.clone(), pipeline.name.clone()),
+        result,
         ctx: CallContext {
             run_id,
             pipeline: pipeline.name.clone(),
             attempt: 0,
             metadata: request.metadata.clone(),
+            caller: request.caller.clone(),
             request_text: std::sync::Arc::from(""),
             judge: None,
         },
