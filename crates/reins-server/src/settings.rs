@@ -23,13 +23,20 @@ impl ServerSettings {
     /// The `[server]` section of a loaded config, checked (unknown keys
     /// refused, named with the file they came from).
     pub fn from_config(config: &reins_core::config::Config) -> Result<ServerSettings, reins_core::config::ConfigError> {
-        ServerSettings::deserialize(toml::Value::Table(config.server.clone())).map_err(|e| {
+        let mut settings = ServerSettings::deserialize(toml::Value::Table(config.server.clone())).map_err(|e| {
             reins_core::config::ConfigError::Invalid {
                 path: config.origin.clone(),
                 key: "server".into(),
                 message: e.to_string().trim_end().to_owned(),
             }
-        })
+        })?;
+        // Like every path in the config, relative to the config's directory.
+        if let Some(jwt) = &mut settings.jwt
+            && let Some(file) = &mut jwt.jwks_file
+        {
+            *file = config.base_dir.join(&*file);
+        }
+        Ok(settings)
     }
 }
 

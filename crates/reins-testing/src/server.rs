@@ -98,7 +98,9 @@ pub fn serve_env(config: &Path, args: &[&str], env: &[(&str, &str)], log: Option
         Ok(base) => Served { child, base },
         Err(_) => {
             let _ = child.kill();
-            panic!("reins serve did not start listening");
+            let _ = child.wait();
+            let logged = log.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+            panic!("reins serve did not start listening{}", if logged.is_empty() { String::new() } else { format!(":\n{logged}") });
         }
     }
 }

@@ -232,7 +232,7 @@ async fn bad_jwts_are_refused_each_with_its_reason_and_good_ones_resolve_a_tenan
     let hs256_with_public_key = {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("rsa-1".into());
-        encode(&header, &good_claims("dave", "acme"), &EncodingKey::from_secret(&rsa_public)).expect("sign")
+        encode(&header, &good_claims("dave", "acme"), &EncodingKey::from_secret(&rsa_public).expect("hmac key")).expect("sign")
     };
     let alg_none = format!(
         "{}.{}.",
@@ -326,7 +326,9 @@ async fn roles_and_budgets_come_from_the_credential_not_the_body() {
         assert_eq!(status, 403, "{body}");
         assert_eq!(body["error"]["param"], "metadata.tenant", "{body}");
     }
-    let (_, body) = w.run(ALICE, "refunds", json!({"input": "refund 440 o4"})).await;
+    let (_, body) = w.run(ALICE, "refunds", json!({"input": "refund 400 o4"})).await;
+    assert_eq!(body["status"], "completed", "900 of 1000 spent: {body}");
+    let (_, body) = w.run(ALICE, "refunds", json!({"input": "refund 400 o6"})).await;
     assert_ne!(body["status"], "completed", "{body}");
     assert!(body.to_string().contains("daily budget of tenant acme"), "{body}");
     // Another tenant's budget is its own.

@@ -73,8 +73,9 @@ struct Keys {
 
 pub struct JwtVerifier {
     settings: JwtSettings,
-    validation: Validation,
-    algorithms: Vec<Algorithm>,
+    /// One per accepted algorithm: `jsonwebtoken` wants every algorithm of
+    /// a validation to fit the key, so the token's own (allowed) one is used.
+    validations: Vec<(Algorithm, Validation)>,
     keys: RwLock<Keys>,
     /// One fetch of the JWKS URL at a time.
     fetching: tokio::sync::Mutex<()>,
@@ -105,21 +106,25 @@ impl JwtVerifier {
         if algorithms.is_empty() {
             return Err(JwtError::BadAlgorithm(String::new()));
         }
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms.clone();
-        validation.leeway = settings.leeway_s;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&settings.issuer]);
-        validation.set_audience(&settings.audience.values());
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let validations = algorithms
+            .iter()
+            .map(|alg| {
+                let mut validation = Validation::new(*alg);
+                validation.leeway = settings.leeway_s;
+                validation.validate_nbf = true;
+                validation.set_issuer(&[&settings.issuer]);
+                validation.set_audience(&settings.audience.values());
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+                (*alg, validation)
+            })
+            .collect();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.jwks_timeout_ms.max(1)))
             .build()
             .map_err(|e| JwtError::KeysUnavailable(e.to_string()))?;
         let verifier = JwtVerifier {
             settings: settings.clone(),
-            validation,
-            algorithms,
+            validations,
             keys: RwLock::new(Keys::default()),
             fetching: tokio::sync::Mutex::new(()),
             http,
@@ -134,7 +139,7 @@ impl JwtVerifier {
 
     /// Verifies `token` and maps its claims to an identity.
     pub async fn verify(&self, token: &str) -> Result<Identity, JwtError> {
-        let kid = self.header(token)?;
+        let (validation, kid) = self.header(token)?;
         self.refresh_file();
         if self.settings.jwks_url.is_some() {
             self.refresh_url(false).await?;
@@ -148,7 +153,7 @@ impl JwtVerifier {
             }
             None => return Err(JwtError::UnknownKey(kid.unwrap_or_default())),
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation).map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => JwtError::Expired,
             ErrorKind::ImmatureSignature => JwtError::NotYetValid,
             ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
@@ -163,7 +168,7 @@ impl JwtVerifier {
 
     /// Reads the header before any key is looked up, so that `none` and
     /// HMAC are refused by name.
-    fn header(&self, token: &str) -> Result<Option<String>, JwtError> {
+    fn header(&self, token: &str) -> Result<(&Validation, Option<String>), JwtError> {
         let mut parts = token.split('.');
         let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(JwtError::Malformed("a JWT has three dot-separated parts".into()));
@@ -181,10 +186,10 @@ impl JwtVerifier {
         let parsed: Algorithm = alg
             .parse()
             .map_err(|_| JwtError::AlgNotAllowed(alg.to_owned(), accepted.clone()))?;
-        if !self.algorithms.contains(&parsed) {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == parsed) else {
             return Err(JwtError::AlgNotAllowed(alg.to_owned(), accepted));
-        }
-        Ok(header.get("kid").and_then(Value::as_str).map(str::to_owned))
+        };
+        Ok((validation, header.get("kid").and_then(Value::as_str).map(str::to_owned)))
     }
 
     fn key(&self, kid: Option<&str>) -> Option<DecodingKey> {
