@@ -436,3 +436,63 @@ async fn secrets_reach_no_log_line_no_store_row_and_no_error_body() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_fetched_cached_and_kept_when_the_issuer_fails() {
+    use std::sync::{Arc, Mutex};
+    // The issuer's JWKS endpoint: a real HTTP server on loopback that can be
+    // made to fail, counting its fetches.
+    let jwks = std::fs::read_to_string(support_file("jwks.json")).expect("jwks");
+    let state = Arc::new(Mutex::new((jwks, 200u16, 0usize)));
+    let shared = state.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let shared = shared.clone();
+            async move {
+                let mut s = shared.lock().expect("lock");
+                s.2 += 1;
+                let status = axum::http::StatusCode::from_u16(s.1).expect("status");
+                (status, s.0.clone())
+            }
+        }),
+    );
+    let issuer = server::listen(app).await;
+    let upstream = Upstream::replying(|seen| model_step(&seen.body)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::new()
+        .test_cache()
+        .table(&format!(
+            "[state]\nkind = \"memory\"\n[server.jwt]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
+             jwks_url = \"{issuer}/jwks.json\"\njwks_timeout_ms = 2000\nclaims = {{ tenant = \"org_id\" }}\n"
+        ))
+        .openai("model", &upstream.base_url(), "m", "")
+        .table("[pipelines.chat]\nmodel = \"model\"\noutput = \"text\"\n")
+        .write(dir.path());
+    let served = server::serve_env(&config, &[], &[("REINS_LOG", "info")], Some(&dir.path().join("server.log")));
+    let client = reqwest::Client::new();
+    let run = |token: String| {
+        let (client, url) = (client.clone(), format!("{}/v1/pipelines/chat/runs", served.base));
+        async move {
+            let resp = client.post(url).bearer_auth(token).json(&json!({"input": "hi"})).send().await.expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let good = jwt(Algorithm::RS256, "rsa.pem", Some("rsa-1"), &good_claims("erin", "globex"));
+    for _ in 0..3 {
+        let (status, body) = run(good.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["caller"]["tenant"], "globex", "{body}");
+    }
+    assert_eq!(state.lock().expect("lock").2, 1, "the keys are fetched once and cached");
+    // The issuer fails: the cached keys still verify; an unknown kid asks once more.
+    state.lock().expect("lock").1 = 500;
+    let (status, body) = run(jwt(Algorithm::RS256, "rsa.pem", Some("rotated"), &good_claims("erin", "globex"))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("unknown key id"), "{body}");
+    let (status, body) = run(good).await;
+    assert_eq!(status, 200, "the last good keys still verify: {body}");
+    let fetches = state.lock().expect("lock").2;
+    assert_eq!(fetches, 2, "one refetch for the unknown kid, not one per request");
+}
