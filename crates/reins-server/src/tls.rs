@@ -13,11 +13,13 @@ use std::sync::Arc;
 pub enum TlsError {
     #[error("TLS needs both a certificate and a key (--tls-cert and --tls-key, or [server] tls_cert and tls_key); only the {given} is given")]
     Half { given: &'static str },
-    #[error("TLS {what} {}: cannot read it: {source}", path.display())]
+    /// The I/O error is in the message, not a `source`, so a printed chain
+    /// says it once.
+    #[error("TLS {what} {}: cannot read it: {error}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("TLS {what} {}: {problem}", path.display())]
     Bad {
@@ -70,9 +72,9 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
