@@ -6,6 +6,7 @@
 mod anthropic;
 mod answer;
 mod approvals;
+mod audit;
 mod auth;
 mod error;
 mod metrics_export;
@@ -90,7 +91,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", post(approvals::decide))
         .route("/ui/approvals", get(approvals::page))
+        .route("/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
