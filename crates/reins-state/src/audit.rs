@@ -3,7 +3,7 @@
 //! Rows are appended, never updated: each stores the hash of the row before
 //! it (`prev_hash`) and its own `hash = sha256(prev_hash || canonical
 //! fields)`, so an edited row no longer matches its hash and a removed one
-//! breaks the link of the row after it. [`verify`] walks the chain and names
+//! breaks the link of the row after it. [`Verifier`] walks the chain and names
 //! the first row that does not hold. Removing the *newest* rows leaves a
 //! shorter chain that still verifies; compare [`AuditReport::last_hash`]
 //! with one kept elsewhere to catch that.
@@ -134,7 +134,7 @@ pub fn parse_time(text: &str, now_ms: i64) -> Option<i64> {
     Some(now_ms.saturating_sub(n.saturating_mul(unit)))
 }
 
-/// What [`verify`] found.
+/// What [`Verifier`] found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditReport {
     /// Rows checked (up to and including the first bad one).
