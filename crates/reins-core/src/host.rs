@@ -178,9 +178,7 @@ impl Host {
             Err(e) => tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}"),
         }
         let caller = audit::caller(&request);
-        self.audit(reins_state::AuditEntry::new("run.start", &run_id, "running").by(caller.0.clone(), caller.1.clone())
-            .request(Some(run_id.clone())).detail(serde_json::json!({"pipeline": &p.name, "resumed": !previous.is_empty()})))
-            .await;
+        self.audit(audit::run_start(&run_id, &p.name, !previous.is_empty(), &caller)).await;
         self.keep_leased(&mut guard);
         let work = async move {
             self.remember(p, &mut request).await;

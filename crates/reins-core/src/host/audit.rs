@@ -92,10 +92,21 @@ pub(super) fn caller(request: &Request) -> (String, Option<String>) {
     ("anonymous".to_owned(), tenant)
 }
 
+/// `entry` by `who`, about run `run_id`.
+fn about_run(entry: AuditEntry, who: &(String, Option<String>), run_id: &str) -> AuditEntry {
+    entry.by(who.0.clone(), who.1.clone()).request(Some(run_id.to_owned()))
+}
+
+/// The `run.start` row (`resumed`: a run taken over or resumed after a crash).
+pub(super) fn run_start(run_id: &str, pipeline: &str, resumed: bool, who: &(String, Option<String>)) -> AuditEntry {
+    let entry = AuditEntry::new("run.start", run_id, "running").detail(json!({"pipeline": pipeline, "resumed": resumed}));
+    about_run(entry, who, run_id)
+}
+
 /// The rows of a run that ended (or is held): `run.end`, then one per gate
 /// decision, in the order the gates made them.
 pub(super) fn run_end(result: &RunResult, who: &(String, Option<String>)) -> Vec<AuditEntry> {
-    let by = |e: AuditEntry| e.by(who.0.clone(), who.1.clone()).request(Some(result.run_id.clone()));
+    let by = |e: AuditEntry| about_run(e, who, &result.run_id);
     let mut rows = Vec::with_capacity(1 + result.decisions.len());
     rows.push(by(AuditEntry::new("run.end", &result.run_id, result.status.as_str()).detail(json!({
         "pipeline": result.pipeline,
