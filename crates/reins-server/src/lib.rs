@@ -6,6 +6,7 @@
 mod anthropic;
 mod answer;
 mod approvals;
+mod audit;
 mod auth;
 mod error;
 mod metrics_export;
@@ -111,7 +112,9 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
         .route("/ui/approvals", get(approvals::page))
         .route("/ui/approvals.js", get(approvals::script))
         .route("/ui/approvals.css", get(approvals::style))
+        .route("/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
