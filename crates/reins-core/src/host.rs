@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod audit;
 mod resume;
 mod lease;
 mod memory;
@@ -74,6 +75,8 @@ pub struct Host {
     leases: lease::Leases,
     /// Finished runs read lately, in front of the store.
     recent: recent::RecentRuns,
+    /// The audit log's writer (rows go to the store off the request path).
+    audit: audit::AuditWriter,
 }
 
 impl std::fmt::Debug for Host {
@@ -187,6 +190,8 @@ impl Host {
             }
             Err(e) => tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}"),
         }
+        let caller = audit::caller(&request);
+        self.audit(audit::run_start(&run_id, &p.name, !previous.is_empty(), &caller)).await;
         self.keep_leased(&mut guard);
         let work = async move {
             self.remember(p, &mut request).await;
@@ -205,11 +210,13 @@ impl Host {
         };
         // A node that loses the lease (it stalled; another node took the
         // run over) stops at once rather than racing the new owner.
-        tokio::select! {
+        let result = tokio::select! {
             biased;
             result = work => result,
             () = guard.lost() => not_owned(&run_id, &p.name, "this node lost the run's lease; another node continues it"),
-        }
+        };
+        self.audit_rows(audit::run_end(&result, &caller));
+        result
     }
 
     /// Records a run's result; a run awaiting approval is held with its approvals.
@@ -467,6 +474,9 @@ impl HostBuilder {
         for p in pipelines.values() {
             p.check_plugins(&config, &plugins)?;
         }
+        let audit = audit::AuditWriter::start(state.clone(), config.state.audit);
+        let reloads = audit.clone();
+        plugins.on_reload(move |report| reloads.send(audit::plugins_reload(report)));
         let node = self.node_id.unwrap_or_else(|| config.state.node());
         let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
         Ok(Host {
@@ -483,6 +493,7 @@ impl HostBuilder {
                 active: lease::Active::default(),
             },
             state,
+            audit,
         })
     }
 }

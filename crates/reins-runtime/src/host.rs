@@ -24,6 +24,26 @@ pub struct PluginHost {
     reloads: AtomicU64,
     refused: AtomicU64,
     watcher: Mutex<Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>>,
+    /// Told about every reload (e.g. the host's audit log).
+    listeners: Mutex<Vec<ReloadListener>>,
+}
+
+type ReloadListener = Box<dyn Fn(&ReloadReport) + Send + Sync>;
+
+/// What one reload did, for whoever records it ([`PluginHost::on_reload`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    pub dir: PathBuf,
+    /// Plugins loaded anew or changed (by name).
+    pub changed: Vec<String>,
+    /// Plugins no longer served.
+    pub removed: Vec<String>,
+    /// Files refused by this reload (the previous version, if any, keeps serving).
+    pub refused: Vec<String>,
+    /// The generation serving after the reload.
+    pub generation: u64,
+    /// Set when the directory could not be rescanned (nothing was swapped).
+    pub error: Option<String>,
 }
 
 impl PluginHost {
@@ -51,6 +71,7 @@ impl PluginHost {
             reloads: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             watcher: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
         });
         if watch {
             host.start_watcher(Duration::from_millis(settings.reload_debounce_ms))?;
@@ -80,28 +101,60 @@ impl PluginHost {
         (self.reloads.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
     }
 
+    /// Calls `listener` after every reload, on the thread that reloaded
+    /// (the watcher's, or the caller of [`PluginHost::reload`]): keep it short.
+    pub fn on_reload(&self, listener: impl Fn(&ReloadReport) + Send + Sync + 'static) {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(listener));
+    }
+
     /// Rescans the directory now and swaps in the result.
     pub fn reload(&self) -> Result<(), RuntimeError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = ReloadReport {
+            dir: self.dir.clone(),
+            ..ReloadReport::default()
+        };
+        let done = self.swap(&mut report);
+        if let Err(e) = &done {
+            report.error = Some(e.to_string());
+        }
+        report.generation = self.current.load().generation();
+        for listener in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            listener(&report);
+        }
+        done
+    }
+
+    /// Builds the next set and swaps it in, noting in `report` what changed.
+    fn swap(&self, report: &mut ReloadReport) -> Result<(), RuntimeError> {
         let previous = self.current.load_full();
         let next = PluginSet::scan(&self.runtime, &self.dir, Some(&previous))?;
         // Count refusals that are new: a file that stays broken is not
         // refused again on every unrelated reload.
         let before = previous.statuses();
-        let refused = next
+        report.refused = next
             .statuses()
-            .iter()
+            .into_iter()
             .filter(|s| s.status == "refused")
             .filter(|s| {
                 !before
                     .iter()
                     .any(|b| b.name == s.name && b.status == "refused" && b.last_error == s.last_error)
             })
-            .count() as u64;
-        let changed = next.plugins().count() != previous.plugins().count()
-            || next
-                .plugins()
-                .any(|p| previous.get(p.name()).is_none_or(|old| !Arc::ptr_eq(old, p)));
+            .map(|s| s.name)
+            .collect();
+        let refused = report.refused.len() as u64;
+        report.changed = next
+            .plugins()
+            .filter(|p| previous.get(p.name()).is_none_or(|old| !Arc::ptr_eq(old, p)))
+            .map(|p| p.name().to_owned())
+            .collect();
+        report.removed = previous
+            .plugins()
+            .filter(|p| next.get(p.name()).is_none())
+            .map(|p| p.name().to_owned())
+            .collect();
+        let changed = !report.changed.is_empty() || !report.removed.is_empty();
         self.current.store(Arc::new(next));
         self.refused.fetch_add(refused, Ordering::Relaxed);
         metrics::counter!(crate::metric_names::PLUGIN_REFUSED_TOTAL).increment(refused);

@@ -25,7 +25,7 @@ pub mod types;
 pub use counters::{CounterStore, MemoryCounters, Window};
 pub use engine::{CompileStats, EngineHandle, digest};
 pub use error::{CallFailure, PluginError, RuntimeError, short_digest};
-pub use host::PluginHost;
+pub use host::{PluginHost, ReloadReport};
 pub use loader::{PluginSet, PluginStatus, Runtime, plugin_name};
 pub use manifest::{Accepts, FailMode, Grants, Isolation, Limits, Manifest, ManifestError};
 pub use plugin::{Plugin, PluginInfo, Reservation, now_ms};

@@ -76,3 +76,9 @@ pub const MODEL_LATENCY_SECONDS: &str = "reins_model_latency_seconds";
 pub const GATE_DECISIONS_TOTAL: &str = "reins_gate_decisions_total";
 /// Counter `{decision}`: approvals decided (`approve` or `reject`).
 pub const APPROVALS_DECIDED_TOTAL: &str = "reins_approvals_decided_total";
+/// Counter: `401` answers held back because their client address failed
+/// authentication too often (`x-reins-auth-slowed: true` on each).
+pub const AUTH_FAILURES_SLOWED_TOTAL: &str = "reins_auth_failures_slowed_total";
+/// Counter `{header}`: requests refused because `Host` or `Origin` is not allowed
+/// (`host`, `origin`).
+pub const REQUESTS_REFUSED_TOTAL: &str = "reins_requests_refused_total";

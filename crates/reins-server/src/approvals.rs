@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use reins_core::approvals::{ApprovalFilter, Verdict};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::Html;
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -105,4 +105,15 @@ fn may_decide(state: &AppState, who: &Identity, pipeline: &str, run: &Value) -> 
 /// (kept in this tab's sessionStorage) and talks to the same JSON API.
 pub async fn page() -> Html<&'static str> {
     Html(include_str!("approvals.html"))
+}
+
+/// `GET /ui/approvals.js`: the page's script, a file of its own because the
+/// Content-Security-Policy (`default-src 'self'`) runs no inline script.
+pub async fn script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("approvals.js"))
+}
+
+/// `GET /ui/approvals.css`: the page's style, outside the page for the same reason.
+pub async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("approvals.css"))
 }

@@ -6,19 +6,24 @@
 mod anthropic;
 mod answer;
 mod approvals;
+mod audit;
 mod auth;
 mod error;
 mod metrics_export;
+mod net;
 mod openai;
 mod ops;
 mod providers;
 mod runs;
 mod service;
 mod settings;
+mod tls;
 
 pub use auth::{Auth, AuthError, Identity, JwtError};
 pub use error::ApiError;
-pub use settings::{JwtSettings, Scope, ServerSettings, TokenSettings};
+pub use net::{NetError, SLOWED_HEADER};
+pub use settings::{CorsSettings, JwtSettings, Scope, ServerSettings, TokenSettings};
+pub use tls::TlsError;
 
 /// Installs the Prometheus recorder (idempotent). Call before loading plugins.
 pub fn install_metrics() {
@@ -42,13 +47,17 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub metrics: PrometheusHandle,
     pub request_timeout: Duration,
+    /// Who may reach the server: `Host` / `Origin`, CORS, failed-auth slowing.
+    pub net: Arc<net::NetPolicy>,
 }
 
 impl AppState {
     /// State for a host with the given server settings.
     pub fn new(host: Arc<Host>, settings: &ServerSettings) -> Result<Self, ServeError> {
+        let auth = Arc::new(Auth::from_settings(settings)?);
         Ok(Self {
-            auth: Arc::new(Auth::from_settings(settings)?),
+            net: Arc::new(net::NetPolicy::from_settings(settings, auth.is_open())?),
+            auth,
             metrics: metrics_export::handle(),
             request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
             host,
@@ -61,6 +70,10 @@ impl AppState {
 pub enum ServeError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error(
@@ -71,8 +84,15 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// The router with every endpoint; tests drive it with `tower::ServiceExt::oneshot`.
+/// The router with every endpoint inside the network layers (`net.rs`);
+/// tests drive it with `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    let net = state.net.clone();
+    net::layer(routes(state, body_limit), &net)
+}
+
+/// The endpoints without the network layers, so a bench can price them.
+pub fn routes(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -90,13 +110,18 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", post(approvals::decide))
         .route("/ui/approvals", get(approvals::page))
+        .route("/ui/approvals.js", get(approvals::script))
+        .route("/ui/approvals.css", get(approvals::style))
+        .route("/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish, and returns.
+/// requests finish, and returns. With `tls_cert` and `tls_key` set it serves
+/// HTTPS; the files are checked before binding.
 pub async fn serve(
     state: AppState,
     settings: &ServerSettings,
@@ -104,6 +129,12 @@ pub async fn serve(
     insecure: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+        (None, None) => None,
+        (Some(_), None) => return Err(TlsError::Half { given: "certificate" }.into()),
+        (None, Some(_)) => return Err(TlsError::Half { given: "key" }.into()),
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -114,11 +145,29 @@ pub async fn serve(
     if !addr.ip().is_loopback() && state.auth.is_open() && !insecure {
         return Err(ServeError::Insecure { addr });
     }
-    tracing::info!(%addr, "reins listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "reins listening");
     // Tests and scripts read the bound address (useful with port 0).
-    println!("listening on http://{addr}");
-    let app = router(state, settings.body_limit_bytes);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    println!("listening on {scheme}://{addr}");
+    // The peer address keys the slowing of failed authentications.
+    let app = router(state, settings.body_limit_bytes).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopping.graceful_shutdown(None);
+            });
+            axum_server::tls_rustls::from_tcp_rustls(
+                listener.into_std()?,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )?
+            .handle(handle)
+            .serve(app)
+            .await?;
+        }
+    }
     Ok(())
 }
-

@@ -1,6 +1,7 @@
 //! The `[server]` section of `reins.toml`.
 
 use serde::Deserialize;
+use std::path::PathBuf;
 
 /// How `reins serve` listens and whom it lets in.
 #[derive(Debug, Clone, Deserialize)]
@@ -17,6 +18,37 @@ pub struct ServerSettings {
     pub tokens: Vec<TokenSettings>,
     /// JWT bearer tokens, verified against an issuer's keys.
     pub jwt: Option<JwtSettings>,
+    /// Names an open server (no tokens) answers to as `Host`, besides
+    /// localhost, 127.0.0.1 and [::1]: any other name may be a DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`scheme://host[:port]`) allowed to call, besides
+    /// loopback origins and the server's own pages.
+    pub allowed_origins: Vec<String>,
+    /// Cross-origin browser access; off unless configured.
+    pub cors: Option<CorsSettings>,
+    /// PEM certificate chain to serve HTTPS with (relative to the config); `--tls-cert` overrides it.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; `--tls-key` overrides it.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[server.cors]`: which other sites' pages may call this server from a
+/// browser and read the answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Exact origins, `scheme://host[:port]`; there is no wildcard, since a
+    /// wildcard would hand every site the answers of a token-less server.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer, in seconds.
+    #[serde(default = "CorsSettings::default_max_age_s")]
+    pub max_age_s: u64,
+}
+
+impl CorsSettings {
+    fn default_max_age_s() -> u64 {
+        600
+    }
 }
 
 impl ServerSettings {
@@ -48,6 +80,11 @@ impl Default for ServerSettings {
             request_timeout_ms: 60_000,
             tokens: Vec::new(),
             jwt: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            cors: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

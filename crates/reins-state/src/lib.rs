@@ -2,7 +2,7 @@
 //! idempotency keys, and counters.
 //!
 //! Narrow traits, one per concept ([`RunStore`], [`ActionLog`],
-//! [`Approvals`], [`Counters`], [`CacheIndex`]), so a caller asks only for
+//! [`Approvals`], [`Counters`], [`CacheIndex`], [`AuditLog`]), so a caller asks only for
 //! what it uses; [`StateStore`] is all of them. Two backends, each behind a
 //! cargo feature: [`sqlite::SqliteStore`] (the embedded default, a file next
 //! to the config, WAL mode) and [`postgres::PgStore`] (many hosts on one
@@ -19,6 +19,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use audit::{AuditBreak, AuditEntry, AuditFilter, AuditReport, AuditRow};
+
+pub mod audit;
 pub mod counters;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -133,6 +136,10 @@ pub struct StateSettings {
     /// after a run ends (`GET /v1/runs/{id}`). The store stays the owner.
     #[serde(default = "default_recent_runs")]
     pub recent_runs: usize,
+    /// Keep the audit log (runs, gate decisions, approvals, reloads, failed
+    /// logins, admin calls). Off only for embedders that audit elsewhere.
+    #[serde(default = "yes")]
+    pub audit: bool,
 }
 
 fn default_recent_runs() -> usize {
@@ -174,6 +181,7 @@ impl Default for StateSettings {
             checkpoints: true,
             shared_counters: None,
             recent_runs: default_recent_runs(),
+            audit: true,
         }
     }
 }
@@ -547,6 +555,19 @@ pub trait CacheIndex: Send + Sync {
     async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError>;
 }
 
+/// Who did what: an append-only, hash-chained log (see [`audit`]).
+#[async_trait::async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends entries in order, in one transaction, chained after the
+    /// newest row; serialized across every process on the store, so the
+    /// chain never forks.
+    async fn audit_append(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRow>, StateError>;
+    /// Rows matching `filter`, oldest first.
+    async fn audit_list(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StateError>;
+    /// Walks the whole chain; the report names the first row that does not hold.
+    async fn audit_verify(&self) -> Result<AuditReport, StateError>;
+}
+
 /// What concerns the store as a whole rather than one concept.
 #[async_trait::async_trait]
 pub trait Housekeeping: Send + Sync {
@@ -560,9 +581,9 @@ pub trait Housekeeping: Send + Sync {
 
 /// The whole durable store, for the callers that hold one handle to it
 /// (`Arc<dyn StateStore>`); a caller that needs one concept takes its trait.
-pub trait StateStore: RunStore + ActionLog + Approvals + Counters + CacheIndex + Housekeeping {}
+pub trait StateStore: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping {}
 
-impl<T: RunStore + ActionLog + Approvals + Counters + CacheIndex + Housekeeping> StateStore for T {}
+impl<T: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping> StateStore for T {}
 
 /// What a compacted run keeps of its result.
 pub fn summary(result: &Value) -> Value {

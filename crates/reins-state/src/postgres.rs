@@ -121,4 +121,27 @@ impl Backend for PgDb {
             }
         }
     }
+    async fn read_then_write<T, U, F>(
+        &self,
+        first: &[Stmt<'_>],
+        read: (&Stmt<'_>, RowMap<T>),
+        then: F,
+    ) -> Result<U, StateError>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(Vec<T>) -> (Vec<Stmt<'static>>, U) + Send + 'static,
+    {
+        let mut tx = self.pool.begin().await?;
+        for w in first {
+            exec(&mut *tx, w).await?;
+        }
+        let found = fetch(&mut *tx, read.0, read.1).await?;
+        let (writes, out) = then(found);
+        for w in &writes {
+            exec(&mut *tx, w).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
 }

@@ -10,8 +10,9 @@
 //! by number), integer and serial column types, the implicit row id, the
 //! per-counter lock, and PostgreSQL's one-round-trip checkpoint function.
 
+use super::audit::{self, AuditEntry, AuditFilter, AuditReport, AuditRow};
 use super::{
-    ActionLog, ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Approvals, CacheIndex,
+    ActionLog, ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Approvals, AuditLog, CacheIndex,
     Counters, Housekeeping, RunRecord, RunStatus, RunStore, StateError, StepKind, StepRecord, now_ms, summary,
 };
 use serde_json::Value;
@@ -99,7 +100,7 @@ fn params(first: u32, last: u32) -> String {
 /// The schema, one entry per version, applied once each and in order
 /// (SQLite counts them in `PRAGMA user_version`, PostgreSQL in
 /// `reins_migrations`). Never edit an entry that has shipped; add one.
-pub const MIGRATIONS: &[fn(Dialect) -> String] = &[base, leases, functions_moved, response_cache];
+pub const MIGRATIONS: &[fn(Dialect) -> String] = &[base, leases, functions_moved, response_cache, audit_log];
 
 fn base(d: Dialect) -> String {
     let int = d.int();
@@ -200,6 +201,28 @@ fn response_cache(d: Dialect) -> String {
     )
 }
 
+/// The audit log: append-only, `seq` numbered by the writer (1, 2, 3, ...)
+/// so a gap is visible, each row chained to the one before by `prev_hash`.
+fn audit_log(d: Dialect) -> String {
+    let int = d.int();
+    format!(
+        "CREATE TABLE IF NOT EXISTS audit_log (
+    seq {int} PRIMARY KEY,
+    time_ms {int} NOT NULL,
+    subject TEXT NOT NULL,
+    tenant TEXT,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    request_id TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log(time_ms);"
+    )
+}
+
 /// Whether `node` may take a run's lease at `now` (SQL expressions): nobody
 /// holds it, `node` does, or it has expired.
 fn lease_open(node: &str, now: &str) -> String {
@@ -211,6 +234,8 @@ const RUN_COLS: &str =
 const ACTION_COLS: &str =
     "key, run_id, tool, arguments, state, response, CAST(http_status AS BIGINT), tries, updated_ms";
 const APPROVAL_COLS: &str = "id, run_id, pipeline, status, created_ms, data";
+const AUDIT_COLS: &str =
+    "seq, time_ms, subject, tenant, action, target, outcome, detail, request_id, prev_hash, hash";
 
 /// Every statement of the store, in one dialect.
 pub struct Sql {
@@ -250,6 +275,13 @@ pub struct Sql {
     pub drop_steps: String,
     pub drop_actions: String,
     pub compact_run: String,
+    /// PostgreSQL: serializes audit appends across every node, so the chain
+    /// never forks (SQLite's write transactions are serialized already).
+    pub audit_lock: Option<String>,
+    pub audit_last: String,
+    pub audit_insert: String,
+    pub audit_list: String,
+    pub audit_page: String,
     /// What to (re)define after the migrations (PostgreSQL's functions).
     pub functions: Vec<String>,
 }
@@ -364,6 +396,17 @@ impl Sql {
             drop_steps: q("DELETE FROM steps WHERE run_id = $1 OR substr(run_id, 1, length($1) + 1) = $1 || '.'"),
             drop_actions: q("DELETE FROM actions WHERE run_id = $1"),
             compact_run: q("UPDATE runs SET result = $2, request = 'null' WHERE run_id = $1"),
+            audit_lock: (d == Dialect::Postgres).then(|| "SELECT pg_advisory_xact_lock(7351003)".to_owned()),
+            audit_last: q("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"),
+            audit_insert: q(&format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES ({})", params(1, 11))),
+            audit_list: q(&format!(
+                "SELECT {AUDIT_COLS} FROM audit_log
+                 WHERE seq > $1 AND time_ms >= $2 AND time_ms <= $3 AND (CAST($4 AS TEXT) IS NULL OR tenant = $4)
+                   AND (CAST($5 AS TEXT) IS NULL OR action = $5)
+                   AND (CAST($6 AS TEXT) IS NULL OR substr(action, 1, length($6)) = $6)
+                 ORDER BY seq LIMIT $7"
+            )),
+            audit_page: q(&format!("SELECT {AUDIT_COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")),
             upsert_run: q(&upsert_run),
             upsert_step: q(upsert_step),
             functions,
@@ -588,6 +631,40 @@ fn approval_record(r: &dyn Row) -> Result<ApprovalRecord, StateError> {
     })
 }
 
+/// A stored audit row with its `detail` as stored (what its hash covers).
+fn audit_row(r: &dyn Row) -> Result<(AuditRow, String), StateError> {
+    let detail_text = r.string(7)?;
+    let row = AuditRow {
+        seq: r.i64(0)?,
+        entry: AuditEntry {
+            time_ms: r.i64(1)?,
+            subject: r.string(2)?,
+            tenant: r.text(3)?,
+            action: r.string(4)?,
+            target: r.string(5)?,
+            outcome: r.string(6)?,
+            // An unreadable detail is kept as its text: verify reports the
+            // row rather than failing to read the log.
+            detail: serde_json::from_str(&detail_text).unwrap_or_else(|_| Value::String(detail_text.clone())),
+            request_id: r.text(8)?,
+        },
+        prev_hash: r.string(9)?,
+        hash: r.string(10)?,
+    };
+    Ok((row, detail_text))
+}
+
+fn audit_args(row: &AuditRow, detail_text: String) -> Vec<Arg> {
+    let e = &row.entry;
+    let mut args = args![row.seq, e.time_ms, &e.subject, &e.tenant, &e.action, &e.target, &e.outcome];
+    args.extend(args![detail_text, &e.request_id, &row.prev_hash, &row.hash]);
+    args
+}
+
+fn last_link(r: &dyn Row) -> Result<(i64, String), StateError> {
+    Ok((r.i64(0)?, r.string(1)?))
+}
+
 fn int(r: &dyn Row) -> Result<i64, StateError> {
     r.i64(0)
 }
@@ -621,6 +698,20 @@ pub trait Backend: Send + Sync + 'static {
         writes: &[Stmt<'_>],
         read: Option<(&Stmt<'_>, RowMap<T>)>,
     ) -> Result<Done<T>, StateError>;
+
+    /// Runs `first` and `read`, then the writes `then` makes of the rows
+    /// read, all in one transaction: for a write that depends on what is
+    /// stored (the audit chain's next link) and must not race another.
+    async fn read_then_write<T, U, F>(
+        &self,
+        first: &[Stmt<'_>],
+        read: (&Stmt<'_>, RowMap<T>),
+        then: F,
+    ) -> Result<U, StateError>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(Vec<T>) -> (Vec<Stmt<'static>>, U) + Send + 'static;
 }
 
 /// The store over a [`Backend`]: every trait written once for both databases.
@@ -849,6 +940,67 @@ impl<B: Backend> CacheIndex for SqlStore<B> {
 
     async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError> {
         self.one(stmt(&self.sql().cache_get, args![key, fresh_since_ms]), cache_hit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> AuditLog for SqlStore<B> {
+    async fn audit_append(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditRow>, StateError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql();
+        let lock: Vec<Stmt<'_>> = sql.audit_lock.iter().map(|l| stmt(l, Vec::new())).collect();
+        let last = stmt(&sql.audit_last, Vec::new());
+        // The newest link is read inside the transaction (under the lock on
+        // PostgreSQL), so two appends can never chain to the same row.
+        self.db
+            .read_then_write(&lock, (&last, last_link), move |found: Vec<(i64, String)>| {
+                let mut prev = found.into_iter().next();
+                let mut writes = Vec::with_capacity(entries.len());
+                let mut rows = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let (row, detail_text) = audit::chain(prev.take(), entry);
+                    writes.push(stmt(&sql.audit_insert, audit_args(&row, detail_text)));
+                    prev = Some((row.seq, row.hash.clone()));
+                    rows.push(row);
+                }
+                (writes, rows)
+            })
+            .await
+    }
+
+    async fn audit_list(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StateError> {
+        let (exact, prefix) = f.action_match();
+        let s = stmt(
+            &self.sql().audit_list,
+            args![
+                f.after.unwrap_or(0),
+                f.since_ms.unwrap_or(i64::MIN),
+                f.until_ms.unwrap_or(i64::MAX),
+                &f.tenant,
+                exact,
+                prefix,
+                f.page_size(),
+            ],
+        );
+        Ok(self.rows(s, audit_row).await?.into_iter().map(|(row, _)| row).collect())
+    }
+
+    async fn audit_verify(&self) -> Result<AuditReport, StateError> {
+        const PAGE: u32 = 1000;
+        let mut verifier = audit::Verifier::default();
+        let mut after = 0i64;
+        loop {
+            let page = self.rows(stmt(&self.sql().audit_page, args![after, PAGE]), audit_row).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.seq;
+            let full = page.len() == PAGE as usize;
+            if !page.iter().all(|(row, detail)| verifier.check(row, detail)) || !full {
+                break;
+            }
+        }
+        Ok(verifier.report())
     }
 }
 

@@ -154,4 +154,25 @@ impl Backend for SqliteDb {
         tx.commit().map_err(self.err())?;
         Ok(done)
     }
+    async fn read_then_write<T, U, F>(
+        &self,
+        first: &[Stmt<'_>],
+        read: (&Stmt<'_>, RowMap<T>),
+        then: F,
+    ) -> Result<U, StateError>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(Vec<T>) -> (Vec<Stmt<'static>>, U) + Send + 'static,
+    {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // IMMEDIATE: another process on the file waits until this commits,
+        // so what was read is still the newest when the writes land.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.err())?;
+        let found = self.run_on(&tx, first, Some(read))?.rows;
+        let (writes, out) = then(found);
+        self.run_on::<()>(&tx, &writes, None)?;
+        tx.commit().map_err(self.err())?;
+        Ok(out)
+    }
 }

@@ -13,6 +13,7 @@
 //! - [`config`]: a small builder for `reins.toml` text;
 //! - [`server`]: loopback listeners, `reins serve` child processes and
 //!   one-shot calls to the HTTP router;
+//! - [`pg`]: the test PostgreSQL cluster and fresh databases on it;
 //! - [`bench`]: what the benches print in their tables.
 //!
 //! Helpers panic on failure: they serve tests, where a panic with a message
@@ -21,6 +22,7 @@
 pub mod bench;
 pub mod config;
 pub mod model;
+pub mod pg;
 pub mod plugins;
 pub mod server;
 pub mod webhook;

@@ -5,7 +5,11 @@
 //! 2. runs/s of a 5-step agent pipeline through `reins::Host::run`, with
 //!    checkpoints on and off (`[state] checkpoints`), on SQLite and
 //!    PostgreSQL, with an instant in-process model (the harness alone: the
-//!    worst case for the ratio) and with a 2 ms model (a fast local model).
+//!    worst case for the ratio) and with a 2 ms model (a fast local model);
+//! 3. the audit log: one append of a run's rows (run.start, a gate
+//!    decision, run.end) in the caller's path, and the same agent runs with
+//!    `[state] audit` on and off (rows go to the store through the writer
+//!    task, off the run's path).
 //!
 //! PostgreSQL rows need `REINS_TEST_PG_URL` (`. scripts/pg-test.sh` sets it);
 //! without it they are left out.
@@ -15,7 +19,7 @@
 use reins_testing::{bench, model, plugins};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
-use reins::state::{RunRecord, StateSettings, StateStore, StepKind, StepRecord, now_ms};
+use reins::state::{AuditEntry, RunRecord, StateSettings, StateStore, StepKind, StepRecord, now_ms};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,13 +67,32 @@ async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
     (bench::quantile(&times, 0.5), bench::quantile(&times, 0.99))
 }
 
+/// One `audit_append` of the three rows a gated run writes, awaited.
+async fn audit_append_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(WRITES);
+    for i in 0..WRITES {
+        let run = format!("run-{i}");
+        let rows = vec![
+            AuditEntry::new("run.start", &run, "running").detail(json!({"pipeline": "agent"})),
+            AuditEntry::new("gate.allow", &run, "allow").detail(json!({"gate": "spend-limit", "tool": "issue_refund"})),
+            AuditEntry::new("run.end", &run, "completed").detail(json!({"pipeline": "agent", "tokens": 320})),
+        ];
+        let start = Instant::now();
+        store.audit_append(rows).await.expect("append");
+        times.push(start.elapsed());
+    }
+    times.sort();
+    (bench::quantile(&times, 0.5), bench::quantile(&times, 0.99))
+}
+
 struct AgentRow {
     p50: Duration,
     p99: Duration,
     runs_per_s: f64,
 }
 
-async fn agent_runs(state: &str, checkpoints: bool, latency: Duration, plugins: &std::path::Path) -> AgentRow {
+/// `state` is the `[state]` table's body (the store, `checkpoints`, `audit`).
+async fn agent_runs(state: &str, latency: Duration, plugins: &std::path::Path) -> AgentRow {
     let config = format!(
         r#"
 plugins_dir = "{plugins}"
@@ -77,7 +100,6 @@ plugins_dir = "{plugins}"
 cache_dir = "{cache}"
 [state]
 {state}
-checkpoints = {checkpoints}
 [providers.agent]
 kind = "scripted"
 responses = []
@@ -157,8 +179,8 @@ fn main() {
         }
         for (store, state) in &stores {
             for (model, latency) in [("instant", Duration::ZERO), ("2 ms", Duration::from_millis(2))] {
-                let off = agent_runs(state, false, latency, plugins.path()).await;
-                let on = agent_runs(state, true, latency, plugins.path()).await;
+                let off = agent_runs(&format!("{state}\ncheckpoints = false"), latency, plugins.path()).await;
+                let on = agent_runs(&format!("{state}\ncheckpoints = true"), latency, plugins.path()).await;
                 let per_step = (on.p50.as_secs_f64() - off.p50.as_secs_f64()) / STEPS as f64;
                 for (label, row) in [("off", &off), ("on", &on)] {
                     let (added, ratio) = if label == "on" {
@@ -176,6 +198,40 @@ fn main() {
                         row.runs_per_s
                     );
                 }
+            }
+        }
+
+        println!("\n## The audit log\n");
+        println!("One append of a gated run's 3 rows (one transaction), awaited, {WRITES} appends:\n");
+        println!("| store | p50 µs | p99 µs |");
+        println!("|---|---|---|");
+        let sqlite = reins::state::open(&sqlite_settings, dir.path()).await.expect("sqlite");
+        let (p50, p99) = audit_append_cost(sqlite).await;
+        println!("| SQLite | {} | {} |", bench::us(p50), bench::us(p99));
+        if let Some(pg) = &pg {
+            let (p50, p99) = audit_append_cost(reins::state::open(pg, dir.path()).await.expect("postgres")).await;
+            println!("| PostgreSQL | {} | {} |", bench::us(p50), bench::us(p99));
+        }
+        println!("\nThe {STEPS}-step agent run (instant model, checkpoints on), audit rows through the writer task:\n");
+        println!("| store | audit | p50 µs/run | p99 µs/run | runs/s | on/off p50 |");
+        println!("|---|---|---|---|---|---|");
+        for (store, state) in &stores {
+            // Off, on, off, on: a drift of the machine shows as two off rows that disagree.
+            let mut rows = Vec::new();
+            for audit in [false, true, false, true] {
+                let row = agent_runs(&format!("{state}\naudit = {audit}"), Duration::ZERO, plugins.path()).await;
+                rows.push((audit, row));
+            }
+            let off = rows.iter().filter(|(a, _)| !a).map(|(_, r)| r.p50.as_secs_f64()).sum::<f64>() / 2.0;
+            for (audit, row) in &rows {
+                let ratio = if *audit { format!("{:.2}×", row.p50.as_secs_f64() / off) } else { "—".into() };
+                println!(
+                    "| {store} | {} | {} | {} | {:.0} | {ratio} |",
+                    if *audit { "on" } else { "off" },
+                    bench::us(row.p50),
+                    bench::us(row.p99),
+                    row.runs_per_s
+                );
             }
         }
     });

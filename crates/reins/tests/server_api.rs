@@ -352,7 +352,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let body = json!({"input": "a slow question"}).to_string();
         let req = format!(
-            "POST /v1/pipelines/answer/runs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "POST /v1/pipelines/answer/runs HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,6 +10,7 @@
 use reins_testing::model::{self, Step, Upstream};
 use reins_testing::webhook::{Delivery, Sink};
 use reins_testing::config::Config;
+use reins_testing::pg::Database;
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -44,50 +45,6 @@ fn model(body: &Value) -> Step {
     model::ok(&model::completion(message))
 }
 
-/// A fresh database on the test cluster; dropped (with its connections) on drop.
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let admin = std::env::var("REINS_TEST_PG_URL").unwrap_or_else(|_| {
-            panic!(
-                "REINS_TEST_PG_URL is not set: run the tests through `bash scripts/test.sh`, which installs and starts \
-                 PostgreSQL (or source scripts/pg-test.sh)"
-            )
-        });
-        let name = format!("reins_nodes_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
-        pool.close().await;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
-        Database { admin, name, url }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop needs its own runtime: the test's is shutting down.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&pool)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 async fn get(client: &reqwest::Client, url: String) -> Value {
     client.get(url).send().await.expect("get").json().await.expect("json")

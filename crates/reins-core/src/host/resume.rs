@@ -324,6 +324,18 @@ impl Host {
         approver: &str,
         comment: Option<String>,
     ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
+        let decided = self.decide_and_continue(id, verdict, approver, comment).await;
+        self.audit_decision(id, verdict, approver, &decided);
+        decided
+    }
+
+    async fn decide_and_continue(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        approver: &str,
+        comment: Option<String>,
+    ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
         match self.approvals.decide(id, verdict, approver, comment).await? {
             Decided::Waiting(a) => Ok((a, None)),
             Decided::Ready(a, held, all) => {

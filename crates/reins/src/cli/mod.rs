@@ -1,6 +1,7 @@
 //! Command-line surface. Each subcommand is a thin adapter over the library;
 //! `anyhow` lives here and nowhere else.
 
+mod audit;
 mod build;
 mod check;
 mod plugin;
@@ -30,6 +31,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Serve the HTTP API (native runs, OpenAI-compatible, metrics).
     Serve(serve::ServeArgs),
+    /// Read, follow, export and verify the audit log of the config's `[state]` store.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -54,6 +58,11 @@ pub fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(serve::serve(args))),
+        Command::Audit(cmd) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(audit::run(cmd))),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -89,6 +89,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     };
     let result = host.run(&pipeline, request).await;
+    // The run's audit rows are written off the run's path; they must land before the process exits.
+    host.audit_flush().await;
 
     let mut stderr = std::io::stderr().lock();
     match args.trace {

@@ -22,6 +22,12 @@ pub struct ServeArgs {
     /// interrupted runs back at once.
     #[arg(long, env = "REINS_NODE_ID")]
     node_id: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (overrides `[server] tls_cert`); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (overrides `[server] tls_key`).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -40,7 +46,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     // Interrupted runs (this node's from before a crash, or any node's whose
     // lease expired) continue in the background; old runs are compacted.
     let _background = host.spawn_background();
-    let settings = server::ServerSettings::from_config(host.config())?;
+    let mut settings = server::ServerSettings::from_config(host.config())?;
+    // Paths in the config are relative to it; on the command line, to the working directory.
+    settings.tls_cert = args.tls_cert.or_else(|| settings.tls_cert.as_deref().map(|p| host.config().resolve(p)));
+    settings.tls_key = args.tls_key.or_else(|| settings.tls_key.as_deref().map(|p| host.config().resolve(p)));
     let listen = args.listen.unwrap_or_else(|| settings.listen.clone());
     let state = AppState::new(host, &settings)?;
     server::serve(state, &settings, &listen, args.insecure, shutdown_signal()).await?;
