@@ -8,7 +8,7 @@ use super::Host;
 use crate::approvals::{Approval, ApprovalError, Verdict};
 use crate::pipeline::{Request, RunResult};
 use reins_state::{AuditEntry, StateStore};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
