@@ -27,7 +27,10 @@ b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 now=$(date +%s)
 header=$(printf '{"alg":"EdDSA","typ":"JWT","kid":"refunds-example-1"}' | b64url)
 payload=$(printf '{"iss":"https://id.refunds.example","aud":"reins","sub":"globex-agent-7","org_id":"globex","roles":["support"],"iat":%d,"exp":%d}' "$now" $((now + 600)) | b64url)
-sig=$(printf '%s.%s' "$header" "$payload" | openssl pkeyutl -sign -rawin -inkey "$here/keys/issuer-ed25519.pem" -in /dev/stdin | b64url)
+signing_input=$(mktemp)
+printf '%s.%s' "$header" "$payload" > "$signing_input"
+sig=$(openssl pkeyutl -sign -rawin -inkey "$here/keys/issuer-ed25519.pem" -in "$signing_input" | b64url)
+rm -f "$signing_input"
 globex=(-H "authorization: Bearer $header.$payload.$sig")
 show() { python3 -c 'import json,sys; r=json.load(sys.stdin); print("  status:", r.get("status"), "| executions:", [(e["tool"], e["status"]) for e in r.get("executions", [])], "| approvals:", r.get("approvals", []), "| error:", (r.get("error") or "")[:120] if isinstance(r.get("error"), str) else r.get("error"))'; }
 

@@ -107,8 +107,15 @@ fn toml_inline(v: &Value) -> String {
     }
 }
 
+/// A request from a caller of `tenant`, as an embedder that authenticated
+/// it sets it (budgets and limits key on the caller, not on metadata).
 fn ask(text: &str, tenant: &str) -> Request {
-    Request::text(text).with_metadata(json!({"tenant": tenant}))
+    Request::text(text).with_caller(reins::runtime::Caller {
+        subject: format!("user-of-{tenant}"),
+        tenant: Some(tenant.to_owned()),
+        credential: "token:test".to_owned(),
+        ..Default::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
