@@ -42,7 +42,8 @@ pub fn effective(caller: &Caller, metadata: &Value, trust_metadata: bool) -> Cal
 }
 
 /// Refuses a body `metadata` that claims another tenant, role or claim than
-/// the credential carries: a caller cannot talk its way into a role.
+/// the credential carries: a caller cannot talk its way into a role. Keys
+/// the credential says nothing about (a channel, an end user's id) pass.
 pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradiction> {
     if !caller.is_verified() {
         return Ok(());
@@ -55,7 +56,10 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
     };
     for (key, said) in map {
         match key.as_str() {
-            "role" | "roles" => {
+            // A credential that carries no roles (or no tenant) has nothing
+            // to contradict: the body's word stays a hint, identity only
+            // where the pipeline trusts metadata (`effective`).
+            "role" | "roles" if !caller.roles.is_empty() => {
                 let claimed = strings(Some(said));
                 if let Some(r) = claimed.iter().find(|r| !caller.roles.contains(r)) {
                     return Err(conflict(
@@ -64,26 +68,21 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
                     ));
                 }
             }
-            "tenant" => {
+            "role" | "roles" => {}
+            "tenant" if caller.tenant.is_some() => {
                 if let Some(t) = scalar(Some(said))
                     && caller.tenant.as_deref() != Some(t.as_str())
                 {
                     return Err(conflict(
                         key,
-                        format!(
-                            "the credential is for tenant {}, not {t:?}",
-                            caller.tenant.as_deref().map_or("(none)".to_owned(), |t| format!("{t:?}"))
-                        ),
+                        format!("the credential is for tenant {:?}, not {t:?}", caller.tenant.as_deref().unwrap_or_default()),
                     ));
                 }
             }
-            "subject" | "sub" | "user" | "user_id" => {
-                if let Some(s) = scalar(Some(said))
-                    && s != caller.subject
-                {
-                    return Err(conflict(key, format!("the credential is for {:?}, not {s:?}", caller.subject)));
-                }
-            }
+            "tenant" => {}
+            // `user`/`user_id` name the application's end user (as OpenAI
+            // and Anthropic clients send them), not the credential: only
+            // a claim the credential carries is compared.
             other => {
                 if let Some(claim) = caller.claims.get(other)
                     && claim != said
@@ -175,6 +174,8 @@ mod tests {
         let e = check_metadata(&support("acme"), &json!({"tenant": "globex"})).expect_err("contradiction");
         assert_eq!(e.key, "tenant");
         assert!(check_metadata(&support("acme"), &json!({"tenant": "acme", "role": "support", "channel": "web"})).is_ok());
+        // An end user's id is the application's to send, not an identity claim.
+        assert!(check_metadata(&support("acme"), &json!({"user_id": "u-1", "user": "someone"})).is_ok());
     }
 
     #[test]

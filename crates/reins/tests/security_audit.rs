@@ -186,6 +186,8 @@ async fn a_served_run_its_gates_approvals_reloads_and_failed_logins_are_audited(
 model = "refund-script"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
+# One token starts and approves here (the audit rows are the subject).
+self_approval = true
 
 [state]
 kind = "sqlite"
@@ -195,6 +197,7 @@ path = "state.db"
 name = "ops"
 sha256 = "{admin_hash}"
 scopes = ["run", "approve", "admin"]
+claims = {{ tenant = "acme" }}
 "#
         ))
         .write(dir.path());

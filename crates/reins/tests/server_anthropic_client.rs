@@ -105,6 +105,8 @@ repair = { max_attempts = 1 }
 model = "up"
 constraints = "tool-manifest"
 gates = ["spend-limit"]
+# One credential plays two tenants (metadata.tenant): the opt-in for that.
+trust_metadata = true
 "#,
         )
         .write(dir.path());

@@ -22,13 +22,19 @@ async fn approve_a_refund_through_the_web_page() {
 
     let token = "approver-secret-token";
     let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    let agent_token = "agent-secret-token";
+    let agent_hash = hex::encode(Sha256::digest(agent_token.as_bytes()));
     let dir = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
     std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
     let config_path = Config::new()
         .plugins_dir(".")
         .test_cache()
-        .table(&format!("[[server.tokens]]\nname = \"alice\"\nsha256 = \"{hash}\"\nscopes = [\"run\", \"approve\"]\n"))
+        // The agent starts the run; alice (same tenant) approves it on the page.
+        .table(&format!(
+            "[[server.tokens]]\nname = \"alice\"\nsha256 = \"{hash}\"\nscopes = [\"run\", \"approve\"]\nclaims = {{ tenant = \"acme\" }}\n\
+             [[server.tokens]]\nname = \"agent\"\nsha256 = \"{agent_hash}\"\nscopes = [\"run\"]\nclaims = {{ tenant = \"acme\" }}\n"
+        ))
         .scripted(
             "script",
             r#"[ { match = "refund", tool_calls = [ { name = "issue_refund", arguments = { order = "A-77", amount = 500 } } ] } ]"#,
@@ -52,7 +58,7 @@ url = "{sink_url}"
     let client = reqwest::Client::new();
     let run: Value = client
         .post(format!("{base}/v1/pipelines/refunds/runs"))
-        .bearer_auth(token)
+        .bearer_auth(agent_token)
         .json(&json!({"input": "please refund order A-77"}))
         .send()
         .await
