@@ -84,7 +84,7 @@ fn main() {
         batch: 50,
         budget: Duration::from_secs(2),
     };
-    let mut measure = |state: &AppState, auth: Option<&str>| {
+    let measure = |state: &AppState, auth: Option<&str>| {
         let headers: Vec<(&str, &str)> = auth.map(|a| vec![("authorization", a)]).unwrap_or_default();
         bench::median_ns(&sampling, || {
             let (status, _, _) = rt.block_on(server::call(
@@ -104,19 +104,18 @@ fn main() {
         rows[1].push(measure(&with_tokens, Some(&token_header)));
         rows[2].push(measure(&with_jwt, Some(&jwt_header)));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let base = median(&mut rows[0]);
+    let medians: Vec<f64> = rows
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        })
+        .collect();
+    let base = medians[0];
     println!("| request | µs per request (median of {ROUNDS} rounds) | vs no authentication |");
     println!("|---|---:|---:|");
-    for (name, v) in [
-        ("no authentication (open mode)", &mut rows[0]),
-        ("static bearer token (1 of 50)", &mut rows[1]),
-        ("EdDSA JWT, JWKS file (keys cached)", &mut rows[2]),
-    ] {
-        let m = median(v);
+    let names = ["no authentication (open mode)", "static bearer token (1 of 50)", "EdDSA JWT, JWKS file (keys cached)"];
+    for (name, m) in names.iter().zip(medians) {
         println!("| {name} | {:.1} | {:+.1} % |", m / 1000.0, (m / base - 1.0) * 100.0);
     }
 }

@@ -7,6 +7,7 @@
 use super::Identity;
 use crate::settings::{JwtSettings, Scope};
 use base64::Engine;
+use sha2::Digest;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use reins_runtime::Caller;
@@ -20,6 +21,12 @@ use std::time::{Duration, Instant, SystemTime};
 const FILE_CHECK: Duration = Duration::from_secs(1);
 /// How often an unknown `kid` may make the server fetch the JWKS URL again.
 const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(30);
+/// Tokens verified lately (by sha256), so a client that sends the same JWT
+/// on every request pays for its signature once.
+const VERIFIED_CACHE: usize = 10_000;
+/// How long a verified token is trusted without a new check, at most (and
+/// never past its `exp`).
+const VERIFIED_TTL_S: u64 = 60;
 
 /// Why `[server.jwt]` cannot be used, or why a token is refused. The
 /// messages name the claim, the key or the file, never the token.
@@ -79,6 +86,9 @@ pub struct JwtVerifier {
     keys: RwLock<Keys>,
     /// One fetch of the JWKS URL at a time.
     fetching: tokio::sync::Mutex<()>,
+    /// sha256 of a verified token → its identity and until when (unix s)
+    /// it may be reused. Emptied whenever the keys change.
+    verified: std::sync::Mutex<lru::LruCache<[u8; 32], (Identity, u64)>>,
     http: reqwest::Client,
 }
 
@@ -127,6 +137,9 @@ impl JwtVerifier {
             validations,
             keys: RwLock::new(Keys::default()),
             fetching: tokio::sync::Mutex::new(()),
+            verified: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(VERIFIED_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             http,
         };
         if let Some(path) = &settings.jwks_file {
@@ -139,8 +152,18 @@ impl JwtVerifier {
 
     /// Verifies `token` and maps its claims to an identity.
     pub async fn verify(&self, token: &str) -> Result<Identity, JwtError> {
-        let (validation, kid) = self.header(token)?;
         self.refresh_file();
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Ok(mut cache) = self.verified.lock()
+            && let Some((identity, until)) = cache.get(&digest)
+        {
+            if *until > now {
+                return Ok(identity.clone());
+            }
+            cache.pop(&digest);
+        }
+        let (validation, kid) = self.header(token)?;
         if self.settings.jwks_url.is_some() {
             self.refresh_url(false).await?;
         }
@@ -163,7 +186,12 @@ impl JwtVerifier {
             ErrorKind::InvalidAlgorithm => JwtError::Malformed("its alg does not match the key".into()),
             _ => JwtError::Malformed(e.to_string()),
         })?;
-        self.identity(data.claims)
+        let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+        let identity = self.identity(data.claims)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.put(digest, (identity.clone(), exp.min(now + VERIFIED_TTL_S)));
+        }
+        Ok(identity)
     }
 
     /// Reads the header before any key is looked up, so that `none` and
@@ -218,6 +246,10 @@ impl JwtVerifier {
             }
         }
         let n = by_kid.len() + unnamed.len();
+        // A token verified with a key that is gone must be checked again.
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.clear();
+        }
         if let Ok(mut keys) = self.keys.write() {
             keys.by_kid = Arc::new(by_kid);
             keys.unnamed = Arc::new(unnamed);
