@@ -32,7 +32,7 @@ pub fn effective(caller: &Caller, metadata: &Value, trust_metadata: bool) -> Cal
         filled = true;
     }
     if out.roles.is_empty() {
-        out.roles = strings(metadata.get("roles").or_else(|| metadata.get("role")));
+        out.roles = claim_strings(metadata.get("roles").or_else(|| metadata.get("role")));
         filled |= !out.roles.is_empty();
     }
     if filled && !out.is_verified() {
@@ -60,7 +60,7 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
             // to contradict: the body's word stays a hint, identity only
             // where the pipeline trusts metadata (`effective`).
             "role" | "roles" if !caller.roles.is_empty() => {
-                let claimed = strings(Some(said));
+                let claimed = claim_strings(Some(said));
                 if let Some(r) = claimed.iter().find(|r| !caller.roles.contains(r)) {
                     return Err(conflict(
                         key,
@@ -143,7 +143,9 @@ fn scalar(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
+/// A claim as a list of strings: one string, or the scalars of a list
+/// (roles are written both ways).
+pub fn claim_strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a.iter().filter_map(|x| scalar(Some(x))).collect(),

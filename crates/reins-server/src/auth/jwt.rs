@@ -36,6 +36,8 @@ pub enum JwtError {
     NoKeySource,
     #[error("[server.jwt] algorithms: {0:?} is not accepted; use RS256, ES256 or EdDSA (`none` and HMAC are always refused)")]
     BadAlgorithm(String),
+    #[error("[server.jwt] algorithms: the list is empty; name at least one of RS256, ES256, EdDSA")]
+    NoAlgorithms,
     #[error("[server.jwt] jwks_file {path}: {message}")]
     JwksFile { path: PathBuf, message: String },
     #[error("the JWKS from {source_name} does not parse: {message}")]
@@ -114,7 +116,7 @@ impl JwtVerifier {
             algorithms.push(alg);
         }
         if algorithms.is_empty() {
-            return Err(JwtError::BadAlgorithm(String::new()));
+            return Err(JwtError::NoAlgorithms);
         }
         let validations = algorithms
             .iter()

@@ -200,7 +200,7 @@ fn token_identity(t: &TokenSettings) -> Result<Identity, AuthError> {
         }
         match key.as_str() {
             "tenant" => caller.tenant = Some(value.as_str().ok_or_else(|| bad(key))?.to_owned()),
-            "roles" | "role" => caller.roles.extend(strings(value)),
+            "roles" | "role" => caller.roles.extend(reins_core::identity::claim_strings(Some(value))),
             _ => {
                 caller.claims.insert(key.clone(), value.clone());
             }
@@ -211,12 +211,4 @@ fn token_identity(t: &TokenSettings) -> Result<Identity, AuthError> {
         scopes: t.scopes.iter().copied().collect(),
         pipelines: t.pipelines.as_ref().map(|p| p.iter().cloned().collect()),
     })
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    match v {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => Vec::new(),
-    }
 }
