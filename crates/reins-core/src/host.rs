@@ -132,6 +132,14 @@ impl Host {
             return result;
         }
         request.caller = identity::effective(&request.caller, &request.metadata, p.config.trust_metadata);
+        // Backpressure first: a request that could only wait past its
+        // deadline is refused before it costs a plugin call or a row.
+        if let Some(e) = p.shed(request.timeout_ms) {
+            let mut result = RunResult::new(run_id, pipeline);
+            result.status = RunStatus::Rejected;
+            result.error = Some(e);
+            return result;
+        }
         let Some(guard) = self.leases.active.enter(&run_id) else {
             return not_owned(&run_id, pipeline, "it is already running in this process");
         };

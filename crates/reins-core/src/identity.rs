@@ -95,6 +95,12 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
     Ok(())
 }
 
+/// Whose turn a call is in a provider's queue: the tenant, else the
+/// subject (each token or user apart), so one cannot crowd out another.
+pub fn queue_key(caller: &Caller) -> String {
+    caller.tenant.clone().unwrap_or_else(|| caller.subject.clone())
+}
+
 /// Who owns what a caller creates: its tenant, else (a verified caller
 /// without one) itself, else nobody in particular (anonymous, open mode).
 pub fn owner_scope(caller: &Caller) -> Option<String> {

@@ -30,6 +30,18 @@ pub const BREAKER_STATE: &str = "reins_breaker_state";
 pub const BREAKER_TRIPS_TOTAL: &str = "reins_breaker_trips_total";
 /// Counter `{provider}`: calls an open breaker refused without asking the provider.
 pub const BREAKER_REJECTIONS_TOTAL: &str = "reins_breaker_rejections_total";
+/// Counter `{provider}`: times the upstream pushed back (429, or 503 with
+/// `Retry-After`) and the provider became saturated.
+pub const PROVIDER_SATURATIONS_TOTAL: &str = "reins_provider_saturations_total";
+/// Gauge `{provider}`: 1 while the provider is saturated (calls wait or fall back).
+pub const PROVIDER_SATURATED: &str = "reins_provider_saturated";
+/// Counter `{provider, reason}`: calls refused before being sent
+/// (`saturated`, `queue_full`, `past_deadline`).
+pub const PROVIDER_SHED_TOTAL: &str = "reins_provider_shed_total";
+/// Gauge `{provider}`: calls out to the upstream now.
+pub const PROVIDER_IN_FLIGHT: &str = "reins_provider_in_flight";
+/// Gauge `{provider}`: calls waiting in the provider's queue.
+pub const PROVIDER_QUEUED: &str = "reins_provider_queued";
 /// Counter `{provider, outcome}`: model calls by outcome (`ok` or the error's kind).
 pub const PROVIDER_CALLS_TOTAL: &str = "reins_provider_calls_total";
 /// Counter `{provider, reason}`: model calls retried, by the error that caused the retry.

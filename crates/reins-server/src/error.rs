@@ -117,6 +117,7 @@ impl From<&RunError> for ApiError {
             RunError::ModelUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
             RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+            RunError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             RunError::Forbidden { .. } => (StatusCode::FORBIDDEN, "permission_error"),
             RunError::Plugin { .. }
             | RunError::MissingPlugin { .. }
@@ -131,12 +132,15 @@ impl From<&RunError> for ApiError {
                 "model_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
                 "unknown_pipeline" => (StatusCode::NOT_FOUND, "not_found_error"),
                 "forbidden" => (StatusCode::FORBIDDEN, "permission_error"),
+                "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+                "overloaded" => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
             },
         };
         let mut err = Self::new(status, kind, e.to_string());
         match e {
             RunError::RateLimited { retry_after_s, .. } => err.retry_after = Some(*retry_after_s),
+            RunError::Overloaded { retry_after_ms, .. } => err.retry_after = Some(retry_after_ms.div_ceil(1000).max(1)),
             RunError::Forbidden { key, .. } => err = err.with("param", json!(key)),
             _ => {}
         }

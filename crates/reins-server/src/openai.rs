@@ -363,6 +363,7 @@ pub async fn chat_completions(
     }
     request.session_id = super::answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
+    request.timeout_ms = super::service::caller_timeout(&headers)?;
     let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
 
     let (status, payload) = completion(&result, &pipeline)?;

@@ -1,5 +1,6 @@
-//! `GET /v1/providers`: every model provider with its circuit breaker's
-//! state (closed, open, half-open), its window, trips and retry policy.
+//! `GET /v1/providers`: every model provider with its state (closed, open,
+//! half-open, or saturated until the upstream takes calls again), its
+//! breaker's window and trips, its limits and queue, and its retry policy.
 
 use super::AppState;
 use super::error::ApiError;
@@ -18,7 +19,13 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
         .breakers()
         .map(|(name, b)| {
             let snapshot = b.snapshot();
+            let admission = b.admission().snapshot();
             let settings = b.settings();
+            // Saturation is the state a caller notices first: calls wait or fall back.
+            let state = match admission.saturated_for_ms {
+                Some(_) if snapshot.state == reins_core::provider::CircuitState::Closed => json!("saturated"),
+                _ => json!(snapshot.state),
+            };
             if settings.breaker.enabled {
                 // The gauge moves on calls; an open breaker past its cool-down shows here first.
                 metrics::gauge!(reins_runtime::metric_names::BREAKER_STATE, "provider" => name.to_owned()).set(snapshot.state.gauge());
@@ -32,8 +39,25 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
                 "kind": kind,
                 "model": b.provider().model(),
                 "base_url": endpoint,
-                "state": snapshot.state,
+                "state": state,
                 "upstream": b.provider().status(),
+                "admission": {
+                    "in_flight": admission.in_flight,
+                    "limit": admission.limit,
+                    "queued": admission.queued,
+                    "saturated_for_ms": admission.saturated_for_ms,
+                    "saturations": admission.saturations,
+                    "refused": admission.refused,
+                    "settings": {
+                        "max_in_flight": settings.admission.max_in_flight,
+                        "adaptive": settings.admission.adaptive,
+                        "rpm": settings.admission.rpm,
+                        "tpm": settings.admission.tpm,
+                        "queue_size": settings.admission.queue_size,
+                        "saturation_ms": settings.admission.saturation.as_millis() as u64,
+                        "max_saturation_ms": settings.admission.max_saturation.as_millis() as u64,
+                    },
+                },
                 "breaker": {
                     "enabled": snapshot.enabled,
                     "state": snapshot.state,

@@ -34,6 +34,9 @@ pub struct RunBody {
     /// The conversation the run belongs to (session memory).
     #[serde(default)]
     pub session_id: Option<String>,
+    /// How long the caller waits, in ms: shortens the pipeline's deadline.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 impl RunBody {
@@ -52,6 +55,10 @@ impl RunBody {
         let mut request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
         request.dry_run = self.dry_run;
         request.session_id = self.session_id;
+        if self.timeout_ms == Some(0) {
+            return Err(ApiError::bad_request("`timeout_ms` must be at least 1").with("param", serde_json::json!("timeout_ms")));
+        }
+        request.timeout_ms = self.timeout_ms;
         Ok((request, self.idempotency_key))
     }
 }
@@ -69,7 +76,11 @@ pub async fn create(
         return Err(ApiError::not_found(format!("no pipeline `{pipeline}`")));
     }
     let (request, key) = body.into_request()?;
-    let request = request.with_caller(who.caller.clone());
+    let mut request = request.with_caller(who.caller.clone());
+    // The shorter of the body's `timeout_ms` and the header's.
+    if let Some(ms) = super::service::caller_timeout(&headers)? {
+        request.timeout_ms = Some(request.timeout_ms.map_or(ms, |t| t.min(ms)));
+    }
     if let Some(key) = &key
         && let Some(stored) = state.host.run_by_key(&pipeline, &who.caller, key).await
     {

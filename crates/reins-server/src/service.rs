@@ -39,12 +39,44 @@ pub(crate) async fn run_pipeline(
         })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
     metrics_export::record_run(&result);
-    if let Some(e @ (reins_core::pipeline::RunError::RateLimited { .. } | reins_core::pipeline::RunError::Forbidden { .. })) =
-        &result.error
+    if let Some(
+        e @ (reins_core::pipeline::RunError::RateLimited { .. }
+        | reins_core::pipeline::RunError::Overloaded { .. }
+        | reins_core::pipeline::RunError::Forbidden { .. }),
+    ) = &result.error
     {
         return Err(ApiError::from(e).with("run_id", serde_json::json!(result.run_id)));
     }
     Ok(Arc::new(result))
+}
+
+/// The caller's own timeout, in ms: `X-Reins-Timeout` (seconds, e.g.
+/// `2.5`, or milliseconds with a unit, `2500ms`), else the read timeout the
+/// OpenAI and Anthropic SDKs announce (`X-Stainless-Read-Timeout`, seconds).
+/// It shortens the run's deadline: a caller that gives up after 2 s is not
+/// kept waiting in a queue for 30. A malformed `X-Reins-Timeout` is a 400.
+pub(crate) fn caller_timeout(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("").trim());
+    if let Some(v) = header("x-reins-timeout") {
+        return parse_timeout(v).map(Some).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("X-Reins-Timeout `{v}` is not a timeout: give seconds (`2.5`) or milliseconds (`2500ms`), more than 0"),
+            )
+            .with("param", serde_json::json!("X-Reins-Timeout"))
+        });
+    }
+    // The SDKs' own header is advisory: one that does not parse is ignored.
+    Ok(header("x-stainless-read-timeout").and_then(parse_timeout))
+}
+
+fn parse_timeout(v: &str) -> Option<u64> {
+    let ms = match v.strip_suffix("ms") {
+        Some(ms) => ms.trim().parse::<f64>().ok()?,
+        None => v.strip_suffix('s').unwrap_or(v).trim().parse::<f64>().ok()? * 1000.0,
+    };
+    (ms.is_finite() && ms >= 1.0).then(|| ms.min(u64::MAX as f64) as u64)
 }
 
 /// `X-Reins-*` headers: enough to correlate an answer with its run.
@@ -62,5 +94,27 @@ pub(crate) fn reins_headers(headers: &mut HeaderMap, result: &RunResult) {
     {
         // Which fallback served the answer: a provider, `cache` or `static`.
         set("x-reins-degraded", by.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_read_in_seconds_or_milliseconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(caller_timeout(&h).unwrap(), None);
+        h.insert("x-stainless-read-timeout", HeaderValue::from_static("600"));
+        assert_eq!(caller_timeout(&h).unwrap(), Some(600_000));
+        h.insert("x-reins-timeout", HeaderValue::from_static("2.5"));
+        assert_eq!(caller_timeout(&h).unwrap(), Some(2_500));
+        h.insert("x-reins-timeout", HeaderValue::from_static("250ms"));
+        assert_eq!(caller_timeout(&h).unwrap(), Some(250));
+        for bad in ["soon", "0", "-1", "ms"] {
+            h.insert("x-reins-timeout", HeaderValue::from_static(bad));
+            let e = caller_timeout(&h).unwrap_err();
+            assert!(e.message.contains("X-Reins-Timeout"), "{bad}: {}", e.message);
+        }
     }
 }

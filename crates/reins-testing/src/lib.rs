@@ -8,6 +8,7 @@
 //!   plugin directories laid out from them;
 //! - [`model`]: fake models, an OpenAI-compatible server on loopback that
 //!   plays a script and records what it was sent, and an in-process agent;
+//! - [`busy`]: an upstream with a capacity that answers 429 past it;
 //! - [`webhook`]: a sink for webhook executors that records every delivery
 //!   and counts idempotency keys;
 //! - [`config`]: a small builder for `reins.toml` text;
@@ -20,6 +21,7 @@
 //! is the clearest report.
 
 pub mod bench;
+pub mod busy;
 pub mod config;
 pub mod model;
 pub mod pg;

@@ -89,6 +89,7 @@ fn request(messages: Vec<Message>) -> ChatRequest {
         tools: vec![],
         sampling: Sampling::default(),
         deadline: None,
+        turn: Default::default(),
     }
 }
 

@@ -37,7 +37,7 @@ mod resilience;
 pub use pipeline::*;
 pub use provider::*;
 pub use error::ConfigError;
-pub use resilience::{BreakerConfig, CacheMode, DegradedConfig, HttpConfig, default_degraded_message};
+pub use resilience::{BreakerConfig, CacheMode, DegradedConfig, HttpConfig, OnSaturated, default_degraded_message};
 
 /// The whole `reins.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +256,9 @@ impl Config {
             }
             if let Some(http) = provider.http() {
                 if let Err((k, message)) = resilience::check_breaker(&http.breaker) {
+                    return Err(invalid(format!("providers.{name}.{k}"), message));
+                }
+                if let Err((k, message)) = resilience::check_limits(http) {
                     return Err(invalid(format!("providers.{name}.{k}"), message));
                 }
                 if http.timeout_ms == 0 || http.connect_timeout_ms == 0 {

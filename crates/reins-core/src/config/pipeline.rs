@@ -27,6 +27,12 @@ pub struct PipelineConfig {
     /// and the static `degraded` answer may still serve.
     #[serde(default = "resilience::defaults::deadline_ms")]
     pub deadline_ms: u64,
+    /// While a provider is saturated (it answered 429, or 503 with
+    /// `Retry-After`) or at its limits: `queue` (default) waits in its
+    /// queue as long as the deadline allows; `fallback` goes on to the next
+    /// provider of the chain at once.
+    #[serde(default)]
+    pub on_saturated: OnSaturated,
     /// The response cache: `off`, `read` (serve cached answers when every
     /// provider is unavailable) or `read-write` (also store validated outputs).
     #[serde(default)]

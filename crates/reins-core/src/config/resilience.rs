@@ -13,11 +13,19 @@
 //! backoff_ms = 250
 //! max_backoff_ms = 10000
 //! breaker = { failure_rate = 0.5, min_calls = 10, window_ms = 60000, cooldown_ms = 30000, probes = 1 }
+//! max_in_flight = 64          # calls out at once (none: no limit)
+//! adaptive = false            # learn the limit from 429s and timeouts
+//! rpm = 3000                  # requests per minute (none: no limit)
+//! tpm = 1000000               # tokens per minute (none: no limit)
+//! queue_size = 256            # calls that may wait; past it, 429 at once
+//! saturation_ms = 1000        # a 429 without Retry-After backs off this long
+//! max_saturation_ms = 60000   # the longest Retry-After honoured
 //!
 //! [pipelines.p]
 //! model = "llm"
 //! fallbacks = ["backup"]
 //! deadline_ms = 30000
+//! on_saturated = "queue"      # or "fallback": skip a saturated provider
 //! cache = "read-write"
 //! cache_ttl_s = 3600
 //! cache_max_entries = 1000
@@ -53,6 +61,33 @@ pub struct HttpConfig {
     /// This provider's circuit breaker.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Calls out to this upstream at once; the rest wait in the queue.
+    /// None (the default): no limit.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Learn the in-flight limit from the upstream's 429s and timeouts
+    /// (AIMD: it starts at `max_in_flight`, drops by 10 % on a backpressure
+    /// signal, and grows back by one per limit's worth of successes).
+    #[serde(default)]
+    pub adaptive: bool,
+    /// Requests per minute sent upstream (none: no limit).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute: each call is counted before it goes, by its
+    /// prompt's tokens plus its `max_tokens`, and corrected upward from the
+    /// usage the upstream reports.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Calls that may wait for this provider (at its limits, or while it is
+    /// saturated); past this a call is refused at once (HTTP 429).
+    #[serde(default = "defaults::queue_size")]
+    pub queue_size: u32,
+    /// How long a 429 without `Retry-After` marks the provider saturated.
+    #[serde(default = "defaults::saturation_ms")]
+    pub saturation_ms: u64,
+    /// The longest saturation a `Retry-After` can ask for.
+    #[serde(default = "defaults::max_saturation_ms")]
+    pub max_saturation_ms: u64,
 }
 
 /// A provider's circuit breaker: it opens when at least `failure_rate` of
@@ -87,6 +122,17 @@ impl Default for BreakerConfig {
             probes: 1,
         }
     }
+}
+
+/// What a pipeline's call does when its provider is saturated or at its limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSaturated {
+    /// Wait in the provider's queue, as long as the run's deadline allows.
+    #[default]
+    Queue,
+    /// Go on to the next provider of the chain at once.
+    Fallback,
 }
 
 /// What a pipeline does with the response cache.
@@ -167,6 +213,15 @@ pub(super) mod defaults {
     pub fn max_backoff_ms() -> u64 {
         10_000
     }
+    pub fn queue_size() -> u32 {
+        256
+    }
+    pub fn saturation_ms() -> u64 {
+        1_000
+    }
+    pub fn max_saturation_ms() -> u64 {
+        60_000
+    }
     /// Under `[server] request_timeout_ms` (60 s by default), so that a run
     /// whose providers hang still gets to its cache and static answer
     /// before the server gives up on the request.
@@ -194,6 +249,26 @@ pub(super) fn check_breaker(b: &BreakerConfig) -> Result<(), (&'static str, &'st
     }
     if b.probes == 0 {
         return Err(("breaker.probes", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Checks of a provider's limits and queue; `Err((key, message))`.
+pub(super) fn check_limits(h: &HttpConfig) -> Result<(), (&'static str, &'static str)> {
+    if h.max_in_flight == Some(0) {
+        return Err(("max_in_flight", "must be at least 1 (leave it out for no limit)"));
+    }
+    if h.adaptive && h.max_in_flight.is_none() {
+        return Err(("adaptive", "needs max_in_flight, the limit it starts from and never exceeds"));
+    }
+    if h.rpm == Some(0) {
+        return Err(("rpm", "must be at least 1 (leave it out for no limit)"));
+    }
+    if h.tpm == Some(0) {
+        return Err(("tpm", "must be at least 1 (leave it out for no limit)"));
+    }
+    if h.saturation_ms == 0 || h.max_saturation_ms == 0 {
+        return Err(("saturation_ms", "saturation_ms and max_saturation_ms must be at least 1"));
     }
     Ok(())
 }

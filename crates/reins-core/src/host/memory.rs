@@ -39,7 +39,11 @@ impl Host {
         let run_id = request.run_id.clone().unwrap_or_default();
         // Sessions are the caller's own (as recorded by `run_keyed`).
         let session = &crate::identity::scoped(&request.caller, session);
-        match self.session_memory(p, config, session, &run_id).await {
+        let turn = crate::provider::Turn {
+            tenant: crate::identity::queue_key(&request.caller),
+            on_saturated: p.config.on_saturated,
+        };
+        match self.session_memory(p, config, session, &run_id, turn).await {
             Ok(Some(message)) => request.messages.insert(0, message),
             Ok(None) => {}
             Err(e) => tracing::warn!(run_id, session, "session memory left out: {e}"),
@@ -53,6 +57,7 @@ impl Host {
         config: &MemoryConfig,
         session: &str,
         run_id: &str,
+        turn: crate::provider::Turn,
     ) -> Result<Option<Message>, MemoryError> {
         let runs = self.state.session_runs(session, &p.name, config.max_runs.max(1)).await?;
         let exchanges: Vec<String> = runs.iter().filter(|r| r.run_id != run_id).filter_map(exchange).collect();
@@ -86,6 +91,7 @@ impl Host {
                 sampling: Default::default(),
                 tools: Vec::new(),
                 deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(p.config.deadline_ms)),
+                turn,
             };
             match provider.complete(&request).await {
                 Ok(answer) if !answer.content.trim().is_empty() => {

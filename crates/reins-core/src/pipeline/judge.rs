@@ -4,7 +4,7 @@
 //! within the asking plugin's deadline and the run's, and is logged so the
 //! run counts its tokens and traces the question and the answer.
 
-use crate::provider::{Breaker, ChatRequest, Sampling, Usage};
+use crate::provider::{Breaker, ChatRequest, Sampling, Turn, Usage};
 use reins_runtime::{Judge, Message};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub(crate) struct RunJudge {
     pipeline: String,
     max_tokens: u64,
     deadline: Option<Instant>,
+    /// The run's place in the judge providers' queues.
+    turn: Turn,
     runtime: tokio::runtime::Handle,
     calls: Mutex<Vec<JudgeCall>>,
 }
@@ -37,6 +39,7 @@ impl RunJudge {
         pipeline: &str,
         max_tokens: u64,
         deadline: Option<Instant>,
+        turn: Turn,
         runtime: tokio::runtime::Handle,
     ) -> RunJudge {
         RunJudge {
@@ -45,6 +48,7 @@ impl RunJudge {
             pipeline: pipeline.to_owned(),
             max_tokens,
             deadline,
+            turn,
             runtime,
             calls: Mutex::new(Vec::new()),
         }
@@ -78,6 +82,7 @@ impl Judge for RunJudge {
                 ..Sampling::default()
             },
             deadline: Some(until),
+            turn: self.turn.clone(),
         };
         let chain = self.chain.clone();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -80,6 +80,12 @@ pub struct Request {
     /// `[sampling]` caps and overrides win over them).
     #[serde(default, skip_serializing_if = "Sampling::is_empty")]
     pub sampling: Sampling,
+    /// The caller's own timeout, in ms (e.g. the OpenAI client's
+    /// `timeout`, or `X-Reins-Timeout`): it shortens the pipeline's
+    /// `deadline_ms`, so waits, retries, repairs and fallbacks all fit in
+    /// the time the caller will wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// The caller asks for one JSON document (OpenAI `response_format`
     /// `json_object` / `json_schema`), whatever the pipeline's default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -119,6 +125,7 @@ impl Default for Request {
             tools: None,
             session_id: None,
             sampling: Sampling::default(),
+            timeout_ms: None,
             json: false,
         }
     }
@@ -224,6 +231,42 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    /// Whether a request given `timeout_ms` would be refused at once for
+    /// backpressure: its first provider (or, with `on_saturated =
+    /// "fallback"`, every provider of its chain) would refuse its call, and
+    /// no cache or static answer could serve instead. Lets the host shed it
+    /// before any plugin runs or any row is written.
+    pub fn shed(&self, timeout_ms: Option<u64>) -> Option<RunError> {
+        if self.cache.is_some() || self.degraded.is_some() {
+            return None;
+        }
+        let ms = [Some(self.config.deadline_ms).filter(|ms| *ms > 0), timeout_ms]
+            .into_iter()
+            .flatten()
+            .min();
+        let deadline = ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+        let chain = match self.config.on_saturated {
+            crate::config::OnSaturated::Queue => &self.providers[..1.min(self.providers.len())],
+            crate::config::OnSaturated::Fallback => &self.providers[..],
+        };
+        let mut errors = Vec::new();
+        let mut soonest: Option<std::time::Duration> = None;
+        for breaker in chain {
+            let refusal = breaker.admission().would_refuse(deadline, self.config.on_saturated)?;
+            let e = crate::provider::ProviderError::Saturated {
+                provider: breaker.provider().name().to_owned(),
+                reason: refusal.reason(),
+                retry_after_ms: refusal.retry_after().as_millis().max(1) as u64,
+            };
+            errors.push(e.to_string());
+            soonest = Some(soonest.map_or(refusal.retry_after(), |s| s.min(refusal.retry_after())));
+        }
+        soonest.map(|wait| RunError::Overloaded {
+            errors,
+            retry_after_ms: wait.as_millis().max(1) as u64,
+        })
+    }
+
     /// Compiles `config.pipelines[name]`: reads its files, compiles its schema
     /// and template, and resolves its providers in `providers`.
     pub fn compile(

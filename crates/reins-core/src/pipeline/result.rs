@@ -194,7 +194,7 @@ impl ExitCode {
             ExitCode::Rejected => "rejected by a normalizer or gate, or an approver rejected an action",
             ExitCode::ModelUnavailable => "model unavailable",
             ExitCode::AwaitingApproval => "awaiting approval: the output is on stdout, its actions wait for a human",
-            ExitCode::RateLimited => "rate limited",
+            ExitCode::RateLimited => "rate limited, or every provider saturated (retry later)",
             ExitCode::NotOwned => "the run continues on another node (or its idempotency key is another run's)",
         }
     }
@@ -229,6 +229,11 @@ pub enum RunError {
     },
     #[error("model unavailable: {}", errors.join("; "))]
     ModelUnavailable { errors: Vec<String> },
+    /// Every provider of the chain is saturated or at its limits and the
+    /// run could not wait for one within its deadline: the caller should
+    /// come back after `retry_after_ms`.
+    #[error("overloaded: {}; retry in {} s", errors.join("; "), retry_after_ms.div_ceil(1000).max(1))]
+    Overloaded { errors: Vec<String>, retry_after_ms: u64 },
     /// The upstream refused the request itself (a 4xx that no negotiation
     /// fixed): the caller's to change, not an outage.
     #[error("provider `{provider}` refused the request (HTTP {status}): {message}")]
@@ -279,7 +284,7 @@ pub enum RunError {
 /// Every [`RunError::kind`].
 pub const ERROR_KINDS: &[&str] = &[
     "unknown_pipeline", "bad_request", "rejected", "denied", "validation_failed", "model_unavailable",
-    "upstream_refused", "plugin_failed", "action_failed", "approval_rejected", "rate_limited", "missing_plugin",
+    "upstream_refused", "plugin_failed", "action_failed", "approval_rejected", "rate_limited", "overloaded", "missing_plugin",
     "not_owned", "forbidden", "other",
 ];
 
@@ -298,6 +303,7 @@ impl RunError {
             RunError::ActionFailed { .. } => "action_failed",
             RunError::ApprovalRejected { .. } => "approval_rejected",
             RunError::RateLimited { .. } => "rate_limited",
+            RunError::Overloaded { .. } => "overloaded",
             RunError::MissingPlugin { .. } => "missing_plugin",
             RunError::NotOwned { .. } => "not_owned",
             RunError::Forbidden { .. } => "forbidden",
@@ -324,14 +330,14 @@ impl RunError {
             RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => {
                 ExitCode::PluginFailed
             }
-            RunError::RateLimited { .. } => ExitCode::RateLimited,
+            RunError::RateLimited { .. } | RunError::Overloaded { .. } => ExitCode::RateLimited,
             RunError::NotOwned { .. } => ExitCode::NotOwned,
             RunError::Recorded { kind, .. } => match *kind {
                 "unknown_pipeline" | "bad_request" | "upstream_refused" => ExitCode::BadInput,
                 "validation_failed" => ExitCode::ValidationFailed,
                 "rejected" | "denied" | "approval_rejected" | "forbidden" => ExitCode::Rejected,
                 "model_unavailable" => ExitCode::ModelUnavailable,
-                "rate_limited" => ExitCode::RateLimited,
+                "rate_limited" | "overloaded" => ExitCode::RateLimited,
                 "not_owned" => ExitCode::NotOwned,
                 _ => ExitCode::PluginFailed,
             },

@@ -6,10 +6,11 @@
 //! - [`scripted::ScriptedProvider`]: replays responses from a file, for
 //!   offline runs and tests, and records every request it was sent.
 //!
-//! Every provider is wrapped in a [`Breaker`]: the run's deadline, retries
-//! with full-jitter backoff and `Retry-After` ([`retry`]), and one circuit
-//! breaker per provider ([`breaker`]). The pipeline walks its fallback chain
-//! when a provider is unavailable.
+//! Every provider is wrapped in a [`Breaker`]: the run's deadline, the
+//! provider's admission (limits, saturation and a fair queue:
+//! [`admission`]), retries with full-jitter backoff ([`retry`]), and one
+//! circuit breaker per provider ([`breaker`]). The pipeline walks its
+//! fallback chain when a provider is unavailable or saturated.
 
 use crate::config::{ConfigError, ProviderConfig};
 use reins_runtime::{Message, Tool};
@@ -22,6 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod admission;
 pub mod anthropic;
 pub mod breaker;
 mod http;
@@ -29,6 +31,7 @@ pub mod openai;
 pub mod retry;
 pub mod scripted;
 
+pub use admission::{Admission, AdmissionSettings, AdmissionSnapshot, Refusal};
 pub use breaker::{BreakerSettings, BreakerSnapshot, CircuitBreaker, CircuitState};
 use breaker::{Outcome, PermitGuard, Transition};
 pub use anthropic::AnthropicProvider;
@@ -65,6 +68,19 @@ pub struct ChatRequest {
     /// When the run's deadline passes: no call, retry or wait goes past it.
     #[serde(skip)]
     pub deadline: Option<Instant>,
+    /// Its place in a provider's queue.
+    #[serde(skip)]
+    pub turn: Turn,
+}
+
+/// Where a call stands in a provider's queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Turn {
+    /// Whose turn it is: the caller's tenant, else its subject (see
+    /// [`crate::identity::queue_key`]); empty for calls of no caller.
+    pub tenant: String,
+    /// Wait for a saturated provider, or fall back at once.
+    pub on_saturated: crate::config::OnSaturated,
 }
 
 /// The parameters besides the conversation that shape an answer. Every
@@ -210,10 +226,27 @@ pub enum ProviderError {
     },
     #[error("provider `{provider}`: the run's deadline passed")]
     DeadlineExceeded { provider: String },
+    /// Not sent: the provider is saturated or at its limits, and the call
+    /// could not wait (queue full, a wait past its deadline, or a pipeline
+    /// that falls back rather than wait).
+    #[error("provider `{provider}`: not sent, {}; retry in {retry_after_ms} ms", saturation_reason(reason))]
+    Saturated {
+        provider: String,
+        reason: &'static str,
+        retry_after_ms: u64,
+    },
     #[error("provider `{provider}`: the script has no response for attempt {attempt}")]
     ScriptExhausted { provider: String, attempt: u32 },
     #[error("provider `{provider}`: {message}")]
     Scripted { provider: String, message: String },
+}
+
+fn saturation_reason(reason: &str) -> &'static str {
+    match reason {
+        "queue_full" => "its queue is full",
+        "past_deadline" => "the wait for it would outlast the run's deadline",
+        _ => "it is saturated (the upstream asked to back off)",
+    }
 }
 
 impl ProviderError {
@@ -232,16 +265,35 @@ impl ProviderError {
             ProviderError::Status {
                 retry_after_ms: Some(ms),
                 ..
-            } => Some(Duration::from_millis(*ms)),
+            }
+            | ProviderError::Saturated { retry_after_ms: ms, .. } => Some(Duration::from_millis(*ms)),
             _ => None,
         }
     }
 
+    /// The upstream (or its admission) pushed back: a 429, a 503 with
+    /// `Retry-After`, or a call that was not sent for it. Backpressure, not
+    /// an outage: the breaker does not count it.
+    pub fn is_backpressure(&self) -> bool {
+        match self {
+            ProviderError::Saturated { .. } => true,
+            ProviderError::Status { status: 429, .. } => true,
+            ProviderError::Status {
+                status: 503,
+                retry_after_ms: Some(_),
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
     /// What the failure says about the upstream's health (for its breaker):
-    /// a 400 or a missing key says nothing; garbage, a broken connection, a
-    /// timeout, 408, 429 and 5xx are failures.
+    /// a 400, a missing key or backpressure (429, 503 with `Retry-After`)
+    /// says nothing; garbage, a broken connection, a timeout, 408 and other
+    /// 5xx are failures.
     pub fn outcome(&self) -> Outcome {
         match self {
+            e if e.is_backpressure() => Outcome::Neutral,
             ProviderError::Connect { .. }
             | ProviderError::Timeout { .. }
             | ProviderError::Interrupted { .. }
@@ -263,6 +315,7 @@ impl ProviderError {
             ProviderError::MissingApiKey { .. } => "missing_api_key",
             ProviderError::BreakerOpen { .. } => "breaker_open",
             ProviderError::DeadlineExceeded { .. } => "deadline",
+            ProviderError::Saturated { .. } => "saturated",
             ProviderError::ScriptExhausted { .. } => "script_exhausted",
             ProviderError::Scripted { .. } => "scripted",
         }
@@ -337,24 +390,27 @@ pub fn from_config(name: &str, config: &ProviderConfig, base_dir: &Path) -> Resu
     })
 }
 
-/// How a provider's calls are guarded: retries and the circuit breaker.
+/// How a provider's calls are guarded: admission, retries and the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProviderSettings {
     pub retry: RetryPolicy,
     pub breaker: BreakerSettings,
+    pub admission: AdmissionSettings,
 }
 
 impl ProviderSettings {
-    /// No retries, no breaker: every call goes to the provider once.
+    /// No retries, no breaker, no limits: every call goes to the provider once.
     pub const NONE: ProviderSettings = ProviderSettings {
         retry: RetryPolicy::NONE,
         breaker: BreakerSettings::DISABLED,
+        admission: AdmissionSettings::UNLIMITED,
     };
 
     pub fn for_config(config: &ProviderConfig) -> ProviderSettings {
         ProviderSettings {
             retry: RetryPolicy::for_config(config),
             breaker: BreakerSettings::for_config(config),
+            admission: AdmissionSettings::for_config(config),
         }
     }
 }
@@ -374,18 +430,25 @@ pub struct Called {
 ///    request's deadline has passed;
 /// 2. asks the [`CircuitBreaker`]: an open breaker fails fast with
 ///    [`ProviderError::BreakerOpen`], without touching the upstream;
-/// 3. calls the provider, cut at the request's deadline (a cut counts as a
+/// 3. takes a slot from the provider's [`Admission`]: at once, after a
+///    wait in its queue, or [`ProviderError::Saturated`] (queue full, a
+///    wait past the deadline, or a saturated provider the pipeline falls
+///    back from);
+/// 4. calls the provider, cut at the request's deadline (a cut counts as a
 ///    failure: the upstream did not answer in the time the run had);
-/// 4. reports the outcome to the breaker;
-/// 5. retries a retryable failure (connect errors, broken connections,
-///    timeouts, 408, 429, 5xx) after a full-jitter backoff, or after the
-///    upstream's `Retry-After` if it sent one — unless that is longer than
+/// 5. reports the outcome to the breaker (backpressure is neutral) and to
+///    the admission (a 429, or a 503 with `Retry-After`, saturates it);
+/// 6. retries a retryable failure (connect errors, broken connections,
+///    timeouts, 408, 429, 5xx) after a full-jitter backoff, or, after
+///    backpressure, through the admission again (which holds it until the
+///    saturation ends) — unless the upstream's `Retry-After` is longer than
 ///    the policy's `max_wait` or than what is left before the deadline, or
 ///    the retries are used up, or the breaker now refuses.
 pub struct Breaker {
     provider: Arc<dyn Provider>,
     settings: ProviderSettings,
     circuit: CircuitBreaker,
+    admission: Arc<Admission>,
 }
 
 impl Breaker {
@@ -396,9 +459,15 @@ impl Breaker {
         }
         Breaker {
             circuit: CircuitBreaker::new(settings.breaker),
+            admission: Admission::new(provider.name(), settings.admission),
             provider,
             settings,
         }
+    }
+
+    /// The provider's limits, saturation and queue.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     pub fn provider(&self) -> &Arc<dyn Provider> {
@@ -427,10 +496,11 @@ impl Breaker {
     /// Like [`Breaker::complete`], and says how many upstream calls it took.
     pub async fn call(&self, request: &ChatRequest) -> Called {
         let policy = self.settings.retry;
+        let tokens = self.estimate_tokens(request);
         let mut tries = 0;
         let mut previous: Option<ProviderError> = None;
         loop {
-            let error = match self.once(request).await {
+            let error = match self.once(request, tokens).await {
                 (Ok(response), reached) => {
                     return Called {
                         result: Ok(response),
@@ -480,17 +550,35 @@ impl Breaker {
             metrics::counter!(reins_runtime::metric_names::PROVIDER_RETRIES_TOTAL, "provider" => self.provider.name().to_owned(), "reason" => error.kind())
                 .increment(1);
             tracing::debug!(provider = self.provider.name(), error = %error, retry, ?wait, "retrying model call");
-            tokio::time::sleep(wait).await;
+            // After backpressure the admission holds the retry until the
+            // saturation ends (in its queue, fairly); other failures back off here.
+            if !error.is_backpressure() {
+                tokio::time::sleep(wait).await;
+            }
             previous = Some(error);
         }
     }
 
+    /// Tokens a call is counted for against `tpm` before it goes: its
+    /// prompt and the most it may answer.
+    fn estimate_tokens(&self, request: &ChatRequest) -> u32 {
+        if self.settings.admission.tpm.is_none() {
+            return 1;
+        }
+        let prompt: u64 = request
+            .messages
+            .iter()
+            .map(|m| crate::tokens::count(&m.content) + crate::tokens::MESSAGE_OVERHEAD)
+            .sum();
+        let answer = request.sampling.token_limit().unwrap_or(0);
+        u32::try_from(prompt + answer).unwrap_or(u32::MAX)
+    }
+
     /// One guarded call; the count is 1 when it reached the provider.
-    async fn once(&self, request: &ChatRequest) -> (Result<ChatResponse, ProviderError>, u32) {
+    async fn once(&self, request: &ChatRequest, tokens: u32) -> (Result<ChatResponse, ProviderError>, u32) {
         let name = self.provider.name();
         let now = Instant::now();
-        let remaining = request.deadline.map(|d| d.saturating_duration_since(now));
-        if remaining == Some(Duration::ZERO) {
+        if request.deadline.is_some_and(|d| d <= now) {
             return (
                 Err(ProviderError::DeadlineExceeded {
                     provider: name.to_owned(),
@@ -498,6 +586,27 @@ impl Breaker {
                 0,
             );
         }
+        let ask = admission::Ask {
+            tenant: &request.turn.tenant,
+            tokens,
+            deadline: request.deadline,
+            on_saturated: request.turn.on_saturated,
+        };
+        let slot = match self.admission.acquire(ask).await {
+            Ok(slot) => slot,
+            Err(refused) => {
+                return (
+                    Err(ProviderError::Saturated {
+                        provider: name.to_owned(),
+                        reason: refused.reason(),
+                        retry_after_ms: refused.retry_after().as_millis().max(1) as u64,
+                    }),
+                    0,
+                );
+            }
+        };
+        // The breaker is asked after the wait: its state may have changed meanwhile.
+        let now = Instant::now();
         let (permit, transition) = self.circuit.acquire(now);
         self.note(transition);
         let permit = match permit {
@@ -515,6 +624,7 @@ impl Breaker {
                 );
             }
         };
+        let remaining = request.deadline.map(|d| d.saturating_duration_since(now));
         let call = self.provider.complete(request);
         let result = match remaining {
             None => call.await,
@@ -529,6 +639,22 @@ impl Breaker {
             Err(e) => e.outcome(),
         };
         self.note(permit.record(outcome, Instant::now()));
+        if let Err(e) = &result
+            && e.is_backpressure()
+        {
+            self.admission.saturate(e.retry_after());
+        }
+        slot.end(admission::Ended {
+            signal: match &result {
+                Ok(_) => admission::Signal::Ok,
+                Err(e) if e.is_backpressure() => admission::Signal::Overloaded,
+                Err(ProviderError::Timeout { .. } | ProviderError::DeadlineExceeded { .. }) => {
+                    admission::Signal::Overloaded
+                }
+                Err(_) => admission::Signal::Neutral,
+            },
+            tokens_used: result.as_ref().ok().and_then(|r| r.usage).map(|u| u.total_tokens),
+        });
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind(),
@@ -618,6 +744,7 @@ mod tests {
             tools: vec![],
             sampling: Sampling::default(),
             deadline,
+            turn: Turn::default(),
         }
     }
 
@@ -629,6 +756,7 @@ mod tests {
                 max_wait: Duration::from_millis(200),
             },
             breaker,
+            admission: AdmissionSettings::UNLIMITED,
         }
     }
 

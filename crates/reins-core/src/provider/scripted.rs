@@ -273,6 +273,7 @@ mod tests {
             tools: vec![],
             sampling: Default::default(),
             deadline: None,
+            turn: Default::default(),
         }
     }
 

@@ -50,6 +50,7 @@ pub async fn messages(
     }
     request.session_id = answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
+    request.timeout_ms = super::service::caller_timeout(&headers)?;
     let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
 
     let (status, message) = message(&result, &pipeline)?;

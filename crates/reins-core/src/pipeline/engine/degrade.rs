@@ -47,10 +47,17 @@ pub(super) struct Degradation {
 }
 
 impl Degradation {
-    pub fn new(pipeline: &Pipeline, started: Instant) -> Degradation {
+    /// The run's deadline is the pipeline's `deadline_ms`, shortened by the
+    /// caller's own timeout (`timeout_ms`) when that is sooner.
+    pub fn new(pipeline: &Pipeline, started: Instant, caller_timeout_ms: Option<u64>) -> Degradation {
         let ms = pipeline.config.deadline_ms;
+        let pipeline_deadline = (ms > 0).then(|| started + Duration::from_millis(ms));
+        let caller_deadline = caller_timeout_ms.map(|ms| started + Duration::from_millis(ms));
         Degradation {
-            deadline: (ms > 0).then(|| started + Duration::from_millis(ms)),
+            deadline: match (pipeline_deadline, caller_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             key: None,
             served: Vec::new(),
         }
@@ -136,6 +143,7 @@ impl Run<'_> {
             tools: tools.to_vec(),
             sampling: self.sampling.clone(),
             deadline: self.deg.deadline,
+            turn: self.turn(),
         };
         let p = self.p;
         let chain = if attempt == 1 {
@@ -147,6 +155,8 @@ impl Run<'_> {
         };
         let mut errors = Vec::new();
         let mut refused = None;
+        // While every provider tried only pushed back: the soonest it may take a call.
+        let mut backpressure: Option<Duration> = Some(Duration::ZERO);
         for (i, breaker) in chain.iter().enumerate() {
             let name = breaker.provider().name().to_owned();
             let start = Instant::now();
@@ -156,6 +166,7 @@ impl Run<'_> {
                     "provider `{name}`: not called, the run's deadline ({} ms) had passed",
                     p.config.deadline_ms
                 ));
+                backpressure = None;
                 continue;
             }
             let called = breaker.call(&request).await;
@@ -183,7 +194,12 @@ impl Run<'_> {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(provider = %name, error = %e, "model call failed");
+                    if matches!(e, crate::provider::ProviderError::Saturated { .. }) {
+                        // Shedding under load is routine; one warning per refused call would flood the log.
+                        tracing::debug!(provider = %name, error = %e, "model call not sent");
+                    } else {
+                        tracing::warn!(provider = %name, error = %e, "model call failed");
+                    }
                     self.trace("model", &name, format!("failed: {}{tries}", e.kind()), start, end);
                     if i == 0
                         && e.is_refusal()
@@ -195,6 +211,13 @@ impl Run<'_> {
                             message: body.clone(),
                         });
                     }
+                    backpressure = match (backpressure, e.is_backpressure()) {
+                        (Some(soonest), true) => {
+                            let wait = e.retry_after().unwrap_or(Duration::from_secs(1));
+                            Some(if soonest.is_zero() { wait } else { soonest.min(wait) })
+                        }
+                        _ => None,
+                    };
                     errors.push(e.to_string());
                 }
             }
@@ -204,7 +227,16 @@ impl Run<'_> {
         if let Some(refused) = refused {
             return Err(refused);
         }
-        self.local_fallback(errors).await
+        let overloaded = backpressure.filter(|_| !chain.is_empty());
+        self.local_fallback(errors, overloaded).await
+    }
+
+    /// The run's place in its providers' queues.
+    pub(super) fn turn(&self) -> crate::provider::Turn {
+        crate::provider::Turn {
+            tenant: crate::identity::queue_key(&self.ctx.caller),
+            on_saturated: self.p.config.on_saturated,
+        }
     }
 
     /// An attempt recorded before the run was interrupted, answered again
@@ -238,7 +270,13 @@ impl Run<'_> {
     }
 
     /// The cache, then the static answer; each only if it passes validation.
-    async fn local_fallback(&mut self, mut errors: Vec<String>) -> Result<ModelAnswer, RunError> {
+    /// `overloaded`: every provider pushed back, and the soonest one may
+    /// take a call again after this (the run fails as `overloaded`, a 429).
+    async fn local_fallback(
+        &mut self,
+        mut errors: Vec<String>,
+        overloaded: Option<Duration>,
+    ) -> Result<ModelAnswer, RunError> {
         let p = self.p;
         if let (Some(cache), Some(key)) = (&p.cache, self.deg.key) {
             let start = Instant::now();
@@ -284,6 +322,12 @@ impl Run<'_> {
                 return Ok(answer);
             }
             errors.push("static: the degraded answer does not pass validation".to_owned());
+        }
+        if let Some(wait) = overloaded {
+            return Err(RunError::Overloaded {
+                errors,
+                retry_after_ms: wait.as_millis().max(1) as u64,
+            });
         }
         Err(RunError::ModelUnavailable { errors })
     }

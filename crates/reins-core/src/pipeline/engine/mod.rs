@@ -84,7 +84,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request,
         strict: false,
         chain_offset: 0,
         judge: None,
-        deg: Degradation::new(pipeline, rc.started),
+        deg: Degradation::new(pipeline, rc.started, request.timeout_ms),
     };
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
@@ -297,6 +297,7 @@ impl Run<'_> {
                 &self.p.name,
                 config.max_tokens,
                 self.deg.deadline,
+                self.turn(),
                 runtime,
             ));
             self.ctx.judge = Some(reins_runtime::JudgeHandle(judge.clone()));
