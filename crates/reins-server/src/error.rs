@@ -118,6 +118,7 @@ impl From<&RunError> for ApiError {
             RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
             RunError::Forbidden { .. } => (StatusCode::FORBIDDEN, "permission_error"),
+            RunError::Cancelled { .. } => (client_closed(), "cancelled"),
             RunError::Plugin { .. }
             | RunError::MissingPlugin { .. }
             | RunError::ActionFailed { .. }
@@ -131,6 +132,7 @@ impl From<&RunError> for ApiError {
                 "model_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
                 "unknown_pipeline" => (StatusCode::NOT_FOUND, "not_found_error"),
                 "forbidden" => (StatusCode::FORBIDDEN, "permission_error"),
+                "cancelled" => (client_closed(), "cancelled"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
             },
         };
@@ -142,6 +144,12 @@ impl From<&RunError> for ApiError {
         }
         err
     }
+}
+
+/// 499, "client closed request" (nginx's), for a cancelled run: its client
+/// is normally gone, but a log or a proxy still sees why it ended.
+fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 impl IntoResponse for ApiError {
