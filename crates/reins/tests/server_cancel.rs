@@ -70,11 +70,12 @@ async fn send(f: &Fixture, path: &str, body: &Value) -> TcpStream {
 }
 
 /// [`send`], hanging up once the upstream has received call number `n`
-/// (the run is then waiting on it).
-async fn hang_up_once_upstream_has(f: &Fixture, path: &str, body: &Value, upstream: &Upstream, n: usize) {
+/// (the run is then waiting on it); when it hung up.
+async fn hang_up_once_upstream_has(f: &Fixture, path: &str, body: &Value, upstream: &Upstream, n: usize) -> Instant {
     let conn = send(f, path, body).await;
     assert!(upstream.wait_received(n, WAIT).await, "the upstream never received call {n}");
     drop(conn);
+    Instant::now()
 }
 
 /// Waits until the store holds `n` runs with `status`; their ids.
@@ -116,8 +117,10 @@ async fn a_chat_client_that_hangs_up_cancels_its_run_and_the_upstream_call() {
     let f = serve(&upstream, &[], &[], CHAT).await;
     for (n, stream) in [(1, false), (2, true)] {
         let body = json!({"model": "chat", "stream": stream, "messages": [{"role": "user", "content": "hello"}]});
-        hang_up_once_upstream_has(&f, "/v1/chat/completions", &body, &upstream, n).await;
+        let hung_up = hang_up_once_upstream_has(&f, "/v1/chat/completions", &body, &upstream, n).await;
         assert!(upstream.wait_closed(n, WAIT).await, "the upstream never saw its connection close (stream: {stream})");
+        // Reported, not asserted: how long the upstream kept generating for nobody.
+        eprintln!("stream: {stream}: hang-up to upstream close in {:?}", hung_up.elapsed());
         let cancelled = runs_with(&f, RunStatus::Cancelled, n).await;
         for id in &cancelled {
             assert_cancelled(&f, id).await;

@@ -226,7 +226,7 @@ pub enum OnRejection {
 }
 
 /// What a run does when its client disconnects (see `on_disconnect`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnDisconnect {
     Finish,

@@ -463,6 +463,8 @@ impl Pipeline {
             "gates": c.gates,
             "schema": self.schema.is_some(),
             "repair": {"max_attempts": c.repair.max_attempts, "strategies": c.repair.strategies},
+            // `null`: each surface's own (cancel on the chat surfaces, finish on the runs endpoint).
+            "on_disconnect": c.on_disconnect,
         })
     }
 
