@@ -58,11 +58,20 @@ impl Drop for Reservation {
 impl InflightBudget {
     pub fn new(total: usize, body_limit: usize) -> InflightBudget {
         let total = total.min(Semaphore::MAX_PERMITS);
-        InflightBudget {
+        let budget = InflightBudget {
             permits: (total > 0).then(|| Arc::new(Semaphore::new(total))),
             total,
             body_limit,
+        };
+        let largest = budget.estimate(None);
+        if total > 0 && total < largest {
+            tracing::warn!(
+                inflight_memory_bytes = total,
+                body_limit_bytes = body_limit,
+                "a request near the body limit needs about {largest} bytes, more than the whole in-flight budget: it will always be refused (429)"
+            );
         }
+        budget
     }
 
     /// What a request with a body of `length` bytes (unknown: the body
