@@ -229,6 +229,10 @@ impl Host {
 
     /// Records a run's result; a run awaiting approval is held with its approvals.
     async fn finish(&self, p: &Pipeline, mut result: RunResult, mut record: RunRecord) -> RunResult {
+        if result.status == RunStatus::Cancelled {
+            tracing::info!(run_id = %result.run_id, pipeline = %p.name, "run cancelled: its client disconnected");
+            metrics::counter!(reins_runtime::metric_names::RUNS_CANCELLED_TOTAL, "pipeline" => p.name.clone()).increment(1);
+        }
         record.status = result.status;
         record.updated_ms = reins_state::now_ms();
         // Finished (or held for a human): nobody needs to own it now.
@@ -488,7 +492,7 @@ impl HostBuilder {
         let node = self.node_id.unwrap_or_else(|| config.state.node());
         let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
         Ok(Host {
-            recent: recent::RecentRuns::new(config.state.recent_runs),
+            recent: recent::RecentRuns::new(config.state.recent_runs, config.state.recent_runs_bytes),
             config,
             plugins,
             providers,
@@ -516,3 +520,102 @@ fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
     result
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ExitCode;
+    use crate::provider::{ChatRequest, CompletionFuture};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A model that never answers; it tells when it is called and when the
+    /// call it is making is dropped.
+    #[derive(Default)]
+    struct Stuck {
+        calls: AtomicUsize,
+        called: tokio::sync::Notify,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct OnDrop(Arc<AtomicBool>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Provider for Stuck {
+        fn name(&self) -> &str {
+            "stuck"
+        }
+        fn model(&self) -> &str {
+            "stuck"
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn complete<'a>(&'a self, _: &'a ChatRequest) -> CompletionFuture<'a> {
+            let dropped = OnDrop(self.dropped.clone());
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.called.notify_one();
+            Box::pin(async move {
+                let _dropped = dropped;
+                std::future::pending().await
+            })
+        }
+    }
+
+    async fn host(model: Arc<Stuck>) -> (tempfile::TempDir, Arc<Host>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = "plugins_dir = \".\"\n\n[providers.stuck]\nkind = \"scripted\"\nresponses = [\"x\"]\n\n\
+                      [pipelines.p]\nmodel = \"stuck\"\n\n[state]\nkind = \"memory\"\n";
+        let host = Host::builder()
+            .config_str(config, dir.path())
+            .provider("stuck", model)
+            .build()
+            .await
+            .expect("host");
+        (dir, Arc::new(host))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cancelled_run_drops_its_model_call_and_is_stored_cancelled() {
+        let model = Arc::new(Stuck::default());
+        let (_dir, host) = host(model.clone()).await;
+        let request = Request::text("hello");
+        let cancel = request.cancel.clone();
+        let running = host.clone();
+        let run = tokio::spawn(async move { running.run("p", request).await });
+        tokio::time::timeout(Duration::from_secs(60), model.called.notified())
+            .await
+            .expect("the model is called");
+        cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the run stops")
+            .expect("the run's task");
+        assert_eq!(result.status, RunStatus::Cancelled);
+        assert_eq!(result.error.as_ref().map(RunError::kind), Some("cancelled"));
+        assert_eq!(result.exit_code(), ExitCode::Cancelled.code());
+        assert!(model.dropped.load(Ordering::SeqCst), "the model call in flight was dropped");
+        assert!(result.trace.iter().any(|s| s.layer == "model" && s.result.starts_with("cancelled")));
+        let stored = host.state().run(&result.run_id).await.expect("store").expect("recorded");
+        assert_eq!(stored.status, RunStatus::Cancelled);
+        assert_eq!(stored.lease_until_ms, 0, "nobody holds a cancelled run");
+        let read = host.stored_run(&result.run_id).await.expect("readable");
+        assert_eq!((read["status"].as_str(), read["error"]["kind"].as_str()), (Some("cancelled"), Some("cancelled")));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_whose_caller_left_before_it_started_never_calls_the_model() {
+        let model = Arc::new(Stuck::default());
+        let (_dir, host) = host(model.clone()).await;
+        let request = Request::text("hello");
+        request.cancel.cancel();
+        let result = host.run("p", request).await;
+        assert_eq!(result.status, RunStatus::Cancelled);
+        assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    }
+}

@@ -67,10 +67,15 @@ pub const CHECKPOINTS_TOTAL: &str = "reins_checkpoints_total";
 pub const RUNS_TAKEN_OVER_TOTAL: &str = "reins_runs_taken_over_total";
 /// Counter: leases this node lost to another node.
 pub const LEASES_LOST_TOTAL: &str = "reins_leases_lost_total";
+/// Counter `{pipeline}`: runs cancelled because their client went away
+/// before the answer (status `cancelled`; also in `reins_requests_total`).
+pub const RUNS_CANCELLED_TOTAL: &str = "reins_runs_cancelled_total";
 
 // Runs over HTTP (reins-server).
 
-/// Counter `{pipeline, status}`: runs by final status, or `timeout` when the request deadline passed.
+/// Counter `{pipeline, status}`: runs by final status (`cancelled` included),
+/// counted by the run's own task when it ends, whether or not its client still
+/// waits; and `timeout` for each answer the request deadline cut short.
 pub const REQUESTS_TOTAL: &str = "reins_requests_total";
 /// Counter `{pipeline, kind}`: runs that ended with an error, by the error's kind.
 pub const RUN_ERRORS_TOTAL: &str = "reins_run_errors_total";
@@ -94,3 +99,9 @@ pub const AUTH_FAILURES_SLOWED_TOTAL: &str = "reins_auth_failures_slowed_total";
 /// Counter `{header}`: requests refused because `Host` or `Origin` is not allowed
 /// (`host`, `origin`).
 pub const REQUESTS_REFUSED_TOTAL: &str = "reins_requests_refused_total";
+/// Counter `{surface}`: requests refused with `429` because the in-flight
+/// memory budget (`[server] inflight_memory_bytes`) could not take their
+/// reservation (`openai`, `anthropic`, `native`).
+pub const INFLIGHT_REFUSED_TOTAL: &str = "reins_inflight_refused_total";
+/// Gauge: bytes of the in-flight memory budget reserved by requests now being served.
+pub const INFLIGHT_RESERVED_BYTES: &str = "reins_inflight_reserved_bytes";

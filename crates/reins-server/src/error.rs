@@ -119,6 +119,7 @@ impl From<&RunError> for ApiError {
             RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
             RunError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             RunError::Forbidden { .. } => (StatusCode::FORBIDDEN, "permission_error"),
+            RunError::Cancelled { .. } => (client_closed(), "cancelled"),
             RunError::Plugin { .. }
             | RunError::MissingPlugin { .. }
             | RunError::ActionFailed { .. }
@@ -134,6 +135,7 @@ impl From<&RunError> for ApiError {
                 "forbidden" => (StatusCode::FORBIDDEN, "permission_error"),
                 "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
                 "overloaded" => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+                "cancelled" => (client_closed(), "cancelled"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "harness_error"),
             },
         };
@@ -146,6 +148,12 @@ impl From<&RunError> for ApiError {
         }
         err
     }
+}
+
+/// 499, "client closed request" (nginx's), for a cancelled run: its client
+/// is normally gone, but a log or a proxy still sees why it ended.
+fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 impl IntoResponse for ApiError {

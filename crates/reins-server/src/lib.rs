@@ -9,6 +9,7 @@ mod approvals;
 mod audit;
 mod auth;
 mod error;
+mod inflight;
 mod metrics_export;
 mod net;
 mod openai;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Who may reach the server: `Host` / `Origin`, CORS, failed-auth slowing.
     pub net: Arc<net::NetPolicy>,
+    /// The memory requests in flight may hold (`[server] inflight_memory_bytes`).
+    pub inflight: Arc<inflight::InflightBudget>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             auth,
             metrics: metrics_export::handle(),
             request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
+            inflight: Arc::new(inflight::InflightBudget::new(settings.inflight_memory_bytes, settings.body_limit_bytes)),
             host,
         })
     }
@@ -114,6 +118,7 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
         .route("/ui/approvals.css", get(approvals::style))
         .route("/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), inflight::reserve))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

@@ -364,7 +364,7 @@ pub async fn chat_completions(
     request.session_id = super::answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
+    let result = super::service::run_pipeline(&state, &pipeline, request, None, reins_core::config::OnDisconnect::Cancel).await?;
 
     let (status, payload) = completion(&result, &pipeline)?;
     let mut response = if streaming && status == StatusCode::OK {
@@ -450,7 +450,7 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
     let reins = super::answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running => return Err(run_error(result, reins)),
+        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => return Err(run_error(result, reins)),
     }
     let content = super::answer::output_text(result);
     let tool_calls = returned_calls(result);

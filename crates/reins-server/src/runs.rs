@@ -86,7 +86,8 @@ pub async fn create(
     {
         return Ok(stored_response(stored, true));
     }
-    let result = super::service::run_pipeline(&state, &pipeline, request, key.as_deref()).await?;
+    let result = super::service::run_pipeline(&state, &pipeline, request, key.as_deref(), reins_core::config::OnDisconnect::Finish)
+        .await?;
     Ok(run_response(&result, false))
 }
 

@@ -8,23 +8,44 @@ use super::AppState;
 use super::error::ApiError;
 use super::metrics_export;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use reins_core::config::OnDisconnect;
 use reins_core::pipeline::{Request, RunResult};
 use std::sync::Arc;
 
-/// Runs a pipeline under the request deadline and records its metrics. The
-/// run is its own task: a client that hangs up or a request that times out
-/// does not cut it short (it finishes and is stored; `GET /v1/runs/{id}`).
+/// Runs a pipeline under the request deadline. The run is its own task,
+/// which records its metrics and its result whether or not anyone still
+/// waits: a request that times out does not cut it short (it finishes and
+/// is stored; `GET /v1/runs/{id}`). A client that disconnects cancels it
+/// when the pipeline's `on_disconnect` (else `surface_default`, the
+/// surface's own) says `cancel`: axum drops the handler's future, and with
+/// it this future's drop guard on the run's cancellation token.
 pub(crate) async fn run_pipeline(
     state: &AppState,
     pipeline: &str,
     request: Request,
     idempotency_key: Option<&str>,
+    surface_default: OnDisconnect,
 ) -> Result<Arc<RunResult>, ApiError> {
+    let on_disconnect = state
+        .host
+        .pipeline(pipeline)
+        .and_then(|p| p.config.on_disconnect)
+        .unwrap_or(surface_default);
+    let guard = (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
     let host = state.host.clone();
     let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
-    let run = tokio::spawn(async move { host.run_keyed(&name, request, key.as_deref()).await });
-    let result = tokio::time::timeout(state.request_timeout, run)
-        .await
+    let run = tokio::spawn(async move {
+        let result = host.run_keyed(&name, request, key.as_deref()).await;
+        metrics_export::record_run(&result);
+        result
+    });
+    let waited = tokio::time::timeout(state.request_timeout, run).await;
+    // The client is still here: from now on nothing cancels the run (a
+    // timed-out run goes on, as its 504 says).
+    if let Some(guard) = guard {
+        guard.disarm();
+    }
+    let result = waited
         .map_err(|_| {
             metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.to_string(), "status" => "timeout")
                 .increment(1);
@@ -38,7 +59,6 @@ pub(crate) async fn run_pipeline(
             )
         })?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
-    metrics_export::record_run(&result);
     if let Some(
         e @ (reins_core::pipeline::RunError::RateLimited { .. }
         | reins_core::pipeline::RunError::Overloaded { .. }

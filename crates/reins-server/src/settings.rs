@@ -13,6 +13,10 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Deadline for one request, end to end (→ 504).
     pub request_timeout_ms: u64,
+    /// Memory the requests in flight may hold together, in bytes: each
+    /// reserves about 4 × its body + 64 KiB until its response is sent; one
+    /// that does not fit now is a 429 with `Retry-After`. 0: no budget.
+    pub inflight_memory_bytes: usize,
     /// Bearer tokens. With none (and no `jwt`), only a loopback listener is
     /// allowed (unless `--insecure`).
     pub tokens: Vec<TokenSettings>,
@@ -78,6 +82,7 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 60_000,
+            inflight_memory_bytes: 256 << 20,
             tokens: Vec::new(),
             jwt: None,
             allowed_hosts: Vec::new(),

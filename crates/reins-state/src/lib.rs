@@ -136,6 +136,11 @@ pub struct StateSettings {
     /// after a run ends (`GET /v1/runs/{id}`). The store stays the owner.
     #[serde(default = "default_recent_runs")]
     pub recent_runs: usize,
+    /// The same runs' bound in bytes (each weighs the length of its result
+    /// JSON): a few runs with long conversations must not hold what
+    /// thousands of small ones would. The least recently read go first.
+    #[serde(default = "default_recent_runs_bytes")]
+    pub recent_runs_bytes: usize,
     /// Keep the audit log (runs, gate decisions, approvals, reloads, failed
     /// logins, admin calls). Off only for embedders that audit elsewhere.
     #[serde(default = "yes")]
@@ -144,6 +149,10 @@ pub struct StateSettings {
 
 fn default_recent_runs() -> usize {
     1_000
+}
+
+fn default_recent_runs_bytes() -> usize {
+    64 << 20
 }
 
 fn default_path() -> PathBuf {
@@ -181,6 +190,7 @@ impl Default for StateSettings {
             checkpoints: true,
             shared_counters: None,
             recent_runs: default_recent_runs(),
+            recent_runs_bytes: default_recent_runs_bytes(),
             audit: true,
         }
     }
@@ -316,13 +326,18 @@ stored_enum! {
         Rejected = "rejected",
         /// A gate escalated an action; a human must decide.
         AwaitingApproval = "awaiting_approval",
+        /// Its client went away before the answer (and the pipeline does not
+        /// finish such runs): the model call in flight was dropped and no
+        /// action that had not started was sent.
+        Cancelled = "cancelled",
     }
 }
 
 impl RunStatus {
     /// Statuses of runs that are over for good (and can be compacted); a run
     /// awaiting approval may still go on.
-    pub const FINISHED: [RunStatus; 3] = [RunStatus::Completed, RunStatus::Failed, RunStatus::Rejected];
+    pub const FINISHED: [RunStatus; 4] =
+        [RunStatus::Completed, RunStatus::Failed, RunStatus::Rejected, RunStatus::Cancelled];
 
     pub fn is_finished(self) -> bool {
         RunStatus::FINISHED.contains(&self)

@@ -21,6 +21,8 @@ struct Counts {
     served: AtomicU64,
     refused: AtomicU64,
     order: Mutex<Vec<String>>,
+    /// When each answer was sent.
+    answered: Mutex<Vec<std::time::Instant>>,
 }
 
 #[derive(Clone)]
@@ -75,6 +77,11 @@ impl BusyUpstream {
         self.counts.peak.load(Ordering::SeqCst)
     }
 
+    /// Completions answered by `when`.
+    pub fn served_by(&self, when: std::time::Instant) -> usize {
+        self.counts.answered.lock().expect("answered").iter().filter(|t| **t <= when).count()
+    }
+
     /// The first user message of each call taken, in the order taken.
     pub fn order(&self) -> Vec<String> {
         self.counts.order.lock().expect("order").clone()
@@ -111,6 +118,7 @@ async fn complete(State(busy): State<Busy>, _headers: HeaderMap, Json(body): Jso
     c.order.lock().expect("order").push(crate::model::first_user_text(&body));
     tokio::time::sleep(busy.hold).await;
     c.served.fetch_add(1, Ordering::SeqCst);
+    c.answered.lock().expect("answered").push(std::time::Instant::now());
     drop(held);
     let model = body["model"].as_str().unwrap_or("busy");
     Json(crate::model::completion_from(model, crate::model::assistant("{\"ok\": true}"))).into_response()

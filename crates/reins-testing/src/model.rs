@@ -5,6 +5,11 @@
 //! from the request. It records every request (when, path, headers, body),
 //! so tests assert on what the model was really sent.
 //!
+//! It also reports what happened as events a test can wait on, with a
+//! generous overall timeout instead of a timing threshold: each request
+//! received, and each client that closed its connection while a
+//! [`Step::Hold`] was holding its answer (a harness that dropped the call).
+//!
 //! It speaks HTTP/1.1 on a raw socket rather than through a framework, so
 //! it can misbehave the ways real upstreams do; connections are kept alive
 //! as a real server would, so a reused connection is part of what the
@@ -37,6 +42,10 @@ pub enum Step {
     Bytes(Vec<u8>),
     /// Read the request, answer nothing (until the client gives up).
     Hang,
+    /// Hold the answer this long while watching the connection: a client
+    /// that closes it meanwhile is recorded ([`Upstream::wait_closed`]) and
+    /// gets nothing; otherwise the answer is this text.
+    Hold(Duration, String),
     /// The headers at once, then the body one byte every `every`.
     Trickle { content: String, every: Duration },
     /// A `content-length` larger than the body sent, then close.
@@ -154,11 +163,20 @@ impl Seen {
 
 type Script = Box<dyn FnMut(usize, &Seen) -> Step + Send>;
 
+/// What the upstream has seen so far, for tests to wait on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Events {
+    received: usize,
+    /// Clients that closed their connection while their answer was held.
+    closed: usize,
+}
+
 /// The upstream. Dropping it stops accepting.
 pub struct Upstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Script>>,
+    events: Arc<tokio::sync::watch::Sender<Events>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -185,12 +203,13 @@ impl Upstream {
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
-        let (log, plan) = (seen.clone(), script.clone());
+        let events = Arc::new(tokio::sync::watch::Sender::new(Events::default()));
+        let (log, plan, report) = (seen.clone(), script.clone(), events.clone());
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (log, plan) = (log.clone(), plan.clone());
+                let (log, plan, report) = (log.clone(), plan.clone(), report.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, &log, &plan).await;
+                    let _ = serve(stream, &log, &plan, &report).await;
                 });
             }
         });
@@ -198,6 +217,7 @@ impl Upstream {
             addr,
             seen,
             script,
+            events,
             accept,
         }
     }
@@ -239,6 +259,28 @@ impl Upstream {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("seen").clone()
+    }
+
+    /// Waits until `n` requests have been received; `false` if `within`
+    /// passed first.
+    pub async fn wait_received(&self, n: usize, within: Duration) -> bool {
+        self.wait(within, |e| e.received >= n).await
+    }
+
+    /// Waits until `n` clients have closed their connection while a
+    /// [`Step::Hold`] held their answer; `false` if `within` passed first.
+    pub async fn wait_closed(&self, n: usize, within: Duration) -> bool {
+        self.wait(within, |e| e.closed >= n).await
+    }
+
+    /// Clients that closed their connection while their answer was held.
+    pub fn closed(&self) -> usize {
+        self.events.borrow().closed
+    }
+
+    async fn wait(&self, within: Duration, until: impl FnMut(&Events) -> bool) -> bool {
+        let mut rx = self.events.subscribe();
+        matches!(tokio::time::timeout(within, rx.wait_for(until)).await, Ok(Ok(_)))
     }
 
     /// The bodies of the requests received so far.
@@ -305,7 +347,12 @@ fn answer_body(request: &Value, content: &str) -> String {
     completion_from(model, assistant(content)).to_string()
 }
 
-async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Script>) -> std::io::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    log: &Mutex<Vec<Seen>>,
+    plan: &Mutex<Script>,
+    events: &tokio::sync::watch::Sender<Events>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let Some(seen) = read_request(&mut stream, &mut buf).await? else {
@@ -320,6 +367,7 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
             let mut script = plan.lock().expect("script");
             (*script)(n, &seen)
         };
+        events.send_modify(|e| e.received += 1);
         match step {
             Step::Answer(content) => {
                 let body = answer_body(&request, &content);
@@ -342,6 +390,16 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
             Step::Bytes(body) => {
                 stream.write_all(head(200, body.len(), &[]).as_bytes()).await?;
                 stream.write_all(&body).await?;
+            }
+            Step::Hold(delay, content) => {
+                if !held(&mut stream, &mut buf, delay).await {
+                    events.send_modify(|e| e.closed += 1);
+                    return Ok(());
+                }
+                let body = answer_body(&request, &content);
+                stream
+                    .write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes())
+                    .await?;
             }
             Step::Hang => {
                 // Bounded, so a test that forgets its client still ends.
@@ -373,6 +431,24 @@ async fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>, plan: &Mutex<Scrip
                 stream.shutdown().await?;
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Waits `delay` with an eye on the connection: `false` as soon as the
+/// client closes it (end of stream or an error), `true` when the time is up
+/// with the client still there. Bytes it sends meanwhile are kept for the
+/// next request.
+async fn held(stream: &mut TcpStream, buf: &mut Vec<u8>, delay: Duration) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    let mut chunk = [0u8; 8192];
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return true,
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
         }
     }
 }

@@ -62,6 +62,8 @@ async fn every_bad_key_is_named_with_file_and_line() {
     assert!(e.contains("top.toml") && e.contains("line 3") && e.contains("unknown field `plugin_dir`"), "{e}");
     let e = error(dir, &format!("{P}validators = [{{ plugin = \"ranges\", on_fail = \"retry\" }}]\n")).await;
     assert!(e.contains("unknown variant `retry`") && e.contains("`repair`, `fix`, `fail`"), "{e}");
+    let e = error(dir, &format!("{P}on_disconnect = \"stop\"\n")).await;
+    assert!(e.contains("on_disconnect") && e.contains("unknown variant `stop`") && e.contains("expected `finish` or `cancel`"), "{e}");
     let e = error(dir, &format!("{P}fallbacks = [\"gpt\"]\n")).await;
     assert!(e.contains("`pipelines.p.fallbacks` names provider `gpt`, which is not defined"), "{e}");
 }

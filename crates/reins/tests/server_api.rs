@@ -419,3 +419,32 @@ async fn rate_limited_runs_get_429_with_retry_after() {
     let secs: u64 = h["retry-after"].to_str().unwrap_or("0").parse().unwrap_or(0);
     assert!((1..=60).contains(&secs), "{secs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_over_the_inflight_memory_budget_get_429_in_their_surface_shape() {
+    // 300 kB: a small request (about 64 kB) fits, a 100 kB body (about 464 kB) never does.
+    let f = fixture("[server]\ninflight_memory_bytes = 300000\n").await;
+    let big = json!({"model": "answer", "input": "x".repeat(100_000)}).to_string();
+    for uri in ["/v1/pipelines/answer/runs", "/v1/chat/completions", "/v1/messages"] {
+        let (s, h, b) = call_raw(&f, "POST", uri, Some(big.clone()), None).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{uri}: {b}");
+        let secs: u64 = h["retry-after"].to_str().unwrap_or("0").parse().unwrap_or(0);
+        assert!(secs >= 1, "{uri}: Retry-After {secs}");
+        if uri == "/v1/messages" {
+            assert_eq!((b["type"].as_str(), b["error"]["type"].as_str()), (Some("error"), Some("rate_limit_error")), "{b}");
+        } else {
+            assert_error(&b, "rate_limit_exceeded");
+            assert_eq!(b["error"]["code"], 429, "{b}");
+        }
+    }
+    let (s, _, b) = call(&f, "POST", "/v1/pipelines/answer/runs", Some(json!({"input": "good"})), None).await;
+    assert_eq!(s, StatusCode::OK, "a small request passes: {b}");
+    // A budget nothing fits in: the probes and the metrics still answer.
+    let f = fixture("[server]\ninflight_memory_bytes = 1\n").await;
+    let (s, _, _) = call(&f, "POST", "/v1/pipelines/answer/runs", Some(json!({"input": "good"})), None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    for uri in ["/healthz", "/readyz", "/metrics"] {
+        let (s, _, b) = call(&f, "GET", uri, None, None).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {b}");
+    }
+}

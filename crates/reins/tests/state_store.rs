@@ -20,6 +20,7 @@ async fn suite(store: Arc<dyn StateStore>) {
     approvals_are_decided_once(store.clone()).await;
     counters_add_atomically(store.clone()).await;
     compaction_keeps_summaries(&*store).await;
+    cancelled_runs_read_back_and_compact_as_finished(&*store).await;
     leases_fence_writes(store.clone()).await;
     finished_runs_are_fenced_and_held_runs_taken_once(store.clone()).await;
     sessions_list_finished_runs_newest_first(&*store).await;
@@ -355,6 +356,22 @@ async fn counters_add_atomically(store: Arc<dyn StateStore>) {
     assert_eq!(store.counter_add("plugin", &key, 0).await.unwrap(), 240);
     assert_eq!(store.counter_add("plugin", &key, -40).await.unwrap(), 200);
     assert_eq!(store.counter_add("other", &key, 1).await.unwrap(), 1);
+}
+
+/// `cancelled` is a terminal status like `completed`: its column reads
+/// back, the readers find it, and retention compacts it.
+async fn cancelled_runs_read_back_and_compact_as_finished(store: &dyn StateStore) {
+    let id = uid("cancelled");
+    let mut run = RunRecord::new(&id, "p", RunStatus::Cancelled);
+    run.updated_ms = 1_000; // long ago
+    run.result = json!({"run_id": id, "status": "cancelled", "error": {"kind": "cancelled", "message": "gone"}, "trace": [1]});
+    store.put_run(&run).await.unwrap();
+    assert_eq!(store.run(&id).await.unwrap().unwrap().status, RunStatus::Cancelled);
+    let listed = store.runs_with_status(RunStatus::Cancelled, 10_000).await.unwrap();
+    assert!(listed.iter().any(|r| r.run_id == id && r.status == RunStatus::Cancelled));
+    assert!(RunStatus::Cancelled.is_finished());
+    assert!(store.compact(now_ms() - 86_400_000).await.unwrap() >= 1);
+    assert_eq!(store.run(&id).await.unwrap().unwrap().result["compacted"], true);
 }
 
 async fn compaction_keeps_summaries(store: &dyn StateStore) {

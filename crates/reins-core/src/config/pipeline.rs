@@ -92,6 +92,16 @@ pub struct PipelineConfig {
     /// run. A single run always fails.
     #[serde(default)]
     pub on_rejection: OnRejection,
+    /// What a run does when the client waiting for its answer disconnects:
+    /// `cancel` (the model call in flight is dropped, no action not yet
+    /// started is sent, the run ends `cancelled`) or `finish` (it runs to
+    /// the end and its result is stored). Unset, each surface decides:
+    /// `cancel` on `/v1/chat/completions` and `/v1/messages`, whose answer
+    /// nobody can fetch later, `finish` on `POST /v1/pipelines/{name}/runs`,
+    /// whose result is read back by id. Set, it holds on every surface (a
+    /// pipeline whose actions must go out sets `finish`).
+    #[serde(default)]
+    pub on_disconnect: Option<OnDisconnect>,
     /// How approved actions are carried out, by tool name. A tool with no
     /// entry is returned to the caller (the embedding case).
     #[serde(default)]
@@ -219,6 +229,14 @@ pub enum OnRejection {
     #[default]
     Continue,
     Fail,
+}
+
+/// What a run does when its client disconnects (see `on_disconnect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisconnect {
+    Finish,
+    Cancel,
 }
 
 /// `[pipelines.NAME.memory]`.

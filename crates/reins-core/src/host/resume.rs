@@ -462,6 +462,8 @@ impl Host {
             &actions,
             &mut run.reservations,
             run.dry_run,
+            // A decision's actions are not tied to the approver's connection.
+            &crate::pipeline::CancellationToken::new(),
         )
         .await;
         executions.extend(rejected.iter().map(|a| crate::pipeline::execute::rejected(&run.run_id, step, a)));

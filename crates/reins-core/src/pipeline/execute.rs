@@ -2,6 +2,7 @@
 //! them back to the caller. A failed action releases the budget its gates
 //! reserved.
 
+use super::CancellationToken;
 use crate::config::{ExecutorConfig, PipelineConfig};
 use crate::provider::RetryPolicy;
 use reins_runtime::{Action, Reservation};
@@ -81,7 +82,10 @@ fn client() -> &'static reqwest::Client {
 
 /// Executes `actions` in order, each recorded in the `log` around its
 /// sending. `reservations` (by action index) are released for actions that
-/// fail or, in a dry run, for every action.
+/// fail or, in a dry run, for every action. Once `cancel` fires no further
+/// action starts (one being sent is finished: cutting a webhook mid-call
+/// would leave it `sending`, neither applied nor refused); the executions
+/// returned are those that started, and the rest give their reservations back.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute_all(
     log: &dyn StateStore,
@@ -92,9 +96,19 @@ pub async fn execute_all(
     actions: &[(usize, Action)],
     reservations: &mut [(usize, Reservation)],
     dry_run: bool,
+    cancel: &CancellationToken,
 ) -> Vec<Execution> {
     let mut out = Vec::with_capacity(actions.len());
-    for (index, action) in actions {
+    for (pos, (index, action)) in actions.iter().enumerate() {
+        if cancel.is_cancelled() {
+            for (skipped, _) in &actions[pos..] {
+                for (_, r) in reservations.iter_mut().filter(|(i, _)| i == skipped) {
+                    r.release();
+                }
+            }
+            tracing::info!(run_id, not_sent = actions.len() - pos, "run cancelled: its remaining actions are not sent");
+            break;
+        }
         let key = idempotency_key(run_id, step, *index);
         let executor = config.executors.get(&action.tool);
         let mut exec = Execution {

@@ -30,6 +30,9 @@ mod run_context;
 pub use run_context::RunContext;
 
 pub use extract::extract_json;
+/// The signal that a run's caller is gone ([`Request::cancel`]), re-exported
+/// so embedders and the server name one type without depending on tokio-util.
+pub use tokio_util::sync::CancellationToken;
 pub use execute::{ExecStatus, Execution};
 pub use repair::RepairTemplate;
 pub use result::{
@@ -58,6 +61,13 @@ pub struct Request {
     /// A run id chosen by the caller (default: a fresh UUID).
     #[serde(default)]
     pub run_id: Option<String>,
+    /// Cancelled when whoever waits for the answer is gone (the server's
+    /// drop guard on a client that disconnected): the engine stops at its
+    /// next boundary and the run ends `cancelled`. Never cancelled unless
+    /// someone holds a clone and cancels it; not stored (a resumed run has
+    /// no client left to lose).
+    #[serde(skip)]
+    pub cancel: CancellationToken,
     /// Check and gate every action but execute none (the result lists what
     /// would be done). A pipeline with `dry_run = true` is always a dry run.
     #[serde(default)]
@@ -120,6 +130,7 @@ impl Default for Request {
             caller: Caller::anonymous(),
             chunks: Vec::new(),
             run_id: None,
+            cancel: CancellationToken::new(),
             dry_run: false,
             schema: None,
             tools: None,
@@ -495,6 +506,8 @@ impl Pipeline {
             "gates": c.gates,
             "schema": self.schema.is_some(),
             "repair": {"max_attempts": c.repair.max_attempts, "strategies": c.repair.strategies},
+            // `null`: each surface's own (cancel on the chat surfaces, finish on the runs endpoint).
+            "on_disconnect": c.on_disconnect,
         })
     }
 

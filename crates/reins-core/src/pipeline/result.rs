@@ -162,11 +162,12 @@ pub enum ExitCode {
     AwaitingApproval = 6,
     RateLimited = 7,
     NotOwned = 8,
+    Cancelled = 9,
 }
 
 impl ExitCode {
     /// Every code, lowest first.
-    pub const ALL: [ExitCode; 9] = [
+    pub const ALL: [ExitCode; 10] = [
         ExitCode::Completed,
         ExitCode::PluginFailed,
         ExitCode::BadInput,
@@ -176,6 +177,7 @@ impl ExitCode {
         ExitCode::AwaitingApproval,
         ExitCode::RateLimited,
         ExitCode::NotOwned,
+        ExitCode::Cancelled,
     ];
 
     pub fn code(self) -> i32 {
@@ -196,6 +198,7 @@ impl ExitCode {
             ExitCode::AwaitingApproval => "awaiting approval: the output is on stdout, its actions wait for a human",
             ExitCode::RateLimited => "rate limited, or every provider saturated (retry later)",
             ExitCode::NotOwned => "the run continues on another node (or its idempotency key is another run's)",
+            ExitCode::Cancelled => "cancelled: the run's caller went away before the answer",
         }
     }
 
@@ -275,6 +278,12 @@ pub enum RunError {
     /// where it is owned; ask the store for its result.
     #[error("run `{run_id}` continues elsewhere: {message}")]
     NotOwned { run_id: String, message: String },
+    /// The run's caller went away before the answer (an HTTP client that
+    /// disconnected, on a pipeline that does not finish such runs): the
+    /// model call in flight was dropped, no action not yet started was
+    /// sent. Actions already sent stay sent.
+    #[error("cancelled: {reason}")]
+    Cancelled { reason: String },
     /// An error read back from a stored run: its kind and message as they
     /// were recorded (the variant's fields are not stored).
     #[error("{message}")]
@@ -285,10 +294,17 @@ pub enum RunError {
 pub const ERROR_KINDS: &[&str] = &[
     "unknown_pipeline", "bad_request", "rejected", "denied", "validation_failed", "model_unavailable",
     "upstream_refused", "plugin_failed", "action_failed", "approval_rejected", "rate_limited", "overloaded", "missing_plugin",
-    "not_owned", "forbidden", "other",
+    "not_owned", "forbidden", "cancelled", "other",
 ];
 
 impl RunError {
+    /// The run's client disconnected: the one message a cancelled run records.
+    pub fn client_gone() -> RunError {
+        RunError::Cancelled {
+            reason: "the client disconnected before the answer; the run was stopped".to_owned(),
+        }
+    }
+
     /// A stable short name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -307,6 +323,7 @@ impl RunError {
             RunError::MissingPlugin { .. } => "missing_plugin",
             RunError::NotOwned { .. } => "not_owned",
             RunError::Forbidden { .. } => "forbidden",
+            RunError::Cancelled { .. } => "cancelled",
             RunError::Recorded { kind, .. } => kind,
         }
     }
@@ -332,6 +349,7 @@ impl RunError {
             }
             RunError::RateLimited { .. } | RunError::Overloaded { .. } => ExitCode::RateLimited,
             RunError::NotOwned { .. } => ExitCode::NotOwned,
+            RunError::Cancelled { .. } => ExitCode::Cancelled,
             RunError::Recorded { kind, .. } => match *kind {
                 "unknown_pipeline" | "bad_request" | "upstream_refused" => ExitCode::BadInput,
                 "validation_failed" => ExitCode::ValidationFailed,
@@ -339,6 +357,7 @@ impl RunError {
                 "model_unavailable" => ExitCode::ModelUnavailable,
                 "rate_limited" | "overloaded" => ExitCode::RateLimited,
                 "not_owned" => ExitCode::NotOwned,
+                "cancelled" => ExitCode::Cancelled,
                 _ => ExitCode::PluginFailed,
             },
         }
@@ -502,6 +521,7 @@ impl RunResult {
             (None, RunStatus::Completed) => ExitCode::Completed,
             (None, RunStatus::AwaitingApproval) => ExitCode::AwaitingApproval,
             (None, RunStatus::Rejected) => ExitCode::Rejected,
+            (None, RunStatus::Cancelled) => ExitCode::Cancelled,
             (None, RunStatus::Failed | RunStatus::Running) => ExitCode::PluginFailed,
         }
         .code()

@@ -51,7 +51,7 @@ pub async fn messages(
     request.session_id = answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = super::service::run_pipeline(&state, &pipeline, request, None).await?;
+    let result = super::service::run_pipeline(&state, &pipeline, request, None, reins_core::config::OnDisconnect::Cancel).await?;
 
     let (status, message) = message(&result, &pipeline)?;
     // A run held for approval streams too (with its 202): a streaming
@@ -72,7 +72,7 @@ fn message(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value), Ap
     let reins = answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running => return Err(super::openai::run_error(result, reins)),
+        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => return Err(super::openai::run_error(result, reins)),
     }
     let mut content = Vec::new();
     if let Some(text) = answer::output_text(result).filter(|t| !t.is_empty()) {

@@ -71,6 +71,7 @@ impl Run<'_> {
                     fixed_by: Vec::new(),
                 }
             } else {
+                self.go_on()?;
                 self.validate(&response.content).await?
             };
             self.note_judge_calls();
@@ -87,6 +88,7 @@ impl Run<'_> {
             }
             let decided_before = self.result.decisions.len();
             if !findings.iter().any(is_blocking) && !calls.is_empty() {
+                self.go_on()?;
                 gated = self.gate(&calls, &tools).await?;
                 findings.append(&mut gated.findings);
             }

@@ -169,7 +169,17 @@ impl Run<'_> {
                 backpressure = None;
                 continue;
             }
-            let called = breaker.call(&request).await;
+            // A caller that leaves drops the call: the upstream sees its
+            // connection close instead of generating for nobody.
+            let cancel = self.cancel.clone();
+            let called = tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    self.trace("model", &name, "cancelled: the client disconnected".to_owned(), start, Instant::now());
+                    return Err(RunError::client_gone());
+                }
+                called = breaker.call(&request) => called,
+            };
             let end = Instant::now();
             let tries = if called.tries > 1 {
                 format!(", {} tries", called.tries)
@@ -227,6 +237,7 @@ impl Run<'_> {
         if let Some(refused) = refused {
             return Err(refused);
         }
+        self.go_on()?;
         let overloaded = backpressure.filter(|_| !chain.is_empty());
         self.local_fallback(errors, overloaded).await
     }

@@ -20,8 +20,14 @@ impl Run<'_> {
             approved,
             &mut self.result.reservations,
             self.result.dry_run,
+            &self.cancel,
         )
         .await;
+        let cancelled = executions.len() < approved.len();
+        for (_, a) in approved.iter().skip(executions.len()) {
+            let now = Instant::now();
+            self.trace("execute", &a.tool, "not sent: the client disconnected".to_owned(), now, now);
+        }
         for e in &executions {
             let what = match e.status {
                 crate::pipeline::ExecStatus::Done => format!("done ({} tries)", e.tries),
@@ -39,6 +45,7 @@ impl Run<'_> {
         self.result.executions = executions;
         match failed {
             Some(e) => Err(e),
+            None if cancelled => Err(RunError::client_gone()),
             None => Ok(()),
         }
     }

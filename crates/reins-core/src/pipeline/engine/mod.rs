@@ -24,7 +24,7 @@
 use super::result::{
     Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
 };
-use super::{Pipeline, Request, RequestTool, RunContext, extract_json, repair};
+use super::{CancellationToken, Pipeline, Request, RequestTool, RunContext, extract_json, repair};
 use crate::config::{CallerTools, OnFail, OutputMode, RepairStrategy};
 use crate::provider::{Sampling, ToolCall, ToolChoice};
 use reins_state::StepKind;
@@ -85,6 +85,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request,
         chain_offset: 0,
         judge: None,
         deg: Degradation::new(pipeline, rc.started, request.timeout_ms),
+        cancel: request.cancel.clone(),
     };
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
@@ -94,6 +95,7 @@ pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request,
     if let Err(e) = outcome {
         result.status = match &e {
             RunError::Rejected { .. } | RunError::Denied { .. } => RunStatus::Rejected,
+            RunError::Cancelled { .. } => RunStatus::Cancelled,
             _ => RunStatus::Failed,
         };
         result.error = Some(e);
@@ -135,6 +137,9 @@ struct Run<'a> {
     judge: Option<Arc<super::judge::RunJudge>>,
     /// Deadline, cache key and which fallback served each attempt.
     deg: Degradation,
+    /// The caller is gone: stop at the next boundary (`Run::go_on`) or
+    /// drop the model call in flight.
+    cancel: CancellationToken,
 }
 
 fn violation(path: String, code: &str, message: String) -> Violation {
@@ -285,7 +290,9 @@ impl Run<'_> {
             }
             self.caller_tools = Some(compiled);
         }
+        self.go_on()?;
         let messages = self.normalize(request.messages).await?;
+        self.go_on()?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         self.ctx.request_text = request_text(&messages, &chunks);
         if let (Some(config), Ok(runtime)) = (&self.p.config.judge, tokio::runtime::Handle::try_current())
@@ -303,6 +310,7 @@ impl Run<'_> {
             self.ctx.judge = Some(reins_runtime::JudgeHandle(judge.clone()));
             self.judge = Some(judge);
         }
+        self.go_on()?;
         let tools = self.constraints().await?;
         if let Some(ToolChoice::Tool(name)) = &self.sampling.tool_choice
             && !tools.iter().any(|t| &t.name == name)
@@ -327,6 +335,17 @@ impl Run<'_> {
         self.deg
             .key_for(self.p, &conversation, schema.as_deref(), &tools, &self.sampling, self.mode);
         self.attempts(conversation, tools).await
+    }
+
+    /// Stops a run whose caller is gone. Checked where stopping leaves
+    /// nothing half done: between plugin stages, before each model call and
+    /// before each action; a plugin call in progress is not interrupted
+    /// (it is bounded by its own deadline).
+    fn go_on(&self) -> Result<(), RunError> {
+        if self.cancel.is_cancelled() {
+            return Err(RunError::client_gone());
+        }
+        Ok(())
     }
 
     /// The error of a run whose checkpoint found its lease taken.
