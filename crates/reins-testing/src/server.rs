@@ -105,6 +105,21 @@ pub fn serve_env(config: &Path, args: &[&str], env: &[(&str, &str)], log: Option
     }
 }
 
+/// `reins serve --config CONFIG` with these arguments, which must fail to
+/// start: its stderr, for the test to look for the reason in.
+pub fn serve_fails(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(reins_exe())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run reins serve");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "must not start: {stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"), "{stderr}");
+    stderr
+}
+
 /// One request to the router of `state` without a socket: the status, the
 /// headers and the body (JSON, else its text as a JSON string, so a test
 /// asserts on an HTML page or an event stream the same way). A body is

@@ -307,20 +307,6 @@ async fn https_with_a_generated_certificate_serves_and_shuts_down_gracefully() {
     drop(served);
 }
 
-/// `reins serve` with these TLS arguments; it must fail: its stderr.
-fn serve_fails(config_path: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(server::reins_exe())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config_path)
-        .args(args)
-        .output()
-        .expect("run reins serve");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "must not start: {stderr}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"), "{stderr}");
-    stderr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
     let upstream = Upstream::always(Step::Answer("hello".into())).await;
@@ -331,20 +317,20 @@ async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
     let config_path = config(dir.path(), &upstream, "");
     let missing = dir.path().join("missing.pem");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&missing), "--tls-key", arg(&key)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&missing), "--tls-key", arg(&key)]);
     assert!(err.contains(arg(&missing)) && err.contains("cannot read it"), "{err}");
 
     // The key given as the certificate: no certificate in it.
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&key), "--tls-key", arg(&key)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&key), "--tls-key", arg(&key)]);
     assert!(err.contains(&format!("TLS certificate {}", arg(&key))) && err.contains("BEGIN CERTIFICATE"), "{err}");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&cert)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&cert)]);
     assert!(err.contains(&format!("TLS key {}", arg(&cert))) && err.contains("PRIVATE KEY"), "{err}");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&other_key)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&other_key)]);
     assert!(err.contains("does not go with") && err.contains(arg(&other_key)), "{err}");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&cert)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&cert)]);
     assert!(err.contains("only the certificate is given"), "{err}");
 
     // From the config, relative to it.
@@ -353,12 +339,12 @@ async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
         std::fs::read_to_string(&config_path).expect("config") + "\n[server]\ntls_cert = \"nope.pem\"\ntls_key = \"key.pem\"\n",
     )
     .expect("config");
-    let err = serve_fails(&config_path, &[]);
+    let err = server::serve_fails(&config_path, &[]);
     assert!(err.contains(arg(&dir.path().join("nope.pem"))), "{err}");
 
     // An unknown key in [server.cors] is refused, named.
     let bad_dir = tempfile::tempdir().expect("tempdir");
     let bad = config(bad_dir.path(), &upstream, "[server.cors]\nallowed_origins = []\nallow_all = true\n");
-    let err = serve_fails(&bad, &[]);
+    let err = server::serve_fails(&bad, &[]);
     assert!(err.contains("allow_all"), "{err}");
 }
