@@ -273,19 +273,31 @@ pub async fn run(
     // Each connection task holds a sender; when all are dropped, all are done.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
+    // Failures in a row: the first is a warning, the rest (10 a second while
+    // out of descriptors) would only flood the log.
+    let mut failing = 0u64;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
         let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                if failing > 0 {
+                    tracing::info!(failures = failing, "accept works again");
+                    failing = 0;
+                }
+                accepted
+            }
             Err(error) => {
                 metrics::counter!(ACCEPT_ERRORS_TOTAL).increment(1);
+                failing += 1;
                 if out_of_resources(&error) {
                     // The pending connection stays in the backlog; retrying at
                     // once would spin on the same error.
-                    tracing::warn!(%error, "accept failed; backing off 100 ms");
+                    if failing == 1 {
+                        tracing::warn!(%error, "accept failed; retrying every 100 ms until it works");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100)) => {}
                         () = &mut shutdown => break,

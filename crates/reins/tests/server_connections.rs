@@ -263,3 +263,50 @@ fn connection_settings_that_make_no_sense_fail_naming_the_key() {
     let err = server::serve_fails(&config(dir.path(), "max_connections = -1\n"), &[]);
     assert!(err.contains("max_connections"), "{err}");
 }
+
+/// Descriptors the server process has open now.
+fn open_files(served: &Served) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", served.child.id())).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_serves_again() {
+    const LIMIT: usize = 256;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The caps out of the way: only the file limit stops these connections.
+    let served = server::serve_with_file_limit(
+        &config(dir.path(), "header_read_timeout_ms = 60000\nmax_connections = 100000\nmax_connections_per_ip = 100000\n"),
+        LIMIT as u32,
+    );
+    let addr: SocketAddr = served.base.trim_start_matches("http://").parse().expect("address");
+    let crowd = crowd(addr, LIMIT + 50).await;
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while open_files(&served) < LIMIT {
+        assert!(tokio::time::Instant::now() < give_up, "the server never ran out of descriptors");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Out of descriptors, with connections waiting: `accept` fails until some close.
+    drop(crowd);
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while !healthz(&served.base).await {
+        assert!(tokio::time::Instant::now() < give_up, "the server never answered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&served.base, "reins_accept_errors_total").await >= 1.0, "accept failed and the loop went on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_cap_from_the_file_limit_keeps_healthz_reachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let served = server::serve_with_file_limit(&config(dir.path(), "header_read_timeout_ms = 60000\n"), 256);
+    let addr: SocketAddr = served.base.trim_start_matches("http://").parse().expect("address");
+    // 80 % of 256 less 64 is 140: the rest of the crowd is closed at accept.
+    let mut crowd = crowd(addr, 300).await;
+    for stream in &mut crowd[140..] {
+        assert_eq!(until_closed(stream, b"").await, "", "closed without an answer");
+    }
+    all_healthy(&served.base, 10).await;
+    let refused = r#"reins_connections_refused_total{reason="max_connections"}"#;
+    assert_eq!(metric_reaches(&served.base, refused, 160.0).await, 160.0);
+    assert_eq!(metric(&served.base, "reins_accept_errors_total").await, 0.0, "never out of descriptors");
+}
