@@ -1,7 +1,8 @@
 //! Safe network and browser defaults, against real `reins serve` processes
 //! on loopback: the `Host` / `Origin` guard of an open server, CORS, the
 //! browser security headers, slowing repeated bad tokens, and HTTPS with a
-//! certificate generated here (no files from anywhere else).
+//! certificate generated here (no files from anywhere else), with the same
+//! connection limits as plain HTTP.
 
 use reins_testing::config::Config;
 use reins_testing::model::{Step, Upstream};
@@ -270,6 +271,14 @@ fn certificates(dir: &Path) -> (String, PathBuf, PathBuf) {
     (ca.pem(), cert_path, key_path)
 }
 
+/// A client that trusts the test CA (PEM).
+fn trusting(ca: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA PEM"))
+        .build()
+        .expect("client")
+}
+
 fn arg(path: &Path) -> &str {
     path.to_str().expect("UTF-8 temp path")
 }
@@ -283,10 +292,7 @@ async fn https_with_a_generated_certificate_serves_and_shuts_down_gracefully() {
     let mut served = server::serve_with(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&key)]);
     assert!(served.base.starts_with("https://127.0.0.1:"), "{}", served.base);
 
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA PEM"))
-        .build()
-        .expect("client");
+    let client = trusting(&ca);
     let (status, headers, body) = send(client.get(format!("{}/healthz", served.base))).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
     assert_security_headers("/healthz over HTTPS", &headers);
@@ -347,4 +353,37 @@ async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
     let bad = config(bad_dir.path(), &upstream, "[server.cors]\nallowed_origins = []\nallow_all = true\n");
     let err = server::serve_fails(&bad, &[]);
     assert!(err.contains("allow_all"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_has_the_connection_limits_too_a_stalled_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let upstream = Upstream::always(Step::Answer("hello".into())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(dir.path());
+    let config_path = config(dir.path(), &upstream, "[server]\nheader_read_timeout_ms = 300\n");
+    let served = server::serve_with(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&key)]);
+    let addr = served.base.trim_start_matches("https://").to_owned();
+
+    // A client that connects and never starts its handshake is closed (EOF or reset).
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stalled.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the server closed it: {read:?}");
+
+    let client = trusting(&ca);
+    let (status, _, body) = send(client.get(format!("{}/healthz", served.base))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    // Counted just after the socket closes: look again until it shows.
+    let counted = r#"reins_connections_closed_total{reason="tls_handshake"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let (_, _, text) = send(client.get(format!("{}/metrics", served.base))).await;
+        metrics = text.as_str().unwrap_or("").to_owned();
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
 }
