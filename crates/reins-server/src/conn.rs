@@ -527,6 +527,21 @@ pub enum BodyError {
     Read(#[from] hyper::Error),
 }
 
+impl BodyError {
+    /// Whether `error`, or an error it wraps, is a body deadline passing:
+    /// extractors see it inside their own rejection.
+    pub fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Timeout(_))) {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
 /// A request body that must arrive whole by a deadline set when its head
 /// was read. A total rather than tower-http's per-frame timeout: a client
 /// sending a byte a second would reset a per-frame timer forever. When it

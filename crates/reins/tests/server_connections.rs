@@ -137,12 +137,13 @@ async fn slow_heads_and_slow_bodies_are_closed_after_their_timeouts() {
     }
     assert_eq!(until_closed(&mut silent, b"").await, "");
 
-    // A whole head, then a body a byte every 50 ms: answered with an error, then closed.
+    // A whole head, then a body a byte every 50 ms: answered 408, then closed.
     let mut slow_body = attacker(addr).await;
     let head = "POST /v1/pipelines/echo/runs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"input\": \"";
     slow_body.write_all(head.as_bytes()).await.expect("write");
     let answer = until_closed(&mut slow_body, b"a").await;
-    assert!(answer.starts_with("HTTP/1.1 4"), "an error answer before closing: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "an answer before closing: {answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
 
     let closed = r#"reins_connections_closed_total{reason="header_timeout"}"#;
     assert_eq!(metric_reaches(started.base(), closed, 4.0).await, 4.0);
