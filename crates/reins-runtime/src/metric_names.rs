@@ -105,3 +105,15 @@ pub const REQUESTS_REFUSED_TOTAL: &str = "reins_requests_refused_total";
 pub const INFLIGHT_REFUSED_TOTAL: &str = "reins_inflight_refused_total";
 /// Gauge: bytes of the in-flight memory budget reserved by requests now being served.
 pub const INFLIGHT_RESERVED_BYTES: &str = "reins_inflight_reserved_bytes";
+/// Counter `{reason}`: connections closed at accept, before a byte was read
+/// (`max_connections`, `max_connections_per_ip`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "reins_connections_refused_total";
+/// Counter `{reason}`: connections the server closed early (`header_timeout`,
+/// `body_timeout`, `idle_timeout`, `header_too_large`, `tls_handshake`,
+/// `evicted`: an idle one from the busiest address, to make room at
+/// `max_connections`).
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "reins_connections_closed_total";
+/// Gauge: connections open now.
+pub const CONNECTIONS_OPEN: &str = "reins_connections_open";
+/// Counter: `accept` failures (e.g. out of file descriptors), each followed by a short back-off.
+pub const ACCEPT_ERRORS_TOTAL: &str = "reins_accept_errors_total";

@@ -179,7 +179,8 @@ pub(super) fn respond(status: StatusCode, body: Value, retry_after: Option<u64>)
 }
 
 /// A JSON body extractor whose rejections are [`ApiError`]s: malformed JSON
-/// is a 400 naming the problem, an oversized body a 413.
+/// is a 400 naming the problem, an oversized body a 413, a body that did not
+/// arrive within `body_read_timeout_ms` a 408.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
@@ -196,6 +197,8 @@ where
                 let status = rejection.status();
                 let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     "request_too_large"
+                } else if crate::conn::BodyError::timed_out(&rejection) {
+                    return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", rejection.body_text()));
                 } else {
                     "invalid_request_error"
                 };

@@ -8,6 +8,7 @@ mod answer;
 mod approvals;
 mod audit;
 mod auth;
+mod conn;
 mod error;
 mod inflight;
 mod metrics_export;
@@ -21,6 +22,7 @@ mod settings;
 mod tls;
 
 pub use auth::{Auth, AuthError, Identity, JwtError};
+pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use net::{NetError, SLOWED_HEADER};
 pub use settings::{CorsSettings, JwtSettings, Scope, ServerSettings, TokenSettings};
@@ -126,7 +128,8 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish, and returns. With `tls_cert` and `tls_key` set it serves
-/// HTTPS; the files are checked before binding.
+/// HTTPS; the files are checked before binding. Connections are accepted and
+/// limited by `conn.rs`, the same way for both.
 pub async fn serve(
     state: AppState,
     settings: &ServerSettings,
@@ -154,25 +157,7 @@ pub async fn serve(
     tracing::info!(%addr, scheme, "reins listening");
     // Tests and scripts read the bound address (useful with port 0).
     println!("listening on {scheme}://{addr}");
-    // The peer address keys the slowing of failed authentications.
-    let app = router(state, settings.body_limit_bytes).into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
-        Some(config) => {
-            let handle = axum_server::Handle::new();
-            let stopping = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                stopping.graceful_shutdown(None);
-            });
-            axum_server::tls_rustls::from_tcp_rustls(
-                listener.into_std()?,
-                axum_server::tls_rustls::RustlsConfig::from_config(config),
-            )?
-            .handle(handle)
-            .serve(app)
-            .await?;
-        }
-    }
+    let app = router(state, settings.body_limit_bytes);
+    conn::run(listener, app, tls, ConnLimits::from_settings(settings), shutdown).await;
     Ok(())
 }

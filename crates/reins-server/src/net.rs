@@ -245,9 +245,9 @@ fn host_name(authority: &str) -> &str {
     }
 }
 
-/// The limiter's key: an IPv6 client usually owns a whole /64, so its
+/// The limiter's (and the per-address connection cap's) key: an IPv6 client usually owns a whole /64, so its
 /// failures are counted together; IPv4-mapped addresses count as IPv4.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

@@ -34,6 +34,24 @@ pub struct ServerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`; `--tls-key` overrides it.
     pub tls_key: Option<PathBuf>,
+    /// How long a client may take to send a whole request head, counted
+    /// from when the server starts waiting for it (after accepting, or after
+    /// the previous answer on a kept-alive connection).
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a whole request body, counted
+    /// from the end of its head: a total, so trickling bytes does not reset it.
+    pub body_read_timeout_ms: u64,
+    /// A connection on which no byte moves either way for this long, with
+    /// no request being handled, is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; larger → 431.
+    pub max_header_bytes: usize,
+    /// Most connections open at once; absent: derived from the process's
+    /// open-file limit (80 % of the soft limit, less a reserve).
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address (an IPv6 /64
+    /// counts as one address).
+    pub max_connections_per_ip: usize,
 }
 
 /// `[server.cors]`: which other sites' pages may call this server from a
@@ -72,7 +90,29 @@ impl ServerSettings {
         {
             *file = config.base_dir.join(&*file);
         }
+        settings.check().map_err(|(key, message)| reins_core::config::ConfigError::Invalid {
+            path: config.origin.clone(),
+            key: format!("server.{key}"),
+            message: message.to_owned(),
+        })?;
         Ok(settings)
+    }
+
+    /// The connection limits that must be positive to make sense: a zero
+    /// timeout would close every connection, a zero cap refuse them all.
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        let positive = [
+            ("header_read_timeout_ms", self.header_read_timeout_ms as usize),
+            ("body_read_timeout_ms", self.body_read_timeout_ms as usize),
+            ("idle_timeout_ms", self.idle_timeout_ms as usize),
+            ("max_connections", self.max_connections.unwrap_or(1)),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_header_bytes", self.max_header_bytes),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((key, _)) => Err((key, "must be greater than 0")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -90,6 +130,12 @@ impl Default for ServerSettings {
             cors: None,
             tls_cert: None,
             tls_key: None,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 64 * 1024,
+            max_connections: None,
+            max_connections_per_ip: 256,
         }
     }
 }

@@ -72,14 +72,32 @@ pub fn serve_with(config: &Path, args: &[&str]) -> Served {
 /// upstream's API key) and, with `log`, its stderr (the log) written to
 /// that file instead of the test's, so a test can search what it logged.
 pub fn serve_env(config: &Path, args: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Served {
+    let mut command = Command::new(reins_exe());
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).args(args);
+    start(command, env, log)
+}
+
+/// [`serve`] with the open-file limit lowered to `limit` (through `sh -c
+/// 'ulimit -n'`), for what the server does when descriptors run out.
+#[cfg(unix)]
+pub fn serve_with_file_limit(config: &Path, limit: u32) -> Served {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(reins_exe())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config);
+    start(command, &[], None)
+}
+
+/// Spawns `command` (a `reins serve`) and waits for the line that names the bound address.
+fn start(mut command: Command, env: &[(&str, &str)], log: Option<&Path>) -> Served {
     let stderr = match log {
         Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
         None => Stdio::inherit(),
     };
-    let mut child = Command::new(reins_exe())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .args(args)
+    let mut child = command
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -103,6 +121,21 @@ pub fn serve_env(config: &Path, args: &[&str], env: &[(&str, &str)], log: Option
             panic!("reins serve did not start listening{}", if logged.is_empty() { String::new() } else { format!(":\n{logged}") });
         }
     }
+}
+
+/// `reins serve --config CONFIG` with these arguments, which must fail to
+/// start: its stderr, for the test to look for the reason in.
+pub fn serve_fails(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(reins_exe())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run reins serve");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "must not start: {stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"), "{stderr}");
+    stderr
 }
 
 /// One request to the router of `state` without a socket: the status, the

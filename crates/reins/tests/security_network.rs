@@ -1,7 +1,8 @@
 //! Safe network and browser defaults, against real `reins serve` processes
 //! on loopback: the `Host` / `Origin` guard of an open server, CORS, the
 //! browser security headers, slowing repeated bad tokens, and HTTPS with a
-//! certificate generated here (no files from anywhere else).
+//! certificate generated here (no files from anywhere else), with the same
+//! connection limits as plain HTTP.
 
 use reins_testing::config::Config;
 use reins_testing::model::{Step, Upstream};
@@ -270,6 +271,14 @@ fn certificates(dir: &Path) -> (String, PathBuf, PathBuf) {
     (ca.pem(), cert_path, key_path)
 }
 
+/// A client that trusts the test CA (PEM).
+fn trusting(ca: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA PEM"))
+        .build()
+        .expect("client")
+}
+
 fn arg(path: &Path) -> &str {
     path.to_str().expect("UTF-8 temp path")
 }
@@ -283,10 +292,7 @@ async fn https_with_a_generated_certificate_serves_and_shuts_down_gracefully() {
     let mut served = server::serve_with(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&key)]);
     assert!(served.base.starts_with("https://127.0.0.1:"), "{}", served.base);
 
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA PEM"))
-        .build()
-        .expect("client");
+    let client = trusting(&ca);
     let (status, headers, body) = send(client.get(format!("{}/healthz", served.base))).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
     assert_security_headers("/healthz over HTTPS", &headers);
@@ -307,20 +313,6 @@ async fn https_with_a_generated_certificate_serves_and_shuts_down_gracefully() {
     drop(served);
 }
 
-/// `reins serve` with these TLS arguments; it must fail: its stderr.
-fn serve_fails(config_path: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(server::reins_exe())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config_path)
-        .args(args)
-        .output()
-        .expect("run reins serve");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "must not start: {stderr}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"), "{stderr}");
-    stderr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
     let upstream = Upstream::always(Step::Answer("hello".into())).await;
@@ -331,20 +323,20 @@ async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
     let config_path = config(dir.path(), &upstream, "");
     let missing = dir.path().join("missing.pem");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&missing), "--tls-key", arg(&key)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&missing), "--tls-key", arg(&key)]);
     assert!(err.contains(arg(&missing)) && err.contains("cannot read it"), "{err}");
 
     // The key given as the certificate: no certificate in it.
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&key), "--tls-key", arg(&key)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&key), "--tls-key", arg(&key)]);
     assert!(err.contains(&format!("TLS certificate {}", arg(&key))) && err.contains("BEGIN CERTIFICATE"), "{err}");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&cert)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&cert)]);
     assert!(err.contains(&format!("TLS key {}", arg(&cert))) && err.contains("PRIVATE KEY"), "{err}");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&other_key)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&other_key)]);
     assert!(err.contains("does not go with") && err.contains(arg(&other_key)), "{err}");
 
-    let err = serve_fails(&config_path, &["--tls-cert", arg(&cert)]);
+    let err = server::serve_fails(&config_path, &["--tls-cert", arg(&cert)]);
     assert!(err.contains("only the certificate is given"), "{err}");
 
     // From the config, relative to it.
@@ -353,12 +345,45 @@ async fn bad_certificate_files_fail_with_a_message_naming_the_file() {
         std::fs::read_to_string(&config_path).expect("config") + "\n[server]\ntls_cert = \"nope.pem\"\ntls_key = \"key.pem\"\n",
     )
     .expect("config");
-    let err = serve_fails(&config_path, &[]);
+    let err = server::serve_fails(&config_path, &[]);
     assert!(err.contains(arg(&dir.path().join("nope.pem"))), "{err}");
 
     // An unknown key in [server.cors] is refused, named.
     let bad_dir = tempfile::tempdir().expect("tempdir");
     let bad = config(bad_dir.path(), &upstream, "[server.cors]\nallowed_origins = []\nallow_all = true\n");
-    let err = serve_fails(&bad, &[]);
+    let err = server::serve_fails(&bad, &[]);
     assert!(err.contains("allow_all"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_has_the_connection_limits_too_a_stalled_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let upstream = Upstream::always(Step::Answer("hello".into())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(dir.path());
+    let config_path = config(dir.path(), &upstream, "[server]\nheader_read_timeout_ms = 300\n");
+    let served = server::serve_with(&config_path, &["--tls-cert", arg(&cert), "--tls-key", arg(&key)]);
+    let addr = served.base.trim_start_matches("https://").to_owned();
+
+    // A client that connects and never starts its handshake is closed (EOF or reset).
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stalled.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the server closed it: {read:?}");
+
+    let client = trusting(&ca);
+    let (status, _, body) = send(client.get(format!("{}/healthz", served.base))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    // Counted just after the socket closes: look again until it shows.
+    let counted = r#"reins_connections_closed_total{reason="tls_handshake"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        let (_, _, text) = send(client.get(format!("{}/metrics", served.base))).await;
+        metrics = text.as_str().unwrap_or("").to_owned();
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
 }

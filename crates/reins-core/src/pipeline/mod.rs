@@ -261,9 +261,11 @@ impl Pipeline {
             crate::config::OnSaturated::Fallback => &self.providers[..],
         };
         let mut errors = Vec::new();
+        let mut refusals = Vec::new();
         let mut soonest: Option<std::time::Duration> = None;
         for breaker in chain {
             let refusal = breaker.admission().would_refuse(deadline, self.config.on_saturated)?;
+            refusals.push((breaker, refusal));
             let e = crate::provider::ProviderError::Saturated {
                 provider: breaker.provider().name().to_owned(),
                 reason: refusal.reason(),
@@ -271,6 +273,9 @@ impl Pipeline {
             };
             errors.push(e.to_string());
             soonest = Some(soonest.map_or(refusal.retry_after(), |s| s.min(refusal.retry_after())));
+        }
+        for (breaker, refusal) in refusals {
+            breaker.admission().count_shed(refusal);
         }
         soonest.map(|wait| RunError::Overloaded {
             errors,

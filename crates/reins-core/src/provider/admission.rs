@@ -505,6 +505,12 @@ impl Admission {
         }
     }
 
+    /// Counts a refusal made for this provider elsewhere (a request shed at
+    /// the door, before any call was asked for).
+    pub fn count_shed(&self, r: Refusal) {
+        self.count_refusal(&mut self.lock(), r);
+    }
+
     fn count_refusal(&self, s: &mut State, r: Refusal) {
         *s.refused.entry(r.reason()).or_default() += 1;
         metrics::counter!(reins_runtime::metric_names::PROVIDER_SHED_TOTAL, "provider" => self.name.clone(), "reason" => r.reason())

@@ -213,7 +213,7 @@ fn error_type(status: StatusCode, kind: &str) -> (StatusCode, &'static str) {
         404 => "not_found_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
-        504 => "timeout_error",
+        408 | 504 => "timeout_error",
         529 => "overloaded_error",
         _ => "api_error",
     };
