@@ -99,10 +99,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 
 /// The endpoints without the network layers, so a bench can price them.
 pub fn routes(state: AppState, body_limit: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    probe_routes()
         .route("/v1/plugins", get(ops::plugins))
         .route("/v1/providers", get(providers::list))
         .route("/v1/pipelines", get(ops::pipelines))
@@ -124,6 +121,15 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// What a probe or a scraper asks for; the same on the main listener and
+/// on `ops_listen`.
+fn probe_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -157,7 +163,56 @@ pub async fn serve(
     tracing::info!(%addr, scheme, "reins listening");
     // Tests and scripts read the bound address (useful with port 0).
     println!("listening on {scheme}://{addr}");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let ops = match &settings.ops_listen {
+        Some(ops_listen) => Some(spawn_ops(&state, settings, ops_listen, stopping)?),
+        None => None,
+    };
     let app = router(state, settings.body_limit_bytes);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     conn::run(listener, app, tls, ConnLimits::from_settings(settings), shutdown).await;
+    if let Some(ops) = ops {
+        let _ = tokio::task::spawn_blocking(move || ops.join()).await;
+    }
     Ok(())
+}
+
+/// The ops listener: its own OS thread and single-threaded runtime, so its
+/// answers never wait behind the main runtime's model work, however many
+/// requests flood the main listener (the OS schedules the thread apart).
+fn spawn_ops(
+    state: &AppState,
+    settings: &ServerSettings,
+    listen: &str,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let bind_error = |source| ServeError::Bind {
+        addr: listen.to_string(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && state.auth.is_open() {
+        tracing::warn!(%addr, "ops listener on a non-loopback address of an open server: /metrics is readable by anyone who reaches it");
+    }
+    println!("ops listening on http://{addr}");
+    let app = net::layer(probe_routes().with_state(state.clone()), &state.net);
+    let limits = ConnLimits::from_settings(settings);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(std::thread::Builder::new().name("reins-ops".into()).spawn(move || {
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                tracing::error!(%addr, "ops listener: cannot register the socket");
+                return;
+            };
+            let shutdown = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            conn::run(listener, app, None, limits, shutdown).await;
+        });
+    })?)
 }

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 pub struct ServerSettings {
     /// Address to listen on; `--listen` overrides it.
     pub listen: String,
+    /// A second address serving only `/healthz`, `/readyz` and `/metrics`
+    /// (plain HTTP), on a thread and runtime of its own: probes and scrapes
+    /// get an answer even while the main listener is flooded. Absent: none.
+    pub ops_listen: Option<String>,
     /// Largest request body, in bytes (larger → 413).
     pub body_limit_bytes: usize,
     /// Deadline for one request, end to end (→ 504).
@@ -120,6 +124,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            ops_listen: None,
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 60_000,
             inflight_memory_bytes: 256 << 20,

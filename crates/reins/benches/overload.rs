@@ -7,7 +7,8 @@
 //! The baseline in the same run is the upstream's own capacity: what it
 //! served against `64 / 2 s × duration`. It prints the completed share, the
 //! refusals (429) with their latency, any other answer, the breaker's trips
-//! and the `/healthz` latency throughout.
+//! and the `/healthz` latency throughout, on the main listener and on the
+//! ops listener (`[server] ops_listen`).
 //!
 //! cargo bench -p reins --bench overload
 //! (REINS_BENCH_SECONDS and REINS_BENCH_CONNECTIONS change the load; a
@@ -110,12 +111,18 @@ async fn run() {
     let connections = env_u64("REINS_BENCH_CONNECTIONS", 1000) as usize;
     let limits = std::env::var("REINS_BENCH_PROVIDER").unwrap_or_else(|_| format!("max_in_flight = {CAPACITY}"));
     let up = BusyUpstream::start(CAPACITY, HOLD, 1).await;
+    // The ops listener's address (a port just free).
+    let ops = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config::new()
         .plugins_dir(".")
         .test_cache()
         .openai("busy", &up.base_url(), "m", &limits)
-        .table("[pipelines.p]\nmodel = \"busy\"\n[server]\nrequest_timeout_ms = 60000\n")
+        .table(&format!(
+            "[pipelines.p]\nmodel = \"busy\"\n[server]\nrequest_timeout_ms = 60000\nops_listen = \"{ops}\"\n\
+             # Every client is 127.0.0.1 here; in the field they are many addresses.\n\
+             max_connections_per_ip = 4096\n"
+        ))
         .write(dir.path());
     let served = server::serve(&config);
     let base = served.base.clone();
@@ -179,8 +186,8 @@ async fn run() {
     // The probes, each on its own connection (a client of its own), ten
     // times a second: `/healthz`, and one chat completion, whose refusals
     // are timed apart from the load's.
-    let probe = |path: &'static str, post: bool| {
-        let (base, body) = (base.clone(), body.clone());
+    let probe = |base: String, path: &'static str, post: bool| {
+        let body = body.clone();
         tokio::spawn(async move {
             let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
             let mut seen: BTreeMap<u16, Vec<Duration>> = BTreeMap::new();
@@ -208,8 +215,9 @@ async fn run() {
             (seen, failed)
         })
     };
-    let health_probe = probe("/healthz", false);
-    let chat_probe = probe("/v1/chat/completions", true);
+    let health_probe = probe(base.clone(), "/healthz", false);
+    let ops_probe = probe(format!("http://{ops}"), "/healthz", false);
+    let chat_probe = probe(base.clone(), "/v1/chat/completions", true);
     for t in tasks {
         let _ = t.await;
     }
@@ -219,6 +227,7 @@ async fn run() {
     };
 
     let (health, health_failed) = health_probe.await.expect("probe");
+    let (ops_health, ops_failed) = ops_probe.await.expect("probe");
     let (chat_seen, chat_failed) = chat_probe.await.expect("probe");
 
     let providers: Value = client
@@ -273,6 +282,7 @@ async fn run() {
             println!("| {what}: failed | {failed} |");
         }
     };
-    row("probe /healthz", &health, health_failed);
+    row("probe /healthz (main listener)", &health, health_failed);
+    row("probe /healthz (ops_listen)", &ops_health, ops_failed);
     row("probe chat", &chat_seen, chat_failed);
 }

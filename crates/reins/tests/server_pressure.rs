@@ -303,3 +303,35 @@ fn bad_limits_are_refused_naming_the_key() {
         assert!(text.contains(key), "{extra}: the error names {key}: {text}");
     }
 }
+
+#[tokio::test]
+async fn the_ops_listener_answers_probes_and_nothing_else() {
+    let ops = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let up = Upstream::always(Step::Answer("hi".into())).await;
+    let s = start(
+        Config::new()
+            .openai("up", &up.base_url(), "m", "")
+            .table(&format!("[pipelines.p]\nmodel = \"up\"\n[server]\nops_listen = \"{ops}\"\n")),
+    );
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = client.get(format!("http://{ops}{path}")).send().await.expect("ops");
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    }
+    let metrics = client.get(format!("http://{ops}/metrics")).send().await.expect("metrics");
+    assert!(metrics.text().await.expect("text").contains("reins_"), "the same metrics as the main listener");
+    // Model work only on the main listener.
+    let resp = client
+        .post(format!("http://{ops}/v1/chat/completions"))
+        .json(&json!({"model": "p", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("ops");
+    assert_eq!(resp.status().as_u16(), 404);
+    let (status, _, _, body) = chat(&client, base(&s), "p", "hi", json!({}), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(up.count(), 1);
+}

@@ -204,8 +204,9 @@ impl Run<'_> {
                     });
                 }
                 Err(e) => {
-                    if matches!(e, crate::provider::ProviderError::Saturated { .. }) {
-                        // Shedding under load is routine; one warning per refused call would flood the log.
+                    if e.is_backpressure() {
+                        // Backpressure under load is routine (the provider's
+                        // saturation is logged once); a warning per call would flood the log.
                         tracing::debug!(provider = %name, error = %e, "model call not sent");
                     } else {
                         tracing::warn!(provider = %name, error = %e, "model call failed");
