@@ -335,3 +335,32 @@ async fn the_ops_listener_answers_probes_and_nothing_else() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn the_openai_and_anthropic_clients_get_their_own_rate_limit_errors_at_once() {
+    let primary = Upstream::always(rate_limited("retry-after", "30")).await;
+    let s = start(
+        Config::new()
+            .openai("primary", &primary.base_url(), "m", "max_retries = 0")
+            // The pipeline would wait 50 s; the clients' 5 s timeout decides.
+            .table("[pipelines.wait]\nmodel = \"primary\"\ndeadline_ms = 50000\n"),
+    );
+    // Saturate the provider: its upstream answers 429, Retry-After: 30.
+    let client = reqwest::Client::new();
+    let (status, _, _, body) = chat(&client, base(&s), "wait", "hi", json!({}), Some("5")).await;
+    assert_eq!(status, 429, "{body}");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/overload_clients.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(base(&s))
+        .output()
+        .expect("run python3");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !stderr.contains("No module named"),
+        "the client packages are missing: pip install -r tests/clients/requirements.txt\n{stderr}"
+    );
+    assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    assert_eq!(primary.count(), 1, "neither client's call reached the saturated upstream");
+}
