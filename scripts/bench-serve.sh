@@ -76,6 +76,8 @@ for store in $stores; do
     for message in $messages; do
       text=$short; [ "$message" = long ] && text=$long
       python3 -c 'import json,sys; print(json.dumps({"model": "contract-risks-fix", "messages": [{"role": "user", "content": sys.argv[1]}]}))' "$text" > "$work/body.json"
+      # Warm-up (first-use tables, plugin instances, the store's caches), not reported.
+      (duration=2; measure "http://127.0.0.1:$port/v1/chat/completions" 4 "$work/body.json" > /dev/null)
       for c in $connections; do
         read -r rps p50 p99 p999 errors < <(measure "http://127.0.0.1:$port/v1/chat/completions" "$c" "$work/body.json")
         share=$(awk -v a="$rps" -v b="$floor" 'BEGIN { printf "%.1f %%", 100 * a / b }')
