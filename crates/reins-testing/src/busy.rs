@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -97,7 +97,7 @@ impl Drop for Held {
     }
 }
 
-async fn complete(State(busy): State<Busy>, _headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn complete(State(busy): State<Busy>, Json(body): Json<Value>) -> Response {
     let c = &busy.counts;
     let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let held = Held(c.clone());

@@ -266,12 +266,7 @@ impl Pipeline {
         for breaker in chain {
             let refusal = breaker.admission().would_refuse(deadline, self.config.on_saturated)?;
             refusals.push((breaker, refusal));
-            let e = crate::provider::ProviderError::Saturated {
-                provider: breaker.provider().name().to_owned(),
-                reason: refusal.reason(),
-                retry_after_ms: refusal.retry_after().as_millis().max(1) as u64,
-            };
-            errors.push(e.to_string());
+            errors.push(crate::provider::ProviderError::saturated(breaker.provider().name(), refusal).to_string());
             soonest = Some(soonest.map_or(refusal.retry_after(), |s| s.min(refusal.retry_after())));
         }
         for (breaker, refusal) in refusals {

@@ -162,10 +162,38 @@ struct State {
     refused: HashMap<&'static str, u64>,
 }
 
+/// The admission's metrics, registered once: the refusal path runs tens of
+/// thousands of times a second under a flood, so it must not build a
+/// labelled key per call.
+struct Meters {
+    in_flight: metrics::Gauge,
+    queued: metrics::Gauge,
+    saturated: metrics::Gauge,
+    saturations: metrics::Counter,
+    /// By [`Refusal::reason`]: saturated, queue_full, past_deadline.
+    shed: [metrics::Counter; 3],
+}
+
+impl Meters {
+    fn new(provider: &str) -> Meters {
+        use reins_runtime::metric_names as m;
+        let p = provider.to_owned();
+        let shed = |reason: &'static str| metrics::counter!(m::PROVIDER_SHED_TOTAL, "provider" => p.clone(), "reason" => reason);
+        Meters {
+            in_flight: metrics::gauge!(m::PROVIDER_IN_FLIGHT, "provider" => p.clone()),
+            queued: metrics::gauge!(m::PROVIDER_QUEUED, "provider" => p.clone()),
+            saturated: metrics::gauge!(m::PROVIDER_SATURATED, "provider" => p.clone()),
+            saturations: metrics::counter!(m::PROVIDER_SATURATIONS_TOTAL, "provider" => p.clone()),
+            shed: [shed("saturated"), shed("queue_full"), shed("past_deadline")],
+        }
+    }
+}
+
 /// One provider's admission (see the module docs). Shared by every
 /// pipeline that calls the provider.
 pub struct Admission {
     name: String,
+    meters: Meters,
     settings: AdmissionSettings,
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<DefaultDirectRateLimiter>,
@@ -179,6 +207,7 @@ impl Admission {
     pub fn new(name: &str, settings: AdmissionSettings) -> Arc<Admission> {
         Arc::new_cyclic(|this| Admission {
             name: name.to_owned(),
+            meters: Meters::new(name),
             rpm: settings.rpm.map(|n| RateLimiter::direct(Quota::per_minute(n))),
             tpm: settings.tpm.map(|n| RateLimiter::direct(Quota::per_minute(n))),
             clock: DefaultClock::default(),
@@ -199,10 +228,6 @@ impl Admission {
             settings,
             this: this.clone(),
         })
-    }
-
-    pub fn settings(&self) -> &AdmissionSettings {
-        &self.settings
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -297,14 +322,13 @@ impl Admission {
         if s.saturated_until.is_none_or(|u| u < until) {
             if s.saturated_until.is_none_or(|u| u <= now) {
                 s.saturations += 1;
-                metrics::counter!(reins_runtime::metric_names::PROVIDER_SATURATIONS_TOTAL, "provider" => self.name.clone())
-                    .increment(1);
+                self.meters.saturations.increment(1);
                 tracing::info!(provider = %self.name, ?hold, "provider saturated: calls wait or fall back");
             }
             s.saturated_until = Some(until);
         }
         self.decrease(&mut s, now);
-        metrics::gauge!(reins_runtime::metric_names::PROVIDER_SATURATED, "provider" => self.name.clone()).set(1.0);
+        self.meters.saturated.set(1.0);
         self.dispatch(&mut s, now);
     }
 
@@ -399,7 +423,7 @@ impl Admission {
                     return;
                 }
                 s.saturated_until = None;
-                metrics::gauge!(reins_runtime::metric_names::PROVIDER_SATURATED, "provider" => self.name.clone()).set(0.0);
+                self.meters.saturated.set(0.0);
             }
             if f64::from(s.in_flight) >= Self::limit_now(s) {
                 return;
@@ -513,14 +537,17 @@ impl Admission {
 
     fn count_refusal(&self, s: &mut State, r: Refusal) {
         *s.refused.entry(r.reason()).or_default() += 1;
-        metrics::counter!(reins_runtime::metric_names::PROVIDER_SHED_TOTAL, "provider" => self.name.clone(), "reason" => r.reason())
-            .increment(1);
+        let i = match r {
+            Refusal::Saturated { .. } => 0,
+            Refusal::QueueFull { .. } => 1,
+            Refusal::PastDeadline { .. } => 2,
+        };
+        self.meters.shed[i].increment(1);
     }
 
     fn gauges(&self, s: &State) {
-        metrics::gauge!(reins_runtime::metric_names::PROVIDER_IN_FLIGHT, "provider" => self.name.clone())
-            .set(f64::from(s.in_flight));
-        metrics::gauge!(reins_runtime::metric_names::PROVIDER_QUEUED, "provider" => self.name.clone()).set(s.queued as f64);
+        self.meters.in_flight.set(f64::from(s.in_flight));
+        self.meters.queued.set(s.queued as f64);
     }
 }
 

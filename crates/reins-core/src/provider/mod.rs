@@ -241,6 +241,18 @@ pub enum ProviderError {
     Scripted { provider: String, message: String },
 }
 
+impl ProviderError {
+    /// A call the provider's admission refused, as the error the chain and
+    /// the run report.
+    pub fn saturated(provider: &str, refused: Refusal) -> ProviderError {
+        ProviderError::Saturated {
+            provider: provider.to_owned(),
+            reason: refused.reason(),
+            retry_after_ms: refused.retry_after().as_millis().max(1) as u64,
+        }
+    }
+}
+
 fn saturation_reason(reason: &str) -> &'static str {
     match reason {
         "queue_full" => "its queue is full",
@@ -594,16 +606,7 @@ impl Breaker {
         };
         let slot = match self.admission.acquire(ask).await {
             Ok(slot) => slot,
-            Err(refused) => {
-                return (
-                    Err(ProviderError::Saturated {
-                        provider: name.to_owned(),
-                        reason: refused.reason(),
-                        retry_after_ms: refused.retry_after().as_millis().max(1) as u64,
-                    }),
-                    0,
-                );
-            }
+            Err(refused) => return (Err(ProviderError::saturated(name, refused)), 0),
         };
         // The breaker is asked after the wait: its state may have changed meanwhile.
         let now = Instant::now();
