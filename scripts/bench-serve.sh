@@ -12,6 +12,7 @@
 # STORES, ISOLATIONS, MESSAGES, CONNECTIONS narrow the cases, e.g. STORES=sqlite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/contract-risks.sh
 duration=${DURATION:-10}
 stores=${STORES:-memory sqlite${REINS_TEST_PG_URL:+ postgres}}
 isolations=${ISOLATIONS:-per-call pooled}
@@ -57,11 +58,7 @@ echo "| store | isolation | message | connections | req/s | p50 ms | p99 ms | p9
 echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for store in $stores; do
   for isolation in $isolations; do
-    rm -rf "$work/ex" && cp -r examples/contract-risks "$work/ex"
-    for p in normalize-text coerce-numbers ranges; do cp "target/plugins/$p.wasm" "$work/ex/plugins/"; done
-    if [ "$isolation" = pooled ]; then
-      for f in "$work"/ex/plugins/*.toml; do printf 'isolation = "pooled"\n%s\n' "$(cat "$f")" > "$f"; done
-    fi
+    contract_risks_copy "$work" "$isolation"
     case $store in
       memory) printf '\n[state]\nkind = "memory"\n' >> "$work/ex/reins.toml" ;;
       sqlite) printf '\n[state]\nkind = "sqlite"\npath = "state.db"\n' >> "$work/ex/reins.toml" ;;

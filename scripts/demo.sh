@@ -16,10 +16,7 @@ for dir in plugins/*/; do
   "$reins" plugin test "target/plugins/$name.wasm" "$dir/cases.json" || status=1
   echo
 done
-# The example keeps its own sidecars (its schema); it takes only the .wasm files.
-for p in normalize-text coerce-numbers ranges; do
-  cp "target/plugins/$p.wasm" examples/contract-risks/plugins/
-done
+# The examples read target/plugins and set the plugins up in their reins.toml.
 echo "== reins run: contract-risks (the schema catches \"\$500,000\", one repair fixes it) =="
 "$reins" run --config examples/contract-risks/reins.toml --pipeline contract-risks \
   --input examples/contract-risks/contract.md --trace human || status=1
@@ -29,9 +26,6 @@ echo "== reins run: contract-risks-fix (coerce-numbers fixes it, zero repair cal
   --input examples/contract-risks/contract.md --trace human || status=1
 echo
 # The prose assistant behind output guardrails (pii, redact-secrets, blocklist, judge).
-for p in normalize-text pii redact-secrets blocklist judge; do
-  cp "target/plugins/$p.wasm" examples/support-chat/plugins/
-done
 echo "== reins run: support-chat (personal data and a secret redacted, no model call) =="
 "$reins" run --config examples/support-chat/reins.toml --pipeline support \
   --input examples/support-chat/order.txt --trace none || status=1

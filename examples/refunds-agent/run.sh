@@ -8,9 +8,6 @@ root="$here/../.."
 cd "$root"
 [ -f target/plugins/spend-limit.wasm ] || bash scripts/build-plugins.sh
 cargo build --release -p reins -q
-for p in normalize-text tool-manifest spend-limit sql-guard; do
-  cp "target/plugins/$p.wasm" "$here/plugins/"
-done
 python3 "$here/sink.py" 8787 & sink=$!
 target/release/reins serve --config "$here/reins.toml" >/dev/null & serve=$!
 trap 'kill $serve $sink 2>/dev/null || true' EXIT

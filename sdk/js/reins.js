@@ -106,6 +106,8 @@ export function context(raw = {}) {
     pipeline: raw.pipeline ?? "test",
     attempt: raw.attempt ?? 1,
     config,
+    /** The config as the host sent it: what `Setup` keys its set-up by. */
+    configText: typeof raw.config === "string" ? raw.config : JSON.stringify(config),
     metadata,
     caller,
     /** config[key] or fallback; with kind ("string", "number", "integer",
@@ -261,6 +263,64 @@ export function log(level, message) {
  * windowSeconds (0 = none) and return the total (a Number). */
 export function counterAdd(key, delta, windowSeconds = 0) {
   return Number(hostCounterAdd(key, BigInt(Math.trunc(delta)), windowSeconds));
+}
+
+// ---------------------------------------------------------------------------
+// Set-up kept across calls
+
+/**
+ * A plugin's set-up (parsed settings, compiled patterns, tables), built by
+ * `build(config)` once per config text and kept in a module global:
+ *
+ *   const SETUP = new reins.Setup((config) => compile(config));
+ *   export const init = reins.init(SETUP);   // the optional `init` export
+ *   export const validator = reins.validator((ctx, output) => {
+ *     const compiled = SETUP.get(ctx);       // built by init, or now
+ *   });
+ *
+ * With `init` exported (the project builds against the layer's
+ * `-plugin-init` world) the host calls it once at load with the config; a
+ * call whose config is the same reuses the set-up. Without it (or with
+ * another config) `get` builds it on the call and keeps it.
+ */
+export class Setup {
+  constructor(build) {
+    this.build = build;
+    this.text = undefined;
+    this.value = undefined;
+  }
+
+  /** Builds the set-up for `configText` (JSON) now; throws Refuse. */
+  init(configText) {
+    this.#get(configText, () => jsonObject(configText, "config", true));
+  }
+
+  /** The set-up for ctx's config: the kept one, or built now. */
+  get(ctx) {
+    return this.#get(ctx.configText, () => ctx.config);
+  }
+
+  readyFor(configText) {
+    return this.text !== undefined && this.text === configText;
+  }
+
+  #get(text, parsed) {
+    if (this.text !== undefined && this.text === text) return this.value;
+    const value = this.build(parsed());
+    this.text = text;
+    this.value = value;
+    return value;
+  }
+}
+
+/** The `init` export (world `<layer>-plugin-init`): runs setup.init(config)
+ * once at load; a failure refuses the plugin with its message. */
+export function init(setup) {
+  return {
+    init(config) {
+      guard(() => setup.init(config));
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------

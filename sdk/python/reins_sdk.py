@@ -50,6 +50,7 @@ __all__ = [
     "parse_output", "describe_value", "log", "counter_add",
     "escape", "unescape", "join", "split", "resolve", "matches", "strings",
     "normalizer", "validator", "constraints", "gate", "context_builder",
+    "Setup", "init",
 ]
 
 SEVERITIES = ("info", "warning", "error")
@@ -89,13 +90,16 @@ class Context:
     `caller`, and the parsed `config` (the sidecar's `[config]` table) and
     `metadata` (the caller's own hints)."""
 
-    def __init__(self, run_id="test", pipeline="test", attempt=1, config=None, metadata=None, caller=None):
+    def __init__(self, run_id="test", pipeline="test", attempt=1, config=None, metadata=None, caller=None,
+                 config_text=None):
         self.run_id = run_id
         self.pipeline = pipeline
         self.attempt = attempt
         self.config = config if config is not None else {}
         self.metadata = metadata if metadata is not None else {}
         self.caller = caller if caller is not None else Caller()
+        # The config as the host sent it: what `Setup` keys its set-up by.
+        self.config_text = config_text if config_text is not None else json.dumps(self.config, sort_keys=True)
 
     @classmethod
     def from_wit(cls, ctx) -> "Context":
@@ -105,7 +109,8 @@ class Context:
             metadata = _json_object(ctx.metadata, "metadata", strict=False)
         except Refuse:
             metadata = {}
-        return cls(ctx.run_id, ctx.pipeline, ctx.attempt, config, metadata, Caller.from_wit(ctx.caller))
+        return cls(ctx.run_id, ctx.pipeline, ctx.attempt, config, metadata, Caller.from_wit(ctx.caller),
+                   config_text=ctx.config)
 
     def setting(self, key, default=None, kind=None):
         """`config[key]`, or `default` when absent. With `kind` (a type or a
@@ -413,6 +418,66 @@ def counter_add(key, delta, window_seconds=0):
         _native_counters[key] = _native_counters.get(key, 0) + delta
         return _native_counters[key]
     return host.counter_add(key, delta, window_seconds)
+
+
+# ---------------------------------------------------------------------------
+# Set-up kept across calls
+
+
+class Setup:
+    """A plugin's set-up (parsed settings, compiled patterns, tables), built
+    by `build(config)` once per config text and kept in a module global::
+
+        def build(config):                       # the parsed [config] table
+            return [re.compile(p) for p in config.get("patterns", [])]
+
+        SETUP = reins.Setup(build)
+        Init = reins.init(SETUP)                 # the optional `init` export
+
+        def validate(ctx, output):
+            patterns = SETUP.get(ctx)            # built by init, or now
+
+    With `Init` exported (the project builds against the layer's
+    `-plugin-init` world) the host calls it once at load with the config, so
+    the set-up is ready before the first call; a call whose config is the
+    same reuses it. Without `init` (or with another config) `get` builds it
+    on the call and keeps it, so a pooled instance builds it once."""
+
+    def __init__(self, build):
+        self._build = build
+        self._text = None
+        self._value = None
+
+    def init(self, config_text):
+        """Builds the set-up for `config_text` (JSON) now; raises Refuse."""
+        self._get(config_text, lambda: _json_object(config_text, "config", strict=True))
+
+    def get(self, ctx):
+        """The set-up for `ctx`'s config: the kept one, or built now."""
+        return self._get(ctx.config_text, lambda: ctx.config)
+
+    def ready_for(self, config_text):
+        return self._text is not None and self._text == config_text
+
+    def _get(self, text, parsed):
+        if self._text is not None and self._text == text:
+            return self._value
+        value = self._build(parsed())
+        self._text, self._value = text, value
+        return value
+
+
+def init(setup):
+    """The `Init` export componentize-py looks for (world
+    `<layer>-plugin-init`): runs `setup.init(config)` once at load; a
+    failure refuses the plugin with its message."""
+    from wit_world import exports
+
+    class Init(exports.Init):
+        def init(self, config):
+            return _call(setup.init, config)
+
+    return Init
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,32 @@ class PointerTests(unittest.TestCase):
         self.assertEqual(list(reins.strings(doc)), [("/a", "x"), ("/b/1", "y"), ("/b/2/c~1d", "z")])
 
 
+class SetupTests(unittest.TestCase):
+    def test_built_once_per_config_and_reused(self):
+        built = []
+
+        def build(config):
+            built.append(config)
+            return config.get("max", 0) * 2
+
+        setup = reins.Setup(build)
+        setup.init('{"max": 3}')
+        self.assertTrue(setup.ready_for('{"max": 3}'))
+        ctx = reins.Context(config={"max": 3}, config_text='{"max": 3}')
+        self.assertEqual(setup.get(ctx), 6)
+        self.assertEqual(setup.get(ctx), 6)
+        self.assertEqual(len(built), 1)
+        other = reins.Context(config={"max": 4}, config_text='{"max": 4}')
+        self.assertEqual(setup.get(other), 8)
+        self.assertEqual(len(built), 2)
+
+    def test_lazy_without_init_and_errors_refuse(self):
+        setup = reins.Setup(lambda config: config["max"])
+        self.assertEqual(setup.get(reins.Context(config={"max": 1})), 1)
+        with self.assertRaises(reins.Refuse):
+            setup.init("[1, 2]")
+
+
 class ResultTests(unittest.TestCase):
     def test_violations(self):
         v = reins.error("/x", "range", "too big")

@@ -103,7 +103,8 @@ fn record(a: &Approval) -> Result<ApprovalRecord, ApprovalError> {
 }
 
 fn approval(r: ApprovalRecord) -> Result<Approval, ApprovalError> {
-    serde_json::from_value(r.data).map_err(|e| ApprovalError::Store(format!("approval {}: {e}", r.id)))
+    serde_json::from_value(r.data)
+        .map_err(|e| ApprovalError::Store(format!("approval {}: {e}", r.id)))
 }
 
 impl ApprovalStore {
@@ -120,7 +121,12 @@ impl ApprovalStore {
 
     /// Records the approvals of a run that stopped as `awaiting_approval`,
     /// together with the run (`run`: its stored record).
-    pub async fn hold(&self, result: &RunResult, run: &RunRecord, approvers: &[String]) -> Result<Vec<Approval>, ApprovalError> {
+    pub async fn hold(
+        &self,
+        result: &RunResult,
+        run: &RunRecord,
+        approvers: &[String],
+    ) -> Result<Vec<Approval>, ApprovalError> {
         let now = now_ms();
         let created: Vec<Approval> = result
             .pending
@@ -144,7 +150,10 @@ impl ApprovalStore {
         let records = created.iter().map(record).collect::<Result<Vec<_>, _>>()?;
         let mut run = run.clone();
         if let Some(obj) = run.result.as_object_mut() {
-            obj.insert("approvals".into(), serde_json::json!(created.iter().map(|a| &a.id).collect::<Vec<_>>()));
+            obj.insert(
+                "approvals".into(),
+                serde_json::json!(created.iter().map(|a| &a.id).collect::<Vec<_>>()),
+            );
         }
         self.store.hold(&run, &records).await.map_err(store_err)?;
         self.held().insert(result.run_id.clone(), result.clone());
@@ -167,13 +176,27 @@ impl ApprovalStore {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Approval>, ApprovalError> {
-        self.store.approval(id).await.map_err(store_err)?.map(approval).transpose()
+        self.store
+            .approval(id)
+            .await
+            .map_err(store_err)?
+            .map(approval)
+            .transpose()
     }
 
     /// Records a decision. Atomic across hosts: of two concurrent decisions,
     /// one wins and the other gets [`ApprovalError::AlreadyDecided`].
-    pub async fn decide(&self, id: &str, verdict: Verdict, approver: &str, comment: Option<String>) -> Result<Decided, ApprovalError> {
-        let mut approval = self.get(id).await?.ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
+    pub async fn decide(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        approver: &str,
+        comment: Option<String>,
+    ) -> Result<Decided, ApprovalError> {
+        let mut approval = self
+            .get(id)
+            .await?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
         if approval.status != ApprovalStatus::Pending {
             return Err(ApprovalError::AlreadyDecided {
                 id: id.to_owned(),
@@ -194,8 +217,16 @@ impl ApprovalStore {
         approval.decided_by = Some(approver.to_owned());
         approval.decided_at_ms = Some(now_ms());
         approval.comment = comment;
-        if !self.store.decide(&record(&approval)?).await.map_err(store_err)? {
-            let now = self.get(id).await?.ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
+        if !self
+            .store
+            .decide(&record(&approval)?)
+            .await
+            .map_err(store_err)?
+        {
+            let now = self
+                .get(id)
+                .await?
+                .ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
             return Err(ApprovalError::AlreadyDecided {
                 id: id.to_owned(),
                 status: now.status,

@@ -1,12 +1,12 @@
 //! [`Host`]: Reins as a library. The CLI and the server use exactly this API.
 
 use crate::approvals::{Approval, ApprovalError, ApprovalFilter, ApprovalStore};
+use crate::config::{Config, ConfigError};
 use crate::identity;
 use crate::limits::{RateLimiter, limit_key};
-use crate::config::{Config, ConfigError};
 use crate::pipeline::journal::Journal;
 use crate::pipeline::{Pipeline, Request, RunContext, RunError, RunResult, RunStatus, engine};
-use crate::provider::{self, Breaker, Provider, ProviderSettings};
+use crate::provider::{Breaker, Provider};
 use reins_runtime::PluginHost;
 use reins_state::{RunRecord, StateStore};
 use serde_json::Value;
@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod audit;
-mod resume;
 mod lease;
+mod live;
 mod memory;
-mod record;
 mod recent;
+mod record;
+mod resume;
+pub use live::{ConfigStatus, Live, ReloadError, ReloadFailure, ReloadOutcome};
 use record::StoredRequest;
 pub use resume::ResumeError;
 
@@ -64,10 +66,11 @@ pub use resume::ResumeError;
 /// # Ok(()) }
 /// ```
 pub struct Host {
-    config: Config,
+    /// The config, providers and pipelines serving now; a reload swaps it.
+    live: arc_swap::ArcSwap<Live>,
+    /// Where the config comes from, and the reloads of it.
+    reloader: live::Reloader,
     plugins: Arc<PluginHost>,
-    providers: BTreeMap<String, Arc<Breaker>>,
-    pipelines: BTreeMap<String, Arc<Pipeline>>,
     approvals: ApprovalStore,
     limits: RateLimiter,
     state: Arc<dyn StateStore>,
@@ -81,9 +84,11 @@ pub struct Host {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = self.live.load();
         f.debug_struct("Host")
-            .field("config", &self.config.origin)
-            .field("pipelines", &self.pipelines.keys().collect::<Vec<_>>())
+            .field("config", &live.config.origin)
+            .field("version", &live.version)
+            .field("pipelines", &live.pipelines.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -111,13 +116,20 @@ impl Host {
 
     /// [`Host::run`], remembering the caller's idempotency key with the run
     /// (see [`Host::run_by_key`]).
-    pub async fn run_keyed(&self, pipeline: &str, request: impl Into<Request>, key: Option<&str>) -> RunResult {
+    pub async fn run_keyed(
+        &self,
+        pipeline: &str,
+        request: impl Into<Request>,
+        key: Option<&str>,
+    ) -> RunResult {
         let mut request = request.into();
         let run_id = request
             .run_id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
             .clone();
-        let Some(p) = self.pipelines.get(pipeline) else {
+        // The run keeps the config it started with, whatever reloads meanwhile.
+        let live = self.live.load_full();
+        let Some(p) = live.pipelines.get(pipeline) else {
             let mut result = RunResult::new(run_id, pipeline);
             result.error = Some(RunError::UnknownPipeline(pipeline.to_owned()));
             return result;
@@ -128,10 +140,14 @@ impl Host {
         if let Err(e) = identity::check_metadata(&request.caller, &request.metadata) {
             let mut result = RunResult::new(run_id, pipeline);
             result.status = RunStatus::Rejected;
-            result.error = Some(RunError::Forbidden { key: format!("metadata.{}", e.key), message: e.to_string() });
+            result.error = Some(RunError::Forbidden {
+                key: format!("metadata.{}", e.key),
+                message: e.to_string(),
+            });
             return result;
         }
-        request.caller = identity::effective(&request.caller, &request.metadata, p.config.trust_metadata);
+        request.caller =
+            identity::effective(&request.caller, &request.metadata, p.config.trust_metadata);
         // Backpressure first: a request that could only wait past its
         // deadline is refused before it costs a plugin call or a row.
         if let Some(e) = p.shed(request.timeout_ms) {
@@ -164,8 +180,12 @@ impl Host {
         // Keys and sessions are the caller's own: two tenants with one key
         // get two runs and two memories.
         record.idempotency_key = key.map(|k| identity::scoped(&request.caller, k));
-        record.session_id = request.session_id.as_deref().map(|s| identity::scoped(&request.caller, s));
-        self.start(p, request, record, guard, limited, Vec::new()).await
+        record.session_id = request
+            .session_id
+            .as_deref()
+            .map(|s| identity::scoped(&request.caller, s));
+        self.start(p, request, record, guard, limited, Vec::new())
+            .await
     }
 
     /// Runs a run this process holds (`guard`) under its lease: records it
@@ -196,23 +216,37 @@ impl Host {
                 // Two requests with one idempotency key: the other one runs.
                 return not_owned(&run_id, &p.name, &e.to_string());
             }
-            Err(e) => tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}"),
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, "state store: cannot record the run's start: {e}")
+            }
         }
         let caller = audit::caller(&request);
-        self.audit(audit::run_start(&run_id, &p.name, !previous.is_empty(), &caller)).await;
+        self.audit(audit::run_start(
+            &run_id,
+            &p.name,
+            !previous.is_empty(),
+            &caller,
+        ))
+        .await;
         self.keep_leased(&mut guard);
         let work = async move {
             self.remember(p, &mut request).await;
             if p.config.mode == crate::config::PipelineMode::Agent {
                 return self.run_agent(p, request, record).await;
             }
-            let journal = self.config.state.checkpoints.then(|| {
-                Journal::new(self.state.clone(), record.clone(), self.leases.lease_ms, &previous)
+            let journal = self.boot().state.checkpoints.then(|| {
+                Journal::new(
+                    self.state.clone(),
+                    record.clone(),
+                    self.leases.lease_ms,
+                    &previous,
+                )
             });
             let rc = RunContext::new(self.state.clone(), journal);
             let result = engine::run(p, self.plugins.current(), request, &rc).await;
             if let Some((limits, lkey)) = limited {
-                self.limits.spend_tokens(&p.name, &lkey, limits, result.tokens.total);
+                self.limits
+                    .spend_tokens(&p.name, &lkey, limits, result.tokens.total);
             }
             self.finish(p, result, record).await
         };
@@ -228,7 +262,12 @@ impl Host {
     }
 
     /// Records a run's result; a run awaiting approval is held with its approvals.
-    async fn finish(&self, p: &Pipeline, mut result: RunResult, mut record: RunRecord) -> RunResult {
+    async fn finish(
+        &self,
+        p: &Pipeline,
+        mut result: RunResult,
+        mut record: RunRecord,
+    ) -> RunResult {
         if result.status == RunStatus::Cancelled {
             tracing::info!(run_id = %result.run_id, pipeline = %p.name, "run cancelled: its client disconnected");
             metrics::counter!(reins_runtime::metric_names::RUNS_CANCELLED_TOTAL, "pipeline" => p.name.clone()).increment(1);
@@ -242,26 +281,43 @@ impl Host {
             // What continuing the held run needs; a finished run needs none of it.
             StoredRequest::update(&mut record, |stored| {
                 stored.action_indices = Some(result.action_indices.clone());
-                stored.reservations = reins_runtime::Reservation::list_to_json(&result.reservations);
+                stored.reservations =
+                    reins_runtime::Reservation::list_to_json(&result.reservations);
             });
         }
         record.result = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.status == RunStatus::AwaitingApproval {
-            match self.approvals.hold(&result, &record, &p.config.approvers).await {
+            match self
+                .approvals
+                .hold(&result, &record, &p.config.approvers)
+                .await
+            {
                 Ok(held) => result.approvals = held.into_iter().map(|a| a.id).collect(),
-                Err(e) => tracing::warn!(run_id = %result.run_id, "cannot hold the run for approval: {e}"),
+                Err(e) => {
+                    tracing::warn!(run_id = %result.run_id, "cannot hold the run for approval: {e}")
+                }
             }
             return result;
         }
         match self.state.put_run(&record).await {
             Ok(()) => {}
             Err(reins_state::StateError::LeaseLost { .. }) => {
-                return not_owned(&result.run_id, &p.name, "this node stalled past its lease and another node took the run over");
+                return not_owned(
+                    &result.run_id,
+                    &p.name,
+                    "this node stalled past its lease and another node took the run over",
+                );
             }
             // Still readable here from memory while the store is down.
-            Err(e) => tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}"),
+            Err(e) => {
+                tracing::warn!(run_id = %result.run_id, "state store: cannot record the run's result: {e}")
+            }
         }
-        self.recent.offer(&record.run_id, record.status, std::mem::take(&mut record.result));
+        self.recent.offer(
+            &record.run_id,
+            record.status,
+            std::mem::take(&mut record.result),
+        );
         result
     }
 
@@ -288,9 +344,19 @@ impl Host {
 
     /// The stored result of the run `caller`'s idempotency key started
     /// (keys are per owner: another tenant's key finds nothing).
-    pub async fn run_by_key(&self, pipeline: &str, caller: &reins_runtime::Caller, key: &str) -> Option<Value> {
+    pub async fn run_by_key(
+        &self,
+        pipeline: &str,
+        caller: &reins_runtime::Caller,
+        key: &str,
+    ) -> Option<Value> {
         let key = identity::scoped(caller, key);
-        self.state.run_by_key(pipeline, &key).await.ok().flatten().map(|r| r.result)
+        self.state
+            .run_by_key(pipeline, &key)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.result)
     }
 
     /// The state store.
@@ -308,29 +374,24 @@ impl Host {
         self.approvals.get(id).await
     }
 
-    /// A compiled pipeline.
-    pub fn pipeline(&self, name: &str) -> Option<&Arc<Pipeline>> {
-        self.pipelines.get(name)
+    /// A compiled pipeline of the serving config.
+    pub fn pipeline(&self, name: &str) -> Option<Arc<Pipeline>> {
+        self.live.load().pipelines.get(name).cloned()
     }
 
-    /// The names of the pipelines.
-    pub fn pipeline_names(&self) -> impl Iterator<Item = &str> {
-        self.pipelines.keys().map(String::as_str)
+    /// The names of the serving config's pipelines.
+    pub fn pipeline_names(&self) -> Vec<String> {
+        self.live.load().pipelines.keys().cloned().collect()
     }
 
     /// A provider by its config name (downcast with [`Provider::as_any`]).
-    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
-        self.providers.get(name).map(|b| b.provider())
+    pub fn provider(&self, name: &str) -> Option<Arc<dyn Provider>> {
+        self.breaker(name).map(|b| b.provider().clone())
     }
 
     /// A provider with its circuit breaker.
-    pub fn breaker(&self, name: &str) -> Option<&Arc<Breaker>> {
-        self.providers.get(name)
-    }
-
-    /// Every provider with its circuit breaker, by name.
-    pub fn breakers(&self) -> impl Iterator<Item = (&str, &Arc<Breaker>)> {
-        self.providers.iter().map(|(n, b)| (n.as_str(), b))
+    pub fn breaker(&self, name: &str) -> Option<Arc<Breaker>> {
+        self.live.load().providers.get(name).cloned()
     }
 
     /// The plugin host (statuses, reloads).
@@ -338,8 +399,15 @@ impl Host {
         &self.plugins
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The serving configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.load().config.clone()
+    }
+
+    /// The configuration the process started with: what restart-only keys
+    /// (the state store, the listener, the engine) were built from.
+    pub fn boot(&self) -> &Config {
+        &self.reloader.boot
     }
 }
 
@@ -414,32 +482,30 @@ impl HostBuilder {
     }
 
     pub async fn build(self) -> Result<Host, ConfigError> {
-        let config = match self.source {
+        let (config, source) = match self.source {
             None => {
                 return Err(ConfigError::Io {
                     path: PathBuf::from("reins.toml"),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no configuration given to the builder"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no configuration given to the builder",
+                    ),
                 });
             }
-            Some(Source::File(path)) => Config::from_file(&path)?,
-            Some(Source::Text { text, base_dir }) => Config::parse(&text, "<config>", &base_dir)?,
-            Some(Source::Parsed(c)) => *c,
+            Some(Source::File(path)) => {
+                let config = Config::from_file(&path)?;
+                (config, live::Source::File(path))
+            }
+            Some(Source::Text { text, base_dir }) => {
+                let config = Config::parse(&text, "<config>", &base_dir)?;
+                let fixed = live::Source::Fixed(Box::new(config.clone()));
+                (config, fixed)
+            }
+            Some(Source::Parsed(c)) => {
+                let fixed = live::Source::Fixed(c.clone());
+                (*c, fixed)
+            }
         };
-        let mut providers = BTreeMap::new();
-        for (name, pc) in &config.providers {
-            let provider = match self.providers.get(name) {
-                Some(p) => p.clone(),
-                None => provider::from_config(name, pc, &config.base_dir)?,
-            };
-            providers.insert(
-                name.clone(),
-                Arc::new(Breaker::new(provider, ProviderSettings::for_config(pc))),
-            );
-        }
-        let mut pipelines = BTreeMap::new();
-        for name in config.pipelines.keys() {
-            pipelines.insert(name.clone(), Arc::new(Pipeline::compile(&config, name, &providers)?));
-        }
         let state = match self.state {
             Some(s) => s,
             None => reins_state::open(&config.state, &config.base_dir)
@@ -448,7 +514,8 @@ impl HostBuilder {
         };
         // Budgets and rate limits: in the store (shared by every node on it)
         // or in this process.
-        let shared: Option<Arc<dyn reins_runtime::CounterStore>> = if config.state.counters_shared() {
+        let shared: Option<Arc<dyn reins_runtime::CounterStore>> = if config.state.counters_shared()
+        {
             let counters = reins_state::counters::StoreCounters::new(&config.state, state.clone())
                 .map_err(|e| ConfigError::State(Box::new(e)))?;
             Some(Arc::new(counters))
@@ -483,20 +550,34 @@ impl HostBuilder {
                 })?
             }
         };
-        for p in pipelines.values() {
-            p.check_plugins(&config, &plugins)?;
-        }
+        let boot = Arc::new(config.clone());
+        let reloader = live::Reloader::new(source, self.providers, boot.clone());
+        let identity = live::identity(&config, reloader.source_path());
+        let first = live::build(
+            config,
+            live::Inputs {
+                code: &reloader.code,
+                plugins: &plugins,
+                previous: None,
+                identity,
+            },
+        )
+        .map_err(ConfigError::several)?;
+        metrics::gauge!(reins_runtime::metric_names::CONFIG_VERSION).set(1.0);
+        let config = &*boot;
         let audit = audit::AuditWriter::start(state.clone(), config.state.audit);
         let reloads = audit.clone();
         plugins.on_reload(move |report| reloads.send(audit::plugins_reload(report)));
         let node = self.node_id.unwrap_or_else(|| config.state.node());
         let lease_ms = i64::try_from(config.state.lease_ms.max(30)).unwrap_or(i64::MAX);
         Ok(Host {
-            recent: recent::RecentRuns::new(config.state.recent_runs, config.state.recent_runs_bytes),
-            config,
+            recent: recent::RecentRuns::new(
+                config.state.recent_runs,
+                config.state.recent_runs_bytes,
+            ),
+            live: arc_swap::ArcSwap::from_pointee(first),
+            reloader,
             plugins,
-            providers,
-            pipelines,
             approvals: ApprovalStore::new(state.clone()),
             limits: RateLimiter::new(shared),
             leases: lease::Leases {
@@ -519,7 +600,6 @@ fn not_owned(run_id: &str, pipeline: &str, message: &str) -> RunResult {
     });
     result
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -599,13 +679,29 @@ mod tests {
         assert_eq!(result.status, RunStatus::Cancelled);
         assert_eq!(result.error.as_ref().map(RunError::kind), Some("cancelled"));
         assert_eq!(result.exit_code(), ExitCode::Cancelled.code());
-        assert!(model.dropped.load(Ordering::SeqCst), "the model call in flight was dropped");
-        assert!(result.trace.iter().any(|s| s.layer == "model" && s.result.starts_with("cancelled")));
-        let stored = host.state().run(&result.run_id).await.expect("store").expect("recorded");
+        assert!(
+            model.dropped.load(Ordering::SeqCst),
+            "the model call in flight was dropped"
+        );
+        assert!(
+            result
+                .trace
+                .iter()
+                .any(|s| s.layer == "model" && s.result.starts_with("cancelled"))
+        );
+        let stored = host
+            .state()
+            .run(&result.run_id)
+            .await
+            .expect("store")
+            .expect("recorded");
         assert_eq!(stored.status, RunStatus::Cancelled);
         assert_eq!(stored.lease_until_ms, 0, "nobody holds a cancelled run");
         let read = host.stored_run(&result.run_id).await.expect("readable");
-        assert_eq!((read["status"].as_str(), read["error"]["kind"].as_str()), (Some("cancelled"), Some("cancelled")));
+        assert_eq!(
+            (read["status"].as_str(), read["error"]["kind"].as_str()),
+            (Some("cancelled"), Some("cancelled"))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

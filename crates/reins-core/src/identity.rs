@@ -48,7 +48,9 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
     if !caller.is_verified() {
         return Ok(());
     }
-    let Some(map) = metadata.as_object() else { return Ok(()) };
+    let Some(map) = metadata.as_object() else {
+        return Ok(());
+    };
     let conflict = |key: &str, message: String| Contradiction {
         key: key.to_owned(),
         credential: caller.credential.clone(),
@@ -64,7 +66,10 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
                 if let Some(r) = claimed.iter().find(|r| !caller.roles.contains(r)) {
                     return Err(conflict(
                         key,
-                        format!("the credential does not hold the role {r:?} (it holds {:?})", caller.roles),
+                        format!(
+                            "the credential does not hold the role {r:?} (it holds {:?})",
+                            caller.roles
+                        ),
                     ));
                 }
             }
@@ -75,7 +80,10 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
                 {
                     return Err(conflict(
                         key,
-                        format!("the credential is for tenant {:?}, not {t:?}", caller.tenant.as_deref().unwrap_or_default()),
+                        format!(
+                            "the credential is for tenant {:?}, not {t:?}",
+                            caller.tenant.as_deref().unwrap_or_default()
+                        ),
                     ));
                 }
             }
@@ -87,7 +95,10 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
                 if let Some(claim) = caller.claims.get(other)
                     && claim != said
                 {
-                    return Err(conflict(key, format!("the credential's claim is {claim}, not {said}")));
+                    return Err(conflict(
+                        key,
+                        format!("the credential's claim is {claim}, not {said}"),
+                    ));
                 }
             }
         }
@@ -98,7 +109,10 @@ pub fn check_metadata(caller: &Caller, metadata: &Value) -> Result<(), Contradic
 /// Whose turn a call is in a provider's queue: the tenant, else the
 /// subject (each token or user apart), so one cannot crowd out another.
 pub fn queue_key(caller: &Caller) -> String {
-    caller.tenant.clone().unwrap_or_else(|| caller.subject.clone())
+    caller
+        .tenant
+        .clone()
+        .unwrap_or_else(|| caller.subject.clone())
 }
 
 /// Who owns what a caller creates: its tenant, else (a verified caller
@@ -176,14 +190,28 @@ mod tests {
 
     #[test]
     fn a_claimed_role_the_credential_lacks_is_a_contradiction_naming_the_key() {
-        let e = check_metadata(&support("acme"), &json!({"role": "manager"})).expect_err("contradiction");
+        let e = check_metadata(&support("acme"), &json!({"role": "manager"}))
+            .expect_err("contradiction");
         assert_eq!(e.key, "role");
         assert!(e.to_string().contains("manager"), "{e}");
-        let e = check_metadata(&support("acme"), &json!({"tenant": "globex"})).expect_err("contradiction");
+        let e = check_metadata(&support("acme"), &json!({"tenant": "globex"}))
+            .expect_err("contradiction");
         assert_eq!(e.key, "tenant");
-        assert!(check_metadata(&support("acme"), &json!({"tenant": "acme", "role": "support", "channel": "web"})).is_ok());
+        assert!(
+            check_metadata(
+                &support("acme"),
+                &json!({"tenant": "acme", "role": "support", "channel": "web"})
+            )
+            .is_ok()
+        );
         // An end user's id is the application's to send, not an identity claim.
-        assert!(check_metadata(&support("acme"), &json!({"user_id": "u-1", "user": "someone"})).is_ok());
+        assert!(
+            check_metadata(
+                &support("acme"),
+                &json!({"user_id": "u-1", "user": "someone"})
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -196,7 +224,10 @@ mod tests {
         assert_eq!(trusted.roles, vec!["manager".to_string()]);
         assert_eq!(trusted.credential, "metadata");
         // A credential's own tenant always wins.
-        assert_eq!(effective(&support("globex"), &md, true).tenant.as_deref(), Some("globex"));
+        assert_eq!(
+            effective(&support("globex"), &md, true).tenant.as_deref(),
+            Some("globex")
+        );
     }
 
     #[test]

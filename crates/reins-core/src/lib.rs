@@ -11,10 +11,12 @@
 
 pub mod approvals;
 pub mod config;
+mod host;
 pub mod identity;
 pub mod limits;
 pub mod pipeline;
 pub mod provider;
 pub mod tokens;
-mod host;
-pub use host::{Host, HostBuilder, ResumeError};
+pub use host::{
+    ConfigStatus, Host, HostBuilder, Live, ReloadError, ReloadFailure, ReloadOutcome, ResumeError,
+};

@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 pub fn limit_key(limits: &RateLimitConfig, caller: &reins_runtime::Caller) -> String {
     match caller.get(&limits.key) {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
         Some(v) if !v.is_null() => v.to_string(),
         _ => "anonymous".to_owned(),
     }
@@ -46,7 +50,11 @@ fn window_of(limits: &RateLimitConfig) -> Duration {
 
 /// The counter scope of a pipeline's limits, and a caller's keys in it.
 fn shared_keys(pipeline: &str, key: &str) -> (String, String, String) {
-    (format!("limits:{pipeline}"), format!("{key}\u{1f}runs"), format!("{key}\u{1f}tokens"))
+    (
+        format!("limits:{pipeline}"),
+        format!("{key}\u{1f}runs"),
+        format!("{key}\u{1f}tokens"),
+    )
 }
 
 impl RateLimiter {
@@ -81,10 +89,17 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let w = map.entry((pipeline.to_owned(), key.to_owned())).or_default();
+        let w = map
+            .entry((pipeline.to_owned(), key.to_owned()))
+            .or_default();
         w.runs.expire(now, window);
         w.tokens.expire(now, window);
-        let retry = |since: Instant| window.saturating_sub(now.duration_since(since)).as_secs().max(1);
+        let retry = |since: Instant| {
+            window
+                .saturating_sub(now.duration_since(since))
+                .as_secs()
+                .max(1)
+        };
         let over = |w: &Window, max: u64| u64::try_from(w.total()).unwrap_or(0) >= max;
         if let Some(max) = limits.requests {
             if over(&w.runs, max) {

@@ -80,35 +80,25 @@ impl EngineHandle {
 
     /// Compiles `wasm` or loads the cached artifact for the same bytes and
     /// engine configuration. Returns the component and whether the cache hit.
-    pub fn load_component(&self, wasm: &[u8], digest: &str) -> Result<(Component, CompileStats), RuntimeError> {
+    pub fn load_component(
+        &self,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<(Component, CompileStats), RuntimeError> {
         let started = Instant::now();
-        let path = self.cache_path(digest);
-        if path.is_file() {
-            // SAFETY: the artifact was written by this code, under a name that
-            // binds it to the source's sha256 and to this engine's
-            // compatibility hash; wasmtime also checks its own header.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(c) => {
-                    return Ok((
-                        c,
-                        CompileStats {
-                            cached: true,
-                            elapsed: started.elapsed(),
-                        },
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached artifact");
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+        if let Some(c) = self.cached(digest) {
+            return Ok((
+                c,
+                CompileStats {
+                    cached: true,
+                    elapsed: started.elapsed(),
+                },
+            ));
         }
         let component = Component::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile {
             message: format!("{e:#}"),
         })?;
-        if let Err(e) = self.store_artifact(&component, &path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not write compile cache");
-        }
+        self.store(digest, &component);
         Ok((
             component,
             CompileStats {
@@ -118,8 +108,40 @@ impl EngineHandle {
         ))
     }
 
-    fn cache_path(&self, digest: &str) -> PathBuf {
-        self.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_key))
+    /// The compiled component cached under `key` (a source digest, or a
+    /// snapshot's key) for this engine, if there is a usable one.
+    pub(crate) fn cached(&self, key: &str) -> Option<Component> {
+        let path = self.cache_path(key);
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the artifact was written by this code, under a name that
+        // binds it to its source's sha256 (and, for a snapshot, its config)
+        // and to this engine's compatibility hash; wasmtime also checks its
+        // own header.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached artifact");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Writes `component` to the cache under `key`; a failure is logged
+    /// (the next load compiles again).
+    pub(crate) fn store(&self, key: &str, component: &Component) {
+        let path = self.cache_path(key);
+        if let Err(e) = self.store_artifact(component, &path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not write compile cache");
+        }
+    }
+
+    /// Where the artifact cached under `key` lives (whether or not it exists).
+    pub fn cache_path(&self, key: &str) -> PathBuf {
+        self.cache_dir
+            .join(format!("{key}-{}.cwasm", self.engine_key))
     }
 
     fn store_artifact(&self, component: &Component, path: &Path) -> std::io::Result<()> {
@@ -181,7 +203,11 @@ fn config(pooling: Option<&RuntimeSettings>, max_memory: u64) -> Config {
 }
 
 /// Advances the engine's epoch every `tick` until the engine is dropped.
-fn spawn_ticker(engine: wasmtime::EngineWeak, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+fn spawn_ticker(
+    engine: wasmtime::EngineWeak,
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
     std::thread::Builder::new()
         .name("reins-epoch".into())
         .spawn(move || {

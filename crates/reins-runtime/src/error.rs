@@ -33,6 +33,10 @@ pub enum RuntimeError {
     Link { import: String },
     #[error("sha256 pin mismatch: manifest pins {pinned}, file is {actual}")]
     PinMismatch { pinned: String, actual: String },
+    /// The plugin's own `init` failed at load (returned `err`, trapped, ran
+    /// out of fuel or time): the plugin is refused with its message.
+    #[error("{path}: init {cause}")]
+    Init { path: PathBuf, cause: CallFailure },
     #[error(transparent)]
     Manifest(#[from] super::manifest::ManifestError),
 }

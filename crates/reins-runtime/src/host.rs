@@ -23,12 +23,35 @@ pub struct PluginHost {
     reload_lock: Mutex<()>,
     reloads: AtomicU64,
     refused: AtomicU64,
-    watcher: Mutex<Option<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>>>,
+    watcher: Mutex<
+        Option<
+            notify_debouncer_full::Debouncer<
+                notify::RecommendedWatcher,
+                notify_debouncer_full::RecommendedCache,
+            >,
+        >,
+    >,
     /// Told about every reload (e.g. the host's audit log).
     listeners: Mutex<Vec<ReloadListener>>,
 }
 
 type ReloadListener = Box<dyn Fn(&ReloadReport) + Send + Sync>;
+
+/// Variants that could not be built ([`PluginHost::configure`]).
+pub struct Unconfigured {
+    /// The set with every variant that could be built; it does not serve.
+    pub set: Arc<PluginSet>,
+    /// Each failure, by [`crate::Variant::key`].
+    pub failures: Vec<(String, RuntimeError)>,
+}
+
+impl std::fmt::Debug for Unconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unconfigured")
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What one reload did, for whoever records it ([`PluginHost::on_reload`]).
 #[derive(Debug, Clone, Default)]
@@ -50,7 +73,11 @@ impl PluginHost {
     /// Builds a runtime, loads every plugin in `dir` and, if `watch`, starts
     /// hot reload. Refused files are recorded in [`statuses`](Self::statuses);
     /// only an unreadable directory or an engine failure is an error.
-    pub fn open(dir: &Path, settings: &RuntimeSettings, watch: bool) -> Result<Arc<Self>, RuntimeError> {
+    pub fn open(
+        dir: &Path,
+        settings: &RuntimeSettings,
+        watch: bool,
+    ) -> Result<Arc<Self>, RuntimeError> {
         let runtime = Runtime::new(settings)?;
         Self::with_runtime(runtime, dir, settings, watch)
     }
@@ -98,13 +125,53 @@ impl PluginHost {
 
     /// Swaps done so far, and files refused during reloads.
     pub fn reload_counts(&self) -> (u64, u64) {
-        (self.reloads.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
+        (
+            self.reloads.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Calls `listener` after every reload, on the thread that reloaded
     /// (the watcher's, or the caller of [`PluginHost::reload`]): keep it short.
     pub fn on_reload(&self, listener: impl Fn(&ReloadReport) + Send + Sync + 'static) {
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(listener));
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(listener));
+    }
+
+    /// Serves exactly `wanted` as variants from now on (see
+    /// [`crate::Variant`]): builds those the current set lacks (see
+    /// [`crate::Cold`] for those whose snapshot is not cached) and swaps in
+    /// the set with them. Returns the set now serving. When any fails to
+    /// build, nothing is swapped: the error holds every failure, by variant
+    /// key, and the set as it would have been without them (for checking
+    /// the rest of a config), which does not serve.
+    pub fn configure(
+        &self,
+        wanted: &[crate::Variant],
+        cold: crate::Cold,
+    ) -> Result<Arc<PluginSet>, Unconfigured> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load_full();
+        let upgradable = current.variants().iter().any(|v| {
+            current
+                .get(&v.key())
+                .is_some_and(|p| self.runtime.snapshot_ready(p))
+        });
+        if current.variants() == wanted && !upgradable {
+            return Ok(current);
+        }
+        let (next, failures) = current.with_variants(&self.runtime, wanted, cold);
+        let next = Arc::new(next);
+        if !failures.is_empty() {
+            return Err(Unconfigured {
+                set: next,
+                failures,
+            });
+        }
+        self.current.store(next.clone());
+        Ok(next)
     }
 
     /// Rescans the directory now and swaps in the result.
@@ -119,7 +186,12 @@ impl PluginHost {
             report.error = Some(e.to_string());
         }
         report.generation = self.current.load().generation();
-        for listener in self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             listener(&report);
         }
         done
@@ -137,16 +209,20 @@ impl PluginHost {
             .into_iter()
             .filter(|s| s.status == "refused")
             .filter(|s| {
-                !before
-                    .iter()
-                    .any(|b| b.name == s.name && b.status == "refused" && b.last_error == s.last_error)
+                !before.iter().any(|b| {
+                    b.name == s.name && b.status == "refused" && b.last_error == s.last_error
+                })
             })
             .map(|s| s.name)
             .collect();
         let refused = report.refused.len() as u64;
         report.changed = next
             .plugins()
-            .filter(|p| previous.get(p.name()).is_none_or(|old| !Arc::ptr_eq(old, p)))
+            .filter(|p| {
+                previous
+                    .get(p.name())
+                    .is_none_or(|old| !Arc::ptr_eq(old, p))
+            })
             .map(|p| p.name().to_owned())
             .collect();
         report.removed = previous
@@ -172,9 +248,9 @@ impl PluginHost {
             let Some(host) = weak.upgrade() else { return };
             let relevant = match &res {
                 Ok(events) => events.iter().any(|e| {
-                    e.paths.iter().any(|p| {
-                        p.extension().is_some_and(|x| x == "wasm" || x == "toml")
-                    })
+                    e.paths
+                        .iter()
+                        .any(|p| p.extension().is_some_and(|x| x == "wasm" || x == "toml"))
                 }),
                 Err(_) => true,
             };

@@ -6,9 +6,10 @@ use super::engine::{EngineHandle, digest};
 use super::error::RuntimeError;
 use super::manifest::Manifest;
 use super::plugin::{LayerPre, Plugin, PluginInfo, now_ms};
-use super::settings::RuntimeSettings;
+use super::settings::{InitMode, RuntimeSettings};
 use super::state::StoreState;
 use super::types::Layer;
+use super::variant::Variant;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub struct Runtime {
     engine: Arc<EngineHandle>,
     linker: Linker<StoreState>,
     counters: Arc<dyn CounterStore>,
+    init_mode: InitMode,
 }
 
 impl Runtime {
@@ -43,15 +45,16 @@ impl Runtime {
             message: format!("linking host functions: {e:#}"),
         };
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_err)?;
-        super::bindings::shared::HostImports::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        )
+        super::bindings::shared::HostImports::add_to_linker::<
+            _,
+            wasmtime::component::HasSelf<StoreState>,
+        >(&mut linker, |s| s)
         .map_err(link_err)?;
         Ok(Arc::new(Self {
             engine,
             linker,
             counters,
+            init_mode: settings.init,
         }))
     }
 
@@ -93,6 +96,18 @@ impl Runtime {
         manifest: Manifest,
         manifest_text: &str,
     ) -> Result<Plugin, RuntimeError> {
+        self.load_as(wasm_path, manifest, manifest_text, Cold::SnapshotNow)
+    }
+
+    /// [`Runtime::load_with_manifest`], choosing what a plugin with `init`
+    /// and no cached snapshot does (see [`Cold`]).
+    pub(crate) fn load_as(
+        &self,
+        wasm_path: &Path,
+        manifest: Manifest,
+        manifest_text: &str,
+        cold: Cold,
+    ) -> Result<Plugin, RuntimeError> {
         let bytes = std::fs::read(wasm_path).map_err(|source| RuntimeError::Read {
             path: wasm_path.to_owned(),
             source,
@@ -117,16 +132,23 @@ impl Runtime {
                 });
             }
         }
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| RuntimeError::Link {
-            import: format!("{e:#}"),
-        })?;
-        let pre = LayerPre::new(layer, pre).map_err(|e| RuntimeError::UnknownWorld {
-            expected: layer.world().to_string(),
-            found: format!("{e:#}"),
-        })?;
+        let pre = self.layer_pre(layer, &component)?;
         let ty = component.component_type();
-        let imports = ty.imports(self.engine.engine()).map(|(n, _)| n.to_string()).collect();
+        let imports = ty
+            .imports(self.engine.engine())
+            .map(|(n, _)| n.to_string())
+            .collect();
         let name = plugin_name(wasm_path);
+        let init = match super::init::export_index(&component) {
+            None => Initialized::none(pre),
+            Some(_) if self.init_mode == InitMode::Off => Initialized {
+                mode: InitMode::Off.as_str(),
+                ..Initialized::none(pre)
+            },
+            Some(index) => self.initialize(
+                wasm_path, &name, &bytes, &digest, &manifest, layer, pre, index, cold,
+            )?,
+        };
         let info = PluginInfo {
             name,
             layer,
@@ -138,16 +160,222 @@ impl Runtime {
             compile_ms: stats.elapsed.as_secs_f64() * 1e3,
             compile_cached: stats.cached,
             imports,
+            init: init.mode,
+            init_cached: init.cached,
+            init_ms: init.elapsed_ms,
         };
         let fingerprint = fingerprint(&digest, manifest_text);
         Ok(Plugin::new(
             info,
             manifest,
             fingerprint,
-            pre,
+            init.pre,
+            init.per_instance,
             self.engine.clone(),
             self.counters.clone(),
         ))
+    }
+}
+
+/// What a load does for a plugin with `init` whose snapshot is not cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cold {
+    /// Make the snapshot now (seconds: instrument, init, snapshot, compile).
+    SnapshotNow,
+    /// Serve at once with `init` called on every fresh instance, and make
+    /// the snapshot on a thread of its own for the next load: a config
+    /// reload must not wait seconds for a pipeline's new plugin settings.
+    SnapshotLater,
+}
+
+/// A plugin's serving component after its `init` (if any).
+struct Initialized {
+    pre: LayerPre,
+    per_instance: Option<wasmtime::component::ComponentExportIndex>,
+    mode: &'static str,
+    cached: bool,
+    elapsed_ms: f64,
+}
+
+impl Initialized {
+    fn none(pre: LayerPre) -> Self {
+        Self {
+            pre,
+            per_instance: None,
+            mode: "none",
+            cached: false,
+            elapsed_ms: 0.0,
+        }
+    }
+}
+
+impl Runtime {
+    /// Links `component` and checks its exports against `layer`'s world.
+    fn layer_pre(&self, layer: Layer, component: &Component) -> Result<LayerPre, RuntimeError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| RuntimeError::Link {
+                import: format!("{e:#}"),
+            })?;
+        LayerPre::new(layer, pre).map_err(|e| RuntimeError::UnknownWorld {
+            expected: layer.world().to_string(),
+            found: format!("{e:#}"),
+        })
+    }
+
+    /// Runs the plugin's `init` with its config: snapshots the initialized
+    /// instance (or takes the snapshot from the cache), or, where wizer
+    /// cannot rewrite the component, checks `init` once and calls it on
+    /// every fresh instance. A failing `init` refuses the plugin.
+    #[allow(clippy::too_many_arguments)]
+    fn initialize(
+        &self,
+        path: &Path,
+        name: &str,
+        wasm: &[u8],
+        digest: &str,
+        manifest: &Manifest,
+        layer: Layer,
+        pre: LayerPre,
+        index: wasmtime::component::ComponentExportIndex,
+        cold: Cold,
+    ) -> Result<Initialized, RuntimeError> {
+        let started = std::time::Instant::now();
+        let config = manifest.config_json();
+        let cached = || {
+            self.engine
+                .cache_path(&super::init::cache_key(digest, &config, manifest))
+                .is_file()
+        };
+        let later = cold == Cold::SnapshotLater && !cached();
+        let store = || {
+            super::plugin::new_store(
+                &self.engine,
+                Arc::from(name),
+                manifest,
+                self.counters.clone(),
+            )
+        };
+        let refused = |cause| RuntimeError::Init {
+            path: path.to_owned(),
+            cause,
+        };
+        if self.init_mode == InitMode::Snapshot && later {
+            self.snapshot_in_background(name, wasm, digest, &config, manifest);
+        }
+        if self.init_mode == InitMode::Snapshot && !later {
+            match super::init::snapshot(
+                &self.engine,
+                &self.linker,
+                wasm,
+                digest,
+                &config,
+                manifest,
+                store(),
+            ) {
+                Ok(snap) => {
+                    let elapsed_ms = if snap.cached {
+                        0.0
+                    } else {
+                        started.elapsed().as_secs_f64() * 1e3
+                    };
+                    tracing::debug!(plugin = %name, cached = snap.cached, elapsed_ms, "plugin initialized from a snapshot");
+                    return Ok(Initialized {
+                        pre: self.layer_pre(layer, &snap.component)?,
+                        per_instance: None,
+                        mode: InitMode::Snapshot.as_str(),
+                        cached: snap.cached,
+                        elapsed_ms,
+                    });
+                }
+                Err(super::init::InitFailure::Plugin(cause)) => return Err(refused(cause)),
+                Err(super::init::InitFailure::Unsupported(why)) => {
+                    tracing::warn!(plugin = %name, "cannot snapshot the plugin after init; calling init on every fresh instance: {why}");
+                }
+            }
+        }
+        // Per instance: check once now, so a failing init refuses the plugin.
+        let mut store = store();
+        let instance = pre.instantiate_raw(&mut store).map_err(|e| {
+            refused(match super::plugin::classify(e, manifest) {
+                super::error::CallFailure::Trap { message } => {
+                    super::error::CallFailure::Instantiate { message }
+                }
+                other => other,
+            })
+        })?;
+        super::init::call(&mut store, &instance, &index, &config, manifest).map_err(refused)?;
+        Ok(Initialized {
+            pre,
+            per_instance: Some(index),
+            mode: InitMode::PerInstance.as_str(),
+            cached: false,
+            elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+impl Runtime {
+    /// A plugin serving with `init` per instance whose snapshot has been
+    /// made since (in the background): loading it again would serve the
+    /// snapshot.
+    pub(crate) fn snapshot_ready(&self, p: &Plugin) -> bool {
+        self.init_mode == InitMode::Snapshot
+            && p.info().init == InitMode::PerInstance.as_str()
+            && self
+                .engine
+                .cache_path(&super::init::cache_key(
+                    p.digest(),
+                    &p.manifest().config_json(),
+                    p.manifest(),
+                ))
+                .is_file()
+    }
+
+    /// Makes and caches the snapshot of `wasm` initialized with `config` on
+    /// a thread of its own; a failure there is logged (the plugin serves
+    /// with `init` per instance, and the next load tries again).
+    fn snapshot_in_background(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        digest: &str,
+        config: &str,
+        manifest: &Manifest,
+    ) {
+        let (engine, linker, counters) = (
+            self.engine.clone(),
+            self.linker.clone(),
+            self.counters.clone(),
+        );
+        let (name, wasm, digest, config, manifest) = (
+            Arc::<str>::from(name),
+            wasm.to_vec(),
+            digest.to_owned(),
+            config.to_owned(),
+            manifest.clone(),
+        );
+        let named = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reins-snapshot".into())
+            .spawn(move || {
+                let store = super::plugin::new_store(&engine, named.clone(), &manifest, counters);
+                match super::init::snapshot(
+                    &engine, &linker, &wasm, &digest, &config, &manifest, store,
+                ) {
+                    Ok(_) => tracing::debug!(plugin = %named, "snapshot made for the next load"),
+                    Err(super::init::InitFailure::Plugin(e)) => {
+                        tracing::warn!(plugin = %named, "snapshot not made: init failed: {e}")
+                    }
+                    Err(super::init::InitFailure::Unsupported(why)) => {
+                        tracing::debug!(plugin = %named, "no snapshot: {why}")
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(plugin = %name, "no thread for the snapshot: {e}");
+        }
     }
 }
 
@@ -173,6 +401,9 @@ pub struct PluginSet {
     plugins: BTreeMap<String, Arc<Plugin>>,
     statuses: BTreeMap<String, PluginStatus>,
     generation: u64,
+    /// Plugins under a pipeline's own settings, served under
+    /// [`Variant::key`] next to the files; rebuilt when their file changes.
+    variants: Vec<Variant>,
 }
 
 impl PluginSet {
@@ -193,9 +424,120 @@ impl PluginSet {
         self.generation
     }
 
+    /// The variants this set serves besides its files.
+    pub fn variants(&self) -> &[Variant] {
+        &self.variants
+    }
+
+    /// This set serving exactly `wanted` as variants (built `cold` where
+    /// their snapshot is not cached): those it has are kept,
+    /// the others built from their plugin. A variant whose plugin is not
+    /// loaded is left out (the pipeline that names it reports the missing
+    /// plugin), and so is one that fails to build: its failure, by key, is
+    /// returned next to the set.
+    pub(crate) fn with_variants(
+        &self,
+        runtime: &Runtime,
+        wanted: &[Variant],
+        cold: Cold,
+    ) -> (PluginSet, Vec<(String, RuntimeError)>) {
+        // The files' plugins: everything but this set's own variants.
+        let served: std::collections::BTreeSet<String> =
+            self.variants.iter().map(Variant::key).collect();
+        let mut next = PluginSet {
+            plugins: self
+                .plugins
+                .iter()
+                .filter(|(k, _)| !served.contains(*k))
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
+            statuses: self
+                .statuses
+                .iter()
+                .filter(|(k, _)| !served.contains(*k))
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .collect(),
+            generation: self.generation,
+            variants: Vec::new(),
+        };
+        let mut failures = Vec::new();
+        for v in wanted {
+            let key = v.key();
+            if next.plugins.contains_key(&key) {
+                continue;
+            }
+            let Some(base) = self.plugins.get(&v.plugin) else {
+                continue;
+            };
+            // Kept, unless it serves with init per instance and its
+            // snapshot is ready now.
+            let built = match self.plugins.get(&key) {
+                Some(p) if !runtime.snapshot_ready(p) => Ok(p.clone()),
+                _ => v.build(runtime, base, cold).map(Arc::new),
+            };
+            match built {
+                Ok(p) => {
+                    next.serve_variant(key, base, p);
+                    next.variants.push(v.clone());
+                }
+                Err(e) => failures.push((key, e)),
+            }
+        }
+        (next, failures)
+    }
+
+    /// Serves `p` under `key`, its status naming the file of its `base`.
+    fn serve_variant(&mut self, key: String, base: &Arc<Plugin>, p: Arc<Plugin>) {
+        self.statuses.insert(
+            key.clone(),
+            status(&key, &base.info().path, "loaded", Some(&p), None),
+        );
+        self.plugins.insert(key, p);
+    }
+
+    /// After a scan: every variant of `previous` again, kept where its
+    /// plugin did not change, rebuilt where it did. A variant that fails to
+    /// build keeps its previous version serving, like a refused file.
+    fn carry_variants(&mut self, runtime: &Runtime, previous: &PluginSet) {
+        for v in &previous.variants {
+            let key = v.key();
+            let old = previous.plugins.get(&key);
+            let Some(base) = self.plugins.get(&v.plugin).cloned() else {
+                continue;
+            };
+            let unchanged = previous
+                .plugins
+                .get(&v.plugin)
+                .is_some_and(|p| Arc::ptr_eq(p, &base));
+            let outcome = match old {
+                Some(old) if unchanged => Ok(old.clone()),
+                _ => v.build(runtime, &base, Cold::SnapshotLater).map(Arc::new),
+            };
+            match outcome {
+                Ok(p) => self.serve_variant(key, &base, p),
+                Err(e) => {
+                    let message = e.to_string();
+                    tracing::warn!(plugin = %key, "plugin variant refused: {message}");
+                    self.statuses.insert(
+                        key.clone(),
+                        status(&key, &base.info().path, "refused", old, Some(message)),
+                    );
+                    if let Some(old) = old {
+                        self.plugins.insert(key, old.clone());
+                    }
+                }
+            }
+            self.variants.push(v.clone());
+        }
+    }
+
     /// Scans `dir`. Unchanged files reuse their plugin from `previous`; a
     /// file that fails keeps its previous version serving.
-    pub fn scan(runtime: &Runtime, dir: &Path, previous: Option<&PluginSet>) -> Result<Self, RuntimeError> {
+    pub fn scan(
+        runtime: &Runtime,
+        dir: &Path,
+        previous: Option<&PluginSet>,
+    ) -> Result<Self, RuntimeError> {
         let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Directory {
             path: dir.to_owned(),
             source,
@@ -216,23 +558,31 @@ impl PluginSet {
             let old = previous.and_then(|p| p.plugins.get(&name));
             match outcome {
                 Outcome::Disabled => {
-                    set.statuses.insert(name.clone(), status(&name, &path, "disabled", None, None));
+                    set.statuses
+                        .insert(name.clone(), status(&name, &path, "disabled", None, None));
                 }
                 Outcome::Loaded(plugin) => {
-                    set.statuses
-                        .insert(name.clone(), status(&name, &path, "loaded", Some(&plugin), None));
+                    set.statuses.insert(
+                        name.clone(),
+                        status(&name, &path, "loaded", Some(&plugin), None),
+                    );
                     set.plugins.insert(name, plugin);
                 }
                 Outcome::Refused(err) => {
                     let message = err.to_string();
                     tracing::warn!(plugin = %name, path = %path.display(), "plugin refused: {message}");
-                    set.statuses
-                        .insert(name.clone(), status(&name, &path, "refused", old, Some(message)));
+                    set.statuses.insert(
+                        name.clone(),
+                        status(&name, &path, "refused", old, Some(message)),
+                    );
                     if let Some(old) = old {
                         set.plugins.insert(name, old.clone());
                     }
                 }
             }
+        }
+        if let Some(previous) = previous {
+            set.carry_variants(runtime, previous);
         }
         Ok(set)
     }
@@ -246,8 +596,14 @@ enum Outcome {
 
 /// Loads files on as many threads as there are cores; each compile is
 /// itself parallel, so this mostly overlaps I/O and small components.
-fn load_parallel(runtime: &Runtime, files: &[PathBuf], previous: Option<&PluginSet>) -> Vec<Outcome> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(files.len().max(1));
+fn load_parallel(
+    runtime: &Runtime,
+    files: &[PathBuf],
+    previous: Option<&PluginSet>,
+) -> Vec<Outcome> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(files.len().max(1));
     let mut out: Vec<Option<Outcome>> = (0..files.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let chunks: Vec<_> = out
@@ -309,7 +665,13 @@ fn load_one(runtime: &Runtime, path: &Path, previous: Option<&PluginSet>) -> Out
     }
 }
 
-fn status(name: &str, path: &Path, status: &'static str, p: Option<&Arc<Plugin>>, err: Option<String>) -> PluginStatus {
+fn status(
+    name: &str,
+    path: &Path,
+    status: &'static str,
+    p: Option<&Arc<Plugin>>,
+    err: Option<String>,
+) -> PluginStatus {
     PluginStatus {
         name: name.to_string(),
         path: path.to_owned(),
@@ -323,11 +685,15 @@ fn status(name: &str, path: &Path, status: &'static str, p: Option<&Arc<Plugin>>
 
 /// A plugin is named by its file stem: `plugins/json-schema.wasm` is `json-schema`.
 pub fn plugin_name(path: &Path) -> String {
-    path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+    path.file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
 }
 
 fn fingerprint(digest: &str, manifest_text: &str) -> String {
-    format!("{digest}:{}", super::engine::digest(manifest_text.as_bytes()))
+    format!(
+        "{digest}:{}",
+        super::engine::digest(manifest_text.as_bytes())
+    )
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), RuntimeError> {
@@ -361,7 +727,11 @@ fn detect_layer(engine: &wasmtime::Engine, component: &Component) -> Result<Laye
     match found.as_slice() {
         [one] => Ok(*one),
         [] => Err(RuntimeError::UnknownWorld {
-            expected: Layer::ALL.iter().map(|l| l.interface()).collect::<Vec<_>>().join(", "),
+            expected: Layer::ALL
+                .iter()
+                .map(|l| l.interface())
+                .collect::<Vec<_>>()
+                .join(", "),
             found: if exports.is_empty() {
                 "nothing".into()
             } else {
@@ -369,7 +739,11 @@ fn detect_layer(engine: &wasmtime::Engine, component: &Component) -> Result<Laye
             },
         }),
         many => Err(RuntimeError::AmbiguousWorld {
-            found: many.iter().map(|l| l.interface()).collect::<Vec<_>>().join(", "),
+            found: many
+                .iter()
+                .map(|l| l.interface())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }

@@ -118,8 +118,9 @@ pub struct Manifest {
     pub sha256: Option<String>,
     pub limits: Limits,
     pub grants: Grants,
-    /// Handed to every call as the context's `config` JSON object.
-    pub config: toml::Table,
+    /// Handed to every call as the context's `config` JSON object (a
+    /// pipeline may merge settings of its own over it: [`crate::Variant`]).
+    pub config: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Manifest {
@@ -135,7 +136,7 @@ impl Default for Manifest {
             sha256: None,
             limits: Limits::default(),
             grants: Grants::default(),
-            config: toml::Table::new(),
+            config: serde_json::Map::new(),
         }
     }
 }
@@ -228,7 +229,10 @@ impl Manifest {
         }
         for host in self.grants.dirs.values() {
             if !host.is_dir() {
-                return Err(format!("grants.dirs: {} is not a directory", host.display()));
+                return Err(format!(
+                    "grants.dirs: {} is not a directory",
+                    host.display()
+                ));
             }
         }
         Ok(())
@@ -254,10 +258,17 @@ mod tests {
 
     #[test]
     fn a_removed_key_says_what_replaced_it() {
-        let err = Manifest::parse("order = 10\nfail_mode = \"open\"\n", Path::new("x.toml")).unwrap_err();
-        assert!(matches!(err, ManifestError::Removed { key: "order", .. }), "{err:?}");
+        let err =
+            Manifest::parse("order = 10\nfail_mode = \"open\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::Removed { key: "order", .. }),
+            "{err:?}"
+        );
         let message = err.to_string();
-        assert!(message.contains("`order` was removed") && message.contains("reins.toml"), "{message}");
+        assert!(
+            message.contains("`order` was removed") && message.contains("reins.toml"),
+            "{message}"
+        );
     }
 
     #[test]

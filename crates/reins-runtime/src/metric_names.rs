@@ -117,3 +117,12 @@ pub const CONNECTIONS_CLOSED_TOTAL: &str = "reins_connections_closed_total";
 pub const CONNECTIONS_OPEN: &str = "reins_connections_open";
 /// Counter: `accept` failures (e.g. out of file descriptors), each followed by a short back-off.
 pub const ACCEPT_ERRORS_TOTAL: &str = "reins_accept_errors_total";
+
+// Configuration (reins-core).
+
+/// Counter `{outcome}`: reloads of `reins.toml` that swapped in a new config (`ok`) or were refused (`refused`).
+pub const CONFIG_RELOADS_TOTAL: &str = "reins_config_reloads_total";
+/// Gauge: the serving configuration's version (1 at start, +1 per reload that changed it).
+pub const CONFIG_VERSION: &str = "reins_config_version";
+/// Gauge: 1 while the latest reload was refused (the previous config serves), else 0.
+pub const CONFIG_RELOAD_FAILING: &str = "reins_config_reload_failing";

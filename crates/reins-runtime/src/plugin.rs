@@ -8,14 +8,14 @@ use super::error::{CallFailure, PluginError};
 use super::manifest::{FailMode, Isolation, Manifest};
 use super::state::{CounterEntry, StoreState};
 use super::types::{
-    Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity, Tool, Verdict,
-    Violation,
+    Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity, Tool,
+    Verdict, Violation,
 };
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use wasmtime::component::InstancePre;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
 use wasmtime::{Store, Trap};
 
 /// Facts about a loaded plugin, shown by `/v1/plugins` and `plugin check`.
@@ -33,6 +33,15 @@ pub struct PluginInfo {
     pub compile_cached: bool,
     /// Interfaces the component imports (what it asks the host for).
     pub imports: Vec<String>,
+    /// How the plugin was set up: `none` (it exports no `init`), `snapshot`
+    /// (`init` ran once at load; instances start from the snapshot),
+    /// `per-instance` (`init` runs on every fresh instance) or `off` (the
+    /// host was told not to call it).
+    pub init: &'static str,
+    /// The snapshot came from the disk cache (`init` did not run this load).
+    pub init_cached: bool,
+    /// Time spent on `init` and the snapshot at load (0 when cached or none).
+    pub init_ms: f64,
 }
 
 /// A plugin ready to be called. Shared (`Arc`) by every request that started
@@ -44,6 +53,8 @@ pub struct Plugin {
     config_json: String,
     name: Arc<str>,
     pre: LayerPre,
+    /// `init` to call on every fresh instance (when it could not be snapshotted).
+    init: Option<ComponentExportIndex>,
     engine: Arc<EngineHandle>,
     counters: Arc<dyn CounterStore>,
     idle: Mutex<Vec<Live>>,
@@ -51,34 +62,59 @@ pub struct Plugin {
     latency: metrics::Histogram,
 }
 
-/// The pre-linked component, typed by the world it exports.
-pub(crate) enum LayerPre {
-    Normalizer(normalizer::NormalizerPluginPre<StoreState>),
-    Validator(validator::ValidatorPluginPre<StoreState>),
-    Constraints(constraints::ConstraintsPluginPre<StoreState>),
-    Gate(gate::GatePluginPre<StoreState>),
-    Context(context::ContextPluginPre<StoreState>),
+/// The pre-linked component and where its layer's exports are, typed by
+/// the world it exports.
+pub(crate) struct LayerPre {
+    pre: InstancePre<StoreState>,
+    indices: LayerIndices,
+}
+
+enum LayerIndices {
+    Normalizer(normalizer::NormalizerPluginIndices),
+    Validator(validator::ValidatorPluginIndices),
+    Constraints(constraints::ConstraintsPluginIndices),
+    Gate(gate::GatePluginIndices),
+    Context(context::ContextPluginIndices),
 }
 
 impl LayerPre {
     /// Checks that the component's exports have the types of `layer`'s world.
     pub(crate) fn new(layer: Layer, pre: InstancePre<StoreState>) -> wasmtime::Result<Self> {
-        Ok(match layer {
-            Layer::Normalizer => LayerPre::Normalizer(normalizer::NormalizerPluginPre::new(pre)?),
-            Layer::Validator => LayerPre::Validator(validator::ValidatorPluginPre::new(pre)?),
-            Layer::Constraints => LayerPre::Constraints(constraints::ConstraintsPluginPre::new(pre)?),
-            Layer::Gate => LayerPre::Gate(gate::GatePluginPre::new(pre)?),
-            Layer::Context => LayerPre::Context(context::ContextPluginPre::new(pre)?),
-        })
+        let indices = match layer {
+            Layer::Normalizer => {
+                LayerIndices::Normalizer(normalizer::NormalizerPluginIndices::new(&pre)?)
+            }
+            Layer::Validator => {
+                LayerIndices::Validator(validator::ValidatorPluginIndices::new(&pre)?)
+            }
+            Layer::Constraints => {
+                LayerIndices::Constraints(constraints::ConstraintsPluginIndices::new(&pre)?)
+            }
+            Layer::Gate => LayerIndices::Gate(gate::GatePluginIndices::new(&pre)?),
+            Layer::Context => LayerIndices::Context(context::ContextPluginIndices::new(&pre)?),
+        };
+        Ok(Self { pre, indices })
     }
 
-    fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Instance> {
-        Ok(match self {
-            LayerPre::Normalizer(p) => Instance::Normalizer(p.instantiate(store)?),
-            LayerPre::Validator(p) => Instance::Validator(p.instantiate(store)?),
-            LayerPre::Constraints(p) => Instance::Constraints(p.instantiate(store)?),
-            LayerPre::Gate(p) => Instance::Gate(p.instantiate(store)?),
-            LayerPre::Context(p) => Instance::Context(p.instantiate(store)?),
+    /// A raw instance (its start-up code run), before its exports are typed.
+    pub(crate) fn instantiate_raw(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> wasmtime::Result<wasmtime::component::Instance> {
+        self.pre.instantiate(store)
+    }
+
+    fn load(
+        &self,
+        store: &mut Store<StoreState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Instance> {
+        Ok(match &self.indices {
+            LayerIndices::Normalizer(i) => Instance::Normalizer(i.load(store, instance)?),
+            LayerIndices::Validator(i) => Instance::Validator(i.load(store, instance)?),
+            LayerIndices::Constraints(i) => Instance::Constraints(i.load(store, instance)?),
+            LayerIndices::Gate(i) => Instance::Gate(i.load(store, instance)?),
+            LayerIndices::Context(i) => Instance::Context(i.load(store, instance)?),
         })
     }
 }
@@ -107,6 +143,7 @@ impl Plugin {
         manifest: Manifest,
         fingerprint: String,
         pre: LayerPre,
+        init: Option<ComponentExportIndex>,
         engine: Arc<EngineHandle>,
         counters: Arc<dyn CounterStore>,
     ) -> Self {
@@ -124,6 +161,7 @@ impl Plugin {
             manifest,
             fingerprint,
             pre,
+            init,
             engine,
             counters,
             idle: Mutex::new(Vec::new()),
@@ -154,7 +192,10 @@ impl Plugin {
     /// Whether the component imports the `judge` interface (and so needs a
     /// pipeline that grants it).
     pub fn asks_judge(&self) -> bool {
-        self.info.imports.iter().any(|i| i.starts_with("reins:policy/judge"))
+        self.info
+            .imports
+            .iter()
+            .any(|i| i.starts_with("reins:policy/judge"))
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -168,7 +209,11 @@ impl Plugin {
     }
 
     /// Runs a normalizer over the conversation.
-    pub fn normalize(&self, ctx: &CallContext, messages: &[Message]) -> Result<Normalized, PluginError> {
+    pub fn normalize(
+        &self,
+        ctx: &CallContext,
+        messages: &[Message],
+    ) -> Result<Normalized, PluginError> {
         let msgs: Vec<wit_types::Message> = messages
             .iter()
             .map(|m| wit_types::Message {
@@ -177,10 +222,16 @@ impl Plugin {
             })
             .collect();
         let out = self.call(Layer::Normalizer, ctx, |store, inst, wctx| match inst {
-            Instance::Normalizer(p) => p.reins_policy_normalizer().call_normalize(store, wctx, &msgs),
+            Instance::Normalizer(p) => p
+                .reins_policy_normalizer()
+                .call_normalize(store, wctx, &msgs),
             _ => unreachable_layer(),
         })?;
-        let size = out.messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>()
+        let size = out
+            .messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum::<usize>()
             + violations_size(&out.findings);
         self.check_size(size)?;
         Ok(Normalized {
@@ -197,10 +248,14 @@ impl Plugin {
     pub fn validate(&self, ctx: &CallContext, output: &str) -> Result<Verdict, PluginError> {
         let output = output.to_string();
         let out = self.call(Layer::Validator, ctx, |store, inst, wctx| match inst {
-            Instance::Validator(p) => p.reins_policy_validator().call_validate(store, wctx, &output),
+            Instance::Validator(p) => p
+                .reins_policy_validator()
+                .call_validate(store, wctx, &output),
             _ => unreachable_layer(),
         })?;
-        self.check_size(violations_size(&out.violations) + out.fixed.as_ref().map_or(0, String::len))?;
+        self.check_size(
+            violations_size(&out.violations) + out.fixed.as_ref().map_or(0, String::len),
+        )?;
         let fixed = match out.fixed {
             None => None,
             Some(text) => Some(self.parse_json("fixed", &text)?),
@@ -242,16 +297,21 @@ impl Plugin {
     /// Like [`check`](Self::check), and also returns what the gate added to
     /// host counters during the call (a budget reservation), so the caller
     /// can [`release`](Reservation::release) it if the action never happens.
-    pub fn check_reserving(&self, ctx: &CallContext, action: &Action) -> Result<(Decision, Reservation), PluginError> {
+    pub fn check_reserving(
+        &self,
+        ctx: &CallContext,
+        action: &Action,
+    ) -> Result<(Decision, Reservation), PluginError> {
         let wit_action = gate::exports::reins::policy::gate::Action {
             tool: action.tool.clone(),
             arguments: action.arguments.to_string(),
             access: access_to_wit(action.access),
         };
-        let (out, journal) = self.call_journaled(Layer::Gate, ctx, |store, inst, wctx| match inst {
-            Instance::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
-            _ => unreachable_layer(),
-        })?;
+        let (out, journal) =
+            self.call_journaled(Layer::Gate, ctx, |store, inst, wctx| match inst {
+                Instance::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
+                _ => unreachable_layer(),
+            })?;
         let reservation = Reservation {
             scope: self.name.clone(),
             entries: net(journal),
@@ -295,12 +355,20 @@ impl Plugin {
             })
             .collect();
         let out = self.call(Layer::Context, ctx, |store, inst, wctx| match inst {
-            Instance::Context(p) => p
-                .reins_policy_context_builder()
-                .call_assemble(store, wctx, query, &wit_chunks, budget_tokens),
+            Instance::Context(p) => p.reins_policy_context_builder().call_assemble(
+                store,
+                wctx,
+                query,
+                &wit_chunks,
+                budget_tokens,
+            ),
             _ => unreachable_layer(),
         })?;
-        self.check_size(out.iter().map(|c| c.id.len() + c.text.len() + c.source.len()).sum())?;
+        self.check_size(
+            out.iter()
+                .map(|c| c.id.len() + c.text.len() + c.source.len())
+                .sum(),
+        )?;
         Ok(out
             .into_iter()
             .map(|c| Chunk {
@@ -370,8 +438,9 @@ impl Plugin {
         live.uses += 1;
         live.store.data_mut().request_text = ctx.request_text.clone();
         live.store.data_mut().judge = ctx.judge.clone();
-        live.store.data_mut().call_deadline =
-            Some(std::time::Instant::now() + Duration::from_millis(self.manifest.limits.deadline_ms));
+        live.store.data_mut().call_deadline = Some(
+            std::time::Instant::now() + Duration::from_millis(self.manifest.limits.deadline_ms),
+        );
         let started = std::time::Instant::now();
         let result = f(&mut live.store, &live.instance, &wctx);
         self.latency.record(started.elapsed().as_secs_f64());
@@ -395,34 +464,44 @@ impl Plugin {
     }
 
     fn instantiate(&self) -> Result<Live, PluginError> {
-        let memory = (self.manifest.limits.memory_mib << 20) as usize;
-        let state = StoreState::new(self.name.clone(), &self.manifest.grants, memory, self.counters.clone());
-        let mut store = Store::new(self.engine.engine(), state);
-        store.limiter(|s| &mut s.limits);
-        // Start-up code runs under the same deadline and fuel as the call.
-        self.arm(&mut store);
-        match self.pre.instantiate(&mut store) {
-            Ok(instance) => Ok(Live {
-                store,
-                instance,
-                uses: 0,
-            }),
-            Err(e) => {
-                let cause = match self.classify(e) {
-                    CallFailure::Trap { message } => CallFailure::Instantiate { message },
-                    other => other,
-                };
-                Err(self.error(cause))
-            }
+        let mut store = new_store(
+            &self.engine,
+            self.name.clone(),
+            &self.manifest,
+            self.counters.clone(),
+        );
+        let instance = self.pre.instantiate_raw(&mut store).map_err(|e| {
+            self.error(match classify(e, &self.manifest) {
+                CallFailure::Trap { message } => CallFailure::Instantiate { message },
+                other => other,
+            })
+        })?;
+        if let Some(index) = &self.init {
+            super::init::call(
+                &mut store,
+                &instance,
+                index,
+                &self.config_json,
+                &self.manifest,
+            )
+            .map_err(|cause| self.error(init_failure(cause)))?;
+            // The call gets a budget of its own.
+            arm(&self.engine, &self.manifest, &mut store);
         }
+        let instance = self.pre.load(&mut store, &instance).map_err(|e| {
+            self.error(CallFailure::Instantiate {
+                message: format!("{e:#}"),
+            })
+        })?;
+        Ok(Live {
+            store,
+            instance,
+            uses: 0,
+        })
     }
 
     fn arm(&self, store: &mut Store<StoreState>) {
-        let deadline = Duration::from_millis(self.manifest.limits.deadline_ms);
-        store.set_epoch_deadline(self.engine.ticks_for(deadline));
-        let fuel = self.manifest.limits.fuel.unwrap_or(u64::MAX);
-        // Fuel is enabled engine-wide, so setting it cannot fail.
-        let _ = store.set_fuel(fuel);
+        arm(&self.engine, &self.manifest, store);
     }
 
     fn take_idle(&self) -> Option<Live> {
@@ -441,33 +520,7 @@ impl Plugin {
     }
 
     fn classify(&self, e: wasmtime::Error) -> CallFailure {
-        if let Some(trap) = e.downcast_ref::<Trap>() {
-            return match trap {
-                Trap::Interrupt => CallFailure::Timeout {
-                    deadline_ms: self.manifest.limits.deadline_ms,
-                },
-                Trap::OutOfFuel => CallFailure::OutOfFuel {
-                    fuel: self.manifest.limits.fuel.unwrap_or(u64::MAX),
-                },
-                other => CallFailure::Trap {
-                    message: other.to_string(),
-                },
-            };
-        }
-        let text = format!("{e:#}");
-        if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
-            return CallFailure::MemoryLimit {
-                limit_mib: self.manifest.limits.memory_mib,
-            };
-        }
-        if text.contains("concurrent") && text.contains("limit") {
-            return CallFailure::Instantiate {
-                message: format!("instance pool exhausted: {}", first_line(&text)),
-            };
-        }
-        CallFailure::Trap {
-            message: truncate(first_line(&text), 512),
-        }
+        classify(e, &self.manifest)
     }
 
     fn check_size(&self, bytes: usize) -> Result<(), PluginError> {
@@ -496,7 +549,10 @@ impl Plugin {
             .map(|v| {
                 if !(v.path.is_empty() || v.path.starts_with('/')) {
                     return Err(self.error(CallFailure::Malformed {
-                        message: format!("violation path {:?} is not a JSON Pointer", truncate(&v.path, 80)),
+                        message: format!(
+                            "violation path {:?} is not a JSON Pointer",
+                            truncate(&v.path, 80)
+                        ),
                     }));
                 }
                 Ok(Violation {
@@ -530,14 +586,87 @@ impl Plugin {
     }
 }
 
+/// What went wrong in a guest call, from wasmtime's error.
+pub(crate) fn classify(e: wasmtime::Error, manifest: &Manifest) -> CallFailure {
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => CallFailure::Timeout {
+                deadline_ms: manifest.limits.deadline_ms,
+            },
+            Trap::OutOfFuel => CallFailure::OutOfFuel {
+                fuel: manifest.limits.fuel.unwrap_or(u64::MAX),
+            },
+            other => CallFailure::Trap {
+                message: other.to_string(),
+            },
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
+        return CallFailure::MemoryLimit {
+            limit_mib: manifest.limits.memory_mib,
+        };
+    }
+    if text.contains("concurrent") && text.contains("limit") {
+        return CallFailure::Instantiate {
+            message: format!("instance pool exhausted: {}", first_line(&text)),
+        };
+    }
+    CallFailure::Trap {
+        message: truncate(first_line(&text), 512),
+    }
+}
+
+/// A fresh store for one instance of a plugin: WASI with only what the
+/// manifest grants, its memory limit, and the call's deadline and fuel.
+pub(crate) fn new_store(
+    engine: &EngineHandle,
+    name: Arc<str>,
+    manifest: &Manifest,
+    counters: Arc<dyn CounterStore>,
+) -> Store<StoreState> {
+    let memory = (manifest.limits.memory_mib << 20) as usize;
+    let state = StoreState::new(name, &manifest.grants, memory, counters);
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    // Start-up code runs under the same deadline and fuel as the call.
+    arm(engine, manifest, &mut store);
+    store
+}
+
+/// Arms `store` with the manifest's deadline (in epoch ticks) and fuel.
+pub(crate) fn arm(engine: &EngineHandle, manifest: &Manifest, store: &mut Store<StoreState>) {
+    let deadline = Duration::from_millis(manifest.limits.deadline_ms);
+    store.set_epoch_deadline(engine.ticks_for(deadline));
+    let fuel = manifest.limits.fuel.unwrap_or(u64::MAX);
+    // Fuel is enabled engine-wide, so setting it cannot fail.
+    let _ = store.set_fuel(fuel);
+}
+
+/// An `init` that failed on a fresh instance: the instance cannot serve.
+fn init_failure(cause: CallFailure) -> CallFailure {
+    match cause {
+        CallFailure::Refused { message } | CallFailure::Trap { message } => {
+            CallFailure::Instantiate {
+                message: format!("init: {message}"),
+            }
+        }
+        other => other,
+    }
+}
+
 fn unreachable_layer<T>() -> GuestResult<T> {
     // `call` checks the layer before dispatching, so an instance always
     // matches the function asked for; report rather than panic if not.
-    Err(wasmtime::Error::msg("instance does not match the requested layer"))
+    Err(wasmtime::Error::msg(
+        "instance does not match the requested layer",
+    ))
 }
 
 fn violations_size(list: &[wit_types::Violation]) -> usize {
-    list.iter().map(|v| v.path.len() + v.code.len() + v.message.len()).sum()
+    list.iter()
+        .map(|v| v.path.len() + v.code.len() + v.message.len())
+        .sum()
 }
 
 fn access_from_wit(a: wit_types::Access) -> Access {
@@ -560,7 +689,7 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -585,7 +714,10 @@ pub fn now_ms() -> u64 {
 fn net(journal: Vec<CounterEntry>) -> Vec<CounterEntry> {
     let mut out: Vec<CounterEntry> = Vec::new();
     for e in journal {
-        match out.iter_mut().find(|o| o.key == e.key && o.window_seconds == e.window_seconds) {
+        match out
+            .iter_mut()
+            .find(|o| o.key == e.key && o.window_seconds == e.window_seconds)
+        {
             Some(o) => o.delta += e.delta,
             None => out.push(e),
         }
@@ -608,7 +740,11 @@ impl Reservation {
     /// A reservation written down by another process (`scope`: the gate
     /// plugin's name), released through `counters` — the shared store, for
     /// it to undo what that process added.
-    fn restore(scope: &str, entries: Vec<CounterEntry>, counters: Arc<dyn CounterStore>) -> Reservation {
+    fn restore(
+        scope: &str,
+        entries: Vec<CounterEntry>,
+        counters: Arc<dyn CounterStore>,
+    ) -> Reservation {
         Reservation {
             scope: scope.into(),
             entries,
@@ -628,7 +764,10 @@ impl Reservation {
     }
 
     /// What [`Reservation::list_to_json`] wrote, released through `counters`.
-    pub fn list_from_json(v: &serde_json::Value, counters: &Arc<dyn CounterStore>) -> Vec<(usize, Reservation)> {
+    pub fn list_from_json(
+        v: &serde_json::Value,
+        counters: &Arc<dyn CounterStore>,
+    ) -> Vec<(usize, Reservation)> {
         v.as_array()
             .into_iter()
             .flatten()
@@ -636,7 +775,10 @@ impl Reservation {
                 let index = usize::try_from(v.get("index")?.as_u64()?).ok()?;
                 let scope = v.get("scope")?.as_str()?;
                 let entries = serde_json::from_value(v.get("entries")?.clone()).ok()?;
-                Some((index, Reservation::restore(scope, entries, counters.clone())))
+                Some((
+                    index,
+                    Reservation::restore(scope, entries, counters.clone()),
+                ))
             })
             .collect()
     }
@@ -649,7 +791,8 @@ impl Reservation {
     /// Undoes every add (idempotent: the entries are consumed).
     pub fn release(&mut self) {
         for e in self.entries.drain(..) {
-            let window = (e.window_seconds > 0).then(|| Duration::from_secs(u64::from(e.window_seconds)));
+            let window =
+                (e.window_seconds > 0).then(|| Duration::from_secs(u64::from(e.window_seconds)));
             self.counters.add(&self.scope, &e.key, -e.delta, window);
         }
     }

@@ -19,6 +19,31 @@ pub struct RuntimeSettings {
     pub pool: PoolSettings,
     /// Debounce for the plugins-directory watcher.
     pub reload_debounce_ms: u64,
+    /// What the host does with a plugin that exports `init`: `snapshot`
+    /// (default) runs it once at load and serves a snapshot of the
+    /// initialized instance; `per-instance` runs it on every fresh instance;
+    /// `off` never calls it (the plugin sets itself up lazily per call).
+    pub init: InitMode,
+}
+
+/// How plugins that export `init` are initialized (see [`RuntimeSettings::init`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitMode {
+    #[default]
+    Snapshot,
+    PerInstance,
+    Off,
+}
+
+impl InitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitMode::Snapshot => "snapshot",
+            InitMode::PerInstance => "per-instance",
+            InitMode::Off => "off",
+        }
+    }
 }
 
 impl Default for RuntimeSettings {
@@ -29,6 +54,7 @@ impl Default for RuntimeSettings {
             allocator: Allocator::Pooling,
             pool: PoolSettings::default(),
             reload_debounce_ms: 50,
+            init: InitMode::Snapshot,
         }
     }
 }

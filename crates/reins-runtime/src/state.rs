@@ -40,7 +40,12 @@ pub struct CounterEntry {
 }
 
 impl StoreState {
-    pub fn new(plugin: Arc<str>, grants: &Grants, memory_bytes: usize, counters: Arc<dyn CounterStore>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        grants: &Grants,
+        memory_bytes: usize,
+        counters: Arc<dyn CounterStore>,
+    ) -> Self {
         Self {
             wasi: wasi_ctx(grants),
             table: ResourceTable::new(),
@@ -74,9 +79,14 @@ fn wasi_ctx(grants: &Grants) -> WasiCtx {
         b.inherit_stdout().inherit_stderr();
     }
     if grants.network {
-        b.inherit_network().allow_tcp(true).allow_udp(true).allow_ip_name_lookup(true);
+        b.inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true);
     } else {
-        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
     }
     for (k, v) in &grants.env {
         b.env(k, v);
@@ -134,9 +144,9 @@ impl judge_iface::Host for StoreState {
     fn ask(&mut self, system: String, question: String) -> Result<String, String> {
         match &self.judge {
             Some(judge) => {
-                let within = self
-                    .call_deadline
-                    .map_or(Duration::from_secs(60), |d| d.saturating_duration_since(std::time::Instant::now()));
+                let within = self.call_deadline.map_or(Duration::from_secs(60), |d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                });
                 judge.0.ask(&system, &question, within)
             }
             None => Err(format!(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The harness layer a plugin implements, detected from the component's exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layer {
     Normalizer,
@@ -113,7 +113,10 @@ pub fn mark_tool_error(content: Value) -> Value {
                 .and_then(|p| p.get_mut("text"))
             {
                 Some(Value::String(t)) => *t = format!("{TOOL_ERROR_MARK}{t}"),
-                _ => parts.insert(0, serde_json::json!({"type": "text", "text": TOOL_ERROR_MARK.trim_end()})),
+                _ => parts.insert(
+                    0,
+                    serde_json::json!({"type": "text", "text": TOOL_ERROR_MARK.trim_end()}),
+                ),
             }
             Value::Array(parts)
         }
@@ -272,7 +275,12 @@ impl Caller {
 pub trait Judge: Send + Sync {
     /// Blocks until the judge answers `question`, or says why it cannot,
     /// within `within` (what is left of the asking plugin's deadline).
-    fn ask(&self, system: &str, question: &str, within: std::time::Duration) -> Result<String, String>;
+    fn ask(
+        &self,
+        system: &str,
+        question: &str,
+        within: std::time::Duration,
+    ) -> Result<String, String>;
 }
 
 /// A shared [`Judge`], carried by a call's context.

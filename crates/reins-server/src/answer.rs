@@ -3,8 +3,8 @@
 //! output as text, the tool calls that go back to the caller, the `reins`
 //! object and the session a request belongs to.
 
-use reins_core::pipeline::{ExecStatus, RunResult};
 use axum::http::HeaderMap;
+use reins_core::pipeline::{ExecStatus, RunResult};
 use serde_json::{Value, json};
 
 /// A tool call the caller is to run.
@@ -20,7 +20,11 @@ pub(crate) struct ReturnedCall<'a> {
 /// carried out are not the client's to run; each keeps the id the model gave
 /// it (else one made from `id_prefix` and the run id).
 pub(crate) fn returned_calls<'a>(result: &'a RunResult, id_prefix: &str) -> Vec<ReturnedCall<'a>> {
-    let proposed = result.attempts.last().map(|a| a.tool_calls.as_slice()).unwrap_or_default();
+    let proposed = result
+        .attempts
+        .last()
+        .map(|a| a.tool_calls.as_slice())
+        .unwrap_or_default();
     result
         .actions
         .iter()
@@ -76,7 +80,12 @@ pub(crate) fn session_id(headers: &HeaderMap, metadata: &Value) -> Option<String
         .get("x-reins-session")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| metadata.get("session_id").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            metadata
+                .get("session_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
 }
 
 fn short(run_id: &str) -> &str {

@@ -1,15 +1,15 @@
 //! Approvals over HTTP, and the approvals web page.
 
 use super::AppState;
-use super::error::{ApiError, JsonBody};
 use super::auth::Identity;
+use super::error::{ApiError, JsonBody};
 use super::settings::Scope;
-use axum::http::StatusCode;
-use reins_core::approvals::{ApprovalFilter, Verdict};
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse};
+use reins_core::approvals::{ApprovalFilter, Verdict};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,7 +24,11 @@ pub async fn list(
     // Each approval carries its run's trace, so the approver sees why.
     let mut data: Vec<Value> = Vec::with_capacity(approvals.len());
     for a in approvals {
-        let run = state.host.stored_run(&a.run_id).await.unwrap_or(Value::Null);
+        let run = state
+            .host
+            .stored_run(&a.run_id)
+            .await
+            .unwrap_or(Value::Null);
         if !may_decide(&state, &who, &a.pipeline, &run) {
             continue;
         }
@@ -54,13 +58,24 @@ pub async fn decide(
     let who = state.auth.check(&headers, Scope::Approve).await?;
     let not_found = || ApiError::not_found(format!("no approval `{id}`"));
     let pending = state.host.approval(&id).await?.ok_or_else(not_found)?;
-    let run = state.host.stored_run(&pending.run_id).await.unwrap_or(Value::Null);
+    let run = state
+        .host
+        .stored_run(&pending.run_id)
+        .await
+        .unwrap_or(Value::Null);
     if !may_decide(&state, &who, &pending.pipeline, &run) {
         return Err(not_found());
     }
     let owner = reins_core::identity::owner_of(&run);
-    let self_approval = state.host.pipeline(&pending.pipeline).is_some_and(|p| p.config.self_approval);
-    if !self_approval && owner.is_verified() && owner.subject == who.caller.subject && owner.credential == who.caller.credential {
+    let self_approval = state
+        .host
+        .pipeline(&pending.pipeline)
+        .is_some_and(|p| p.config.self_approval);
+    if !self_approval
+        && owner.is_verified()
+        && owner.subject == who.caller.subject
+        && owner.credential == who.caller.credential
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "permission_error",
@@ -110,10 +125,16 @@ pub async fn page() -> Html<&'static str> {
 /// `GET /ui/approvals.js`: the page's script, a file of its own because the
 /// Content-Security-Policy (`default-src 'self'`) runs no inline script.
 pub async fn script() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("approvals.js"))
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("approvals.js"),
+    )
 }
 
 /// `GET /ui/approvals.css`: the page's style, outside the page for the same reason.
 pub async fn style() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("approvals.css"))
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("approvals.css"),
+    )
 }

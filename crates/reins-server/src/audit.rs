@@ -29,7 +29,10 @@ const MAX_REQUEST_ID: usize = 128;
 /// Records a request refused for its credentials (401, 403) and every
 /// answered admin call, after the handler has answered.
 pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let admin = ADMIN.iter().find(|(path, _)| *path == req.uri().path()).map(|(_, action)| *action);
+    let admin = ADMIN
+        .iter()
+        .find(|(path, _)| *path == req.uri().path())
+        .map(|(_, action)| *action);
     let target = format!("{} {}", req.method(), req.uri().path());
     let query = req.uri().query().map(str::to_owned);
     let headers = req.headers().clone();
@@ -41,10 +44,16 @@ pub(crate) async fn record(State(state): State<AppState>, req: Request, next: Ne
         // A known caller refused (a scope it lacks, a body that contradicts
         // its credential), or a foreign Host/Origin.
         let entry = AuditEntry::new("access.denied", &target, "denied");
-        state.host.audit(caller(&state, &headers, entry).await).await;
+        state
+            .host
+            .audit(caller(&state, &headers, entry).await)
+            .await;
     } else if let Some(action) = admin.filter(|_| status.is_success()) {
         let entry = AuditEntry::new(action, &target, "ok").detail(json!({"query": query}));
-        state.host.audit(caller(&state, &headers, entry).await).await;
+        state
+            .host
+            .audit(caller(&state, &headers, entry).await)
+            .await;
     }
     resp
 }
@@ -90,7 +99,9 @@ pub async fn list(
     // What this process queued (the run that just answered) is readable now.
     state.host.audit_flush().await;
     let rows = state.host.state().audit_list(&filter).await?;
-    let next = (rows.len() == filter.page_size() as usize).then(|| rows.last().map(|r| r.seq)).flatten();
+    let next = (rows.len() == filter.page_size() as usize)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
     Ok(Json(json!({"object": "list", "data": rows, "next": next})))
 }
 
@@ -98,20 +109,35 @@ fn filter(q: &HashMap<String, String>) -> Result<AuditFilter, ApiError> {
     let now = reins_state::now_ms();
     let time = |k: &str| {
         q.get(k)
-            .map(|v| parse_time(v, now).ok_or_else(|| ApiError::bad_request(format!("`{k}`: milliseconds or an age like 15m, 2h, 7d"))))
+            .map(|v| {
+                parse_time(v, now).ok_or_else(|| {
+                    ApiError::bad_request(format!("`{k}`: milliseconds or an age like 15m, 2h, 7d"))
+                })
+            })
             .transpose()
     };
     let number = |k: &str| {
         q.get(k)
-            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("`{k}` must be a number"))))
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("`{k}` must be a number")))
+            })
             .transpose()
     };
-    if let Some(k) = q.keys().find(|k| !["since", "until", "tenant", "action", "after", "limit"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown parameter `{k}`")).with("param", json!(k)));
+    if let Some(k) = q
+        .keys()
+        .find(|k| !["since", "until", "tenant", "action", "after", "limit"].contains(&k.as_str()))
+    {
+        return Err(
+            ApiError::bad_request(format!("unknown parameter `{k}`")).with("param", json!(k))
+        );
     }
     let limit = number("limit")?.unwrap_or(i64::from(AuditFilter::DEFAULT_LIMIT));
     if !(1..=i64::from(AuditFilter::MAX_LIMIT)).contains(&limit) {
-        return Err(ApiError::bad_request(format!("`limit` must be 1 to {}", AuditFilter::MAX_LIMIT)));
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be 1 to {}",
+            AuditFilter::MAX_LIMIT
+        )));
     }
     Ok(AuditFilter {
         since_ms: time("since")?,

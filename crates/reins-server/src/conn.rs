@@ -81,7 +81,10 @@ fn derived_max_connections() -> (usize, Option<u64>) {
 
 #[cfg(unix)]
 fn open_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit only writes the struct it is given.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     ok.then_some(limit.rlim_cur as u64)
@@ -161,7 +164,9 @@ struct Connections {
 
 impl Connections {
     fn remove(&mut self, ip: IpAddr, id: u64) -> bool {
-        let Some(conns) = self.by_ip.get_mut(&ip) else { return false };
+        let Some(conns) = self.by_ip.get_mut(&ip) else {
+            return false;
+        };
         let removed = conns.remove(&id).is_some();
         if conns.is_empty() {
             self.by_ip.remove(&ip);
@@ -191,8 +196,15 @@ impl Registry {
                 .iter()
                 .max_by_key(|(_, conns)| conns.len())
                 .filter(|(_, conns)| conns.len() > mine + 1)
-                .and_then(|(heavy, conns)| conns.iter().find(|(_, c)| !c.busy()).map(|(id, c)| (*heavy, *id, c.clone())));
-            let Some((heavy, id, conn)) = victim else { return Err(Refusal::Total) };
+                .and_then(|(heavy, conns)| {
+                    conns
+                        .iter()
+                        .find(|(_, c)| !c.busy())
+                        .map(|(id, c)| (*heavy, *id, c.clone()))
+                });
+            let Some((heavy, id, conn)) = victim else {
+                return Err(Refusal::Total);
+            };
             inner.remove(heavy, id);
             conn.evict.notify_one();
         }
@@ -202,7 +214,12 @@ impl Registry {
         let conn = Arc::new(Conn::new());
         inner.by_ip.entry(ip).or_default().insert(id, conn.clone());
         metrics::gauge!(CONNECTIONS_OPEN).set(inner.total as f64);
-        Ok(Slot { registry: self.clone(), ip, id, conn })
+        Ok(Slot {
+            registry: self.clone(),
+            ip,
+            id,
+            conn,
+        })
     }
 }
 
@@ -216,7 +233,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut inner = self.registry.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self
+            .registry
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // An evicted connection was already taken out when it was chosen.
         inner.remove(self.ip, self.id);
         metrics::gauge!(CONNECTIONS_OPEN).set(inner.total as f64);
@@ -313,13 +334,21 @@ pub async fn run(
             Err(refusal) => {
                 // Dropping the stream closes it now: the descriptor is free
                 // before the next accept.
-                metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => refusal.reason()).increment(1);
+                metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => refusal.reason())
+                    .increment(1);
                 tracing::debug!(%peer, reason = refusal.reason(), "connection refused");
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, slot, shared.clone(), stop_rx.clone(), alive_tx.clone()));
+        tokio::spawn(connection(
+            stream,
+            peer,
+            slot,
+            shared.clone(),
+            stop_rx.clone(),
+            alive_tx.clone(),
+        ));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -352,13 +381,17 @@ async fn connection(
     _alive: mpsc::Sender<()>,
 ) {
     let conn = slot.conn.clone();
-    let io = Tracked { io: stream, conn: conn.clone() };
+    let io = Tracked {
+        io: stream,
+        conn: conn.clone(),
+    };
     let reason = match &shared.tls {
         None => serve_http(io, peer, &shared, &conn, stop).await,
         Some(acceptor) => {
             // A handshake is bounded like a request head: it is the client's
             // first move, and a stalled one holds a descriptor the same way.
-            let handshake = tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(io));
+            let handshake =
+                tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(io));
             tokio::select! {
                 done = handshake => match done {
                     Ok(Ok(tls)) => serve_http(tls, peer, &shared, &conn, stop).await,
@@ -399,7 +432,10 @@ where
         let (mut parts, body) = req.into_parts();
         // Handlers key the slowing of failed authentications on the peer.
         parts.extensions.insert(ConnectInfo(peer));
-        let req = hyper::Request::from_parts(parts, axum::body::Body::new(DeadlineBody::new(body, body_timeout)));
+        let req = hyper::Request::from_parts(
+            parts,
+            axum::body::Body::new(DeadlineBody::new(body, body_timeout)),
+        );
         let app = app.clone();
         async move {
             let answer = app.oneshot(req).await;
@@ -474,7 +510,11 @@ struct Tracked<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -485,7 +525,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.conn.touch();
@@ -569,14 +613,19 @@ impl HttpBody for DeadlineBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
         }
         // The timer only exists once the body is waited for: most bodies
         // arrive with their head and never need one.
         let deadline = self.deadline;
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.as_mut().poll(cx).is_ready() {
             metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => "body_timeout").increment(1);
             return Poll::Ready(Some(Err(BodyError::Timeout(self.timeout))));
@@ -609,22 +658,40 @@ mod tests {
     fn the_busiest_address_makes_room_for_a_lighter_one() {
         let registry = registry(3, 10);
         let (crowd, probe) = ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
-        let held: Vec<Slot> = (0..3).map(|_| registry.admit(crowd).expect("under the cap")).collect();
-        assert_eq!(registry.admit(crowd).err(), Some(Refusal::Total), "the crowd may not evict itself");
-        let probe_slot = registry.admit(probe).expect("a lighter address evicts an idle crowd connection");
+        let held: Vec<Slot> = (0..3)
+            .map(|_| registry.admit(crowd).expect("under the cap"))
+            .collect();
+        assert_eq!(
+            registry.admit(crowd).err(),
+            Some(Refusal::Total),
+            "the crowd may not evict itself"
+        );
+        let probe_slot = registry
+            .admit(probe)
+            .expect("a lighter address evicts an idle crowd connection");
         assert_eq!(registry.inner.lock().unwrap().total, 3);
         drop(held);
         drop(probe_slot);
-        assert_eq!(registry.inner.lock().unwrap().total, 0, "every slot, evicted or not, is given back once");
+        assert_eq!(
+            registry.inner.lock().unwrap().total,
+            0,
+            "every slot, evicted or not, is given back once"
+        );
     }
 
     #[test]
     fn a_busy_connection_is_never_evicted_and_the_per_address_cap_holds() {
         let registry = registry(2, 2);
         let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let held: Vec<Slot> = (0..2).map(|_| registry.admit(a).expect("under the caps")).collect();
+        let held: Vec<Slot> = (0..2)
+            .map(|_| registry.admit(a).expect("under the caps"))
+            .collect();
         assert_eq!(registry.admit(a).err(), Some(Refusal::PerIp));
         let _busy: Vec<InFlight> = held.iter().map(|s| InFlight::new(s.conn.clone())).collect();
-        assert_eq!(registry.admit(b).err(), Some(Refusal::Total), "connections answering a request stay");
+        assert_eq!(
+            registry.admit(b).err(),
+            Some(Refusal::Total),
+            "connections answering a request stay"
+        );
     }
 }

@@ -55,7 +55,11 @@ impl ApiError {
 
     /// A 401 that says what is wrong with the credential (never a secret).
     pub fn unauthorized_because(reason: &str) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", reason.to_owned())
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            reason.to_owned(),
+        )
     }
 
     pub fn forbidden(scope: &str) -> Self {
@@ -68,7 +72,11 @@ impl ApiError {
 
     /// A 503: the store is down or refused, which a retry may fix.
     fn state_unavailable(message: String) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            message,
+        )
     }
 }
 
@@ -85,8 +93,12 @@ impl From<ApprovalError> for ApiError {
     fn from(e: ApprovalError) -> Self {
         match e {
             ApprovalError::NotFound(_) => Self::not_found(e.to_string()),
-            ApprovalError::AlreadyDecided { .. } => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            ApprovalError::NotAllowed { .. } => Self::new(StatusCode::FORBIDDEN, "permission_error", e.to_string()),
+            ApprovalError::AlreadyDecided { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            ApprovalError::NotAllowed { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "permission_error", e.to_string())
+            }
             ApprovalError::Store(_) => Self::state_unavailable(e.to_string()),
         }
     }
@@ -109,12 +121,18 @@ impl From<ResumeError> for ApiError {
 impl From<&RunError> for ApiError {
     fn from(e: &RunError) -> Self {
         let (status, kind) = match e {
-            RunError::ValidationFailed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
-            RunError::Rejected { .. } | RunError::Denied { .. } => (StatusCode::BAD_REQUEST, "rejected"),
+            RunError::ValidationFailed { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_error")
+            }
+            RunError::Rejected { .. } | RunError::Denied { .. } => {
+                (StatusCode::BAD_REQUEST, "rejected")
+            }
             RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error")
             }
-            RunError::ModelUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
+            RunError::ModelUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
+            }
             RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
             RunError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
@@ -129,7 +147,9 @@ impl From<&RunError> for ApiError {
             RunError::Recorded { kind, .. } => match *kind {
                 "validation_failed" => (StatusCode::UNPROCESSABLE_ENTITY, "validation_error"),
                 "rejected" | "denied" => (StatusCode::BAD_REQUEST, "rejected"),
-                "bad_request" | "upstream_refused" => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+                "bad_request" | "upstream_refused" => {
+                    (StatusCode::BAD_REQUEST, "invalid_request_error")
+                }
                 "model_unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
                 "unknown_pipeline" => (StatusCode::NOT_FOUND, "not_found_error"),
                 "forbidden" => (StatusCode::FORBIDDEN, "permission_error"),
@@ -142,7 +162,9 @@ impl From<&RunError> for ApiError {
         let mut err = Self::new(status, kind, e.to_string());
         match e {
             RunError::RateLimited { retry_after_s, .. } => err.retry_after = Some(*retry_after_s),
-            RunError::Overloaded { retry_after_ms, .. } => err.retry_after = Some(retry_after_ms.div_ceil(1000).max(1)),
+            RunError::Overloaded { retry_after_ms, .. } => {
+                err.retry_after = Some(retry_after_ms.div_ceil(1000).max(1))
+            }
             RunError::Forbidden { key, .. } => err = err.with("param", json!(key)),
             _ => {}
         }
@@ -173,7 +195,9 @@ pub(super) fn respond(status: StatusCode, body: Value, retry_after: Option<u64>)
     if let Some(secs) = retry_after
         && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
     {
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
     }
     response
 }
@@ -198,7 +222,11 @@ where
                 let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     "request_too_large"
                 } else if crate::conn::BodyError::timed_out(&rejection) {
-                    return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", rejection.body_text()));
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        rejection.body_text(),
+                    ));
                 } else {
                     "invalid_request_error"
                 };

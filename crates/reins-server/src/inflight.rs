@@ -85,12 +85,18 @@ impl InflightBudget {
     /// at its budget answers at once rather than queueing unbounded work).
     pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
         let Some(permits) = &self.permits else {
-            return Some(Reservation { _permit: None, bytes: 0 });
+            return Some(Reservation {
+                _permit: None,
+                bytes: 0,
+            });
         };
         let n = u32::try_from(bytes).ok().filter(|_| bytes <= self.total)?;
         let permit = permits.clone().try_acquire_many_owned(n).ok()?;
         metrics::gauge!(INFLIGHT_RESERVED_BYTES).increment(bytes as f64);
-        Some(Reservation { _permit: Some(permit), bytes })
+        Some(Reservation {
+            _permit: Some(permit),
+            bytes,
+        })
     }
 }
 
@@ -103,12 +109,21 @@ pub async fn reserve(State(state): State<AppState>, request: Request, next: Next
     }
     // Exact when the client sent a `Content-Length`; a chunked body counts
     // as the body limit, the most it can grow to.
-    let length = request.body().size_hint().exact().and_then(|n| usize::try_from(n).ok());
+    let length = request
+        .body()
+        .size_hint()
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
     let bytes = state.inflight.estimate(length);
     let Some(reservation) = state.inflight.try_reserve(bytes) else {
         return refuse(path, bytes, state.inflight.total);
     };
-    next.run(request).await.map(|body| Body::new(Held { inner: body, _reservation: reservation }))
+    next.run(request).await.map(|body| {
+        Body::new(Held {
+            inner: body,
+            _reservation: reservation,
+        })
+    })
 }
 
 /// The `429` of a request the budget cannot take, in its surface's shape.
@@ -119,7 +134,12 @@ fn refuse(path: &str, bytes: usize, total: usize) -> Response {
         _ => "native",
     };
     metrics::counter!(INFLIGHT_REFUSED_TOTAL, "surface" => surface).increment(1);
-    tracing::warn!(path, bytes, total, "request refused: the in-flight memory budget is spent");
+    tracing::warn!(
+        path,
+        bytes,
+        total,
+        "request refused: the in-flight memory budget is spent"
+    );
     let mut err = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_exceeded",
@@ -146,7 +166,10 @@ impl HttpBody for Held {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
@@ -176,7 +199,10 @@ mod tests {
         drop(first);
         assert!(budget.try_reserve(big).is_some(), "given back on drop");
         drop(second);
-        assert!(budget.try_reserve(2_000_000).is_none(), "more than the whole budget never fits");
+        assert!(
+            budget.try_reserve(2_000_000).is_none(),
+            "more than the whole budget never fits"
+        );
         let off = InflightBudget::new(0, 100);
         assert!(off.try_reserve(usize::MAX).is_some(), "0 is no budget");
     }

@@ -3,11 +3,12 @@
 //! Handlers parse, authorize, call the host and shape the answer; everything
 //! else lives in the library. See `docs/ARCHITECTURE.md` ("Server").
 
-mod anthropic;
 mod answer;
+mod anthropic;
 mod approvals;
 mod audit;
 mod auth;
+mod config;
 mod conn;
 mod error;
 mod inflight;
@@ -33,9 +34,9 @@ pub fn install_metrics() {
     let _ = metrics_export::handle();
 }
 
-use reins_core::Host;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use reins_core::Host;
 
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -65,7 +66,10 @@ impl AppState {
             auth,
             metrics: metrics_export::handle(),
             request_timeout: Duration::from_millis(settings.request_timeout_ms.max(1)),
-            inflight: Arc::new(inflight::InflightBudget::new(settings.inflight_memory_bytes, settings.body_limit_bytes)),
+            inflight: Arc::new(inflight::InflightBudget::new(
+                settings.inflight_memory_bytes,
+                settings.body_limit_bytes,
+            )),
             host,
         })
     }
@@ -81,7 +85,10 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(
         "refusing to listen on non-loopback {addr} with no auth tokens configured; add [[server.tokens]] or pass --insecure"
     )]
@@ -101,6 +108,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 pub fn routes(state: AppState, body_limit: usize) -> Router {
     probe_routes()
         .route("/v1/plugins", get(ops::plugins))
+        .route("/v1/config", get(config::status))
+        .route("/v1/admin/reload", post(config::reload))
         .route("/v1/providers", get(providers::list))
         .route("/v1/pipelines", get(ops::pipelines))
         .route("/v1/pipelines/{name}/runs", post(runs::create))
@@ -117,8 +126,14 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
         .route("/ui/approvals.css", get(approvals::style))
         .route("/v1/audit", get(audit::list))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), inflight::reserve))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            inflight::reserve,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -146,7 +161,12 @@ pub async fn serve(
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
         (None, None) => None,
-        (Some(_), None) => return Err(TlsError::Half { given: "certificate" }.into()),
+        (Some(_), None) => {
+            return Err(TlsError::Half {
+                given: "certificate",
+            }
+            .into());
+        }
         (None, Some(_)) => return Err(TlsError::Half { given: "key" }.into()),
     };
     let listener = tokio::net::TcpListener::bind(listen)
@@ -173,7 +193,14 @@ pub async fn serve(
         shutdown.await;
         let _ = stop.send(true);
     };
-    conn::run(listener, app, tls, ConnLimits::from_settings(settings), shutdown).await;
+    conn::run(
+        listener,
+        app,
+        tls,
+        ConnLimits::from_settings(settings),
+        shutdown,
+    )
+    .await;
     if let Some(ops) = ops {
         let _ = tokio::task::spawn_blocking(move || ops.join()).await;
     }
@@ -202,17 +229,21 @@ fn spawn_ops(
     println!("ops listening on http://{addr}");
     let app = net::layer(probe_routes().with_state(state.clone()), &state.net);
     let limits = ConnLimits::from_settings(settings);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(std::thread::Builder::new().name("reins-ops".into()).spawn(move || {
-        runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                tracing::error!(%addr, "ops listener: cannot register the socket");
-                return;
-            };
-            let shutdown = async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            };
-            conn::run(listener, app, None, limits, shutdown).await;
-        });
-    })?)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new()
+        .name("reins-ops".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    tracing::error!(%addr, "ops listener: cannot register the socket");
+                    return;
+                };
+                let shutdown = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                conn::run(listener, app, None, limits, shutdown).await;
+            });
+        })?)
 }

@@ -1,8 +1,8 @@
 //! The Prometheus recorder (installed once per process) and the run metrics
 //! that matter: outcomes, validation failures, repairs, model latency.
 
-use reins_core::pipeline::{RunResult, RunStatus};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use reins_core::pipeline::{RunResult, RunStatus};
 use std::sync::OnceLock;
 
 /// The process-wide recorder's handle; installs it on first use.
@@ -41,7 +41,11 @@ pub fn record_run(r: &RunResult) {
     let pipeline = r.pipeline.clone();
     metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.clone(), "status" => r.status.as_str())
         .increment(1);
-    let failed_attempts = r.attempts.iter().filter(|a| a.blocking().next().is_some()).count();
+    let failed_attempts = r
+        .attempts
+        .iter()
+        .filter(|a| a.blocking().next().is_some())
+        .count();
     metrics::counter!(reins_runtime::metric_names::VALIDATION_FAILURES_TOTAL, "pipeline" => pipeline.clone())
         .increment(failed_attempts as u64);
     let repairs = r.attempts.len().saturating_sub(1);

@@ -37,7 +37,10 @@ pub const SLOWED_HEADER: &str = "x-reins-auth-slowed";
 /// of the approvals page), no MIME sniffing, no referrer leaking run ids,
 /// and scripts and styles only from this server.
 const SECURITY_HEADERS: [(&str, &str); 4] = [
-    ("content-security-policy", "default-src 'self'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'self'; frame-ancestors 'none'",
+    ),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
@@ -48,7 +51,9 @@ const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 /// Why the network settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("[server] {key}: {value:?} is not an origin; write scheme://host[:port] (http or https, no path)")]
+    #[error(
+        "[server] {key}: {value:?} is not an origin; write scheme://host[:port] (http or https, no path)"
+    )]
     BadOrigin { key: &'static str, value: String },
     #[error("[server] allowed_hosts: {0:?} is not a host name")]
     BadHost(String),
@@ -88,8 +93,12 @@ impl NetPolicy {
             Some(c) => {
                 let mut values = Vec::new();
                 for o in &c.allowed_origins {
-                    let n = normalize_origin(o).ok_or_else(|| bad_origin("cors.allowed_origins", o))?;
-                    values.push(HeaderValue::from_str(&n).map_err(|_| bad_origin("cors.allowed_origins", o))?);
+                    let n =
+                        normalize_origin(o).ok_or_else(|| bad_origin("cors.allowed_origins", o))?;
+                    values.push(
+                        HeaderValue::from_str(&n)
+                            .map_err(|_| bad_origin("cors.allowed_origins", o))?,
+                    );
                     origins.insert(n);
                 }
                 Some(cors_layer(values, c.max_age_s))
@@ -101,7 +110,9 @@ impl NetPolicy {
             origins,
             check_origin: open || cors.is_some(),
             cors,
-            failures: DefaultKeyedRateLimiter::keyed(Quota::per_second(FAILURES_PER_SECOND).allow_burst(FAILURE_BURST)),
+            failures: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(FAILURES_PER_SECOND).allow_burst(FAILURE_BURST),
+            ),
         })
     }
 
@@ -112,7 +123,10 @@ impl NetPolicy {
         let headers = req.headers();
         let host = match headers.get(header::HOST) {
             Some(v) => Some(v.to_str().unwrap_or("(not ASCII)").to_ascii_lowercase()),
-            None => req.uri().authority().map(|a| a.as_str().to_ascii_lowercase()),
+            None => req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_ascii_lowercase()),
         };
         if self.open
             && let Some(host) = &host
@@ -123,7 +137,10 @@ impl NetPolicy {
         if self.check_origin
             && let Some(origin) = headers.get(header::ORIGIN)
         {
-            let origin = origin.to_str().unwrap_or("(not ASCII)").to_ascii_lowercase();
+            let origin = origin
+                .to_str()
+                .unwrap_or("(not ASCII)")
+                .to_ascii_lowercase();
             if !self.origin_allowed(&origin, host.as_deref()) {
                 return Err(refused(Refused::Origin, &origin));
             }
@@ -139,7 +156,10 @@ impl NetPolicy {
     /// Loopback origins, the server's own pages (the origin's authority is
     /// the `Host` asked for) and configured origins.
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let Some(authority) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
+        let Some(authority) = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+        else {
             return false;
         };
         LOOPBACK_NAMES.contains(&host_name(authority))
@@ -171,7 +191,10 @@ pub fn layer(routes: Router, net: &Arc<NetPolicy>) -> Router {
     }
     app = app
         .layer(middleware::from_fn_with_state(net.clone(), guard))
-        .layer(middleware::from_fn_with_state(net.clone(), slow_auth_failures));
+        .layer(middleware::from_fn_with_state(
+            net.clone(),
+            slow_auth_failures,
+        ));
     for (name, value) in SECURITY_HEADERS {
         app = app.layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static(name),
@@ -191,8 +214,15 @@ async fn guard(State(net): State<Arc<NetPolicy>>, req: Request, next: Next) -> R
 /// Only `401`s are held, after the handler answered, so a valid caller is
 /// never slowed, whatever its address did before. A request without a peer
 /// address (the router driven in-process) is not charged.
-async fn slow_auth_failures(State(net): State<Arc<NetPolicy>>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+async fn slow_auth_failures(
+    State(net): State<Arc<NetPolicy>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let mut response = next.run(req).await;
     if response.status() == StatusCode::UNAUTHORIZED
         && let Some(ip) = peer
@@ -208,7 +238,14 @@ async fn slow_auth_failures(State(net): State<Arc<NetPolicy>>, req: Request, nex
 }
 
 fn cors_layer(origins: Vec<HeaderValue>, max_age_s: u64) -> CorsLayer {
-    let expose = ["x-reins-run-id", "x-reins-status", "x-reins-attempts", "x-reins-degraded", "x-reins-idempotent-replay", "retry-after"];
+    let expose = [
+        "x-reins-run-id",
+        "x-reins-status",
+        "x-reins-attempts",
+        "x-reins-degraded",
+        "x-reins-idempotent-replay",
+        "retry-after",
+    ];
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
@@ -258,7 +295,10 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 fn bad_origin(key: &'static str, value: &str) -> NetError {
-    NetError::BadOrigin { key, value: value.to_owned() }
+    NetError::BadOrigin {
+        key,
+        value: value.to_owned(),
+    }
 }
 
 /// The `Host` or `Origin` a request was refused for, named in the answer.
@@ -290,7 +330,8 @@ fn refused(header: Refused, value: &str) -> ApiError {
             ),
         ),
     };
-    metrics::counter!(reins_runtime::metric_names::REQUESTS_REFUSED_TOTAL, "header" => label).increment(1);
+    metrics::counter!(reins_runtime::metric_names::REQUESTS_REFUSED_TOTAL, "header" => label)
+        .increment(1);
     ApiError::new(StatusCode::FORBIDDEN, kind, message).with("header", serde_json::json!(name))
 }
 
@@ -300,8 +341,14 @@ mod tests {
 
     #[test]
     fn origins_and_hosts_normalize_like_browsers_send_them() {
-        assert_eq!(normalize_origin("HTTPS://App.Example:443/").as_deref(), Some("https://app.example"));
-        assert_eq!(normalize_origin("http://[::1]:8080").as_deref(), Some("http://[::1]:8080"));
+        assert_eq!(
+            normalize_origin("HTTPS://App.Example:443/").as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(
+            normalize_origin("http://[::1]:8080").as_deref(),
+            Some("http://[::1]:8080")
+        );
         assert_eq!(normalize_origin("app.example"), None);
         assert_eq!(normalize_origin("https://app.example/path"), None);
         assert_eq!(normalize_origin("null"), None);
@@ -316,6 +363,9 @@ mod tests {
         let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
         assert_eq!(client_key(a), client_key(b));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
-        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_key(mapped),
+            "10.0.0.1".parse::<IpAddr>().expect("ip")
+        );
     }
 }

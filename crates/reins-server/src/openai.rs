@@ -5,14 +5,14 @@
 use super::AppState;
 use super::error::{ApiError, JsonBody};
 use super::settings::Scope;
-use reins_core::pipeline::{Request, RequestTool, RunResult, RunStatus};
-use reins_core::provider::ToolChoice;
-use reins_runtime::{Message, MessageToolCall};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use reins_core::pipeline::{Request, RequestTool, RunResult, RunStatus};
+use reins_core::provider::ToolChoice;
+use reins_runtime::{Message, MessageToolCall};
 use serde_json::{Map, Value, json};
 use std::convert::Infallible;
 
@@ -52,16 +52,31 @@ pub(super) fn bad(param: &str, message: impl Into<String>) -> ApiError {
 impl ChatRequest {
     /// Reads a request body. `ignore_unknown` (the pipeline's
     /// `ignore_unknown_params`) lets unknown parameters pass unused.
-    pub fn parse(body: Value, ignore_unknown: impl Fn(&str) -> bool) -> Result<ChatRequest, ApiError> {
+    pub fn parse(
+        body: Value,
+        ignore_unknown: impl Fn(&str) -> bool,
+    ) -> Result<ChatRequest, ApiError> {
         let Value::Object(mut body) = body else {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         };
         // An explicit null is the same as leaving a parameter out.
         body.retain(|_, v| !v.is_null());
         let model = match body.remove("model") {
             Some(Value::String(m)) => m,
-            Some(_) => return Err(bad("model", "`model` must be a string naming a Reins pipeline")),
-            None => return Err(bad("model", "`model` is required: it names the Reins pipeline")),
+            Some(_) => {
+                return Err(bad(
+                    "model",
+                    "`model` must be a string naming a Reins pipeline",
+                ));
+            }
+            None => {
+                return Err(bad(
+                    "model",
+                    "`model` is required: it names the Reins pipeline",
+                ));
+            }
         };
         let ignore = ignore_unknown(&model);
         let messages = match body.remove("messages") {
@@ -75,7 +90,10 @@ impl ChatRequest {
         let mut include_usage = false;
         if let Some(options) = body.remove("stream_options") {
             if !stream {
-                return Err(bad("stream_options", "`stream_options` is only allowed with `stream: true`"));
+                return Err(bad(
+                    "stream_options",
+                    "`stream_options` is only allowed with `stream: true`",
+                ));
             }
             let Value::Object(options) = options else {
                 return Err(bad("stream_options", "`stream_options` must be an object"));
@@ -89,7 +107,9 @@ impl ChatRequest {
                     (other, _) if !ignore => {
                         return Err(bad(
                             &format!("stream_options.{other}"),
-                            format!("`stream_options.{other}` is not supported (only include_usage)"),
+                            format!(
+                                "`stream_options.{other}` is not supported (only include_usage)"
+                            ),
                         ));
                     }
                     _ => {}
@@ -102,14 +122,21 @@ impl ChatRequest {
             Some(n) => {
                 return Err(bad(
                     "n",
-                    format!("`n` = {n} is not supported: Reins validates one answer per request (send n = 1 or leave it out)"),
+                    format!(
+                        "`n` = {n} is not supported: Reins validates one answer per request (send n = 1 or leave it out)"
+                    ),
                 ));
             }
         }
         match body.remove("logprobs") {
             None | Some(Value::Bool(false)) => {}
             Some(_) if ignore => {}
-            Some(_) => return Err(bad("logprobs", "`logprobs` is not supported: a validated answer has no token log-probabilities")),
+            Some(_) => {
+                return Err(bad(
+                    "logprobs",
+                    "`logprobs` is not supported: a validated answer has no token log-probabilities",
+                ));
+            }
         }
         let mut metadata = match body.remove("metadata") {
             None => json!({}),
@@ -125,7 +152,10 @@ impl ChatRequest {
         sampling.max_completion_tokens = take_count(&mut body, "max_completion_tokens")?;
         sampling.seed = match body.remove("seed") {
             None => None,
-            Some(v) => Some(v.as_i64().ok_or_else(|| bad("seed", "`seed` must be an integer"))?),
+            Some(v) => Some(
+                v.as_i64()
+                    .ok_or_else(|| bad("seed", "`seed` must be an integer"))?,
+            ),
         };
         sampling.stop = match body.remove("stop") {
             None => Vec::new(),
@@ -134,15 +164,28 @@ impl ChatRequest {
                 .into_iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s),
-                    _ => Err(bad("stop", "`stop` must be a string or a list of up to 4 strings")),
+                    _ => Err(bad(
+                        "stop",
+                        "`stop` must be a string or a list of up to 4 strings",
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(bad("stop", "`stop` must be a string or a list of up to 4 strings")),
+            Some(_) => {
+                return Err(bad(
+                    "stop",
+                    "`stop` must be a string or a list of up to 4 strings",
+                ));
+            }
         };
         sampling.logit_bias = match body.remove("logit_bias") {
             None => None,
             Some(Value::Object(m)) if m.values().all(Value::is_number) => Some(m),
-            Some(_) => return Err(bad("logit_bias", "`logit_bias` must map token ids to numbers")),
+            Some(_) => {
+                return Err(bad(
+                    "logit_bias",
+                    "`logit_bias` must map token ids to numbers",
+                ));
+            }
         };
         sampling.user = match body.remove("user") {
             None => None,
@@ -170,7 +213,10 @@ impl ChatRequest {
             if let (ToolChoice::Tool(name), Some(tools)) = (&choice, &request.tools)
                 && !tools.iter().any(|t| &t.name == name)
             {
-                return Err(bad("tool_choice", format!("tool_choice names `{name}`, which is not one of `tools`")));
+                return Err(bad(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not one of `tools`"),
+                ));
             }
             request.sampling.tool_choice = Some(choice);
         }
@@ -178,7 +224,9 @@ impl ChatRequest {
             if body.remove(name).is_some() && !ignore {
                 return Err(bad(
                     name,
-                    format!("`{name}` is not supported by Reins; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"),
+                    format!(
+                        "`{name}` is not supported by Reins; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"
+                    ),
                 ));
             }
         }
@@ -187,7 +235,9 @@ impl ChatRequest {
         {
             return Err(bad(
                 unknown,
-                format!("unknown parameter `{unknown}`; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"),
+                format!(
+                    "unknown parameter `{unknown}`; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"
+                ),
             ));
         }
         request.metadata = metadata;
@@ -200,7 +250,10 @@ impl ChatRequest {
     }
 }
 
-pub(super) fn take_bool(body: &mut Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+pub(super) fn take_bool(
+    body: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<bool>, ApiError> {
     match body.remove(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(b)),
@@ -208,22 +261,36 @@ pub(super) fn take_bool(body: &mut Map<String, Value>, key: &str) -> Result<Opti
     }
 }
 
-pub(super) fn take_number(body: &mut Map<String, Value>, key: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
+pub(super) fn take_number(
+    body: &mut Map<String, Value>,
+    key: &str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, ApiError> {
     match body.remove(key) {
         None => Ok(None),
         Some(v) => match v.as_f64() {
             Some(x) if (min..=max).contains(&x) => Ok(Some(x)),
-            _ => Err(bad(key, format!("`{key}` must be a number from {min} to {max}, got {v}"))),
+            _ => Err(bad(
+                key,
+                format!("`{key}` must be a number from {min} to {max}, got {v}"),
+            )),
         },
     }
 }
 
-pub(super) fn take_count(body: &mut Map<String, Value>, key: &str) -> Result<Option<u64>, ApiError> {
+pub(super) fn take_count(
+    body: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<u64>, ApiError> {
     match body.remove(key) {
         None => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => Ok(Some(n)),
-            _ => Err(bad(key, format!("`{key}` must be a positive integer, got {v}"))),
+            _ => Err(bad(
+                key,
+                format!("`{key}` must be a positive integer, got {v}"),
+            )),
         },
     }
 }
@@ -239,17 +306,34 @@ fn parse_messages(list: Vec<Value>) -> Result<Vec<Message>, ApiError> {
     for (i, m) in list.into_iter().enumerate() {
         let at = |k: &str| format!("messages[{i}].{k}");
         let Value::Object(mut m) = m else {
-            return Err(bad(&format!("messages[{i}]"), format!("messages[{i}] must be an object")));
+            return Err(bad(
+                &format!("messages[{i}]"),
+                format!("messages[{i}] must be an object"),
+            ));
         };
         m.retain(|_, v| !v.is_null());
         let role = match m.remove("role") {
             Some(Value::String(r)) => r,
-            _ => return Err(bad(&at("role"), format!("{} is required (system, developer, user, assistant or tool)", at("role")))),
+            _ => {
+                return Err(bad(
+                    &at("role"),
+                    format!(
+                        "{} is required (system, developer, user, assistant or tool)",
+                        at("role")
+                    ),
+                ));
+            }
         };
-        if !matches!(role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
+        if !matches!(
+            role.as_str(),
+            "system" | "developer" | "user" | "assistant" | "tool"
+        ) {
             return Err(bad(
                 &at("role"),
-                format!("{} `{role}` is not supported (system, developer, user, assistant or tool)", at("role")),
+                format!(
+                    "{} `{role}` is not supported (system, developer, user, assistant or tool)",
+                    at("role")
+                ),
             ));
         }
         let (content, parts) = match m.remove("content") {
@@ -262,48 +346,89 @@ fn parse_messages(list: Vec<Value>) -> Result<Vec<Message>, ApiError> {
                     match (kind, part.get("text")) {
                         (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
                         (Some("text"), _) => {
-                            return Err(bad(&at(&format!("content[{j}].text")), format!("{} must be a string", at(&format!("content[{j}].text")))));
+                            return Err(bad(
+                                &at(&format!("content[{j}].text")),
+                                format!("{} must be a string", at(&format!("content[{j}].text"))),
+                            ));
                         }
                         (Some(_), _) if role == "user" => {}
                         (Some(other), _) => {
                             return Err(bad(
                                 &at(&format!("content[{j}].type")),
-                                format!("a `{role}` message can only have text parts, not `{other}`"),
+                                format!(
+                                    "a `{role}` message can only have text parts, not `{other}`"
+                                ),
                             ));
                         }
                         (None, _) => {
-                            return Err(bad(&at(&format!("content[{j}].type")), format!("{} is required", at(&format!("content[{j}].type")))));
+                            return Err(bad(
+                                &at(&format!("content[{j}].type")),
+                                format!("{} is required", at(&format!("content[{j}].type"))),
+                            ));
                         }
                     }
                 }
                 (texts.join("\n"), Some(parts))
             }
-            Some(_) => return Err(bad(&at("content"), format!("{} must be a string or a list of parts", at("content")))),
+            Some(_) => {
+                return Err(bad(
+                    &at("content"),
+                    format!("{} must be a string or a list of parts", at("content")),
+                ));
+            }
         };
         let mut message = Message::new(role.clone(), content);
         message.parts = parts;
         if let Some(name) = m.remove("name") {
-            message.name = Some(name.as_str().map(str::to_owned).ok_or_else(|| bad(&at("name"), format!("{} must be a string", at("name"))))?);
+            message.name = Some(
+                name.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(&at("name"), format!("{} must be a string", at("name"))))?,
+            );
         }
         if let Some(calls) = m.remove("tool_calls") {
             if role != "assistant" {
-                return Err(bad(&at("tool_calls"), "only an `assistant` message can have tool_calls"));
+                return Err(bad(
+                    &at("tool_calls"),
+                    "only an `assistant` message can have tool_calls",
+                ));
             }
             let Value::Array(calls) = calls else {
-                return Err(bad(&at("tool_calls"), format!("{} must be a list", at("tool_calls"))));
+                return Err(bad(
+                    &at("tool_calls"),
+                    format!("{} must be a list", at("tool_calls")),
+                ));
             };
             for (j, c) in calls.iter().enumerate() {
                 let field = |k: &str| format!("messages[{i}].tool_calls[{j}].{k}");
-                let id = c.get("id").and_then(Value::as_str).ok_or_else(|| bad(&field("id"), format!("{} is required", field("id"))))?;
-                let function = c.get("function").ok_or_else(|| bad(&field("function"), format!("{} is required", field("function"))))?;
+                let id = c
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&field("id"), format!("{} is required", field("id"))))?;
+                let function = c.get("function").ok_or_else(|| {
+                    bad(
+                        &field("function"),
+                        format!("{} is required", field("function")),
+                    )
+                })?;
                 let name = function
                     .get("name")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| bad(&field("function.name"), format!("{} is required", field("function.name"))))?;
+                    .ok_or_else(|| {
+                        bad(
+                            &field("function.name"),
+                            format!("{} is required", field("function.name")),
+                        )
+                    })?;
                 let arguments = match function.get("arguments") {
                     None | Some(Value::Null) => "{}".to_owned(),
                     Some(Value::String(s)) => s.clone(),
-                    Some(_) => return Err(bad(&field("function.arguments"), format!("{} must be a string of JSON", field("function.arguments")))),
+                    Some(_) => {
+                        return Err(bad(
+                            &field("function.arguments"),
+                            format!("{} must be a string of JSON", field("function.arguments")),
+                        ));
+                    }
                 };
                 calls_seen.insert(id.to_owned());
                 message.tool_calls.push(MessageToolCall {
@@ -316,25 +441,41 @@ fn parse_messages(list: Vec<Value>) -> Result<Vec<Message>, ApiError> {
         if role == "tool" {
             let id = match m.remove("tool_call_id") {
                 Some(Value::String(id)) => id,
-                _ => return Err(bad(&at("tool_call_id"), format!("{} is required on a tool message", at("tool_call_id")))),
+                _ => {
+                    return Err(bad(
+                        &at("tool_call_id"),
+                        format!("{} is required on a tool message", at("tool_call_id")),
+                    ));
+                }
             };
             if !calls_seen.contains(&id) {
                 return Err(bad(
                     &at("tool_call_id"),
-                    format!("{} `{id}` answers no tool call of an earlier assistant message", at("tool_call_id")),
+                    format!(
+                        "{} `{id}` answers no tool call of an earlier assistant message",
+                        at("tool_call_id")
+                    ),
                 ));
             }
             message.tool_call_id = Some(id);
         } else if m.contains_key("tool_call_id") {
-            return Err(bad(&at("tool_call_id"), "only a `tool` message can have tool_call_id"));
+            return Err(bad(
+                &at("tool_call_id"),
+                "only a `tool` message can have tool_call_id",
+            ));
         }
         for key in ECHOED {
-            if m.get(key).is_some_and(|v| v.as_array().is_some_and(Vec::is_empty)) {
+            if m.get(key)
+                .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty))
+            {
                 m.remove(key);
             }
         }
         if let Some(unknown) = m.keys().next() {
-            return Err(bad(&at(unknown), format!("{} is not supported on a message", at(unknown))));
+            return Err(bad(
+                &at(unknown),
+                format!("{} is not supported on a message", at(unknown)),
+            ));
         }
         out.push(message);
     }
@@ -354,7 +495,10 @@ pub async fn chat_completions(
         stream: streaming,
         include_usage,
         mut request,
-    } = ChatRequest::parse(body, |name| host.pipeline(name).is_some_and(|p| p.config.ignore_unknown_params))?;
+    } = ChatRequest::parse(body, |name| {
+        host.pipeline(name)
+            .is_some_and(|p| p.config.ignore_unknown_params)
+    })?;
     if state.host.pipeline(&pipeline).is_none() || !who.may_call(&pipeline) {
         return Err(ApiError::not_found(format!(
             "The model `{pipeline}` does not exist: `model` names a Reins pipeline"
@@ -364,7 +508,14 @@ pub async fn chat_completions(
     request.session_id = super::answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = super::service::run_pipeline(&state, &pipeline, request, None, reins_core::config::OnDisconnect::Cancel).await?;
+    let result = super::service::run_pipeline(
+        &state,
+        &pipeline,
+        request,
+        None,
+        reins_core::config::OnDisconnect::Cancel,
+    )
+    .await?;
 
     let (status, payload) = completion(&result, &pipeline)?;
     let mut response = if streaming && status == StatusCode::OK {
@@ -384,9 +535,17 @@ fn response_schema(format: &Value) -> Result<Option<Value>, ApiError> {
             .pointer("/json_schema/schema")
             .cloned()
             .map(Some)
-            .ok_or_else(|| bad("response_format", "response_format.json_schema.schema is required")),
+            .ok_or_else(|| {
+                bad(
+                    "response_format",
+                    "response_format.json_schema.schema is required",
+                )
+            }),
         Some("json_object" | "text") => Ok(None),
-        _ => Err(bad("response_format", "response_format.type must be text, json_object or json_schema")),
+        _ => Err(bad(
+            "response_format",
+            "response_format.type must be text, json_object or json_schema",
+        )),
     }
 }
 
@@ -417,15 +576,23 @@ fn request_tools(tools: &[Value]) -> Result<Vec<RequestTool>, ApiError> {
         .enumerate()
         .map(|(i, t)| {
             if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(bad(&format!("tools[{i}].type"), format!("tools[{i}]: only `function` tools are supported")));
+                return Err(bad(
+                    &format!("tools[{i}].type"),
+                    format!("tools[{i}]: only `function` tools are supported"),
+                ));
             }
-            let f = t
-                .get("function")
-                .ok_or_else(|| bad(&format!("tools[{i}].function"), format!("tools[{i}].function is required")))?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("tools[{i}].function.name"), format!("tools[{i}].function.name is required")))?;
+            let f = t.get("function").ok_or_else(|| {
+                bad(
+                    &format!("tools[{i}].function"),
+                    format!("tools[{i}].function is required"),
+                )
+            })?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                bad(
+                    &format!("tools[{i}].function.name"),
+                    format!("tools[{i}].function.name is required"),
+                )
+            })?;
             let parameters = match f.get("parameters") {
                 None | Some(Value::Null) => None,
                 Some(p @ Value::Object(_)) => Some(p.clone()),
@@ -438,7 +605,11 @@ fn request_tools(tools: &[Value]) -> Result<Vec<RequestTool>, ApiError> {
             };
             Ok(RequestTool {
                 name: name.to_string(),
-                description: f.get("description").and_then(Value::as_str).unwrap_or_default().to_string(),
+                description: f
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 parameters,
             })
         })
@@ -450,7 +621,9 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
     let reins = super::answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => return Err(run_error(result, reins)),
+        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => {
+            return Err(run_error(result, reins));
+        }
     }
     let content = super::answer::output_text(result);
     let tool_calls = returned_calls(result);
@@ -463,7 +636,11 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
         "tool_calls"
     };
     // Next to tool calls, an empty answer is no content at all.
-    let content = if tool_calls.is_empty() { content } else { content.filter(|c| !c.is_empty()) };
+    let content = if tool_calls.is_empty() {
+        content
+    } else {
+        content.filter(|c| !c.is_empty())
+    };
     let mut message = json!({"role": "assistant", "content": content});
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
@@ -481,7 +658,14 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
         },
         "reins": reins,
     });
-    Ok((if awaiting { StatusCode::ACCEPTED } else { StatusCode::OK }, body))
+    Ok((
+        if awaiting {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        },
+        body,
+    ))
 }
 
 /// The tool calls that go back to the client, as OpenAI `tool_calls`.
@@ -495,10 +679,19 @@ pub(super) fn returned_calls(result: &RunResult) -> Vec<Value> {
 /// A run that did not complete, as an error with the status that says why.
 pub(super) fn run_error(result: &RunResult, reins: Value) -> ApiError {
     let err = result.error.as_ref().map_or_else(
-        || ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "harness_error", format!("run {}", result.status.as_str())),
+        || {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "harness_error",
+                format!("run {}", result.status.as_str()),
+            )
+        },
         ApiError::from,
     );
-    let violations = result.attempts.last().map_or_else(Vec::new, |a| a.violations.clone());
+    let violations = result
+        .attempts
+        .last()
+        .map_or_else(Vec::new, |a| a.violations.clone());
     let mut err = err.with("reins", reins);
     if !violations.is_empty() {
         err = err.with("violations", json!(violations));
@@ -510,7 +703,10 @@ pub(super) fn run_error(result: &RunResult, reins: Value) -> ApiError {
 }
 
 /// SSE chunks of an already validated answer, then `[DONE]`.
-fn stream(completion: Value, include_usage: bool) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+fn stream(
+    completion: Value,
+    include_usage: bool,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let id = completion["id"].clone();
     let created = completion["created"].clone();
     let model = completion["model"].clone();
@@ -522,11 +718,17 @@ fn stream(completion: Value, include_usage: bool) -> Sse<impl futures_util::Stre
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
         })
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     if let Some(text) = message["content"].as_str() {
         let chars: Vec<char> = text.chars().collect();
         for piece in chars.chunks(64) {
-            events.push(chunk(json!({"content": piece.iter().collect::<String>()}), Value::Null));
+            events.push(chunk(
+                json!({"content": piece.iter().collect::<String>()}),
+                Value::Null,
+            ));
         }
     }
     if let Some(calls) = message["tool_calls"].as_array() {
@@ -561,11 +763,15 @@ fn stream(completion: Value, include_usage: bool) -> Sse<impl futures_util::Stre
 }
 
 /// `GET /v1/models`: one model per pipeline.
-pub async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn models(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let who = state.auth.check(&headers, Scope::Run).await?;
     let data: Vec<Value> = state
         .host
         .pipeline_names()
+        .into_iter()
         .filter(|name| who.may_call(name))
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "reins"}))
         .collect();

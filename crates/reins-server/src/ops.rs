@@ -17,14 +17,15 @@ pub async fn healthz() -> Json<Value> {
 /// `GET /readyz`: every plugin a pipeline names is loaded.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let set = state.host.plugins().current();
+    let live = state.host.live();
     let mut missing: Vec<String> = Vec::new();
-    for name in state.host.pipeline_names() {
-        if let Some(p) = state.host.pipeline(name) {
-            for (layer, plugin) in p.plugins() {
-                let ok = set.get(plugin).is_some_and(|p| p.layer() == layer);
-                if !ok {
-                    missing.push(format!("{name}: {layer} `{plugin}`"));
-                }
+    for (name, p) in live.pipelines() {
+        for (layer, plugin) in p.plugins() {
+            let ok = set
+                .get(p.plugin_key(layer, plugin))
+                .is_some_and(|p| p.layer() == layer);
+            if !ok {
+                missing.push(format!("{name}: {layer} `{plugin}`"));
             }
         }
     }
@@ -40,21 +41,27 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v1/pipelines`: every pipeline, with its output mode and why.
-pub async fn pipelines(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn pipelines(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let who = state.auth.check(&headers, Scope::Run).await?;
     let set = state.host.plugins().current();
-    let data: Vec<Value> = state
-        .host
-        .pipeline_names()
-        .filter(|name| who.may_call(name))
-        .filter_map(|name| state.host.pipeline(name))
-        .map(|p| p.describe(&set))
+    let live = state.host.live();
+    let data: Vec<Value> = live
+        .pipelines()
+        .iter()
+        .filter(|(name, _)| who.may_call(name))
+        .map(|(_, p)| p.describe(&set))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// `GET /v1/plugins`: every file in the plugins directory and its state.
-pub async fn plugins(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn plugins(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     state.auth.check(&headers, Scope::Admin).await?;
     let plugins = state.host.plugins();
     let (reloads, refused) = plugins.reload_counts();

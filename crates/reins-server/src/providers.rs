@@ -11,12 +11,16 @@ use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
 /// `GET /v1/providers`
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     state.auth.check(&headers, Scope::Admin).await?;
-    let configs = &state.host.config().providers;
-    let data: Vec<Value> = state
-        .host
+    let live = state.host.live();
+    let configs = &live.config().providers;
+    let data: Vec<Value> = live
         .breakers()
+        .iter()
         .map(|(name, b)| {
             let snapshot = b.snapshot();
             let admission = b.admission().snapshot();

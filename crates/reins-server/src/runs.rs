@@ -1,15 +1,15 @@
 //! The native run API: start a run, read it back.
 
 use super::AppState;
-use super::error::{ApiError, JsonBody};
 use super::auth::Identity;
+use super::error::{ApiError, JsonBody};
 use super::settings::Scope;
-use reins_core::pipeline::{Request, RunResult};
-use reins_runtime::{Chunk, Message};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use reins_core::pipeline::{Request, RunResult};
+use reins_runtime::{Chunk, Message};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -45,18 +45,31 @@ impl RunBody {
             (Some(m), None) if !m.is_empty() => m,
             (None, Some(Value::String(s))) => vec![Message::new("user", s)],
             (None, Some(other)) => vec![Message::new("user", other.to_string())],
-            (Some(_), Some(_)) => return Err(ApiError::bad_request("give `messages` or `input`, not both")),
-            _ => return Err(ApiError::bad_request("the body needs `messages` (non-empty) or `input`")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "give `messages` or `input`, not both",
+                ));
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "the body needs `messages` (non-empty) or `input`",
+                ));
+            }
         };
-        let metadata = self.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+        let metadata = self
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default()));
         if !metadata.is_object() {
             return Err(ApiError::bad_request("`metadata` must be a JSON object"));
         }
-        let mut request = Request::from(messages).with_metadata(metadata).with_chunks(self.chunks);
+        let mut request = Request::from(messages)
+            .with_metadata(metadata)
+            .with_chunks(self.chunks);
         request.dry_run = self.dry_run;
         request.session_id = self.session_id;
         if self.timeout_ms == Some(0) {
-            return Err(ApiError::bad_request("`timeout_ms` must be at least 1").with("param", serde_json::json!("timeout_ms")));
+            return Err(ApiError::bad_request("`timeout_ms` must be at least 1")
+                .with("param", serde_json::json!("timeout_ms")));
         }
         request.timeout_ms = self.timeout_ms;
         Ok((request, self.idempotency_key))
@@ -86,8 +99,14 @@ pub async fn create(
     {
         return Ok(stored_response(stored, true));
     }
-    let result = super::service::run_pipeline(&state, &pipeline, request, key.as_deref(), reins_core::config::OnDisconnect::Finish)
-        .await?;
+    let result = super::service::run_pipeline(
+        &state,
+        &pipeline,
+        request,
+        key.as_deref(),
+        reins_core::config::OnDisconnect::Finish,
+    )
+    .await?;
     Ok(run_response(&result, false))
 }
 
@@ -107,7 +126,10 @@ pub async fn get(
 /// Whether `who` may see a stored run (another tenant's answers 404, as if
 /// it did not exist: run ids are not secrets).
 pub(crate) fn visible(who: &Identity, stored: &Value) -> bool {
-    let pipeline = stored.get("pipeline").and_then(Value::as_str).unwrap_or_default();
+    let pipeline = stored
+        .get("pipeline")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     who.may_see(pipeline, &reins_core::identity::owner_of(stored))
 }
 
@@ -117,8 +139,14 @@ fn no_run(run_id: &str) -> ApiError {
 
 /// A run's stored JSON (the headers `run_response` sets, where the JSON has them).
 fn stored_response(stored: Value, replayed: bool) -> Response {
-    let run_id = stored.get("run_id").and_then(Value::as_str).map(str::to_owned);
-    let status = stored.get("status").and_then(Value::as_str).map(str::to_owned);
+    let run_id = stored
+        .get("run_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let status = stored
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut response = Json(stored).into_response();
     let headers = response.headers_mut();
     for (name, value) in [("x-reins-run-id", run_id), ("x-reins-status", status)] {
@@ -127,7 +155,10 @@ fn stored_response(stored: Value, replayed: bool) -> Response {
         }
     }
     if replayed {
-        headers.insert("x-reins-idempotent-replay", HeaderValue::from_static("true"));
+        headers.insert(
+            "x-reins-idempotent-replay",
+            HeaderValue::from_static("true"),
+        );
     }
     response
 }
@@ -151,7 +182,10 @@ pub async fn steps(
     let actions = store.actions(&run_id).await?;
     // An agent's turns record their actions under `RUN.STEP`.
     let mut turn_actions = Vec::new();
-    for s in steps.iter().filter(|s| s.kind == reins_state::StepKind::Agent) {
+    for s in steps
+        .iter()
+        .filter(|s| s.kind == reins_state::StepKind::Agent)
+    {
         for e in s.data["executions"].as_array().into_iter().flatten() {
             if let Some(key) = e["idempotency_key"].as_str()
                 && let Some(a) = store.action(key).await?
@@ -192,9 +226,10 @@ fn run_response(result: &RunResult, replayed: bool) -> Response {
     let mut response = Json(result).into_response();
     super::service::reins_headers(response.headers_mut(), result);
     if replayed {
-        response
-            .headers_mut()
-            .insert("x-reins-idempotent-replay", HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            "x-reins-idempotent-replay",
+            HeaderValue::from_static("true"),
+        );
     }
     response
 }

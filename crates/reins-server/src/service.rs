@@ -31,7 +31,8 @@ pub(crate) async fn run_pipeline(
         .pipeline(pipeline)
         .and_then(|p| p.config.on_disconnect)
         .unwrap_or(surface_default);
-    let guard = (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
+    let guard =
+        (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
     let host = state.host.clone();
     let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
     let run = tokio::spawn(async move {
@@ -94,7 +95,14 @@ pub(crate) fn caller_timeout(headers: &HeaderMap) -> Result<Option<u64>, ApiErro
 fn parse_timeout(v: &str) -> Option<u64> {
     let ms = match v.strip_suffix("ms") {
         Some(ms) => ms.trim().parse::<f64>().ok()?,
-        None => v.strip_suffix('s').unwrap_or(v).trim().parse::<f64>().ok()? * 1000.0,
+        None => {
+            v.strip_suffix('s')
+                .unwrap_or(v)
+                .trim()
+                .parse::<f64>()
+                .ok()?
+                * 1000.0
+        }
     };
     (ms.is_finite() && ms >= 1.0).then(|| ms.min(u64::MAX as f64) as u64)
 }
@@ -134,7 +142,11 @@ mod tests {
         for bad in ["soon", "0", "-1", "ms"] {
             h.insert("x-reins-timeout", HeaderValue::from_static(bad));
             let e = caller_timeout(&h).unwrap_err();
-            assert!(e.message.contains("X-Reins-Timeout"), "{bad}: {}", e.message);
+            assert!(
+                e.message.contains("X-Reins-Timeout"),
+                "{bad}: {}",
+                e.message
+            );
         }
     }
 }

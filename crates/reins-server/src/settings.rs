@@ -80,13 +80,14 @@ impl CorsSettings {
 impl ServerSettings {
     /// The `[server]` section of a loaded config, checked (unknown keys
     /// refused, named with the file they came from).
-    pub fn from_config(config: &reins_core::config::Config) -> Result<ServerSettings, reins_core::config::ConfigError> {
-        let mut settings = ServerSettings::deserialize(toml::Value::Table(config.server.clone())).map_err(|e| {
-            reins_core::config::ConfigError::Invalid {
-                path: config.origin.clone(),
-                key: "server".into(),
-                message: e.to_string().trim_end().to_owned(),
-            }
+    pub fn from_config(
+        config: &reins_core::config::Config,
+    ) -> Result<ServerSettings, reins_core::config::ConfigError> {
+        let mut settings = ServerSettings::deserialize(toml::Value::Table(config.server.clone()))
+            .map_err(|e| reins_core::config::ConfigError::Invalid {
+            path: config.origin.clone(),
+            key: "server".into(),
+            message: e.to_string().trim_end().to_owned(),
         })?;
         // Like every path in the config, relative to the config's directory.
         if let Some(jwt) = &mut settings.jwt
@@ -94,11 +95,13 @@ impl ServerSettings {
         {
             *file = config.base_dir.join(&*file);
         }
-        settings.check().map_err(|(key, message)| reins_core::config::ConfigError::Invalid {
-            path: config.origin.clone(),
-            key: format!("server.{key}"),
-            message: message.to_owned(),
-        })?;
+        settings
+            .check()
+            .map_err(|(key, message)| reins_core::config::ConfigError::Invalid {
+                path: config.origin.clone(),
+                key: format!("server.{key}"),
+                message: message.to_owned(),
+            })?;
         Ok(settings)
     }
 
@@ -106,7 +109,10 @@ impl ServerSettings {
     /// timeout would close every connection, a zero cap refuse them all.
     fn check(&self) -> Result<(), (&'static str, &'static str)> {
         let positive = [
-            ("header_read_timeout_ms", self.header_read_timeout_ms as usize),
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms as usize,
+            ),
             ("body_read_timeout_ms", self.body_read_timeout_ms as usize),
             ("idle_timeout_ms", self.idle_timeout_ms as usize),
             ("max_connections", self.max_connections.unwrap_or(1)),

@@ -11,7 +11,9 @@ use std::sync::Arc;
 /// Why the TLS files cannot be served with.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("TLS needs both a certificate and a key (--tls-cert and --tls-key, or [server] tls_cert and tls_key); only the {given} is given")]
+    #[error(
+        "TLS needs both a certificate and a key (--tls-cert and --tls-key, or [server] tls_cert and tls_key); only the {given} is given"
+    )]
     Half { given: &'static str },
     /// The I/O error is in the message, not a `source`, so a printed chain
     /// says it once.
@@ -28,7 +30,11 @@ pub enum TlsError {
         problem: String,
     },
     #[error("TLS key {} does not go with certificate {}: {problem}", key.display(), cert.display())]
-    Mismatch { cert: PathBuf, key: PathBuf, problem: String },
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        problem: String,
+    },
 }
 
 /// The server's TLS setup from `cert` (a PEM chain, leaf first) and `key`
@@ -44,7 +50,11 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad("certificate", cert, format!("not a PEM certificate: {e}")))?;
     if chain.is_empty() {
-        return Err(bad("certificate", cert, "holds no `BEGIN CERTIFICATE` block".into()));
+        return Err(bad(
+            "certificate",
+            cert,
+            "holds no `BEGIN CERTIFICATE` block".into(),
+        ));
     }
     let key_pem = read("key", key)?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {

@@ -37,7 +37,11 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// An entry by `anonymous`, now, with no detail; see [`AuditEntry::by`].
-    pub fn new(action: impl Into<String>, target: impl Into<String>, outcome: impl Into<String>) -> AuditEntry {
+    pub fn new(
+        action: impl Into<String>,
+        target: impl Into<String>,
+        outcome: impl Into<String>,
+    ) -> AuditEntry {
         AuditEntry {
             time_ms: crate::now_ms(),
             subject: "anonymous".to_owned(),
@@ -224,7 +228,10 @@ impl Verifier {
         let problem = self.problem(row, detail_text);
         self.prev = Some((row.seq, row.hash.clone()));
         if let Some(problem) = problem {
-            self.broken = Some(AuditBreak { seq: row.seq, problem });
+            self.broken = Some(AuditBreak {
+                seq: row.seq,
+                problem,
+            });
             return false;
         }
         true
@@ -233,7 +240,9 @@ impl Verifier {
     fn problem(&self, row: &AuditRow, detail_text: &str) -> Option<String> {
         let seq = row.seq;
         if row_hash(seq, &row.entry, detail_text, &row.prev_hash) != row.hash {
-            return Some(format!("row {seq}: hash does not match its contents (edited)"));
+            return Some(format!(
+                "row {seq}: hash does not match its contents (edited)"
+            ));
         }
         let (prev_seq, prev_hash) = match &self.prev {
             Some((s, h)) => (*s, h.as_str()),
@@ -250,7 +259,9 @@ impl Verifier {
         Some(if seq != prev_seq + 1 {
             format!("row {seq}: prev_hash does not match {what} (a row before it was removed)")
         } else {
-            format!("row {seq}: prev_hash does not match {what} (a row before it was edited and re-hashed)")
+            format!(
+                "row {seq}: prev_hash does not match {what} (a row before it was edited and re-hashed)"
+            )
         })
     }
 
@@ -271,7 +282,10 @@ mod tests {
         let mut out: Vec<(AuditRow, String)> = Vec::new();
         for i in 0..n {
             let prev = out.last().map(|(r, _)| (r.seq, r.hash.clone()));
-            out.push(chain(prev, AuditEntry::new("run.start", format!("run-{i}"), "ok")));
+            out.push(chain(
+                prev,
+                AuditEntry::new("run.start", format!("run-{i}"), "ok"),
+            ));
         }
         out
     }

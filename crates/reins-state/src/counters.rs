@@ -2,15 +2,15 @@
 //! every node on one database enforces one budget.
 //!
 //! [`CounterStore::add`] is synchronous: plugins call `counter-add` from
-//! inside a WebAssembly call, which has no async context. SQLite answers in
-//! place (its store never waits on I/O readiness); PostgreSQL gets a
+//! inside a WebAssembly call, which has no async context. SQLite's store is
+//! waited on in place (its writer thread answers, never this runtime);
+//! PostgreSQL gets a
 //! dedicated thread with its own small runtime and connection pool, so a
 //! call never needs the caller's runtime (which may be the very thread that
 //! is blocked waiting).
 
 use super::{Counters, StateError, StateKind, StateSettings, now_ms};
 use reins_runtime::CounterStore;
-use futures_util::FutureExt;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ struct Job {
 
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 enum Bridge {
-    /// A store whose calls complete without waiting (SQLite).
+    /// A store answered by its own thread, waited on in place (SQLite).
     InPlace(Arc<dyn Counters>),
     /// A worker thread with its own runtime and store.
     Thread(mpsc::Sender<Job>),
@@ -43,11 +43,19 @@ pub struct StoreCounters {
     bridge: Bridge,
 }
 
-async fn add(store: &dyn Counters, scope: &str, key: &str, delta: i64, window: Option<Duration>) -> Result<i64, StateError> {
+async fn add(
+    store: &dyn Counters,
+    scope: &str,
+    key: &str,
+    delta: i64,
+    window: Option<Duration>,
+) -> Result<i64, StateError> {
     match window {
         Some(w) => {
             let window_ms = i64::try_from(w.as_millis()).unwrap_or(i64::MAX);
-            store.counter_window_add(scope, key, delta, window_ms, now_ms()).await
+            store
+                .counter_window_add(scope, key, delta, window_ms, now_ms())
+                .await
         }
         None => store.counter_add(scope, key, delta).await,
     }
@@ -79,10 +87,15 @@ impl StoreCounters {
         std::thread::Builder::new()
             .name("reins-counters".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(StateError::Other(format!("counter worker runtime: {e}"))));
+                        let _ = ready_tx.send(Err(StateError::Other(format!(
+                            "counter worker runtime: {e}"
+                        ))));
                         return;
                     }
                 };
@@ -95,7 +108,8 @@ impl StoreCounters {
                 };
                 let _ = ready_tx.send(Ok(()));
                 while let Ok(job) = rx.recv() {
-                    let result = rt.block_on(add(&store, &job.scope, &job.key, job.delta, job.window));
+                    let result =
+                        rt.block_on(add(&store, &job.scope, &job.key, job.delta, job.window));
                     let _ = job.reply.send(result);
                 }
             })
@@ -108,11 +122,17 @@ impl StoreCounters {
         })
     }
 
-    fn try_add(&self, scope: &str, key: &str, delta: i64, window: Option<Duration>) -> Result<i64, StateError> {
+    fn try_add(
+        &self,
+        scope: &str,
+        key: &str,
+        delta: i64,
+        window: Option<Duration>,
+    ) -> Result<i64, StateError> {
         match &self.bridge {
-            Bridge::InPlace(store) => add(&**store, scope, key, delta, window)
-                .now_or_never()
-                .unwrap_or_else(|| Err(StateError::Other("the counter store would block".into()))),
+            Bridge::InPlace(store) => {
+                off_workers(|| futures_executor::block_on(add(&**store, scope, key, delta, window)))
+            }
             Bridge::Thread(tx) => {
                 let (reply, answer) = mpsc::sync_channel(1);
                 tx.send(Job {
@@ -123,15 +143,22 @@ impl StoreCounters {
                     reply,
                 })
                 .map_err(|_| StateError::Other("counter worker thread ended".into()))?;
-                // Off the async workers when there are several: the wait is
-                // database round trips.
-                let wait = || answer.recv();
-                let multi_thread = tokio::runtime::Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-                let got = if multi_thread { tokio::task::block_in_place(wait) } else { wait() };
-                got.map_err(|_| StateError::Other("counter worker thread ended".into()))?
+                off_workers(|| answer.recv())
+                    .map_err(|_| StateError::Other("counter worker thread ended".into()))?
             }
         }
+    }
+}
+
+/// Runs a wait for another thread's answer off the async workers when there
+/// are several (tokio moves this worker's other tasks away meanwhile).
+fn off_workers<T>(wait: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
     }
 }
 
@@ -140,7 +167,12 @@ impl CounterStore for StoreCounters {
         match self.try_add(scope, key, delta, window) {
             Ok(total) => total,
             Err(e) => {
-                tracing::error!(scope, key, delta, "counter store unavailable, answering over-budget: {e}");
+                tracing::error!(
+                    scope,
+                    key,
+                    delta,
+                    "counter store unavailable, answering over-budget: {e}"
+                );
                 UNAVAILABLE
             }
         }

@@ -43,8 +43,13 @@ pub enum StateError {
     #[error("postgres state store: {0}")]
     Postgres(#[from] sqlx::Error),
     /// The configured backend was left out of this build.
-    #[error("[state] kind = \"{kind}\" is not in this build of reins: rebuild with the cargo feature `{feature}`")]
-    NotCompiled { kind: &'static str, feature: &'static str },
+    #[error(
+        "[state] kind = \"{kind}\" is not in this build of reins: rebuild with the cargo feature `{feature}`"
+    )]
+    NotCompiled {
+        kind: &'static str,
+        feature: &'static str,
+    },
     /// A stored value no record type knows (a newer version wrote it, or a hand edit).
     #[error("stored {what} `{value}` is unknown")]
     Unknown { what: &'static str, value: String },
@@ -53,7 +58,9 @@ pub enum StateError {
     Row(String),
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("run `{run_id}` is leased to another node: this node lost it (its lease expired and was taken over)")]
+    #[error(
+        "run `{run_id}` is leased to another node: this node lost it (its lease expired and was taken over)"
+    )]
     LeaseLost { run_id: String },
     /// A unique key is taken (e.g. another run holds the idempotency key).
     #[error("state store conflict: {0}")]
@@ -97,10 +104,16 @@ pub struct StateSettings {
     /// Environment variable holding the PostgreSQL URL.
     #[serde(default)]
     pub url_env: Option<String>,
-    /// Finished runs older than this many days are compacted to their
-    /// summary (steps and actions dropped). 0 keeps everything.
+    /// Finished runs older than this many days are deleted, with their
+    /// actions and approvals. 0 keeps them.
     #[serde(default = "default_retention")]
     pub retention_days: u32,
+    /// Finished runs keep their steps (for `GET /v1/runs/{id}/steps` and
+    /// debugging) this many seconds, then are compacted to their summary
+    /// (run id, pipeline, status, output, error, tokens, duration): a few
+    /// hundred bytes at rest instead of several KB. 0 never compacts.
+    #[serde(default = "default_keep_steps")]
+    pub keep_steps_s: u64,
     /// `reins serve` resumes runs that were interrupted (status `running`) at start.
     #[serde(default = "yes")]
     pub resume_on_start: bool,
@@ -124,7 +137,8 @@ pub struct StateSettings {
     /// whole run (model calls included).
     #[serde(default = "yes")]
     pub checkpoints: bool,
-    /// How often `reins serve` compacts finished runs past `retention_days`.
+    /// How often `reins serve` compacts finished runs past `keep_steps_s`
+    /// and deletes those past `retention_days`.
     #[serde(default = "default_compact_every")]
     pub compact_every_s: u64,
     /// Plugin counters (budgets) and rate limits live in the store, shared
@@ -171,7 +185,10 @@ fn default_lease() -> u64 {
     15_000
 }
 fn default_compact_every() -> u64 {
-    3_600
+    60
+}
+fn default_keep_steps() -> u64 {
+    600
 }
 
 impl Default for StateSettings {
@@ -182,6 +199,7 @@ impl Default for StateSettings {
             url: None,
             url_env: None,
             retention_days: default_retention(),
+            keep_steps_s: default_keep_steps(),
             resume_on_start: true,
             max_connections: default_pool(),
             node_id: None,
@@ -203,7 +221,11 @@ impl StateSettings {
             let host = std::env::var("HOSTNAME")
                 .ok()
                 .filter(|h| !h.is_empty())
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "reins".to_owned());
             let id = uuid::Uuid::new_v4().simple().to_string();
@@ -213,7 +235,8 @@ impl StateSettings {
 
     /// Whether counters and rate limits go to the store.
     pub fn counters_shared(&self) -> bool {
-        self.shared_counters.unwrap_or(self.kind == StateKind::Postgres)
+        self.shared_counters
+            .unwrap_or(self.kind == StateKind::Postgres)
     }
 }
 
@@ -228,7 +251,10 @@ pub enum StateKind {
 
 /// Opens the store `settings` describe (relative paths against `base_dir`).
 #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
-pub async fn open(settings: &StateSettings, base_dir: &Path) -> Result<Arc<dyn StateStore>, StateError> {
+pub async fn open(
+    settings: &StateSettings,
+    base_dir: &Path,
+) -> Result<Arc<dyn StateStore>, StateError> {
     match settings.kind {
         #[cfg(feature = "sqlite")]
         StateKind::Sqlite => {
@@ -255,9 +281,18 @@ impl StateKind {
     #[allow(dead_code)]
     fn not_compiled(self) -> StateError {
         match self {
-            StateKind::Sqlite => StateError::NotCompiled { kind: "sqlite", feature: "sqlite" },
-            StateKind::Memory => StateError::NotCompiled { kind: "memory", feature: "sqlite" },
-            StateKind::Postgres => StateError::NotCompiled { kind: "postgres", feature: "postgres" },
+            StateKind::Sqlite => StateError::NotCompiled {
+                kind: "sqlite",
+                feature: "sqlite",
+            },
+            StateKind::Memory => StateError::NotCompiled {
+                kind: "memory",
+                feature: "sqlite",
+            },
+            StateKind::Postgres => StateError::NotCompiled {
+                kind: "postgres",
+                feature: "postgres",
+            },
         }
     }
 }
@@ -267,10 +302,11 @@ impl StateKind {
 fn postgres_url(settings: &StateSettings) -> Result<String, StateError> {
     match (&settings.url, &settings.url_env) {
         (Some(u), _) => Ok(u.clone()),
-        (None, Some(var)) => {
-            std::env::var(var).map_err(|_| StateError::Other(format!("[state] url_env: `{var}` is not set")))
-        }
-        (None, None) => Err(StateError::Other("[state] kind = \"postgres\" needs `url` or `url_env`".into())),
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| StateError::Other(format!("[state] url_env: `{var}` is not set"))),
+        (None, None) => Err(StateError::Other(
+            "[state] kind = \"postgres\" needs `url` or `url_env`".into(),
+        )),
     }
 }
 
@@ -336,8 +372,12 @@ stored_enum! {
 impl RunStatus {
     /// Statuses of runs that are over for good (and can be compacted); a run
     /// awaiting approval may still go on.
-    pub const FINISHED: [RunStatus; 4] =
-        [RunStatus::Completed, RunStatus::Failed, RunStatus::Rejected, RunStatus::Cancelled];
+    pub const FINISHED: [RunStatus; 4] = [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Rejected,
+        RunStatus::Cancelled,
+    ];
 
     pub fn is_finished(self) -> bool {
         RunStatus::FINISHED.contains(&self)
@@ -483,21 +523,47 @@ pub trait RunStore: Send + Sync {
     /// The run a caller's idempotency key started.
     async fn run_by_key(&self, pipeline: &str, key: &str) -> Result<Option<RunRecord>, StateError>;
     /// Runs with `status`, oldest first.
-    async fn runs_with_status(&self, status: RunStatus, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+    async fn runs_with_status(
+        &self,
+        status: RunStatus,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError>;
 
     /// Takes or renews the lease of a `running` run for `node` until
     /// `until_ms`, if nobody else holds it at `now_ms`. `false`: another
     /// node does (or the run is not running).
-    async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError>;
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StateError>;
     /// `running` runs `node` may take: unleased, leased by `node` itself,
     /// or whose lease has expired at `now_ms`. Oldest first.
-    async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+    async fn claimable_runs(
+        &self,
+        node: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError>;
     /// Moves a run held for approval back to `running` under `node`'s lease,
     /// for the node that continues it. `false`: it is not held (any more) —
     /// another node is continuing it.
-    async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError>;
+    async fn take_held(
+        &self,
+        run_id: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StateError>;
     /// The finished runs of a session on `pipeline`, newest first.
-    async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError>;
+    async fn session_runs(
+        &self,
+        session_id: &str,
+        pipeline: &str,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError>;
 
     /// Records step `step.step` and the run's new state together (fenced
     /// like [`RunStore::put_run`]: nothing is written if the lease is lost).
@@ -564,10 +630,20 @@ pub trait Counters: Send + Sync {
 pub trait CacheIndex: Send + Sync {
     /// Stores a validated answer of the response cache under `key` (the
     /// hex of the request's hash), replacing an older one.
-    async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError>;
+    async fn cache_put(
+        &self,
+        key: &str,
+        pipeline: &str,
+        answer: &Value,
+        stored_ms: i64,
+    ) -> Result<(), StateError>;
     /// The answer cached under `key` if it was stored at or after
     /// `fresh_since_ms`, with when it was stored.
-    async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError>;
+    async fn cache_get(
+        &self,
+        key: &str,
+        fresh_since_ms: i64,
+    ) -> Result<Option<(Value, i64)>, StateError>;
 }
 
 /// Who did what: an append-only, hash-chained log (see [`audit`]).
@@ -589,21 +665,40 @@ pub trait Housekeeping: Send + Sync {
     /// `sqlite`, `memory` or `postgres`.
     fn kind(&self) -> &'static str;
     /// Compacts finished runs last updated before `before_ms` to their
-    /// summary: their steps and actions are dropped (as are counter events
-    /// and cached answers older than that). Returns how many runs.
+    /// summary: their steps and stored request are dropped, so a finished
+    /// run weighs its summary at rest (expired counter events go too).
+    /// Returns how many runs; a compacted run is never visited again.
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError>;
+    /// Deletes finished runs last updated before `before_ms`, with their
+    /// steps, actions (and so their idempotency keys) and approvals, and
+    /// cached answers stored before it. Returns how many runs.
+    async fn expire(&self, before_ms: i64) -> Result<u64, StateError>;
 }
 
 /// The whole durable store, for the callers that hold one handle to it
 /// (`Arc<dyn StateStore>`); a caller that needs one concept takes its trait.
-pub trait StateStore: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping {}
+pub trait StateStore:
+    RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping
+{
+}
 
-impl<T: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping> StateStore for T {}
+impl<T: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping>
+    StateStore for T
+{
+}
 
 /// What a compacted run keeps of its result.
 pub fn summary(result: &Value) -> Value {
     let mut out = serde_json::Map::new();
-    for k in ["run_id", "pipeline", "status", "output", "error", "tokens", "duration_us"] {
+    for k in [
+        "run_id",
+        "pipeline",
+        "status",
+        "output",
+        "error",
+        "tokens",
+        "duration_us",
+    ] {
         if let Some(v) = result.get(k) {
             out.insert(k.to_owned(), v.clone());
         }
@@ -611,4 +706,3 @@ pub fn summary(result: &Value) -> Value {
     out.insert("compacted".to_owned(), Value::Bool(true));
     Value::Object(out)
 }
-

@@ -12,8 +12,9 @@
 
 use super::audit::{self, AuditEntry, AuditFilter, AuditReport, AuditRow};
 use super::{
-    ActionLog, ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Approvals, AuditLog, CacheIndex,
-    Counters, Housekeeping, RunRecord, RunStatus, RunStore, StateError, StepKind, StepRecord, now_ms, summary,
+    ActionLog, ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Approvals,
+    AuditLog, CacheIndex, Counters, Housekeeping, RunRecord, RunStatus, RunStore, StateError,
+    StepKind, StepRecord, now_ms, summary,
 };
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -94,13 +95,23 @@ fn renumber(sql: &str, by: u32, mark: char) -> String {
 
 /// `$first, $first+1, ... $last`.
 fn params(first: u32, last: u32) -> String {
-    (first..=last).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..=last)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The schema, one entry per version, applied once each and in order
 /// (SQLite counts them in `PRAGMA user_version`, PostgreSQL in
 /// `reins_migrations`). Never edit an entry that has shipped; add one.
-pub const MIGRATIONS: &[fn(Dialect) -> String] = &[base, leases, functions_moved, response_cache, audit_log];
+pub const MIGRATIONS: &[fn(Dialect) -> String] = &[
+    base,
+    leases,
+    functions_moved,
+    response_cache,
+    audit_log,
+    compaction,
+];
 
 fn base(d: Dialect) -> String {
     let int = d.int();
@@ -223,14 +234,26 @@ CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log(time_ms);"
     )
 }
 
+/// Compaction without a scan: a flag and an index find the finished runs
+/// still holding their steps (runs compacted before this read their mark
+/// from the result once, here).
+fn compaction(d: Dialect) -> String {
+    format!(
+        "ALTER TABLE runs ADD COLUMN compacted {} NOT NULL DEFAULT 0;
+UPDATE runs SET compacted = 1 WHERE result LIKE '%\"compacted\":true%';
+CREATE INDEX IF NOT EXISTS runs_compaction ON runs(compacted, updated_ms);
+CREATE INDEX IF NOT EXISTS actions_run ON actions(run_id);",
+        d.int()
+    )
+}
+
 /// Whether `node` may take a run's lease at `now` (SQL expressions): nobody
 /// holds it, `node` does, or it has expired.
 fn lease_open(node: &str, now: &str) -> String {
     format!("(runs.owner IS NULL OR runs.owner = {node} OR runs.lease_until < {now})")
 }
 
-const RUN_COLS: &str =
-    "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms, session_id, owner, lease_until";
+const RUN_COLS: &str = "run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms, session_id, owner, lease_until";
 const ACTION_COLS: &str =
     "key, run_id, tool, arguments, state, response, CAST(http_status AS BIGINT), tries, updated_ms";
 const APPROVAL_COLS: &str = "id, run_id, pipeline, status, created_ms, data";
@@ -250,6 +273,10 @@ pub struct Sql {
     pub upsert_step: String,
     /// PostgreSQL: the run and its step in one call (one round trip).
     pub checkpoint_call: Option<String>,
+    /// PostgreSQL: many runs' checkpoint calls in one statement, their
+    /// arguments as arrays (`$N` is the array of every call's Nth), one
+    /// result row per call in order: a batch is one round trip and one commit.
+    pub checkpoint_batch: Option<String>,
     pub steps: String,
     pub plan_action: String,
     pub action: String,
@@ -271,10 +298,16 @@ pub struct Sql {
     pub cache_get: String,
     pub drop_events: String,
     pub drop_cache: String,
+    /// A page of finished runs still holding their steps.
     pub finished_runs: String,
+    pub drop_turn_steps: String,
     pub drop_steps: String,
-    pub drop_actions: String,
     pub compact_run: String,
+    /// Deletes a page of finished runs past retention, with what they own.
+    pub expire_steps: String,
+    pub expire_actions: String,
+    pub expire_approvals: String,
+    pub expire_runs: String,
     /// PostgreSQL: serializes audit appends across every node, so the chain
     /// never forks (SQLite's write transactions are serialized already).
     pub audit_lock: Option<String>,
@@ -309,6 +342,14 @@ impl Sql {
      ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms";
         let event_id = d.row_id("id");
         let finished = RunStatus::FINISHED.map(|s| format!("'{s}'")).join(", ");
+        // Deletes what `table` holds of a page of finished runs, oldest first
+        // (the order fixed, so each statement of a page picks the same runs).
+        let expire = |table: &str| {
+            q(&format!(
+                "DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM runs WHERE updated_ms < $1
+                 AND status IN ({finished}) ORDER BY updated_ms, run_id LIMIT $2)"
+            ))
+        };
         let functions = match d {
             Dialect::Sqlite => Vec::new(),
             Dialect::Postgres => pg_functions(&upsert_run, upsert_step),
@@ -339,6 +380,7 @@ impl Sql {
             )),
             checkpoint_call: (d == Dialect::Postgres)
                 .then(|| format!("SELECT CAST(CAST(reins_checkpoint({}) AS INTEGER) AS BIGINT)", params(1, 16))),
+            checkpoint_batch: (d == Dialect::Postgres).then(checkpoint_batch),
             steps: q("SELECT run_id, step, kind, data, created_ms FROM steps WHERE run_id = $1 ORDER BY step"),
             plan_action: q(&format!(
                 "INSERT INTO actions (key, run_id, tool, arguments, state, response, http_status, tries, updated_ms)
@@ -389,13 +431,19 @@ impl Sql {
             drop_events: q("DELETE FROM counter_events WHERE expires_ms < $1"),
             drop_cache: q("DELETE FROM response_cache WHERE stored_ms < $1"),
             finished_runs: q(&format!(
-                "SELECT run_id, result FROM runs WHERE status IN ({finished}) AND updated_ms < $1
-                 AND result NOT LIKE '%\"compacted\":true%'"
+                "SELECT run_id, result FROM runs WHERE compacted = 0 AND updated_ms < $1 AND status IN ({finished})
+                 ORDER BY updated_ms LIMIT $2"
             )),
-            // The run's steps and its agent turns' (`RUN.STEP`).
-            drop_steps: q("DELETE FROM steps WHERE run_id = $1 OR substr(run_id, 1, length($1) + 1) = $1 || '.'"),
-            drop_actions: q("DELETE FROM actions WHERE run_id = $1"),
-            compact_run: q("UPDATE runs SET result = $2, request = 'null' WHERE run_id = $1"),
+            // The run's agent turns' steps (`RUN.STEP`, one per step of the
+            // run) and its own, each found by its key.
+            drop_turn_steps: q("DELETE FROM steps WHERE run_id IN
+                 (SELECT CAST($1 AS TEXT) || '.' || CAST(step AS TEXT) FROM steps WHERE run_id = $1)"),
+            drop_steps: q("DELETE FROM steps WHERE run_id = $1"),
+            compact_run: q("UPDATE runs SET result = $2, request = 'null', compacted = 1 WHERE run_id = $1"),
+            expire_steps: expire("steps"),
+            expire_actions: expire("actions"),
+            expire_approvals: expire("approvals"),
+            expire_runs: expire("runs"),
             audit_lock: (d == Dialect::Postgres).then(|| "SELECT pg_advisory_xact_lock(7351003)".to_owned()),
             audit_last: q("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"),
             audit_insert: q(&format!("INSERT INTO audit_log ({AUDIT_COLS}) VALUES ({})", params(1, 11))),
@@ -449,6 +497,38 @@ END $$",
             renumber(upsert_step, 11, '$'),
         ),
     ]
+}
+
+/// [`Sql::checkpoint_batch`]: the columns' array types follow the
+/// arguments a checkpoint call binds.
+fn checkpoint_batch() -> String {
+    let mut sample = run_args(&RunRecord::new("", "", RunStatus::Running));
+    sample.extend(step_args(&StepRecord {
+        run_id: String::new(),
+        step: 0,
+        kind: StepKind::Run,
+        data: Value::Null,
+        created_ms: 0,
+    }));
+    let arrays: Vec<String> = sample
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match a {
+            Arg::Text(_) => format!("CAST(${} AS TEXT[])", i + 1),
+            Arg::Int(_) => format!("CAST(${} AS BIGINT[])", i + 1),
+        })
+        .collect();
+    let cols: Vec<String> = (1..=sample.len()).map(|i| format!("c{i}")).collect();
+    format!(
+        "SELECT CAST(CAST(reins_checkpoint({}) AS INTEGER) AS BIGINT)
+         FROM unnest({}) WITH ORDINALITY AS b({}, n) ORDER BY b.n",
+        cols.iter()
+            .map(|c| format!("b.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        arrays.join(", "),
+        cols.join(", ")
+    )
 }
 
 /// A statement's argument, bound the same way by either backend.
@@ -515,15 +595,21 @@ macro_rules! args {
 
 /// One statement with its arguments.
 pub struct Stmt<'a> {
-    pub sql: &'a str,
+    /// One of [`Sql`]'s statements (they live for the process), so a
+    /// backend may carry it to another thread.
+    pub sql: &'static str,
     pub args: Vec<Arg>,
     /// The run whose lease fences this write: if it changes no row, the
     /// transaction is rolled back and the answer is [`StateError::LeaseLost`].
     pub fence: Option<&'a str>,
 }
 
-fn stmt(sql: &str, args: Vec<Arg>) -> Stmt<'_> {
-    Stmt { sql, args, fence: None }
+fn stmt(sql: &'static str, args: Vec<Arg>) -> Stmt<'static> {
+    Stmt {
+        sql,
+        args,
+        fence: None,
+    }
 }
 
 impl Stmt<'_> {
@@ -549,10 +635,12 @@ pub type RowMap<T> = fn(&dyn Row) -> Result<T, StateError>;
 
 impl dyn Row + '_ {
     fn string(&self, i: usize) -> Result<String, StateError> {
-        self.text(i)?.ok_or_else(|| StateError::Row(format!("column {i} is NULL")))
+        self.text(i)?
+            .ok_or_else(|| StateError::Row(format!("column {i} is NULL")))
     }
     fn i64(&self, i: usize) -> Result<i64, StateError> {
-        self.int(i)?.ok_or_else(|| StateError::Row(format!("column {i} is NULL")))
+        self.int(i)?
+            .ok_or_else(|| StateError::Row(format!("column {i} is NULL")))
     }
     fn json(&self, i: usize) -> Result<Value, StateError> {
         Ok(serde_json::from_str(&self.string(i)?)?)
@@ -603,7 +691,13 @@ fn step_record(r: &dyn Row) -> Result<StepRecord, StateError> {
 }
 
 fn step_args(step: &StepRecord) -> Vec<Arg> {
-    args![&step.run_id, step.step, step.kind.as_str(), &step.data, step.created_ms]
+    args![
+        &step.run_id,
+        step.step,
+        step.kind.as_str(),
+        &step.data,
+        step.created_ms
+    ]
 }
 
 fn action_record(r: &dyn Row) -> Result<ActionRecord, StateError> {
@@ -645,7 +739,8 @@ fn audit_row(r: &dyn Row) -> Result<(AuditRow, String), StateError> {
             outcome: r.string(6)?,
             // An unreadable detail is kept as its text: verify reports the
             // row rather than failing to read the log.
-            detail: serde_json::from_str(&detail_text).unwrap_or_else(|_| Value::String(detail_text.clone())),
+            detail: serde_json::from_str(&detail_text)
+                .unwrap_or_else(|_| Value::String(detail_text.clone())),
             request_id: r.text(8)?,
         },
         prev_hash: r.string(9)?,
@@ -656,7 +751,9 @@ fn audit_row(r: &dyn Row) -> Result<(AuditRow, String), StateError> {
 
 fn audit_args(row: &AuditRow, detail_text: String) -> Vec<Arg> {
     let e = &row.entry;
-    let mut args = args![row.seq, e.time_ms, &e.subject, &e.tenant, &e.action, &e.target, &e.outcome];
+    let mut args = args![
+        row.seq, e.time_ms, &e.subject, &e.tenant, &e.action, &e.target, &e.outcome
+    ];
     args.extend(args![detail_text, &e.request_id, &row.prev_hash, &row.hash]);
     args
 }
@@ -712,6 +809,18 @@ pub trait Backend: Send + Sync + 'static {
         T: Send + 'static,
         U: Send + 'static,
         F: FnOnce(Vec<T>) -> (Vec<Stmt<'static>>, U) + Send + 'static;
+
+    /// `call`, a statement answering one integer, run together with other
+    /// callers' where the backend can batch them (PostgreSQL's checkpoint
+    /// call); by default on its own.
+    async fn call_batched(&self, call: Stmt<'static>) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .run(&[], Some((&call, int)))
+            .await?
+            .rows
+            .into_iter()
+            .next())
+    }
 }
 
 /// The store over a [`Backend`]: every trait written once for both databases.
@@ -733,17 +842,28 @@ impl<B: Backend> SqlStore<B> {
         Ok(self.write(&[s]).await? == [1])
     }
 
-    async fn rows<T: Send + 'static>(&self, s: Stmt<'_>, map: RowMap<T>) -> Result<Vec<T>, StateError> {
+    async fn rows<T: Send + 'static>(
+        &self,
+        s: Stmt<'_>,
+        map: RowMap<T>,
+    ) -> Result<Vec<T>, StateError> {
         Ok(self.db.run(&[], Some((&s, map))).await?.rows)
     }
 
-    async fn one<T: Send + 'static>(&self, s: Stmt<'_>, map: RowMap<T>) -> Result<Option<T>, StateError> {
+    async fn one<T: Send + 'static>(
+        &self,
+        s: Stmt<'_>,
+        map: RowMap<T>,
+    ) -> Result<Option<T>, StateError> {
         Ok(self.rows(s, map).await?.into_iter().next())
     }
 
     /// Writes fenced on `run`, with a taken idempotency key as a conflict.
     async fn write_run(&self, run: &RunRecord, writes: &[Stmt<'_>]) -> Result<(), StateError> {
-        self.write(writes).await.map(|_| ()).map_err(|e| key_conflict(run, e))
+        self.write(writes)
+            .await
+            .map(|_| ())
+            .map_err(|e| key_conflict(run, e))
     }
 
     fn upsert_run<'a>(&'a self, run: &'a RunRecord) -> Stmt<'a> {
@@ -758,7 +878,10 @@ impl<B: Backend> SqlStore<B> {
 /// A taken idempotency key as a [`StateError::Conflict`].
 fn key_conflict(run: &RunRecord, e: StateError) -> StateError {
     if e.is_unique_violation() {
-        StateError::Conflict(format!("run `{}`: another run holds its idempotency key", run.run_id))
+        StateError::Conflict(format!(
+            "run `{}`: another run holds its idempotency key",
+            run.run_id
+        ))
     } else {
         e
     }
@@ -771,36 +894,82 @@ impl<B: Backend> RunStore for SqlStore<B> {
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
-        self.one(stmt(&self.sql().run, args![run_id]), run_record).await
+        self.one(stmt(&self.sql().run, args![run_id]), run_record)
+            .await
     }
 
     async fn run_by_key(&self, pipeline: &str, key: &str) -> Result<Option<RunRecord>, StateError> {
-        self.one(stmt(&self.sql().run_by_key, args![pipeline, key]), run_record).await
+        self.one(
+            stmt(&self.sql().run_by_key, args![pipeline, key]),
+            run_record,
+        )
+        .await
     }
 
-    async fn runs_with_status(&self, status: RunStatus, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        self.rows(stmt(&self.sql().runs_with_status, args![status.as_str(), limit]), run_record)
-            .await
+    async fn runs_with_status(
+        &self,
+        status: RunStatus,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError> {
+        self.rows(
+            stmt(&self.sql().runs_with_status, args![status.as_str(), limit]),
+            run_record,
+        )
+        .await
     }
 
-    async fn claim_run(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
-        self.changed_one(stmt(&self.sql().claim_run, args![run_id, node, now_ms, until_ms]))
-            .await
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StateError> {
+        self.changed_one(stmt(
+            &self.sql().claim_run,
+            args![run_id, node, now_ms, until_ms],
+        ))
+        .await
     }
 
-    async fn claimable_runs(&self, node: &str, now_ms: i64, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        self.rows(stmt(&self.sql().claimable_runs, args![node, now_ms, limit]), run_record)
-            .await
+    async fn claimable_runs(
+        &self,
+        node: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError> {
+        self.rows(
+            stmt(&self.sql().claimable_runs, args![node, now_ms, limit]),
+            run_record,
+        )
+        .await
     }
 
-    async fn take_held(&self, run_id: &str, node: &str, now_ms: i64, until_ms: i64) -> Result<bool, StateError> {
-        self.changed_one(stmt(&self.sql().take_held, args![run_id, node, now_ms, until_ms]))
-            .await
+    async fn take_held(
+        &self,
+        run_id: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StateError> {
+        self.changed_one(stmt(
+            &self.sql().take_held,
+            args![run_id, node, now_ms, until_ms],
+        ))
+        .await
     }
 
-    async fn session_runs(&self, session_id: &str, pipeline: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        self.rows(stmt(&self.sql().session_runs, args![session_id, pipeline, limit]), run_record)
-            .await
+    async fn session_runs(
+        &self,
+        session_id: &str,
+        pipeline: &str,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StateError> {
+        self.rows(
+            stmt(&self.sql().session_runs, args![session_id, pipeline, limit]),
+            run_record,
+        )
+        .await
     }
 
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
@@ -811,7 +980,12 @@ impl<B: Backend> RunStore for SqlStore<B> {
         };
         let mut all = run_args(run);
         all.extend(step_args(step));
-        match self.one(stmt(call, all), int).await.map_err(|e| key_conflict(run, e))? {
+        match self
+            .db
+            .call_batched(stmt(call, all))
+            .await
+            .map_err(|e| key_conflict(run, e))?
+        {
             Some(1) => Ok(()),
             _ => Err(StateError::LeaseLost {
                 run_id: run.run_id.clone(),
@@ -820,7 +994,8 @@ impl<B: Backend> RunStore for SqlStore<B> {
     }
 
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
-        self.rows(stmt(&self.sql().steps, args![run_id]), step_record).await
+        self.rows(stmt(&self.sql().steps, args![run_id]), step_record)
+            .await
     }
 }
 
@@ -828,13 +1003,18 @@ impl<B: Backend> RunStore for SqlStore<B> {
 impl<B: Backend> ActionLog for SqlStore<B> {
     async fn plan_action(&self, a: &ActionRecord) -> Result<ActionRecord, StateError> {
         let sql = self.sql();
-        let plan = stmt(&sql.plan_action, args![&a.key, &a.run_id, &a.tool, &a.arguments, now_ms()]);
+        let plan = stmt(
+            &sql.plan_action,
+            args![&a.key, &a.run_id, &a.tool, &a.arguments, now_ms()],
+        );
         let read = stmt(&sql.action, args![&a.key]);
         let done = self.db.run(&[plan], Some((&read, action_record))).await?;
-        done.rows
-            .into_iter()
-            .next()
-            .ok_or_else(|| StateError::Other(format!("action `{}` is not stored after planning it", a.key)))
+        done.rows.into_iter().next().ok_or_else(|| {
+            StateError::Other(format!(
+                "action `{}` is not stored after planning it",
+                a.key
+            ))
+        })
     }
 
     async fn set_action(
@@ -848,17 +1028,26 @@ impl<B: Backend> ActionLog for SqlStore<B> {
         let response = Arg::Text(response.map(Value::to_string));
         let s = stmt(
             &self.sql().set_action,
-            vec![key.into(), state.as_str().into(), response, http_status.into(), tries.into(), now_ms().into()],
+            vec![
+                key.into(),
+                state.as_str().into(),
+                response,
+                http_status.into(),
+                tries.into(),
+                now_ms().into(),
+            ],
         );
         self.write(&[s]).await.map(|_| ())
     }
 
     async fn action(&self, key: &str) -> Result<Option<ActionRecord>, StateError> {
-        self.one(stmt(&self.sql().action, args![key]), action_record).await
+        self.one(stmt(&self.sql().action, args![key]), action_record)
+            .await
     }
 
     async fn actions(&self, run_id: &str) -> Result<Vec<ActionRecord>, StateError> {
-        self.rows(stmt(&self.sql().actions, args![run_id]), action_record).await
+        self.rows(stmt(&self.sql().actions, args![run_id]), action_record)
+            .await
     }
 }
 
@@ -870,14 +1059,22 @@ impl<B: Backend> Approvals for SqlStore<B> {
         writes.extend(approvals.iter().map(|a| {
             stmt(
                 &sql.upsert_approval,
-                args![&a.id, &a.run_id, &a.pipeline, a.status.as_str(), a.created_ms, &a.data],
+                args![
+                    &a.id,
+                    &a.run_id,
+                    &a.pipeline,
+                    a.status.as_str(),
+                    a.created_ms,
+                    &a.data
+                ],
             )
         }));
         self.write_run(run, &writes).await
     }
 
     async fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>, StateError> {
-        self.one(stmt(&self.sql().approval, args![id]), approval_record).await
+        self.one(stmt(&self.sql().approval, args![id]), approval_record)
+            .await
     }
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<ApprovalRecord>, StateError> {
@@ -887,16 +1084,23 @@ impl<B: Backend> Approvals for SqlStore<B> {
     }
 
     async fn decide(&self, d: &ApprovalRecord) -> Result<bool, StateError> {
-        self.changed_one(stmt(&self.sql().decide, args![&d.id, d.status.as_str(), &d.data]))
-            .await
+        self.changed_one(stmt(
+            &self.sql().decide,
+            args![&d.id, d.status.as_str(), &d.data],
+        ))
+        .await
     }
 }
 
 #[async_trait::async_trait]
 impl<B: Backend> Counters for SqlStore<B> {
     async fn counter_add(&self, scope: &str, key: &str, delta: i64) -> Result<i64, StateError> {
-        let total = self.one(stmt(&self.sql().counter_add, args![scope, key, delta]), int).await?;
-        total.ok_or_else(|| StateError::Other(format!("counter `{scope}`/`{key}` returned no total")))
+        let total = self
+            .one(stmt(&self.sql().counter_add, args![scope, key, delta]), int)
+            .await?;
+        total.ok_or_else(|| {
+            StateError::Other(format!("counter `{scope}`/`{key}` returned no total"))
+        })
     }
 
     /// The windowed-counter algorithm of the store (the in-memory one is
@@ -917,13 +1121,19 @@ impl<B: Backend> Counters for SqlStore<B> {
         if let Some(lock) = &sql.counter_lock {
             writes.push(stmt(lock, args![scope, key]));
         }
-        writes.push(stmt(&sql.window_expire, args![scope, key, now_ms - window_ms]));
+        writes.push(stmt(
+            &sql.window_expire,
+            args![scope, key, now_ms - window_ms],
+        ));
         if delta < 0 {
             writes.push(stmt(&sql.window_cancel, args![scope, key, -delta]));
         }
         if delta > 0 {
             let expires = now_ms.saturating_add(window_ms);
-            writes.push(stmt(&sql.window_insert, args![scope, key, now_ms, delta, expires]));
+            writes.push(stmt(
+                &sql.window_insert,
+                args![scope, key, now_ms, delta, expires],
+            ));
         }
         let total = stmt(&sql.window_total, args![scope, key]);
         let done = self.db.run(&writes, Some((&total, int))).await?;
@@ -933,13 +1143,30 @@ impl<B: Backend> Counters for SqlStore<B> {
 
 #[async_trait::async_trait]
 impl<B: Backend> CacheIndex for SqlStore<B> {
-    async fn cache_put(&self, key: &str, pipeline: &str, answer: &Value, stored_ms: i64) -> Result<(), StateError> {
-        let s = stmt(&self.sql().cache_put, args![key, pipeline, answer, stored_ms]);
+    async fn cache_put(
+        &self,
+        key: &str,
+        pipeline: &str,
+        answer: &Value,
+        stored_ms: i64,
+    ) -> Result<(), StateError> {
+        let s = stmt(
+            &self.sql().cache_put,
+            args![key, pipeline, answer, stored_ms],
+        );
         self.write(&[s]).await.map(|_| ())
     }
 
-    async fn cache_get(&self, key: &str, fresh_since_ms: i64) -> Result<Option<(Value, i64)>, StateError> {
-        self.one(stmt(&self.sql().cache_get, args![key, fresh_since_ms]), cache_hit).await
+    async fn cache_get(
+        &self,
+        key: &str,
+        fresh_since_ms: i64,
+    ) -> Result<Option<(Value, i64)>, StateError> {
+        self.one(
+            stmt(&self.sql().cache_get, args![key, fresh_since_ms]),
+            cache_hit,
+        )
+        .await
     }
 }
 
@@ -955,18 +1182,22 @@ impl<B: Backend> AuditLog for SqlStore<B> {
         // The newest link is read inside the transaction (under the lock on
         // PostgreSQL), so two appends can never chain to the same row.
         self.db
-            .read_then_write(&lock, (&last, last_link), move |found: Vec<(i64, String)>| {
-                let mut prev = found.into_iter().next();
-                let mut writes = Vec::with_capacity(entries.len());
-                let mut rows = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let (row, detail_text) = audit::chain(prev.take(), entry);
-                    writes.push(stmt(&sql.audit_insert, audit_args(&row, detail_text)));
-                    prev = Some((row.seq, row.hash.clone()));
-                    rows.push(row);
-                }
-                (writes, rows)
-            })
+            .read_then_write(
+                &lock,
+                (&last, last_link),
+                move |found: Vec<(i64, String)>| {
+                    let mut prev = found.into_iter().next();
+                    let mut writes = Vec::with_capacity(entries.len());
+                    let mut rows = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        let (row, detail_text) = audit::chain(prev.take(), entry);
+                        writes.push(stmt(&sql.audit_insert, audit_args(&row, detail_text)));
+                        prev = Some((row.seq, row.hash.clone()));
+                        rows.push(row);
+                    }
+                    (writes, rows)
+                },
+            )
             .await
     }
 
@@ -984,7 +1215,12 @@ impl<B: Backend> AuditLog for SqlStore<B> {
                 f.page_size(),
             ],
         );
-        Ok(self.rows(s, audit_row).await?.into_iter().map(|(row, _)| row).collect())
+        Ok(self
+            .rows(s, audit_row)
+            .await?
+            .into_iter()
+            .map(|(row, _)| row)
+            .collect())
     }
 
     async fn audit_verify(&self) -> Result<AuditReport, StateError> {
@@ -992,7 +1228,9 @@ impl<B: Backend> AuditLog for SqlStore<B> {
         let mut verifier = audit::Verifier::default();
         let mut after = 0i64;
         loop {
-            let page = self.rows(stmt(&self.sql().audit_page, args![after, PAGE]), audit_row).await?;
+            let page = self
+                .rows(stmt(&self.sql().audit_page, args![after, PAGE]), audit_row)
+                .await?;
             let Some((last, _)) = page.last() else { break };
             after = last.seq;
             let full = page.len() == PAGE as usize;
@@ -1012,23 +1250,63 @@ impl<B: Backend> Housekeeping for SqlStore<B> {
 
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
         let sql = self.sql();
-        self.write(&[stmt(&sql.drop_events, args![now_ms()])]).await?;
-        self.write(&[stmt(&sql.drop_cache, args![before_ms])]).await?;
-        let old = self.rows(stmt(&sql.finished_runs, args![before_ms]), run_result).await?;
-        let mut n = 0;
-        for (run_id, result) in old {
-            let small = summary(&result);
-            self.write(&[
-                stmt(&sql.drop_steps, args![&run_id]),
-                stmt(&sql.drop_actions, args![&run_id]),
-                stmt(&sql.compact_run, args![&run_id, &small]),
-            ])
+        self.write(&[stmt(&sql.drop_events, args![now_ms()])])
             .await?;
-            n += 1;
+        let mut n = 0;
+        loop {
+            let page = self
+                .rows(
+                    stmt(&sql.finished_runs, args![before_ms, HOUSEKEEPING_PAGE]),
+                    run_result,
+                )
+                .await?;
+            // One transaction per page, not per run.
+            let mut writes = Vec::with_capacity(3 * page.len());
+            for (run_id, result) in &page {
+                writes.push(stmt(&sql.drop_turn_steps, args![run_id.as_str()]));
+                writes.push(stmt(&sql.drop_steps, args![run_id.as_str()]));
+                writes.push(stmt(
+                    &sql.compact_run,
+                    args![run_id.as_str(), &summary(result)],
+                ));
+            }
+            if !writes.is_empty() {
+                self.write(&writes).await?;
+            }
+            n += page.len() as u64;
+            if (page.len() as i64) < HOUSEKEEPING_PAGE {
+                return Ok(n);
+            }
         }
-        Ok(n)
+    }
+
+    async fn expire(&self, before_ms: i64) -> Result<u64, StateError> {
+        let sql = self.sql();
+        self.write(&[stmt(&sql.drop_cache, args![before_ms])])
+            .await?;
+        let mut n = 0;
+        loop {
+            let page = args![before_ms, HOUSEKEEPING_PAGE];
+            let changed = self
+                .write(&[
+                    stmt(&sql.expire_steps, page.clone()),
+                    stmt(&sql.expire_actions, page.clone()),
+                    stmt(&sql.expire_approvals, page.clone()),
+                    stmt(&sql.expire_runs, page),
+                ])
+                .await?;
+            let runs = changed.last().copied().unwrap_or(0);
+            n += runs;
+            if (runs as i64) < HOUSEKEEPING_PAGE {
+                return Ok(n);
+            }
+        }
     }
 }
+
+/// Runs one housekeeping transaction handles: short enough that the
+/// writes of serving runs queued behind it wait little.
+const HOUSEKEEPING_PAGE: i64 = 500;
 
 #[cfg(test)]
 mod tests {
@@ -1036,14 +1314,22 @@ mod tests {
 
     #[test]
     fn placeholders_are_renumbered_and_dollar_quotes_kept() {
-        assert_eq!(renumber("a = $1 OR b = $12 AS $$ x $$", 0, '?'), "a = ?1 OR b = ?12 AS $$ x $$");
+        assert_eq!(
+            renumber("a = $1 OR b = $12 AS $$ x $$", 0, '?'),
+            "a = ?1 OR b = ?12 AS $$ x $$"
+        );
         assert_eq!(renumber("VALUES ($1, $5)", 11, '$'), "VALUES ($12, $16)");
     }
 
     #[test]
     fn every_statement_of_sqlite_is_numbered_its_way() {
         let sql = Dialect::Sqlite.sql();
-        for s in [&sql.upsert_run, &sql.claim_run, &sql.window_cancel, &sql.session_runs] {
+        for s in [
+            &sql.upsert_run,
+            &sql.claim_run,
+            &sql.window_cancel,
+            &sql.session_runs,
+        ] {
             assert!(!s.contains('$'), "{s}");
         }
         assert!(Dialect::Postgres.sql().claim_run.contains("$4"));

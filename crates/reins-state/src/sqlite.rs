@@ -1,22 +1,91 @@
 //! The embedded SQLite store: one file, WAL mode, `synchronous = NORMAL`
 //! (a committed transaction survives a process crash; a power loss may lose
-//! the last ones). Calls are short and run in place under one connection
-//! mutex; several processes may share a file (busy timeout 5 s).
+//! the last ones); several processes may share a file (busy timeout 5 s).
+//!
+//! One writer thread owns the connection. Every call becomes a job on its
+//! queue; the thread takes whatever jobs are waiting and runs them in one
+//! IMMEDIATE transaction, each job in its own savepoint (one job's failure
+//! rolls back only that job), then commits once and answers every job.
+//! So concurrent runs' checkpoints share one commit, nothing waits on the
+//! database from an async worker, and a job is answered only after its
+//! batch is committed: a step is still durable before the effect it guards
+//! is sent. WAL checkpoints, which SQLite would otherwise run inside the
+//! commit that crosses 1,000 pages (a stall of milliseconds for the runs in
+//! that batch), run on a second thread with its own connection, `PASSIVE`
+//! (never blocking the writer), woken by commits, at most every 200 ms; the writer checks
+//! the WAL itself only past 10,000 pages, should that thread fall behind.
 
 use super::StateError;
 use super::sql::{Arg, Backend, Dialect, Done, MIGRATIONS, Row, RowMap, SqlStore, Stmt};
 use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue};
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc;
 
 /// The SQLite store.
 pub type SqliteStore = SqlStore<SqliteDb>;
 
-/// One SQLite connection, shared under a mutex.
+/// The queue to the writer thread that owns the connection.
 pub struct SqliteDb {
-    conn: Mutex<Connection>,
+    jobs: mpsc::Sender<Job>,
     path: String,
+}
+
+/// WAL pages past which the writer checkpoints in its own commit.
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+/// The least time between two checkpoints.
+const CHECKPOINT_GAP: std::time::Duration = std::time::Duration::from_millis(200);
+/// What a reset WAL file is truncated to, in bytes.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Jobs one transaction carries at most: a bound on how long the first
+/// job of a batch waits for the others.
+const MAX_BATCH: usize = 256;
+
+/// A caller's work and the way back to it.
+type Job = Box<dyn Queued>;
+
+trait Queued: Send {
+    /// Runs inside the batch's transaction; says whether it failed (its
+    /// savepoint is then rolled back) and how to answer once the batch's
+    /// commit is known.
+    fn run(self: Box<Self>, conn: &Connection, path: &str) -> Ran;
+    /// Answers without running: the batch could not begin.
+    fn refuse(self: Box<Self>, message: String);
+}
+
+struct Ran {
+    failed: bool,
+    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+struct Pending<U, F> {
+    work: F,
+    reply: tokio::sync::oneshot::Sender<Result<U, StateError>>,
+}
+
+impl<U, F> Queued for Pending<U, F>
+where
+    U: Send + 'static,
+    F: FnOnce(&Connection, &str) -> Result<U, StateError> + Send,
+{
+    fn run(self: Box<Self>, conn: &Connection, path: &str) -> Ran {
+        let Pending { work, reply } = *self;
+        let out = work(conn, path);
+        Ran {
+            failed: out.is_err(),
+            answer: Box::new(move |committed| {
+                let _ = reply.send(match committed {
+                    Ok(()) => out,
+                    Err(message) => out.and(Err(StateError::Other(message))),
+                });
+            }),
+        }
+    }
+
+    fn refuse(self: Box<Self>, message: String) {
+        let _ = self.reply.send(Err(StateError::Other(message)));
+    }
 }
 
 impl SqliteStore {
@@ -25,7 +94,8 @@ impl SqliteStore {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| StateError::Other(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StateError::Other(format!("{}: {e}", dir.display())))?;
         }
         let shown = path.display().to_string();
         let conn = Connection::open(path).map_err(|source| StateError::Sqlite {
@@ -49,71 +119,240 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         conn.set_prepared_statement_cache_capacity(64);
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
         // IMMEDIATE: of several processes opening one file, one migrates.
-        let tx = rusqlite::Transaction::new_unchecked(&conn, TransactionBehavior::Immediate).map_err(err)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let tx = rusqlite::Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
         let done = usize::try_from(version).unwrap_or(0);
         if done < MIGRATIONS.len() {
             for migration in &MIGRATIONS[done..] {
                 tx.execute_batch(&migration(Dialect::Sqlite)).map_err(err)?;
             }
-            tx.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len())).map_err(err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
+                .map_err(err)?;
             tracing::info!(path = %path, from = done, to = MIGRATIONS.len(), "sqlite state store migrated");
         }
         tx.commit().map_err(err)?;
+        // Woken (never blocked: one pending wake is enough) after each commit.
+        let checkpoints = if path == ":memory:" {
+            None
+        } else {
+            conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                .map_err(err)?;
+            conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+                .map_err(err)?;
+            let other = Connection::open(&path).map_err(err)?;
+            other
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(err)?;
+            let (wake, woken) = mpsc::sync_channel::<()>(1);
+            let thread_path = path.clone();
+            std::thread::Builder::new()
+                .name("reins-sqlite-checkpointer".into())
+                .spawn(move || checkpointer(other, woken, thread_path))
+                .map_err(|e| {
+                    StateError::Other(format!(
+                        "sqlite state store {path}: starting its checkpointer: {e}"
+                    ))
+                })?;
+            Some(wake)
+        };
+        let (jobs, queue) = mpsc::channel();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("reins-sqlite-writer".into())
+            .spawn(move || writer(conn, queue, checkpoints, thread_path))
+            .map_err(|e| {
+                StateError::Other(format!(
+                    "sqlite state store {path}: starting its writer thread: {e}"
+                ))
+            })?;
         Ok(SqlStore {
-            db: SqliteDb {
-                conn: Mutex::new(conn),
-                path,
-            },
+            db: SqliteDb { jobs, path },
         })
     }
 }
 
-impl SqliteDb {
-    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
-        move |source| StateError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// [`Backend::run`] on `conn` (a transaction when there are several statements).
-    fn run_on<T>(
-        &self,
-        conn: &Connection,
-        writes: &[Stmt<'_>],
-        read: Option<(&Stmt<'_>, RowMap<T>)>,
-    ) -> Result<Done<T>, StateError> {
-        let err = self.err();
-        let mut changed = Vec::with_capacity(writes.len());
-        for w in writes {
-            let n = conn
-                .prepare_cached(w.sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(&w.args)))
-                .map_err(&err)?;
-            changed.push(w.check(n as u64)?);
-        }
-        let mut rows = Vec::new();
-        if let Some((q, map)) = read {
-            let mut s = conn.prepare_cached(q.sql).map_err(&err)?;
-            let mut found = s.query(rusqlite::params_from_iter(&q.args)).map_err(&err)?;
-            while let Some(row) = found.next().map_err(&err)? {
-                rows.push(map(row)?);
+/// The writer thread: batches of waiting jobs, one commit each. Ends when
+/// the store is dropped (its queue closes) after the jobs already queued.
+fn writer(
+    conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    checkpoints: Option<mpsc::SyncSender<()>>,
+    path: String,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
-        Ok(Done { changed, rows })
+        run_batch(&conn, batch, &path);
+        if let Some(wake) = &checkpoints {
+            let _ = wake.try_send(());
+        }
     }
+    // Dropping `checkpoints` here ends the checkpointer, after the last commit.
+}
+
+/// Copies committed WAL frames into the database file after each commit,
+/// until the writer ends; then once more, truncating the WAL, so the file
+/// is whole when the process ends.
+fn checkpointer(conn: Connection, woken: mpsc::Receiver<()>, path: String) {
+    let checkpoint = |mode: &str| {
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(path, error = %e, "sqlite state store: WAL checkpoint failed (retried on the next commit)");
+        }
+    };
+    while woken.recv().is_ok() {
+        checkpoint("PASSIVE");
+        // Commits meanwhile collapse into one wake: a checkpoint of more
+        // frames at once copies each page once (under load, a checkpoint
+        // after every commit spent 5 % of the process sorting frames).
+        std::thread::sleep(CHECKPOINT_GAP);
+    }
+    checkpoint("TRUNCATE");
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>, path: &str) {
+    let failed = |e: rusqlite::Error| format!("sqlite state store {path}: {e}");
+    // IMMEDIATE: the write lock is taken first, so processes sharing the
+    // file write one at a time (a windowed counter's add sees every add
+    // committed before it).
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = failed(e);
+        for job in batch {
+            job.refuse(message.clone());
+        }
+        return;
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+    };
+    for job in batch {
+        if let Err(e) = exec("SAVEPOINT job") {
+            job.refuse(failed(e));
+            continue;
+        }
+        let ran = job.run(conn, path);
+        let closed = if ran.failed {
+            exec("ROLLBACK TO job").and_then(|()| exec("RELEASE job"))
+        } else {
+            exec("RELEASE job")
+        };
+        if let Err(e) = closed {
+            tracing::warn!(path, error = %e, "sqlite state store: a job's savepoint did not close");
+        }
+        answers.push(ran.answer);
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(failed);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for answer in answers {
+        answer(committed.clone());
+    }
+}
+
+/// A statement the writer thread can own.
+struct Owned {
+    sql: &'static str,
+    args: Vec<Arg>,
+    fence: Option<String>,
+}
+
+impl Owned {
+    fn of(s: &Stmt<'_>) -> Owned {
+        Owned {
+            sql: s.sql,
+            args: s.args.clone(),
+            fence: s.fence.map(str::to_owned),
+        }
+    }
+}
+
+impl SqliteDb {
+    /// Queues `job` and waits for its answer, given after its batch commits.
+    async fn submit<U: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection, &str) -> Result<U, StateError> + Send + 'static,
+    ) -> Result<U, StateError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(Pending { work: job, reply });
+        self.jobs.send(job).map_err(|_| {
+            StateError::Other(format!(
+                "sqlite state store {}: its writer thread stopped",
+                self.path
+            ))
+        })?;
+        answer.await.map_err(|_| {
+            StateError::Other(format!(
+                "sqlite state store {}: its writer thread stopped",
+                self.path
+            ))
+        })?
+    }
+}
+
+fn sqlite_err(path: &str) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+    move |source| StateError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs `writes` then `read` on `conn` (inside the batch's transaction).
+fn run_on<T>(
+    conn: &Connection,
+    path: &str,
+    writes: Vec<Owned>,
+    read: Option<(Owned, RowMap<T>)>,
+) -> Result<Done<T>, StateError> {
+    let err = sqlite_err(path);
+    let mut changed = Vec::with_capacity(writes.len());
+    for Owned { sql, args, fence } in writes {
+        let n = conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(&args)))
+            .map_err(&err)?;
+        let w = Stmt {
+            sql,
+            args: Vec::new(),
+            fence: fence.as_deref(),
+        };
+        changed.push(w.check(n as u64)?);
+    }
+    let mut rows = Vec::new();
+    if let Some((q, map)) = read {
+        let mut s = conn.prepare_cached(q.sql).map_err(&err)?;
+        let mut found = s.query(rusqlite::params_from_iter(&q.args)).map_err(&err)?;
+        while let Some(row) = found.next().map_err(&err)? {
+            rows.push(map(row)?);
+        }
+    }
+    Ok(Done { changed, rows })
 }
 
 impl ToSql for Arg {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
-            Arg::Text(Some(t)) => ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t.as_bytes())),
+            Arg::Text(Some(t)) => {
+                ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t.as_bytes()))
+            }
             Arg::Int(Some(i)) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
             Arg::Text(None) | Arg::Int(None) => ToSqlOutput::Owned(SqlValue::Null),
         })
@@ -122,10 +361,12 @@ impl ToSql for Arg {
 
 impl Row for rusqlite::Row<'_> {
     fn text(&self, i: usize) -> Result<Option<String>, StateError> {
-        self.get(i).map_err(|e| StateError::Row(format!("column {i}: {e}")))
+        self.get(i)
+            .map_err(|e| StateError::Row(format!("column {i}: {e}")))
     }
     fn int(&self, i: usize) -> Result<Option<i64>, StateError> {
-        self.get(i).map_err(|e| StateError::Row(format!("column {i}: {e}")))
+        self.get(i)
+            .map_err(|e| StateError::Row(format!("column {i}: {e}")))
     }
 }
 
@@ -134,7 +375,11 @@ impl Backend for SqliteDb {
     const DIALECT: Dialect = Dialect::Sqlite;
 
     fn kind(&self) -> &'static str {
-        if self.path == ":memory:" { "memory" } else { "sqlite" }
+        if self.path == ":memory:" {
+            "memory"
+        } else {
+            "sqlite"
+        }
     }
 
     async fn run<T: Send + 'static>(
@@ -142,18 +387,12 @@ impl Backend for SqliteDb {
         writes: &[Stmt<'_>],
         read: Option<(&Stmt<'_>, RowMap<T>)>,
     ) -> Result<Done<T>, StateError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if writes.len() + usize::from(read.is_some()) <= 1 {
-            return self.run_on(&conn, writes, read);
-        }
-        // IMMEDIATE: the write lock is taken first, so processes sharing the
-        // file write one at a time (a windowed counter's add sees every add
-        // committed before it).
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.err())?;
-        let done = self.run_on(&tx, writes, read)?;
-        tx.commit().map_err(self.err())?;
-        Ok(done)
+        let writes: Vec<Owned> = writes.iter().map(Owned::of).collect();
+        let read = read.map(|(q, map)| (Owned::of(q), map));
+        self.submit(move |conn, path| run_on(conn, path, writes, read))
+            .await
     }
+
     async fn read_then_write<T, U, F>(
         &self,
         first: &[Stmt<'_>],
@@ -165,14 +404,15 @@ impl Backend for SqliteDb {
         U: Send + 'static,
         F: FnOnce(Vec<T>) -> (Vec<Stmt<'static>>, U) + Send + 'static,
     {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        // IMMEDIATE: another process on the file waits until this commits,
-        // so what was read is still the newest when the writes land.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.err())?;
-        let found = self.run_on(&tx, first, Some(read))?.rows;
-        let (writes, out) = then(found);
-        self.run_on::<()>(&tx, &writes, None)?;
-        tx.commit().map_err(self.err())?;
-        Ok(out)
+        let first: Vec<Owned> = first.iter().map(Owned::of).collect();
+        let read = (Owned::of(read.0), read.1);
+        // One job: what was read is still the newest when the writes land.
+        self.submit(move |conn, path| {
+            let found = run_on(conn, path, first, Some(read))?.rows;
+            let (writes, out) = then(found);
+            run_on::<()>(conn, path, writes.iter().map(Owned::of).collect(), None)?;
+            Ok(out)
+        })
+        .await
     }
 }

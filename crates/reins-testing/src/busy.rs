@@ -79,7 +79,13 @@ impl BusyUpstream {
 
     /// Completions answered by `when`.
     pub fn served_by(&self, when: std::time::Instant) -> usize {
-        self.counts.answered.lock().expect("answered").iter().filter(|t| **t <= when).count()
+        self.counts
+            .answered
+            .lock()
+            .expect("answered")
+            .iter()
+            .filter(|t| **t <= when)
+            .count()
     }
 
     /// The first user message of each call taken, in the order taken.
@@ -115,11 +121,21 @@ async fn complete(State(busy): State<Busy>, Json(body): Json<Value>) -> Response
         return response;
     }
     c.peak.fetch_max(now, Ordering::SeqCst);
-    c.order.lock().expect("order").push(crate::model::first_user_text(&body));
+    c.order
+        .lock()
+        .expect("order")
+        .push(crate::model::first_user_text(&body));
     tokio::time::sleep(busy.hold).await;
     c.served.fetch_add(1, Ordering::SeqCst);
-    c.answered.lock().expect("answered").push(std::time::Instant::now());
+    c.answered
+        .lock()
+        .expect("answered")
+        .push(std::time::Instant::now());
     drop(held);
     let model = body["model"].as_str().unwrap_or("busy");
-    Json(crate::model::completion_from(model, crate::model::assistant("{\"ok\": true}"))).into_response()
+    Json(crate::model::completion_from(
+        model,
+        crate::model::assistant("{\"ok\": true}"),
+    ))
+    .into_response()
 }

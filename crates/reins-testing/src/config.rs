@@ -22,8 +22,10 @@ impl Config {
 
     /// `plugins_dir`: relative paths are read from the config's directory.
     pub fn plugins_dir(mut self, dir: impl AsRef<Path>) -> Config {
-        self.keys
-            .push_str(&format!("plugins_dir = {:?}\n", dir.as_ref().display().to_string()));
+        self.keys.push_str(&format!(
+            "plugins_dir = {:?}\n",
+            dir.as_ref().display().to_string()
+        ));
         self
     }
 
@@ -31,12 +33,17 @@ impl Config {
     /// `reins serve` child deserializes what an earlier test compiled.
     pub fn test_cache(self) -> Config {
         let cache = crate::plugins::cache_dir();
-        self.table(&format!("[runtime]\ncache_dir = {:?}\n", cache.display().to_string()))
+        self.table(&format!(
+            "[runtime]\ncache_dir = {:?}\n",
+            cache.display().to_string()
+        ))
     }
 
     /// A `scripted` provider with these `responses` (TOML or JSON array text).
     pub fn scripted(self, name: &str, responses: &str) -> Config {
-        self.table(&format!("[providers.{name}]\nkind = \"scripted\"\nresponses = {responses}\n"))
+        self.table(&format!(
+            "[providers.{name}]\nkind = \"scripted\"\nresponses = {responses}\n"
+        ))
     }
 
     /// An `openai` provider on `base_url` (e.g. [`crate::model::Upstream::base_url`])

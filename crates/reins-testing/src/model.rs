@@ -138,8 +138,15 @@ pub fn text_of(message: &Value, sep: &str) -> String {
 
 /// The text of the first `user` message of a chat request body.
 pub fn first_user_text(body: &Value) -> String {
-    let messages = body["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
-    messages.iter().find(|m| m["role"] == "user").map(|m| text_of(m, " ")).unwrap_or_default()
+    let messages = body["messages"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    messages
+        .iter()
+        .find(|m| m["role"] == "user")
+        .map(|m| text_of(m, " "))
+        .unwrap_or_default()
 }
 
 /// One request the upstream received.
@@ -157,7 +164,10 @@ impl Seen {
     /// The value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -199,7 +209,9 @@ impl Upstream {
     }
 
     async fn with_script(script: Script) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
@@ -280,12 +292,20 @@ impl Upstream {
 
     async fn wait(&self, within: Duration, until: impl FnMut(&Events) -> bool) -> bool {
         let mut rx = self.events.subscribe();
-        matches!(tokio::time::timeout(within, rx.wait_for(until)).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(within, rx.wait_for(until)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The bodies of the requests received so far.
     pub fn bodies(&self) -> Vec<Value> {
-        self.seen.lock().expect("seen").iter().map(|s| s.body.clone()).collect()
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|s| s.body.clone())
+            .collect()
     }
 }
 
@@ -304,7 +324,13 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     };
     let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
     let mut lines = head.lines();
-    let path = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_owned();
+    let path = lines
+        .next()
+        .unwrap_or("")
+        .split(' ')
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -332,7 +358,9 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
 }
 
 fn head(status: u16, length: usize, headers: &[(String, String)]) -> String {
-    let mut h = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n");
+    let mut h = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n"
+    );
     for (k, v) in headers {
         h.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -382,13 +410,19 @@ async fn serve(
                     .write_all(format!("{}{body}", head(200, body.len(), &[])).as_bytes())
                     .await?;
             }
-            Step::Status { status, headers, body } => {
+            Step::Status {
+                status,
+                headers,
+                body,
+            } => {
                 stream
                     .write_all(format!("{}{body}", head(status, body.len(), &headers)).as_bytes())
                     .await?;
             }
             Step::Bytes(body) => {
-                stream.write_all(head(200, body.len(), &[]).as_bytes()).await?;
+                stream
+                    .write_all(head(200, body.len(), &[]).as_bytes())
+                    .await?;
                 stream.write_all(&body).await?;
             }
             Step::Hold(delay, content) => {
@@ -408,7 +442,9 @@ async fn serve(
             }
             Step::Trickle { content, every } => {
                 let body = answer_body(&request, &content);
-                stream.write_all(head(200, body.len(), &[]).as_bytes()).await?;
+                stream
+                    .write_all(head(200, body.len(), &[]).as_bytes())
+                    .await?;
                 for byte in body.as_bytes() {
                     tokio::time::sleep(every).await;
                     stream.write_all(&[*byte]).await?;
@@ -486,7 +522,10 @@ impl reins::provider::Provider for AgentModel {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-    fn complete<'a>(&'a self, request: &'a reins::provider::ChatRequest) -> reins::provider::CompletionFuture<'a> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a reins::provider::ChatRequest,
+    ) -> reins::provider::CompletionFuture<'a> {
         use reins::provider::{ChatResponse, ProviderError, ToolCall};
         let n = request.messages.iter().filter(|m| m.role == "tool").count();
         let fail = self.fail_at == Some(n);

@@ -24,8 +24,13 @@ impl Database {
     pub async fn create() -> Database {
         let admin = url();
         let name = format!("reins_test_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
+        let pool = sqlx::PgPool::connect(&admin)
+            .await
+            .expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .expect("create database");
         pool.close().await;
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
@@ -38,7 +43,10 @@ impl Drop for Database {
         let (admin, name) = (self.admin.clone(), self.name.clone());
         // Drop needs its own runtime: the test's is shutting down.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {

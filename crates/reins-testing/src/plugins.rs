@@ -23,7 +23,13 @@ pub fn guest_out_dir() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("plugins/Cargo.toml"))
             .status()
             .expect("run cargo to build the guest plugins");
@@ -32,12 +38,74 @@ pub fn guest_out_dir() -> &'static Path {
     })
 }
 
+/// Every bundled plugin with a case file of its own (`judge` needs a
+/// pipeline's judge model: `pipeline_dropin` and the support-chat example
+/// test it).
+pub const BUNDLED: [&str; 11] = [
+    "normalize-text",
+    "json-schema",
+    "coerce-numbers",
+    "ranges",
+    "sql-guard",
+    "spend-limit",
+    "tool-manifest",
+    "pii",
+    "redact-secrets",
+    "blocklist",
+    "grounded",
+];
+
 /// The built `.wasm` of plugin `name` (`json-schema` → `json_schema.wasm`:
 /// cargo names artifacts after the crate, with underscores).
 pub fn wasm_path(name: &str) -> PathBuf {
     let p = guest_out_dir().join(format!("{}.wasm", name.replace('-', "_")));
     assert!(p.is_file(), "no built plugin at {}", p.display());
     p
+}
+
+/// `target/plugins/` as `scripts/build-plugins.sh` lays it out: every
+/// bundled plugin and its sidecar. The examples' configs read it. Filled
+/// once per test process; each file is replaced by a rename, so another
+/// process reading it never sees half a file.
+pub fn built_plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join("target/plugins");
+        std::fs::create_dir_all(&dir).expect("target/plugins");
+        let mut names: Vec<&str> = BUNDLED.to_vec();
+        names.push("judge");
+        for name in names {
+            let mut files = vec![(wasm_path(name), format!("{name}.wasm"))];
+            files.extend(sidecar_path(name).map(|s| (s, format!("{name}.toml"))));
+            for (from, to) in files {
+                let tmp = dir.join(format!(".{to}.{}", std::process::id()));
+                std::fs::copy(&from, &tmp).expect("copy into target/plugins");
+                std::fs::rename(&tmp, dir.join(&to)).expect("rename into target/plugins");
+            }
+        }
+        dir
+    })
+}
+
+/// A copy of `examples/NAME` in a temp dir, its `plugins_dir` pointed at
+/// [`built_plugins_dir`] (the example's own says `../../target/plugins`,
+/// relative to the repository).
+pub fn example(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_dir(&repo_root().join("examples").join(name), dir.path());
+    let config = dir.path().join("reins.toml");
+    let text = std::fs::read_to_string(&config).expect("the example's reins.toml");
+    let line = "plugins_dir = \"../../target/plugins\"";
+    assert!(
+        text.contains(line),
+        "examples/{name}/reins.toml reads target/plugins"
+    );
+    let built = format!(
+        "plugins_dir = {:?}",
+        built_plugins_dir().display().to_string()
+    );
+    std::fs::write(&config, text.replace(line, &built)).expect("write reins.toml");
+    dir
 }
 
 /// The sidecar shipped with plugin `name`, if any: bundled plugins keep it

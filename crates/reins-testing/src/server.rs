@@ -15,7 +15,9 @@ use tower::ServiceExt;
 /// Serves `app` on an ephemeral loopback port and returns `http://ADDR`.
 /// Port 0 lets tests run in parallel without choosing ports.
 pub async fn listen(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -35,7 +37,10 @@ pub fn dead_url() -> String {
 /// above their `deps/`.
 pub fn reins_exe() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let bin = dir.join(format!("reins{}", std::env::consts::EXE_SUFFIX));
     assert!(bin.is_file(), "no reins binary at {}", bin.display());
     bin
@@ -73,7 +78,10 @@ pub fn serve_with(config: &Path, args: &[&str]) -> Served {
 /// that file instead of the test's, so a test can search what it logged.
 pub fn serve_env(config: &Path, args: &[&str], env: &[(&str, &str)], log: Option<&Path>) -> Served {
     let mut command = Command::new(reins_exe());
-    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).args(args);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(args);
     start(command, env, log)
 }
 
@@ -117,8 +125,17 @@ fn start(mut command: Command, env: &[(&str, &str)], log: Option<&Path>) -> Serv
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            let logged = log.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-            panic!("reins serve did not start listening{}", if logged.is_empty() { String::new() } else { format!(":\n{logged}") });
+            let logged = log
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            panic!(
+                "reins serve did not start listening{}",
+                if logged.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n{logged}")
+                }
+            );
         }
     }
 }
@@ -134,7 +151,10 @@ pub fn serve_fails(config: &Path, args: &[&str]) -> String {
         .expect("run reins serve");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "must not start: {stderr}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "{stderr}"
+    );
     stderr
 }
 
@@ -157,13 +177,18 @@ pub async fn call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(body.map_or_else(Body::empty, Body::from)).expect("request");
+    let req = req
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
     let resp = reins::server::router(state.clone(), body_limit)
         .oneshot(req)
         .await
         .expect("infallible");
     let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, value)
 }

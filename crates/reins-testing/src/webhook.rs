@@ -65,7 +65,9 @@ impl Sink {
 
     async fn serve(inner: Inner) -> Sink {
         let inner = Arc::new(inner);
-        let app = axum::Router::new().fallback(deliver).with_state(inner.clone());
+        let app = axum::Router::new()
+            .fallback(deliver)
+            .with_state(inner.clone());
         let url = format!("{}/refund", crate::server::listen(app).await);
         Sink { inner, url }
     }
@@ -102,7 +104,14 @@ impl Sink {
 
     fn counts_where(&self, keep: impl Fn(&Delivery) -> bool) -> HashMap<String, u32> {
         let mut out = HashMap::new();
-        for d in self.inner.deliveries.lock().expect("lock").iter().filter(|d| keep(d)) {
+        for d in self
+            .inner
+            .deliveries
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|d| keep(d))
+        {
             *out.entry(d.key.clone()).or_default() += 1;
         }
         out
@@ -122,7 +131,11 @@ impl Sink {
     }
 }
 
-async fn deliver(State(sink): State<Arc<Inner>>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, axum::Json<Value>) {
+async fn deliver(
+    State(sink): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, axum::Json<Value>) {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -145,11 +158,17 @@ async fn deliver(State(sink): State<Arc<Inner>>, headers: HeaderMap, body: axum:
         first
     };
     if !accepted {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "try again"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "try again"})),
+        );
     }
     if let Some(delay) = &sink.delay {
         tokio::time::sleep(delay(&delivery)).await;
     }
     let order = delivery.body["arguments"]["order"].clone();
-    (StatusCode::OK, axum::Json(json!({"ok": true, "first": first, "refunded": order, "key": key})))
+    (
+        StatusCode::OK,
+        axum::Json(json!({"ok": true, "first": first, "refunded": order, "key": key})),
+    )
 }

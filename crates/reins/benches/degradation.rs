@@ -18,11 +18,11 @@
 #[path = "../tests/degradation_support/mod.rs"]
 mod degradation_support;
 
-use reins_testing::{bench, plugins};
 use degradation_support::{openai, refund};
-use reins_testing::model::{Step, Upstream, server_error};
 use reins::Host;
 use reins::pipeline::{Request, RunResult, RunStatus};
+use reins_testing::model::{Step, Upstream, server_error};
+use reins_testing::{bench, plugins};
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 10_000;
@@ -101,7 +101,12 @@ fn main() {
 
     let scenarios = [
         ("healthy upstream", "healthy", &healthy, None),
-        ("50 % failing + breaker + fallback", "flaky", &flaky, Some(&backup)),
+        (
+            "50 % failing + breaker + fallback",
+            "flaky",
+            &flaky,
+            Some(&backup),
+        ),
         (
             "50 % failing, no breaker + fallback",
             "flaky-nb",
@@ -191,7 +196,10 @@ fn main() {
             if r.name == rows[0].name {
                 "—".to_owned()
             } else {
-                format!("{:+} µs", r.p99.as_micros() as i64 - base_p99.as_micros() as i64)
+                format!(
+                    "{:+} µs",
+                    r.p99.as_micros() as i64 - base_p99.as_micros() as i64
+                )
             },
         );
     }

@@ -21,7 +21,9 @@ use std::time::Duration;
 const ROUNDS: usize = 7;
 
 fn support(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/security_support").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/security_support")
+        .join(name)
 }
 
 async fn state(dir: &Path, plugins_dir: &Path, server_section: &str) -> AppState {
@@ -41,13 +43,20 @@ schema = {{ type = "object", required = ["total"], properties = {{ total = {{ ty
 "#,
         plugins = plugins_dir.display().to_string()
     );
-    let host = Host::builder().config_str(&config, dir).build().await.expect("host");
-    let settings = ServerSettings::from_config(host.config()).expect("[server]");
+    let host = Host::builder()
+        .config_str(&config, dir)
+        .build()
+        .await
+        .expect("host");
+    let settings = ServerSettings::from_config(host.boot()).expect("[server]");
     AppState::new(Arc::new(host), &settings).expect("state")
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let plugins = plugins::plugins_dir(&["normalize-text"]);
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::copy(support("jwks.json"), dir.path().join("jwks.json")).expect("jwks");
@@ -66,7 +75,8 @@ fn main() {
     let with_jwt = rt.block_on(state(dir.path(), plugins.path(), jwt_section));
 
     let now = jsonwebtoken::get_current_timestamp();
-    let key = EncodingKey::from_ed_pem(&std::fs::read(support("ed25519.pem")).expect("key")).expect("pem");
+    let key = EncodingKey::from_ed_pem(&std::fs::read(support("ed25519.pem")).expect("key"))
+        .expect("pem");
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("ed-1".into());
     let jwt = encode(
@@ -78,14 +88,17 @@ fn main() {
     let token_header = "Bearer bench-token-37".to_string();
     let jwt_header = format!("Bearer {jwt}");
 
-    let body = json!({"input": "Total due: 12 EUR"}).to_string().into_bytes();
+    let body = json!({"input": "Total due: 12 EUR"})
+        .to_string()
+        .into_bytes();
     let sampling = bench::Sampling {
         warmup: 200,
         batch: 50,
         budget: Duration::from_secs(2),
     };
     let measure = |state: &AppState, auth: Option<&str>| {
-        let headers: Vec<(&str, &str)> = auth.map(|a| vec![("authorization", a)]).unwrap_or_default();
+        let headers: Vec<(&str, &str)> =
+            auth.map(|a| vec![("authorization", a)]).unwrap_or_default();
         bench::median_ns(&sampling, || {
             let (status, _, _) = rt.block_on(server::call(
                 state,
@@ -114,8 +127,16 @@ fn main() {
     let base = medians[0];
     println!("| request | µs per request (median of {ROUNDS} rounds) | vs no authentication |");
     println!("|---|---:|---:|");
-    let names = ["no authentication (open mode)", "static bearer token (1 of 50)", "EdDSA JWT, JWKS file (keys cached)"];
+    let names = [
+        "no authentication (open mode)",
+        "static bearer token (1 of 50)",
+        "EdDSA JWT, JWKS file (keys cached)",
+    ];
     for (name, m) in names.iter().zip(medians) {
-        println!("| {name} | {:.1} | {:+.1} % |", m / 1000.0, (m / base - 1.0) * 100.0);
+        println!(
+            "| {name} | {:.1} | {:+.1} % |",
+            m / 1000.0,
+            (m / base - 1.0) * 100.0
+        );
     }
 }

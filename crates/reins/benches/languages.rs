@@ -11,7 +11,7 @@
 #[path = "../tests/policies_support/mod.rs"]
 mod policies_support;
 
-use reins::runtime::{CallContext, Plugin, Runtime, RuntimeSettings};
+use reins::runtime::{CallContext, InitMode, Plugin, Runtime, RuntimeSettings};
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,9 @@ fn per_call_us(plugin: &Plugin, ctx: &CallContext, doc: &str) -> f64 {
     }
     let mut batches = Vec::new();
     let started = Instant::now();
-    while batches.len() < 7 || (started.elapsed() < Duration::from_millis(1500) && batches.len() < 100) {
+    while batches.len() < 7
+        || (started.elapsed() < Duration::from_millis(1500) && batches.len() < 100)
+    {
         let t = Instant::now();
         for _ in 0..10 {
             once();
@@ -74,7 +76,9 @@ fn variant(dir: &Path, wasm: &Path, lang: &str, isolation: &str) -> PathBuf {
     // Keep the config and limits; set the isolation (and a pool that never recycles).
     let body: String = sidecar
         .lines()
-        .filter(|l| !l.starts_with("isolation") && !l.starts_with("pool_size") && !l.starts_with("max_uses"))
+        .filter(|l| {
+            !l.starts_with("isolation") && !l.starts_with("pool_size") && !l.starts_with("max_uses")
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     let head = if isolation == "pooled" {
@@ -96,6 +100,10 @@ struct Row {
     instance_kib: i64,
     fresh_us: f64,
     pooled_us: f64,
+    /// `none`, `snapshot` or `per-instance` (see `PluginInfo::init`).
+    init: &'static str,
+    fresh_off_us: f64,
+    pooled_off_us: f64,
 }
 
 fn main() {
@@ -127,7 +135,10 @@ fn main() {
             let cold = t.elapsed().as_secs_f64() * 1e3;
             let t = Instant::now();
             let again = runtime.load_file(&fresh_path).expect("load");
-            assert!(again.info().compile_cached, "{lang}: second load should hit the cache");
+            assert!(
+                again.info().compile_cached,
+                "{lang}: second load should hit the cache"
+            );
             (cold, t.elapsed().as_secs_f64() * 1e3)
         };
 
@@ -145,7 +156,19 @@ fn main() {
         let fresh = runtime.load_file(&fresh_path).expect("load");
         let fresh_us = per_call_us(&fresh, &ctx, &doc);
         let pooled_us = per_call_us(&pooled, &ctx, &doc);
+        // Before `init` existed: the same files with init never called.
+        let off = Runtime::new(&RuntimeSettings {
+            init: InitMode::Off,
+            ..settings.clone()
+        })
+        .expect("runtime");
+        let fresh_off_us = per_call_us(&off.load_file(&fresh_path).expect("load"), &ctx, &doc);
+        let pooled_off_us = per_call_us(&off.load_file(&pooled_path).expect("load"), &ctx, &doc);
+        let init = fresh.info().init;
         rows.push(Row {
+            init,
+            fresh_off_us,
+            pooled_off_us,
             lang,
             size,
             compile_cold_ms,
@@ -162,9 +185,14 @@ fn main() {
     // exported, so compare languages with each other (Rust = 1.0×).
     let rust = rows.first().map_or(1.0, |r| r.fresh_us);
     let rust_pooled = rows.first().map_or(1.0, |r| r.pooled_us);
-    println!("`{NAME}` over a {} byte answer (5 items, one violation), median of batches", doc.len());
+    println!(
+        "`{NAME}` over a {} byte answer (5 items, one violation), median of batches",
+        doc.len()
+    );
     println!();
-    println!("| language | per call, fresh instance | per call, pooled | fresh vs Rust | pooled vs Rust |");
+    println!(
+        "| language | per call, fresh instance | per call, pooled | fresh vs Rust | pooled vs Rust |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for r in &rows {
         println!(
@@ -177,7 +205,22 @@ fn main() {
         );
     }
     println!();
-    println!("| language | component | compile cold | cached artifact | first call | RSS per loaded plugin | RSS per live instance |");
+    println!("Init: per call with `init` never called (off, as before) vs the host's default");
+    println!();
+    println!(
+        "| language | init | per-call, off | per-call, default | pooled, off | pooled, default |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
+            r.lang, r.init, r.fresh_off_us, r.fresh_us, r.pooled_off_us, r.pooled_us
+        );
+    }
+    println!();
+    println!(
+        "| language | component | compile cold | cached artifact | first call | RSS per loaded plugin | RSS per live instance |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(

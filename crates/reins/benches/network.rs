@@ -42,9 +42,13 @@ fn main() {
     server::install_metrics();
     let dir = plugins::plugins_dir(&[]);
     let host = rt
-        .block_on(Host::builder().config_str("plugins_dir = \".\"\n", dir.path()).build())
+        .block_on(
+            Host::builder()
+                .config_str("plugins_dir = \".\"\n", dir.path())
+                .build(),
+        )
         .expect("host");
-    let settings = ServerSettings::from_config(host.config()).expect("[server]");
+    let settings = ServerSettings::from_config(host.boot()).expect("[server]");
     let state = AppState::new(Arc::new(host), &settings).expect("state");
     let layered = server::router(state.clone(), settings.body_limit_bytes);
     let bare = server::routes(state, settings.body_limit_bytes);
@@ -58,7 +62,9 @@ fn main() {
     let oneshot = |app: &axum::Router| {
         let app = app.clone();
         move || {
-            let resp = rt.block_on(app.clone().oneshot(request())).expect("infallible");
+            let resp = rt
+                .block_on(app.clone().oneshot(request()))
+                .expect("infallible");
             assert!(resp.status().is_success());
         }
     };

@@ -34,7 +34,10 @@ struct Tally {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn ms(d: Duration) -> String {
@@ -56,16 +59,26 @@ fn main() {
 fn refusal_in_process() {
     use axum::body::Body;
     use tower::ServiceExt;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     reins::server::install_metrics();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = "plugins_dir = \".\"\n[providers.busy]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\
                   [pipelines.p]\nmodel = \"busy\"\n[state]\nkind = \"memory\"\n";
     let host = rt
-        .block_on(reins::Host::builder().config_str(config, dir.path()).build())
+        .block_on(
+            reins::Host::builder()
+                .config_str(config, dir.path())
+                .build(),
+        )
         .expect("host");
-    host.breaker("busy").expect("busy").admission().saturate(Some(Duration::from_secs(3600)));
-    let settings = reins::server::ServerSettings::from_config(host.config()).expect("[server]");
+    host.breaker("busy")
+        .expect("busy")
+        .admission()
+        .saturate(Some(Duration::from_secs(3600)));
+    let settings = reins::server::ServerSettings::from_config(host.boot()).expect("[server]");
     let state = reins::server::AppState::new(std::sync::Arc::new(host), &settings).expect("state");
     let app = reins::server::router(state, settings.body_limit_bytes);
     let body = json!({"model": "p", "messages": [{"role": "user", "content": "Summarize the clause in one line."}]}).to_string();
@@ -74,25 +87,30 @@ fn refusal_in_process() {
         batch: 200,
         budget: Duration::from_secs(2),
     };
-    let call = |post: bool, expect: u16| {
-        let (app, body, rt) = (app.clone(), body.clone(), &rt);
-        move || {
-            let mut req = if post {
-                axum::http::Request::post("/v1/chat/completions")
-                    .header("content-type", "application/json")
-                    .body(Body::from(body.clone()))
-            } else {
-                axum::http::Request::get("/healthz").body(Body::empty())
+    let call =
+        |post: bool, expect: u16| {
+            let (app, body, rt) = (app.clone(), body.clone(), &rt);
+            move || {
+                let mut req = if post {
+                    axum::http::Request::post("/v1/chat/completions")
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.clone()))
+                } else {
+                    axum::http::Request::get("/healthz").body(Body::empty())
+                }
+                .expect("request");
+                req.extensions_mut().insert(axum::extract::ConnectInfo(
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 40_000)),
+                ));
+                req.headers_mut().insert(
+                    "host",
+                    axum::http::HeaderValue::from_static("127.0.0.1:8080"),
+                );
+                let resp = rt.block_on(app.clone().oneshot(req)).expect("infallible");
+                assert_eq!(resp.status().as_u16(), expect);
+                let _ = rt.block_on(axum::body::to_bytes(resp.into_body(), usize::MAX));
             }
-            .expect("request");
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000))));
-            req.headers_mut().insert("host", axum::http::HeaderValue::from_static("127.0.0.1:8080"));
-            let resp = rt.block_on(app.clone().oneshot(req)).expect("infallible");
-            assert_eq!(resp.status().as_u16(), expect);
-            let _ = rt.block_on(axum::body::to_bytes(resp.into_body(), usize::MAX));
-        }
-    };
+        };
     let (mut healthz, mut refused) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         healthz.push(reins_testing::bench::median_ns(&sampling, call(false, 200)));
@@ -102,17 +120,25 @@ fn refusal_in_process() {
     let (h, r) = (min(&healthz), min(&refused));
     println!("| in process | GET /healthz | refused chat completion (429) | ratio |");
     println!("|---|---:|---:|---:|");
-    println!("| median per request | {:.2} µs | {:.2} µs | {:.1}× |", h / 1e3, r / 1e3, r / h);
+    println!(
+        "| median per request | {:.2} µs | {:.2} µs | {:.1}× |",
+        h / 1e3,
+        r / 1e3,
+        r / h
+    );
     println!();
 }
 
 async fn run() {
     let seconds = env_u64("REINS_BENCH_SECONDS", 60);
     let connections = env_u64("REINS_BENCH_CONNECTIONS", 1000) as usize;
-    let limits = std::env::var("REINS_BENCH_PROVIDER").unwrap_or_else(|_| format!("max_in_flight = {CAPACITY}"));
+    let limits = std::env::var("REINS_BENCH_PROVIDER")
+        .unwrap_or_else(|_| format!("max_in_flight = {CAPACITY}"));
     let up = BusyUpstream::start(CAPACITY, HOLD, 1).await;
     // The ops listener's address (a port just free).
-    let ops = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let ops = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config::new()
         .plugins_dir(".")
@@ -126,7 +152,10 @@ async fn run() {
         .write(dir.path());
     let served = server::serve(&config);
     let base = served.base.clone();
-    println!("reins serve at {base}; upstream {CAPACITY} at once, {} s each; {connections} connections for {seconds} s; provider: {limits}", HOLD.as_secs());
+    println!(
+        "reins serve at {base}; upstream {CAPACITY} at once, {} s each; {connections} connections for {seconds} s; provider: {limits}",
+        HOLD.as_secs()
+    );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Instant::now() + Duration::from_secs(seconds);
@@ -138,7 +167,10 @@ async fn run() {
     let body = json!({"model": "p", "messages": [{"role": "user", "content": "Summarize the clause in one line."}]});
     // wrk when it is installed (C, one thread: it leaves the server more of
     // the two cores than an in-process client would); else reqwest tasks.
-    let wrk = std::process::Command::new("wrk").arg("--version").output().is_ok();
+    let wrk = std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok();
     let mut tasks = Vec::new();
     let mut wrk_run = None;
     if wrk {
@@ -151,20 +183,35 @@ async fn run() {
         )
         .expect("lua");
         let child = std::process::Command::new("wrk")
-            .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--timeout", "60s", "--latency", "-s"])
+            .args([
+                "-t1",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--timeout",
+                "60s",
+                "--latency",
+                "-s",
+            ])
             .arg(&script)
             .arg(format!("{base}/v1/chat/completions"))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("wrk");
-        wrk_run = Some(tokio::task::spawn_blocking(move || child.wait_with_output().expect("wrk output")));
+        wrk_run = Some(tokio::task::spawn_blocking(move || {
+            child.wait_with_output().expect("wrk output")
+        }));
     } else {
         for _ in 0..connections {
-            let (client, tally, base, body) = (client.clone(), tally.clone(), base.clone(), body.clone());
+            let (client, tally, base, body) =
+                (client.clone(), tally.clone(), base.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < stop {
                     let t = Instant::now();
-                    let answer = client.post(format!("{base}/v1/chat/completions")).json(&body).send().await;
+                    let answer = client
+                        .post(format!("{base}/v1/chat/completions"))
+                        .json(&body)
+                        .send()
+                        .await;
                     let outcome = match answer {
                         Ok(resp) => {
                             let status = resp.status().as_u16();
@@ -189,7 +236,10 @@ async fn run() {
     let probe = |base: String, path: &'static str, post: bool| {
         let body = body.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client");
             let mut seen: BTreeMap<u16, Vec<Duration>> = BTreeMap::new();
             let mut failed = 0u64;
             while Instant::now() < stop {
@@ -238,11 +288,16 @@ async fn run() {
         .json()
         .await
         .expect("json");
-    let busy = providers["data"].as_array().and_then(|d| d.first()).cloned().unwrap_or(Value::Null);
+    let busy = providers["data"]
+        .as_array()
+        .and_then(|d| d.first())
+        .cloned()
+        .unwrap_or(Value::Null);
     let tally = tally.lock().expect("tally");
     // Nothing can complete in the first 2 s: the capacity is that of the
     // rest of the window, and what the upstream completed within it.
-    let capacity = (CAPACITY as f64 / HOLD.as_secs_f64()) * (seconds as f64 - HOLD.as_secs_f64()).max(0.0);
+    let capacity =
+        (CAPACITY as f64 / HOLD.as_secs_f64()) * (seconds as f64 - HOLD.as_secs_f64()).max(0.0);
     let completed = up.served_by(stop);
     if wrk {
         println!("{wrk_text}");
@@ -250,10 +305,15 @@ async fn run() {
     println!();
     println!("| what | value |");
     println!("|---|---:|");
-    println!("| upstream capacity within the window (64 / 2 s × ({seconds} s − the first 2 s)) | {capacity:.0} |");
+    println!(
+        "| upstream capacity within the window (64 / 2 s × ({seconds} s − the first 2 s)) | {capacity:.0} |"
+    );
     println!("| upstream served | {} |", up.served());
     println!("| upstream refused (429 to reins) | {} |", up.refused());
-    println!("| completed within the window | {completed} ({:.1} % of capacity) |", completed as f64 * 100.0 / capacity);
+    println!(
+        "| completed within the window | {completed} ({:.1} % of capacity) |",
+        completed as f64 * 100.0 / capacity
+    );
     for (status, lat) in tally.by_status.iter() {
         let mut lat = lat.clone();
         lat.sort();

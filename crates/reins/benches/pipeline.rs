@@ -14,9 +14,9 @@
 //!
 //! cargo bench -p reins --bench pipeline
 
-use reins_testing::plugins;
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
+use reins_testing::plugins;
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,8 +28,12 @@ const IN_FLIGHT: usize = 8;
 const THROUGHPUT_RUNS: usize = 6000;
 
 fn example(file: &str) -> String {
-    std::fs::read_to_string(plugins::repo_root().join("examples/contract-risks").join(file))
-        .unwrap_or_else(|e| panic!("examples/contract-risks/{file}: {e}"))
+    std::fs::read_to_string(
+        plugins::repo_root()
+            .join("examples/contract-risks")
+            .join(file),
+    )
+    .unwrap_or_else(|e| panic!("examples/contract-risks/{file}: {e}"))
 }
 
 /// The validated 5-risk answer of the example.
@@ -85,9 +89,16 @@ fn config(plugins: &std::path::Path) -> String {
          [providers.repair]\nkind = \"scripted\"\n{repair}\n\n\
          {success}{one_repair}{fix}",
         dir = plugins.display().to_string(),
-        cache = plugins::settings().resolved_cache_dir().display().to_string(),
+        cache = plugins::settings()
+            .resolved_cache_dir()
+            .display()
+            .to_string(),
         valid = script(plugins, "valid", &[entry(None, &good)]),
-        repair = script(plugins, "repair", &[entry(Some(1), &bad), entry(Some(2), &good)]),
+        repair = script(
+            plugins,
+            "repair",
+            &[entry(Some(1), &bad), entry(Some(2), &good)]
+        ),
         success = pipeline("success", "valid", "[\"ranges\", \"coerce-numbers\"]"),
         one_repair = pipeline("one-repair", "repair", "[\"ranges\", \"coerce-numbers\"]"),
         fix = pipeline(
@@ -110,9 +121,13 @@ fn sidecars(dir: &std::path::Path, isolation: &str) {
     write("normalize-text", "[config]\nmax_chars = 60000\n".into());
     write(
         "ranges",
-        "[config]\nrules = [{ path = \"/risks/*/damage_cap\", min = 0, max = 1000000000 }]\n".into(),
+        "[config]\nrules = [{ path = \"/risks/*/damage_cap\", min = 0, max = 1000000000 }]\n"
+            .into(),
     );
-    write("coerce-numbers", format!("[config]\nschema = '''{schema}'''\n"));
+    write(
+        "coerce-numbers",
+        format!("[config]\nschema = '''{schema}'''\n"),
+    );
     write(
         "tool-manifest",
         "[[config.tools]]\nname = \"file_review\"\naccess = \"write\"\n\
@@ -152,7 +167,9 @@ fn main() {
         .expect("tokio runtime");
     // The request: a short instruction (the contract itself mostly measures
     // the normalizer on 6 KB of text; see its row).
-    let request = Request::text("Review the attached master services agreement NW-2024-117 for customer risks.");
+    let request = Request::text(
+        "Review the attached master services agreement NW-2024-117 for customer risks.",
+    );
     let contract = Request::text(example("contract.md"));
     let mut rows: Vec<(String, String, Stats, Option<f64>)> = Vec::new();
 
@@ -174,7 +191,8 @@ fn main() {
             .unwrap_or_else(|e| panic!("bench config: {e}")),
         );
         // Check every path does what it says before timing it.
-        for (pipeline, attempts, fixes) in [("success", 1, 0), ("one-repair", 2, 0), ("fix", 1, 1)] {
+        for (pipeline, attempts, fixes) in [("success", 1, 0), ("one-repair", 2, 0), ("fix", 1, 1)]
+        {
             let r = rt.block_on(host.run(pipeline, request.clone()));
             assert_eq!(
                 r.status,
@@ -189,14 +207,23 @@ fn main() {
                 fixes,
                 "{pipeline}"
             );
-            assert_eq!(r.actions.len(), 1, "{pipeline}: the gate allowed the action");
+            assert_eq!(
+                r.actions.len(),
+                1,
+                "{pipeline}: the gate allowed the action"
+            );
             assert_eq!(r.output, Some(answer()), "{pipeline}");
         }
         let plugin_calls = |pipeline: &str| {
             let r = rt.block_on(host.run(pipeline, request.clone()));
             r.trace
                 .iter()
-                .filter(|s| matches!(s.layer, "normalizer" | "context" | "constraints" | "validator" | "gate"))
+                .filter(|s| {
+                    matches!(
+                        s.layer,
+                        "normalizer" | "context" | "constraints" | "validator" | "gate"
+                    )
+                })
                 .count()
         };
         let latency = |pipeline: &str, request: &Request| {
@@ -243,7 +270,8 @@ fn main() {
             }
             eprintln!(
                 "{isolation}:\n{}",
-                rt.block_on(host.run("one-repair", request.clone())).trace_table()
+                rt.block_on(host.run("one-repair", request.clone()))
+                    .trace_table()
             );
         }
         for (pipeline, name, model_calls) in [
@@ -253,7 +281,10 @@ fn main() {
         ] {
             rows.push((
                 format!("{name}, {isolation}"),
-                format!("{model_calls} model call(s), {} plugin calls", plugin_calls(pipeline)),
+                format!(
+                    "{model_calls} model call(s), {} plugin calls",
+                    plugin_calls(pipeline)
+                ),
                 latency(pipeline, &request),
                 Some(throughput(pipeline)),
             ));
@@ -268,8 +299,10 @@ fn main() {
 
     // The baseline: the native JSON Schema check alone (compiled once), on
     // the parsed 5-item answer, and parse + check from text.
-    let validator = reins::pipeline::compile_schema(&serde_json::from_str(&example("schema.json")).expect("schema"))
-        .expect("schema compiles");
+    let validator = reins::pipeline::compile_schema(
+        &serde_json::from_str(&example("schema.json")).expect("schema"),
+    )
+    .expect("schema compiles");
     let doc = answer();
     let text = doc.to_string();
     let native = |f: &dyn Fn() -> bool| {

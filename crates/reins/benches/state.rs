@@ -16,10 +16,12 @@
 //!
 //! cargo bench -p reins --bench state
 
-use reins_testing::{bench, model, plugins};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
-use reins::state::{AuditEntry, RunRecord, StateSettings, StateStore, StepKind, StepRecord, now_ms};
+use reins::state::{
+    AuditEntry, RunRecord, StateSettings, StateStore, StepKind, StepRecord, now_ms,
+};
+use reins_testing::{bench, model, plugins};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +44,21 @@ fn step_data(step: u32) -> serde_json::Value {
         "idempotency_key": "run.1:1:0", "status": "done", "tries": 1}], "tokens": {"prompt": 300, "completion": 20}})
 }
 
+/// The `i`th checkpoint of `run`: an agent step (steps 1..=20, reused).
+async fn checkpoint(store: &dyn StateStore, run: &mut RunRecord, i: usize) {
+    let step = (i % 20) as u32 + 1;
+    run.updated_ms = now_ms();
+    run.lease_until_ms = run.updated_ms + 15_000;
+    let record = StepRecord {
+        run_id: run.run_id.clone(),
+        step,
+        kind: StepKind::Agent,
+        data: step_data(step.min(5)),
+        created_ms: run.updated_ms,
+    };
+    store.checkpoint(run, &record).await.expect("checkpoint");
+}
+
 async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
     let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let mut run = RunRecord::new(&id, "bench", RunStatus::Running);
@@ -49,22 +66,37 @@ async fn checkpoint_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
     store.put_run(&run).await.expect("put");
     let mut times = Vec::with_capacity(WRITES);
     for i in 0..WRITES {
-        let step = (i % 20) as u32 + 1;
-        run.updated_ms = now_ms();
-        run.lease_until_ms = run.updated_ms + 15_000;
-        let record = StepRecord {
-            run_id: id.clone(),
-            step,
-            kind: StepKind::Agent,
-            data: step_data(step.min(5)),
-            created_ms: run.updated_ms,
-        };
         let start = Instant::now();
-        store.checkpoint(&run, &record).await.expect("checkpoint");
+        checkpoint(&*store, &mut run, i).await;
         times.push(start.elapsed());
     }
     times.sort();
     (bench::quantile(&times, 0.5), bench::quantile(&times, 0.99))
+}
+
+/// Checkpoints/s with `writers` runs checkpointing at once, each awaiting
+/// its own (as concurrent requests do): what group commit is for.
+async fn concurrent_checkpoints(store: Arc<dyn StateStore>, writers: usize) -> f64 {
+    let per_writer = WRITES / writers;
+    let began = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+                let mut run = RunRecord::new(&id, "bench", RunStatus::Running);
+                run.owner = Some("bench-node".into());
+                store.put_run(&run).await.expect("put");
+                for i in 0..per_writer {
+                    checkpoint(&*store, &mut run, i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    (per_writer * writers) as f64 / began.elapsed().as_secs_f64()
 }
 
 /// One `audit_append` of the three rows a gated run writes, awaited.
@@ -74,8 +106,10 @@ async fn audit_append_cost(store: Arc<dyn StateStore>) -> (Duration, Duration) {
         let run = format!("run-{i}");
         let rows = vec![
             AuditEntry::new("run.start", &run, "running").detail(json!({"pipeline": "agent"})),
-            AuditEntry::new("gate.allow", &run, "allow").detail(json!({"gate": "spend-limit", "tool": "issue_refund"})),
-            AuditEntry::new("run.end", &run, "completed").detail(json!({"pipeline": "agent", "tokens": 320})),
+            AuditEntry::new("gate.allow", &run, "allow")
+                .detail(json!({"gate": "spend-limit", "tool": "issue_refund"})),
+            AuditEntry::new("run.end", &run, "completed")
+                .detail(json!({"pipeline": "agent", "tokens": 320})),
         ];
         let start = Instant::now();
         store.audit_append(rows).await.expect("append");
@@ -110,12 +144,20 @@ max_steps = {max_steps}
 constraints = "tool-manifest"
 "#,
         plugins = plugins.display(),
-        cache = plugins::repo_root().join("target/reins-test-cache").display(),
+        cache = plugins::repo_root()
+            .join("target/reins-test-cache")
+            .display(),
         max_steps = STEPS + 1,
     );
     let host = Host::builder()
         .config_str(config, plugins)
-        .provider("agent", Arc::new(model::AgentModel { latency, ..model::AgentModel::new(STEPS) }))
+        .provider(
+            "agent",
+            Arc::new(model::AgentModel {
+                latency,
+                ..model::AgentModel::new(STEPS)
+            }),
+        )
         .watch(false)
         .build()
         .await
@@ -164,6 +206,25 @@ fn main() {
             println!("| PostgreSQL (loopback) | {} | {} |", bench::us(p50), bench::us(p99));
         } else {
             println!("| PostgreSQL | (REINS_TEST_PG_URL not set) | |");
+        }
+
+        println!("\n## Concurrent checkpoints: runs checkpointing at once, each awaiting its own\n");
+        println!("| store | writers | checkpoints/s | share of the in-memory store |");
+        println!("|---|---:|---:|---:|");
+        let memory_settings: StateSettings = toml::from_str("kind = \"memory\"").expect("settings");
+        for writers in [1, 16, 64] {
+            let memory = reins::state::open(&memory_settings, dir.path()).await.expect("memory");
+            let floor = concurrent_checkpoints(memory, writers).await;
+            println!("| in-memory SQLite | {writers} | {floor:.0} | 100 % |");
+            let mut durable = vec![("SQLite (file, WAL)", sqlite_settings.clone())];
+            if let Some(pg) = &pg {
+                durable.push(("PostgreSQL (loopback)", pg.clone()));
+            }
+            for (name, settings) in durable {
+                let store = reins::state::open(&settings, dir.path()).await.expect("store");
+                let rate = concurrent_checkpoints(store, writers).await;
+                println!("| {name} | {writers} | {rate:.0} | {:.0} % |", 100.0 * rate / floor);
+            }
         }
 
         let plugins = plugins::plugins_dir(&["tool-manifest"]);

@@ -77,7 +77,11 @@ pub fn read_cases(path: &Path) -> Result<Vec<Case>, CasesError> {
 }
 
 /// Runs every case against the plugin at `wasm` (with its sidecar).
-pub fn run_cases(runtime: &Runtime, wasm: &Path, cases: &[Case]) -> Result<Vec<CaseOutcome>, CasesError> {
+pub fn run_cases(
+    runtime: &Runtime,
+    wasm: &Path,
+    cases: &[Case],
+) -> Result<Vec<CaseOutcome>, CasesError> {
     let manifest_path = wasm.with_extension("toml");
     let manifest_text = std::fs::read_to_string(&manifest_path).unwrap_or_default();
     let base = Manifest::parse(&manifest_text, &manifest_path).map_err(RuntimeError::from)?;
@@ -89,29 +93,69 @@ pub fn run_cases(runtime: &Runtime, wasm: &Path, cases: &[Case]) -> Result<Vec<C
             None => &default_plugin,
             Some(cfg) => {
                 let mut m = base.clone();
-                m.config = serde_json::from_value::<toml::Table>(cfg.clone()).map_err(|e| CasesError::Config {
-                    case: case.name.clone(),
-                    message: e.to_string(),
-                })?;
-                overridden = runtime.load_with_manifest(wasm, m, &format!("{manifest_text}\n{cfg}"))?;
-                &overridden
+                m.config = serde_json::from_value::<serde_json::Map<String, Value>>(cfg.clone())
+                    .map_err(|e| CasesError::Config {
+                        case: case.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                match runtime.load_with_manifest(wasm, m, &format!("{manifest_text}\n{cfg}")) {
+                    Ok(p) => {
+                        overridden = p;
+                        &overridden
+                    }
+                    // The plugin's `init` refused this config at load: that
+                    // refusal is the case's answer (a config error).
+                    Err(RuntimeError::Init { cause, .. }) => {
+                        out.push(CaseOutcome::of(
+                            case,
+                            check_init_refusal(&case.expect, &cause),
+                            0,
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         let started = Instant::now();
         let result = run_case(plugin, case);
-        let micros = started.elapsed().as_micros() as u64;
+        out.push(CaseOutcome::of(
+            case,
+            result,
+            started.elapsed().as_micros() as u64,
+        ));
+    }
+    Ok(out)
+}
+
+impl CaseOutcome {
+    /// The outcome of `case`: passed with a summary, or failed with why.
+    fn of(case: &Case, result: Result<String, String>, micros: u64) -> Self {
         let (passed, detail) = match result {
             Ok(summary) => (true, summary),
             Err(why) => (false, why),
         };
-        out.push(CaseOutcome {
+        CaseOutcome {
             name: case.name.clone(),
             passed,
             detail,
             micros,
-        });
+        }
     }
-    Ok(out)
+}
+
+/// A case whose config the plugin's `init` refused passes only if it
+/// expected an error containing `error_contains`.
+fn check_init_refusal(
+    expect: &serde_json::Map<String, Value>,
+    cause: &crate::runtime::CallFailure,
+) -> Result<String, String> {
+    let text = format!("init {cause}");
+    match expect.get("error_contains").and_then(Value::as_str) {
+        Some(want) if text.contains(want) => Ok(format!("refused at init as expected: {cause}")),
+        Some(want) => Err(format!("init error {text:?} does not contain {want:?}")),
+        None => Err(format!("the plugin refused this config at load: {text}")),
+    }
 }
 
 fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
@@ -126,9 +170,9 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
     };
     let expect = &case.expect;
     let answer = match plugin.layer() {
-        Layer::Normalizer => plugin.normalize(&ctx, &messages(&case.input)?).map(|n| {
-            json!({"messages": n.messages, "findings": n.findings})
-        }),
+        Layer::Normalizer => plugin
+            .normalize(&ctx, &messages(&case.input)?)
+            .map(|n| json!({"messages": n.messages, "findings": n.findings})),
         Layer::Validator => {
             let text = match &case.input {
                 Value::String(s) => s.clone(),
@@ -143,16 +187,27 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
             let action = Action {
                 tool: str_field(&case.input, "tool")?.to_string(),
                 arguments: case.input.get("arguments").cloned().unwrap_or(json!({})),
-                access: serde_json::from_value::<Access>(case.input.get("access").cloned().unwrap_or(json!("write")))
-                    .map_err(|e| format!("input.access: {e}"))?,
+                access: serde_json::from_value::<Access>(
+                    case.input.get("access").cloned().unwrap_or(json!("write")),
+                )
+                .map_err(|e| format!("input.access: {e}"))?,
             };
             plugin.check(&ctx, &action).map(|d| json!({"decision": d}))
         }
         Layer::Context => {
-            let chunks: Vec<Chunk> = serde_json::from_value(case.input.get("chunks").cloned().unwrap_or(json!([])))
-                .map_err(|e| format!("input.chunks: {e}"))?;
-            let budget = case.input.get("budget_tokens").and_then(Value::as_u64).unwrap_or(1000) as u32;
-            let query = case.input.get("query").and_then(Value::as_str).unwrap_or("");
+            let chunks: Vec<Chunk> =
+                serde_json::from_value(case.input.get("chunks").cloned().unwrap_or(json!([])))
+                    .map_err(|e| format!("input.chunks: {e}"))?;
+            let budget = case
+                .input
+                .get("budget_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(1000) as u32;
+            let query = case
+                .input
+                .get("query")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             plugin
                 .assemble(&ctx, query, &chunks, budget)
                 .map(|c| json!({"chunks": c}))
@@ -172,7 +227,10 @@ fn check_expectations(
             return if e.to_string().contains(want) {
                 Ok(format!("error as expected: {}", e.cause))
             } else {
-                Err(format!("error {:?} does not contain {want:?}", e.to_string()))
+                Err(format!(
+                    "error {:?} does not contain {want:?}",
+                    e.to_string()
+                ))
             };
         }
         (Err(e), None) => return Err(e.to_string()),
@@ -192,16 +250,24 @@ fn check_expectations(
             (Layer::Normalizer, "rejected") => {
                 let rejected = has_error(&answer["findings"]);
                 if Some(rejected) != want.as_bool() {
-                    return Err(format!("rejected = {rejected}, expected {want}; findings {}", answer["findings"]));
+                    return Err(format!(
+                        "rejected = {rejected}, expected {want}; findings {}",
+                        answer["findings"]
+                    ));
                 }
             }
             (Layer::Validator, "valid") => {
                 let valid = !has_error(&answer["violations"]);
                 if Some(valid) != want.as_bool() {
-                    return Err(format!("valid = {valid}, expected {want}; violations {}", answer["violations"]));
+                    return Err(format!(
+                        "valid = {valid}, expected {want}; violations {}",
+                        answer["violations"]
+                    ));
                 }
             }
-            (Layer::Validator, "violations") => contains_all(&answer["violations"], want, "violations")?,
+            (Layer::Validator, "violations") => {
+                contains_all(&answer["violations"], want, "violations")?
+            }
             (Layer::Validator, "fixed") => same(&answer["fixed"], want, "fixed")?,
             (Layer::Constraints, "tools") => {
                 let mut got: Vec<&str> = answer["tools"]
@@ -231,7 +297,9 @@ fn check_expectations(
                     return Err(format!("reason {reason:?} does not contain {want:?}"));
                 }
             }
-            (Layer::Gate, "arguments") => same(&answer["decision"]["value"], want, "rewritten arguments")?,
+            (Layer::Gate, "arguments") => {
+                same(&answer["decision"]["value"], want, "rewritten arguments")?
+            }
             (Layer::Context, "ids") => {
                 let got: Vec<Value> = answer["chunks"]
                     .as_array()
@@ -239,7 +307,11 @@ fn check_expectations(
                     .unwrap_or_default();
                 same(&Value::Array(got), want, "chunk ids")?
             }
-            (_, other) => return Err(format!("unknown expectation {other:?} for a {layer} plugin")),
+            (_, other) => {
+                return Err(format!(
+                    "unknown expectation {other:?} for a {layer} plugin"
+                ));
+            }
         }
     }
     Ok(summary(&answer))
@@ -312,7 +384,8 @@ fn has_error(list: &Value) -> bool {
 fn messages(input: &Value) -> Result<Vec<Message>, String> {
     match input {
         Value::String(s) => Ok(vec![Message::new("user", s.clone())]),
-        other => serde_json::from_value(other.clone()).map_err(|e| format!("input must be a string or messages: {e}")),
+        other => serde_json::from_value(other.clone())
+            .map_err(|e| format!("input must be a string or messages: {e}")),
     }
 }
 

@@ -2,11 +2,11 @@
 //! (tool-manifest, spend-limit, echo-gate), a scripted model, and a webhook
 //! sink on loopback that counts what it applied by idempotency key.
 
-use reins_testing::plugins;
-use reins_testing::webhook::Sink;
 use reins::Host;
 use reins::approvals::{ApprovalError, Verdict};
 use reins::pipeline::{ExecStatus, Request, RunError, RunStatus};
+use reins_testing::plugins;
+use reins_testing::webhook::Sink;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -95,11 +95,18 @@ retries = 3
 /// JSON → a TOML inline value (arrays and inline tables).
 fn toml_inline(v: &Value) -> String {
     match v {
-        Value::Array(a) => format!("[{}]", a.iter().map(toml_inline).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_inline).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(o) => format!(
             "{{ {} }}",
             o.iter()
-                .map(|(k, v)| format!("{} = {}", serde_json::to_string(k).unwrap_or_default(), toml_inline(v)))
+                .map(|(k, v)| format!(
+                    "{} = {}",
+                    serde_json::to_string(k).unwrap_or_default(),
+                    toml_inline(v)
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -138,11 +145,19 @@ async fn unknown_tools_and_bad_arguments_never_execute_and_go_back_for_repair() 
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(r.attempts.len(), 2);
     let first = &r.attempts[0].violations;
-    assert!(first.iter().any(|v| v.violation.code == "tool-not-allowed"), "{first:?}");
+    assert!(
+        first.iter().any(|v| v.violation.code == "tool-not-allowed"),
+        "{first:?}"
+    );
     assert_eq!(f.sink.applied(), 1, "only the repaired refund executes");
 
     let r = f.host.run("refunds", ask("bad arguments", "t2")).await;
-    assert!(r.attempts[0].violations.iter().any(|v| v.violation.code == "tool-arguments"));
+    assert!(
+        r.attempts[0]
+            .violations
+            .iter()
+            .any(|v| v.violation.code == "tool-arguments")
+    );
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(f.sink.applied(), 2);
 }
@@ -157,7 +172,11 @@ async fn on_invalid_action_fail_fails_the_run_without_executing() {
     let config = format!(
         "plugins_dir = \".\"\n[providers.script]\nkind = \"scripted\"\nresponses = [{{ match = \"wire\", tool_calls = [{{ name = \"wire_money\", arguments = {{ to = \"x\" }} }}] }}]\n[pipelines.strict]\nmodel = \"script\"\nconstraints = \"tool-manifest\"\non_invalid_action = \"fail\"\n"
     );
-    let host = Host::builder().config_str(config, dir).build().await.expect("host");
+    let host = Host::builder()
+        .config_str(config, dir)
+        .build()
+        .await
+        .expect("host");
     let r = host.run("strict", ask("wire money", "t1")).await;
     assert_eq!(r.status, RunStatus::Failed);
     assert_eq!(r.attempts.len(), 1, "no repair");
@@ -169,7 +188,12 @@ async fn a_denied_action_is_repaired_and_the_rewrite_is_rechecked() {
     let f = fixture("", 1000).await;
     let r = f.host.run("refunds", ask("refund minus five", "t1")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
-    assert!(r.attempts[0].violations.iter().any(|v| v.violation.code == "denied"));
+    assert!(
+        r.attempts[0]
+            .violations
+            .iter()
+            .any(|v| v.violation.code == "denied")
+    );
     assert_eq!(r.executions[0].arguments["amount"], json!(5.0));
     assert_eq!(f.sink.applied(), 1);
 
@@ -178,10 +202,24 @@ async fn a_denied_action_is_repaired_and_the_rewrite_is_rechecked() {
     let dir = f._dir.path();
     std::fs::write(dir.join("echo-gate.toml"), "[config]\nrewrite = true\n").expect("sidecar");
     let config = "plugins_dir = \".\"\n[providers.script]\nkind = \"scripted\"\nresponses = [{ match = \"refund\", tool_calls = [{ name = \"issue_refund\", arguments = { order = \"A\", amount = 1 } }] }]\n[pipelines.rw]\nmodel = \"script\"\nconstraints = \"tool-manifest\"\ngates = [\"echo-gate\"]\n";
-    let host = Host::builder().config_str(config, dir).build().await.expect("host");
+    let host = Host::builder()
+        .config_str(config, dir)
+        .build()
+        .await
+        .expect("host");
     let r = host.run("rw", ask("refund", "t1")).await;
     assert_eq!(r.status, RunStatus::Failed);
-    assert!(matches!(r.error, Some(RunError::Plugin { kind: "bad_rewrite", .. })), "{:?}", r.error);
+    assert!(
+        matches!(
+            r.error,
+            Some(RunError::Plugin {
+                kind: "bad_rewrite",
+                ..
+            })
+        ),
+        "{:?}",
+        r.error
+    );
     assert_eq!(r.decisions[0].decision.kind(), "rewrite");
 }
 
@@ -197,7 +235,11 @@ async fn escalate_then_approve_executes_exactly_once() {
     assert_eq!(pending[0].reason.is_empty(), false);
     assert_eq!(pending[0].action.arguments["amount"], json!(500.0));
 
-    let (approval, run) = f.host.decide(&id, Verdict::Approve, "alice", Some("ok".into())).await.expect("decide");
+    let (approval, run) = f
+        .host
+        .decide(&id, Verdict::Approve, "alice", Some("ok".into()))
+        .await
+        .expect("decide");
     assert_eq!(approval.decided_by.as_deref(), Some("alice"));
     assert!(approval.decided_at_ms.is_some());
     let run = run.expect("the run continues");
@@ -218,15 +260,28 @@ async fn escalate_then_reject_fails_and_releases_the_budget() {
     let r = f.host.run("refunds", ask("refund 500 please", "t1")).await;
     assert_eq!(r.status, RunStatus::AwaitingApproval);
     let blocked = f.host.run("refunds", ask("refund 20", "t1")).await;
-    assert_ne!(blocked.status, RunStatus::Completed, "the reservation holds the budget");
+    assert_ne!(
+        blocked.status,
+        RunStatus::Completed,
+        "the reservation holds the budget"
+    );
     let (_, run) = f
         .host
-        .decide(&r.approvals[0], Verdict::Reject, "alice", Some("too much".into()))
+        .decide(
+            &r.approvals[0],
+            Verdict::Reject,
+            "alice",
+            Some("too much".into()),
+        )
         .await
         .expect("decide");
     let run = run.expect("run result");
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(matches!(run.error, Some(RunError::ApprovalRejected { .. })), "{:?}", run.error);
+    assert!(
+        matches!(run.error, Some(RunError::ApprovalRejected { .. })),
+        "{:?}",
+        run.error
+    );
     assert_eq!(f.sink.applied(), 0);
     // The rejected reservation is released: a small refund fits again.
     let ok = f.host.run("refunds", ask("refund 20", "t1")).await;
@@ -267,11 +322,20 @@ async fn a_failed_action_fails_the_run_and_releases_its_budget() {
     f.sink.fail_next(100);
     let r = f.host.run("refunds", ask("refund 20", "t1")).await;
     assert_eq!(r.status, RunStatus::Failed);
-    assert!(matches!(r.error, Some(RunError::ActionFailed { .. })), "{:?}", r.error);
+    assert!(
+        matches!(r.error, Some(RunError::ActionFailed { .. })),
+        "{:?}",
+        r.error
+    );
     assert_eq!(r.executions[0].tries, 4, "1 try + 3 retries");
     f.sink.fail_next(0);
     let ok = f.host.run("refunds", ask("refund 20", "t1")).await;
-    assert_eq!(ok.status, RunStatus::Completed, "budget was released: {:?}", ok.error);
+    assert_eq!(
+        ok.status,
+        RunStatus::Completed,
+        "budget was released: {:?}",
+        ok.error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,21 +359,30 @@ async fn a_hundred_concurrent_refunds_against_a_budget_for_ten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_refuse_then_admit_after_the_window() {
-    let f = fixture("[pipelines.refunds.limits]\nkey = \"tenant\"\nrequests = 2\nwindow_seconds = 1\n", 1000).await;
+    let f = fixture(
+        "[pipelines.refunds.limits]\nkey = \"tenant\"\nrequests = 2\nwindow_seconds = 1\n",
+        1000,
+    )
+    .await;
     for _ in 0..2 {
         let r = f.host.run("refunds", ask("refund 10", "t1")).await;
         assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     }
     let r = f.host.run("refunds", ask("refund 10", "t1")).await;
     match &r.error {
-        Some(RunError::RateLimited { retry_after_s, key, .. }) => {
+        Some(RunError::RateLimited {
+            retry_after_s, key, ..
+        }) => {
             assert_eq!(key, "t1");
             assert!(*retry_after_s >= 1);
         }
         other => panic!("expected a rate limit, got {other:?}"),
     }
     // Another tenant has its own window.
-    assert_eq!(f.host.run("refunds", ask("refund 10", "t2")).await.status, RunStatus::Completed);
+    assert_eq!(
+        f.host.run("refunds", ask("refund 10", "t2")).await.status,
+        RunStatus::Completed
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let r = f.host.run("refunds", ask("refund 10", "t1")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
@@ -335,17 +408,31 @@ actions_field = "/actions"
 [pipelines.field.repair]
 max_attempts = 1
 "#;
-    let host = Host::builder().config_str(config, dir).build().await.expect("host");
+    let host = Host::builder()
+        .config_str(config, dir)
+        .build()
+        .await
+        .expect("host");
     let r = host.run("field", ask("a small refund", "t1")).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(r.decisions[0].tool, "issue_refund");
     assert_eq!(r.executions[0].status, ExecStatus::Returned);
     assert_eq!(r.executions[0].arguments["amount"], json!(15));
-    assert_eq!(r.output.as_ref().map(|o| o["reply"].clone()), Some(json!("Refunding now.")));
+    assert_eq!(
+        r.output.as_ref().map(|o| o["reply"].clone()),
+        Some(json!("Refunding now."))
+    );
 
     let r = host.run("field", ask("malformed", "t1")).await;
     assert_eq!(r.status, RunStatus::Failed);
-    assert!(r.attempts[0].violations.iter().any(|v| v.violation.path == "/actions/0"), "{:?}", r.attempts[0].violations);
+    assert!(
+        r.attempts[0]
+            .violations
+            .iter()
+            .any(|v| v.violation.path == "/actions/0"),
+        "{:?}",
+        r.attempts[0].violations
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -359,23 +446,42 @@ async fn runs_and_approvals_survive_a_restart_and_the_approved_action_runs_once(
 
     // A new process on the same state file.
     let host = f.restart().await;
-    let stored = host.stored_run(&done.run_id).await.expect("the completed run is stored");
+    let stored = host
+        .stored_run(&done.run_id)
+        .await
+        .expect("the completed run is stored");
     assert_eq!(stored["status"], "completed");
     assert_eq!(stored["executions"][0]["status"], "done");
-    let held = host.stored_run(&r.run_id).await.expect("the held run is stored");
+    let held = host
+        .stored_run(&r.run_id)
+        .await
+        .expect("the held run is stored");
     assert_eq!(held["status"], "awaiting_approval");
     assert_eq!(held["approvals"], json!([id.clone()]));
-    let pending = host.approval(&id).await.unwrap().expect("the approval survives");
+    let pending = host
+        .approval(&id)
+        .await
+        .unwrap()
+        .expect("the approval survives");
     assert_eq!(pending.action.arguments["amount"], json!(500.0));
 
-    let (_, run) = host.decide(&id, Verdict::Approve, "alice", None).await.expect("decide");
+    let (_, run) = host
+        .decide(&id, Verdict::Approve, "alice", None)
+        .await
+        .expect("decide");
     let run = run.expect("the run continues on the new host");
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
-    assert_eq!(run.executions[0].idempotency_key, format!("{}:1:0", r.run_id));
+    assert_eq!(
+        run.executions[0].idempotency_key,
+        format!("{}:1:0", r.run_id)
+    );
     assert_eq!(f.sink.applied(), 2);
     let stored = host.stored_run(&r.run_id).await.unwrap();
     assert_eq!(stored["status"], "completed");
-    assert!(stored["trace"].as_array().is_some_and(|t| !t.is_empty()), "the held run's trace is kept");
+    assert!(
+        stored["trace"].as_array().is_some_and(|t| !t.is_empty()),
+        "the held run's trace is kept"
+    );
     // The first host sees the decision too (one store).
     assert!(matches!(
         f.host.decide(&id, Verdict::Reject, "bob", None).await,
@@ -390,7 +496,13 @@ async fn a_rerun_never_resends_a_done_action_and_resends_a_sending_one_with_its_
     let first = f.host.run("refunds", ask("please refund 20", "t1")).await;
     assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
     let key = first.executions[0].idempotency_key.clone();
-    let stored = f.host.state().action(&key).await.unwrap().expect("recorded");
+    let stored = f
+        .host
+        .state()
+        .action(&key)
+        .await
+        .unwrap()
+        .expect("recorded");
     assert_eq!(stored.state, ActionState::Done);
 
     // A crash after the action but before the run's end was recorded: the
@@ -409,14 +521,24 @@ async fn a_rerun_never_resends_a_done_action_and_resends_a_sending_one_with_its_
     let again = host.resume(&first.run_id).await.expect("resume");
     assert_eq!(again.status, RunStatus::Completed, "{:?}", again.error);
     assert_eq!(again.executions[0].status, ExecStatus::Done);
-    assert_eq!(f.sink.keys(), vec![key.clone()], "a done action is never sent again");
+    assert_eq!(
+        f.sink.keys(),
+        vec![key.clone()],
+        "a done action is never sent again"
+    );
 
     // A crash while sending leaves it `sending`: it is sent again, same key.
-    host.state().set_action(&key, ActionState::Sending, None, None, 1).await.unwrap();
+    host.state()
+        .set_action(&key, ActionState::Sending, None, None, 1)
+        .await
+        .unwrap();
     crashed(&host).await;
     let third = host.resume(&first.run_id).await.expect("resume");
     assert_eq!(third.executions[0].status, ExecStatus::Done);
     assert_eq!(f.sink.keys(), vec![key.clone(), key.clone()]);
     assert_eq!(f.sink.applied(), 1, "the sink applies the key once");
-    assert_eq!(host.state().action(&key).await.unwrap().unwrap().state, ActionState::Done);
+    assert_eq!(
+        host.state().action(&key).await.unwrap().unwrap().state,
+        ActionState::Done
+    );
 }

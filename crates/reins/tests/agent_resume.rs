@@ -3,10 +3,10 @@
 //! step 2 resumes on a new host from its checkpoint and no side effect is
 //! applied twice.
 
-use reins_testing::webhook::Sink;
-use reins_testing::{model, plugins};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
+use reins_testing::webhook::Sink;
+use reins_testing::{model, plugins};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -47,7 +47,13 @@ async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once()
     let host = |fail_at| {
         Host::builder()
             .config_str(config.clone(), dir.path())
-            .provider("agent", Arc::new(model::AgentModel { fail_at, ..model::AgentModel::new(5) }))
+            .provider(
+                "agent",
+                Arc::new(model::AgentModel {
+                    fail_at,
+                    ..model::AgentModel::new(5)
+                }),
+            )
             .build()
     };
     // First process: the model is gone at step 3 (after two checkpoints).
@@ -66,7 +72,10 @@ async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once()
     // A new process resumes it from step 3.
     let b = host(None).await.expect("host");
     let resumed = b.resume_interrupted().await.expect("resume");
-    let done = resumed.iter().find(|x| x.run_id == r.run_id).expect("resumed");
+    let done = resumed
+        .iter()
+        .find(|x| x.run_id == r.run_id)
+        .expect("resumed");
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(json!({"done": 5})));
     let seen = sink.keys();
@@ -79,7 +88,10 @@ async fn an_agent_run_resumes_from_its_checkpoint_and_applies_each_action_once()
     assert!(seen[0].starts_with(&format!("{}.1:", r.run_id)));
     let stored = b.stored_run(&r.run_id).await.expect("stored");
     assert_eq!(stored["status"], "completed");
-    assert!(matches!(b.resume(&r.run_id).await, Err(reins::ResumeError::NotResumable { .. })));
+    assert!(matches!(
+        b.resume(&r.run_id).await,
+        Err(reins::ResumeError::NotResumable { .. })
+    ));
 }
 
 /// A single run checkpoints its input and every attempt; resumed after a
@@ -128,9 +140,16 @@ repair = {{ max_attempts = 3 }}
     assert_eq!(r.status, RunStatus::Failed);
     let steps = a.state().steps(&r.run_id).await.expect("steps");
     let kinds: Vec<_> = steps.iter().map(|s| s.kind.as_str()).collect();
-    assert_eq!(kinds, ["input", "attempt"], "input and the one attempt, in order");
+    assert_eq!(
+        kinds,
+        ["input", "attempt"],
+        "input and the one attempt, in order"
+    );
     assert_eq!(steps[1].data["attempt"]["raw"], r#"{"total": "12 EUR"}"#);
-    assert_eq!(steps[1].data["attempt"]["violations"][0]["source"], "schema");
+    assert_eq!(
+        steps[1].data["attempt"]["violations"][0]["source"],
+        "schema"
+    );
     // Emulate a crash at that moment: the run is still `running`.
     let mut record = a.state().run(&r.run_id).await.expect("store").expect("run");
     record.status = RunStatus::Running;
@@ -143,26 +162,54 @@ repair = {{ max_attempts = 3 }}
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(json!({"total": 12})));
     let calls = model.calls();
-    assert_eq!(calls.iter().map(|c| c.attempt).collect::<Vec<_>>(), [2], "only the step after the checkpoint");
-    assert!(done.trace.iter().any(|t| t.result.contains("replayed")), "{}", done.trace_table());
+    assert_eq!(
+        calls.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        [2],
+        "only the step after the checkpoint"
+    );
+    assert!(
+        done.trace.iter().any(|t| t.result.contains("replayed")),
+        "{}",
+        done.trace_table()
+    );
     assert_eq!(done.attempts.len(), 2);
-    let kinds: Vec<_> = b.state().steps(&r.run_id).await.expect("steps").into_iter().map(|s| s.kind.as_str()).collect();
+    let kinds: Vec<_> = b
+        .state()
+        .steps(&r.run_id)
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| s.kind.as_str())
+        .collect();
     assert_eq!(kinds, ["input", "attempt", "attempt"]);
 }
 
 /// A refund sink and an agent pipeline whose third turn (a refund of 500)
 /// the spend-limit gate escalates; `extra` goes into the pipeline's table.
 async fn escalating_agent(extra: &str) -> (tempfile::TempDir, Sink, String) {
-    let (dir, sink, config) = agent_fixture(&["spend-limit"], &format!("gates = [\"spend-limit\"]\n{extra}")).await;
-    std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\ndaily_budget = 10000\n")
-        .expect("sidecar");
+    let (dir, sink, config) = agent_fixture(
+        &["spend-limit"],
+        &format!("gates = [\"spend-limit\"]\n{extra}"),
+    )
+    .await;
+    std::fs::write(
+        dir.path().join("spend-limit.toml"),
+        "[config]\nescalate_above = 100\ndaily_budget = 10000\n",
+    )
+    .expect("sidecar");
     (dir, sink, config)
 }
 
 async fn escalating_host(dir: &std::path::Path, config: &str) -> Host {
     Host::builder()
         .config_str(config, dir)
-        .provider("agent", Arc::new(model::AgentModel { big_at: Some(2), ..model::AgentModel::new(5) }))
+        .provider(
+            "agent",
+            Arc::new(model::AgentModel {
+                big_at: Some(2),
+                ..model::AgentModel::new(5)
+            }),
+        )
         .build()
         .await
         .expect("host")
@@ -183,7 +230,12 @@ async fn an_escalated_agent_turn_continues_after_its_approval() {
 
     let b = escalating_host(dir.path(), &config).await;
     let (_, run) = b
-        .decide(&held.approvals[0], reins::approvals::Verdict::Approve, "alice", None)
+        .decide(
+            &held.approvals[0],
+            reins::approvals::Verdict::Approve,
+            "alice",
+            None,
+        )
         .await
         .expect("decide");
     let run = run.expect("the run goes on");
@@ -193,14 +245,26 @@ async fn an_escalated_agent_turn_continues_after_its_approval() {
     let mut unique = seen.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!((seen.len(), unique.len()), (5, 5), "each turn's refund once: {seen:?}");
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (5, 5),
+        "each turn's refund once: {seen:?}"
+    );
     assert!(
-        seen.iter().any(|k| k.starts_with(&format!("{}.3:", held.run_id))),
+        seen.iter()
+            .any(|k| k.starts_with(&format!("{}.3:", held.run_id))),
         "the approved turn keeps its turn's key: {seen:?}"
     );
-    assert_eq!(run.executions.len(), 5, "every turn's executions, before and after the hold");
+    assert_eq!(
+        run.executions.len(),
+        5,
+        "every turn's executions, before and after the hold"
+    );
     assert_eq!(b.state().steps(&held.run_id).await.expect("steps").len(), 5);
-    assert_eq!(b.stored_run(&held.run_id).await.expect("stored")["status"], "completed");
+    assert_eq!(
+        b.stored_run(&held.run_id).await.expect("stored")["status"],
+        "completed"
+    );
 }
 
 /// A rejected agent turn is told to the model (who rejected it and why),
@@ -213,7 +277,12 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
     let held = host.run("agent", Request::text("refund five orders")).await;
     assert_eq!(held.status, RunStatus::AwaitingApproval, "{:?}", held.error);
     let (_, run) = host
-        .decide(&held.approvals[0], reins::approvals::Verdict::Reject, "alice", Some("too much".into()))
+        .decide(
+            &held.approvals[0],
+            reins::approvals::Verdict::Reject,
+            "alice",
+            Some("too much".into()),
+        )
         .await
         .expect("decide");
     let run = run.expect("the run goes on");
@@ -228,18 +297,33 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
     assert_eq!(rejected[0].arguments["amount"], json!(500));
     let steps = host.state().steps(&held.run_id).await.expect("steps");
     let told = steps[2].data["messages"].to_string();
-    assert!(told.contains("rejected") && told.contains("alice") && told.contains("too much"), "{told}");
+    assert!(
+        told.contains("rejected") && told.contains("alice") && told.contains("too much"),
+        "{told}"
+    );
 
     let (dir, sink, config) = escalating_agent("on_rejection = \"fail\"").await;
     let host = escalating_host(dir.path(), &config).await;
     let held = host.run("agent", Request::text("refund five orders")).await;
     let (_, run) = host
-        .decide(&held.approvals[0], reins::approvals::Verdict::Reject, "bob", None)
+        .decide(
+            &held.approvals[0],
+            reins::approvals::Verdict::Reject,
+            "bob",
+            None,
+        )
         .await
         .expect("decide");
     let run = run.expect("result");
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(matches!(run.error, Some(reins::pipeline::RunError::ApprovalRejected { .. })), "{:?}", run.error);
+    assert!(
+        matches!(
+            run.error,
+            Some(reins::pipeline::RunError::ApprovalRejected { .. })
+        ),
+        "{:?}",
+        run.error
+    );
     assert_eq!(sink.keys().len(), 2);
 }
 
@@ -250,7 +334,12 @@ async fn a_rejected_agent_turn_is_told_to_the_model_or_fails_the_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
     let (dir, sink, config) = agent_fixture(&[], "").await;
-    let host = |model: model::AgentModel| Host::builder().config_str(config.clone(), dir.path()).provider("agent", Arc::new(model)).build();
+    let host = |model: model::AgentModel| {
+        Host::builder()
+            .config_str(config.clone(), dir.path())
+            .provider("agent", Arc::new(model))
+            .build()
+    };
     let a = host(model::AgentModel::new(5)).await.expect("host");
     let first = a.run("agent", Request::text("refund five orders")).await;
     assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
@@ -258,7 +347,11 @@ async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
 
     // Emulate the crash: turn 5 not checkpointed, its refund `sending`, the run `running`.
     let db = rusqlite::Connection::open(dir.path().join("reins-state.db")).expect("state file");
-    db.execute("DELETE FROM steps WHERE run_id = ?1 AND step = 5", [&first.run_id]).expect("delete");
+    db.execute(
+        "DELETE FROM steps WHERE run_id = ?1 AND step = 5",
+        [&first.run_id],
+    )
+    .expect("delete");
     let store = a.state().clone();
     store
         .set_action(&last_key, reins::state::ActionState::Sending, None, None, 1)
@@ -270,12 +363,25 @@ async fn a_turn_redone_after_a_crash_replays_the_models_answer() {
     drop(a);
 
     // The model would now ask for 500 in turn 5; the recorded answer (1) is used.
-    let b = host(model::AgentModel { big_at: Some(4), ..model::AgentModel::new(5) }).await.expect("host");
+    let b = host(model::AgentModel {
+        big_at: Some(4),
+        ..model::AgentModel::new(5)
+    })
+    .await
+    .expect("host");
     let done = b.resume(&first.run_id).await.expect("resume");
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     assert_eq!(done.output, Some(json!({"done": 5})));
-    assert_eq!(done.executions[4].arguments["amount"], json!(1), "the replayed answer's action");
+    assert_eq!(
+        done.executions[4].arguments["amount"],
+        json!(1),
+        "the replayed answer's action"
+    );
     let seen = sink.keys();
     assert_eq!(seen.len(), 6, "turn 5's refund re-sent once: {seen:?}");
-    assert_eq!(seen.iter().filter(|k| **k == last_key).count(), 2, "with the same key");
+    assert_eq!(
+        seen.iter().filter(|k| **k == last_key).count(),
+        2,
+        "with the same key"
+    );
 }

@@ -45,14 +45,24 @@ fn after_tools(log: &clients_support::Model) -> Vec<Value> {
     log.upstream
         .bodies()
         .into_iter()
-        .filter(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["role"] == "tool"))
+        .filter(|b| {
+            b["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| m["role"] == "tool")
+        })
         .collect()
 }
 
 /// Runs `script` against `served` off the async workers (the upstream
 /// answers on them), checks it passed `checks` checks, and that every
 /// conversation the upstream received was sound.
-async fn drive(served: &server::Served, log: &clients_support::Model, script: &'static str, checks: usize) {
+async fn drive(
+    served: &server::Served,
+    log: &clients_support::Model,
+    script: &'static str,
+    checks: usize,
+) {
     let base = format!("{}/v1", served.base);
     let out = tokio::task::spawn_blocking(move || clients_support::run_client(script, &base))
         .await
@@ -63,7 +73,10 @@ async fn drive(served: &server::Served, log: &clients_support::Model, script: &'
 
 fn assert_sound(log: &clients_support::Model) {
     let problems = log.problems();
-    assert!(problems.is_empty(), "conversations the upstream received were broken: {problems:?}");
+    assert!(
+        problems.is_empty(),
+        "conversations the upstream received were broken: {problems:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,9 +90,15 @@ async fn the_openai_package_runs_agent_loops_through_reins() {
         .json()
         .await
         .expect("JSON");
-    let assistant = listed["data"].as_array().and_then(|d| d.iter().find(|p| p["name"] == "assistant")).expect("assistant");
+    let assistant = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|p| p["name"] == "assistant"))
+        .expect("assistant");
     assert_eq!(assistant["output"], "text");
-    assert_eq!(assistant["output_reason"], "no schema and no JSON-only validator");
+    assert_eq!(
+        assistant["output_reason"],
+        "no schema and no JSON-only validator"
+    );
     assert_eq!(assistant["caller_tools"], "allow");
 
     // The second turn of the manual loop reached the model whole: the
@@ -92,28 +111,57 @@ async fn the_openai_package_runs_agent_loops_through_reins() {
     assert_eq!(call["function"]["name"], "get_weather");
     assert_eq!(messages[n - 1]["tool_call_id"], call["id"]);
     assert_eq!(messages[n - 1]["content"], "cold and clear");
-    assert_eq!(messages[0], json!({"role": "system", "content": "You are a weather assistant."}));
+    assert_eq!(
+        messages[0],
+        json!({"role": "system", "content": "You are a weather assistant."})
+    );
     // The caller's sampling parameters and tools reached the model.
-    assert_eq!((turn["temperature"].as_f64(), turn["seed"].as_i64(), turn["max_tokens"].as_u64()), (Some(0.3), Some(7), Some(200)));
+    assert_eq!(
+        (
+            turn["temperature"].as_f64(),
+            turn["seed"].as_i64(),
+            turn["max_tokens"].as_u64()
+        ),
+        (Some(0.3), Some(7), Some(200))
+    );
     assert_eq!(turn["user"], "alice");
     assert_eq!(turn["tools"][0]["function"]["name"], "get_weather");
-    assert!(turn.get("response_format").is_none(), "a prose pipeline asks for no JSON: {turn}");
+    assert!(
+        turn.get("response_format").is_none(),
+        "a prose pipeline asks for no JSON: {turn}"
+    );
 
     // The denied refund went back to the model as a repair, naming the gate's reason.
     let bodies = log.upstream.bodies();
     let repair = bodies
         .iter()
-        .find(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["content"].as_str().is_some_and(|t| t.contains("denied"))))
+        .find(|b| {
+            b["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| m["content"].as_str().is_some_and(|t| t.contains("denied")))
+        })
         .expect("a repair request after the denial");
-    let last = repair["messages"].as_array().and_then(|m| m.last()).expect("last");
-    assert!(last["content"].as_str().is_some_and(|t| t.contains("issue_refund")), "{last}");
+    let last = repair["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .expect("last");
+    assert!(
+        last["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("issue_refund")),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn langchain_openai_bind_tools_loop_runs_through_reins() {
     let (served, log, _dir) = setup().await;
     drive(&served, &log, "langchain_agent.py", 2).await;
-    let turn = after_tools(&log).into_iter().next().expect("a turn after a tool result");
+    let turn = after_tools(&log)
+        .into_iter()
+        .next()
+        .expect("a turn after a tool result");
     let messages = turn["messages"].as_array().expect("messages");
     assert_eq!(messages[messages.len() - 1]["content"], "sunny");
     assert_eq!(turn["temperature"].as_f64(), Some(0.0));
@@ -123,8 +171,14 @@ async fn langchain_openai_bind_tools_loop_runs_through_reins() {
 async fn the_openai_agents_sdk_runs_a_function_tool_through_reins() {
     let (served, log, _dir) = setup().await;
     drive(&served, &log, "openai_agents_sdk.py", 2).await;
-    let turn = after_tools(&log).into_iter().next().expect("a turn after a tool result");
+    let turn = after_tools(&log)
+        .into_iter()
+        .next()
+        .expect("a turn after a tool result");
     let messages = turn["messages"].as_array().expect("messages");
-    assert_eq!(messages[0]["content"], "You answer weather questions with the get_weather tool.");
+    assert_eq!(
+        messages[0]["content"],
+        "You answer weather questions with the get_weather tool."
+    );
     assert_eq!(messages[messages.len() - 1]["content"], "cold and clear");
 }

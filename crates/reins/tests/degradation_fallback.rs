@@ -8,14 +8,14 @@
 mod degradation_support;
 mod pipeline_support;
 
-use reins_testing::plugins;
 use axum::http::StatusCode;
 use degradation_support::*;
-use reins_testing::model::{Step, Upstream, server_error};
 use pipeline_support::{host, host_err, refund_schema, script, sidecar};
 use reins::Host;
 use reins::pipeline::{Request, RunError, RunResult, RunStatus};
 use reins::server::{self, AppState};
+use reins_testing::model::{Step, Upstream, server_error};
+use reins_testing::plugins;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -34,7 +34,9 @@ fn request(text: &str) -> Request {
 }
 
 fn steps(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 fn errors(r: &RunResult) -> Vec<String> {
@@ -49,8 +51,11 @@ async fn a_hanging_primary_falls_back_within_the_deadline() {
     let primary = Upstream::always(Step::Hang).await;
     let backup = Upstream::always(Step::Answer(refund(12.5))).await;
     let plugins = plugins::plugins_dir(&[]);
-    let body = openai("llm", &primary.base_url(), "timeout_ms = 300\nmax_retries = 1")
-        + &openai("backup", &backup.base_url(), "max_retries = 0")
+    let body = openai(
+        "llm",
+        &primary.base_url(),
+        "timeout_ms = 300\nmax_retries = 1",
+    ) + &openai("backup", &backup.base_url(), "max_retries = 0")
         + &pipeline("p", "fallbacks = [\"backup\"]\ndeadline_ms = 30000");
     let host = host(plugins.path(), &body, &script(vec![])).await;
     let r = host.run("p", request("refund 12.50 EUR")).await;
@@ -65,7 +70,10 @@ async fn a_hanging_primary_falls_back_within_the_deadline() {
     assert!(backup.seen()[0].at >= primary.seen()[1].at);
     assert_eq!(
         model_steps(&r),
-        steps(&[("llm", "failed: timeout, 2 tries"), ("backup", "ok (flaky-model)")])
+        steps(&[
+            ("llm", "failed: timeout, 2 tries"),
+            ("backup", "ok (flaky-model)")
+        ])
     );
     assert!(r.duration_us < 30_000_000);
 }
@@ -79,7 +87,10 @@ async fn the_deadline_covers_every_attempt_retry_and_fallback() {
     let slow = "timeout_ms = 60000\nmax_retries = 2";
     let body = openai("llm", &primary.base_url(), slow)
         + &openai("backup", &backup.base_url(), slow)
-        + &pipeline("p", &format!("fallbacks = [\"backup\"]\ndeadline_ms = 400\n{STATIC}"))
+        + &pipeline(
+            "p",
+            &format!("fallbacks = [\"backup\"]\ndeadline_ms = 400\n{STATIC}"),
+        )
         + &pipeline("bare", "fallbacks = [\"backup\"]\ndeadline_ms = 400");
     let host = host(plugins.path(), &body, &script(vec![])).await;
 
@@ -90,7 +101,10 @@ async fn the_deadline_covers_every_attempt_retry_and_fallback() {
         r.notice.as_deref(),
         Some("Our assistant is offline; this is a placeholder, not a decision on your refund.")
     );
-    assert_eq!(r.output.as_ref().map(|o| o["amount"].clone()), Some(json!(0)));
+    assert_eq!(
+        r.output.as_ref().map(|o| o["amount"].clone()),
+        Some(json!(0))
+    );
     // The primary's one call was cut at the deadline; no retry, and the
     // backup was never called.
     assert_eq!((primary.count(), backup.count()), (1, 0));
@@ -108,7 +122,10 @@ async fn the_deadline_covers_every_attempt_retry_and_fallback() {
     // With nothing local to serve: model unavailable, saying why.
     let r = host.run("bare", request("refund 12.50 EUR")).await;
     let errors = errors(&r);
-    assert!(errors[0].contains("the run's deadline passed"), "{errors:?}");
+    assert!(
+        errors[0].contains("the run's deadline passed"),
+        "{errors:?}"
+    );
     assert!(
         errors[1].contains("not called, the run's deadline (400 ms) had passed"),
         "{errors:?}"
@@ -126,11 +143,17 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
         + &openai("backup", &backup.base_url(), "max_retries = 0")
         + &pipeline("p", "fallbacks = [\"backup\"]\ncache = \"read-write\"");
     let host = host(plugins.path(), &body, &script(vec![])).await;
-    let cache = host.pipeline("p").and_then(|p| p.cache()).expect("cache on");
+    let cache = host
+        .pipeline("p")
+        .and_then(|p| p.cache())
+        .expect("cache on");
 
     let fresh = host.run("p", request("refund 12.50 EUR")).await;
     assert_eq!(fresh.status, RunStatus::Completed, "{:?}", fresh.error);
-    assert_eq!((fresh.served_by.as_deref(), fresh.degraded), (Some("llm"), false));
+    assert_eq!(
+        (fresh.served_by.as_deref(), fresh.degraded),
+        (Some("llm"), false)
+    );
     assert_eq!(cache.len(), 1);
 
     // Every provider down: the cached answer, validated again, flagged.
@@ -142,7 +165,10 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
         )
         .await;
     assert_eq!(cached.status, RunStatus::Completed, "{:?}", cached.error);
-    assert_eq!((cached.served_by.as_deref(), cached.degraded), (Some("cache"), true));
+    assert_eq!(
+        (cached.served_by.as_deref(), cached.degraded),
+        (Some("cache"), true)
+    );
     assert_eq!(cached.output, fresh.output);
     assert_eq!(cached.attempts[0].provider, "cache");
     assert_eq!(cached.tokens.total, 0);
@@ -156,7 +182,10 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
         "{model:?}"
     );
     assert!(
-        cached.trace.iter().any(|s| s.layer == "schema" && s.attempt == 1),
+        cached
+            .trace
+            .iter()
+            .any(|s| s.layer == "schema" && s.attempt == 1),
         "validated again"
     );
     assert_eq!((primary.count(), backup.count()), (2, 1));
@@ -175,14 +204,19 @@ async fn cached_answers_serve_when_every_provider_is_down_flagged_degraded() {
 
 #[tokio::test]
 async fn unvalidated_outputs_are_never_cached() {
-    let invalid = json!({"amount": "12,50", "currency": "EUR", "reason": "damaged parcel"}).to_string();
+    let invalid =
+        json!({"amount": "12,50", "currency": "EUR", "reason": "damaged parcel"}).to_string();
     let up = Upstream::always(Step::Answer(invalid.clone())).await;
     let plugins = plugins::plugins_dir(&[]);
     let body = openai("llm", &up.base_url(), "max_retries = 0")
         + &pipeline("p", "cache = \"read-write\"\nrepair = { max_attempts = 2 }")
         + &pipeline("ro", "cache = \"read\"");
     let host = host(plugins.path(), &body, &script(vec![])).await;
-    let cache = |name: &str| host.pipeline(name).and_then(|p| p.cache()).expect("cache on");
+    let cache = |name: &str| {
+        host.pipeline(name)
+            .and_then(|p| p.cache())
+            .expect("cache on")
+    };
 
     let r = host.run("p", request("refund 12.50 EUR")).await;
     assert!(
@@ -201,12 +235,20 @@ async fn unvalidated_outputs_are_never_cached() {
         }
     });
     let r = host.run("p", request("refund 12.50 EUR")).await;
-    assert_eq!((r.status, r.attempts.len()), (RunStatus::Completed, 2), "{:?}", r.error);
+    assert_eq!(
+        (r.status, r.attempts.len()),
+        (RunStatus::Completed, 2),
+        "{:?}",
+        r.error
+    );
     assert_eq!(cache("p").len(), 1);
     up.set_always(server_error());
     let r = host.run("p", request("refund 12.50 EUR")).await;
     assert_eq!(r.served_by.as_deref(), Some("cache"), "{:?}", r.error);
-    assert_eq!(r.output.as_ref().map(|o| o["amount"].clone()), Some(json!(12.5)));
+    assert_eq!(
+        r.output.as_ref().map(|o| o["amount"].clone()),
+        Some(json!(12.5))
+    );
 
     // `read` serves but never stores.
     up.set_always(Step::Answer(refund(3.0)));
@@ -226,8 +268,7 @@ async fn cached_and_static_answers_are_validated_by_the_current_validators() {
         "ranges",
         "[config]\nrules = [{ path = \"/amount\", max = 100 }]\n",
     );
-    let static_50 =
-        "degraded = { answer = '{\"amount\": 40, \"currency\": \"EUR\", \"reason\": \"standard refund\"}' }";
+    let static_50 = "degraded = { answer = '{\"amount\": 40, \"currency\": \"EUR\", \"reason\": \"standard refund\"}' }";
     let body = openai("llm", &up.base_url(), "max_retries = 0")
         + &pipeline(
             "p",
@@ -235,7 +276,10 @@ async fn cached_and_static_answers_are_validated_by_the_current_validators() {
         );
     let host = host(plugins.path(), &body, &script(vec![])).await;
     assert_eq!(
-        host.run("p", request("refund 50 EUR")).await.served_by.as_deref(),
+        host.run("p", request("refund 50 EUR"))
+            .await
+            .served_by
+            .as_deref(),
         Some("llm")
     );
     up.set_always(server_error());
@@ -261,7 +305,11 @@ async fn cached_and_static_answers_are_validated_by_the_current_validators() {
         .filter(|(_, s)| s.starts_with("passed over"))
         .collect();
     assert_eq!(passed_over.len(), 2);
-    assert!(r.trace.iter().any(|s| s.layer == "validator" && s.name == "ranges"));
+    assert!(
+        r.trace
+            .iter()
+            .any(|s| s.layer == "validator" && s.name == "ranges")
+    );
 
     // Loosened to 45: the cached 50 still fails, the static 40 passes, with
     // the default notice (the pipeline set no message).
@@ -274,7 +322,10 @@ async fn cached_and_static_answers_are_validated_by_the_current_validators() {
     let r = host.run("p", request("refund 50 EUR")).await;
     assert_eq!(
         (r.served_by.as_deref(), r.notice.as_deref()),
-        (Some("static"), Some(reins::config::default_degraded_message().as_str()))
+        (
+            Some("static"),
+            Some(reins::config::default_degraded_message().as_str())
+        )
     );
 }
 
@@ -296,7 +347,10 @@ async fn config_errors_name_the_degradation_key() {
         &(openai("llm", up, "breaker = { failure_rat = 0.5 }") + &pipeline("p", "")),
     )
     .await;
-    assert!(e.contains("unknown field `failure_rat`") && e.contains("line "), "{e}");
+    assert!(
+        e.contains("unknown field `failure_rat`") && e.contains("line "),
+        "{e}"
+    );
     let e = host_err(
         plugins.path(),
         &(openai("llm", up, "") + &pipeline("p", "cache = \"sometimes\"")),
@@ -329,8 +383,21 @@ async fn config_errors_name_the_degradation_key() {
     );
 }
 
-async fn call(state: &AppState, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Value) {
-    reins_testing::server::call(state, method, uri, &[], body.map(|b| b.to_string().into_bytes()), 1 << 20).await
+async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    reins_testing::server::call(
+        state,
+        method,
+        uri,
+        &[],
+        body.map(|b| b.to_string().into_bytes()),
+        1 << 20,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -347,28 +414,49 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
         + &pipeline("deg-static", STATIC).replace("\"llm\"", "\"deg-down\"")
         + &pipeline("deg-healthy", "").replace("\"llm\"", "\"deg-up\"");
     let host = Host::builder()
-        .config_str(pipeline_support::config(plugins.path(), &body), plugins.path())
+        .config_str(
+            pipeline_support::config(plugins.path(), &body),
+            plugins.path(),
+        )
         .build()
         .await
         .expect("host");
-    let settings = reins::server::ServerSettings::from_config(host.config()).expect("[server]");
+    let settings = reins::server::ServerSettings::from_config(host.boot()).expect("[server]");
     let state = AppState::new(Arc::new(host), &settings).expect("state");
     let chat = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "refund 7 EUR"}]});
 
     // Healthy: no degraded header.
-    let (s, h, b) = call(&state, "POST", "/v1/chat/completions", Some(chat("deg-healthy"))).await;
+    let (s, h, b) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("deg-healthy")),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert!(h.get("x-reins-degraded").is_none());
     assert_eq!(
-        (b["reins"]["degraded"].clone(), b["reins"]["served_by"].clone()),
+        (
+            b["reins"]["degraded"].clone(),
+            b["reins"]["served_by"].clone()
+        ),
         (json!(false), json!("deg-up"))
     );
 
     // Down: the static answer, flagged, with its honest message.
     for _ in 0..2 {
-        let (s, h, b) = call(&state, "POST", "/v1/chat/completions", Some(chat("deg-static"))).await;
+        let (s, h, b) = call(
+            &state,
+            "POST",
+            "/v1/chat/completions",
+            Some(chat("deg-static")),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{b}");
-        assert_eq!(h.get("x-reins-degraded").and_then(|v| v.to_str().ok()), Some("static"));
+        assert_eq!(
+            h.get("x-reins-degraded").and_then(|v| v.to_str().ok()),
+            Some("static")
+        );
         assert_eq!(b["reins"]["degraded"], json!(true));
         assert_eq!(b["reins"]["served_by"], json!("static"));
         assert!(
@@ -378,7 +466,8 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
             "{b}"
         );
         let content: Value =
-            serde_json::from_str(b["choices"][0]["message"]["content"].as_str().unwrap_or("")).expect("JSON");
+            serde_json::from_str(b["choices"][0]["message"]["content"].as_str().unwrap_or(""))
+                .expect("JSON");
         assert_eq!(content["amount"], json!(0));
     }
     assert_eq!(down.count(), 2);
@@ -422,29 +511,52 @@ async fn http_answers_say_degraded_and_providers_show_their_breakers() {
         "reins_fallback_uses_total{pipeline=\"deg-static\",step=\"static\"} 2",
         "reins_provider_calls_total{provider=\"deg-down\",outcome=\"status\"} 2",
     ] {
-        assert!(text.lines().any(|l| l == line), "no `{line}` in /metrics:\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{text}"
+        );
     }
 }
 
 #[tokio::test]
 async fn cache_and_retry_metrics_are_exported() {
     server::install_metrics();
-    let up = Upstream::steps(vec![server_error(), Step::Answer(refund(2.0)), server_error()]).await;
+    let up = Upstream::steps(vec![
+        server_error(),
+        Step::Answer(refund(2.0)),
+        server_error(),
+    ])
+    .await;
     let plugins = plugins::plugins_dir(&[]);
     let body = openai("met-llm", &up.base_url(), "max_retries = 1")
         + &pipeline("met-p", "cache = \"read-write\"").replace("\"llm\"", "\"met-llm\"");
     let host = Arc::new(host(plugins.path(), &body, &script(vec![])).await);
-    let state = AppState::new(host.clone(), &reins::server::ServerSettings::from_config(host.config()).expect("[server]")).expect("state");
+    let state = AppState::new(
+        host.clone(),
+        &reins::server::ServerSettings::from_config(host.boot()).expect("[server]"),
+    )
+    .expect("state");
     // A retry then an answer (stored); two failures then the cache; two failures then a miss.
     assert_eq!(
-        host.run("met-p", request("refund 2 EUR")).await.served_by.as_deref(),
+        host.run("met-p", request("refund 2 EUR"))
+            .await
+            .served_by
+            .as_deref(),
         Some("met-llm")
     );
     assert_eq!(
-        host.run("met-p", request("refund 2 EUR")).await.served_by.as_deref(),
+        host.run("met-p", request("refund 2 EUR"))
+            .await
+            .served_by
+            .as_deref(),
         Some("cache")
     );
-    assert!(host.run("met-p", request("refund 3 EUR")).await.error.is_some());
+    assert!(
+        host.run("met-p", request("refund 3 EUR"))
+            .await
+            .error
+            .is_some()
+    );
     assert_eq!(up.count(), 6);
     let (_, _, text) = call(&state, "GET", "/metrics", None).await;
     let text = text.as_str().unwrap_or_default().to_owned();
@@ -455,7 +567,10 @@ async fn cache_and_retry_metrics_are_exported() {
         "reins_cache_writes_total{pipeline=\"met-p\"} 1",
         "reins_fallback_uses_total{pipeline=\"met-p\",step=\"cache\"} 1",
     ] {
-        assert!(text.lines().any(|l| l == line), "no `{line}` in /metrics:\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{text}"
+        );
     }
 }
 
@@ -467,7 +582,9 @@ async fn a_cached_answer_serves_another_host_on_the_same_store() {
     let up = Upstream::always(Step::Answer(refund(12.5))).await;
     let down = Upstream::always(server_error()).await;
     let plugins = plugins::plugins_dir(&[]);
-    let body = |url: &str| openai("llm", url, "max_retries = 0") + &pipeline("p", "cache = \"read-write\"");
+    let body = |url: &str| {
+        openai("llm", url, "max_retries = 0") + &pipeline("p", "cache = \"read-write\"")
+    };
     let first = host(plugins.path(), &body(&up.base_url()), &script(vec![])).await;
     let fresh = first.run("p", request("refund 12.50 EUR")).await;
     assert_eq!(fresh.status, RunStatus::Completed, "{:?}", fresh.error);
@@ -476,23 +593,38 @@ async fn a_cached_answer_serves_another_host_on_the_same_store() {
     let db = rusqlite::Connection::open(plugins.path().join("reins-state.db")).expect("state file");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while db
-        .query_row("SELECT COUNT(*) FROM response_cache", [], |r| r.get::<_, i64>(0))
+        .query_row("SELECT COUNT(*) FROM response_cache", [], |r| {
+            r.get::<_, i64>(0)
+        })
         .unwrap_or(0)
         == 0
     {
-        assert!(std::time::Instant::now() < deadline, "the answer was never indexed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer was never indexed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
     let second = host(plugins.path(), &body(&down.base_url()), &script(vec![])).await;
-    let cache = second.pipeline("p").and_then(|p| p.cache()).expect("cache on");
+    let cache = second
+        .pipeline("p")
+        .and_then(|p| p.cache())
+        .expect("cache on");
     assert_eq!(cache.len(), 0, "a new host starts with nothing in memory");
     let served = second.run("p", request("refund 12.50 EUR")).await;
     assert_eq!(served.status, RunStatus::Completed, "{:?}", served.error);
-    assert_eq!((served.served_by.as_deref(), served.degraded), (Some("cache"), true));
+    assert_eq!(
+        (served.served_by.as_deref(), served.degraded),
+        (Some("cache"), true)
+    );
     assert_eq!(served.output, fresh.output);
     assert_eq!(down.count(), 1, "the model was asked first");
     assert_eq!(cache.len(), 1, "the stored answer is kept in memory too");
     let other = second.run("p", request("refund 99 EUR")).await;
-    assert_eq!(other.status, RunStatus::Failed, "another request has no cached answer");
+    assert_eq!(
+        other.status,
+        RunStatus::Failed,
+        "another request has no cached answer"
+    );
 }

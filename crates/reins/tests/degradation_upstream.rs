@@ -8,13 +8,13 @@
 mod degradation_support;
 mod pipeline_support;
 
-use reins_testing::plugins;
 use degradation_support::*;
-use reins_testing::model::{Step, Upstream, rate_limited, raw_200, server_error, status};
 use pipeline_support::{host, refund_schema, script};
 use reins::Host;
 use reins::pipeline::{Request, RunError, RunResult, RunStatus};
 use reins::provider::CircuitState;
+use reins_testing::model::{Step, Upstream, rate_limited, raw_200, server_error, status};
+use reins_testing::plugins;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -26,18 +26,29 @@ fn pipeline(extra: &str) -> String {
 }
 
 /// A host with provider `llm` on `up` (with `provider_extra`) and pipeline `p`.
-async fn llm_host(plugins: &tempfile::TempDir, up: &Upstream, provider_extra: &str, pipeline_extra: &str) -> Host {
+async fn llm_host(
+    plugins: &tempfile::TempDir,
+    up: &Upstream,
+    provider_extra: &str,
+    pipeline_extra: &str,
+) -> Host {
     let body = openai("llm", &up.base_url(), provider_extra) + &pipeline(pipeline_extra);
     host(plugins.path(), &body, &script(vec![json!(refund(1.0))])).await
 }
 
 async fn run(host: &Host) -> RunResult {
-    host.run("p", Request::text("My parcel arrived crushed; refund 12.50 EUR."))
-        .await
+    host.run(
+        "p",
+        Request::text("My parcel arrived crushed; refund 12.50 EUR."),
+    )
+    .await
 }
 
 fn error_text(r: &RunResult) -> String {
-    r.error.as_ref().map(ToString::to_string).unwrap_or_default()
+    r.error
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 /// Polls `cond` every 20 ms for up to 10 s.
@@ -52,7 +63,8 @@ async fn wait_for(what: &str, cond: impl Fn() -> bool) {
 const BREAKER: &str = "max_retries = 0\nbreaker = { failure_rate = 0.5, min_calls = 4, window_ms = 60000, cooldown_ms = 1500, probes = 1 }";
 
 #[tokio::test]
-async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until_a_probe_closes_it() {
+async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until_a_probe_closes_it()
+{
     let up = Upstream::always(server_error()).await;
     let plugins = plugins::plugins_dir(&[]);
     let host = llm_host(&plugins, &up, BREAKER, "").await;
@@ -83,7 +95,10 @@ async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until
             "{}",
             error_text(&r)
         );
-        assert_eq!(model_steps(&r), [("llm".to_owned(), "failed: breaker_open".to_owned())]);
+        assert_eq!(
+            model_steps(&r),
+            [("llm".to_owned(), "failed: breaker_open".to_owned())]
+        );
     }
     assert_eq!(up.count(), 4, "an open breaker never touches the upstream");
     let snapshot = breaker.snapshot();
@@ -96,10 +111,16 @@ async fn the_breaker_opens_at_the_threshold_then_the_upstream_sees_nothing_until
     // After the cool-down, the upstream recovers (slowly). Four runs at once:
     // exactly one probe reaches it; the others are refused while it is out.
     up.set_always(Step::Slow(Duration::from_millis(300), refund(12.5)));
-    wait_for("half-open", || breaker.snapshot().state == CircuitState::HalfOpen).await;
+    wait_for("half-open", || {
+        breaker.snapshot().state == CircuitState::HalfOpen
+    })
+    .await;
     let results = futures_util::future::join_all((0..4).map(|_| run(&host))).await;
     assert_eq!(up.count(), 5, "one probe, not four");
-    let completed = results.iter().filter(|r| r.status == RunStatus::Completed).count();
+    let completed = results
+        .iter()
+        .filter(|r| r.status == RunStatus::Completed)
+        .count();
     let refused = results
         .iter()
         .filter(|r| error_text(r).contains("circuit breaker open"))
@@ -122,11 +143,17 @@ async fn a_failing_probe_reopens_the_breaker() {
         run(&host).await;
     }
     assert_eq!((up.count(), breaker.trips()), (4, 1));
-    wait_for("half-open", || breaker.snapshot().state == CircuitState::HalfOpen).await;
+    wait_for("half-open", || {
+        breaker.snapshot().state == CircuitState::HalfOpen
+    })
+    .await;
 
     // The probe goes through, fails, and opens the breaker for another cool-down.
     let r = run(&host).await;
-    assert_eq!(model_steps(&r), [("llm".to_owned(), "failed: status".to_owned())]);
+    assert_eq!(
+        model_steps(&r),
+        [("llm".to_owned(), "failed: status".to_owned())]
+    );
     assert_eq!(up.count(), 5);
     assert_eq!(breaker.snapshot().state, CircuitState::Open);
     assert_eq!(breaker.trips(), 2);
@@ -143,7 +170,11 @@ async fn retry_after_is_honoured_in_milliseconds_and_seconds() {
         ("retry-after-ms", "300", Duration::from_millis(300)),
         ("Retry-After", "1", Duration::from_secs(1)),
     ] {
-        let up = Upstream::steps(vec![rate_limited(header, value), Step::Answer(refund(12.5))]).await;
+        let up = Upstream::steps(vec![
+            rate_limited(header, value),
+            Step::Answer(refund(12.5)),
+        ])
+        .await;
         let host = llm_host(&plugins, &up, "max_retries = 2", "").await;
         let r = run(&host).await;
         assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
@@ -155,7 +186,10 @@ async fn retry_after_is_honoured_in_milliseconds_and_seconds() {
         assert_eq!(seen.len(), 2);
         // Backoff alone would have waited at most a millisecond.
         let gap = seen[1].at.duration_since(seen[0].at);
-        assert!(gap >= at_least, "{header}: {value} but the retry came after {gap:?}");
+        assert!(
+            gap >= at_least,
+            "{header}: {value} but the retry came after {gap:?}"
+        );
     }
 }
 
@@ -185,7 +219,11 @@ async fn retries_stop_at_the_bound_and_4xx_are_never_retried() {
         let host = llm_host(&plugins, &up, extra, "").await;
         for n in 1..=3 {
             let r = run(&host).await;
-            assert!(error_text(&r).contains(&format!("HTTP {code}")), "{}", error_text(&r));
+            assert!(
+                error_text(&r).contains(&format!("HTTP {code}")),
+                "{}",
+                error_text(&r)
+            );
             assert_eq!(up.count(), n, "HTTP {code} is not retried");
         }
         assert_eq!(
@@ -196,7 +234,11 @@ async fn retries_stop_at_the_bound_and_4xx_are_never_retried() {
 
     // A 429 asking for longer than max_backoff_ms is not waited for: the
     // pipeline falls back at once.
-    let up = Upstream::steps(vec![rate_limited("retry-after", "120"), Step::Answer(refund(1.0))]).await;
+    let up = Upstream::steps(vec![
+        rate_limited("retry-after", "120"),
+        Step::Answer(refund(1.0)),
+    ])
+    .await;
     let host = llm_host(
         &plugins,
         &up,
@@ -276,7 +318,13 @@ async fn garbage_bodies_are_provider_errors_and_broken_answers_are_violations() 
         Step::Answer(refund(12.5)),
     ])
     .await;
-    let host = llm_host(&plugins, &up, "max_retries = 0", "repair = { max_attempts = 3 }").await;
+    let host = llm_host(
+        &plugins,
+        &up,
+        "max_retries = 0",
+        "repair = { max_attempts = 3 }",
+    )
+    .await;
     let r = run(&host).await;
     assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
     assert_eq!(r.attempts.len(), 3);
@@ -284,7 +332,10 @@ async fn garbage_bodies_are_provider_errors_and_broken_answers_are_violations() 
         assert_eq!(a.violations[0].violation.code, "json", "{:?}", a.violations);
     }
     assert_eq!(r.attempts[0].raw, broken);
-    assert_eq!(r.output.as_ref().map(|o| o["amount"].clone()), Some(Value::from(12.5)));
+    assert_eq!(
+        r.output.as_ref().map(|o| o["amount"].clone()),
+        Some(Value::from(12.5))
+    );
 }
 
 #[tokio::test]
@@ -311,5 +362,8 @@ async fn a_slow_trickle_times_out_as_a_whole() {
         error_text(&r)
     );
     assert_eq!(up.count(), 1);
-    assert_eq!(model_steps(&r), [("llm".to_owned(), "failed: timeout".to_owned())]);
+    assert_eq!(
+        model_steps(&r),
+        [("llm".to_owned(), "failed: timeout".to_owned())]
+    );
 }

@@ -1,5 +1,5 @@
 //! `examples/support-chat` run exactly as its README says (`reins run` on
-//! each question, with the built plugins copied next to its sidecars): PII
+//! each question, reading the built plugins and setting them up itself): PII
 //! and a secret redacted with no model call, a blocked phrase repaired, a
 //! judge's fail repaired with the judge's tokens in the usage.
 
@@ -8,12 +8,17 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-const PLUGINS: [&str; 5] = ["normalize-text", "pii", "redact-secrets", "blocklist", "judge"];
-
 /// `reins run ... --trace json` on one question: (exit code, output, the run result).
 fn ask(dir: &Path, question: &str) -> (i32, Value, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_reins"))
-        .args(["run", "--pipeline", "support", "--trace", "json", "--config"])
+        .args([
+            "run",
+            "--pipeline",
+            "support",
+            "--trace",
+            "json",
+            "--config",
+        ])
         .arg(dir.join("reins.toml"))
         .arg("--input")
         .arg(dir.join(question))
@@ -22,39 +27,75 @@ fn ask(dir: &Path, question: &str) -> (i32, Value, Value) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let output = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    let result = serde_json::from_str(stderr.trim()).unwrap_or_else(|_| panic!("trace JSON on stderr: {stderr}"));
+    let result = serde_json::from_str(stderr.trim())
+        .unwrap_or_else(|_| panic!("trace JSON on stderr: {stderr}"));
     (out.status.code().unwrap_or(-1), output, result)
 }
 
 #[test]
 fn the_support_chat_example_runs_as_its_readme_says() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    plugins::copy_dir(&plugins::repo_root().join("examples/support-chat"), dir.path());
-    for name in PLUGINS {
-        std::fs::copy(plugins::wasm_path(name), dir.path().join(format!("plugins/{name}.wasm"))).expect("copy wasm");
-    }
+    let dir = plugins::example("support-chat");
 
     let (code, output, result) = ask(dir.path(), "order.txt");
     assert_eq!(code, 0, "{result}");
     let text = output.as_str().expect("a prose answer");
-    assert!(text.contains("[EMAIL]") && text.contains("[PHONE]") && text.contains("[SECRET:openai-api-key]"), "{text}");
-    assert!(!text.contains("help@shop.example") && !text.contains("7946") && !text.contains("sk-proj-"), "{text}");
-    assert_eq!(result["attempts"].as_array().map(Vec::len), Some(1), "redactions need no model call");
+    assert!(
+        text.contains("[EMAIL]")
+            && text.contains("[PHONE]")
+            && text.contains("[SECRET:openai-api-key]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("help@shop.example") && !text.contains("7946") && !text.contains("sk-proj-"),
+        "{text}"
+    );
+    assert_eq!(
+        result["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "redactions need no model call"
+    );
     // The trace notes each redaction by kind and position, never the value.
     let notes = result["attempts"][0]["violations"].to_string();
-    assert!(notes.contains("redacted") && !notes.contains("help@shop.example") && !notes.contains("sk-proj-"), "{notes}");
+    assert!(
+        notes.contains("redacted")
+            && !notes.contains("help@shop.example")
+            && !notes.contains("sk-proj-"),
+        "{notes}"
+    );
 
     let (code, output, result) = ask(dir.path(), "invest.txt");
     assert_eq!(code, 0, "{result}");
-    assert!(output.as_str().is_some_and(|t| t.starts_with("I can't give financial advice")), "{output}");
-    assert_eq!(result["attempts"][0]["violations"][0]["source"], "blocklist");
+    assert!(
+        output
+            .as_str()
+            .is_some_and(|t| t.starts_with("I can't give financial advice")),
+        "{output}"
+    );
+    assert_eq!(
+        result["attempts"][0]["violations"][0]["source"],
+        "blocklist"
+    );
 
     let (code, output, result) = ask(dir.path(), "compare.txt");
     assert_eq!(code, 0, "{result}");
-    assert!(!output.as_str().unwrap_or_default().contains("Acme"), "{output}");
+    assert!(
+        !output.as_str().unwrap_or_default().contains("Acme"),
+        "{output}"
+    );
     let first = &result["attempts"][0]["violations"][0];
     assert_eq!(first["source"], "judge");
-    assert!(first["message"].as_str().is_some_and(|m| m.contains("competitor")), "{first}");
+    assert!(
+        first["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("competitor")),
+        "{first}"
+    );
     // The judge's tokens (138 + 115 as it reported them) are in the run's usage.
-    assert!(result["tokens"]["total"].as_u64().is_some_and(|t| t >= 138 + 115), "{}", result["tokens"]);
+    assert!(
+        result["tokens"]["total"]
+            .as_u64()
+            .is_some_and(|t| t >= 138 + 115),
+        "{}",
+        result["tokens"]
+    );
 }

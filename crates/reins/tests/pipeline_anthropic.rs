@@ -8,15 +8,17 @@
 
 mod pipeline_support;
 
-use reins_testing::model::{Step, Upstream, ok};
-use reins_testing::{plugins, server};
 use axum::http::StatusCode;
 use pipeline_support::*;
 use reins::config::{Config, ProviderConfig};
 use reins::pipeline::{Request, RunError, RunStatus};
 use reins::provider::anthropic::JSON_INSTRUCTION;
-use reins::provider::{Breaker, ChatRequest, ProviderError, ProviderSettings, Sampling, ToolChoice};
+use reins::provider::{
+    Breaker, ChatRequest, ProviderError, ProviderSettings, Sampling, ToolChoice,
+};
 use reins::runtime::{Access, Message, MessageToolCall, Tool};
+use reins_testing::model::{Step, Upstream, ok};
+use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -73,7 +75,8 @@ fn provider_config(base_url: &str, extra: &str) -> ProviderConfig {
 fn breaker(base_url: &str, extra: &str) -> Breaker {
     set_key();
     let config = provider_config(base_url, extra);
-    let provider = reins::provider::from_config("claude", &config, std::path::Path::new(".")).expect("provider");
+    let provider = reins::provider::from_config("claude", &config, std::path::Path::new("."))
+        .expect("provider");
     Breaker::new(provider, ProviderSettings::for_config(&config))
 }
 
@@ -120,8 +123,16 @@ async fn a_whole_conversation_goes_out_in_the_messages_shape() {
         Message::tool_calls(
             "Let me look both up.",
             vec![
-                MessageToolCall { id: "toolu_a".into(), name: "lookup".into(), arguments: "{\"id\":\"A-1\"}".into() },
-                MessageToolCall { id: "toolu_b".into(), name: "lookup".into(), arguments: "{\"id\":\"B-2\"}".into() },
+                MessageToolCall {
+                    id: "toolu_a".into(),
+                    name: "lookup".into(),
+                    arguments: "{\"id\":\"A-1\"}".into(),
+                },
+                MessageToolCall {
+                    id: "toolu_b".into(),
+                    name: "lookup".into(),
+                    arguments: "{\"id\":\"B-2\"}".into(),
+                },
             ],
         ),
         Message::tool_result("toolu_a", "shipped"),
@@ -204,7 +215,10 @@ async fn tool_choice_maps_and_the_configured_defaults_fill_in() {
         claude.complete(&req).await.expect("an answer");
         let body = fake.seen().last().expect("a request").body.clone();
         assert_eq!(body.get("tool_choice").cloned(), wire);
-        assert_eq!((body["max_tokens"].clone(), body["temperature"].clone()), (json!(333), json!(0.5)));
+        assert_eq!(
+            (body["max_tokens"].clone(), body["temperature"].clone()),
+            (json!(333), json!(0.5))
+        );
         assert_eq!(body["messages"], json!([{"role": "user", "content": "hi"}]));
         assert!(body.get("system").is_none());
     }
@@ -212,7 +226,10 @@ async fn tool_choice_maps_and_the_configured_defaults_fill_in() {
     let mut req = request(vec![Message::new("user", "hi")]);
     req.sampling.temperature = Some(1.6);
     claude.complete(&req).await.expect("an answer");
-    assert_eq!(fake.seen().last().expect("a request").body["temperature"], json!(1.0));
+    assert_eq!(
+        fake.seen().last().expect("a request").body["temperature"],
+        json!(1.0)
+    );
 }
 
 #[tokio::test]
@@ -239,7 +256,14 @@ async fn text_tool_use_and_usage_are_read_back() {
     assert_eq!(answer.tool_calls[0].name, "lookup");
     assert_eq!(answer.tool_calls[0].arguments, json!({"id": "A-1"}));
     let usage = answer.usage.expect("usage");
-    assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (42, 12, 54));
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (42, 12, 54)
+    );
 }
 
 /// A host whose pipeline `p` runs on the anthropic provider `claude`.
@@ -258,12 +282,27 @@ async fn host(base_url: &str, pipeline: &str) -> (reins::Host, tempfile::TempDir
 async fn a_json_pipeline_asks_for_json_in_the_system_prompt() {
     let answer = json!({"amount": 12.5, "currency": "EUR", "reason": "damaged parcel"});
     let (fake, base) = anthropic(vec![text(&answer.to_string())]).await;
-    let pipeline = format!("system_prompt = \"Extract the refund.\"\nschema = '{}'", refund_schema());
+    let pipeline = format!(
+        "system_prompt = \"Extract the refund.\"\nschema = '{}'",
+        refund_schema()
+    );
     let (host, _plugins) = host(&base, &pipeline).await;
-    let result = host.run("p", Request::text("refund 12.50 EUR, the parcel was crushed")).await;
+    let result = host
+        .run(
+            "p",
+            Request::text("refund 12.50 EUR, the parcel was crushed"),
+        )
+        .await;
     assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
     assert_eq!(result.output, Some(answer));
-    assert_eq!((result.tokens.prompt, result.tokens.completion, result.tokens.estimated), (20, 5, false));
+    assert_eq!(
+        (
+            result.tokens.prompt,
+            result.tokens.completion,
+            result.tokens.estimated
+        ),
+        (20, 5, false)
+    );
     let body = &fake.seen()[0].body;
     assert_eq!(
         body["system"],
@@ -272,7 +311,10 @@ async fn a_json_pipeline_asks_for_json_in_the_system_prompt() {
             refund_schema()
         ))
     );
-    assert_eq!(body["max_tokens"], 1024, "the provider's default: the API requires max_tokens");
+    assert_eq!(
+        body["max_tokens"], 1024,
+        "the provider's default: the API requires max_tokens"
+    );
     assert!(body.get("response_format").is_none());
 }
 
@@ -295,14 +337,30 @@ async fn a_429_and_a_529_are_retried_after_retry_after() {
     ])
     .await;
     let started = Instant::now();
-    let called = breaker(&base, "max_retries = 2").call(&request(vec![Message::new("user", "hi")])).await;
+    let called = breaker(&base, "max_retries = 2")
+        .call(&request(vec![Message::new("user", "hi")]))
+        .await;
     let answer = called.result.expect("an answer after two retries");
-    assert_eq!((answer.content.as_str(), called.tries, fake.seen().len()), ("at last", 3, 3));
-    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}, not retry-after's 1 s", started.elapsed());
+    assert_eq!(
+        (answer.content.as_str(), called.tries, fake.seen().len()),
+        ("at last", 3, 3)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited {:?}, not retry-after's 1 s",
+        started.elapsed()
+    );
 
     // With no retries left, the error says what the upstream asked for.
-    let (_fake, base) = anthropic(vec![error(429, "rate_limit_error", &[("retry-after", "7")])]).await;
-    let called = breaker(&base, "max_retries = 0").call(&request(vec![Message::new("user", "hi")])).await;
+    let (_fake, base) = anthropic(vec![error(
+        429,
+        "rate_limit_error",
+        &[("retry-after", "7")],
+    )])
+    .await;
+    let called = breaker(&base, "max_retries = 0")
+        .call(&request(vec![Message::new("user", "hi")]))
+        .await;
     match called.result {
         Err(e @ ProviderError::Status { status: 429, .. }) => {
             assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
@@ -319,13 +377,24 @@ async fn a_400_is_not_retried_and_goes_back_to_the_caller_as_a_refusal() {
     let result = host.run("p", Request::text("hi")).await;
     assert_eq!(result.status, RunStatus::Failed);
     match &result.error {
-        Some(RunError::UpstreamRefused { provider, status, message }) => {
+        Some(RunError::UpstreamRefused {
+            provider,
+            status,
+            message,
+        }) => {
             assert_eq!((provider.as_str(), *status), ("claude", 400));
-            assert!(message.contains("the invalid_request_error message"), "{message}");
+            assert!(
+                message.contains("the invalid_request_error message"),
+                "{message}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(fake.seen().len(), 1, "a 400 is not retried (max_retries = 3)");
+    assert_eq!(
+        fake.seen().len(),
+        1,
+        "a 400 is not retried (max_retries = 3)"
+    );
 }
 
 #[tokio::test]
@@ -335,10 +404,21 @@ async fn a_missing_key_fails_before_any_call() {
         "plugins_dir = \".\"\n[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{base}\"\nmodel = \"m\"\napi_key_env = \"REINS_TEST_ANTHROPIC_UNSET\"\n"
     );
     let config = Config::parse(&text, "reins.toml", ".").expect("config");
-    let provider = reins::provider::from_config("claude", &config.providers["claude"], std::path::Path::new(".")).expect("provider");
-    let err = provider.complete(&request(vec![Message::new("user", "hi")])).await.unwrap_err();
+    let provider = reins::provider::from_config(
+        "claude",
+        &config.providers["claude"],
+        std::path::Path::new("."),
+    )
+    .expect("provider");
+    let err = provider
+        .complete(&request(vec![Message::new("user", "hi")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "missing_api_key");
-    assert!(err.to_string().contains("REINS_TEST_ANTHROPIC_UNSET"), "{err}");
+    assert!(
+        err.to_string().contains("REINS_TEST_ANTHROPIC_UNSET"),
+        "{err}"
+    );
     assert!(fake.seen().is_empty());
 }
 
@@ -350,7 +430,15 @@ async fn call(
     body: Option<Value>,
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
     let method = if body.is_some() { "POST" } else { "GET" };
-    server::call(state, method, uri, headers, body.map(|b| b.to_string().into_bytes()), 1 << 20).await
+    server::call(
+        state,
+        method,
+        uri,
+        headers,
+        body.map(|b| b.to_string().into_bytes()),
+        1 << 20,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -368,11 +456,14 @@ async fn the_messages_surface_runs_on_the_anthropic_provider_both_ways() {
          [pipelines.limited]\nmodel = \"claude\"\noutput = \"text\"\nlimits = {{ key = \"user_id\", requests = 1, window_seconds = 60 }}\n"
     );
     let host = reins::Host::builder()
-        .config_str(pipeline_support::config(plugins.path(), &body), plugins.path())
+        .config_str(
+            pipeline_support::config(plugins.path(), &body),
+            plugins.path(),
+        )
         .build()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let settings = reins::server::ServerSettings::from_config(host.config()).expect("[server]");
+    let settings = reins::server::ServerSettings::from_config(host.boot()).expect("[server]");
     let state = reins::server::AppState::new(Arc::new(host), &settings).expect("state");
     let key = [("x-api-key", "sk-ant-test")];
     let hello = |model: &str| {
@@ -384,24 +475,52 @@ async fn the_messages_surface_runs_on_the_anthropic_provider_both_ways() {
     let (status, headers, b) = call(&state, "/v1/messages", &key, Some(hello("chat"))).await;
     assert_eq!(status, StatusCode::OK, "{b}");
     assert_eq!(b["content"], json!([{"type": "text", "text": "Bonjour !"}]));
-    assert_eq!((b["stop_reason"].clone(), b["usage"].clone()), (json!("end_turn"), json!({"input_tokens": 20, "output_tokens": 5})));
-    assert_eq!(headers.get("x-reins-run-id").and_then(|v| v.to_str().ok()), b["reins"]["run_id"].as_str());
+    assert_eq!(
+        (b["stop_reason"].clone(), b["usage"].clone()),
+        (
+            json!("end_turn"),
+            json!({"input_tokens": 20, "output_tokens": 5})
+        )
+    );
+    assert_eq!(
+        headers.get("x-reins-run-id").and_then(|v| v.to_str().ok()),
+        b["reins"]["run_id"].as_str()
+    );
     let sent = &fake.seen()[0].body;
     assert_eq!(sent["system"], "Answer in French.\n\nBe brief.");
-    assert_eq!(sent["messages"], json!([{"role": "user", "content": "hello"}]));
-    assert_eq!((sent["max_tokens"].clone(), sent["metadata"].clone()), (json!(64), json!({"user_id": "u-1"})));
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "hello"}])
+    );
+    assert_eq!(
+        (sent["max_tokens"].clone(), sent["metadata"].clone()),
+        (json!(64), json!({"user_id": "u-1"}))
+    );
 
     // The same, streamed: the event sequence the SDKs parse.
     let mut streamed = hello("chat");
     streamed["stream"] = json!(true);
     let (status, headers, b) = call(&state, "/v1/messages", &key, Some(streamed)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
     let sse = b.as_str().expect("an event stream");
-    let names: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    let names: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
     assert_eq!(
         names,
-        ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
     );
     let data: Vec<Value> = sse
         .lines()
@@ -409,38 +528,91 @@ async fn the_messages_surface_runs_on_the_anthropic_provider_both_ways() {
         .map(|d| serde_json::from_str(d).expect("JSON data"))
         .collect();
     assert_eq!(data[0]["message"]["content"], json!([]));
-    assert_eq!(data[2]["delta"], json!({"type": "text_delta", "text": "Bonjour !"}));
+    assert_eq!(
+        data[2]["delta"],
+        json!({"type": "text_delta", "text": "Bonjour !"})
+    );
     assert_eq!(data[4]["delta"]["stop_reason"], "end_turn");
     assert_eq!(data[4]["usage"]["output_tokens"], 5);
 
     // Every provider down: Anthropic's "overloaded".
     let (status, _, b) = call(&state, "/v1/messages", &key, Some(hello("down"))).await;
-    assert_eq!((status.as_u16(), b["type"].clone(), b["error"]["type"].clone()), (529, json!("error"), json!("overloaded_error")), "{b}");
+    assert_eq!(
+        (
+            status.as_u16(),
+            b["type"].clone(),
+            b["error"]["type"].clone()
+        ),
+        (529, json!("error"), json!("overloaded_error")),
+        "{b}"
+    );
 
     // A pipeline's rate limit: 429 rate_limit_error with Retry-After.
     let (status, _, _) = call(&state, "/v1/messages", &key, Some(hello("limited"))).await;
     assert_eq!(status, StatusCode::OK);
     let (status, headers, b) = call(&state, "/v1/messages", &key, Some(hello("limited"))).await;
-    assert_eq!((status.as_u16(), b["error"]["type"].clone()), (429, json!("rate_limit_error")), "{b}");
+    assert_eq!(
+        (status.as_u16(), b["error"]["type"].clone()),
+        (429, json!("rate_limit_error")),
+        "{b}"
+    );
     assert!(headers.get("retry-after").is_some());
 
     // max_tokens is required, as by Anthropic; no token, no run.
     let mut missing = hello("chat");
     missing.as_object_mut().map(|o| o.remove("max_tokens"));
     let (status, _, b) = call(&state, "/v1/messages", &key, Some(missing)).await;
-    assert_eq!((status.as_u16(), b["error"]["type"].clone()), (400, json!("invalid_request_error")), "{b}");
-    assert!(b["error"]["message"].as_str().is_some_and(|m| m.starts_with("max_tokens")), "{b}");
-    let (status, _, b) = call(&state, "/v1/messages", &[("x-api-key", "wrong")], Some(hello("chat"))).await;
-    assert_eq!((status.as_u16(), b["error"]["type"].clone()), (401, json!("authentication_error")), "{b}");
+    assert_eq!(
+        (status.as_u16(), b["error"]["type"].clone()),
+        (400, json!("invalid_request_error")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("max_tokens")),
+        "{b}"
+    );
+    let (status, _, b) = call(
+        &state,
+        "/v1/messages",
+        &[("x-api-key", "wrong")],
+        Some(hello("chat")),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), b["error"]["type"].clone()),
+        (401, json!("authentication_error")),
+        "{b}"
+    );
     let (status, _, b) = call(&state, "/v1/messages", &key, Some(json!("not an object"))).await;
-    assert_eq!((status.as_u16(), b["type"].clone()), (400, json!("error")), "{b}");
-    assert_eq!(fake.seen().len(), 3, "refused requests never reached the model");
+    assert_eq!(
+        (status.as_u16(), b["type"].clone()),
+        (400, json!("error")),
+        "{b}"
+    );
+    assert_eq!(
+        fake.seen().len(),
+        3,
+        "refused requests never reached the model"
+    );
 
     // GET /v1/providers names the kind and where it sends its calls.
-    let admin = reins::server::AppState::new(state.host.clone(), &reins::server::ServerSettings::default()).expect("state");
+    let admin = reins::server::AppState::new(
+        state.host.clone(),
+        &reins::server::ServerSettings::default(),
+    )
+    .expect("state");
     let (status, _, b) = call(&admin, "/v1/providers", &[], None).await;
     assert_eq!(status, StatusCode::OK, "{b}");
-    let claude = b["data"].as_array().and_then(|d| d.iter().find(|p| p["name"] == "claude")).cloned().unwrap_or_default();
-    assert_eq!((claude["kind"].clone(), claude["base_url"].clone()), (json!("anthropic"), json!(base)));
+    let claude = b["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|p| p["name"] == "claude"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (claude["kind"].clone(), claude["base_url"].clone()),
+        (json!("anthropic"), json!(base))
+    );
     assert_eq!(claude["upstream"]["anthropic_version"], "2023-06-01");
 }

@@ -5,16 +5,18 @@
 
 mod policies_support;
 
-use reins_testing::plugins;
 use policies_support::{EXAMPLES, LANGS, examples_dir};
-use reins_testing::plugins::repo_root;
 use reins::cases::{Case, read_cases, run_cases};
-use reins::runtime::{CallContext, Layer, Manifest, Message, Plugin, Runtime};
+use reins::runtime::{CallContext, Layer, Manifest, Message, Plugin, Runtime, RuntimeError};
+use reins_testing::plugins;
+use reins_testing::plugins::repo_root;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 fn cases_file(name: &str) -> PathBuf {
-    repo_root().join("examples/policies/cases").join(format!("{name}.json"))
+    repo_root()
+        .join("examples/policies/cases")
+        .join(format!("{name}.json"))
 }
 
 fn wasm(lang: &str, name: &str) -> PathBuf {
@@ -36,7 +38,11 @@ fn every_implementation_passes_the_shared_case_file() {
             }
         }
     }
-    assert!(failures.is_empty(), "failed cases:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -44,12 +50,24 @@ fn each_project_ships_the_shared_cases() {
     for lang in LANGS {
         for name in EXAMPLES {
             let project = repo_root().join("examples/policies").join(lang).join(name);
-            let own = std::fs::read_to_string(project.join("cases.json")).expect("project cases.json");
+            let own =
+                std::fs::read_to_string(project.join("cases.json")).expect("project cases.json");
             let shared = std::fs::read_to_string(cases_file(name)).expect("shared cases");
-            assert_eq!(own, shared, "{lang}/{name}/cases.json must be the shared case file");
+            assert_eq!(
+                own, shared,
+                "{lang}/{name}/cases.json must be the shared case file"
+            );
             let sidecar = project.join(format!("{name}.toml"));
-            let m = Manifest::parse(&std::fs::read_to_string(&sidecar).expect("sidecar"), &sidecar).expect("manifest");
-            assert!(m.layer.is_some(), "{}: declares its layer", sidecar.display());
+            let m = Manifest::parse(
+                &std::fs::read_to_string(&sidecar).expect("sidecar"),
+                &sidecar,
+            )
+            .expect("manifest");
+            assert!(
+                m.layer.is_some(),
+                "{}: declares its layer",
+                sidecar.display()
+            );
         }
     }
 }
@@ -62,9 +80,14 @@ fn answer(runtime: &Runtime, wasm: &Path, case: &Case) -> Value {
     if let Some(cfg) = &case.config {
         manifest.config = serde_json::from_value(cfg.clone()).expect("config as TOML");
     }
-    let plugin: Plugin = runtime
-        .load_with_manifest(wasm, manifest, &format!("{text}\n{:?}", case.config))
-        .expect("load");
+    let plugin: Plugin =
+        match runtime.load_with_manifest(wasm, manifest, &format!("{text}\n{:?}", case.config)) {
+            Ok(p) => p,
+            // A plugin that checks its config in `init` refuses a bad one at
+            // load; one that checks it per call refuses the call: the same answer.
+            Err(RuntimeError::Init { cause, .. }) => return json!({"error": cause.kind()}),
+            Err(e) => panic!("load {}: {e}", wasm.display()),
+        };
     let ctx = CallContext {
         run_id: "compare".into(),
         pipeline: "compare".into(),
@@ -78,14 +101,18 @@ fn answer(runtime: &Runtime, wasm: &Path, case: &Case) -> Value {
                 Value::String(s) => vec![Message::new("user", s.clone())],
                 other => serde_json::from_value(other.clone()).expect("messages"),
             };
-            plugin.normalize(&ctx, &messages).map(|n| json!({"messages": n.messages, "findings": n.findings}))
+            plugin
+                .normalize(&ctx, &messages)
+                .map(|n| json!({"messages": n.messages, "findings": n.findings}))
         }
         Layer::Validator => {
             let text = match &case.input {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            plugin.validate(&ctx, &text).map(|v| json!({"violations": v.violations, "fixed": v.fixed}))
+            plugin
+                .validate(&ctx, &text)
+                .map(|v| json!({"violations": v.violations, "fixed": v.fixed}))
         }
         other => panic!("no example of layer {other}"),
     };
@@ -118,7 +145,11 @@ fn heavy_examples_are_pooled_and_answer_within_their_deadline() {
         for name in EXAMPLES {
             let plugin = runtime.load_file(&wasm(lang, name)).expect("load");
             let m = plugin.manifest();
-            assert_eq!(m.isolation, reins::runtime::Isolation::Pooled, "{lang}/{name}");
+            assert_eq!(
+                m.isolation,
+                reins::runtime::Isolation::Pooled,
+                "{lang}/{name}"
+            );
             // The first call instantiates from cold pages; it must fit the
             // sidecar's deadline with room to spare.
             let ctx = CallContext {
@@ -130,7 +161,9 @@ fn heavy_examples_are_pooled_and_answer_within_their_deadline() {
             };
             let started = std::time::Instant::now();
             let ok = match plugin.layer() {
-                Layer::Normalizer => plugin.normalize(&ctx, &[Message::new("user", "call 555-123-4567")]).is_ok(),
+                Layer::Normalizer => plugin
+                    .normalize(&ctx, &[Message::new("user", "call 555-123-4567")])
+                    .is_ok(),
                 _ => plugin.validate(&ctx, r#"{"a": "Nimbus"}"#).is_ok(),
             };
             let first = started.elapsed();
@@ -140,7 +173,11 @@ fn heavy_examples_are_pooled_and_answer_within_their_deadline() {
                 "{lang}/{name}: first call {first:?} vs deadline {} ms",
                 m.limits.deadline_ms
             );
-            eprintln!("{lang}/{name}: first call {:.1} ms, compile {:.0} ms", first.as_secs_f64() * 1e3, plugin.info().compile_ms);
+            eprintln!(
+                "{lang}/{name}: first call {:.1} ms, compile {:.0} ms",
+                first.as_secs_f64() * 1e3,
+                plugin.info().compile_ms
+            );
         }
     }
 }
@@ -162,7 +199,9 @@ fn every_pool_slot_can_hold_a_python_instance() {
         eprintln!("pooling allocator unavailable here; nothing to check");
         return;
     }
-    let plugin = runtime.load_file(&wasm("python", "no-unreleased-products")).expect("load");
+    let plugin = runtime
+        .load_file(&wasm("python", "no-unreleased-products"))
+        .expect("load");
     let ctx = CallContext {
         run_id: "t".into(),
         pipeline: "t".into(),
@@ -177,12 +216,26 @@ fn every_pool_slot_can_hold_a_python_instance() {
             .map(|_| {
                 s.spawn(|| {
                     barrier.wait();
-                    (0..5).map(|_| plugin.validate(&ctx, r#"{"a": "Nimbus"}"#).map(|_| ())).collect::<Vec<_>>()
+                    (0..5)
+                        .map(|_| plugin.validate(&ctx, r#"{"a": "Nimbus"}"#).map(|_| ()))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
     });
-    let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
-    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), results.len(), failed.first());
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
 }

@@ -72,7 +72,11 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
     let config = dir.path().join("reins.toml");
     // A fresh compile cache: the Python component compiles cold (seconds).
     let cache = dir.path().join("cache");
-    std::fs::write(&config, CONFIG.replace("CACHE_DIR", &cache.to_string_lossy())).expect("config");
+    std::fs::write(
+        &config,
+        CONFIG.replace("CACHE_DIR", &cache.to_string_lossy()),
+    )
+    .expect("config");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_reins"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
@@ -113,10 +117,17 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
             let http = reqwest::Client::new();
             let mut samples = Vec::new();
             // Bounded: at most 3 minutes or 100k requests.
-            while !stop.load(Ordering::Relaxed) && samples.len() < 100_000 && start.elapsed() < Duration::from_secs(180) {
+            while !stop.load(Ordering::Relaxed)
+                && samples.len() < 100_000
+                && start.elapsed() < Duration::from_secs(180)
+            {
                 let t = Instant::now();
                 let started = start.elapsed();
-                let res = http.post(&url).json(&json!({"input": "stamp this"})).send().await;
+                let res = http
+                    .post(&url)
+                    .json(&json!({"input": "stamp this"}))
+                    .send()
+                    .await;
                 let stamp = match res {
                     Ok(r) => {
                         let status = r.status().as_u16();
@@ -143,7 +154,10 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let swap_at = start.elapsed();
     let sidecar = python.with_extension("toml");
-    for (from, to) in [(&sidecar, plugins.join("stamp.toml")), (&python, plugins.join("stamp.wasm"))] {
+    for (from, to) in [
+        (&sidecar, plugins.join("stamp.toml")),
+        (&python, plugins.join("stamp.wasm")),
+    ] {
         let tmp = to.with_extension("partial");
         std::fs::copy(from, &tmp).expect("copy");
         std::fs::rename(&tmp, &to).expect("rename");
@@ -154,7 +168,12 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
     let deadline = Instant::now() + Duration::from_secs(150);
     let mut swapped_at = None;
     while Instant::now() < deadline {
-        if let Ok(r) = probe.post(&url).json(&json!({"input": "probe"})).send().await {
+        if let Ok(r) = probe
+            .post(&url)
+            .json(&json!({"input": "probe"}))
+            .send()
+            .await
+        {
             let status = r.status().as_u16();
             if let Ok(body) = r.json::<Value>().await
                 && stamp_of(status, &body).as_deref() == Ok("python")
@@ -175,7 +194,13 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
 
     let swapped_at = swapped_at.expect("the Python version never answered within 150 s");
     let failures: Vec<&Sample> = samples.iter().filter(|s| s.stamp.is_err()).collect();
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), samples.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        samples.len(),
+        &failures[..failures.len().min(5)]
+    );
 
     // While the Python component compiled, the Rust version kept answering.
     let during: Vec<&Sample> = samples
@@ -192,10 +217,19 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
         max_latency.as_secs_f64() * 1e3,
         swapped_at.as_secs_f64()
     );
-    assert!(window > Duration::from_secs(1), "the compile should take seconds on a cold cache, took {window:?}");
-    assert!(during.len() >= 20, "only {} requests were served while the new version compiled", during.len());
     assert!(
-        during.iter().all(|s| s.stamp.as_deref() == Ok("a") || s.stamp.as_deref() == Ok("python")),
+        window > Duration::from_secs(1),
+        "the compile should take seconds on a cold cache, took {window:?}"
+    );
+    assert!(
+        during.len() >= 20,
+        "only {} requests were served while the new version compiled",
+        during.len()
+    );
+    assert!(
+        during
+            .iter()
+            .all(|s| s.stamp.as_deref() == Ok("a") || s.stamp.as_deref() == Ok("python")),
         "unexpected stamps during the swap"
     );
     // No request waited for the compile: each took a fraction of the window.
@@ -210,6 +244,10 @@ async fn rust_validator_is_replaced_by_python_under_load_without_failures() {
     assert!(
         after.iter().all(|s| s.stamp.as_deref() == Ok("python")),
         "old behaviour after the swap: {:?}",
-        after.iter().filter(|s| s.stamp.as_deref() != Ok("python")).take(3).collect::<Vec<_>>()
+        after
+            .iter()
+            .filter(|s| s.stamp.as_deref() != Ok("python"))
+            .take(3)
+            .collect::<Vec<_>>()
     );
 }

@@ -11,9 +11,9 @@
 //! - streaming through `reins serve`;
 //! - a prose pipeline with `pii` on.
 
-use reins_testing::{bench, plugins, server};
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
+use reins_testing::{bench, plugins, server};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -74,7 +74,8 @@ sampling = {{ temperature = 0.0, max_tokens = 64 }}
 }
 
 /// `grounded` checks numbers too (an age the input never states).
-const GROUNDED: &str = "accepts = \"json\"\n[limits]\ndeadline_ms = 200\n[config]\nnumbers = true\n";
+const GROUNDED: &str =
+    "accepts = \"json\"\n[limits]\ndeadline_ms = 200\n[config]\nnumbers = true\n";
 
 async fn host(dir: &Path) -> Host {
     std::fs::write(dir.join("grounded.toml"), GROUNDED).expect("grounded sidecar");
@@ -109,7 +110,11 @@ fn cases() -> Vec<Case> {
 /// Normalized for comparison: case and whitespace do not matter, nor "34" vs 34.
 fn norm(v: &Value) -> String {
     match v {
-        Value::String(s) => s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase(),
+        Value::String(s) => s
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase(),
         Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), |f| format!("{f}")),
         other => other.to_string(),
     }
@@ -119,16 +124,37 @@ fn norm(v: &Value) -> String {
 async fn the_default_provider_config_negotiates_with_llama_cpp_python() {
     let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let host = host(dir.path()).await;
-    let r = host.run("raw", Request::text("Maria Lopez is 34 and lives in Madrid.")).await;
-    assert_eq!(r.status, RunStatus::Completed, "{:?}\n{}", r.error, r.trace_table());
+    let r = host
+        .run(
+            "raw",
+            Request::text("Maria Lopez is 34 and lives in Madrid."),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        RunStatus::Completed,
+        "{:?}\n{}",
+        r.error,
+        r.trace_table()
+    );
     let out = r.output.expect("output");
-    assert!(out.get("name").is_some() && out.get("age").is_some(), "{out}");
+    assert!(
+        out.get("name").is_some() && out.get("age").is_some(),
+        "{out}"
+    );
     // The server refused json_schema (a 500 naming response_format); the
     // provider stepped down and keeps the mode that works.
     let status = host.provider("local").expect("provider").status();
-    assert_eq!(status["structured_output"], "json_object+schema", "{status}");
+    assert_eq!(
+        status["structured_output"], "json_object+schema",
+        "{status}"
+    );
     let breaker = host.breaker("local").expect("breaker").snapshot();
-    assert_eq!(breaker.state, reins::provider::CircuitState::Closed, "a refused format is no outage");
+    assert_eq!(
+        breaker.state,
+        reins::provider::CircuitState::Closed,
+        "a refused format is no outage"
+    );
 }
 
 /// What one pipeline made of the labelled set.
@@ -176,24 +202,38 @@ async fn score(host: &Host, pipeline: &str, cases: &[Case], misses: &mut Vec<Str
         let expected = case.expected.as_object().cloned().unwrap_or_default();
         s.fields += expected.len();
         // The raw answer of the last attempt, schema-checked by the run.
-        let last_ok = r.attempts.last().is_some_and(|a| !a.violations.iter().any(|f| f.source == "json" || f.source == "schema"));
+        let last_ok = r.attempts.last().is_some_and(|a| {
+            !a.violations
+                .iter()
+                .any(|f| f.source == "json" || f.source == "schema")
+        });
         if last_ok {
             s.schema_valid += 1;
         }
         match (&r.status, &r.output) {
             (RunStatus::Completed, Some(out)) => {
-                let right = expected.iter().filter(|(k, want)| out.get(*k).is_some_and(|got| norm(got) == norm(want))).count();
+                let right = expected
+                    .iter()
+                    .filter(|(k, want)| out.get(*k).is_some_and(|got| norm(got) == norm(want)))
+                    .count();
                 s.fields_correct += right;
                 if right == expected.len() {
                     s.fully_correct += 1;
                 } else {
                     s.served_wrong += 1;
-                    misses.push(format!("{pipeline} {}: served {out}, want {}", case.id, case.expected));
+                    misses.push(format!(
+                        "{pipeline} {}: served {out}, want {}",
+                        case.id, case.expected
+                    ));
                 }
             }
             _ => {
                 s.refused += 1;
-                misses.push(format!("{pipeline} {}: {}", case.id, r.error.map(|e| e.to_string()).unwrap_or_default()));
+                misses.push(format!(
+                    "{pipeline} {}: {}",
+                    case.id,
+                    r.error.map(|e| e.to_string()).unwrap_or_default()
+                ));
             }
         }
     }
@@ -208,7 +248,11 @@ async fn extraction_with_grounding_and_repair_on_the_labelled_set() {
     let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let host = host(dir.path()).await;
     let cases = cases();
-    assert!(cases.len() >= 30, "the labelled set has {} inputs", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "the labelled set has {} inputs",
+        cases.len()
+    );
     let mut misses = Vec::new();
     let mut raw = score(&host, "raw", &cases, &mut misses).await;
     let mut reins = score(&host, "extract", &cases, &mut misses).await;
@@ -221,8 +265,18 @@ async fn extraction_with_grounding_and_repair_on_the_labelled_set() {
     );
     // Reins serves no more wrong answers than the raw model, and gets at
     // least as many fully right: what it cannot repair it refuses.
-    assert!(reins.fully_correct >= raw.fully_correct, "Reins {} vs raw {}", reins.fully_correct, raw.fully_correct);
-    assert!(reins.served_wrong < raw.served_wrong, "Reins served {} wrong answers, raw {}", reins.served_wrong, raw.served_wrong);
+    assert!(
+        reins.fully_correct >= raw.fully_correct,
+        "Reins {} vs raw {}",
+        reins.fully_correct,
+        raw.fully_correct
+    );
+    assert!(
+        reins.served_wrong < raw.served_wrong,
+        "Reins served {} wrong answers, raw {}",
+        reins.served_wrong,
+        raw.served_wrong
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,26 +308,54 @@ async fn a_stream_through_reins_serve_carries_the_validated_answer() {
             break;
         }
         let chunk: Value = serde_json::from_str(line).expect("a chunk is JSON");
-        if let Some(piece) = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+        if let Some(piece) = chunk
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
             content.push_str(piece);
         }
         if chunk["usage"].is_object() {
             usage = Some(chunk["usage"].clone());
         }
     }
-    let answer: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("streamed answer is not JSON ({e}): {content}"));
+    let answer: Value = serde_json::from_str(&content)
+        .unwrap_or_else(|e| panic!("streamed answer is not JSON ({e}): {content}"));
     assert_eq!(norm(&answer["city"]), "berlin", "{answer}");
-    assert!(usage.is_some_and(|u| u["total_tokens"].as_u64().unwrap_or(0) > 0), "{text}");
+    assert!(
+        usage.is_some_and(|u| u["total_tokens"].as_u64().unwrap_or(0) > 0),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prose_pipeline_answers_in_words_with_pii_on() {
     let dir = plugins::plugins_dir(&["grounded", "pii"]);
     let host = host(dir.path()).await;
-    let r = host.run("chat", Request::text("Write one sentence that tells people to email jane.doe@example.com for help.")).await;
-    assert_eq!(r.status, RunStatus::Completed, "{:?}\n{}", r.error, r.trace_table());
-    let text = r.output.as_ref().and_then(Value::as_str).expect("a prose answer").to_owned();
+    let r = host
+        .run(
+            "chat",
+            Request::text(
+                "Write one sentence that tells people to email jane.doe@example.com for help.",
+            ),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        RunStatus::Completed,
+        "{:?}\n{}",
+        r.error,
+        r.trace_table()
+    );
+    let text = r
+        .output
+        .as_ref()
+        .and_then(Value::as_str)
+        .expect("a prose answer")
+        .to_owned();
     assert!(!text.trim().is_empty());
-    assert!(!text.contains("jane.doe@example.com"), "pii let an address through: {text}");
+    assert!(
+        !text.contains("jane.doe@example.com"),
+        "pii let an address through: {text}"
+    );
     eprintln!("real model prose: {text}");
 }

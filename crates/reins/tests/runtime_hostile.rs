@@ -1,8 +1,8 @@
 //! Hostile and broken plugins: each yields its typed error, the host keeps
 //! serving other calls, and nothing a plugin does escapes its sandbox.
 
-use reins_testing::plugins;
 use reins::runtime::{CallContext, CallFailure, PluginError, PluginHost, Runtime, RuntimeError};
+use reins_testing::plugins;
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +17,9 @@ fn runtime() -> Arc<Runtime> {
 
 fn validate_err(host: &PluginHost, name: &str) -> PluginError {
     let set = host.current();
-    let plugin = set.get(name).unwrap_or_else(|| panic!("{name} not loaded: {:?}", host.statuses()));
+    let plugin = set
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} not loaded: {:?}", host.statuses()));
     plugin
         .validate(&ctx(), "{}")
         .expect_err("hostile plugin must fail")
@@ -46,7 +48,9 @@ fn infinite_loop_times_out_and_host_keeps_serving() {
     let err = validate_err(&host, "infinite-loop");
     assert_eq!(err.cause, CallFailure::Timeout { deadline_ms: 20 }, "{err}");
     assert_eq!(err.plugin, "infinite-loop");
-    assert!(err.to_string().contains("infinite-loop") && err.to_string().contains(&err.digest[..12]));
+    assert!(
+        err.to_string().contains("infinite-loop") && err.to_string().contains(&err.digest[..12])
+    );
     still_serving(&host);
     // A second call gets a fresh instance and fails the same way: the trap
     // poisoned only the instance, not the plugin.
@@ -56,7 +60,11 @@ fn infinite_loop_times_out_and_host_keeps_serving() {
 #[test]
 fn fuel_limit_stops_a_loop_deterministically() {
     let dir = plugins::plugins_dir(&["infinite-loop", "stamp-a"]);
-    write_sidecar(dir.path(), "infinite-loop", "[limits]\ndeadline_ms = 5000\nfuel = 1000000\n");
+    write_sidecar(
+        dir.path(),
+        "infinite-loop",
+        "[limits]\ndeadline_ms = 5000\nfuel = 1000000\n",
+    );
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "infinite-loop");
     assert_eq!(err.cause, CallFailure::OutOfFuel { fuel: 1_000_000 });
@@ -66,10 +74,18 @@ fn fuel_limit_stops_a_loop_deterministically() {
 #[test]
 fn memory_bomb_hits_its_cap() {
     let dir = plugins::plugins_dir(&["memory-bomb", "stamp-a"]);
-    write_sidecar(dir.path(), "memory-bomb", "[limits]\nmemory_mib = 16\ndeadline_ms = 2000\n");
+    write_sidecar(
+        dir.path(),
+        "memory-bomb",
+        "[limits]\nmemory_mib = 16\ndeadline_ms = 2000\n",
+    );
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "memory-bomb");
-    assert_eq!(err.cause, CallFailure::MemoryLimit { limit_mib: 16 }, "{err}");
+    assert_eq!(
+        err.cause,
+        CallFailure::MemoryLimit { limit_mib: 16 },
+        "{err}"
+    );
     still_serving(&host);
 }
 
@@ -88,7 +104,11 @@ fn huge_output_is_stopped_by_memory_cap_or_output_limit() {
     // 300 MiB cannot even be built inside a 64 MiB plugin.
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let err = validate_err(&host, "huge-output");
-    assert_eq!(err.cause, CallFailure::MemoryLimit { limit_mib: 64 }, "{err}");
+    assert_eq!(
+        err.cause,
+        CallFailure::MemoryLimit { limit_mib: 64 },
+        "{err}"
+    );
     // 4 MiB fits in memory but is over the 1 MiB result limit.
     write_sidecar(dir.path(), "huge-output", "[config]\nmib = 4\n");
     host.reload().expect("reload");
@@ -113,11 +133,18 @@ fn sandbox_denies_files_network_clock_and_randomness() {
     let dir = plugins::plugins_dir(&["open-file", "echo-gate", "stamp-a"]);
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
-    let v = set.get("open-file").expect("open-file").validate(&ctx(), "{}").expect("answers");
+    let v = set
+        .get("open-file")
+        .expect("open-file")
+        .validate(&ctx(), "{}")
+        .expect("answers");
     let codes: Vec<&str> = v.violations.iter().map(|v| v.code.as_str()).collect();
     assert!(codes.contains(&"fs-denied"), "{:?}", v.violations);
     assert!(codes.contains(&"net-denied"), "{:?}", v.violations);
-    assert!(!v.violations.iter().any(|v| v.message.contains("root:")), "file content leaked");
+    assert!(
+        !v.violations.iter().any(|v| v.message.contains("root:")),
+        "file content leaked"
+    );
 
     // The clock reads as the epoch unless granted.
     let action = reins::runtime::Action {
@@ -126,11 +153,18 @@ fn sandbox_denies_files_network_clock_and_randomness() {
         access: reins::runtime::Access::Write,
     };
     let gate = set.get("echo-gate").expect("echo-gate");
-    assert_eq!(gate.check(&ctx(), &action).expect("answers"), reins::runtime::Decision::Allow);
+    assert_eq!(
+        gate.check(&ctx(), &action).expect("answers"),
+        reins::runtime::Decision::Allow
+    );
     write_sidecar(dir.path(), "echo-gate", "[grants]\nclock = true\n");
     host.reload().expect("reload");
     let set = host.current();
-    let d = set.get("echo-gate").expect("echo-gate").check(&ctx(), &action).expect("answers");
+    let d = set
+        .get("echo-gate")
+        .expect("echo-gate")
+        .check(&ctx(), &action)
+        .expect("answers");
     assert_eq!(d, reins::runtime::Decision::Deny("clock granted".into()));
 }
 
@@ -138,10 +172,19 @@ fn sandbox_denies_files_network_clock_and_randomness() {
 fn broken_files_are_refused_with_clear_reasons_and_never_stop_the_host() {
     let dir = plugins::plugins_dir(&["stamp-a", "wrong-world"]);
     let d = dir.path();
-    std::fs::write(d.join("random.wasm"), (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>())
-        .expect("write");
+    std::fs::write(
+        d.join("random.wasm"),
+        (0..4096u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .expect("write");
     // A core module, not a component.
-    std::fs::write(d.join("core.wasm"), [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]).expect("write");
+    std::fs::write(
+        d.join("core.wasm"),
+        [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00],
+    )
+    .expect("write");
     plugins::install(d, "stamp-b", "pinned");
     write_sidecar(d, "pinned", &format!("sha256 = \"{}\"\n", "0".repeat(64)));
     plugins::install(d, "stamp-b", "typo");
@@ -153,7 +196,12 @@ fn broken_files_are_refused_with_clear_reasons_and_never_stop_the_host() {
 
     let host = PluginHost::open(d, &plugins::settings(), false).expect("host");
     let statuses = host.statuses();
-    let status = |n: &str| statuses.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("no status for {n}"));
+    let status = |n: &str| {
+        statuses
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap_or_else(|| panic!("no status for {n}"))
+    };
     let refused = |n: &str, needle: &str| {
         let s = status(n);
         assert_eq!(s.status, "refused", "{n}: {s:?}");
@@ -176,7 +224,10 @@ fn broken_files_are_refused_with_clear_reasons_and_never_stop_the_host() {
     let rt = runtime();
     match rt.load_file(&d.join("wrong-world.wasm")) {
         Err(RuntimeError::UnknownWorld { found, .. }) => assert!(found.contains("run"), "{found}"),
-        other => panic!("expected UnknownWorld, got {:?}", other.map(|p| p.name().to_string())),
+        other => panic!(
+            "expected UnknownWorld, got {:?}",
+            other.map(|p| p.name().to_string())
+        ),
     }
 }
 
@@ -186,8 +237,14 @@ fn fail_mode_is_read_from_the_manifest() {
     write_sidecar(dir.path(), "panic", "fail_mode = \"open\"\n");
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
-    assert_eq!(set.get("panic").expect("panic").fail_mode(), reins::runtime::FailMode::Open);
-    assert_eq!(set.get("stamp-a").expect("stamp-a").fail_mode(), reins::runtime::FailMode::Closed);
+    assert_eq!(
+        set.get("panic").expect("panic").fail_mode(),
+        reins::runtime::FailMode::Open
+    );
+    assert_eq!(
+        set.get("stamp-a").expect("stamp-a").fail_mode(),
+        reins::runtime::FailMode::Closed
+    );
 }
 
 #[test]
@@ -195,6 +252,10 @@ fn calling_the_wrong_layer_is_an_error_not_a_crash() {
     let dir = plugins::plugins_dir(&["stamp-a"]);
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
-    let err = set.get("stamp-a").expect("stamp-a").tools(&ctx()).expect_err("validator has no tools");
+    let err = set
+        .get("stamp-a")
+        .expect("stamp-a")
+        .tools(&ctx())
+        .expect_err("validator has no tools");
     assert_eq!(err.kind(), "wrong_layer");
 }

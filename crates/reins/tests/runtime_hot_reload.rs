@@ -1,8 +1,8 @@
 //! Hot reload under load, in its own test binary so that no other test's
 //! compile competes with the watcher for the two cores while it is timed.
 
-use reins_testing::plugins;
 use reins::runtime::{CallContext, PluginHost};
+use reins_testing::plugins;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +27,8 @@ fn hot_reload_under_load_swaps_versions_without_failing_a_call() {
     let failures = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..3)
         .map(|_| {
-            let (host, stop, calls, failures) = (host.clone(), stop.clone(), calls.clone(), failures.clone());
+            let (host, stop, calls, failures) =
+                (host.clone(), stop.clone(), calls.clone(), failures.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let set = host.current();
@@ -57,7 +58,10 @@ fn hot_reload_under_load_swaps_versions_without_failing_a_call() {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        panic!("version {want} not observed within 1 s; statuses {:?}", host.statuses());
+        panic!(
+            "version {want} not observed within 1 s; statuses {:?}",
+            host.statuses()
+        );
     };
 
     let target = d.join("stamp-a.wasm");
@@ -66,19 +70,35 @@ fn hot_reload_under_load_swaps_versions_without_failing_a_call() {
         if i == 17 || i == 33 {
             // A broken file: refused, and the previous version keeps serving.
             let before = stamp_now(&host).expect("serving");
-            std::fs::write(&target, b"\0asm\x0d\0\x01\0 definitely not a component").expect("write");
+            std::fs::write(&target, b"\0asm\x0d\0\x01\0 definitely not a component")
+                .expect("write");
             let started = Instant::now();
             loop {
-                let s = host.statuses().into_iter().find(|s| s.name == "stamp-a").expect("status");
+                let s = host
+                    .statuses()
+                    .into_iter()
+                    .find(|s| s.name == "stamp-a")
+                    .expect("status");
                 if s.status == "refused" {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(1), "broken file not noticed: {s:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "broken file not noticed: {s:?}"
+                );
                 std::thread::sleep(Duration::from_millis(2));
             }
-            assert_eq!(stamp_now(&host).as_deref(), Some(before.as_str()), "old version must keep serving");
+            assert_eq!(
+                stamp_now(&host).as_deref(),
+                Some(before.as_str()),
+                "old version must keep serving"
+            );
         }
-        let (bytes, want) = if i % 2 == 0 { (&wasm_b, "b") } else { (&wasm_a, "a") };
+        let (bytes, want) = if i % 2 == 0 {
+            (&wasm_b, "b")
+        } else {
+            (&wasm_a, "a")
+        };
         // Replace atomically, as deploy tools do.
         let tmp = d.join(".stamp.tmp");
         std::fs::write(&tmp, bytes).expect("write");
@@ -95,7 +115,11 @@ fn hot_reload_under_load_swaps_versions_without_failing_a_call() {
         calls.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed)
     );
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "calls failed during reloads");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "calls failed during reloads"
+    );
     assert!(calls.load(Ordering::Relaxed) > 100);
     assert!(reloads >= 50, "expected at least 50 swaps, saw {reloads}");
     assert!(refused >= 2);

@@ -1,27 +1,10 @@
 //! Bundled plugins through the real host, isolation modes, and hot reload
 //! under load.
 
-use reins_testing::plugins;
 use reins::cases::{read_cases, run_cases};
 use reins::runtime::{CallContext, PluginHost, Runtime};
+use reins_testing::plugins;
 use serde_json::json;
-
-/// Every bundled plugin with a case file of its own (`judge` needs a
-/// pipeline's judge model: `pipeline_dropin` and the support-chat example
-/// test it).
-const BUNDLED: [&str; 11] = [
-    "normalize-text",
-    "json-schema",
-    "coerce-numbers",
-    "ranges",
-    "sql-guard",
-    "spend-limit",
-    "tool-manifest",
-    "pii",
-    "redact-secrets",
-    "blocklist",
-    "grounded",
-];
 
 fn ctx() -> CallContext {
     plugins::call_context(json!({}))
@@ -31,16 +14,21 @@ fn ctx() -> CallContext {
 fn every_bundled_plugin_passes_its_case_file() {
     let runtime = Runtime::new(&plugins::settings()).expect("runtime");
     let mut failures = Vec::new();
-    for name in BUNDLED {
+    for name in plugins::BUNDLED {
         let dir = plugins::plugins_dir(&[name]);
         let cases = read_cases(&plugins::cases_path(name)).expect("case file");
         assert!(cases.len() >= 5, "{name} ships only {} cases", cases.len());
-        let outcomes = run_cases(&runtime, &dir.path().join(format!("{name}.wasm")), &cases).expect("run cases");
+        let outcomes = run_cases(&runtime, &dir.path().join(format!("{name}.wasm")), &cases)
+            .expect("run cases");
         for o in outcomes.iter().filter(|o| !o.passed) {
             failures.push(format!("{name} / {}: {}", o.name, o.detail));
         }
     }
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -50,16 +38,28 @@ fn damage_cap_string_is_caught_by_json_schema_and_fixed_by_coerce_numbers() {
     let set = host.current();
     let output = r#"[{"clause":"Limitation of liability","risk":"high","damage_cap":"$500,000","rationale":"Caps damages."}]"#;
 
-    let verdict = set.get("json-schema").expect("json-schema").validate(&ctx(), output).expect("validates");
+    let verdict = set
+        .get("json-schema")
+        .expect("json-schema")
+        .validate(&ctx(), output)
+        .expect("validates");
     let v = verdict
         .violations
         .iter()
         .find(|v| v.path == "/0/damage_cap")
         .unwrap_or_else(|| panic!("no violation at /0/damage_cap: {:?}", verdict.violations));
     assert_eq!(v.code, "type");
-    assert!(v.message.contains("$500,000") && v.message.contains("number"), "{}", v.message);
+    assert!(
+        v.message.contains("$500,000") && v.message.contains("number"),
+        "{}",
+        v.message
+    );
 
-    let fix = set.get("coerce-numbers").expect("coerce-numbers").validate(&ctx(), output).expect("fixes");
+    let fix = set
+        .get("coerce-numbers")
+        .expect("coerce-numbers")
+        .validate(&ctx(), output)
+        .expect("fixes");
     let fixed = fix.fixed.expect("a fixed document");
     assert_eq!(fixed[0]["damage_cap"], json!(500000));
     let again = set
@@ -82,11 +82,19 @@ fn per_call_isolation_leaks_no_state_and_pooled_reuses_instances() {
     let host = PluginHost::open(dir.path(), &plugins::settings(), false).expect("host");
     let set = host.current();
     let count = |name: &str| -> String {
-        let v = set.get(name).expect(name).validate(&ctx(), "{}").expect("answers");
+        let v = set
+            .get(name)
+            .expect(name)
+            .validate(&ctx(), "{}")
+            .expect("answers");
         v.violations[0].message.clone()
     };
     let per_call: Vec<String> = (0..4).map(|_| count("leak")).collect();
-    assert_eq!(per_call, ["1", "1", "1", "1"], "state leaked between per-call instances");
+    assert_eq!(
+        per_call,
+        ["1", "1", "1", "1"],
+        "state leaked between per-call instances"
+    );
     // Pooled: one instance serves three calls, then a fresh one takes over.
     let pooled: Vec<String> = (0..4).map(|_| count("leak-pooled")).collect();
     assert_eq!(pooled, ["1", "2", "3", "1"]);
@@ -106,7 +114,10 @@ fn pooled_instance_is_discarded_after_a_trap() {
     for _ in 0..3 {
         // Each call must time out cleanly: a poisoned instance put back in the
         // pool would instead fail with "cannot enter component".
-        assert_eq!(p.validate(&ctx(), "{}").expect_err("loops").kind(), "timeout");
+        assert_eq!(
+            p.validate(&ctx(), "{}").expect_err("loops").kind(),
+            "timeout"
+        );
     }
 }
 
@@ -151,5 +162,11 @@ fn deleting_a_file_unloads_the_plugin() {
     host.reload().expect("reload");
     assert!(host.current().get("stamp-b").is_none());
     // A request that started before the reload still holds its set.
-    assert!(before.get("stamp-b").expect("old set").validate(&ctx(), "{}").is_ok());
+    assert!(
+        before
+            .get("stamp-b")
+            .expect("old set")
+            .validate(&ctx(), "{}")
+            .is_ok()
+    );
 }

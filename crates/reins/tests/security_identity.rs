@@ -28,7 +28,9 @@ const GLOBEX_APPROVER: &str = "tok-globex-approver-88bb";
 const ADMIN: &str = "tok-admin-0c0c";
 
 fn support_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/security_support").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/security_support")
+        .join(name)
 }
 
 fn now() -> i64 {
@@ -128,11 +130,36 @@ roles = ["manager"]
             )
         };
         let tokens = [
-            token("alice", ALICE, r#"["run"]"#, r#"{ tenant = "acme", roles = ["support"] }"#),
-            token("bob", BOB, r#"["run"]"#, r#"{ tenant = "globex", roles = ["support"] }"#),
-            token("carol", CAROL, r#"["run", "approve"]"#, r#"{ tenant = "acme", roles = ["support"] }"#),
-            token("acme-approver", ACME_APPROVER, r#"["approve"]"#, r#"{ tenant = "acme" }"#),
-            token("globex-approver", GLOBEX_APPROVER, r#"["approve"]"#, r#"{ tenant = "globex" }"#),
+            token(
+                "alice",
+                ALICE,
+                r#"["run"]"#,
+                r#"{ tenant = "acme", roles = ["support"] }"#,
+            ),
+            token(
+                "bob",
+                BOB,
+                r#"["run"]"#,
+                r#"{ tenant = "globex", roles = ["support"] }"#,
+            ),
+            token(
+                "carol",
+                CAROL,
+                r#"["run", "approve"]"#,
+                r#"{ tenant = "acme", roles = ["support"] }"#,
+            ),
+            token(
+                "acme-approver",
+                ACME_APPROVER,
+                r#"["approve"]"#,
+                r#"{ tenant = "acme" }"#,
+            ),
+            token(
+                "globex-approver",
+                GLOBEX_APPROVER,
+                r#"["approve"]"#,
+                r#"{ tenant = "globex" }"#,
+            ),
             token("admin", ADMIN, r#"["run", "approve", "admin"]"#, "{}"),
         ]
         .concat();
@@ -166,7 +193,10 @@ budget_tokens = 2000
         let served = server::serve_env(
             &config,
             &[],
-            &[("SECURITY_TEST_UPSTREAM_KEY", UPSTREAM_KEY), ("REINS_LOG", "debug")],
+            &[
+                ("SECURITY_TEST_UPSTREAM_KEY", UPSTREAM_KEY),
+                ("REINS_LOG", "debug"),
+            ],
             Some(&dir.path().join("server.log")),
         );
         World {
@@ -179,7 +209,13 @@ budget_tokens = 2000
         }
     }
 
-    async fn send(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.served.base);
         let mut req = match method {
             "GET" => self.client.get(url),
@@ -194,11 +230,20 @@ budget_tokens = 2000
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn run(&self, bearer: &str, pipeline: &str, body: Value) -> (u16, Value) {
-        self.send("POST", &format!("/v1/pipelines/{pipeline}/runs"), Some(bearer), Some(body)).await
+        self.send(
+            "POST",
+            &format!("/v1/pipelines/{pipeline}/runs"),
+            Some(bearer),
+            Some(body),
+        )
+        .await
     }
 }
 
@@ -218,7 +263,11 @@ async fn bad_jwts_are_refused_each_with_its_reason_and_good_ones_resolve_a_tenan
         assert_eq!(status, 200, "{alg:?}: {body}");
         assert_eq!(body["caller"]["tenant"], "acme", "{body}");
         assert_eq!(body["caller"]["subject"], "dave", "{body}");
-        assert_eq!(body["caller"]["credential"], format!("jwt:{ISSUER}"), "{body}");
+        assert_eq!(
+            body["caller"]["credential"],
+            format!("jwt:{ISSUER}"),
+            "{body}"
+        );
     }
 
     let ed = |claims: Value| jwt(Algorithm::EdDSA, "ed25519.pem", Some("ed-1"), &claims);
@@ -232,7 +281,12 @@ async fn bad_jwts_are_refused_each_with_its_reason_and_good_ones_resolve_a_tenan
     let hs256_with_public_key = {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("rsa-1".into());
-        encode(&header, &good_claims("dave", "acme"), &EncodingKey::from_secret(&rsa_public).expect("hmac key")).expect("sign")
+        encode(
+            &header,
+            &good_claims("dave", "acme"),
+            &EncodingKey::from_secret(&rsa_public).expect("hmac key"),
+        )
+        .expect("sign")
     };
     let alg_none = format!(
         "{}.{}.",
@@ -243,13 +297,43 @@ async fn bad_jwts_are_refused_each_with_its_reason_and_good_ones_resolve_a_tenan
     let no_tenant = ed(claims);
     let cases: Vec<(&str, String, &str)> = vec![
         ("expired", ed(with("exp", json!(now() - 3600))), "expired"),
-        ("not yet valid", ed(with("nbf", json!(now() + 3600))), "not valid yet"),
-        ("wrong issuer", ed(with("iss", json!("https://evil.example"))), "issuer"),
-        ("wrong audience", ed(with("aud", json!("someone-else"))), "audience"),
+        (
+            "not yet valid",
+            ed(with("nbf", json!(now() + 3600))),
+            "not valid yet",
+        ),
+        (
+            "wrong issuer",
+            ed(with("iss", json!("https://evil.example"))),
+            "issuer",
+        ),
+        (
+            "wrong audience",
+            ed(with("aud", json!("someone-else"))),
+            "audience",
+        ),
         ("alg none", alg_none, "`none` is refused"),
         ("HS256 with the public key", hs256_with_public_key, "HS256"),
-        ("unknown kid", jwt(Algorithm::EdDSA, "ed25519.pem", Some("nope"), &good_claims("dave", "acme")), "unknown key id"),
-        ("wrong key", jwt(Algorithm::EdDSA, "ed25519-other.pem", Some("ed-1"), &good_claims("dave", "acme")), "signature"),
+        (
+            "unknown kid",
+            jwt(
+                Algorithm::EdDSA,
+                "ed25519.pem",
+                Some("nope"),
+                &good_claims("dave", "acme"),
+            ),
+            "unknown key id",
+        ),
+        (
+            "wrong key",
+            jwt(
+                Algorithm::EdDSA,
+                "ed25519-other.pem",
+                Some("ed-1"),
+                &good_claims("dave", "acme"),
+            ),
+            "signature",
+        ),
         ("missing tenant claim", no_tenant, "org_id"),
         ("broken segment", "abc.%%%.def".to_owned(), "malformed"),
     ];
@@ -257,8 +341,14 @@ async fn bad_jwts_are_refused_each_with_its_reason_and_good_ones_resolve_a_tenan
         let (status, body) = w.run(token, "chat", ok.clone()).await;
         assert_eq!(status, 401, "{what}: {body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(reason), "{what}: expected the reason {reason:?} in {message:?}");
-        assert!(!body.to_string().contains(token.as_str()), "{what}: the token is echoed: {body}");
+        assert!(
+            message.contains(reason),
+            "{what}: expected the reason {reason:?} in {message:?}"
+        );
+        assert!(
+            !body.to_string().contains(token.as_str()),
+            "{what}: the token is echoed: {body}"
+        );
     }
     // A malformed Authorization header says what the header must be.
     let resp = w
@@ -280,7 +370,10 @@ async fn bad_jwts_are_refused_each_with_its_reason_and_good_ones_resolve_a_tenan
     let (status, body) = w.run(&token, "chat", ok.clone()).await;
     assert_eq!(status, 200, "the last good keys still verify: {body}");
     let log = std::fs::read_to_string(w.dir.path().join("server.log")).expect("log");
-    assert!(log.contains("keeping the last good keys"), "the log says so");
+    assert!(
+        log.contains("keeping the last good keys"),
+        "the log says so"
+    );
     // A JWKS without the key (rotated away) refuses the token once re-read.
     std::fs::write(w.dir.path().join("jwks.json"), r#"{"keys": []}"#).expect("rotate jwks");
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
@@ -294,7 +387,9 @@ async fn roles_and_budgets_come_from_the_credential_not_the_body() {
     let w = World::start().await;
 
     // The support token is offered the support tool only.
-    let (status, body) = w.run(ALICE, "refunds", json!({"input": "refund 100 o1"})).await;
+    let (status, body) = w
+        .run(ALICE, "refunds", json!({"input": "refund 100 o1"}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "completed", "{body}");
     let offered: Vec<String> = w.upstream.bodies().last().expect("a model call")["tools"]
@@ -303,36 +398,65 @@ async fn roles_and_budgets_come_from_the_credential_not_the_body() {
         .flatten()
         .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(offered, vec!["issue_refund".to_string()], "the manager's tools never reach the model");
+    assert_eq!(
+        offered,
+        vec!["issue_refund".to_string()],
+        "the manager's tools never reach the model"
+    );
 
     // Claiming a role in the body is a 403 naming the key; the model is not called.
     let calls = w.upstream.count();
     let (status, body) = w
-        .run(ALICE, "refunds", json!({"input": "delete customer c1", "metadata": {"role": "manager"}}))
+        .run(
+            ALICE,
+            "refunds",
+            json!({"input": "delete customer c1", "metadata": {"role": "manager"}}),
+        )
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["param"], "metadata.role", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("manager"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("manager"),
+        "{body}"
+    );
     assert_eq!(w.upstream.count(), calls, "nothing reached the model");
 
     // The budget (1000 a day) is the verified tenant's: 100 + 400 spent,
     // another tenant named in the body is refused, and 600 more is over.
-    let (_, body) = w.run(ALICE, "refunds", json!({"input": "refund 400 o2"})).await;
+    let (_, body) = w
+        .run(ALICE, "refunds", json!({"input": "refund 400 o2"}))
+        .await;
     assert_eq!(body["status"], "completed", "{body}");
     for fake in ["tenant-1", "tenant-2", "tenant-3"] {
         let (status, body) = w
-            .run(ALICE, "refunds", json!({"input": "refund 400 o3", "metadata": {"tenant": fake}}))
+            .run(
+                ALICE,
+                "refunds",
+                json!({"input": "refund 400 o3", "metadata": {"tenant": fake}}),
+            )
             .await;
         assert_eq!(status, 403, "{body}");
         assert_eq!(body["error"]["param"], "metadata.tenant", "{body}");
     }
-    let (_, body) = w.run(ALICE, "refunds", json!({"input": "refund 400 o4"})).await;
+    let (_, body) = w
+        .run(ALICE, "refunds", json!({"input": "refund 400 o4"}))
+        .await;
     assert_eq!(body["status"], "completed", "900 of 1000 spent: {body}");
-    let (_, body) = w.run(ALICE, "refunds", json!({"input": "refund 400 o6"})).await;
+    let (_, body) = w
+        .run(ALICE, "refunds", json!({"input": "refund 400 o6"}))
+        .await;
     assert_ne!(body["status"], "completed", "{body}");
-    assert!(body.to_string().contains("daily budget of tenant acme"), "{body}");
+    assert!(
+        body.to_string().contains("daily budget of tenant acme"),
+        "{body}"
+    );
     // Another tenant's budget is its own.
-    let (_, body) = w.run(BOB, "refunds", json!({"input": "refund 440 o5"})).await;
+    let (_, body) = w
+        .run(BOB, "refunds", json!({"input": "refund 440 o5"}))
+        .await;
     assert_eq!(body["status"], "completed", "{body}");
 }
 
@@ -341,7 +465,9 @@ async fn runs_keys_sessions_and_approvals_belong_to_their_tenant() {
     let w = World::start().await;
 
     // Runs: another tenant reads, lists steps of and resumes nothing.
-    let (_, mine) = w.run(ALICE, "chat", json!({"input": "private note 7781"})).await;
+    let (_, mine) = w
+        .run(ALICE, "chat", json!({"input": "private note 7781"}))
+        .await;
     let run_id = mine["run_id"].as_str().expect("run id").to_owned();
     for (method, path) in [
         ("GET", format!("/v1/runs/{run_id}")),
@@ -352,11 +478,17 @@ async fn runs_keys_sessions_and_approvals_belong_to_their_tenant() {
         assert_eq!(status, 404, "{method} {path}: {body}");
         assert!(!body.to_string().contains("7781"), "{body}");
     }
-    let (status, body) = w.send("GET", &format!("/v1/runs/{run_id}"), Some(ALICE), None).await;
+    let (status, body) = w
+        .send("GET", &format!("/v1/runs/{run_id}"), Some(ALICE), None)
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = w.send("GET", &format!("/v1/runs/{run_id}"), Some(CAROL), None).await;
+    let (status, _) = w
+        .send("GET", &format!("/v1/runs/{run_id}"), Some(CAROL), None)
+        .await;
     assert_eq!(status, 200, "the same tenant sees it");
-    let (status, _) = w.send("GET", &format!("/v1/runs/{run_id}"), Some(ADMIN), None).await;
+    let (status, _) = w
+        .send("GET", &format!("/v1/runs/{run_id}"), Some(ADMIN), None)
+        .await;
     assert_eq!(status, 200, "admin sees all");
 
     // Idempotency keys: one key, two tenants, two runs; a retry replays.
@@ -365,41 +497,101 @@ async fn runs_keys_sessions_and_approvals_belong_to_their_tenant() {
     let (_, b1) = w.run(BOB, "chat", body.clone()).await;
     let (_, a2) = w.run(ALICE, "chat", body).await;
     assert_ne!(a1["run_id"], b1["run_id"], "two tenants, two runs");
-    assert_eq!(a1["run_id"], a2["run_id"], "the same tenant's retry replays");
+    assert_eq!(
+        a1["run_id"], a2["run_id"],
+        "the same tenant's retry replays"
+    );
 
     // Sessions: one session id, two tenants, two memories.
-    let (_, _) = w.run(ALICE, "chat", json!({"input": "my secret is tulip-42", "session_id": "s-1"})).await;
-    let (_, _) = w.run(BOB, "chat", json!({"input": "what did I say?", "session_id": "s-1"})).await;
+    let (_, _) = w
+        .run(
+            ALICE,
+            "chat",
+            json!({"input": "my secret is tulip-42", "session_id": "s-1"}),
+        )
+        .await;
+    let (_, _) = w
+        .run(
+            BOB,
+            "chat",
+            json!({"input": "what did I say?", "session_id": "s-1"}),
+        )
+        .await;
     let sent_for_bob = w.upstream.bodies().last().expect("call").to_string();
-    assert!(!sent_for_bob.contains("tulip-42"), "B's run saw A's memory: {sent_for_bob}");
-    let (_, _) = w.run(ALICE, "chat", json!({"input": "what did I say?", "session_id": "s-1"})).await;
+    assert!(
+        !sent_for_bob.contains("tulip-42"),
+        "B's run saw A's memory: {sent_for_bob}"
+    );
+    let (_, _) = w
+        .run(
+            ALICE,
+            "chat",
+            json!({"input": "what did I say?", "session_id": "s-1"}),
+        )
+        .await;
     let sent_for_alice = w.upstream.bodies().last().expect("call").to_string();
-    assert!(sent_for_alice.contains("tulip-42"), "A's own memory: {sent_for_alice}");
+    assert!(
+        sent_for_alice.contains("tulip-42"),
+        "A's own memory: {sent_for_alice}"
+    );
 
     // Approvals: B's approver neither sees nor decides A's.
-    let (_, held) = w.run(ALICE, "refunds", json!({"input": "refund 500 o9"})).await;
+    let (_, held) = w
+        .run(ALICE, "refunds", json!({"input": "refund 500 o9"}))
+        .await;
     assert_eq!(held["status"], "awaiting_approval", "{held}");
     let approval = held["approvals"][0].as_str().expect("approval").to_owned();
-    let (_, list) = w.send("GET", "/v1/approvals?status=pending", Some(GLOBEX_APPROVER), None).await;
+    let (_, list) = w
+        .send(
+            "GET",
+            "/v1/approvals?status=pending",
+            Some(GLOBEX_APPROVER),
+            None,
+        )
+        .await;
     assert!(!list.to_string().contains(&approval), "{list}");
     let decide = json!({"decision": "approve"});
     let (status, body) = w
-        .send("POST", &format!("/v1/approvals/{approval}"), Some(GLOBEX_APPROVER), Some(decide.clone()))
+        .send(
+            "POST",
+            &format!("/v1/approvals/{approval}"),
+            Some(GLOBEX_APPROVER),
+            Some(decide.clone()),
+        )
         .await;
     assert_eq!(status, 404, "{body}");
-    let (_, list) = w.send("GET", "/v1/approvals?status=pending", Some(ACME_APPROVER), None).await;
+    let (_, list) = w
+        .send(
+            "GET",
+            "/v1/approvals?status=pending",
+            Some(ACME_APPROVER),
+            None,
+        )
+        .await;
     assert!(list.to_string().contains(&approval), "{list}");
 
     // The caller who started a run cannot approve its own escalation.
-    let (_, own) = w.run(CAROL, "refunds", json!({"input": "refund 500 o10"})).await;
+    let (_, own) = w
+        .run(CAROL, "refunds", json!({"input": "refund 500 o10"}))
+        .await;
     let own_approval = own["approvals"][0].as_str().expect("approval").to_owned();
     let (status, body) = w
-        .send("POST", &format!("/v1/approvals/{own_approval}"), Some(CAROL), Some(decide.clone()))
+        .send(
+            "POST",
+            &format!("/v1/approvals/{own_approval}"),
+            Some(CAROL),
+            Some(decide.clone()),
+        )
         .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.to_string().contains("own escalation"), "{body}");
     let (status, body) = w
-        .send("POST", &format!("/v1/approvals/{own_approval}"), Some(ACME_APPROVER), Some(decide))
+        .send(
+            "POST",
+            &format!("/v1/approvals/{own_approval}"),
+            Some(ACME_APPROVER),
+            Some(decide),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["run"]["status"], "completed", "{body}");
@@ -408,16 +600,34 @@ async fn runs_keys_sessions_and_approvals_belong_to_their_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_no_log_line_no_store_row_and_no_error_body() {
     let w = World::start().await;
-    let jwt_token = jwt(Algorithm::EdDSA, "ed25519.pem", Some("ed-1"), &good_claims("dave", "acme"));
+    let jwt_token = jwt(
+        Algorithm::EdDSA,
+        "ed25519.pem",
+        Some("ed-1"),
+        &good_claims("dave", "acme"),
+    );
     let wrong = "tok-wrong-guess-0000";
     let mut bodies = Vec::new();
     for token in [ALICE, BOB, jwt_token.as_str(), wrong] {
-        let (_, body) = w.run(token, "refunds", json!({"input": "refund 10 o1"})).await;
+        let (_, body) = w
+            .run(token, "refunds", json!({"input": "refund 10 o1"}))
+            .await;
         bodies.push(body.to_string());
-        let (_, body) = w.run(token, "chat", json!({"input": "hi", "metadata": {"role": "manager"}})).await;
+        let (_, body) = w
+            .run(
+                token,
+                "chat",
+                json!({"input": "hi", "metadata": {"role": "manager"}}),
+            )
+            .await;
         bodies.push(body.to_string());
     }
-    assert!(w.upstream.seen().iter().any(|s| s.header("authorization") == Some(&format!("Bearer {UPSTREAM_KEY}"))));
+    assert!(
+        w.upstream
+            .seen()
+            .iter()
+            .any(|s| s.header("authorization") == Some(&format!("Bearer {UPSTREAM_KEY}")))
+    );
     drop(w.served);
     let log = std::fs::read_to_string(w.dir.path().join("server.log")).expect("log");
     assert!(log.lines().count() > 10, "the server logged at debug level");
@@ -470,28 +680,57 @@ async fn keys_from_a_jwks_url_are_fetched_cached_and_kept_when_the_issuer_fails(
         .openai("model", &upstream.base_url(), "m", "")
         .table("[pipelines.chat]\nmodel = \"model\"\noutput = \"text\"\n")
         .write(dir.path());
-    let served = server::serve_env(&config, &[], &[("REINS_LOG", "info")], Some(&dir.path().join("server.log")));
+    let served = server::serve_env(
+        &config,
+        &[],
+        &[("REINS_LOG", "info")],
+        Some(&dir.path().join("server.log")),
+    );
     let client = reqwest::Client::new();
     let run = |token: String| {
-        let (client, url) = (client.clone(), format!("{}/v1/pipelines/chat/runs", served.base));
+        let (client, url) = (
+            client.clone(),
+            format!("{}/v1/pipelines/chat/runs", served.base),
+        );
         async move {
-            let resp = client.post(url).bearer_auth(token).json(&json!({"input": "hi"})).send().await.expect("request");
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"input": "hi"}))
+                .send()
+                .await
+                .expect("request");
             let status = resp.status().as_u16();
             (status, resp.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let good = jwt(Algorithm::RS256, "rsa.pem", Some("rsa-1"), &good_claims("erin", "globex"));
+    let good = jwt(
+        Algorithm::RS256,
+        "rsa.pem",
+        Some("rsa-1"),
+        &good_claims("erin", "globex"),
+    );
     for _ in 0..3 {
         let (status, body) = run(good.clone()).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["caller"]["tenant"], "globex", "{body}");
     }
-    assert_eq!(state.lock().expect("lock").2, 1, "the keys are fetched once and cached");
+    assert_eq!(
+        state.lock().expect("lock").2,
+        1,
+        "the keys are fetched once and cached"
+    );
     // The issuer fails. Unknown kids do not make the server hammer it (a
     // refetch for them waits 30 s after the last fetch).
     state.lock().expect("lock").1 = 500;
     for _ in 0..3 {
-        let (status, body) = run(jwt(Algorithm::RS256, "rsa.pem", Some("rotated"), &good_claims("erin", "globex"))).await;
+        let (status, body) = run(jwt(
+            Algorithm::RS256,
+            "rsa.pem",
+            Some("rotated"),
+            &good_claims("erin", "globex"),
+        ))
+        .await;
         assert_eq!(status, 401, "{body}");
         assert!(body.to_string().contains("unknown key id"), "{body}");
     }
@@ -501,13 +740,25 @@ async fn keys_from_a_jwks_url_are_fetched_cached_and_kept_when_the_issuer_fails(
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     for i in 0..3 {
         // New tokens each time (a token verified once is not checked again).
-        let fresh = jwt(Algorithm::RS256, "rsa.pem", Some("rsa-1"), &good_claims(&format!("frank-{i}"), "globex"));
+        let fresh = jwt(
+            Algorithm::RS256,
+            "rsa.pem",
+            Some("rsa-1"),
+            &good_claims(&format!("frank-{i}"), "globex"),
+        );
         let (status, body) = run(fresh).await;
         assert_eq!(status, 200, "the last good keys still verify: {body}");
     }
     let (status, body) = run(good).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(state.lock().expect("lock").2, 2, "one refresh attempt, not one per request");
+    assert_eq!(
+        state.lock().expect("lock").2,
+        2,
+        "one refresh attempt, not one per request"
+    );
     let log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
-    assert!(log.contains("keeping the last good keys"), "the log says so");
+    assert!(
+        log.contains("keeping the last good keys"),
+        "the log says so"
+    );
 }

@@ -31,7 +31,10 @@ fn reply(body: &Value) -> Value {
     let said = text_of(&last, " ");
     let message = if last["role"] == "tool" {
         json!({"role": "assistant", "content": format!("Tool said: {said}")})
-    } else if let Some(city) = said.strip_prefix("forced: ").or_else(|| said.strip_prefix("any tool: ")) {
+    } else if let Some(city) = said
+        .strip_prefix("forced: ")
+        .or_else(|| said.strip_prefix("any tool: "))
+    {
         weather_call("call_forced", json!({"city": city}))
     } else if said.contains("stream the weather") {
         weather_call(
@@ -51,9 +54,9 @@ fn reply(body: &Value) -> Value {
     } else if said.contains("json") {
         json!({"role": "assistant", "content": "{\"answer\": 42}"})
     } else if said.contains("image") {
-        let images = last["content"]
-            .as_array()
-            .map_or(0, |parts| parts.iter().filter(|p| p["type"] == "image_url").count());
+        let images = last["content"].as_array().map_or(0, |parts| {
+            parts.iter().filter(|p| p["type"] == "image_url").count()
+        });
         json!({"role": "assistant", "content": format!("I see {images} image(s)")})
     } else {
         json!({"role": "assistant", "content": "Hello from upstream"})
@@ -69,7 +72,12 @@ fn reply(body: &Value) -> Value {
 fn request_saying<'a>(seen: &'a [Value], needle: &str) -> &'a Value {
     let found: Vec<&Value> = seen
         .iter()
-        .filter(|b| b["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| text_of(m, " ").contains(needle)))
+        .filter(|b| {
+            b["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| text_of(m, " ").contains(needle))
+        })
         .collect();
     assert_eq!(found.len(), 1, "requests saying {needle:?}: {seen:#?}");
     found[0]
@@ -85,12 +93,15 @@ fn official_anthropic_python_client_works_against_reins_serve() {
     let model = runtime.block_on(Upstream::replying(|seen| ok(&reply(&seen.body))));
 
     let dir = plugins::plugins_dir(&["spend-limit", "tool-manifest"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("tools sidecar");
+    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL)
+        .expect("tools sidecar");
     let config = Config::new()
         .plugins_dir(".")
         .test_cache()
         .openai("up", &model.base_url(), "up-model", "max_retries = 0")
-        .table(&format!("[[server.tokens]]\nname = \"app\"\nenv = \"{TOKEN_ENV}\"\nscopes = [\"run\"]\n"))
+        .table(&format!(
+            "[[server.tokens]]\nname = \"app\"\nenv = \"{TOKEN_ENV}\"\nscopes = [\"run\"]\n"
+        ))
         .table(
             r#"[pipelines.chat]
 model = "up"
@@ -124,10 +135,15 @@ trust_metadata = true
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'anthropic'") {
-        panic!("the `anthropic` Python package is missing: pip install -r tests/clients/requirements.txt");
+        panic!(
+            "the `anthropic` Python package is missing: pip install -r tests/clients/requirements.txt"
+        );
     }
     drop(served);
-    assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python client checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("17 passed, 0 failed"), "{stdout}");
 
     let seen = model.bodies();
@@ -151,15 +167,29 @@ trust_metadata = true
     let second = request_saying(&seen, "18C and sunny");
     let messages = second["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 3, "{messages:#?}");
-    assert_eq!(messages[0], json!({"role": "user", "content": "what is the weather in Paris?"}));
+    assert_eq!(
+        messages[0],
+        json!({"role": "user", "content": "what is the weather in Paris?"})
+    );
     let call = &messages[1]["tool_calls"][0];
-    assert_eq!((messages[1]["role"].as_str(), call["id"].as_str()), (Some("assistant"), Some("call_up_1")));
+    assert_eq!(
+        (messages[1]["role"].as_str(), call["id"].as_str()),
+        (Some("assistant"), Some("call_up_1"))
+    );
     assert_eq!(call["function"]["name"], "get_weather");
-    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or("")).expect("JSON arguments");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or(""))
+            .expect("JSON arguments");
     assert_eq!(arguments, json!({"city": "Paris"}));
-    assert_eq!(messages[2], json!({"role": "tool", "tool_call_id": "call_up_1", "content": "18C and sunny"}));
+    assert_eq!(
+        messages[2],
+        json!({"role": "tool", "tool_call_id": "call_up_1", "content": "18C and sunny"})
+    );
     assert_eq!(second["tools"][0]["function"]["name"], "get_weather");
-    assert_eq!(second["tools"][0]["function"]["parameters"]["required"], json!(["city"]));
+    assert_eq!(
+        second["tools"][0]["function"]["parameters"]["required"],
+        json!(["city"])
+    );
 
     // A failed tool result is marked for a model whose API has no error flag.
     let failed = request_saying(&seen, "no such city");
@@ -170,17 +200,28 @@ trust_metadata = true
 
     // tool_choice: a named tool, serial; `any` is `required`.
     let forced = request_saying(&seen, "forced: Oslo");
-    assert_eq!(forced["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+    assert_eq!(
+        forced["tool_choice"],
+        json!({"type": "function", "function": {"name": "get_weather"}})
+    );
     assert_eq!(forced["parallel_tool_calls"], json!(false));
-    assert_eq!(request_saying(&seen, "any tool: Rome")["tool_choice"], "required");
+    assert_eq!(
+        request_saying(&seen, "any tool: Rome")["tool_choice"],
+        "required"
+    );
 
     // The image block arrived as an image_url part with a data URL.
     let image = request_saying(&seen, "describe this image");
     let parts = image["messages"][0]["content"].as_array().expect("parts");
     assert_eq!(parts[0]["type"], "image_url");
     assert!(
-        parts[0]["image_url"]["url"].as_str().is_some_and(|u| u.starts_with("data:image/png;base64,iVBOR")),
+        parts[0]["image_url"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("data:image/png;base64,iVBOR")),
         "{parts:?}"
     );
-    assert_eq!(parts[1], json!({"type": "text", "text": "describe this image"}));
+    assert_eq!(
+        parts[1],
+        json!({"type": "text", "text": "describe this image"})
+    );
 }

@@ -26,7 +26,11 @@ async fn approve_a_refund_through_the_web_page() {
     let agent_hash = hex::encode(Sha256::digest(agent_token.as_bytes()));
     let dir = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
     std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
-    std::fs::write(dir.path().join("spend-limit.toml"), "[config]\nescalate_above = 100\n").expect("sidecar");
+    std::fs::write(
+        dir.path().join("spend-limit.toml"),
+        "[config]\nescalate_above = 100\n",
+    )
+    .expect("sidecar");
     let config_path = Config::new()
         .plugins_dir(".")
         .test_cache()
@@ -80,9 +84,16 @@ url = "{sink_url}"
     drop(served);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
     let seen = sink.counts();
     assert_eq!(seen.len(), 1, "one action: {seen:?}");
-    assert_eq!(seen.values().copied().collect::<Vec<_>>(), vec![1], "sent exactly once: {seen:?}");
+    assert_eq!(
+        seen.values().copied().collect::<Vec<_>>(),
+        vec![1],
+        "sent exactly once: {seen:?}"
+    );
 }

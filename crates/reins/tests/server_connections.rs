@@ -53,7 +53,9 @@ impl Started {
 /// A connection from 127.0.0.2, the attackers' address.
 async fn attacker(addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
-    socket.bind("127.0.0.2:0".parse().expect("address")).expect("bind 127.0.0.2");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
     socket.connect(addr).await.expect("connect")
 }
 
@@ -65,7 +67,10 @@ async fn until_closed(stream: &mut TcpStream, trickle: &[u8]) -> String {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        assert!(tokio::time::Instant::now() < give_up, "the server kept the connection open");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the server kept the connection open"
+        );
         match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&answer).into_owned(),
             Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
@@ -91,15 +96,26 @@ fn is_closed(stream: &TcpStream) -> bool {
 
 /// `/healthz` answered 200 on a new connection from 127.0.0.1.
 async fn healthz(base: &str) -> bool {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
     matches!(client.get(format!("{base}/healthz")).send().await, Ok(r) if r.status() == 200)
 }
 
 /// The value of one metric line (`name{labels}`), 0 when absent.
 async fn metric(base: &str, key: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     text.lines()
-        .find_map(|line| line.strip_prefix(key).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix(key)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -120,7 +136,9 @@ const HEAD_START: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_heads_and_slow_bodies_are_closed_after_their_timeouts() {
-    let started = Started::new("header_read_timeout_ms = 300\nbody_read_timeout_ms = 300\nidle_timeout_ms = 30000\n");
+    let started = Started::new(
+        "header_read_timeout_ms = 300\nbody_read_timeout_ms = 300\nidle_timeout_ms = 30000\n",
+    );
     let addr = started.addr();
 
     // Three heads that never end (a header line every 50 ms) and a client that sends nothing.
@@ -133,7 +151,10 @@ async fn slow_heads_and_slow_bodies_are_closed_after_their_timeouts() {
     let mut silent = attacker(addr).await;
     for stream in &mut trickling {
         let answer = until_closed(stream, b"x-slow: 1\r\n").await;
-        assert!(answer.is_empty(), "no answer to a head that never ended: {answer}");
+        assert!(
+            answer.is_empty(),
+            "no answer to a head that never ended: {answer}"
+        );
     }
     assert_eq!(until_closed(&mut silent, b"").await, "");
 
@@ -142,7 +163,10 @@ async fn slow_heads_and_slow_bodies_are_closed_after_their_timeouts() {
     let head = "POST /v1/pipelines/echo/runs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"input\": \"";
     slow_body.write_all(head.as_bytes()).await.expect("write");
     let answer = until_closed(&mut slow_body, b"a").await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "an answer before closing: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "an answer before closing: {answer}"
+    );
     assert!(answer.contains("request_timeout"), "{answer}");
 
     let closed = r#"reins_connections_closed_total{reason="header_timeout"}"#;
@@ -157,10 +181,18 @@ async fn an_idle_kept_alive_connection_is_closed() {
     // The head timeout is long, so only the idle timeout can close these.
     let started = Started::new("header_read_timeout_ms = 30000\nidle_timeout_ms = 300\n");
     let mut kept = attacker(started.addr()).await;
-    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n").await.expect("write");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
     let answer = until_closed(&mut kept, b"").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "answered, kept alive, then closed: {answer}");
-    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "answered, kept alive, then closed: {answer}"
+    );
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 
     let closed = r#"reins_connections_closed_total{reason="idle_timeout"}"#;
     assert_eq!(metric_reaches(started.base(), closed, 1.0).await, 1.0);
@@ -169,15 +201,26 @@ async fn an_idle_kept_alive_connection_is_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_head_gets_431_and_a_large_one_under_the_cap_is_served() {
     let started = Started::new("max_header_bytes = 8192\n");
-    let request = |filler: usize| format!("GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-filler: {}\r\nconnection: close\r\n\r\n", "a".repeat(filler));
+    let request = |filler: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-filler: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(filler)
+        )
+    };
 
     let mut large = attacker(started.addr()).await;
-    large.write_all(request(6000).as_bytes()).await.expect("write");
+    large
+        .write_all(request(6000).as_bytes())
+        .await
+        .expect("write");
     let answer = until_closed(&mut large, b"").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     let mut oversized = attacker(started.addr()).await;
-    oversized.write_all(request(10_000).as_bytes()).await.expect("write");
+    oversized
+        .write_all(request(10_000).as_bytes())
+        .await
+        .expect("write");
     let answer = until_closed(&mut oversized, b"").await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     let closed = r#"reins_connections_closed_total{reason="header_too_large"}"#;
@@ -199,32 +242,50 @@ async fn crowd(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 
 async fn all_healthy(base: &str, probes: usize) {
     for i in 0..probes {
-        assert!(healthz(base).await, "/healthz probe {i} from 127.0.0.1 failed");
+        assert!(
+            healthz(base).await,
+            "/healthz probe {i} from 127.0.0.1 failed"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_per_address_cap_an_address_is_closed_at_once_and_healthz_answers() {
-    let started = Started::new("header_read_timeout_ms = 60000\nmax_connections_per_ip = 8\nmax_connections = 1000\n");
+    let started = Started::new(
+        "header_read_timeout_ms = 60000\nmax_connections_per_ip = 8\nmax_connections = 1000\n",
+    );
     let held = crowd(started.addr(), 8).await;
     let mut extra = crowd(started.addr(), 4).await;
     for stream in &mut extra {
-        assert_eq!(until_closed(stream, b"").await, "", "closed without an answer");
+        assert_eq!(
+            until_closed(stream, b"").await,
+            "",
+            "closed without an answer"
+        );
     }
     all_healthy(started.base(), 10).await;
     let refused = r#"reins_connections_refused_total{reason="max_connections_per_ip"}"#;
     assert_eq!(metric_reaches(started.base(), refused, 4.0).await, 4.0);
-    assert!(held.iter().all(|s| !is_closed(s)), "the connections under the cap stay open");
+    assert!(
+        held.iter().all(|s| !is_closed(s)),
+        "the connections under the cap stay open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_total_cap_the_crowd_is_refused_and_healthz_still_answers() {
-    let started = Started::new("header_read_timeout_ms = 60000\nmax_connections = 8\nmax_connections_per_ip = 1000\n");
+    let started = Started::new(
+        "header_read_timeout_ms = 60000\nmax_connections = 8\nmax_connections_per_ip = 1000\n",
+    );
     let base = started.base().to_owned();
     let held = crowd(started.addr(), 8).await;
     let mut extra = crowd(started.addr(), 4).await;
     for stream in &mut extra {
-        assert_eq!(until_closed(stream, b"").await, "", "closed without an answer");
+        assert_eq!(
+            until_closed(stream, b"").await,
+            "",
+            "closed without an answer"
+        );
     }
     let refused = r#"reins_connections_refused_total{reason="max_connections"}"#;
     // The metrics request itself needs a slot: it evicts one of the crowd.
@@ -236,15 +297,23 @@ async fn past_the_total_cap_the_crowd_is_refused_and_healthz_still_answers() {
     // one (counted just after its socket closes, hence the wait).
     let give_up = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let evicted = metric(&base, r#"reins_connections_closed_total{reason="evicted"}"#).await as usize;
+        let evicted =
+            metric(&base, r#"reins_connections_closed_total{reason="evicted"}"#).await as usize;
         let closed = held.iter().filter(|s| is_closed(s)).count();
         if evicted >= 1 && closed == evicted {
             break;
         }
-        assert!(tokio::time::Instant::now() < give_up, "evicted {evicted}, closed {closed}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "evicted {evicted}, closed {closed}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric(&base, refused).await, 4.0, "the probes were never refused");
+    assert_eq!(
+        metric(&base, refused).await,
+        4.0,
+        "the probes were never refused"
+    );
 }
 
 #[test]
@@ -259,7 +328,10 @@ fn connection_settings_that_make_no_sense_fail_naming_the_key() {
         "max_connections_per_ip",
     ] {
         let err = server::serve_fails(&config(dir.path(), &format!("{key} = 0\n")), &[]);
-        assert!(err.contains(&format!("`server.{key}`")) && err.contains("greater than 0"), "{key}: {err}");
+        assert!(
+            err.contains(&format!("`server.{key}`")) && err.contains("greater than 0"),
+            "{key}: {err}"
+        );
     }
     let err = server::serve_fails(&config(dir.path(), "max_connections = -1\n"), &[]);
     assert!(err.contains("max_connections"), "{err}");
@@ -276,38 +348,67 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_serves_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The caps out of the way: only the file limit stops these connections.
     let served = server::serve_with_file_limit(
-        &config(dir.path(), "header_read_timeout_ms = 60000\nmax_connections = 100000\nmax_connections_per_ip = 100000\n"),
+        &config(
+            dir.path(),
+            "header_read_timeout_ms = 60000\nmax_connections = 100000\nmax_connections_per_ip = 100000\n",
+        ),
         LIMIT as u32,
     );
-    let addr: SocketAddr = served.base.trim_start_matches("http://").parse().expect("address");
+    let addr: SocketAddr = served
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
     let crowd = crowd(addr, LIMIT + 50).await;
     let give_up = tokio::time::Instant::now() + PATIENCE;
     while open_files(&served) < LIMIT {
-        assert!(tokio::time::Instant::now() < give_up, "the server never ran out of descriptors");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the server never ran out of descriptors"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Out of descriptors, with connections waiting: `accept` fails until some close.
     drop(crowd);
     let give_up = tokio::time::Instant::now() + PATIENCE;
     while !healthz(&served.base).await {
-        assert!(tokio::time::Instant::now() < give_up, "the server never answered again");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "the server never answered again"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metric(&served.base, "reins_accept_errors_total").await >= 1.0, "accept failed and the loop went on");
+    assert!(
+        metric(&served.base, "reins_accept_errors_total").await >= 1.0,
+        "accept failed and the loop went on"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_default_cap_from_the_file_limit_keeps_healthz_reachable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let served = server::serve_with_file_limit(&config(dir.path(), "header_read_timeout_ms = 60000\n"), 256);
-    let addr: SocketAddr = served.base.trim_start_matches("http://").parse().expect("address");
+    let served =
+        server::serve_with_file_limit(&config(dir.path(), "header_read_timeout_ms = 60000\n"), 256);
+    let addr: SocketAddr = served
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
     // 80 % of 256 less 64 is 140: the rest of the crowd is closed at accept.
     let mut crowd = crowd(addr, 300).await;
     for stream in &mut crowd[140..] {
-        assert_eq!(until_closed(stream, b"").await, "", "closed without an answer");
+        assert_eq!(
+            until_closed(stream, b"").await,
+            "",
+            "closed without an answer"
+        );
     }
     all_healthy(&served.base, 10).await;
     let refused = r#"reins_connections_refused_total{reason="max_connections"}"#;
     assert_eq!(metric_reaches(&served.base, refused, 160.0).await, 160.0);
-    assert_eq!(metric(&served.base, "reins_accept_errors_total").await, 0.0, "never out of descriptors");
+    assert_eq!(
+        metric(&served.base, "reins_accept_errors_total").await,
+        0.0,
+        "never out of descriptors"
+    );
 }

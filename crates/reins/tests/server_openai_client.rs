@@ -45,7 +45,11 @@ parameters = { type = "object" }
 #[test]
 fn official_openai_python_client_works_against_reins_serve() {
     let dir = plugins::plugins_dir(&["normalize-text", "spend-limit", "tool-manifest"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), format!("{}{MORE_TOOLS}", plugins::REFUND_TOOL)).expect("tools sidecar");
+    std::fs::write(
+        dir.path().join("tool-manifest.toml"),
+        format!("{}{MORE_TOOLS}", plugins::REFUND_TOOL),
+    )
+    .expect("tools sidecar");
     let config = dir.path().join("reins.toml");
     std::fs::write(&config, CONFIG).expect("config");
 
@@ -61,23 +65,37 @@ fn official_openai_python_client_works_against_reins_serve() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'openai'") {
-        panic!("the `openai` Python package is missing: pip install -r tests/clients/requirements.txt");
+        panic!(
+            "the `openai` Python package is missing: pip install -r tests/clients/requirements.txt"
+        );
     }
 
     // SIGTERM: the server finishes what it has and exits 0.
     let child = &mut served.child;
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let mut waited = Duration::ZERO;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(waited < Duration::from_secs(20), "reins serve did not exit after SIGTERM");
+        assert!(
+            waited < Duration::from_secs(20),
+            "reins serve did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
         waited += Duration::from_millis(50);
     };
 
-    assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python client checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
-    assert!(status.success(), "reins serve exited with {status:?} after SIGTERM");
+    assert!(
+        status.success(),
+        "reins serve exited with {status:?} after SIGTERM"
+    );
 }

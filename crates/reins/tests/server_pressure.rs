@@ -47,14 +47,23 @@ async fn chat(
     }
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
-    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let (retry_after, degraded) = (header("retry-after"), header("x-reins-degraded"));
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     (status, retry_after, degraded, body)
 }
 
 async fn providers(client: &reqwest::Client, base: &str) -> Value {
-    let resp = client.get(format!("{base}/v1/providers")).send().await.expect("providers");
+    let resp = client
+        .get(format!("{base}/v1/providers"))
+        .send()
+        .await
+        .expect("providers");
     resp.json::<Value>().await.expect("json")
 }
 
@@ -72,7 +81,15 @@ async fn burst(base: &str, model: &str, n: usize) -> Vec<(u16, Option<String>, V
         .map(|i| {
             let (client, base, model) = (client.clone(), base.to_owned(), model.to_owned());
             tokio::spawn(async move {
-                let (s, ra, _, body) = chat(&client, &base, &model, &format!("call {i}"), json!({}), None).await;
+                let (s, ra, _, body) = chat(
+                    &client,
+                    &base,
+                    &model,
+                    &format!("call {i}"),
+                    json!({}),
+                    None,
+                )
+                .await;
                 (s, ra, body)
             })
         })
@@ -87,14 +104,26 @@ async fn burst(base: &str, model: &str, n: usize) -> Vec<(u16, Option<String>, V
 fn assert_fast_429s(outcomes: &[(u16, Option<String>, Value)]) -> usize {
     let mut refused = 0;
     for (status, retry_after, body) in outcomes {
-        assert!(*status == 200 || *status == 429, "only answers or 429s: {status} {body}");
+        assert!(
+            *status == 200 || *status == 429,
+            "only answers or 429s: {status} {body}"
+        );
         if *status == 429 {
             refused += 1;
-            let secs: u64 = retry_after.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
-            assert!(secs >= 1, "a 429 says when to come back: {retry_after:?} {body}");
+            let secs: u64 = retry_after
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                secs >= 1,
+                "a 429 says when to come back: {retry_after:?} {body}"
+            );
             assert_eq!(body["error"]["type"], "overloaded", "{body}");
             let message = body["error"]["message"].as_str().unwrap_or("");
-            assert!(message.contains("provider `busy`"), "the message names the provider: {message}");
+            assert!(
+                message.contains("provider `busy`"),
+                "the message names the provider: {message}"
+            );
         }
     }
     refused
@@ -107,23 +136,41 @@ async fn a_busy_upstream_is_kept_within_its_capacity_and_the_rest_are_refused_fa
     let up = BusyUpstream::start(4, Duration::from_millis(1500), 1).await;
     let s = start(
         Config::new()
-            .openai("busy", &up.base_url(), "m", &format!("max_in_flight = 4\nqueue_size = 4\n{BREAKER}"))
+            .openai(
+                "busy",
+                &up.base_url(),
+                "m",
+                &format!("max_in_flight = 4\nqueue_size = 4\n{BREAKER}"),
+            )
             .table("[pipelines.p]\nmodel = \"busy\"\n"),
     );
     let outcomes = burst(base(&s), "p", 30).await;
     let refused = assert_fast_429s(&outcomes);
     let answered = outcomes.len() - refused;
-    assert_eq!(up.refused(), 0, "reins never sent more than the upstream takes");
+    assert_eq!(
+        up.refused(),
+        0,
+        "reins never sent more than the upstream takes"
+    );
     assert_eq!(up.peak(), 4, "and used all of it");
     assert_eq!(up.served() as usize, answered);
-    assert!(answered >= 8, "the calls in flight and the queue were served: {answered}");
+    assert!(
+        answered >= 8,
+        "the calls in flight and the queue were served: {answered}"
+    );
     assert!(refused >= 1, "the rest were refused: {refused}");
     let list = providers(&reqwest::Client::new(), base(&s)).await;
     let busy = provider(&list, "busy");
     assert_eq!(busy["breaker"]["trips"], 0, "{busy}");
     assert_eq!(busy["state"], "closed", "{busy}");
     assert_eq!(busy["admission"]["in_flight"], 0, "{busy}");
-    assert!(busy["admission"]["refused"]["queue_full"].as_u64().unwrap_or(0) >= 1, "{busy}");
+    assert!(
+        busy["admission"]["refused"]["queue_full"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{busy}"
+    );
 }
 
 #[tokio::test]
@@ -144,13 +191,23 @@ async fn saturation_never_opens_the_breaker_and_calls_go_again_after_it() {
     let busy = provider(&list, "busy");
     assert_eq!(busy["breaker"]["trips"], 0, "429s are not failures: {busy}");
     assert_eq!(busy["breaker"]["failures"], 0, "{busy}");
-    assert!(busy["admission"]["saturations"].as_u64().unwrap_or(0) >= 1, "{busy}");
+    assert!(
+        busy["admission"]["saturations"].as_u64().unwrap_or(0) >= 1,
+        "{busy}"
+    );
     // Once the saturation is over, a call goes through.
     let (status, _, _, body) = chat(&client, base(&s), "p", "after", json!({}), None).await;
     assert_eq!(status, 200, "{body}");
-    let metrics = client.get(format!("{}/metrics", base(&s))).send().await.expect("metrics");
+    let metrics = client
+        .get(format!("{}/metrics", base(&s)))
+        .send()
+        .await
+        .expect("metrics");
     let text = metrics.text().await.expect("text");
-    assert!(text.contains("reins_provider_saturations_total{provider=\"busy\"}"), "{text}");
+    assert!(
+        text.contains("reins_provider_saturations_total{provider=\"busy\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +225,8 @@ async fn a_saturated_provider_falls_back_when_the_pipeline_says_so() {
     );
     let client = reqwest::Client::new();
     for n in 0..3 {
-        let (status, _, degraded, body) = chat(&client, base(&s), "fb", "hello", json!({}), None).await;
+        let (status, _, degraded, body) =
+            chat(&client, base(&s), "fb", "hello", json!({}), None).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["choices"][0]["message"]["content"], "from the backup");
         assert_eq!(degraded.as_deref(), Some("backup"));
@@ -176,10 +234,17 @@ async fn a_saturated_provider_falls_back_when_the_pipeline_says_so() {
         assert_eq!(primary.count(), 1, "call {n}");
     }
     // A pipeline that queues, with no time to wait 30 s: refused at once.
-    let (status, retry_after, _, body) = chat(&client, base(&s), "wait", "hello", json!({}), None).await;
+    let (status, retry_after, _, body) =
+        chat(&client, base(&s), "wait", "hello", json!({}), None).await;
     assert_eq!(status, 429, "{body}");
-    let secs: u64 = retry_after.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert!((20..=30).contains(&secs), "Retry-After is the saturation left: {retry_after:?}");
+    let secs: u64 = retry_after
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (20..=30).contains(&secs),
+        "Retry-After is the saturation left: {retry_after:?}"
+    );
     assert_eq!(primary.count(), 1);
     let list = providers(&client, base(&s)).await;
     assert_eq!(provider(&list, "primary")["state"], "saturated", "{list}");
@@ -191,14 +256,28 @@ async fn one_tenant_flooding_the_queue_does_not_starve_another() {
     let up = BusyUpstream::start(1, Duration::from_millis(300), 1).await;
     let s = start(
         Config::new()
-            .openai("busy", &up.base_url(), "m", "max_in_flight = 1\nqueue_size = 64")
+            .openai(
+                "busy",
+                &up.base_url(),
+                "m",
+                "max_in_flight = 1\nqueue_size = 64",
+            )
             .table("[pipelines.p]\nmodel = \"busy\"\ntrust_metadata = true\n"),
     );
     let client = reqwest::Client::new();
     let send = |tenant: &'static str, i: usize| {
         let (client, base) = (client.clone(), base(&s).to_owned());
         tokio::spawn(async move {
-            chat(&client, &base, "p", &format!("{tenant} {i}"), json!({"tenant": tenant}), None).await.0
+            chat(
+                &client,
+                &base,
+                "p",
+                &format!("{tenant} {i}"),
+                json!({"tenant": tenant}),
+                None,
+            )
+            .await
+            .0
         })
     };
     let mut flood = Vec::new();
@@ -207,7 +286,11 @@ async fn one_tenant_flooding_the_queue_does_not_starve_another() {
     }
     // The flood is queued before the quiet tenant asks.
     let until = std::time::Instant::now() + Duration::from_secs(20);
-    while provider(&providers(&client, base(&s)).await, "busy")["admission"]["queued"].as_u64().unwrap_or(0) < 7 {
+    while provider(&providers(&client, base(&s)).await, "busy")["admission"]["queued"]
+        .as_u64()
+        .unwrap_or(0)
+        < 7
+    {
         assert!(std::time::Instant::now() < until, "the flood never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -217,8 +300,14 @@ async fn one_tenant_flooding_the_queue_does_not_starve_another() {
         assert_eq!(f.await.expect("flood"), 200);
     }
     let order = up.order();
-    let at = order.iter().position(|t| t == "quiet 0").expect("the quiet call reached the upstream");
-    assert!(at <= 2, "the quiet tenant's one call went next, not after the flood: {order:?}");
+    let at = order
+        .iter()
+        .position(|t| t == "quiet 0")
+        .expect("the quiet call reached the upstream");
+    assert!(
+        at <= 2,
+        "the quiet tenant's one call went next, not after the flood: {order:?}"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +322,10 @@ async fn the_callers_shorter_timeout_wins() {
     let (status, _, _, body) = chat(&client, base(&s), "p", "hi", json!({}), Some("0.5")).await;
     assert_eq!(status, 503, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or("");
-    assert!(message.contains("deadline"), "the run ended at the caller's deadline: {message}");
+    assert!(
+        message.contains("deadline"),
+        "the run ended at the caller's deadline: {message}"
+    );
     assert_eq!(up.count(), 1);
     // A malformed timeout names the header.
     let (status, _, _, body) = chat(&client, base(&s), "p", "hi", json!({}), Some("soon")).await;
@@ -248,7 +340,13 @@ async fn the_callers_shorter_timeout_wins() {
         .expect("run");
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["status"], "failed", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("deadline"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("deadline"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -271,8 +369,16 @@ async fn the_anthropic_surface_answers_overload_in_its_own_shape() {
     for _ in 0..2 {
         let resp = ask().await.expect("messages");
         assert_eq!(resp.status().as_u16(), 429);
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        assert!(retry_after.parse::<u64>().unwrap_or(0) >= 1, "{retry_after:?}");
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(
+            retry_after.parse::<u64>().unwrap_or(0) >= 1,
+            "{retry_after:?}"
+        );
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["type"], "error", "{body}");
         assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
@@ -298,7 +404,8 @@ fn bad_limits_are_refused_naming_the_key() {
             .arg(&path)
             .output()
             .expect("reins check");
-        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{extra}: {text}");
         assert!(text.contains(key), "{extra}: the error names {key}: {text}");
     }
@@ -314,15 +421,28 @@ async fn the_ops_listener_answers_probes_and_nothing_else() {
     let s = start(
         Config::new()
             .openai("up", &up.base_url(), "m", "")
-            .table(&format!("[pipelines.p]\nmodel = \"up\"\n[server]\nops_listen = \"{ops}\"\n")),
+            .table(&format!(
+                "[pipelines.p]\nmodel = \"up\"\n[server]\nops_listen = \"{ops}\"\n"
+            )),
     );
     let client = reqwest::Client::new();
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let resp = client.get(format!("http://{ops}{path}")).send().await.expect("ops");
+        let resp = client
+            .get(format!("http://{ops}{path}"))
+            .send()
+            .await
+            .expect("ops");
         assert_eq!(resp.status().as_u16(), 200, "{path}");
     }
-    let metrics = client.get(format!("http://{ops}/metrics")).send().await.expect("metrics");
-    assert!(metrics.text().await.expect("text").contains("reins_"), "the same metrics as the main listener");
+    let metrics = client
+        .get(format!("http://{ops}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.text().await.expect("text").contains("reins_"),
+        "the same metrics as the main listener"
+    );
     // Model work only on the main listener.
     let resp = client
         .post(format!("http://{ops}/v1/chat/completions"))
@@ -349,18 +469,29 @@ async fn the_openai_and_anthropic_clients_get_their_own_rate_limit_errors_at_onc
     let client = reqwest::Client::new();
     let (status, _, _, body) = chat(&client, base(&s), "wait", "hi", json!({}), Some("5")).await;
     assert_eq!(status, 429, "{body}");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/overload_clients.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients/overload_clients.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
         .arg(base(&s))
         .output()
         .expect("run python3");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(
         !stderr.contains("No module named"),
         "the client packages are missing: pip install -r tests/clients/requirements.txt\n{stderr}"
     );
-    assert!(out.status.success(), "python client checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python client checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
-    assert_eq!(primary.count(), 1, "neither client's call reached the saturated upstream");
+    assert_eq!(
+        primary.count(),
+        1,
+        "neither client's call reached the saturated upstream"
+    );
 }

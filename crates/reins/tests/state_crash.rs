@@ -8,11 +8,11 @@
 //! that every `tool` message answers a call by id, as OpenAI requires). Set
 //! `REINS_CRASH_SEED` to replay a seed.
 
+use rand::{RngExt, SeedableRng};
+use reins_testing::config::Config;
 use reins_testing::model::{self, Step, Upstream};
 use reins_testing::webhook::{Delivery, Sink};
-use reins_testing::config::Config;
 use reins_testing::{plugins, server};
-use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,11 @@ const MIN_KILLS: usize = 20;
 /// so some kills land between the two (the action is `sending` and must be
 /// re-sent).
 fn answer_delay(d: &Delivery) -> Duration {
-    let wait = 15 + d.key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 50;
+    let wait = 15
+        + d.key
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+            % 50;
     Duration::from_millis(wait)
 }
 
@@ -65,7 +69,11 @@ async fn sigkilled_servers_finish_every_run_and_apply_every_refund_exactly_once(
     let upstream = Upstream::replying(|seen| model(&seen.body)).await;
 
     let plugins = plugins::plugins_dir(&["tool-manifest"]);
-    std::fs::write(plugins.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
+    std::fs::write(
+        plugins.path().join("tool-manifest.toml"),
+        plugins::REFUND_TOOL,
+    )
+    .expect("sidecar");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config::new()
         .plugins_dir(plugins.path())
@@ -158,9 +166,18 @@ retries = 20
 
     // Every run completed with the model's final answer.
     let done = done.lock().expect("lock").clone();
-    assert_eq!(done.len(), BATCHES, "completed: {:?}", done.keys().collect::<Vec<_>>());
+    assert_eq!(
+        done.len(),
+        BATCHES,
+        "completed: {:?}",
+        done.keys().collect::<Vec<_>>()
+    );
     for (batch, run) in &done {
-        assert_eq!(run["output"], json!({"done": STEPS, "batch": batch}), "{batch}");
+        assert_eq!(
+            run["output"],
+            json!({"done": STEPS, "batch": batch}),
+            "{batch}"
+        );
     }
 
     // Every refund applied exactly once: one key per order, every order there.
@@ -168,11 +185,17 @@ retries = 20
     let by_order = sink.by_order();
     let deliveries: u32 = applied.values().sum();
     let twice: Vec<_> = by_order.iter().filter(|(_, keys)| keys.len() > 1).collect();
-    assert!(twice.is_empty(), "refunds applied under two keys: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "refunds applied under two keys: {twice:?}"
+    );
     for b in 0..BATCHES {
         for n in 0..STEPS {
             let order = format!("batch{b}-{n}");
-            assert!(by_order.contains_key(&order), "refund {order} never applied");
+            assert!(
+                by_order.contains_key(&order),
+                "refund {order} never applied"
+            );
         }
     }
     assert_eq!(applied.len(), BATCHES * STEPS, "one key per refund");
@@ -185,7 +208,10 @@ retries = 20
     // The keys name the run and its step.
     for run in done.values() {
         let run_id = run["run_id"].as_str().expect("run id");
-        let keys = applied.keys().filter(|k| k.starts_with(&format!("{run_id}."))).count();
+        let keys = applied
+            .keys()
+            .filter(|k| k.starts_with(&format!("{run_id}.")))
+            .count();
         assert_eq!(keys, STEPS, "{run_id}");
     }
 }

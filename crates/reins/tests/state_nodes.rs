@@ -7,10 +7,10 @@
 //!
 //! Needs `REINS_TEST_PG_URL` (set by `scripts/test.sh`).
 
-use reins_testing::model::{self, Step, Upstream};
-use reins_testing::webhook::{Delivery, Sink};
 use reins_testing::config::Config;
+use reins_testing::model::{self, Step, Upstream};
 use reins_testing::pg::Database;
+use reins_testing::webhook::{Delivery, Sink};
 use reins_testing::{plugins, server};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -20,7 +20,11 @@ const LEASE_MS: u64 = 1500;
 
 /// Agent steps are slow at the sink, so the kill lands mid-run.
 fn answer_delay(d: &Delivery) -> Duration {
-    if d.order().starts_with("job") { Duration::from_millis(200) } else { Duration::ZERO }
+    if d.order().starts_with("job") {
+        Duration::from_millis(200)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// An OpenAI-compatible model. `refund AMOUNT ORDER` → one refund call;
@@ -45,9 +49,15 @@ fn model(body: &Value) -> Step {
     model::ok(&model::completion(message))
 }
 
-
 async fn get(client: &reqwest::Client, url: String) -> Value {
-    client.get(url).send().await.expect("get").json().await.expect("json")
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
 }
 
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
@@ -63,7 +73,11 @@ async fn two_nodes_share_runs_approvals_budgets_limits_and_take_over_a_dead_node
     let upstream = Upstream::replying(|seen| model(&seen.body)).await;
 
     let plugins = plugins::plugins_dir(&["tool-manifest", "spend-limit"]);
-    std::fs::write(plugins.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
+    std::fs::write(
+        plugins.path().join("tool-manifest.toml"),
+        plugins::REFUND_TOOL,
+    )
+    .expect("sidecar");
     std::fs::write(
         plugins.path().join("spend-limit.toml"),
         "[config]\nescalate_above = 450\ndaily_budget = 1000\n",
@@ -118,10 +132,19 @@ url = "{sink_url}"
     assert_eq!(status, 200, "{held}");
     assert_eq!(held["status"], "awaiting_approval", "{held}");
     let run_id = held["run_id"].as_str().expect("run id").to_owned();
-    let approval = held["approvals"][0].as_str().expect("approval id").to_owned();
+    let approval = held["approvals"][0]
+        .as_str()
+        .expect("approval id")
+        .to_owned();
     let pending: Value = get(&client, format!("{}/v1/approvals?status=pending", b.base)).await;
-    assert!(pending.to_string().contains(&approval), "B lists A's approval: {pending}");
-    assert!(sink.by_order().is_empty(), "nothing runs before the approval");
+    assert!(
+        pending.to_string().contains(&approval),
+        "B lists A's approval: {pending}"
+    );
+    assert!(
+        sink.by_order().is_empty(),
+        "nothing runs before the approval"
+    );
     let (status, decided) = post(
         &client,
         format!("{}/v1/approvals/{approval}", b.base),
@@ -137,18 +160,36 @@ url = "{sink_url}"
 
     // 2. One budget (1000 a day for t1): 500 spent through B's approval, 400
     // more on B fits, another 400 on A does not.
-    let (_, r) = post(&client, run_url(&b.base, "refunds"), json!({"input": "refund 400 o2", "metadata": {"tenant": "t1"}})).await;
+    let (_, r) = post(
+        &client,
+        run_url(&b.base, "refunds"),
+        json!({"input": "refund 400 o2", "metadata": {"tenant": "t1"}}),
+    )
+    .await;
     assert_eq!(r["status"], "completed", "{r}");
-    let (_, r) = post(&client, run_url(&a.base, "refunds"), json!({"input": "refund 400 o3", "metadata": {"tenant": "t1"}})).await;
+    let (_, r) = post(
+        &client,
+        run_url(&a.base, "refunds"),
+        json!({"input": "refund 400 o3", "metadata": {"tenant": "t1"}}),
+    )
+    .await;
     assert_ne!(r["status"], "completed", "the budget is shared: {r}");
     assert!(r.to_string().contains("budget"), "{r}");
     assert!(!sink.by_order().contains_key("o3"));
 
     // 2b. A reservation made on A and rejected on B is given back: t3's
     // escalated 500 holds half the budget until B rejects it, then two 400s fit.
-    let (_, held) = post(&client, run_url(&a.base, "refunds"), json!({"input": "refund 500 o5", "metadata": {"tenant": "t3"}})).await;
+    let (_, held) = post(
+        &client,
+        run_url(&a.base, "refunds"),
+        json!({"input": "refund 500 o5", "metadata": {"tenant": "t3"}}),
+    )
+    .await;
     assert_eq!(held["status"], "awaiting_approval", "{held}");
-    let approval = held["approvals"][0].as_str().expect("approval id").to_owned();
+    let approval = held["approvals"][0]
+        .as_str()
+        .expect("approval id")
+        .to_owned();
     let (status, decided) = post(
         &client,
         format!("{}/v1/approvals/{approval}", b.base),
@@ -158,8 +199,16 @@ url = "{sink_url}"
     assert_eq!(status, 200, "{decided}");
     assert_eq!(decided["run"]["status"], "failed", "{decided}");
     for (base, order) in [(&b.base, "o6"), (&a.base, "o7")] {
-        let (_, r) = post(&client, run_url(base, "refunds"), json!({"input": format!("refund 400 {order}"), "metadata": {"tenant": "t3"}})).await;
-        assert_eq!(r["status"], "completed", "the rejected reservation was released: {r}");
+        let (_, r) = post(
+            &client,
+            run_url(base, "refunds"),
+            json!({"input": format!("refund 400 {order}"), "metadata": {"tenant": "t3"}}),
+        )
+        .await;
+        assert_eq!(
+            r["status"], "completed",
+            "the rejected reservation was released: {r}"
+        );
     }
     assert!(!sink.by_order().contains_key("o5"));
 
@@ -167,7 +216,12 @@ url = "{sink_url}"
     let mut codes = Vec::new();
     for i in 0..6 {
         let base = if i % 2 == 0 { &a.base } else { &b.base };
-        let (status, _) = post(&client, run_url(base, "refunds"), json!({"input": "hi", "metadata": {"tenant": "t9"}})).await;
+        let (status, _) = post(
+            &client,
+            run_url(base, "refunds"),
+            json!({"input": "hi", "metadata": {"tenant": "t9"}}),
+        )
+        .await;
         codes.push(status);
     }
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 5, "{codes:?}");
@@ -185,7 +239,13 @@ url = "{sink_url}"
         })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while sink.by_order().keys().filter(|o| o.starts_with("job1-")).count() < 3 {
+    while sink
+        .by_order()
+        .keys()
+        .filter(|o| o.starts_with("job1-"))
+        .count()
+        < 3
+    {
         assert!(Instant::now() < deadline, "node A made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -193,8 +253,16 @@ url = "{sink_url}"
     let _ = a.child.wait();
     let killed = Instant::now();
     started.abort();
-    let (_, job) = post(&client, run_url(&b.base, "jobs"), json!({"input": "agent job1", "idempotency_key": "job1"})).await;
-    let job_id = job["run_id"].as_str().expect("the run is known to B").to_owned();
+    let (_, job) = post(
+        &client,
+        run_url(&b.base, "jobs"),
+        json!({"input": "agent job1", "idempotency_key": "job1"}),
+    )
+    .await;
+    let job_id = job["run_id"]
+        .as_str()
+        .expect("the run is known to B")
+        .to_owned();
     let mut result = Value::Null;
     while Instant::now() < killed + Duration::from_secs(30) {
         result = get(&client, format!("{}/v1/runs/{job_id}", b.base)).await;
@@ -203,7 +271,10 @@ url = "{sink_url}"
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(result["status"], "completed", "B finished A's run: {result}");
+    assert_eq!(
+        result["status"], "completed",
+        "B finished A's run: {result}"
+    );
     assert_eq!(result["output"], json!({"done": AGENT_STEPS}));
     // B waited for the lease: A renewed it at most a third of a lease before dying.
     let first_after = sink
@@ -219,7 +290,10 @@ url = "{sink_url}"
     );
     let orders = sink.by_order();
     for n in 0..AGENT_STEPS {
-        let keys = orders.get(&format!("job1-{n}")).cloned().unwrap_or_default();
+        let keys = orders
+            .get(&format!("job1-{n}"))
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(keys.len(), 1, "step {n} applied once: {keys:?}");
     }
     // The run's history, as any node serves it: B owns it now, every turn

@@ -3,9 +3,9 @@
 //! never skip, when it is unset).
 
 use reins::state::{
-    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Counters, RunRecord, RunStatus, RunStore,
-    StateError,
-    StateSettings, StateStore, StepKind, StepRecord, now_ms,
+    ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Counters,
+    Housekeeping, RunRecord, RunStatus, RunStore, StateError, StateSettings, StateStore, StepKind,
+    StepRecord, now_ms,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -20,8 +20,10 @@ async fn suite(store: Arc<dyn StateStore>) {
     approvals_are_decided_once(store.clone()).await;
     counters_add_atomically(store.clone()).await;
     compaction_keeps_summaries(&*store).await;
+    expiry_deletes_finished_runs_with_what_they_own(&*store).await;
     cancelled_runs_read_back_and_compact_as_finished(&*store).await;
     leases_fence_writes(store.clone()).await;
+    concurrent_checkpoints_each_get_their_own_answer(store.clone()).await;
     finished_runs_are_fenced_and_held_runs_taken_once(store.clone()).await;
     sessions_list_finished_runs_newest_first(&*store).await;
     window_counters_expire_cancel_and_serialize(store.clone()).await;
@@ -31,10 +33,93 @@ async fn suite(store: Arc<dyn StateStore>) {
 async fn the_response_cache_index_keeps_fresh_answers(store: &dyn StateStore) {
     let key = uid("cache");
     assert!(store.cache_get(&key, 0).await.unwrap().is_none());
-    store.cache_put(&key, "p", &json!({"content": "1"}), 5_000).await.unwrap();
-    store.cache_put(&key, "p", &json!({"content": "2"}), 6_000).await.unwrap();
-    assert_eq!(store.cache_get(&key, 6_000).await.unwrap(), Some((json!({"content": "2"}), 6_000)));
-    assert!(store.cache_get(&key, 6_001).await.unwrap().is_none(), "older than asked for");
+    store
+        .cache_put(&key, "p", &json!({"content": "1"}), 5_000)
+        .await
+        .unwrap();
+    store
+        .cache_put(&key, "p", &json!({"content": "2"}), 6_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cache_get(&key, 6_000).await.unwrap(),
+        Some((json!({"content": "2"}), 6_000))
+    );
+    assert!(
+        store.cache_get(&key, 6_001).await.unwrap().is_none(),
+        "older than asked for"
+    );
+}
+
+/// Checkpoints made at once share a commit (SQLite's writer, PostgreSQL's
+/// batcher), yet each caller gets its own answer: a fenced one fails alone,
+/// a taken idempotency key fails alone, and the others are all written.
+async fn concurrent_checkpoints_each_get_their_own_answer(store: Arc<dyn StateStore>) {
+    let pipeline = uid("pipe");
+    let key = uid("key");
+    let mut holder = RunRecord::new(&uid("holder"), &pipeline, RunStatus::Running);
+    holder.idempotency_key = Some(key.clone());
+    store.put_run(&holder).await.unwrap();
+    let mut fenced = RunRecord::new(&uid("fenced"), &pipeline, RunStatus::Running);
+    fenced.owner = Some("n2".into());
+    fenced.lease_until_ms = now_ms() + 60_000;
+    store.put_run(&fenced).await.unwrap();
+
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let mut run = RunRecord::new(&uid("many"), &pipeline, RunStatus::Running);
+        run.owner = Some("n1".into());
+        run.lease_until_ms = now_ms() + 60_000;
+        let expect = match i {
+            7 => {
+                run = fenced.clone();
+                run.owner = Some("n1".into());
+                "lease"
+            }
+            23 => {
+                run.idempotency_key = Some(key.clone());
+                "conflict"
+            }
+            _ => "ok",
+        };
+        calls.push((run, expect));
+    }
+    let results = futures_util::future::join_all(calls.iter().map(|(run, _)| {
+        let store = store.clone();
+        let step = StepRecord {
+            run_id: run.run_id.clone(),
+            step: 1,
+            kind: StepKind::Attempt,
+            data: json!({"attempt": 1}),
+            created_ms: now_ms(),
+        };
+        let run = run.clone();
+        async move { store.checkpoint(&run, &step).await }
+    }))
+    .await;
+    for ((run, expect), result) in calls.iter().zip(results) {
+        match (*expect, &result) {
+            ("ok", Ok(())) => assert_eq!(
+                store.steps(&run.run_id).await.unwrap().len(),
+                1,
+                "{}",
+                run.run_id
+            ),
+            ("lease", Err(StateError::LeaseLost { .. })) => {
+                assert!(
+                    store.steps(&run.run_id).await.unwrap().is_empty(),
+                    "a fenced checkpoint writes no step"
+                )
+            }
+            ("conflict", Err(StateError::Conflict(_))) => {
+                assert!(
+                    store.run(&run.run_id).await.unwrap().is_none(),
+                    "the refused run is not written"
+                )
+            }
+            (want, got) => panic!("{}: expected {want}, got {got:?}", run.run_id),
+        }
+    }
 }
 
 async fn leases_fence_writes(store: Arc<dyn StateStore>) {
@@ -47,7 +132,10 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     let mut theirs = mine.clone();
     theirs.owner = Some("n2".into());
     theirs.updated_ms = now_ms();
-    assert!(matches!(store.put_run(&theirs).await, Err(StateError::LeaseLost { .. })));
+    assert!(matches!(
+        store.put_run(&theirs).await,
+        Err(StateError::LeaseLost { .. })
+    ));
     let step = StepRecord {
         run_id: id.clone(),
         step: 1,
@@ -55,10 +143,27 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
         data: json!({}),
         created_ms: now_ms(),
     };
-    assert!(matches!(store.checkpoint(&theirs, &step).await, Err(StateError::LeaseLost { .. })));
-    assert!(store.steps(&id).await.unwrap().is_empty(), "a fenced checkpoint writes no step");
-    assert!(!store.claim_run(&id, "n2", now_ms(), now_ms() + 1_000).await.unwrap());
-    assert!(store.claim_run(&id, "n1", now_ms(), now_ms() + 60_000).await.unwrap(), "the owner renews");
+    assert!(matches!(
+        store.checkpoint(&theirs, &step).await,
+        Err(StateError::LeaseLost { .. })
+    ));
+    assert!(
+        store.steps(&id).await.unwrap().is_empty(),
+        "a fenced checkpoint writes no step"
+    );
+    assert!(
+        !store
+            .claim_run(&id, "n2", now_ms(), now_ms() + 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_run(&id, "n1", now_ms(), now_ms() + 60_000)
+            .await
+            .unwrap(),
+        "the owner renews"
+    );
     let claimable = |node: &'static str| {
         let store = store.clone();
         let id = id.clone();
@@ -82,7 +187,9 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     for n in 0..8 {
         let (s, id) = (store.clone(), id.clone());
         tasks.push(tokio::spawn(async move {
-            s.claim_run(&id, &format!("m{n}"), now_ms(), now_ms() + 60_000).await.unwrap()
+            s.claim_run(&id, &format!("m{n}"), now_ms(), now_ms() + 60_000)
+                .await
+                .unwrap()
         }));
     }
     let mut won = 0;
@@ -93,7 +200,10 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     // The old owner is fenced out now; the new one writes.
     mine.lease_until_ms = now_ms() + 60_000;
     mine.updated_ms = now_ms();
-    assert!(matches!(store.put_run(&mine).await, Err(StateError::LeaseLost { .. })));
+    assert!(matches!(
+        store.put_run(&mine).await,
+        Err(StateError::LeaseLost { .. })
+    ));
     let stored = store.run(&id).await.unwrap().unwrap();
     let winner = stored.owner.clone().unwrap();
     assert!(winner.starts_with('m'));
@@ -102,7 +212,13 @@ async fn leases_fence_writes(store: Arc<dyn StateStore>) {
     done.lease_until_ms = 0;
     done.updated_ms = now_ms();
     store.put_run(&done).await.unwrap();
-    assert!(!store.claim_run(&id, "n1", now_ms(), now_ms() + 1).await.unwrap(), "finished runs are not claimed");
+    assert!(
+        !store
+            .claim_run(&id, "n1", now_ms(), now_ms() + 1)
+            .await
+            .unwrap(),
+        "finished runs are not claimed"
+    );
 }
 
 async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateStore>) {
@@ -114,8 +230,14 @@ async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateS
     let mut late = RunRecord::new(&id, "p", RunStatus::Running);
     late.owner = Some("n2".into());
     late.lease_until_ms = now_ms() + 60_000;
-    assert!(matches!(store.put_run(&late).await, Err(StateError::LeaseLost { .. })));
-    assert_eq!(store.run(&id).await.unwrap().unwrap().status, RunStatus::Completed);
+    assert!(matches!(
+        store.put_run(&late).await,
+        Err(StateError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        store.run(&id).await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
 
     let held_id = uid("held");
     let mut held = RunRecord::new(&held_id, "p", RunStatus::AwaitingApproval);
@@ -125,7 +247,9 @@ async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateS
     for n in 0..6 {
         let (s, id) = (store.clone(), held_id.clone());
         tasks.push(tokio::spawn(async move {
-            s.take_held(&id, &format!("d{n}"), now_ms(), now_ms() + 60_000).await.unwrap()
+            s.take_held(&id, &format!("d{n}"), now_ms(), now_ms() + 60_000)
+                .await
+                .unwrap()
         }));
     }
     let mut won = 0;
@@ -140,7 +264,15 @@ async fn finished_runs_are_fenced_and_held_runs_taken_once(store: Arc<dyn StateS
 
 async fn sessions_list_finished_runs_newest_first(store: &dyn StateStore) {
     let session = uid("session");
-    for (i, status) in [RunStatus::Completed, RunStatus::Failed, RunStatus::Completed, RunStatus::Running].into_iter().enumerate() {
+    for (i, status) in [
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Completed,
+        RunStatus::Running,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut r = RunRecord::new(&format!("{session}-{i}"), "p", status);
         r.session_id = Some(session.clone());
         r.created_ms = 1_000 + i as i64;
@@ -156,23 +288,76 @@ async fn sessions_list_finished_runs_newest_first(store: &dyn StateStore) {
     let ids: Vec<_> = runs.iter().map(|r| r.run_id.clone()).collect();
     assert_eq!(ids, [2, 1, 0].map(|i| format!("{session}-{i}")));
     assert_eq!(store.session_runs(&session, "p", 1).await.unwrap().len(), 1);
-    assert!(store.session_runs("nobody", "p", 10).await.unwrap().is_empty());
-    assert_eq!(store.session_runs(&session, "q", 10).await.unwrap().len(), 1, "sessions are per pipeline");
+    assert!(
+        store
+            .session_runs("nobody", "p", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.session_runs(&session, "q", 10).await.unwrap().len(),
+        1,
+        "sessions are per pipeline"
+    );
 }
 
 async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>) {
     let key = uid("window");
     let t = 1_000_000;
-    assert_eq!(store.counter_window_add("g", &key, 100, 60_000, t).await.unwrap(), 100);
-    assert_eq!(store.counter_window_add("g", &key, 40, 60_000, t + 10).await.unwrap(), 140);
+    assert_eq!(
+        store
+            .counter_window_add("g", &key, 100, 60_000, t)
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        store
+            .counter_window_add("g", &key, 40, 60_000, t + 10)
+            .await
+            .unwrap(),
+        140
+    );
     // A release cancels its reservation (not just the oldest add).
-    assert_eq!(store.counter_window_add("g", &key, -40, 60_000, t + 20).await.unwrap(), 100);
+    assert_eq!(
+        store
+            .counter_window_add("g", &key, -40, 60_000, t + 20)
+            .await
+            .unwrap(),
+        100
+    );
     // Once the window has passed, both the reservation and its release are gone.
-    assert_eq!(store.counter_window_add("g", &key, 0, 60_000, t + 60_001).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .counter_window_add("g", &key, 0, 60_000, t + 60_001)
+            .await
+            .unwrap(),
+        0
+    );
     // A release after its add left the window credits nothing.
-    assert_eq!(store.counter_window_add("g", &key, -100, 60_000, t + 60_002).await.unwrap(), 0);
-    assert_eq!(store.counter_window_add("g", &key, 7, 60_000, t + 60_003).await.unwrap(), 7);
-    assert_eq!(store.counter_window_add("h", &key, 1, 60_000, t).await.unwrap(), 1, "scopes are separate");
+    assert_eq!(
+        store
+            .counter_window_add("g", &key, -100, 60_000, t + 60_002)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .counter_window_add("g", &key, 7, 60_000, t + 60_003)
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        store
+            .counter_window_add("h", &key, 1, 60_000, t)
+            .await
+            .unwrap(),
+        1,
+        "scopes are separate"
+    );
     let key = uid("concurrent");
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -180,7 +365,11 @@ async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>)
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             for _ in 0..10 {
-                seen.push(s.counter_window_add("g", &k, 1, 60_000, now_ms()).await.unwrap());
+                seen.push(
+                    s.counter_window_add("g", &k, 1, 60_000, now_ms())
+                        .await
+                        .unwrap(),
+                );
             }
             seen
         }));
@@ -190,7 +379,11 @@ async fn window_counters_expire_cancel_and_serialize(store: Arc<dyn StateStore>)
         totals.extend(t.await.unwrap());
     }
     totals.sort();
-    assert_eq!(totals, (1..=80).collect::<Vec<_>>(), "every add sees every add before it, and only those");
+    assert_eq!(
+        totals,
+        (1..=80).collect::<Vec<_>>(),
+        "every add sees every add before it, and only those"
+    );
 }
 
 async fn runs_and_checkpoints(store: &dyn StateStore) {
@@ -201,9 +394,18 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
     run.result = json!({"run_id": id, "status": "running"});
     store.put_run(&run).await.unwrap();
     assert_eq!(store.run(&id).await.unwrap().as_ref(), Some(&run));
-    let by_key = store.run_by_key("p", run.idempotency_key.as_deref().unwrap()).await.unwrap();
+    let by_key = store
+        .run_by_key("p", run.idempotency_key.as_deref().unwrap())
+        .await
+        .unwrap();
     assert_eq!(by_key.map(|r| r.run_id), Some(id.clone()));
-    assert!(store.run_by_key("other", run.idempotency_key.as_deref().unwrap()).await.unwrap().is_none());
+    assert!(
+        store
+            .run_by_key("other", run.idempotency_key.as_deref().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     for step in 1..=3u32 {
         let mut next = run.clone();
@@ -238,20 +440,32 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
         created_ms: now_ms(),
     };
     store.checkpoint(&run, &turn).await.unwrap();
-    assert_eq!(store.steps(&format!("{id}.2")).await.unwrap()[0].data, json!({"turn": true}));
+    assert_eq!(
+        store.steps(&format!("{id}.2")).await.unwrap()[0].data,
+        json!({"turn": true})
+    );
     let steps = store.steps(&id).await.unwrap();
     assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(steps[2].data, json!({"messages": "3b"}));
     let stored = store.run(&id).await.unwrap().unwrap();
-    assert_eq!(stored.request, run.request, "a null request keeps the stored one");
+    assert_eq!(
+        stored.request, run.request,
+        "a null request keeps the stored one"
+    );
     assert!(stored.idempotency_key.is_some());
 
-    let running = store.runs_with_status(RunStatus::Running, 10_000).await.unwrap();
+    let running = store
+        .runs_with_status(RunStatus::Running, 10_000)
+        .await
+        .unwrap();
     assert!(running.iter().any(|r| r.run_id == id));
     let mut done = stored.clone();
     done.status = RunStatus::Completed;
     store.put_run(&done).await.unwrap();
-    let running = store.runs_with_status(RunStatus::Running, 10_000).await.unwrap();
+    let running = store
+        .runs_with_status(RunStatus::Running, 10_000)
+        .await
+        .unwrap();
     assert!(!running.iter().any(|r| r.run_id == id));
     assert!(store.run("nope").await.unwrap().is_none());
 }
@@ -272,12 +486,21 @@ async fn actions_move_through_states(store: &dyn StateStore) {
     };
     let first = store.plan_action(&planned).await.unwrap();
     assert_eq!(first.state, ActionState::Planned);
-    store.set_action(&key, ActionState::Sending, None, None, 0).await.unwrap();
+    store
+        .set_action(&key, ActionState::Sending, None, None, 0)
+        .await
+        .unwrap();
     // Planning the same key again returns what is stored, not a fresh plan.
     let second = store.plan_action(&planned).await.unwrap();
     assert_eq!(second.state, ActionState::Sending);
     store
-        .set_action(&key, ActionState::Done, Some(&json!({"ok": true})), Some(200), 2)
+        .set_action(
+            &key,
+            ActionState::Done,
+            Some(&json!({"ok": true})),
+            Some(200),
+            2,
+        )
         .await
         .unwrap();
     let done = store.action(&key).await.unwrap().unwrap();
@@ -286,7 +509,10 @@ async fn actions_move_through_states(store: &dyn StateStore) {
     assert_eq!(done.http_status, Some(200));
     assert_eq!(done.tries, 2);
     assert_eq!(done.arguments, json!({"amount": 5}));
-    assert_eq!(store.plan_action(&planned).await.unwrap().state, ActionState::Done);
+    assert_eq!(
+        store.plan_action(&planned).await.unwrap().state,
+        ActionState::Done
+    );
     assert_eq!(store.actions(&run_id).await.unwrap().len(), 1);
     assert!(store.action("missing").await.unwrap().is_none());
 }
@@ -307,7 +533,10 @@ async fn approvals_are_decided_once(store: Arc<dyn StateStore>) {
         })
         .collect();
     store.hold(&run, &approvals).await.unwrap();
-    assert_eq!(store.run(&run_id).await.unwrap().unwrap().status, RunStatus::AwaitingApproval);
+    assert_eq!(
+        store.run(&run_id).await.unwrap().unwrap().status,
+        RunStatus::AwaitingApproval
+    );
     let q = ApprovalQuery {
         pipeline: Some(pipeline.clone()),
         ..Default::default()
@@ -366,19 +595,33 @@ async fn cancelled_runs_read_back_and_compact_as_finished(store: &dyn StateStore
     run.updated_ms = 1_000; // long ago
     run.result = json!({"run_id": id, "status": "cancelled", "error": {"kind": "cancelled", "message": "gone"}, "trace": [1]});
     store.put_run(&run).await.unwrap();
-    assert_eq!(store.run(&id).await.unwrap().unwrap().status, RunStatus::Cancelled);
-    let listed = store.runs_with_status(RunStatus::Cancelled, 10_000).await.unwrap();
-    assert!(listed.iter().any(|r| r.run_id == id && r.status == RunStatus::Cancelled));
+    assert_eq!(
+        store.run(&id).await.unwrap().unwrap().status,
+        RunStatus::Cancelled
+    );
+    let listed = store
+        .runs_with_status(RunStatus::Cancelled, 10_000)
+        .await
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|r| r.run_id == id && r.status == RunStatus::Cancelled)
+    );
     assert!(RunStatus::Cancelled.is_finished());
     assert!(store.compact(now_ms() - 86_400_000).await.unwrap() >= 1);
-    assert_eq!(store.run(&id).await.unwrap().unwrap().result["compacted"], true);
+    assert_eq!(
+        store.run(&id).await.unwrap().unwrap().result["compacted"],
+        true
+    );
 }
 
 async fn compaction_keeps_summaries(store: &dyn StateStore) {
     let id = uid("old");
     let mut run = RunRecord::new(&id, "p", RunStatus::Completed);
     run.updated_ms = 1_000; // long ago
-    run.result = json!({"run_id": id, "status": "completed", "output": {"x": 1}, "trace": [1, 2, 3]});
+    run.result =
+        json!({"run_id": id, "status": "completed", "output": {"x": 1}, "trace": [1, 2, 3]});
     run.request = json!({"messages": []});
     let step = StepRecord {
         run_id: id.clone(),
@@ -388,6 +631,17 @@ async fn compaction_keeps_summaries(store: &dyn StateStore) {
         created_ms: 1_000,
     };
     store.checkpoint(&run, &step).await.unwrap();
+    // An agent turn's steps live under `RUN.STEP`; they go with the run's.
+    let turn = StepRecord {
+        run_id: format!("{id}.1"),
+        ..step.clone()
+    };
+    store.checkpoint(&run, &turn).await.unwrap();
+    let other_turn = StepRecord {
+        run_id: format!("{id}x.1"),
+        ..step.clone()
+    };
+    store.checkpoint(&run, &other_turn).await.unwrap();
     let live = uid("live");
     let mut running = RunRecord::new(&live, "p", RunStatus::Running);
     running.updated_ms = 1_000;
@@ -400,8 +654,179 @@ async fn compaction_keeps_summaries(store: &dyn StateStore) {
         json!({"run_id": id, "status": "completed", "output": {"x": 1}, "compacted": true})
     );
     assert!(store.steps(&id).await.unwrap().is_empty());
-    assert_eq!(store.run(&live).await.unwrap().unwrap().status, RunStatus::Running, "running runs are kept");
-    assert_eq!(store.compact(now_ms() - 86_400_000).await.unwrap(), 0, "compaction is idempotent");
+    assert!(
+        store.steps(&format!("{id}.1")).await.unwrap().is_empty(),
+        "the agent turn's steps go too"
+    );
+    assert_eq!(
+        store.steps(&format!("{id}x.1")).await.unwrap().len(),
+        1,
+        "another run's are kept"
+    );
+    assert_eq!(
+        store.run(&live).await.unwrap().unwrap().status,
+        RunStatus::Running,
+        "running runs are kept"
+    );
+    assert_eq!(
+        store.compact(now_ms() - 86_400_000).await.unwrap(),
+        0,
+        "compaction is idempotent"
+    );
+}
+
+/// Past retention a finished run is deleted with its steps and actions;
+/// a run still running is not, however old.
+async fn expiry_deletes_finished_runs_with_what_they_own(store: &dyn StateStore) {
+    let id = uid("expired");
+    let mut run = RunRecord::new(&id, "p", RunStatus::Failed);
+    run.updated_ms = 1_500;
+    run.result = json!({"run_id": id, "status": "failed"});
+    let step = StepRecord {
+        run_id: id.clone(),
+        step: 1,
+        kind: StepKind::Run,
+        data: json!({}),
+        created_ms: 1_500,
+    };
+    store.checkpoint(&run, &step).await.unwrap();
+    let action = ActionRecord {
+        key: uid("key"),
+        run_id: id.clone(),
+        tool: "refund".into(),
+        arguments: json!({}),
+        state: ActionState::Done,
+        response: None,
+        http_status: None,
+        tries: 1,
+        updated_ms: 1_500,
+    };
+    store.plan_action(&action).await.unwrap();
+    let live = uid("live");
+    let mut running = RunRecord::new(&live, "p", RunStatus::Running);
+    running.updated_ms = 1_500;
+    store.put_run(&running).await.unwrap();
+    let recent = uid("recent");
+    store
+        .put_run(&RunRecord::new(&recent, "p", RunStatus::Completed))
+        .await
+        .unwrap();
+
+    assert!(store.expire(2_000).await.unwrap() >= 1);
+    assert!(
+        store.run(&id).await.unwrap().is_none(),
+        "the expired run is deleted"
+    );
+    assert!(store.steps(&id).await.unwrap().is_empty());
+    assert!(
+        store.actions(&id).await.unwrap().is_empty(),
+        "its actions go with it"
+    );
+    assert!(store.action(&action.key).await.unwrap().is_none());
+    assert!(
+        store.run(&live).await.unwrap().is_some(),
+        "a running run is kept"
+    );
+    assert!(
+        store.run(&recent).await.unwrap().is_some(),
+        "a recent run is kept"
+    );
+    assert_eq!(
+        store.expire(2_000).await.unwrap(),
+        0,
+        "expiry is idempotent"
+    );
+}
+
+/// What issue 14 asks of the state at rest: a finished run compacted to its
+/// summary weighs at most 1 KB in the file, and under steady load with
+/// retention the file stops growing (freed pages are reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_runs_weigh_under_a_kilobyte_and_the_file_stays_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = reins::state::sqlite::SqliteStore::open(&path).unwrap();
+    const RUNS: usize = 2_000;
+    // A run as a harnessed chat request leaves it: a result with its trace,
+    // the request, and a checkpoint per attempt (several KB in all).
+    let write_runs = |round: i64| {
+        let store = &store;
+        async move {
+            for i in 0..RUNS {
+                let id = uid("r");
+                let mut run = RunRecord::new(&id, "contract-risks-fix", RunStatus::Completed);
+                run.updated_ms = round * 10_000 + i as i64;
+                run.result = json!({
+                    "run_id": id, "pipeline": "contract-risks-fix", "status": "completed",
+                    "output": {"risks": [{"clause": "9.2", "severity": "high"}]},
+                    "tokens": {"prompt": 812, "completion": 40, "total": 852, "estimated": true},
+                    "duration_us": 1234,
+                    "trace": (0..12).map(|k| json!({"layer": "validator", "plugin": format!("p{k}"), "outcome": "pass", "detail": "x".repeat(200)})).collect::<Vec<_>>(),
+                });
+                run.request = json!({"messages": [{"role": "user", "content": "y".repeat(1_500)}]});
+                for step in 1..=2 {
+                    let s = StepRecord {
+                        run_id: id.clone(),
+                        step,
+                        kind: StepKind::Run,
+                        data: json!({"attempt": step, "answer": "z".repeat(800)}),
+                        created_ms: run.updated_ms,
+                    };
+                    store.checkpoint(&run, &s).await.unwrap();
+                }
+            }
+        }
+    };
+    // The database file once every committed page is in it (the WAL is
+    // scratch space SQLite reuses, and truncates when it resets).
+    let file_size = || {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        std::fs::metadata(&path).unwrap().len()
+    };
+    write_runs(1).await;
+    let full = file_size();
+    assert!(
+        full / RUNS as u64 > 4_096,
+        "the uncompacted runs weigh several KB each ({} B)",
+        full / RUNS as u64
+    );
+    assert_eq!(store.compact(i64::MAX).await.unwrap(), RUNS as u64);
+    // The compacted rows alone, as a fresh file holds them.
+    let packed = dir.path().join("packed.db");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(&format!("VACUUM INTO '{}'", packed.display()), [])
+        .unwrap();
+    let per_run = std::fs::metadata(&packed).unwrap().len() / RUNS as u64;
+    assert!(
+        per_run <= 1_024,
+        "a compacted run weighs {per_run} B at rest"
+    );
+    drop(c);
+    // Steady load: each round writes as many runs as retention deletes.
+    write_runs(2).await;
+    store.compact(i64::MAX).await.unwrap();
+    assert_eq!(
+        store.expire(2 * 10_000).await.unwrap(),
+        RUNS as u64,
+        "round 1 is past retention"
+    );
+    let settled = file_size();
+    for round in 3..6 {
+        write_runs(round).await;
+        store.compact(i64::MAX).await.unwrap();
+        assert_eq!(store.expire(round * 10_000).await.unwrap(), RUNS as u64);
+        let now = file_size();
+        eprintln!(
+            "round {round}: {now} B (settled at {settled} B; {full} B before compaction; {per_run} B per compacted run)"
+        );
+        assert!(
+            now <= settled + settled / 10,
+            "round {round}: the file grew from {settled} to {now} B"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +839,13 @@ async fn sqlite_store_suite() {
     assert!(dir.path().join("reins-state.db").exists());
     // Reopening the file sees what was written (and the schema is not re-created).
     let again = reins::state::open(&settings, dir.path()).await.unwrap();
-    assert!(!again.runs_with_status(RunStatus::Completed, 100).await.unwrap().is_empty());
+    assert!(
+        !again
+            .runs_with_status(RunStatus::Completed, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,15 +864,34 @@ async fn a_file_from_the_first_schema_is_upgraded_in_place() {
     }
     let store = reins::state::sqlite::SqliteStore::open(&path).unwrap();
     let old = store.run("old-run").await.unwrap().expect("kept");
-    assert_eq!((old.owner, old.lease_until_ms, old.session_id), (None, 0, None));
-    assert!(store.claim_run("old-run", "n1", now_ms(), now_ms() + 1_000).await.unwrap());
-    assert_eq!(store.counter_window_add("g", "k", 2, 1_000, 5).await.unwrap(), 2);
+    assert_eq!(
+        (old.owner, old.lease_until_ms, old.session_id),
+        (None, 0, None)
+    );
+    assert!(
+        store
+            .claim_run("old-run", "n1", now_ms(), now_ms() + 1_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .counter_window_add("g", "k", 2, 1_000, 5)
+            .await
+            .unwrap(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_suite() {
     let settings: StateSettings = toml::from_str("kind = \"memory\"").unwrap();
-    suite(reins::state::open(&settings, std::path::Path::new(".")).await.unwrap()).await;
+    suite(
+        reins::state::open(&settings, std::path::Path::new("."))
+            .await
+            .unwrap(),
+    )
+    .await;
 }
 
 /// The PostgreSQL URL of the test cluster `scripts/test.sh` starts.
@@ -456,11 +906,22 @@ pub fn pg_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_suite() {
-    let settings: StateSettings = toml::from_str(&format!("kind = \"postgres\"\nurl = \"{}\"", pg_url())).unwrap();
-    let store = reins::state::open(&settings, std::path::Path::new(".")).await.unwrap();
+    let settings: StateSettings =
+        toml::from_str(&format!("kind = \"postgres\"\nurl = \"{}\"", pg_url())).unwrap();
+    let store = reins::state::open(&settings, std::path::Path::new("."))
+        .await
+        .unwrap();
     assert_eq!(store.kind(), "postgres");
     suite(store).await;
     // A second connect finds the schema migrated and leaves it be.
-    let again = reins::state::open(&settings, std::path::Path::new(".")).await.unwrap();
-    assert!(!again.runs_with_status(RunStatus::Completed, 100).await.unwrap().is_empty());
+    let again = reins::state::open(&settings, std::path::Path::new("."))
+        .await
+        .unwrap();
+    assert!(
+        !again
+            .runs_with_status(RunStatus::Completed, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

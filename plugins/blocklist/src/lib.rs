@@ -90,10 +90,29 @@ fn compile(config: &Config) -> Result<(Vec<Phrase>, Vec<Pattern>), String> {
 
 struct Blocklist;
 
+/// The set-up: the config's phrases folded and its patterns compiled, once
+/// (in `init`, or on the first call with this config).
+struct Prepared {
+    config: Config,
+    phrases: Vec<Phrase>,
+    patterns: Vec<Pattern>,
+}
+
+static SETUP: reins_sdk::Setup<Prepared> = reins_sdk::Setup::new();
+
+fn prepare(config_text: &str) -> Result<Prepared, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    let (phrases, patterns) = compile(&config)?;
+    for p in &patterns {
+        detect::patterns::warm(&p.regex);
+    }
+    Ok(Prepared { config, phrases, patterns })
+}
+
 impl Guest for Blocklist {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let (phrases, patterns) = compile(&config)?;
+        let prepared = SETUP.get(&ctx.config, prepare)?;
+        let (config, phrases, patterns) = (&prepared.config, &prepared.phrases, &prepared.patterns);
         let doc = detect::doc::read_output(&output);
         let mut violations = Vec::new();
         if phrases.is_empty() && patterns.is_empty() {
@@ -119,7 +138,7 @@ impl Guest for Blocklist {
             let mut positions = CharPositions::new(text);
             // (first occurrence in the original, message) in text order.
             let mut found: Vec<(usize, String)> = Vec::new();
-            for phrase in &phrases {
+            for phrase in phrases {
                 let hits = detect::occurrences(&folded.text, &phrase.folded, config.whole_words);
                 if let Some(&(s, e)) = hits.first() {
                     let (os, oe) = folded.original_span(s, e);
@@ -127,7 +146,7 @@ impl Guest for Blocklist {
                     found.push((os, finish(what, positions.describe(os, oe), hits.len())));
                 }
             }
-            for pattern in &patterns {
+            for pattern in patterns {
                 let mut hits = pattern.regex.find_iter(&folded.text).filter(|m| !m.is_empty());
                 if let Some(first) = hits.next() {
                     let (os, oe) = folded.original_span(first.start(), first.end());
@@ -142,7 +161,14 @@ impl Guest for Blocklist {
     }
 }
 
+impl reins_sdk::init::Guest for Blocklist {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, prepare)
+    }
+}
+
 reins_sdk::export_validator!(Blocklist);
+reins_sdk::export_init!(Blocklist);
 
 #[cfg(test)]
 mod tests {

@@ -23,26 +23,34 @@ const MAX_DEPTH: usize = 64;
 
 struct CoerceNumbers;
 
+/// The set-up: the config's schema, parsed once (in `init`, or on the first
+/// call with this config).
+static SETUP: reins_sdk::Setup<Value> = reins_sdk::Setup::new();
+
+fn schema_of(config_text: &str) -> Result<Value, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    match config.schema {
+        Value::String(text) => {
+            serde_json::from_str(&text).map_err(|e| format!("config.schema: the string is not valid JSON: {e}"))
+        }
+        s @ (Value::Object(_) | Value::Bool(_)) => Ok(s),
+        other => Err(format!(
+            "config.schema: must be an object (or JSON text), got {}",
+            describe_value(&other)
+        )),
+    }
+}
+
 impl Guest for CoerceNumbers {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let schema = match config.schema {
-            Value::String(text) => serde_json::from_str(&text)
-                .map_err(|e| format!("config.schema: the string is not valid JSON: {e}"))?,
-            s @ (Value::Object(_) | Value::Bool(_)) => s,
-            other => {
-                return Err(format!(
-                    "config.schema: must be an object (or JSON text), got {}",
-                    describe_value(&other)
-                ));
-            }
-        };
+        let schema = SETUP.get(&ctx.config, schema_of)?;
+        let schema: &Value = &schema;
         let mut doc = match reins_sdk::parse_output(&output) {
             Ok(doc) => doc,
             Err(e) => return Ok(Verdict::new(vec![Violation::error("", "json", e)])),
         };
-        let mut walker = Walker { root: &schema, violations: Vec::new(), coerced: 0 };
-        walker.walk(&mut doc, &schema, String::new(), 0);
+        let mut walker = Walker { root: schema, violations: Vec::new(), coerced: 0 };
+        walker.walk(&mut doc, schema, String::new(), 0);
         Ok(if walker.coerced > 0 {
             Verdict::fixed(walker.violations, &doc)
         } else {
@@ -51,7 +59,14 @@ impl Guest for CoerceNumbers {
     }
 }
 
+impl reins_sdk::init::Guest for CoerceNumbers {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, schema_of)
+    }
+}
+
 reins_sdk::export_validator!(CoerceNumbers);
+reins_sdk::export_init!(CoerceNumbers);
 
 struct Walker<'s> {
     root: &'s Value,

@@ -104,15 +104,24 @@ const MAX_VALUE_CHARS: usize = 60;
 
 struct Grounded;
 
+/// The set-up: the config, parsed and checked once (in `init`, or on the
+/// first call with this config).
+static SETUP: reins_sdk::Setup<Config> = reins_sdk::Setup::new();
+
+fn parse(config_text: &str) -> Result<Config, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    if !(0.0..=1.0).contains(&config.threshold) {
+        return Err(format!("config.threshold: must be between 0 and 1, got {}", config.threshold));
+    }
+    for (i, p) in config.pointers.iter().enumerate() {
+        pointer::split(p).map_err(|e| format!("config.pointers[{i}]: {e}"))?;
+    }
+    Ok(config)
+}
+
 impl Guest for Grounded {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        if !(0.0..=1.0).contains(&config.threshold) {
-            return Err(format!("config.threshold: must be between 0 and 1, got {}", config.threshold));
-        }
-        for (i, p) in config.pointers.iter().enumerate() {
-            pointer::split(p).map_err(|e| format!("config.pointers[{i}]: {e}"))?;
-        }
+        let config = SETUP.get(&ctx.config, parse)?;
         let doc = match reins_sdk::parse_output(&output) {
             Ok(doc) => doc,
             Err(e) => return Ok(Verdict::new(vec![Violation::error("", "json", e)])),
@@ -152,7 +161,14 @@ impl Guest for Grounded {
     }
 }
 
+impl reins_sdk::init::Guest for Grounded {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, parse)
+    }
+}
+
 reins_sdk::export_validator!(Grounded);
+reins_sdk::export_init!(Grounded);
 
 /// The leaves to check, with their pointers, each once, in document order.
 fn targets<'a>(doc: &'a Value, pointers: &[String]) -> Vec<(String, &'a Value)> {

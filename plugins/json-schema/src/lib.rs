@@ -9,7 +9,6 @@ use reins_sdk::validator::{Guest, Verdict};
 use reins_sdk::{CallContext, Violation, describe_value, pointer};
 use serde::Deserialize;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,27 +25,21 @@ fn default_max_violations() -> usize {
     50
 }
 
-/// What a config compiles to. Cached by the raw config text: a pooled
-/// instance serves many calls with the same config, and both parsing the
-/// config and compiling the schema cost far more than validating a document
-/// (per-call instances start empty and pay this every time).
+/// What a config compiles to: built once, by `init` when the host
+/// pre-initializes the plugin (so every instance starts with it), else on
+/// the first call with this config (and kept for the next ones). Parsing
+/// the config and compiling the schema cost far more than validating a
+/// document.
 struct Compiled {
-    config_text: String,
     schema: Value,
     validator: Validator,
     max_violations: usize,
 }
 
-static COMPILED: Mutex<Option<Arc<Compiled>>> = Mutex::new(None);
+static SETUP: reins_sdk::Setup<Compiled> = reins_sdk::Setup::new();
 
-fn compiled(ctx: &CallContext) -> Result<Arc<Compiled>, String> {
-    let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = cache.as_ref() {
-        if c.config_text == ctx.config {
-            return Ok(c.clone());
-        }
-    }
-    let config: Config = reins_sdk::parse_config(ctx)?;
+fn compile(config_text: &str) -> Result<Compiled, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
     let schema = match config.schema {
         Value::String(text) => serde_json::from_str(&text)
             .map_err(|e| format!("config.schema: the string is not valid JSON: {e}"))?,
@@ -62,21 +55,18 @@ fn compiled(ctx: &CallContext) -> Result<Arc<Compiled>, String> {
         let at = e.instance_path().as_str().to_string();
         format!("config.schema{at}: {e}")
     })?;
-    let c = Arc::new(Compiled {
-        config_text: ctx.config.clone(),
+    Ok(Compiled {
         schema,
         validator,
         max_violations: config.max_violations,
-    });
-    *cache = Some(c.clone());
-    Ok(c)
+    })
 }
 
 struct JsonSchema;
 
 impl Guest for JsonSchema {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let compiled = compiled(&ctx)?;
+        let compiled = SETUP.get(&ctx.config, compile)?;
         let (validator, schema) = (&compiled.validator, &compiled.schema);
         let doc = match reins_sdk::parse_output(&output) {
             Ok(doc) => doc,
@@ -109,7 +99,14 @@ impl Guest for JsonSchema {
     }
 }
 
+impl reins_sdk::init::Guest for JsonSchema {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, compile)
+    }
+}
+
 reins_sdk::export_validator!(JsonSchema);
+reins_sdk::export_init!(JsonSchema);
 
 /// One jsonschema error as violations (several for `additionalProperties`,
 /// one per property, so each path is exact).

@@ -51,12 +51,21 @@ fn answer_text(output: &str) -> String {
 
 struct Judge;
 
+/// The set-up: the config, parsed and checked once (in `init`, or on the
+/// first call with this config).
+static SETUP: reins_sdk::Setup<Config> = reins_sdk::Setup::new();
+
+fn parse(config_text: &str) -> Result<Config, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    if config.policy.trim().is_empty() {
+        return Err("config.policy: must say what the answer must comply with".to_owned());
+    }
+    Ok(config)
+}
+
 impl Guest for Judge {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        if config.policy.trim().is_empty() {
-            return Err("config.policy: must say what the answer must comply with".to_owned());
-        }
+        let config = SETUP.get(&ctx.config, parse)?;
         let question = format!("Policy:\n{}\n\nAnswer to review:\n{}", config.policy, answer_text(&output));
         let answer = reins_sdk::judge(SYSTEM, &question)?;
         let judgement = verdict(&answer)?;
@@ -77,7 +86,14 @@ impl Guest for Judge {
     }
 }
 
+impl reins_sdk::init::Guest for Judge {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, parse)
+    }
+}
+
 reins_sdk::export_validator!(Judge);
+reins_sdk::export_init!(Judge);
 
 #[cfg(test)]
 mod tests {

@@ -54,18 +54,33 @@ impl Default for Config {
 
 struct NormalizeText;
 
+/// The set-up: the config and its injection patterns, folded once (in
+/// `init`, or on the first call with this config).
+struct Prepared {
+    config: Config,
+    patterns: Vec<String>,
+}
+
+static SETUP: reins_sdk::Setup<Prepared> = reins_sdk::Setup::new();
+
+fn prepare(config_text: &str) -> Result<Prepared, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    let patterns: Vec<String> = config
+        .patterns
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PATTERNS.iter().map(|p| p.to_string()).collect())
+        .into_iter()
+        .chain(config.extra_patterns.iter().cloned())
+        .map(|p| fold_str(&p))
+        .filter(|p| !p.is_empty())
+        .collect();
+    Ok(Prepared { config, patterns })
+}
+
 impl Guest for NormalizeText {
     fn normalize(ctx: CallContext, messages: Vec<Message>) -> Result<Normalized, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let patterns: Vec<String> = config
-            .patterns
-            .clone()
-            .unwrap_or_else(|| DEFAULT_PATTERNS.iter().map(|p| p.to_string()).collect())
-            .into_iter()
-            .chain(config.extra_patterns.iter().cloned())
-            .map(|p| fold_str(&p))
-            .filter(|p| !p.is_empty())
-            .collect();
+        let prepared = SETUP.get(&ctx.config, prepare)?;
+        let (config, patterns) = (&prepared.config, &prepared.patterns);
 
         let mut findings = Vec::new();
         let mut out = Vec::with_capacity(messages.len());
@@ -92,7 +107,7 @@ impl Guest for NormalizeText {
             let checked = config.roles.iter().any(|r| r == "*" || *r == message.role);
             if checked {
                 let haystack = fold_str(&text);
-                for pattern in &patterns {
+                for pattern in patterns {
                     if haystack.contains(pattern.as_str()) {
                         findings.push(Violation::error(
                             &path,
@@ -112,7 +127,14 @@ impl Guest for NormalizeText {
     }
 }
 
+impl reins_sdk::init::Guest for NormalizeText {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, prepare)
+    }
+}
+
 reins_sdk::export_normalizer!(NormalizeText);
+reins_sdk::export_init!(NormalizeText);
 
 #[cfg(test)]
 mod tests {

@@ -104,21 +104,41 @@ fn compile_patterns(configs: Vec<PatternConfig>) -> Result<Vec<Pattern>, String>
 
 struct Pii;
 
+/// The set-up: the config's kinds and its own patterns, compiled once (in
+/// `init`, or on the first call with this config).
+struct Prepared {
+    patterns: Vec<Pattern>,
+    kinds: Vec<(PiiKind, Action)>,
+    enabled: Vec<PiiKind>,
+    placeholders: Placeholders,
+}
+
+static SETUP: reins_sdk::Setup<Prepared> = reins_sdk::Setup::new();
+
+fn prepare(config_text: &str) -> Result<Prepared, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    let patterns = compile_patterns(config.patterns)?;
+    for p in &patterns {
+        detect::patterns::warm(&p.regex);
+    }
+    let kinds: Vec<(PiiKind, Action)> = [
+        (PiiKind::Email, config.email),
+        (PiiKind::Phone, config.phone),
+        (PiiKind::Card, config.card),
+        (PiiKind::Iban, config.iban),
+    ]
+    .into_iter()
+    .filter_map(|(kind, a)| a.action().map(|a| (kind, a)))
+    .collect();
+    let enabled: Vec<PiiKind> = kinds.iter().map(|&(k, _)| k).collect();
+    Ok(Prepared { patterns, kinds, enabled, placeholders: config.placeholders })
+}
+
 impl Guest for Pii {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let patterns = compile_patterns(config.patterns)?;
-        let kinds: Vec<(PiiKind, Action)> = [
-            (PiiKind::Email, config.email),
-            (PiiKind::Phone, config.phone),
-            (PiiKind::Card, config.card),
-            (PiiKind::Iban, config.iban),
-        ]
-        .into_iter()
-        .filter_map(|(kind, a)| a.action().map(|a| (kind, a)))
-        .collect();
-        let enabled: Vec<PiiKind> = kinds.iter().map(|&(k, _)| k).collect();
-        let placeholders = &config.placeholders;
+        let prepared = SETUP.get(&ctx.config, prepare)?;
+        let (patterns, kinds, enabled) = (&prepared.patterns, &prepared.kinds, &prepared.enabled);
+        let placeholders = &prepared.placeholders;
 
         let mut doc = detect::doc::read_output(&output);
         let mut violations = Vec::new();
@@ -136,7 +156,7 @@ impl Guest for Pii {
                 };
                 findings.push(Finding { start: m.start, end: m.end, what: kind.describe().into(), action, placeholder });
             }
-            for p in &patterns {
+            for p in patterns {
                 for m in p.regex.find_iter(text).filter(|m| !m.is_empty()) {
                     findings.push(Finding {
                         start: m.start(),
@@ -170,7 +190,14 @@ impl Guest for Pii {
     }
 }
 
+impl reins_sdk::init::Guest for Pii {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, prepare)
+    }
+}
+
 reins_sdk::export_validator!(Pii);
+reins_sdk::export_init!(Pii);
 
 fn violation(path: &str, note: Note) -> Violation {
     if note.error {

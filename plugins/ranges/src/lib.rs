@@ -358,25 +358,35 @@ fn substitute(pattern: &[String], bindings: &[String]) -> String {
 
 struct Ranges;
 
+/// The set-up: the config's rules, parsed and checked once (in `init`, or
+/// on the first call with this config).
+static SETUP: reins_sdk::Setup<Vec<Rule>> = reins_sdk::Setup::new();
+
+fn rules_of(config_text: &str) -> Result<Vec<Rule>, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    config.rules.into_iter().enumerate().map(|(i, raw)| Rule::parse(i, raw)).collect()
+}
+
 impl Guest for Ranges {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let rules = config
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| Rule::parse(i, raw))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rules = SETUP.get(&ctx.config, rules_of)?;
         let doc = match reins_sdk::parse_output(&output) {
             Ok(doc) => doc,
             Err(e) => return Ok(Verdict::new(vec![Violation::error("", "json", e)])),
         };
         let mut violations = Vec::new();
-        for rule in &rules {
+        for rule in rules.iter() {
             rule.check(&doc, &mut violations);
         }
         Ok(Verdict::new(violations))
     }
 }
 
+impl reins_sdk::init::Guest for Ranges {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, rules_of)
+    }
+}
+
 reins_sdk::export_validator!(Ranges);
+reins_sdk::export_init!(Ranges);

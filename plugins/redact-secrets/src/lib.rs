@@ -99,10 +99,26 @@ impl Config {
 
 struct RedactSecrets;
 
+/// The set-up: the config and the secret kinds it enables, resolved once
+/// (in `init`, or on the first call with this config).
+struct Prepared {
+    config: Config,
+    options: SecretOptions,
+    actions: BTreeMap<&'static str, Action>,
+}
+
+static SETUP: reins_sdk::Setup<Prepared> = reins_sdk::Setup::new();
+
+fn prepare(config_text: &str) -> Result<Prepared, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    let (options, actions) = config.resolve()?;
+    Ok(Prepared { config, options, actions })
+}
+
 impl Guest for RedactSecrets {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        let (options, actions) = config.resolve()?;
+        let prepared = SETUP.get(&ctx.config, prepare)?;
+        let (config, options, actions) = (&prepared.config, &prepared.options, &prepared.actions);
         let mut doc = detect::doc::read_output(&output);
         let mut violations = Vec::new();
         let mut changed = false;
@@ -131,7 +147,14 @@ impl Guest for RedactSecrets {
     }
 }
 
+impl reins_sdk::init::Guest for RedactSecrets {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, prepare)
+    }
+}
+
 reins_sdk::export_validator!(RedactSecrets);
+reins_sdk::export_init!(RedactSecrets);
 
 fn violation(path: &str, note: Note) -> Violation {
     if note.error {

@@ -42,12 +42,21 @@ impl Default for Config {
 
 struct SpendLimit;
 
+/// The set-up: the config, parsed and checked once (in `init`, or on the
+/// first call with this config).
+static SETUP: reins_sdk::Setup<Config> = reins_sdk::Setup::new();
+
+fn parse(config_text: &str) -> Result<Config, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    if config.daily_budget.is_nan() || config.daily_budget < 0.0 {
+        return Err("config.daily_budget: must be a number >= 0".to_string());
+    }
+    Ok(config)
+}
+
 impl Guest for SpendLimit {
     fn check(ctx: CallContext, action: Action) -> Result<Decision, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
-        if config.daily_budget.is_nan() || config.daily_budget < 0.0 {
-            return Err("config.daily_budget: must be a number >= 0".to_string());
-        }
+        let config = SETUP.get(&ctx.config, parse)?;
         if let Some(tools) = &config.tools
             && !tools.contains(&action.tool) {
                 return Ok(Decision::Allow);
@@ -120,7 +129,14 @@ impl Guest for SpendLimit {
     }
 }
 
+impl reins_sdk::init::Guest for SpendLimit {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, parse)
+    }
+}
+
 reins_sdk::export_gate!(SpendLimit);
+reins_sdk::export_init!(SpendLimit);
 
 /// Cents as `1234.50`.
 fn money(cents: i64) -> String {

@@ -48,9 +48,18 @@ impl Default for Config {
 
 struct SqlGuard;
 
+/// The set-up: the config, parsed and checked once (in `init`, or on the
+/// first call with this config).
+static SETUP: reins_sdk::Setup<Config> = reins_sdk::Setup::new();
+
+fn parse(config_text: &str) -> Result<Config, String> {
+    let config: Config = reins_sdk::parse_config_text(config_text)?;
+    Ok(config)
+}
+
 impl Guest for SqlGuard {
     fn check(ctx: CallContext, action: Action) -> Result<Decision, String> {
-        let config: Config = reins_sdk::parse_config(&ctx)?;
+        let config = SETUP.get(&ctx.config, parse)?;
         if let Some(tools) = &config.tools
             && !tools.contains(&action.tool) {
                 return Ok(Decision::Allow);
@@ -71,7 +80,14 @@ impl Guest for SqlGuard {
     }
 }
 
+impl reins_sdk::init::Guest for SqlGuard {
+    fn init(config: String) -> Result<(), String> {
+        SETUP.init(&config, parse)
+    }
+}
+
 reins_sdk::export_gate!(SqlGuard);
+reins_sdk::export_init!(SqlGuard);
 
 /// The decision for one SQL text: the worst over its statements.
 fn judge(sql: &str, config: &Config) -> Decision {

@@ -375,6 +375,111 @@ pub fn describe_value(value: &Value) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Set-up kept across calls
+
+/// A plugin's set-up (its parsed config, compiled schemas and patterns,
+/// tables), built once per config text and kept in a global.
+///
+/// With [`export_init!`] the host runs the plugin's `init` once at load and
+/// snapshots the instance, so every later instance starts with this already
+/// built: `init` calls [`Setup::init`], each call [`Setup::get`] with the
+/// config it received, which finds the set-up made for the same config and
+/// reuses it. Without `init` (an older host, `[runtime] init = "off"`), or
+/// when a call carries another config, `get` builds it then and keeps it, so
+/// a pooled instance builds it once and a fresh one on its first call.
+///
+/// ```ignore
+/// static SETUP: reins_sdk::Setup<Compiled> = reins_sdk::Setup::new();
+/// fn build(config: &str) -> Result<Compiled, String> { /* parse, compile */ }
+///
+/// impl reins_sdk::init::Guest for MyPlugin {
+///     fn init(config: String) -> Result<(), String> { SETUP.init(&config, build) }
+/// }
+/// // in validate: let compiled = SETUP.get(&ctx.config, build)?;
+/// reins_sdk::export_init!(MyPlugin);
+/// ```
+pub struct Setup<T> {
+    slot: std::sync::Mutex<Option<(String, std::sync::Arc<T>)>>,
+}
+
+impl<T> Setup<T> {
+    /// An empty slot (for a `static`).
+    pub const fn new() -> Self {
+        Setup { slot: std::sync::Mutex::new(None) }
+    }
+
+    /// Builds the set-up for `config` now (from `init`) and keeps it; the
+    /// error is `build`'s, which the host reports when it refuses the plugin.
+    pub fn init(&self, config: &str, build: impl FnOnce(&str) -> Result<T, String>) -> Result<(), String> {
+        self.get(config, build).map(|_| ())
+    }
+
+    /// The set-up for `config`: the kept one if it was built for the same
+    /// config text, else built now (and kept in place of the old one).
+    pub fn get(
+        &self,
+        config: &str,
+        build: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<std::sync::Arc<T>, String> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((text, built)) = slot.as_ref() {
+            if text == config {
+                return Ok(built.clone());
+            }
+        }
+        let built = std::sync::Arc::new(build(config)?);
+        *slot = Some((config.to_string(), built.clone()));
+        Ok(built)
+    }
+
+    /// Whether a set-up is kept for exactly this config text.
+    pub fn is_ready_for(&self, config: &str) -> bool {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().is_some_and(|(text, _)| text == config)
+    }
+}
+
+impl<T> Default for Setup<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`parse_config`] for the config text `init` receives (no call context).
+pub fn parse_config_text<T: DeserializeOwned>(config: &str) -> Result<T, String> {
+    parse_json_as(config, "config")
+}
+
+/// The optional `init` export: the plugin's set-up, run once by the host
+/// at load with the plugin's config. Export with [`export_init!`] next to
+/// the layer's `export_*!` macro.
+pub mod init {
+    #[doc(hidden)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "init-plugin",
+            with: {
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__reins_export_init_plugin",
+            runtime_path: "reins_sdk::__private::wit_bindgen::rt",
+        });
+    }
+    pub use bindings::exports::reins::policy::init::Guest;
+}
+
+/// Export a type that implements [`init::Guest`] as this component's `init`
+/// (next to its layer): `reins_sdk::export_init!(MyPlugin);`
+#[macro_export]
+macro_rules! export_init {
+    ($ty:ident) => {
+        $crate::init::bindings::__reins_export_init_plugin!($ty with_types_in $crate::init::bindings);
+    };
+}
+
+// ---------------------------------------------------------------------------
 // One module per world. Each is compiled only with its feature.
 
 /// The normalizer layer: clean and check the request's messages before any

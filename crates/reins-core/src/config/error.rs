@@ -1,11 +1,26 @@
 use std::path::PathBuf;
 
+/// The key of a layer's list in a pipeline's table.
+pub fn layer_key(layer: &reins_runtime::Layer) -> &'static str {
+    use reins_runtime::Layer;
+    match layer {
+        Layer::Normalizer => "normalizers",
+        Layer::Context => "context",
+        Layer::Constraints => "constraints",
+        Layer::Validator => "validators",
+        Layer::Gate => "gates",
+    }
+}
+
 /// A configuration that cannot be used. Every variant names the file and the
 /// key, pipeline or plugin at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// TOML syntax, an unknown key, a missing key or a value of the wrong
     /// type; `message` carries the line, column and key.
     #[error("{path}: {message}")]
@@ -16,14 +31,19 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("{path}: `{key}` names provider `{provider}`, which is not defined (providers: {known})")]
+    #[error(
+        "{path}: `{key}` names provider `{provider}`, which is not defined (providers: {known})"
+    )]
     UnknownProvider {
         path: PathBuf,
         key: String,
         provider: String,
         known: String,
     },
-    #[error("{path}: pipeline `{pipeline}` uses {layer} plugin `{plugin}`, which is not loaded from {dir}{detail}")]
+    #[error(
+        "{path}: `pipelines.{pipeline}.{}`: pipeline `{pipeline}` uses {layer} plugin `{plugin}`, which is not loaded from {dir}{detail}",
+        layer_key(.layer)
+    )]
     MissingPlugin {
         path: PathBuf,
         pipeline: String,
@@ -33,7 +53,9 @@ pub enum ConfigError {
         /// Why the file was refused, when it was there but did not load.
         detail: String,
     },
-    #[error("{path}: pipeline `{pipeline}` lists `{plugin}` as a {expected} plugin, but it is a {actual} plugin")]
+    #[error(
+        "{path}: pipeline `{pipeline}` lists `{plugin}` as a {expected} plugin, but it is a {actual} plugin"
+    )]
     WrongLayer {
         path: PathBuf,
         pipeline: String,
@@ -65,4 +87,27 @@ pub enum ConfigError {
     UnknownPipeline(String),
     #[error("state store: {0}")]
     State(#[from] Box<reins_state::StateError>),
+    /// Every error a load found (a config is checked whole, not up to its
+    /// first mistake).
+    #[error("{} errors:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// One error as itself, several as [`ConfigError::Several`].
+    pub fn several(mut errors: Vec<ConfigError>) -> ConfigError {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ConfigError::Several(errors)
+        }
+    }
+
+    /// The errors one by one.
+    pub fn into_list(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Several(list) => list,
+            one => vec![one],
+        }
+    }
 }

@@ -25,7 +25,7 @@
 use reins_runtime::RuntimeSettings;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -34,10 +34,12 @@ mod error;
 mod pipeline;
 mod provider;
 mod resilience;
+pub use error::{ConfigError, layer_key};
 pub use pipeline::*;
 pub use provider::*;
-pub use error::ConfigError;
-pub use resilience::{BreakerConfig, CacheMode, DegradedConfig, HttpConfig, OnSaturated, default_degraded_message};
+pub use resilience::{
+    BreakerConfig, CacheMode, DegradedConfig, HttpConfig, OnSaturated, default_degraded_message,
+};
 
 /// The whole `reins.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,7 +76,15 @@ pub struct Config {
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: PathBuf,
+    /// The file as parsed: a reload compares it with the serving one to
+    /// tell what changed (and what only a restart can apply).
+    #[serde(skip)]
+    pub raw: toml::Table,
 }
+
+/// Keys a running process cannot take from a reload: the listener, the
+/// state store, the engine and the plugins directory are built once.
+pub const RESTART_ONLY: [&str; 5] = ["plugins_dir", "watch", "runtime", "server", "state"];
 
 mod defaults {
     pub fn memory_budget() -> u64 {
@@ -145,7 +155,11 @@ impl Config {
     }
 
     /// Parses config text. `origin` names it in errors; `base_dir` resolves relative paths.
-    pub fn parse(text: &str, origin: impl AsRef<Path>, base_dir: impl AsRef<Path>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        text: &str,
+        origin: impl AsRef<Path>,
+        base_dir: impl AsRef<Path>,
+    ) -> Result<Config, ConfigError> {
         let origin = origin.as_ref().to_owned();
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.clone(),
@@ -153,8 +167,59 @@ impl Config {
         })?;
         config.base_dir = base_dir.as_ref().to_owned();
         config.origin = origin;
+        config.raw = text.parse().unwrap_or_default();
         config.check()?;
         Ok(config)
+    }
+
+    /// Every file the config reads besides itself (prompts, schemas,
+    /// templates, scripted responses), resolved: what a reload watches.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = Vec::new();
+        for p in self.pipelines.values() {
+            files.extend(p.system_prompt_file.iter().cloned());
+            files.extend(p.repair.template_file.iter().cloned());
+            if let Some(SchemaSource::File(f)) = &p.schema {
+                files.push(f.clone());
+            }
+            files.extend(
+                p.layer_plugins()
+                    .into_iter()
+                    .filter_map(|l| l.config_file.cloned()),
+            );
+        }
+        for provider in self.providers.values() {
+            if let ProviderConfig::Scripted(s) = provider {
+                files.extend(s.file.iter().cloned());
+            }
+        }
+        let mut files: Vec<PathBuf> = files.iter().map(|f| self.resolve(f)).collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The restart-only keys (see [`RESTART_ONLY`]) whose values differ in
+    /// `next`, dotted one level deep (`server.listen`, `state.kind`).
+    pub fn restart_keys(&self, next: &Config) -> Vec<String> {
+        let mut keys = Vec::new();
+        for key in RESTART_ONLY {
+            match (self.raw.get(key), next.raw.get(key)) {
+                (a, b) if a == b => {}
+                (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                    let names: std::collections::BTreeSet<&String> =
+                        a.keys().chain(b.keys()).collect();
+                    keys.extend(
+                        names
+                            .into_iter()
+                            .filter(|k| a.get(*k) != b.get(*k))
+                            .map(|k| format!("{key}.{k}")),
+                    );
+                }
+                _ => keys.push(key.to_owned()),
+            }
+        }
+        keys
     }
 
     /// A path from the file, resolved against the file's directory.
@@ -171,8 +236,10 @@ impl Config {
         self.resolve(&self.plugins_dir)
     }
 
-    /// Checks that need the whole file but nothing outside it.
+    /// Checks that need the whole file but nothing outside it; every
+    /// mistake is reported, not only the first.
     fn check(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         let invalid = |key: String, message: &str| ConfigError::Invalid {
             path: self.origin.clone(),
             key,
@@ -186,52 +253,60 @@ impl Config {
                 .chain(p.judge.iter().map(|j| ("judge.provider", &j.provider)));
             for (k, provider) in providers {
                 if !self.providers.contains_key(provider) {
-                    return Err(ConfigError::UnknownProvider {
+                    errors.push(ConfigError::UnknownProvider {
                         path: self.origin.clone(),
                         key: key(k),
                         provider: provider.clone(),
-                        known: self.providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                        known: self
+                            .providers
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 }
             }
             if p.cache.reads() && p.cache_max_entries == 0 {
-                return Err(invalid(key("cache_max_entries"), "must be at least 1 when the cache is on"));
+                errors.push(invalid(
+                    key("cache_max_entries"),
+                    "must be at least 1 when the cache is on",
+                ));
             }
             if p.repair.max_attempts == 0 {
-                return Err(invalid(key("repair.max_attempts"), "must be at least 1"));
+                errors.push(invalid(key("repair.max_attempts"), "must be at least 1"));
             }
             if p.repair.template.is_some() && p.repair.template_file.is_some() {
-                return Err(invalid(
+                errors.push(invalid(
                     key("repair.template"),
                     "set template or template_file, not both",
                 ));
             }
             if p.system_prompt.is_some() && p.system_prompt_file.is_some() {
-                return Err(invalid(
+                errors.push(invalid(
                     key("system_prompt"),
                     "set system_prompt or system_prompt_file, not both",
                 ));
             }
             if p.output == Some(OutputMode::Text) && p.actions_field.is_some() {
-                return Err(invalid(
+                errors.push(invalid(
                     key("output"),
                     "actions_field reads actions out of a JSON answer: remove it or set output = \"json\"",
                 ));
             }
             if p.output == Some(OutputMode::Text) && p.schema.is_some() {
-                return Err(invalid(
+                errors.push(invalid(
                     key("output"),
                     "a pipeline with a schema answers JSON: remove `schema` or set output = \"json\"",
                 ));
             }
             if !(p.repair.temperature_step > 0.0 && p.repair.temperature_step <= 2.0) {
-                return Err(invalid(key("repair.temperature_step"), "must be in (0, 2]"));
+                errors.push(invalid(key("repair.temperature_step"), "must be in (0, 2]"));
             }
             let mut strategies = std::collections::BTreeSet::new();
             // `temperature` may be listed more than once: each raises it again.
             for s in &p.repair.strategies {
                 if *s != RepairStrategy::Temperature && !strategies.insert(s.as_str()) {
-                    return Err(invalid(
+                    errors.push(invalid(
                         key("repair.strategies"),
                         &format!("`{}` is listed twice", s.as_str()),
                     ));
@@ -240,7 +315,7 @@ impl Config {
             let mut seen = std::collections::BTreeSet::new();
             for v in &p.validators {
                 if !seen.insert(v.0.plugin.as_str()) {
-                    return Err(invalid(
+                    errors.push(invalid(
                         key("validators"),
                         &format!("validator `{}` is listed twice", v.0.plugin),
                     ));
@@ -249,37 +324,47 @@ impl Config {
         }
         for (name, provider) in &self.providers {
             if name == "cache" || name == "static" {
-                return Err(invalid(
+                errors.push(invalid(
                     format!("providers.{name}"),
                     "`cache` and `static` name the pipeline's own fallbacks; choose another provider name",
                 ));
             }
             if let Some(http) = provider.http() {
                 if let Err((k, message)) = resilience::check_breaker(&http.breaker) {
-                    return Err(invalid(format!("providers.{name}.{k}"), message));
+                    errors.push(invalid(format!("providers.{name}.{k}"), message));
                 }
                 if let Err((k, message)) = resilience::check_limits(http) {
-                    return Err(invalid(format!("providers.{name}.{k}"), message));
+                    errors.push(invalid(format!("providers.{name}.{k}"), message));
                 }
                 if http.timeout_ms == 0 || http.connect_timeout_ms == 0 {
-                    return Err(invalid(format!("providers.{name}.timeout_ms"), "timeouts must be at least 1 ms"));
+                    errors.push(invalid(
+                        format!("providers.{name}.timeout_ms"),
+                        "timeouts must be at least 1 ms",
+                    ));
                 }
             }
             if let Some(url) = provider.base_url()
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(invalid(format!("providers.{name}.base_url"), "must start with http:// or https://"));
+                errors.push(invalid(
+                    format!("providers.{name}.base_url"),
+                    "must start with http:// or https://",
+                ));
             }
             if let ProviderConfig::Scripted(s) = provider
                 && s.file.is_some() == s.responses.is_some()
             {
-                return Err(invalid(
+                errors.push(invalid(
                     format!("providers.{name}"),
                     "a scripted provider needs `file` or `responses` (one of them)",
                 ));
             }
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::several(errors))
+        }
     }
 }
 
@@ -329,7 +414,9 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
 
     #[test]
     fn unknown_top_level_key_names_key_and_line() {
-        let e = parse(&format!("plugin_dir = \"x\"\n{BASE}")).unwrap_err().to_string();
+        let e = parse(&format!("plugin_dir = \"x\"\n{BASE}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("reins.toml"), "{e}");
         assert!(e.contains("unknown field `plugin_dir`"), "{e}");
         assert!(e.contains("line 1"), "{e}");
@@ -387,10 +474,18 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
             panic!("anthropic")
         };
         assert_eq!(
-            (a.base_url.as_str(), a.api_key_env.as_str(), a.max_tokens, a.temperature),
+            (
+                a.base_url.as_str(),
+                a.api_key_env.as_str(),
+                a.max_tokens,
+                a.temperature
+            ),
             ("https://api.anthropic.com", "ANTHROPIC_API_KEY", 1024, None)
         );
-        assert_eq!((a.http.max_retries, a.http.backoff_ms, a.http.breaker.probes), (5, 250, 3));
+        assert_eq!(
+            (a.http.max_retries, a.http.backoff_ms, a.http.breaker.probes),
+            (5, 250, 3)
+        );
         assert_eq!(c.providers["claude"].kind(), "anthropic");
         // Unknown keys are still refused by name, next to the shared ones.
         let e = parse("plugins_dir = \"p\"\n[providers.claude]\nkind = \"anthropic\"\nmodel = \"m\"\nmax_retry = 1\n")
@@ -422,7 +517,10 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("pipelines.p.fallbacks") && e.contains("`gpt`"), "{e}");
+        assert!(
+            e.contains("pipelines.p.fallbacks") && e.contains("`gpt`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -441,7 +539,10 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
             "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = \"s.json\"\n"
         ))
         .unwrap();
-        assert_eq!(c.pipelines["p"].schema, Some(SchemaSource::File("s.json".into())));
+        assert_eq!(
+            c.pipelines["p"].schema,
+            Some(SchemaSource::File("s.json".into()))
+        );
         let c = parse(&format!(
             "{BASE}\n[pipelines.p]\nmodel = \"replay\"\nschema = '{{\"type\": \"array\"}}'\n"
         ))
@@ -462,4 +563,3 @@ repair = {{ max_attempts = 2, token_budget = 100 }}
         assert!(e.contains("`a`"), "{e}");
     }
 }
-

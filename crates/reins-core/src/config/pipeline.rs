@@ -53,13 +53,13 @@ pub struct PipelineConfig {
     pub system_prompt_file: Option<PathBuf>,
     /// Normalizer plugins, in order.
     #[serde(default)]
-    pub normalizers: Vec<String>,
+    pub normalizers: Vec<PluginEntry>,
     /// The context-builder plugin and its token budget.
     #[serde(default)]
     pub context: Option<ContextConfig>,
     /// The constraints plugin that lists the tools of a request.
     #[serde(default)]
-    pub constraints: Option<String>,
+    pub constraints: Option<PluginEntry>,
     /// The output JSON Schema (draft 2020-12): a file path, or an inline table.
     #[serde(default)]
     pub schema: Option<SchemaSource>,
@@ -72,7 +72,7 @@ pub struct PipelineConfig {
     pub validators: Vec<ValidatorEntry>,
     /// Gate plugins, in order; every proposed action passes all of them.
     #[serde(default)]
-    pub gates: Vec<String>,
+    pub gates: Vec<PluginEntry>,
     #[serde(default)]
     pub repair: RepairConfig,
     /// Check actions but approve none: the result lists what would be done.
@@ -153,6 +153,55 @@ pub struct PipelineConfig {
     /// may ask (a model-graded check).
     #[serde(default)]
     pub judge: Option<JudgeConfig>,
+}
+
+/// One plugin of a pipeline with the layer it must be, and the pipeline's
+/// own settings of it.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerPlugin<'a> {
+    pub layer: reins_runtime::Layer,
+    pub plugin: &'a str,
+    pub config: Option<&'a Map<String, Value>>,
+    pub config_file: Option<&'a PathBuf>,
+}
+
+impl PipelineConfig {
+    /// Every plugin the pipeline names, in the order its layers run.
+    pub fn layer_plugins(&self) -> Vec<LayerPlugin<'_>> {
+        use reins_runtime::Layer;
+        fn entry(layer: Layer, e: &PluginEntry) -> LayerPlugin<'_> {
+            LayerPlugin {
+                layer,
+                plugin: e.plugin.as_str(),
+                config: e.config.as_ref(),
+                config_file: e.config_file.as_ref(),
+            }
+        }
+        let mut out: Vec<LayerPlugin<'_>> = self
+            .normalizers
+            .iter()
+            .map(|e| entry(Layer::Normalizer, e))
+            .collect();
+        out.extend(self.context.iter().map(|c| LayerPlugin {
+            layer: Layer::Context,
+            plugin: c.plugin.as_str(),
+            config: c.config.as_ref(),
+            config_file: c.config_file.as_ref(),
+        }));
+        out.extend(
+            self.constraints
+                .iter()
+                .map(|e| entry(Layer::Constraints, e)),
+        );
+        out.extend(self.validators.iter().map(|v| LayerPlugin {
+            layer: Layer::Validator,
+            plugin: v.0.plugin.as_str(),
+            config: v.0.config.as_ref(),
+            config_file: v.0.config_file.as_ref(),
+        }));
+        out.extend(self.gates.iter().map(|e| entry(Layer::Gate, e)));
+        out
+    }
 }
 
 /// `judge = { provider = "grader" }`: who a validator's `judge.ask` asks.
@@ -309,6 +358,69 @@ pub struct ContextConfig {
     pub plugin: String,
     #[serde(default = "defaults::context_budget")]
     pub budget_tokens: u32,
+    /// This pipeline's settings of the plugin (see [`PluginEntry`]).
+    #[serde(default)]
+    pub config: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// A plugin of a layer: `"name"`, or `{ plugin = "name", config = {…} }`
+/// or `{ plugin = "name", config_file = "…" }` (TOML or JSON, relative to
+/// the config). The pipeline's settings are merged over the sidecar's
+/// `config`, key by key; a value `"@pipeline"` is replaced by the
+/// pipeline's own schema. Two pipelines can thus use one plugin with
+/// different settings, and none needs a copy of its schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginEntry {
+    pub plugin: String,
+    pub config: Option<Map<String, Value>>,
+    pub config_file: Option<PathBuf>,
+}
+
+impl PluginEntry {
+    /// A plugin by name, with its sidecar's settings.
+    pub fn named(plugin: impl Into<String>) -> Self {
+        Self {
+            plugin: plugin.into(),
+            config: None,
+            config_file: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginTable {
+    plugin: String,
+    #[serde(default)]
+    config: Option<Map<String, Value>>,
+    #[serde(default)]
+    config_file: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for PluginEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PluginEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a plugin name or a table { plugin, config, config_file }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PluginEntry::named(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let t = PluginTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PluginEntry {
+                    plugin: t.plugin,
+                    config: t.config,
+                    config_file: t.config_file,
+                })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// The repair policy of a pipeline.
@@ -392,7 +504,7 @@ pub enum OnFail {
 }
 
 /// A validator of a pipeline: `"name"` or `{ plugin = "name", on_fail = "fix", stage = 1 }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidatorConfig {
     pub plugin: String,
@@ -400,10 +512,15 @@ pub struct ValidatorConfig {
     pub on_fail: OnFail,
     #[serde(default)]
     pub stage: u32,
+    /// This pipeline's settings of the plugin (see [`PluginEntry`]).
+    #[serde(default)]
+    pub config: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// Deserialized from a plugin name or a [`ValidatorConfig`] table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValidatorEntry(pub ValidatorConfig);
 
 impl<'de> Deserialize<'de> for ValidatorEntry {
@@ -412,17 +529,22 @@ impl<'de> Deserialize<'de> for ValidatorEntry {
         impl<'de> Visitor<'de> for V {
             type Value = ValidatorEntry;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a plugin name or a table { plugin, on_fail, stage }")
+                f.write_str(
+                    "a plugin name or a table { plugin, on_fail, stage, config, config_file }",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(ValidatorEntry(ValidatorConfig {
                     plugin: v.to_owned(),
                     on_fail: OnFail::default(),
                     stage: 0,
+                    config: None,
+                    config_file: None,
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                ValidatorConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(ValidatorEntry)
+                ValidatorConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(ValidatorEntry)
             }
         }
         deserializer.deserialize_any(V)
@@ -455,13 +577,13 @@ impl<'de> Deserialize<'de> for SchemaSource {
                 }
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                Value::deserialize(de::value::MapAccessDeserializer::new(map)).map(SchemaSource::Inline)
+                Value::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(SchemaSource::Inline)
             }
         }
         deserializer.deserialize_any(V)
     }
 }
-
 
 /// How a pipeline runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -256,10 +256,16 @@ pub(super) fn check_breaker(b: &BreakerConfig) -> Result<(), (&'static str, &'st
 /// Checks of a provider's limits and queue; `Err((key, message))`.
 pub(super) fn check_limits(h: &HttpConfig) -> Result<(), (&'static str, &'static str)> {
     if h.max_in_flight == Some(0) {
-        return Err(("max_in_flight", "must be at least 1 (leave it out for no limit)"));
+        return Err((
+            "max_in_flight",
+            "must be at least 1 (leave it out for no limit)",
+        ));
     }
     if h.adaptive && h.max_in_flight.is_none() {
-        return Err(("adaptive", "needs max_in_flight, the limit it starts from and never exceeds"));
+        return Err((
+            "adaptive",
+            "needs max_in_flight, the limit it starts from and never exceeds",
+        ));
     }
     if h.rpm == Some(0) {
         return Err(("rpm", "must be at least 1 (leave it out for no limit)"));
@@ -268,7 +274,10 @@ pub(super) fn check_limits(h: &HttpConfig) -> Result<(), (&'static str, &'static
         return Err(("tpm", "must be at least 1 (leave it out for no limit)"));
     }
     if h.saturation_ms == 0 || h.max_saturation_ms == 0 {
-        return Err(("saturation_ms", "saturation_ms and max_saturation_ms must be at least 1"));
+        return Err((
+            "saturation_ms",
+            "saturation_ms and max_saturation_ms must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -313,12 +322,22 @@ model = "plain"
             panic!("openai")
         };
         let llm = &llm.http;
-        assert_eq!((llm.connect_timeout_ms, llm.max_backoff_ms, llm.timeout_ms), (250, 900, 60_000));
         assert_eq!(
-            (llm.breaker.failure_rate, llm.breaker.min_calls, llm.breaker.probes),
+            (llm.connect_timeout_ms, llm.max_backoff_ms, llm.timeout_ms),
+            (250, 900, 60_000)
+        );
+        assert_eq!(
+            (
+                llm.breaker.failure_rate,
+                llm.breaker.min_calls,
+                llm.breaker.probes
+            ),
             (0.25, 3, 2)
         );
-        assert_eq!(llm.breaker.cooldown_ms, BreakerConfig::default().cooldown_ms);
+        assert_eq!(
+            llm.breaker.cooldown_ms,
+            BreakerConfig::default().cooldown_ms
+        );
         let ProviderConfig::Openai(plain) = &c.providers["plain"] else {
             panic!("openai")
         };

@@ -87,17 +87,28 @@ async fn write_rows(store: Arc<dyn StateStore>, mut rx: mpsc::UnboundedReceiver<
 /// Who made `request`: the caller its credential established (the
 /// effective caller: a `trust_metadata` pipeline's tenant from metadata).
 pub(super) fn caller(request: &Request) -> (String, Option<String>) {
-    (request.caller.subject.clone(), request.caller.tenant.clone())
+    (
+        request.caller.subject.clone(),
+        request.caller.tenant.clone(),
+    )
 }
 
 /// `entry` by `who`, about run `run_id`.
 fn about_run(entry: AuditEntry, who: &(String, Option<String>), run_id: &str) -> AuditEntry {
-    entry.by(who.0.clone(), who.1.clone()).request(Some(run_id.to_owned()))
+    entry
+        .by(who.0.clone(), who.1.clone())
+        .request(Some(run_id.to_owned()))
 }
 
 /// The `run.start` row (`resumed`: a run taken over or resumed after a crash).
-pub(super) fn run_start(run_id: &str, pipeline: &str, resumed: bool, who: &(String, Option<String>)) -> AuditEntry {
-    let entry = AuditEntry::new("run.start", run_id, "running").detail(json!({"pipeline": pipeline, "resumed": resumed}));
+pub(super) fn run_start(
+    run_id: &str,
+    pipeline: &str,
+    resumed: bool,
+    who: &(String, Option<String>),
+) -> AuditEntry {
+    let entry = AuditEntry::new("run.start", run_id, "running")
+        .detail(json!({"pipeline": pipeline, "resumed": resumed}));
     about_run(entry, who, run_id)
 }
 
@@ -106,7 +117,12 @@ pub(super) fn run_start(run_id: &str, pipeline: &str, resumed: bool, who: &(Stri
 pub(super) fn run_end(result: &RunResult, who: &(String, Option<String>)) -> Vec<AuditEntry> {
     let by = |e: AuditEntry| about_run(e, who, &result.run_id);
     let mut rows = Vec::with_capacity(1 + result.decisions.len());
-    rows.push(by(AuditEntry::new("run.end", &result.run_id, result.status.as_str()).detail(json!({
+    rows.push(by(AuditEntry::new(
+        "run.end",
+        &result.run_id,
+        result.status.as_str(),
+    )
+    .detail(json!({
         "pipeline": result.pipeline,
         "error": result.error.as_ref().map(|e| e.kind()),
         "tokens": result.tokens.total,
@@ -115,10 +131,17 @@ pub(super) fn run_end(result: &RunResult, who: &(String, Option<String>)) -> Vec
     for d in &result.decisions {
         let kind = d.decision.kind();
         let reason = match &d.decision {
-            reins_runtime::Decision::Deny(r) | reins_runtime::Decision::Escalate(r) => Some(r.as_str()),
+            reins_runtime::Decision::Deny(r) | reins_runtime::Decision::Escalate(r) => {
+                Some(r.as_str())
+            }
             _ => None,
         };
-        rows.push(by(AuditEntry::new(format!("gate.{kind}"), &result.run_id, kind).detail(json!({
+        rows.push(by(AuditEntry::new(
+            format!("gate.{kind}"),
+            &result.run_id,
+            kind,
+        )
+        .detail(json!({
             "gate": d.gate,
             "tool": d.tool,
             "attempt": d.attempt,
@@ -163,7 +186,8 @@ impl Host {
             Ok((a, _)) => AuditEntry::new("approval.decide", id, verdict)
                 .detail(json!({"run_id": a.run_id, "pipeline": a.pipeline, "tool": a.action.tool}))
                 .request(Some(a.run_id.clone())),
-            Err(e) => AuditEntry::new("approval.decide", id, "refused").detail(json!({"verdict": verdict, "error": e.to_string()})),
+            Err(e) => AuditEntry::new("approval.decide", id, "refused")
+                .detail(json!({"verdict": verdict, "error": e.to_string()})),
         };
         self.audit.send(entry.by(approver, None));
         // A decision that continued the run ended it (or held it again).
@@ -173,9 +197,20 @@ impl Host {
     }
 }
 
+/// A reload of the configuration (`ok` or `refused`), as a `config.reload` row.
+pub(super) fn config_reload(source: &str, outcome: &str, detail: serde_json::Value) -> AuditEntry {
+    AuditEntry::new("config.reload", source.to_owned(), outcome.to_owned())
+        .by("system", None)
+        .detail(detail)
+}
+
 /// What the plugin host reports after each reload, as a `plugins.reload` row.
 pub(super) fn plugins_reload(report: &reins_runtime::ReloadReport) -> AuditEntry {
-    let outcome = if report.error.is_some() { "error" } else { "ok" };
+    let outcome = if report.error.is_some() {
+        "error"
+    } else {
+        "ok"
+    };
     AuditEntry::new("plugins.reload", report.dir.display().to_string(), outcome)
         .by("system", None)
         .detail(json!({

@@ -43,7 +43,10 @@ impl Active {
     }
 
     pub(super) fn contains(&self, run_id: &str) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(run_id)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(run_id)
     }
 }
 
@@ -79,7 +82,11 @@ impl Drop for ActiveGuard {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
-        self.set.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.run_id);
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.run_id);
     }
 }
 
@@ -101,14 +108,24 @@ impl Host {
             loop {
                 tokio::time::sleep(every).await;
                 let now = now_ms();
-                match store.claim_run(&run_id, &node, now, now.saturating_add(lease_ms)).await {
+                match store
+                    .claim_run(&run_id, &node, now, now.saturating_add(lease_ms))
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => {
                         // Not running any more (it ended meanwhile) or taken
                         // over; either way nothing of this node's may go on.
-                        if store.run(&run_id).await.is_ok_and(|r| r.is_some_and(|r| r.status == reins_state::RunStatus::Running)) {
-                            metrics::counter!(reins_runtime::metric_names::LEASES_LOST_TOTAL).increment(1);
-                            tracing::warn!(run_id, node, "lease lost: another node owns the run now");
+                        if store.run(&run_id).await.is_ok_and(|r| {
+                            r.is_some_and(|r| r.status == reins_state::RunStatus::Running)
+                        }) {
+                            metrics::counter!(reins_runtime::metric_names::LEASES_LOST_TOTAL)
+                                .increment(1);
+                            tracing::warn!(
+                                run_id,
+                                node,
+                                "lease lost: another node owns the run now"
+                            );
                             lost.flag.store(true, Ordering::Release);
                             lost.notify.notify_waiters();
                         }
@@ -130,33 +147,50 @@ impl Host {
     /// its own task. Returns the run ids taken.
     pub async fn take_over(self: &Arc<Self>) -> Result<Vec<String>, reins_state::StateError> {
         let now = now_ms();
-        let runs = self.state.claimable_runs(&self.leases.node, now, 1_000).await?;
+        let runs = self
+            .state
+            .claimable_runs(&self.leases.node, now, 1_000)
+            .await?;
         let mut taken = Vec::new();
         for r in runs {
-            if !self.pipelines.contains_key(&r.pipeline) {
+            if !self.live.load().pipelines.contains_key(&r.pipeline) {
                 continue;
             }
             let Some(guard) = self.leases.active.enter(&r.run_id) else {
                 continue;
             };
-            if !self.state.claim_run(&r.run_id, &self.leases.node, now, self.lease_until()).await? {
+            if !self
+                .state
+                .claim_run(&r.run_id, &self.leases.node, now, self.lease_until())
+                .await?
+            {
                 continue; // another node was quicker
             }
             tracing::info!(run_id = %r.run_id, previous_owner = ?r.owner, "taking over an interrupted run");
-            let from = if r.owner.as_deref() == Some(self.leases.node.as_str()) { "self" } else { "other" };
+            let from = if r.owner.as_deref() == Some(self.leases.node.as_str()) {
+                "self"
+            } else {
+                "other"
+            };
             metrics::counter!(reins_runtime::metric_names::RUNS_TAKEN_OVER_TOTAL, "pipeline" => r.pipeline.clone(), "from" => from).increment(1);
             taken.push(r.run_id.clone());
             let host = self.clone();
             tokio::spawn(async move {
                 let mut record = r.clone();
                 match host.resume_claimed(r, guard).await {
-                    Ok(r) => tracing::info!(run_id = %r.run_id, status = r.status.as_str(), "resumed run ended"),
+                    Ok(r) => {
+                        tracing::info!(run_id = %r.run_id, status = r.status.as_str(), "resumed run ended")
+                    }
                     Err(e @ super::ResumeError::NoRequest(_)) => {
                         // It can never be resumed: fail it, or every node
                         // would take it again every half lease.
                         tracing::error!(run_id = %record.run_id, "{e}; marking the run failed");
                         record.status = reins_state::RunStatus::Failed;
-                        let caller = record.result.get("caller").cloned().unwrap_or(serde_json::Value::Null);
+                        let caller = record
+                            .result
+                            .get("caller")
+                            .cloned()
+                            .unwrap_or(serde_json::Value::Null);
                         record.result = serde_json::json!({"run_id": record.run_id, "pipeline": record.pipeline,
                             "status": "failed", "error": {"kind": "not_resumable", "message": e.to_string()}, "caller": caller});
                         record.owner = Some(host.leases.node.clone());
@@ -179,8 +213,8 @@ impl Host {
     pub fn spawn_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         let every = Duration::from_millis((self.leases.lease_ms / 2).max(10) as u64);
-        let compact_every = self.config.state.compact_every_s.max(1) * 1_000;
-        let resume = self.config.state.resume_on_start;
+        let compact_every = self.boot().state.compact_every_s.max(1) * 1_000;
+        let resume = self.boot().state.resume_on_start;
         tokio::spawn(async move {
             let mut last_compact = 0i64;
             loop {
@@ -188,7 +222,11 @@ impl Host {
                 if resume {
                     match host.take_over().await {
                         Ok(taken) if !taken.is_empty() => {
-                            eprintln!("reins: node {} took over {} interrupted run(s)", host.leases.node, taken.len())
+                            eprintln!(
+                                "reins: node {} took over {} interrupted run(s)",
+                                host.leases.node,
+                                taken.len()
+                            )
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!("looking for interrupted runs: {e}"),
@@ -205,23 +243,34 @@ impl Host {
         })
     }
 
-    /// Compacts finished runs older than `[state] retention_days` (0 keeps all).
-    pub async fn compact_now(&self) -> u64 {
-        let days = i64::from(self.config.state.retention_days);
-        if days == 0 {
-            return 0;
-        }
-        match self.state.compact(now_ms() - days * 86_400_000).await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(runs = n, "compacted finished runs past retention");
-                }
-                n
-            }
-            Err(e) => {
-                tracing::warn!("state store: compaction failed: {e}");
-                0
+    /// Compacts finished runs past `[state] keep_steps_s` and deletes those
+    /// past `retention_days` (0 turns either off). Returns the runs compacted
+    /// and deleted.
+    pub async fn compact_now(&self) -> (u64, u64) {
+        let state = &self.boot().state;
+        let now = now_ms();
+        let mut done = (0, 0);
+        if state.keep_steps_s > 0 {
+            let before =
+                now - i64::try_from(state.keep_steps_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+            match self.state.compact(before).await {
+                Ok(n) => done.0 = n,
+                Err(e) => tracing::warn!("state store: compaction failed: {e}"),
             }
         }
+        if state.retention_days > 0 {
+            match self
+                .state
+                .expire(now - i64::from(state.retention_days) * 86_400_000)
+                .await
+            {
+                Ok(n) => done.1 = n,
+                Err(e) => tracing::warn!("state store: deleting runs past retention failed: {e}"),
+            }
+        }
+        if done != (0, 0) {
+            tracing::info!(compacted = done.0, deleted = done.1, "state housekeeping");
+        }
+        done
     }
 }

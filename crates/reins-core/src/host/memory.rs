@@ -12,9 +12,9 @@ use super::Host;
 use crate::config::{MemoryConfig, MemoryMode};
 use crate::pipeline::{Pipeline, Request};
 use crate::provider::ChatRequest;
+use crate::tokens;
 use reins_runtime::Message;
 use reins_state::RunRecord;
-use crate::tokens;
 use serde_json::Value;
 
 /// Why session memory could not be built.
@@ -59,8 +59,15 @@ impl Host {
         run_id: &str,
         turn: crate::provider::Turn,
     ) -> Result<Option<Message>, MemoryError> {
-        let runs = self.state.session_runs(session, &p.name, config.max_runs.max(1)).await?;
-        let exchanges: Vec<String> = runs.iter().filter(|r| r.run_id != run_id).filter_map(exchange).collect();
+        let runs = self
+            .state
+            .session_runs(session, &p.name, config.max_runs.max(1))
+            .await?;
+        let exchanges: Vec<String> = runs
+            .iter()
+            .filter(|r| r.run_id != run_id)
+            .filter_map(exchange)
+            .collect();
         if exchanges.is_empty() {
             return Ok(None);
         }
@@ -90,14 +97,18 @@ impl Host {
                 strict: false,
                 sampling: Default::default(),
                 tools: Vec::new(),
-                deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(p.config.deadline_ms)),
+                deadline: Some(
+                    std::time::Instant::now()
+                        + std::time::Duration::from_millis(p.config.deadline_ms),
+                ),
                 turn,
             };
             match provider.complete(&request).await {
                 Ok(answer) if !answer.content.trim().is_empty() => {
                     let text = format!("{SUMMARY_HEADER}\n{}", answer.content.trim());
                     let message = cap(Message::new("system", text), budget);
-                    return Ok((!message.content.is_empty() && tokens::count_message(&message) <= budget)
+                    return Ok((!message.content.is_empty()
+                        && tokens::count_message(&message) <= budget)
                         .then_some(message));
                 }
                 Ok(_) => tracing::warn!(run_id, "memory summary was empty; truncating instead"),
@@ -105,7 +116,10 @@ impl Host {
             }
         }
         let message = fit(HEADER, &exchanges, budget);
-        Ok((message.content.len() > HEADER.len() && tokens::count_message(&message) <= budget).then_some(message))
+        Ok(
+            (message.content.len() > HEADER.len() && tokens::count_message(&message) <= budget)
+                .then_some(message),
+        )
     }
 }
 
@@ -117,7 +131,8 @@ fn exchange(run: &RunRecord) -> Option<String> {
         .and_then(|r| r.messages.iter().rev().find(|m| m.role == "user"))
         .map(|m| m.content.trim())
         .filter(|s| !s.is_empty());
-    let result: Option<crate::pipeline::RunResult> = serde_json::from_value(run.result.clone()).ok();
+    let result: Option<crate::pipeline::RunResult> =
+        serde_json::from_value(run.result.clone()).ok();
     let answered = result
         .and_then(|r| match r.output {
             Some(Value::String(s)) => Some(s),
@@ -188,11 +203,21 @@ mod tests {
             .collect();
         for budget in [20, 60, 200, 5_000] {
             let m = fit(HEADER, &exchanges, budget);
-            assert!(tokens::count_message(&m) <= budget, "{budget}: {}", m.content);
+            assert!(
+                tokens::count_message(&m) <= budget,
+                "{budget}: {}",
+                m.content
+            );
         }
         let m = fit(HEADER, &exchanges, 200);
-        assert!(m.content.contains("question number 49"), "the newest is kept");
-        assert!(!m.content.contains("question number 0 "), "the oldest is dropped");
+        assert!(
+            m.content.contains("question number 49"),
+            "the newest is kept"
+        );
+        assert!(
+            !m.content.contains("question number 0 "),
+            "the oldest is dropped"
+        );
         let newest = m.content.find("number 49").unwrap_or(0);
         let older = m.content.find("number 48").unwrap_or(usize::MAX);
         assert!(older < newest, "oldest first: {}", m.content);

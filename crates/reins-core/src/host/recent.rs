@@ -131,7 +131,10 @@ mod tests {
         let (count, bytes) = recent.usage();
         // About 20 runs of 50 kB fit in 1 MiB; the count bound (1,000) never bit.
         assert!((15..=21).contains(&count), "{count} runs kept");
-        assert!(bytes > max - 60_000, "the bound is used, not undershot: {bytes}");
+        assert!(
+            bytes > max - 60_000,
+            "the bound is used, not undershot: {bytes}"
+        );
         assert!(recent.get("r499").is_some(), "the newest is kept");
         assert!(recent.get("r0").is_none(), "the oldest went");
     }

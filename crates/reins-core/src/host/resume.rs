@@ -15,12 +15,14 @@
 use super::{Host, StoredRequest};
 use crate::approvals::{Approval, ApprovalError, ApprovalStatus, Decided, Verdict};
 use crate::pipeline::RunError;
-use std::sync::Arc;
 use crate::pipeline::journal::Journal;
-use crate::pipeline::{Execution, Pipeline, Request, RunContext, RunResult, RunStatus, Tokens, engine};
+use crate::pipeline::{
+    Execution, Pipeline, Request, RunContext, RunResult, RunStatus, Tokens, engine,
+};
 use reins_runtime::Message;
 use reins_state::{RunRecord, StepRecord, now_ms};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// Why a run could not be resumed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,12 @@ pub enum ResumeError {
 }
 
 impl Host {
-    pub(super) async fn run_agent(&self, p: &Pipeline, request: Request, mut record: RunRecord) -> RunResult {
+    pub(super) async fn run_agent(
+        &self,
+        p: &Pipeline,
+        request: Request,
+        mut record: RunRecord,
+    ) -> RunResult {
         let run_id = record.run_id.clone();
         let steps = match self.state.steps(&run_id).await {
             Ok(s) => s,
@@ -52,13 +59,20 @@ impl Host {
         let mut executions: Vec<Execution> = Vec::new();
         let mut tokens = Tokens::default();
         for s in &steps {
-            let turn = serde_json::from_value::<Vec<Message>>(s.data["messages"].clone()).unwrap_or_default();
+            let turn = serde_json::from_value::<Vec<Message>>(s.data["messages"].clone())
+                .unwrap_or_default();
             if s.data["delta"] != Value::Bool(true) {
                 messages.clear(); // an older checkpoint: the whole conversation
             }
             messages.extend(turn);
-            executions.extend(serde_json::from_value::<Vec<Execution>>(s.data["executions"].clone()).unwrap_or_default());
-            add_tokens(&mut tokens, &serde_json::from_value(s.data["tokens"].clone()).unwrap_or_default());
+            executions.extend(
+                serde_json::from_value::<Vec<Execution>>(s.data["executions"].clone())
+                    .unwrap_or_default(),
+            );
+            add_tokens(
+                &mut tokens,
+                &serde_json::from_value(s.data["tokens"].clone()).unwrap_or_default(),
+            );
         }
         let mut step = steps.last().map_or(1, |s| s.step + 1);
         let max_steps = p.config.max_steps.max(1);
@@ -69,7 +83,7 @@ impl Host {
             let mut req = request.clone();
             req.messages = messages.clone();
             req.run_id = Some(turn_id.clone());
-            let journal = if self.config.state.checkpoints {
+            let journal = if self.boot().state.checkpoints {
                 // The turn's model answers are journaled; only the first turn
                 // of a resumed run can have some from before the crash.
                 let previous = if first_turn {
@@ -77,7 +91,13 @@ impl Host {
                 } else {
                     Vec::new()
                 };
-                Some(Journal::for_turn(self.state.clone(), record.clone(), self.leases.lease_ms, &turn_id, &previous))
+                Some(Journal::for_turn(
+                    self.state.clone(),
+                    record.clone(),
+                    self.leases.lease_ms,
+                    &turn_id,
+                    &previous,
+                ))
             } else {
                 None
             };
@@ -91,7 +111,10 @@ impl Host {
             }
             let done = result.status != RunStatus::Completed || result.executions.is_empty();
             if !done {
-                if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &result, &mut messages, false).await {
+                if let Err(lost) = self
+                    .checkpoint_turn(p, &mut record, step, &result, &mut messages, false)
+                    .await
+                {
                     return lost;
                 }
                 executions.extend(result.executions.iter().cloned());
@@ -110,7 +133,11 @@ impl Host {
         // Every turn's executions (those before a resume included) and tokens.
         if result.status != RunStatus::AwaitingApproval {
             let mut all = executions;
-            if result.executions.iter().any(|e| !all.iter().any(|x| x.idempotency_key == e.idempotency_key)) {
+            if result
+                .executions
+                .iter()
+                .any(|e| !all.iter().any(|x| x.idempotency_key == e.idempotency_key))
+            {
                 all.extend(result.executions.iter().cloned());
             }
             result.executions = all;
@@ -146,10 +173,11 @@ impl Host {
             .collect();
         messages.push(Message::tool_calls("", calls));
         for (j, e) in result.executions.iter().enumerate() {
-            let body = json!({"tool": e.tool, "idempotency_key": e.idempotency_key, "result": e.response});
+            let body =
+                json!({"tool": e.tool, "idempotency_key": e.idempotency_key, "result": e.response});
             messages.push(Message::tool_result(id(j), body.to_string()));
         }
-        if !self.config.state.checkpoints && !always {
+        if !self.boot().state.checkpoints && !always {
             return Ok(());
         }
         let checkpoint = StepRecord {
@@ -160,7 +188,8 @@ impl Host {
             created_ms: now_ms(),
         };
         record.status = RunStatus::Running;
-        record.result = json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
+        record.result =
+            json!({"run_id": run_id, "pipeline": p.name, "status": "running", "step": step});
         record.updated_ms = now_ms();
         record.owner = Some(self.leases.node.clone());
         record.lease_until_ms = self.lease_until();
@@ -196,7 +225,10 @@ impl Host {
         StoredRequest::update(&mut record, |stored| stored.agent_step = None);
         // Written even with `checkpoints = false`: the loop goes on from it.
         let mut messages = Vec::new();
-        if let Err(lost) = self.checkpoint_turn(p, &mut record, step, &turn, &mut messages, true).await {
+        if let Err(lost) = self
+            .checkpoint_turn(p, &mut record, step, &turn, &mut messages, true)
+            .await
+        {
             return lost;
         }
         match self.resume_claimed(record, guard).await {
@@ -237,9 +269,15 @@ impl Host {
             .active
             .enter(run_id)
             .ok_or_else(|| busy(format!("running on this node ({})", self.leases.node)))?;
-        if !self.state.claim_run(run_id, &self.leases.node, now_ms(), self.lease_until()).await? {
+        if !self
+            .state
+            .claim_run(run_id, &self.leases.node, now_ms(), self.lease_until())
+            .await?
+        {
             let owner = record.owner.unwrap_or_default();
-            return Err(busy(format!("running on node {owner} (its lease has not expired)")));
+            return Err(busy(format!(
+                "running on node {owner} (its lease has not expired)"
+            )));
         }
         self.resume_claimed(record, guard).await
     }
@@ -255,7 +293,8 @@ impl Host {
             .request
             .ok_or_else(|| ResumeError::NoRequest(run_id.clone()))?;
         request.run_id = Some(run_id.clone());
-        let Some(p) = self.pipelines.get(&record.pipeline) else {
+        let live = self.live.load_full();
+        let Some(p) = live.pipelines.get(&record.pipeline) else {
             let mut result = RunResult::new(run_id, record.pipeline.clone());
             result.error = Some(crate::pipeline::RunError::UnknownPipeline(record.pipeline));
             return Ok(result);
@@ -275,10 +314,16 @@ impl Host {
     /// [`Host::spawn_background`], which also takes over other nodes' runs).
     pub async fn resume_interrupted(&self) -> Result<Vec<RunResult>, ResumeError> {
         use futures_util::StreamExt;
-        let runs = self.state.claimable_runs(&self.leases.node, now_ms(), 10_000).await?;
+        let runs = self
+            .state
+            .claimable_runs(&self.leases.node, now_ms(), 10_000)
+            .await?;
         let runs: Vec<_> = runs
             .into_iter()
-            .filter(|r| self.pipelines.contains_key(&r.pipeline) && !self.leases.active.contains(&r.run_id))
+            .filter(|r| {
+                self.live.load().pipelines.contains_key(&r.pipeline)
+                    && !self.leases.active.contains(&r.run_id)
+            })
             .collect();
         let results: Vec<Result<RunResult, ResumeError>> = futures_util::stream::iter(runs)
             .map(|r| async move { self.resume(&r.run_id).await })
@@ -324,7 +369,9 @@ impl Host {
         approver: &str,
         comment: Option<String>,
     ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
-        let decided = self.decide_and_continue(id, verdict, approver, comment).await;
+        let decided = self
+            .decide_and_continue(id, verdict, approver, comment)
+            .await;
         self.audit_decision(id, verdict, approver, &decided);
         decided
     }
@@ -336,12 +383,23 @@ impl Host {
         approver: &str,
         comment: Option<String>,
     ) -> Result<(Approval, Option<RunResult>), ApprovalError> {
-        match self.approvals.decide(id, verdict, approver, comment).await? {
+        match self
+            .approvals
+            .decide(id, verdict, approver, comment)
+            .await?
+        {
             Decided::Waiting(a) => Ok((a, None)),
             Decided::Ready(a, held, all) => {
-                let record = self.state.run(&a.run_id).await.map_err(|e| ApprovalError::Store(e.to_string()))?;
+                let record = self
+                    .state
+                    .run(&a.run_id)
+                    .await
+                    .map_err(|e| ApprovalError::Store(e.to_string()))?;
                 let Some(mut record) = record else {
-                    return Err(ApprovalError::Store(format!("run `{}` is not in the state store", a.run_id)));
+                    return Err(ApprovalError::Store(format!(
+                        "run `{}` is not in the state store",
+                        a.run_id
+                    )));
                 };
                 // Exactly one node continues a held run: the one that moves
                 // it back to `running` under its lease.
@@ -350,7 +408,12 @@ impl Host {
                 };
                 let taken = self
                     .state
-                    .take_held(&a.run_id, &self.leases.node, reins_state::now_ms(), self.lease_until())
+                    .take_held(
+                        &a.run_id,
+                        &self.leases.node,
+                        reins_state::now_ms(),
+                        self.lease_until(),
+                    )
                     .await
                     .map_err(|e| ApprovalError::Store(e.to_string()))?;
                 if !taken {
@@ -364,7 +427,10 @@ impl Host {
                     // releasing one into fresh memory would credit the budget.
                     None => restore(
                         &record,
-                        self.config.state.counters_shared().then(|| self.plugins.runtime().counters()),
+                        self.boot()
+                            .state
+                            .counters_shared()
+                            .then(|| self.plugins.runtime().counters()),
                     ),
                 };
                 // An agent turn's actions keep the keys a direct turn would use.
@@ -372,12 +438,16 @@ impl Host {
                 if let Some(step) = agent_step {
                     run.run_id = step_run_id(&a.run_id, step);
                 }
-                let pipeline = self.pipelines.get(&record.pipeline);
+                let pipeline = self.pipeline(&record.pipeline);
                 let tell_model = agent_step.is_some()
-                    && pipeline.is_some_and(|p| p.config.on_rejection == crate::config::OnRejection::Continue);
+                    && pipeline.as_ref().is_some_and(|p| {
+                        p.config.on_rejection == crate::config::OnRejection::Continue
+                    });
                 let mut run = self.continue_run(run, &all, tell_model).await;
                 run.run_id = a.run_id.clone();
-                if let (Some(step), RunStatus::Completed, Some(p)) = (agent_step, run.status, pipeline) {
+                if let (Some(step), RunStatus::Completed, Some(p)) =
+                    (agent_step, run.status, pipeline.as_deref())
+                {
                     // The approved turn is done: the agent goes on.
                     run.approvals = all.iter().map(|a| a.id.clone()).collect();
                     let result = self.continue_agent(p, record, step, run, guard).await;
@@ -416,7 +486,12 @@ impl Host {
     /// `tell_model` (an agent turn): then only the rejected actions are
     /// dropped (their reservations released), each reported as a
     /// `rejected` execution, and the rest run.
-    async fn continue_run(&self, mut run: RunResult, approvals: &[Approval], tell_model: bool) -> RunResult {
+    async fn continue_run(
+        &self,
+        mut run: RunResult,
+        approvals: &[Approval],
+        tell_model: bool,
+    ) -> RunResult {
         run.pending.clear();
         let is_rejected = |a: &&Approval| a.status == ApprovalStatus::Rejected;
         if let Some(rejected) = approvals.iter().find(is_rejected).filter(|_| !tell_model) {
@@ -432,7 +507,8 @@ impl Host {
             });
             return run;
         }
-        let Some(p) = self.pipelines.get(&run.pipeline) else {
+        let live = self.live.load_full();
+        let Some(p) = live.pipelines.get(&run.pipeline) else {
             run.status = RunStatus::Failed;
             run.error = Some(RunError::UnknownPipeline(run.pipeline.clone()));
             return run;
@@ -443,8 +519,12 @@ impl Host {
                 r.release();
             }
         }
-        let mut actions: Vec<(usize, reins_runtime::Action)> =
-            run.action_indices.iter().copied().zip(run.actions.iter().cloned()).collect();
+        let mut actions: Vec<(usize, reins_runtime::Action)> = run
+            .action_indices
+            .iter()
+            .copied()
+            .zip(run.actions.iter().cloned())
+            .collect();
         actions.extend(
             approvals
                 .iter()
@@ -466,11 +546,17 @@ impl Host {
             &crate::pipeline::CancellationToken::new(),
         )
         .await;
-        executions.extend(rejected.iter().map(|a| crate::pipeline::execute::rejected(&run.run_id, step, a)));
+        executions.extend(
+            rejected
+                .iter()
+                .map(|a| crate::pipeline::execute::rejected(&run.run_id, step, a)),
+        );
         executions.sort_by_key(|e| e.index);
         run.actions = actions.iter().map(|(_, a)| a.clone()).collect();
         run.action_indices = actions.iter().map(|(i, _)| *i).collect();
-        let failed = executions.iter().find(|e| e.status == crate::pipeline::ExecStatus::Failed);
+        let failed = executions
+            .iter()
+            .find(|e| e.status == crate::pipeline::ExecStatus::Failed);
         run.error = failed.map(|e| RunError::ActionFailed {
             tool: e.tool.clone(),
             message: e.error.clone().unwrap_or_default(),
@@ -489,13 +575,18 @@ impl Host {
 /// that did not start it: what the continuation needs (actions, their
 /// indices, the attempt, dry run, and the gates' reservations, released
 /// through `counters` — which reach the first process's only when shared).
-fn restore(record: &RunRecord, counters: Option<&Arc<dyn reins_runtime::CounterStore>>) -> RunResult {
+fn restore(
+    record: &RunRecord,
+    counters: Option<&Arc<dyn reins_runtime::CounterStore>>,
+) -> RunResult {
     let stored = StoredRequest::of(record);
     let mut run: RunResult = serde_json::from_value(record.result.clone()).unwrap_or_else(|e| {
         tracing::warn!(run_id = %record.run_id, "stored result does not read: {e}");
         RunResult::new(record.run_id.clone(), record.pipeline.clone())
     });
-    run.action_indices = stored.action_indices.unwrap_or_else(|| (0..run.actions.len()).collect());
+    run.action_indices = stored
+        .action_indices
+        .unwrap_or_else(|| (0..run.actions.len()).collect());
     run.reservations = match counters {
         Some(counters) if !stored.reservations.is_null() => {
             reins_runtime::Reservation::list_from_json(&stored.reservations, counters)

@@ -32,7 +32,13 @@ pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
     /// The key of a request to `pipeline`.
-    pub fn new(pipeline: &str, messages: &[Message], schema: Option<&Value>, tools: &[Tool], params: &[Value]) -> Self {
+    pub fn new(
+        pipeline: &str,
+        messages: &[Message],
+        schema: Option<&Value>,
+        tools: &[Tool],
+        params: &[Value],
+    ) -> Self {
         let doc = json!({
             "pipeline": pipeline,
             // Plain messages as [role, text]; anything more (tool calls, ids, parts) whole.
@@ -101,6 +107,13 @@ pub struct ResponseCache {
     inner: Mutex<Inner>,
 }
 
+impl ResponseCache {
+    /// Same TTL and size: one can stand in for the other.
+    pub(crate) fn same_bounds(&self, other: &ResponseCache) -> bool {
+        self.ttl == other.ttl && self.max_entries == other.max_entries
+    }
+}
+
 impl std::fmt::Debug for ResponseCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseCache")
@@ -121,7 +134,9 @@ impl ResponseCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The answer stored under `key` and its age, unless it expired.
@@ -201,13 +216,20 @@ impl ResponseCache {
 
 /// The answer for `key`: from memory, else from the store's cache index
 /// (then kept in memory for the rest of its time to live).
-pub async fn lookup(cache: &ResponseCache, key: &CacheKey, store: &dyn StateStore) -> Option<(Arc<CachedAnswer>, Duration)> {
+pub async fn lookup(
+    cache: &ResponseCache,
+    key: &CacheKey,
+    store: &dyn StateStore,
+) -> Option<(Arc<CachedAnswer>, Duration)> {
     if let Some(hit) = cache.get(key) {
         return Some(hit);
     }
     let now = reins_state::now_ms();
     let ttl_ms = i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX);
-    let (stored, at) = match store.cache_get(&key.hex(), now.saturating_sub(ttl_ms)).await {
+    let (stored, at) = match store
+        .cache_get(&key.hex(), now.saturating_sub(ttl_ms))
+        .await
+    {
         Ok(found) => found?,
         Err(e) => {
             tracing::warn!("state store: response cache lookup failed: {e}");
@@ -222,11 +244,20 @@ pub async fn lookup(cache: &ResponseCache, key: &CacheKey, store: &dyn StateStor
 }
 
 /// Stores `answer` in memory and, off the request path, in the store's cache index.
-pub fn remember(cache: &ResponseCache, key: CacheKey, pipeline: &str, answer: CachedAnswer, store: Arc<dyn StateStore>) {
+pub fn remember(
+    cache: &ResponseCache,
+    key: CacheKey,
+    pipeline: &str,
+    answer: CachedAnswer,
+    store: Arc<dyn StateStore>,
+) {
     if let Ok(value) = serde_json::to_value(&answer) {
         let pipeline = pipeline.to_owned();
         tokio::spawn(async move {
-            if let Err(e) = store.cache_put(&key.hex(), &pipeline, &value, reins_state::now_ms()).await {
+            if let Err(e) = store
+                .cache_put(&key.hex(), &pipeline, &value, reins_state::now_ms())
+                .await
+            {
                 tracing::warn!("state store: cannot index a cached answer: {e}");
             }
         });
@@ -239,7 +270,13 @@ mod tests {
     use super::*;
 
     fn key(text: &str) -> CacheKey {
-        CacheKey::new("p", &[Message::new("user", text)], None, &[], &[json!({"model": "m"})])
+        CacheKey::new(
+            "p",
+            &[Message::new("user", text)],
+            None,
+            &[],
+            &[json!({"model": "m"})],
+        )
     }
 
     fn answer(content: &str) -> CachedAnswer {
@@ -255,11 +292,23 @@ mod tests {
     fn keys_are_exact_over_pipeline_messages_schema_tools_and_params() {
         let m = [Message::new("user", "hi")];
         let base = CacheKey::new("p", &m, None, &[], &[json!({"model": "m"})]);
-        assert_eq!(base, CacheKey::new("p", &m, None, &[], &[json!({"model": "m"})]));
-        assert_ne!(base, CacheKey::new("q", &m, None, &[], &[json!({"model": "m"})]));
+        assert_eq!(
+            base,
+            CacheKey::new("p", &m, None, &[], &[json!({"model": "m"})])
+        );
         assert_ne!(
             base,
-            CacheKey::new("p", &[Message::new("user", "hi ")], None, &[], &[json!({"model": "m"})])
+            CacheKey::new("q", &m, None, &[], &[json!({"model": "m"})])
+        );
+        assert_ne!(
+            base,
+            CacheKey::new(
+                "p",
+                &[Message::new("user", "hi ")],
+                None,
+                &[],
+                &[json!({"model": "m"})]
+            )
         );
         assert_ne!(
             base,
@@ -273,11 +322,23 @@ mod tests {
         );
         assert_ne!(
             base,
-            CacheKey::new("p", &m, Some(&json!({"type": "object"})), &[], &[json!({"model": "m"})])
+            CacheKey::new(
+                "p",
+                &m,
+                Some(&json!({"type": "object"})),
+                &[],
+                &[json!({"model": "m"})]
+            )
         );
         assert_ne!(
             base,
-            CacheKey::new("p", &m, None, &[], &[json!({"model": "m", "temperature": 0.5})])
+            CacheKey::new(
+                "p",
+                &m,
+                None,
+                &[],
+                &[json!({"model": "m", "temperature": 0.5})]
+            )
         );
         assert_eq!(base.short().len(), 12);
     }

@@ -69,7 +69,9 @@ pub fn rejected(run_id: &str, step: u32, approval: &crate::approvals::Approval) 
         executor: "human".to_owned(),
         status: ExecStatus::Rejected,
         http_status: None,
-        response: Some(json!({"rejected": true, "by": by, "comment": comment, "approval": approval.id})),
+        response: Some(
+            json!({"rejected": true, "by": by, "comment": comment, "approval": approval.id}),
+        ),
         error: Some(format!("rejected by {by}: {comment}")),
         tries: 0,
     }
@@ -106,7 +108,11 @@ pub async fn execute_all(
                     r.release();
                 }
             }
-            tracing::info!(run_id, not_sent = actions.len() - pos, "run cancelled: its remaining actions are not sent");
+            tracing::info!(
+                run_id,
+                not_sent = actions.len() - pos,
+                "run cancelled: its remaining actions are not sent"
+            );
             break;
         }
         let key = idempotency_key(run_id, step, *index);
@@ -208,7 +214,16 @@ async fn send_recorded(
         }
         ActionState::Planned | ActionState::Sending => {}
     }
-    if let Err(e) = store.set_action(&exec.idempotency_key, ActionState::Sending, None, None, stored.tries).await {
+    if let Err(e) = store
+        .set_action(
+            &exec.idempotency_key,
+            ActionState::Sending,
+            None,
+            None,
+            stored.tries,
+        )
+        .await
+    {
         return fail(exec, e);
     }
     send(exec, pipeline, run_id, url, timeout_ms, retries).await;
@@ -219,7 +234,13 @@ async fn send_recorded(
         ActionState::Failed
     };
     if let Err(e) = store
-        .set_action(&exec.idempotency_key, state, exec.response.as_ref(), exec.http_status, exec.tries)
+        .set_action(
+            &exec.idempotency_key,
+            state,
+            exec.response.as_ref(),
+            exec.http_status,
+            exec.tries,
+        )
         .await
     {
         // The webhook has it; a resume re-sends it with the same key.
@@ -228,7 +249,14 @@ async fn send_recorded(
 }
 
 /// POSTs one action, retrying 5xx, 429 and connection errors with the same key.
-async fn send(exec: &mut Execution, pipeline: &str, run_id: &str, url: &str, timeout_ms: u64, retries: u32) {
+async fn send(
+    exec: &mut Execution,
+    pipeline: &str,
+    run_id: &str,
+    url: &str,
+    timeout_ms: u64,
+    retries: u32,
+) {
     let body = json!({
         "run_id": run_id,
         "pipeline": pipeline,

@@ -49,7 +49,8 @@ pub(crate) fn compile(
         return Err(ConfigError::Invalid {
             path: config.origin.clone(),
             key: format!("pipelines.{name}.degraded.message"),
-            message: "must say something: it is what the caller is told about the static answer".to_owned(),
+            message: "must say something: it is what the caller is told about the static answer"
+                .to_owned(),
         });
     }
     Ok((

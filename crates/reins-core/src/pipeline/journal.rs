@@ -33,7 +33,12 @@ pub struct Journal {
 impl Journal {
     /// A journal writing `record`'s steps to `store` (the stored request is
     /// left as it is), replaying `previous` steps' attempts.
-    pub fn new(store: Arc<dyn RunStore>, mut record: RunRecord, lease_ms: i64, previous: &[StepRecord]) -> Journal {
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        mut record: RunRecord,
+        lease_ms: i64,
+        previous: &[StepRecord],
+    ) -> Journal {
         record.request = Value::Null;
         let replay = previous
             .iter()
@@ -110,7 +115,10 @@ impl Journal {
         match self.write(kind, data).await {
             Err(e @ StateError::LeaseLost { .. }) => Err(e),
             Err(e) => {
-                tracing::warn!(kind = kind.as_str(), "state store: checkpoint failed (the run goes on): {e}");
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "state store: checkpoint failed (the run goes on): {e}"
+                );
                 Ok(())
             }
             Ok(()) => Ok(()),

@@ -71,7 +71,10 @@ impl Judge for RunJudge {
             run_id: format!("{}.judge", self.run_id),
             pipeline: self.pipeline.clone(),
             attempt: 1,
-            messages: vec![Message::new("system", system), Message::new("user", question)],
+            messages: vec![
+                Message::new("system", system),
+                Message::new("user", question),
+            ],
             schema: None,
             json: false,
             strict: false,
@@ -107,21 +110,27 @@ impl Judge for RunJudge {
             Ok(got) => got,
             Err(_) => (
                 String::new(),
-                Err(format!("the judge did not answer within {} ms", wait.as_millis())),
+                Err(format!(
+                    "the judge did not answer within {} ms",
+                    wait.as_millis()
+                )),
             ),
         };
         let (answer, usage) = match outcome {
             Ok(r) => (Ok(r.content), r.usage),
             Err(e) => (Err(format!("the judge is unavailable: {e}")), None),
         };
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(JudgeCall {
-            provider,
-            question: question.to_owned(),
-            answer: answer.clone(),
-            usage,
-            start,
-            end: Instant::now(),
-        });
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(JudgeCall {
+                provider,
+                question: question.to_owned(),
+                answer: answer.clone(),
+                usage,
+                start,
+                end: Instant::now(),
+            });
         answer
     }
 }

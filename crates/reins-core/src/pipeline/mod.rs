@@ -9,12 +9,16 @@
 //! - [`repair`]: the repair prompt.
 //! - [`result`]: [`RunResult`], its trace and typed errors.
 
-use crate::config::{CallerTools, Config, ConfigError, OnFail, OutputMode, PipelineConfig, SchemaSource, ValidatorConfig};
+use crate::config::{
+    CallerTools, Config, ConfigError, OnFail, OutputMode, PipelineConfig, SchemaSource,
+    ValidatorConfig,
+};
 use crate::provider::{Breaker, Sampling};
-use reins_runtime::{Accepts, Caller, Chunk, Layer, Message, PluginHost, PluginSet};
+use reins_runtime::{Accepts, Caller, Chunk, Layer, Message, PluginSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub mod cache;
@@ -22,22 +26,23 @@ pub mod engine;
 pub mod execute;
 pub mod extract;
 pub mod fallback;
+pub mod journal;
 pub(crate) mod judge;
 pub mod repair;
 pub mod result;
-pub mod journal;
 mod run_context;
 pub use run_context::RunContext;
 
+pub use execute::{ExecStatus, Execution};
 pub use extract::extract_json;
+pub use repair::RepairTemplate;
+pub use result::{
+    Attempt, ExitCode, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus,
+    StopReason, Tokens, TraceStep,
+};
 /// The signal that a run's caller is gone ([`Request::cancel`]), re-exported
 /// so embedders and the server name one type without depending on tokio-util.
 pub use tokio_util::sync::CancellationToken;
-pub use execute::{ExecStatus, Execution};
-pub use repair::RepairTemplate;
-pub use result::{
-    Attempt, ExitCode, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
-};
 
 /// What a caller asks a pipeline to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +213,10 @@ pub struct Pipeline {
     pub name: String,
     pub config: PipelineConfig,
     pub(crate) system_prompt: Option<String>,
+    /// Token counts of this pipeline's recent prompts and answers, for the
+    /// estimates of runs whose provider reports no usage (counting them
+    /// anew cost a fifth of a served run).
+    pub(crate) tokens: crate::tokens::Memo,
     pub(crate) schema: Option<Arc<Value>>,
     pub(crate) schema_validator: Option<jsonschema::Validator>,
     pub(crate) template: RepairTemplate,
@@ -224,11 +233,19 @@ pub struct Pipeline {
     /// The provider that summarizes session memory (`memory.mode = "summarize"`).
     pub(crate) memory_provider: Option<Arc<Breaker>>,
     /// The response cache (`cache` not `off`) and the static degraded answer.
-    pub(crate) cache: Option<cache::ResponseCache>,
+    pub(crate) cache: Option<Arc<cache::ResponseCache>>,
     pub(crate) degraded: Option<fallback::StaticAnswer>,
     /// Compiled tool-argument schemas, by schema text.
     tool_schemas: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+    /// Plugins this pipeline sets up with settings of its own, by layer and
+    /// name: the plugin set serves each under its variant's key.
+    variants: Variants,
 }
+
+/// A pipeline's plugins with settings of its own: by layer, then plugin name
+/// (looked up by `&str` on every plugin call, so nothing is allocated), the
+/// variant's key and the variant.
+type Variants = BTreeMap<Layer, BTreeMap<String, (String, reins_runtime::Variant)>>;
 
 /// Compiled tool schemas kept per pipeline before the cache starts over.
 const TOOL_SCHEMA_CACHE: usize = 256;
@@ -251,11 +268,15 @@ impl Pipeline {
         if self.cache.is_some() || self.degraded.is_some() {
             return None;
         }
-        let ms = [Some(self.config.deadline_ms).filter(|ms| *ms > 0), timeout_ms]
-            .into_iter()
-            .flatten()
-            .min();
-        let deadline = ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+        let ms = [
+            Some(self.config.deadline_ms).filter(|ms| *ms > 0),
+            timeout_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let deadline =
+            ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
         let chain = match self.config.on_saturated {
             crate::config::OnSaturated::Queue => &self.providers[..1.min(self.providers.len())],
             crate::config::OnSaturated::Fallback => &self.providers[..],
@@ -264,9 +285,14 @@ impl Pipeline {
         let mut refusals = Vec::new();
         let mut soonest: Option<std::time::Duration> = None;
         for breaker in chain {
-            let refusal = breaker.admission().would_refuse(deadline, self.config.on_saturated)?;
+            let refusal = breaker
+                .admission()
+                .would_refuse(deadline, self.config.on_saturated)?;
             refusals.push((breaker, refusal));
-            errors.push(crate::provider::ProviderError::saturated(breaker.provider().name(), refusal).to_string());
+            errors.push(
+                crate::provider::ProviderError::saturated(breaker.provider().name(), refusal)
+                    .to_string(),
+            );
             soonest = Some(soonest.map_or(refusal.retry_after(), |s| s.min(refusal.retry_after())));
         }
         for (breaker, refusal) in refusals {
@@ -332,11 +358,12 @@ impl Pipeline {
             (None, Some(f)) => read(f)?,
             (None, None) => repair::DEFAULT_TEMPLATE.to_owned(),
         };
-        let template = RepairTemplate::parse(&template_text).map_err(|message| ConfigError::Template {
-            path: origin.clone(),
-            pipeline: name.to_owned(),
-            message,
-        })?;
+        let template =
+            RepairTemplate::parse(&template_text).map_err(|message| ConfigError::Template {
+                path: origin.clone(),
+                pipeline: name.to_owned(),
+                message,
+            })?;
         if p.schema_on_fail == OnFail::Fix {
             return Err(ConfigError::Invalid {
                 path: origin.clone(),
@@ -370,23 +397,32 @@ impl Pipeline {
         let memory_provider = match &p.memory {
             Some(m) if m.mode == crate::config::MemoryMode::Summarize => {
                 let wanted = m.model.as_ref().unwrap_or(&p.model);
-                Some(providers.get(wanted).cloned().ok_or_else(|| ConfigError::UnknownProvider {
-                    path: origin.clone(),
-                    key: format!("pipelines.{name}.memory.model"),
-                    provider: wanted.clone(),
-                    known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                Some(providers.get(wanted).cloned().ok_or_else(|| {
+                    ConfigError::UnknownProvider {
+                        path: origin.clone(),
+                        key: format!("pipelines.{name}.memory.model"),
+                        provider: wanted.clone(),
+                        known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                    }
                 })?)
             }
             _ => None,
         };
-        let judge_providers = p.judge.as_ref().map(|j| chain(&j.provider)).unwrap_or_default();
+        let judge_providers = p
+            .judge
+            .as_ref()
+            .map(|j| chain(&j.provider))
+            .unwrap_or_default();
         let (cache, degraded) = fallback::compile(config, name, p, schema_validator.as_ref())?;
+        let variants = variants(config, name, p, schema.as_ref())?;
         Ok(Pipeline {
+            variants,
             judge_providers,
             memory_provider,
             name: name.to_owned(),
             config: p.clone(),
             system_prompt,
+            tokens: crate::tokens::Memo::default(),
             schema: schema.map(Arc::new),
             schema_validator,
             template,
@@ -394,14 +430,47 @@ impl Pipeline {
             stages: stages.into_values().collect(),
             providers: providers_chain,
             repair_providers,
-            cache,
+            cache: cache.map(Arc::new),
             degraded,
             tool_schemas: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The name the plugin set serves `plugin` under for this pipeline's
+    /// `layer`: a variant's key where the pipeline gives it settings of its
+    /// own, else the plugin's name.
+    pub fn plugin_key<'a>(&'a self, layer: Layer, plugin: &'a str) -> &'a str {
+        self.variant(layer, plugin)
+            .map_or(plugin, |(key, _)| key.as_str())
+    }
+
+    fn variant(&self, layer: Layer, plugin: &str) -> Option<&(String, reins_runtime::Variant)> {
+        self.variants.get(&layer).and_then(|m| m.get(plugin))
+    }
+
+    /// The plugins this pipeline sets up with settings of its own.
+    pub fn variants(&self) -> impl Iterator<Item = &reins_runtime::Variant> {
+        self.variants
+            .values()
+            .flat_map(|m| m.values().map(|(_, v)| v))
+    }
+
+    /// Keeps `previous`'s response cache when it has the same bounds: what
+    /// it holds stays valid (its keys cover the schema, the conversation and
+    /// every provider's parameters), and a reload should not empty it.
+    pub(crate) fn adopt_cache(&mut self, previous: &Pipeline) {
+        if let (Some(mine), Some(theirs)) = (&self.cache, &previous.cache)
+            && mine.same_bounds(theirs)
+        {
+            self.cache = Some(theirs.clone());
+        }
+    }
+
     /// The compiled validator of a tool's argument schema or a request's schema (cached).
-    pub(crate) fn tool_validator(&self, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+    pub(crate) fn tool_validator(
+        &self,
+        schema: &Value,
+    ) -> Result<Arc<jsonschema::Validator>, String> {
         let key = schema.to_string();
         let mut cache = self.tool_schemas.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = cache.get(&key) {
@@ -416,8 +485,8 @@ impl Pipeline {
     }
 
     /// The response cache, when the pipeline's `cache` is not `off`.
-    pub fn cache(&self) -> Option<&cache::ResponseCache> {
-        self.cache.as_ref()
+    pub fn cache(&self) -> Option<Arc<cache::ResponseCache>> {
+        self.cache.clone()
     }
 
     /// The output schema, if the pipeline has one.
@@ -427,13 +496,11 @@ impl Pipeline {
 
     /// Every plugin the pipeline uses, with the layer it must be.
     pub fn plugins(&self) -> Vec<(Layer, &str)> {
-        let p = &self.config;
-        let mut out: Vec<(Layer, &str)> = p.normalizers.iter().map(|n| (Layer::Normalizer, n.as_str())).collect();
-        out.extend(p.context.iter().map(|c| (Layer::Context, c.plugin.as_str())));
-        out.extend(p.constraints.iter().map(|c| (Layer::Constraints, c.as_str())));
-        out.extend(p.validators.iter().map(|v| (Layer::Validator, v.0.plugin.as_str())));
-        out.extend(p.gates.iter().map(|g| (Layer::Gate, g.as_str())));
-        out
+        self.config
+            .layer_plugins()
+            .into_iter()
+            .map(|l| (l.layer, l.plugin))
+            .collect()
     }
 
     /// What the pipeline answers, and why: its `output`, else `json` for a
@@ -448,15 +515,24 @@ impl Pipeline {
             return (OutputMode::Json, "the pipeline has a schema".to_owned());
         }
         if self.config.actions_field.is_some() {
-            return (OutputMode::Json, "actions_field reads actions out of a JSON answer".to_owned());
+            return (
+                OutputMode::Json,
+                "actions_field reads actions out of a JSON answer".to_owned(),
+            );
         }
         let json_only = self.config.validators.iter().find(|v| {
-            set.get(&v.0.plugin)
+            set.get(self.plugin_key(Layer::Validator, &v.0.plugin))
                 .is_some_and(|p| p.manifest().accepts == Accepts::Json)
         });
         match json_only {
-            Some(v) => (OutputMode::Json, format!("validator `{}` accepts only JSON", v.0.plugin)),
-            None => (OutputMode::Text, "no schema and no JSON-only validator".to_owned()),
+            Some(v) => (
+                OutputMode::Json,
+                format!("validator `{}` accepts only JSON", v.0.plugin),
+            ),
+            None => (
+                OutputMode::Text,
+                "no schema and no JSON-only validator".to_owned(),
+            ),
         }
     }
 
@@ -500,10 +576,12 @@ impl Pipeline {
             "caller_tools": self.caller_tools(),
             "model": c.model,
             "fallbacks": c.fallbacks,
-            "normalizers": c.normalizers,
-            "constraints": c.constraints,
+            "normalizers": c.normalizers.iter().map(|e| &e.plugin).collect::<Vec<_>>(),
+            "constraints": c.constraints.as_ref().map(|e| &e.plugin),
             "validators": c.validators.iter().map(|v| serde_json::json!({"plugin": v.0.plugin, "on_fail": v.0.on_fail, "stage": v.0.stage})).collect::<Vec<_>>(),
-            "gates": c.gates,
+            "gates": c.gates.iter().map(|e| &e.plugin).collect::<Vec<_>>(),
+            // Plugins set up with this pipeline's own settings: the key each is served under.
+            "plugin_settings": self.variants.iter().flat_map(|(layer, m)| m.iter().map(move |(plugin, (key, _))| serde_json::json!({"layer": layer, "plugin": plugin, "key": key}))).collect::<Vec<_>>(),
             "schema": self.schema.is_some(),
             "repair": {"max_attempts": c.repair.max_attempts, "strategies": c.repair.strategies},
             // `null`: each surface's own (cancel on the chat surfaces, finish on the runs endpoint).
@@ -514,11 +592,13 @@ impl Pipeline {
     /// What the caller's declared tools mean here (`caller_tools`, else
     /// `narrow` with a constraints plugin and `allow` without).
     pub fn caller_tools(&self) -> CallerTools {
-        self.config.caller_tools.unwrap_or(if self.config.constraints.is_some() {
-            CallerTools::Narrow
-        } else {
-            CallerTools::Allow
-        })
+        self.config
+            .caller_tools
+            .unwrap_or(if self.config.constraints.is_some() {
+                CallerTools::Narrow
+            } else {
+                CallerTools::Allow
+            })
     }
 
     /// The repair template for answers of this mode.
@@ -531,16 +611,22 @@ impl Pipeline {
 
     /// Checks that every plugin the pipeline names is loaded and of the right
     /// layer, and that its validators can check what it answers.
-    pub fn check_plugins(&self, config: &Config, host: &PluginHost) -> Result<(), ConfigError> {
-        let set = host.current();
+    pub fn check_plugins(&self, config: &Config, set: &PluginSet, dir: &Path) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let get = |layer: Layer, plugin: &str| set.get(self.plugin_key(layer, plugin));
+        let validator = |v: &crate::config::ValidatorEntry| get(Layer::Validator, &v.0.plugin);
+        let settings_of = |plugin: &str| match self.variant(Layer::Validator, plugin) {
+            Some(_) => format!("its settings in pipelines.{}.validators", self.name),
+            None => format!("its sidecar {plugin}.toml"),
+        };
         if self.config.judge.is_none()
             && let Some(v) = self
                 .config
                 .validators
                 .iter()
-                .find(|v| set.get(&v.0.plugin).is_some_and(|p| p.asks_judge()))
+                .find(|v| validator(v).is_some_and(|p| p.asks_judge()))
         {
-            return Err(ConfigError::Invalid {
+            errors.push(ConfigError::Invalid {
                 path: config.origin.clone(),
                 key: format!("pipelines.{}.judge", self.name),
                 message: format!(
@@ -553,7 +639,9 @@ impl Pipeline {
         // a refusal then is its configuration (a pattern that does not
         // compile, a missing key), and better refused now than per request.
         for v in &self.config.validators {
-            let Some(p) = set.get(&v.0.plugin) else { continue };
+            let Some(p) = validator(v) else {
+                continue;
+            };
             if p.manifest().accepts == Accepts::Json || p.asks_judge() {
                 continue;
             }
@@ -565,22 +653,23 @@ impl Pipeline {
                 ..Default::default()
             };
             if let Err(e) = p.validate(&ctx, "\"\"") {
-                return Err(ConfigError::Invalid {
+                errors.push(ConfigError::Invalid {
                     path: config.origin.clone(),
                     key: format!("pipelines.{}.validators", self.name),
                     message: format!(
-                        "validator `{}` refuses to run with its configuration (its sidecar {}.toml): {e}",
-                        v.0.plugin, v.0.plugin
+                        "validator `{}` refuses to run with its configuration ({}): {e}",
+                        v.0.plugin,
+                        settings_of(&v.0.plugin)
                     ),
                 });
             }
         }
         if self.config.output == Some(OutputMode::Text) {
             for v in &self.config.validators {
-                if let Some(p) = set.get(&v.0.plugin)
+                if let Some(p) = validator(v)
                     && p.manifest().accepts == Accepts::Json
                 {
-                    return Err(ConfigError::Invalid {
+                    errors.push(ConfigError::Invalid {
                         path: config.origin.clone(),
                         key: format!("pipelines.{}.validators", self.name),
                         message: format!(
@@ -592,37 +681,121 @@ impl Pipeline {
             }
         }
         for (layer, plugin) in self.plugins() {
-            match set.get(plugin) {
+            match get(layer, plugin) {
                 Some(p) if p.layer() == layer => {}
-                Some(p) => {
-                    return Err(ConfigError::WrongLayer {
-                        path: config.origin.clone(),
-                        pipeline: self.name.clone(),
-                        plugin: plugin.to_owned(),
-                        expected: layer,
-                        actual: p.layer(),
-                    });
-                }
+                Some(p) => errors.push(ConfigError::WrongLayer {
+                    path: config.origin.clone(),
+                    pipeline: self.name.clone(),
+                    plugin: plugin.to_owned(),
+                    expected: layer,
+                    actual: p.layer(),
+                }),
                 None => {
-                    let status = host.statuses().into_iter().find(|s| s.name == plugin);
+                    let statuses = set.statuses();
+                    let key = self.plugin_key(layer, plugin);
+                    let status = statuses
+                        .iter()
+                        .find(|s| s.name == key)
+                        .or_else(|| statuses.iter().find(|s| s.name == plugin));
                     let detail = match status {
-                        Some(s) if s.status == "disabled" => " (it is disabled in its sidecar)".to_owned(),
-                        Some(s) => format!(" ({}: {})", s.status, s.last_error.unwrap_or_default()),
+                        Some(s) if s.status == "disabled" => {
+                            " (it is disabled in its sidecar)".to_owned()
+                        }
+                        Some(s) => format!(
+                            " ({}: {})",
+                            s.status,
+                            s.last_error.clone().unwrap_or_default()
+                        ),
                         None => format!(" (no {plugin}.wasm there)"),
                     };
-                    return Err(ConfigError::MissingPlugin {
+                    errors.push(ConfigError::MissingPlugin {
                         path: config.origin.clone(),
                         pipeline: self.name.clone(),
                         layer,
                         plugin: plugin.to_owned(),
-                        dir: host.dir().to_owned(),
+                        dir: dir.to_owned(),
                         detail,
                     });
                 }
             }
         }
-        Ok(())
+        errors
     }
+}
+
+/// The pipeline's own settings of its plugins, as variants: a `config_file`
+/// first, `config` over it, `"@pipeline"` replaced by the pipeline's schema.
+fn variants(
+    config: &Config,
+    name: &str,
+    p: &PipelineConfig,
+    schema: Option<&Value>,
+) -> Result<Variants, ConfigError> {
+    let mut out = BTreeMap::new();
+    for l in p.layer_plugins() {
+        if l.config.is_none() && l.config_file.is_none() {
+            continue;
+        }
+        let key = format!("pipelines.{name}.{}", crate::config::layer_key(&l.layer));
+        let invalid = |message: String| ConfigError::Invalid {
+            path: config.origin.clone(),
+            key: key.clone(),
+            message,
+        };
+        let mut settings = serde_json::Map::new();
+        if let Some(file) = l.config_file {
+            let path = config.resolve(file);
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let parsed: Result<serde_json::Map<String, Value>, String> =
+                if path.extension().is_some_and(|x| x == "json") {
+                    serde_json::from_str(&text).map_err(|e| e.to_string())
+                } else {
+                    toml::from_str(&text).map_err(|e| e.to_string())
+                };
+            settings = parsed.map_err(|e| {
+                invalid(format!(
+                    "config_file {} of `{}`: {}",
+                    path.display(),
+                    l.plugin,
+                    e.trim_end()
+                ))
+            })?;
+        }
+        for (k, v) in l.config.into_iter().flatten() {
+            settings.insert(k.clone(), v.clone());
+        }
+        for (k, v) in settings.iter_mut() {
+            if v.as_str() == Some("@pipeline") {
+                *v = schema.cloned().ok_or_else(|| {
+                    invalid(format!(
+                        "`{}`'s config.{k} asks for the pipeline's schema (\"@pipeline\"), but the pipeline has none: add `schema`",
+                        l.plugin
+                    ))
+                })?;
+            }
+        }
+        let variant = reins_runtime::Variant {
+            plugin: l.plugin.to_owned(),
+            config: settings,
+        };
+        let vkey = variant.key();
+        let layer: &mut BTreeMap<_, _> = out.entry(l.layer).or_default();
+        match layer.get(l.plugin) {
+            Some((other, _)) if *other != vkey => {
+                return Err(invalid(format!(
+                    "`{}` is listed twice with different settings; a pipeline sets up a plugin one way",
+                    l.plugin
+                )));
+            }
+            _ => {
+                layer.insert(l.plugin.to_owned(), (vkey, variant));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Compiles a draft 2020-12 schema (a schema that says `$schema` keeps its
@@ -659,7 +832,8 @@ mod tests {
 
     #[test]
     fn requests_parse_from_json() {
-        let r: Request = serde_json::from_str(r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"messages": [{"role": "user", "content": "hi"}]}"#).unwrap();
         assert_eq!(r.metadata, json!({}));
         assert!(serde_json::from_str::<Request>(r#"{"messages": [], "metdata": {}}"#).is_err());
     }

@@ -29,7 +29,13 @@ pub const TEXT_TEMPLATE: &str = "Your previous answer did not pass the checks. F
 \n\
 Reply with the corrected answer only.";
 
-const PLACEHOLDERS: [&str; 5] = ["violations", "violations_json", "attempt", "max_attempts", "schema"];
+const PLACEHOLDERS: [&str; 5] = [
+    "violations",
+    "violations_json",
+    "attempt",
+    "max_attempts",
+    "schema",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -85,28 +91,38 @@ impl RepairTemplate {
             .iter()
             .any(|p| matches!(p, Part::Slot("violations") | Part::Slot("violations_json")))
         {
-            return Err("the template must contain {{violations}} or {{violations_json}}".to_owned());
+            return Err(
+                "the template must contain {{violations}} or {{violations_json}}".to_owned(),
+            );
         }
         Ok(RepairTemplate { parts })
     }
 
     /// The repair message for `violations`, asking for attempt `attempt`.
-    pub fn render(&self, violations: &[Violation], attempt: u32, max_attempts: u32, schema: Option<&Value>) -> String {
+    pub fn render(
+        &self,
+        violations: &[Violation],
+        attempt: u32,
+        max_attempts: u32,
+        schema: Option<&Value>,
+    ) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Slot("violations") => out.push_str(&list(violations)),
-                Part::Slot("violations_json") => {
-                    out.push_str(&serde_json::to_string(violations).unwrap_or_else(|_| "[]".to_owned()))
-                }
+                Part::Slot("violations_json") => out.push_str(
+                    &serde_json::to_string(violations).unwrap_or_else(|_| "[]".to_owned()),
+                ),
                 Part::Slot("attempt") => {
                     let _ = write!(out, "{attempt}");
                 }
                 Part::Slot("max_attempts") => {
                     let _ = write!(out, "{max_attempts}");
                 }
-                Part::Slot(_) => out.push_str(&schema.map_or_else(|| "{}".to_owned(), Value::to_string)),
+                Part::Slot(_) => {
+                    out.push_str(&schema.map_or_else(|| "{}".to_owned(), Value::to_string))
+                }
             }
         }
         out
@@ -127,7 +143,11 @@ fn list(violations: &[Violation]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        let path = if v.path.is_empty() { "(document)" } else { &v.path };
+        let path = if v.path.is_empty() {
+            "(document)"
+        } else {
+            &v.path
+        };
         let _ = write!(out, "- {path} [{}]: {}", v.code, v.message);
     }
     out
@@ -135,7 +155,11 @@ fn list(violations: &[Violation]) -> String {
 
 /// The conversation of a repair attempt: the original conversation, the
 /// previous answer, and the repair message.
-pub fn repair_messages(original: &[Message], previous_answer: &str, repair_prompt: String) -> Vec<Message> {
+pub fn repair_messages(
+    original: &[Message],
+    previous_answer: &str,
+    repair_prompt: String,
+) -> Vec<Message> {
     let mut messages = Vec::with_capacity(original.len() + 2);
     messages.extend_from_slice(original);
     messages.push(Message::new("assistant", previous_answer));
@@ -162,7 +186,11 @@ mod tests {
         let t = RepairTemplate::default();
         let out = t.render(
             &[
-                v("/risks/0/damage_cap", "type", "\"$500,000\" is not of type \"number\""),
+                v(
+                    "/risks/0/damage_cap",
+                    "type",
+                    "\"$500,000\" is not of type \"number\"",
+                ),
                 v("", "required", "\"risks\" is a required property"),
             ],
             2,
@@ -181,7 +209,9 @@ mod tests {
 
     #[test]
     fn rendering_is_deterministic() {
-        let t = RepairTemplate::parse("{{attempt}}/{{max_attempts}} {{violations_json}} {{schema}}").unwrap();
+        let t =
+            RepairTemplate::parse("{{attempt}}/{{max_attempts}} {{violations_json}} {{schema}}")
+                .unwrap();
         let vs = [v("/a", "x", "m")];
         let schema = serde_json::json!({"type": "object"});
         let a = t.render(&vs, 2, 3, Some(&schema));
@@ -199,8 +229,16 @@ mod tests {
                 .unwrap_err()
                 .contains("violatons")
         );
-        assert!(RepairTemplate::parse("{{violations").unwrap_err().contains("unclosed"));
-        assert!(RepairTemplate::parse("fix it").unwrap_err().contains("{{violations}}"));
+        assert!(
+            RepairTemplate::parse("{{violations")
+                .unwrap_err()
+                .contains("unclosed")
+        );
+        assert!(
+            RepairTemplate::parse("fix it")
+                .unwrap_err()
+                .contains("{{violations}}")
+        );
     }
 
     #[test]

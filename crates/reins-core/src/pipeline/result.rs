@@ -103,13 +103,29 @@ pub struct TraceStep {
 /// Every `TraceStep::layer` the engine writes. A stored trace reads back
 /// into these names (anything else reads as `other`).
 pub const TRACE_LAYERS: &[&str] = &[
-    "normalizer", "context", "constraints", "validator", "gate", "model", "extract", "schema", "fix", "action",
-    "repair", "judge", "execute", "other",
+    "normalizer",
+    "context",
+    "constraints",
+    "validator",
+    "gate",
+    "model",
+    "extract",
+    "schema",
+    "fix",
+    "action",
+    "repair",
+    "judge",
+    "execute",
+    "other",
 ];
 
 /// A closed set's name from stored JSON, as the `'static` name the engine uses.
 fn known_name(names: &[&'static str], name: &str) -> &'static str {
-    names.iter().copied().find(|k| *k == name).unwrap_or("other")
+    names
+        .iter()
+        .copied()
+        .find(|k| *k == name)
+        .unwrap_or("other")
 }
 
 /// A [`TraceStep`] as stored, before its layer is matched to the engine's name.
@@ -188,16 +204,24 @@ impl ExitCode {
     pub fn meaning(self) -> &'static str {
         match self {
             ExitCode::Completed => "completed: the output is on stdout",
-            ExitCode::PluginFailed => "a fail-closed plugin failed or is missing, or an action failed",
+            ExitCode::PluginFailed => {
+                "a fail-closed plugin failed or is missing, or an action failed"
+            }
             ExitCode::BadInput => {
                 "bad input or config (unknown pipeline, empty input, the provider refused the request)"
             }
             ExitCode::ValidationFailed => "validation not repaired within the limits",
-            ExitCode::Rejected => "rejected by a normalizer or gate, or an approver rejected an action",
+            ExitCode::Rejected => {
+                "rejected by a normalizer or gate, or an approver rejected an action"
+            }
             ExitCode::ModelUnavailable => "model unavailable",
-            ExitCode::AwaitingApproval => "awaiting approval: the output is on stdout, its actions wait for a human",
+            ExitCode::AwaitingApproval => {
+                "awaiting approval: the output is on stdout, its actions wait for a human"
+            }
             ExitCode::RateLimited => "rate limited, or every provider saturated (retry later)",
-            ExitCode::NotOwned => "the run continues on another node (or its idempotency key is another run's)",
+            ExitCode::NotOwned => {
+                "the run continues on another node (or its idempotency key is another run's)"
+            }
             ExitCode::Cancelled => "cancelled: the run's caller went away before the answer",
         }
     }
@@ -223,7 +247,11 @@ pub enum RunError {
     #[error("rejected by normalizer `{plugin}`: {reason}")]
     Rejected { plugin: String, reason: String },
     #[error("rejected by gate `{gate}` on `{tool}`: {reason}")]
-    Denied { gate: String, tool: String, reason: String },
+    Denied {
+        gate: String,
+        tool: String,
+        reason: String,
+    },
     #[error("validation failed after {attempts} attempt(s) ({stop}): {summary}")]
     ValidationFailed {
         attempts: u32,
@@ -236,7 +264,10 @@ pub enum RunError {
     /// run could not wait for one within its deadline: the caller should
     /// come back after `retry_after_ms`.
     #[error("overloaded: {}; retry in {} s", errors.join("; "), retry_after_ms.div_ceil(1000).max(1))]
-    Overloaded { errors: Vec<String>, retry_after_ms: u64 },
+    Overloaded {
+        errors: Vec<String>,
+        retry_after_ms: u64,
+    },
     /// The upstream refused the request itself (a 4xx that no negotiation
     /// fixed): the caller's to change, not an outage.
     #[error("provider `{provider}` refused the request (HTTP {status}): {message}")]
@@ -292,9 +323,23 @@ pub enum RunError {
 
 /// Every [`RunError::kind`].
 pub const ERROR_KINDS: &[&str] = &[
-    "unknown_pipeline", "bad_request", "rejected", "denied", "validation_failed", "model_unavailable",
-    "upstream_refused", "plugin_failed", "action_failed", "approval_rejected", "rate_limited", "overloaded", "missing_plugin",
-    "not_owned", "forbidden", "cancelled", "other",
+    "unknown_pipeline",
+    "bad_request",
+    "rejected",
+    "denied",
+    "validation_failed",
+    "model_unavailable",
+    "upstream_refused",
+    "plugin_failed",
+    "action_failed",
+    "approval_rejected",
+    "rate_limited",
+    "overloaded",
+    "missing_plugin",
+    "not_owned",
+    "forbidden",
+    "cancelled",
+    "other",
 ];
 
 impl RunError {
@@ -335,18 +380,18 @@ impl RunError {
 
     fn exit(&self) -> ExitCode {
         match self {
-            RunError::UnknownPipeline(_) | RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => {
-                ExitCode::BadInput
-            }
+            RunError::UnknownPipeline(_)
+            | RunError::BadRequest(_)
+            | RunError::UpstreamRefused { .. } => ExitCode::BadInput,
             RunError::ValidationFailed { .. } => ExitCode::ValidationFailed,
             RunError::Rejected { .. }
             | RunError::Denied { .. }
             | RunError::ApprovalRejected { .. }
             | RunError::Forbidden { .. } => ExitCode::Rejected,
             RunError::ModelUnavailable { .. } => ExitCode::ModelUnavailable,
-            RunError::Plugin { .. } | RunError::MissingPlugin { .. } | RunError::ActionFailed { .. } => {
-                ExitCode::PluginFailed
-            }
+            RunError::Plugin { .. }
+            | RunError::MissingPlugin { .. }
+            | RunError::ActionFailed { .. } => ExitCode::PluginFailed,
             RunError::RateLimited { .. } | RunError::Overloaded { .. } => ExitCode::RateLimited,
             RunError::NotOwned { .. } => ExitCode::NotOwned,
             RunError::Cancelled { .. } => ExitCode::Cancelled,
@@ -413,7 +458,9 @@ impl std::fmt::Display for StopReason {
         f.write_str(match self {
             StopReason::MaxAttempts => "max_attempts reached",
             StopReason::TokenBudget => "token budget spent",
-            StopReason::Repeated => "the same violations twice in a row, with no repair strategy left to change",
+            StopReason::Repeated => {
+                "the same violations twice in a row, with no repair strategy left to change"
+            }
             StopReason::FailFast => "a fail-fast validator failed",
         })
     }
@@ -532,7 +579,10 @@ impl RunResult {
         match (self.status, self.error, self.output) {
             (RunStatus::Completed, _, Some(output)) => Ok(output),
             (_, Some(e), _) => Err(e),
-            (status, None, _) => Err(RunError::BadRequest(format!("run ended {}", status.as_str()))),
+            (status, None, _) => Err(RunError::BadRequest(format!(
+                "run ended {}",
+                status.as_str()
+            ))),
         }
     }
 
@@ -591,7 +641,11 @@ impl RunResult {
             self.attempts.len(),
             self.repairs(),
             self.tokens.total,
-            if self.tokens.estimated { " (estimated)" } else { "" },
+            if self.tokens.estimated {
+                " (estimated)"
+            } else {
+                ""
+            },
             self.duration_us
         );
         if let Some(e) = &self.error {
@@ -620,7 +674,12 @@ mod tests {
             tool_calls: Vec::new(),
             violations: Vec::new(),
             fixed_by: vec!["coerce".into()],
-            tokens: Tokens { prompt: 3, completion: 2, total: 5, estimated: true },
+            tokens: Tokens {
+                prompt: 3,
+                completion: 2,
+                total: 5,
+                estimated: true,
+            },
             latency_us: 7,
         });
         r.trace.push(TraceStep {
@@ -631,7 +690,11 @@ mod tests {
             start_us: 1,
             duration_us: 2,
         });
-        r.error = Some(RunError::ValidationFailed { attempts: 2, stop: StopReason::Repeated, summary: "x".into() });
+        r.error = Some(RunError::ValidationFailed {
+            attempts: 2,
+            stop: StopReason::Repeated,
+            summary: "x".into(),
+        });
         let stored = serde_json::to_value(&r).expect("serializes");
         let back: RunResult = serde_json::from_value(stored.clone()).expect("reads back");
         assert_eq!(serde_json::to_value(&back).expect("serializes"), {
@@ -640,7 +703,10 @@ mod tests {
             s
         });
         assert_eq!(back.trace[0].layer, "validator");
-        assert_eq!(back.error.as_ref().map(RunError::kind), Some("validation_failed"));
+        assert_eq!(
+            back.error.as_ref().map(RunError::kind),
+            Some("validation_failed")
+        );
         assert_eq!(back.exit_code(), r.exit_code());
     }
 }

@@ -42,7 +42,11 @@ impl RunContext {
     }
 
     /// Records a step in the journal, if the run keeps one.
-    pub async fn checkpoint(&self, kind: StepKind, data: serde_json::Value) -> Result<(), reins_state::StateError> {
+    pub async fn checkpoint(
+        &self,
+        kind: StepKind,
+        data: serde_json::Value,
+    ) -> Result<(), reins_state::StateError> {
         match &self.journal {
             Some(j) => j.record(kind, data).await,
             None => Ok(()),

@@ -208,8 +208,12 @@ impl Admission {
         Arc::new_cyclic(|this| Admission {
             name: name.to_owned(),
             meters: Meters::new(name),
-            rpm: settings.rpm.map(|n| RateLimiter::direct(Quota::per_minute(n))),
-            tpm: settings.tpm.map(|n| RateLimiter::direct(Quota::per_minute(n))),
+            rpm: settings
+                .rpm
+                .map(|n| RateLimiter::direct(Quota::per_minute(n))),
+            tpm: settings
+                .tpm
+                .map(|n| RateLimiter::direct(Quota::per_minute(n))),
             clock: DefaultClock::default(),
             state: Mutex::new(State {
                 in_flight: 0,
@@ -231,7 +235,9 @@ impl Admission {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A slot for one call: at once, after a wait in the queue, or a refusal.
@@ -273,7 +279,10 @@ impl Admission {
         };
         let granted = match ask.deadline {
             None => (&mut waiting.rx).await.is_ok(),
-            Some(d) => matches!(tokio::time::timeout_at(d.into(), &mut waiting.rx).await, Ok(Ok(()))),
+            Some(d) => matches!(
+                tokio::time::timeout_at(d.into(), &mut waiting.rx).await,
+                Ok(Ok(()))
+            ),
         };
         if granted {
             waiting.id = u64::MAX;
@@ -289,7 +298,11 @@ impl Admission {
     /// Whether a call would be refused at once (queue full, or its expected
     /// wait past `deadline`): lets a server shed a request before it does
     /// any work for it. Takes nothing.
-    pub fn would_refuse(&self, deadline: Option<Instant>, on_saturated: OnSaturated) -> Option<Refusal> {
+    pub fn would_refuse(
+        &self,
+        deadline: Option<Instant>,
+        on_saturated: OnSaturated,
+    ) -> Option<Refusal> {
         let s = self.lock();
         let now = Instant::now();
         if s.queued == 0 && self.may_start(&s, now) {
@@ -299,7 +312,13 @@ impl Admission {
     }
 
     /// Why a call that cannot start now may not wait either, if it may not.
-    fn refusal(&self, s: &State, now: Instant, deadline: Option<Instant>, on_saturated: OnSaturated) -> Option<Refusal> {
+    fn refusal(
+        &self,
+        s: &State,
+        now: Instant,
+        deadline: Option<Instant>,
+        on_saturated: OnSaturated,
+    ) -> Option<Refusal> {
         let wait = self.expected_wait(s, now);
         if on_saturated == OnSaturated::Fallback && s.saturated_until.is_some_and(|u| now < u) {
             Some(Refusal::Saturated { retry_after: wait })
@@ -315,7 +334,9 @@ impl Admission {
     /// The upstream pushed back: no call goes until `for_` has passed
     /// (bounded by `max_saturation`; the default when it did not say).
     pub fn saturate(&self, asked: Option<Duration>) {
-        let hold = asked.unwrap_or(self.settings.saturation).min(self.settings.max_saturation);
+        let hold = asked
+            .unwrap_or(self.settings.saturation)
+            .min(self.settings.max_saturation);
         let mut s = self.lock();
         let now = Instant::now();
         let until = now + hold;
@@ -406,10 +427,9 @@ impl Admission {
         } else {
             Duration::ZERO
         };
-        let rate = self
-            .settings
-            .rpm
-            .map_or(Duration::ZERO, |rpm| Duration::from_secs_f64(ahead * 60.0 / f64::from(rpm.get())));
+        let rate = self.settings.rpm.map_or(Duration::ZERO, |rpm| {
+            Duration::from_secs_f64(ahead * 60.0 / f64::from(rpm.get()))
+        });
         saturation + batches.max(rate)
     }
 
@@ -428,8 +448,12 @@ impl Admission {
             if f64::from(s.in_flight) >= Self::limit_now(s) {
                 return;
             }
-            let Some(tenant) = s.turns.pop_front() else { return };
-            let Some(queue) = s.queues.get_mut(&tenant) else { continue };
+            let Some(tenant) = s.turns.pop_front() else {
+                return;
+            };
+            let Some(queue) = s.queues.get_mut(&tenant) else {
+                continue;
+            };
             // Calls that gave up (deadline, disconnect) leave as they are met.
             while queue.front().is_some_and(|w| w.tx.is_closed()) {
                 queue.pop_front();
@@ -444,7 +468,9 @@ impl Admission {
                 self.wake_at(s, now + wait);
                 return;
             }
-            let Some(waiter) = queue.pop_front() else { continue };
+            let Some(waiter) = queue.pop_front() else {
+                continue;
+            };
             if queue.is_empty() {
                 s.queues.remove(&tenant);
             } else {
@@ -488,7 +514,11 @@ impl Admission {
             match ended.signal {
                 Signal::Ok => {
                     let us = now.saturating_duration_since(slot.started).as_micros() as f64;
-                    s.latency_us = if s.latency_us == 0.0 { us } else { 0.8 * s.latency_us + 0.2 * us };
+                    s.latency_us = if s.latency_us == 0.0 {
+                        us
+                    } else {
+                        0.8 * s.latency_us + 0.2 * us
+                    };
                     if self.settings.adaptive
                         && let Some(max) = self.settings.max_in_flight
                         && f64::from(s.in_flight + 1) * 2.0 >= Self::limit_now(&s)
@@ -511,7 +541,9 @@ impl Admission {
             return;
         }
         let spacing = Duration::from_micros(s.latency_us.max(100_000.0) as u64);
-        if s.last_decrease.is_some_and(|t| now.saturating_duration_since(t) < spacing) {
+        if s.last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < spacing)
+        {
             return;
         }
         s.last_decrease = Some(now);
@@ -522,7 +554,9 @@ impl Admission {
     /// The upstream counted more tokens than the estimate: take the rest
     /// (best effort; an overestimate cannot be given back to `governor`).
     fn correct_tokens(&self, estimated: u32, used: u64) {
-        let (Some(tpm), Ok(used)) = (&self.tpm, u32::try_from(used)) else { return };
+        let (Some(tpm), Ok(used)) = (&self.tpm, u32::try_from(used)) else {
+            return;
+        };
         if let Some(extra) = NonZeroU32::new(used.saturating_sub(estimated)) {
             let cap = self.settings.tpm.map_or(NonZeroU32::MIN, |t| t);
             let _ = tpm.check_n(extra.min(cap));
@@ -670,7 +704,10 @@ mod tests {
         while a.snapshot().queued == 0 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(a.acquire(ask("t")).await, Err(Refusal::QueueFull { .. })));
+        assert!(matches!(
+            a.acquire(ask("t")).await,
+            Err(Refusal::QueueFull { .. })
+        ));
         first.end(OK);
         assert_eq!(second.await.unwrap(), Ok(()));
         let s = a.snapshot();
@@ -702,7 +739,10 @@ mod tests {
         }
         let order = order.lock().unwrap().clone();
         let quiet = order.iter().position(|t| *t == "quiet").unwrap();
-        assert!(quiet <= 1, "the quiet tenant went second at the latest, not last: {order:?}");
+        assert!(
+            quiet <= 1,
+            "the quiet tenant went second at the latest, not last: {order:?}"
+        );
     }
 
     #[tokio::test]
@@ -713,7 +753,10 @@ mod tests {
             on_saturated: OnSaturated::Fallback,
             ..ask("t")
         };
-        assert!(matches!(a.acquire(fallback).await, Err(Refusal::Saturated { .. })));
+        assert!(matches!(
+            a.acquire(fallback).await,
+            Err(Refusal::Saturated { .. })
+        ));
         // Queued: goes once the saturation is over.
         a.acquire(ask("t")).await.unwrap().end(OK);
         assert_eq!(a.snapshot().saturations, 1);
@@ -723,7 +766,10 @@ mod tests {
             deadline: Some(Instant::now() + Duration::from_secs(1)),
             ..ask("t")
         };
-        assert!(matches!(a.acquire(soon).await, Err(Refusal::PastDeadline { .. })));
+        assert!(matches!(
+            a.acquire(soon).await,
+            Err(Refusal::PastDeadline { .. })
+        ));
         assert!(a.would_refuse(soon.deadline, OnSaturated::Queue).is_some());
         assert_eq!(a.snapshot().queued, 0);
     }
@@ -757,7 +803,11 @@ mod tests {
         );
         a.saturate(Some(Duration::from_millis(1)));
         a.saturate(Some(Duration::from_millis(1)));
-        assert_eq!(a.snapshot().limit, Some(9), "one burst of 429s is one decrease");
+        assert_eq!(
+            a.snapshot().limit,
+            Some(9),
+            "one burst of 429s is one decrease"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
         for _ in 0..100 {
             let slots: Vec<Slot> = futures_slots(&a, 9).await;
@@ -791,6 +841,9 @@ mod tests {
             deadline: Some(Instant::now() + Duration::from_millis(100)),
             ..ask("t")
         };
-        assert!(matches!(a.acquire(soon).await, Err(Refusal::PastDeadline { .. })));
+        assert!(matches!(
+            a.acquire(soon).await,
+            Err(Refusal::PastDeadline { .. })
+        ));
     }
 }

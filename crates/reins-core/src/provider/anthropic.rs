@@ -28,7 +28,10 @@
 //! 5xx are retried by the [`super::Breaker`], honouring `retry-after`; 400,
 //! 413 and 422 are refusals that go back to the caller.
 
-use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice, Usage};
+use super::{
+    ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice,
+    Usage,
+};
 use crate::config::AnthropicConfig;
 use reins_runtime::Message;
 use serde_json::{Map, Value, json};
@@ -38,8 +41,7 @@ use std::any::Any;
 pub const API_VERSION: &str = "2023-06-01";
 
 /// Appended to the system prompt when the answer must be one JSON document.
-pub const JSON_INSTRUCTION: &str =
-    "Answer with exactly one JSON document and nothing else: no prose before or after it, no code fences.";
+pub const JSON_INSTRUCTION: &str = "Answer with exactly one JSON document and nothing else: no prose before or after it, no code fences.";
 
 /// The Anthropic Messages API.
 pub struct AnthropicProvider {
@@ -141,11 +143,16 @@ impl AnthropicProvider {
         Value::Object(body)
     }
 
-    async fn send(&self, request: &ChatRequest, api_key: Option<&str>) -> Result<ChatResponse, ProviderError> {
-        let body = serde_json::to_vec(&self.body(request)).map_err(|e| ProviderError::BadResponse {
-            provider: self.name.clone(),
-            message: format!("cannot encode the request: {e}"),
-        })?;
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        api_key: Option<&str>,
+    ) -> Result<ChatResponse, ProviderError> {
+        let body =
+            serde_json::to_vec(&self.body(request)).map_err(|e| ProviderError::BadResponse {
+                provider: self.name.clone(),
+                message: format!("cannot encode the request: {e}"),
+            })?;
         let mut builder = self
             .client
             .post(&self.url)
@@ -153,14 +160,23 @@ impl AnthropicProvider {
             .header("anthropic-version", API_VERSION)
             .body(body);
         if let Some(key) = api_key {
-            let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| ProviderError::MissingApiKey {
-                provider: self.name.clone(),
-                var: self.config.api_key_env.clone(),
+            let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
+                ProviderError::MissingApiKey {
+                    provider: self.name.clone(),
+                    var: self.config.api_key_env.clone(),
+                }
             })?;
             value.set_sensitive(true);
             builder = builder.header("x-api-key", value);
         }
-        super::http::exchange(&self.name, &self.url, &self.config.http, builder, parse_response).await
+        super::http::exchange(
+            &self.name,
+            &self.url,
+            &self.config.http,
+            builder,
+            parse_response,
+        )
+        .await
     }
 }
 
@@ -239,7 +255,8 @@ pub fn wire_messages(messages: &[Message]) -> (String, Vec<Value>) {
                         Some(parts) => Value::Array(parts.iter().map(block).collect()),
                         None => Value::String(m.content.clone()),
                     };
-                    let mut result = json!({"type": "tool_result", "tool_use_id": id, "content": content});
+                    let mut result =
+                        json!({"type": "tool_result", "tool_use_id": id, "content": content});
                     if m.is_error {
                         result["is_error"] = json!(true);
                     }
@@ -264,9 +281,13 @@ pub fn wire_messages(messages: &[Message]) -> (String, Vec<Value>) {
     let messages = turns
         .into_iter()
         .map(|(role, mut blocks)| {
-            let plain = blocks.len() == 1 && blocks[0].get("type").and_then(Value::as_str) == Some("text");
+            let plain =
+                blocks.len() == 1 && blocks[0].get("type").and_then(Value::as_str) == Some("text");
             let content = if plain {
-                blocks.pop().and_then(|b| b.get("text").cloned()).unwrap_or_default()
+                blocks
+                    .pop()
+                    .and_then(|b| b.get("text").cloned())
+                    .unwrap_or_default()
             } else {
                 Value::Array(blocks)
             };
@@ -292,7 +313,9 @@ fn tool_input(arguments: &str) -> Value {
 /// One content part (OpenAI-shaped, as Reins keeps them) as a content block.
 fn block(part: &Value) -> Value {
     match part.get("type").and_then(Value::as_str) {
-        Some("text") => json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()}),
+        Some("text") => {
+            json!({"type": "text", "text": part.get("text").cloned().unwrap_or_default()})
+        }
         Some("image_url") => image_block(part).unwrap_or_else(|| part.clone()),
         // Anything else (e.g. an Anthropic block kept as it came) goes as it is.
         _ => part.clone(),
@@ -308,7 +331,9 @@ fn image_block(part: &Value) -> Option<Value> {
     if let Some(data_url) = url.strip_prefix("data:") {
         let (meta, data) = data_url.split_once(',')?;
         let media_type = meta.strip_suffix(";base64")?;
-        return Some(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}));
+        return Some(
+            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+        );
     }
     Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
 }
@@ -319,12 +344,19 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     if body.get("type").and_then(Value::as_str) == Some("error") {
         return Err(format!("an error answer: {}", body["error"]));
     }
-    let blocks = body.get("content").and_then(Value::as_array).ok_or("no `content` list")?;
+    let blocks = body
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or("no `content` list")?;
     let mut content = String::new();
     let mut tool_calls = Vec::new();
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => content.push_str(b.get("text").and_then(Value::as_str).ok_or("a text block without text")?),
+            Some("text") => content.push_str(
+                b.get("text")
+                    .and_then(Value::as_str)
+                    .ok_or("a text block without text")?,
+            ),
             Some("tool_use") => tool_calls.push(ToolCall {
                 id: b.get("id").and_then(Value::as_str).map(str::to_owned),
                 name: b
@@ -340,7 +372,8 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     }
     let usage = body.get("usage").filter(|u| u.is_object()).map(|u| {
         let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let prompt = n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens");
+        let prompt =
+            n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens");
         let completion = n("output_tokens");
         Usage {
             prompt_tokens: prompt,
@@ -352,7 +385,11 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
         content,
         tool_calls,
         usage,
-        model: body.get("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 
@@ -371,8 +408,16 @@ mod tests {
             Message::tool_calls(
                 "",
                 vec![
-                    MessageToolCall { id: "t1".into(), name: "f".into(), arguments: "{\"x\":1}".into() },
-                    MessageToolCall { id: "t2".into(), name: "g".into(), arguments: "not json".into() },
+                    MessageToolCall {
+                        id: "t1".into(),
+                        name: "f".into(),
+                        arguments: "{\"x\":1}".into(),
+                    },
+                    MessageToolCall {
+                        id: "t2".into(),
+                        name: "g".into(),
+                        arguments: "not json".into(),
+                    },
                 ],
             ),
             Message::tool_result("t1", "ok"),
@@ -383,7 +428,10 @@ mod tests {
         assert_eq!(system, "a\n\nb");
         assert_eq!(wire.len(), 3);
         assert_eq!(wire[0], json!({"role": "user", "content": "go"}));
-        assert_eq!(wire[1]["content"][1]["input"], json!({"arguments": "not json"}));
+        assert_eq!(
+            wire[1]["content"][1]["input"],
+            json!({"arguments": "not json"})
+        );
         assert_eq!(
             wire[2]["content"],
             json!([
@@ -398,8 +446,14 @@ mod tests {
     fn images_become_image_blocks() {
         let data = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
         let url = json!({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}});
-        assert_eq!(block(&data), json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}));
-        assert_eq!(block(&url), json!({"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}));
+        assert_eq!(
+            block(&data),
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}})
+        );
+        assert_eq!(
+            block(&url),
+            json!({"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}})
+        );
         let odd = json!({"type": "image_url", "image_url": {"url": "data:text/plain,hi"}});
         assert_eq!(block(&odd), odd, "not base64: passed on as it came");
     }
@@ -415,11 +469,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.content, "Let me look.");
-        assert_eq!(r.tool_calls, vec![ToolCall { id: Some("toolu_1".into()), name: "f".into(), arguments: json!({"a": 1}) }]);
+        assert_eq!(
+            r.tool_calls,
+            vec![ToolCall {
+                id: Some("toolu_1".into()),
+                name: "f".into(),
+                arguments: json!({"a": 1})
+            }]
+        );
         let u = r.usage.unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (9, 3, 12));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (9, 3, 12)
+        );
         assert_eq!(r.model, "claude-x");
         assert!(parse_response(b"<html>").unwrap_err().contains("not JSON"));
-        assert!(parse_response(br#"{"type": "message"}"#).unwrap_err().contains("content"));
+        assert!(
+            parse_response(br#"{"type": "message"}"#)
+                .unwrap_err()
+                .contains("content")
+        );
     }
 }

@@ -164,8 +164,15 @@ pub struct BreakerSnapshot {
 #[derive(Debug, Clone, Copy)]
 enum Mode {
     Closed,
-    Open { until: Instant, failures: u32, calls: u32 },
-    HalfOpen { in_flight: u32, succeeded: u32 },
+    Open {
+        until: Instant,
+        failures: u32,
+        calls: u32,
+    },
+    HalfOpen {
+        in_flight: u32,
+        succeeded: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -243,7 +250,9 @@ impl CircuitBreaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Asks to make one call at `now`: a permit, or a refusal (fail fast).
@@ -258,7 +267,11 @@ impl CircuitBreaker {
         }
         match inner.mode {
             Mode::Closed => (Ok(permit(&inner, false)), None),
-            Mode::Open { until, failures, calls } if now < until => {
+            Mode::Open {
+                until,
+                failures,
+                calls,
+            } if now < until => {
                 inner.rejected += 1;
                 let refused = Refused {
                     failures,
@@ -274,7 +287,10 @@ impl CircuitBreaker {
                 });
                 (Ok(permit(&inner, true)), Some(t))
             }
-            Mode::HalfOpen { in_flight, succeeded } => {
+            Mode::HalfOpen {
+                in_flight,
+                succeeded,
+            } => {
                 if in_flight + succeeded < self.settings.probes {
                     inner.mode = Mode::HalfOpen {
                         in_flight: in_flight + 1,
@@ -330,7 +346,13 @@ impl CircuitBreaker {
                 }
                 None
             }
-            (Mode::HalfOpen { in_flight, succeeded }, true) => match outcome {
+            (
+                Mode::HalfOpen {
+                    in_flight,
+                    succeeded,
+                },
+                true,
+            ) => match outcome {
                 Outcome::Failure => {
                     let (failures, calls) = (inner.failures, inner.window.len() as u32);
                     Some(inner.go(Mode::Open {
@@ -339,7 +361,9 @@ impl CircuitBreaker {
                         calls,
                     }))
                 }
-                Outcome::Success if succeeded + 1 >= self.settings.probes => Some(inner.go(Mode::Closed)),
+                Outcome::Success if succeeded + 1 >= self.settings.probes => {
+                    Some(inner.go(Mode::Closed))
+                }
                 Outcome::Success => {
                     inner.mode = Mode::HalfOpen {
                         in_flight: in_flight.saturating_sub(1),
@@ -364,7 +388,10 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         if permit.probe
             && permit.epoch == inner.epoch
-            && let Mode::HalfOpen { in_flight, succeeded } = inner.mode
+            && let Mode::HalfOpen {
+                in_flight,
+                succeeded,
+            } = inner.mode
         {
             inner.mode = Mode::HalfOpen {
                 in_flight: in_flight.saturating_sub(1),
@@ -393,7 +420,10 @@ impl CircuitBreaker {
                 None,
             ),
             Mode::Open { .. } => (CircuitState::HalfOpen, None, Some((0, 0))),
-            Mode::HalfOpen { in_flight, succeeded } => (CircuitState::HalfOpen, None, Some((in_flight, succeeded))),
+            Mode::HalfOpen {
+                in_flight,
+                succeeded,
+            } => (CircuitState::HalfOpen, None, Some((in_flight, succeeded))),
         };
         BreakerSnapshot {
             enabled: self.settings.enabled,
@@ -428,7 +458,9 @@ impl<'a> PermitGuard<'a> {
     }
 
     pub(crate) fn record(mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
-        self.permit.take().and_then(|p| self.breaker.record(p, outcome, now))
+        self.permit
+            .take()
+            .and_then(|p| self.breaker.record(p, outcome, now))
     }
 }
 
@@ -455,7 +487,11 @@ mod tests {
         }
     }
 
-    fn call(b: &CircuitBreaker, now: Instant, outcome: Outcome) -> Result<Option<Transition>, Refused> {
+    fn call(
+        b: &CircuitBreaker,
+        now: Instant,
+        outcome: Outcome,
+    ) -> Result<Option<Transition>, Refused> {
         let (permit, _) = b.acquire(now);
         Ok(b.record(permit?, outcome, now))
     }
@@ -486,7 +522,11 @@ mod tests {
         let b = CircuitBreaker::new(settings());
         let t0 = Instant::now();
         for i in 0..10 {
-            let outcome = if i % 4 == 0 { Outcome::Failure } else { Outcome::Success };
+            let outcome = if i % 4 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
             assert_eq!(call(&b, t0, outcome), Ok(None), "call {i}");
         }
         // Ten seconds on, the old successes are gone: 2 failures of 2 calls
@@ -496,7 +536,12 @@ mod tests {
         assert_eq!(b.snapshot(later).calls, 1);
         assert_eq!(call(&b, later, Outcome::Success), Ok(None));
         assert_eq!(call(&b, later, Outcome::Failure), Ok(None));
-        assert!(call(&b, later, Outcome::Failure).unwrap().unwrap().is_trip());
+        assert!(
+            call(&b, later, Outcome::Failure)
+                .unwrap()
+                .unwrap()
+                .is_trip()
+        );
     }
 
     #[test]
@@ -519,7 +564,11 @@ mod tests {
             b.record(p2.unwrap(), Outcome::Success, after).map(|t| t.to),
             Some(CircuitState::Closed)
         );
-        assert_eq!(b.snapshot(after).calls, 0, "a closed breaker starts a fresh window");
+        assert_eq!(
+            b.snapshot(after).calls,
+            0,
+            "a closed breaker starts a fresh window"
+        );
 
         // Open again; a failing probe reopens at once for another cool-down.
         for _ in 0..4 {
@@ -528,7 +577,9 @@ mod tests {
         assert_eq!(b.trips(), 2);
         let probe_at = after + Duration::from_secs(6);
         let (probe, _) = b.acquire(probe_at);
-        let t = b.record(probe.unwrap(), Outcome::Failure, probe_at).unwrap();
+        let t = b
+            .record(probe.unwrap(), Outcome::Failure, probe_at)
+            .unwrap();
         assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
         assert_eq!(b.trips(), 3);
         assert!(b.acquire(probe_at + Duration::from_secs(4)).0.is_err());

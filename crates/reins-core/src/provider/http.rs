@@ -42,7 +42,11 @@ async fn send(
         None
     } else {
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-        super::retry::parse_retry_after(header("retry-after-ms"), header("retry-after"), SystemTime::now())
+        super::retry::parse_retry_after(
+            header("retry-after-ms"),
+            header("retry-after"),
+            SystemTime::now(),
+        )
     };
     let bytes = response
         .bytes()
@@ -61,7 +65,12 @@ async fn send(
 
 /// A failed request: a timeout, a refused connection, or a connection that
 /// broke (reset, closed before the answer, a body cut short).
-pub(super) fn transport_error(provider: &str, url: &str, http: &HttpConfig, e: reqwest::Error) -> ProviderError {
+pub(super) fn transport_error(
+    provider: &str,
+    url: &str,
+    http: &HttpConfig,
+    e: reqwest::Error,
+) -> ProviderError {
     if e.is_timeout() {
         return ProviderError::Timeout {
             provider: provider.to_owned(),

@@ -32,9 +32,9 @@ pub mod retry;
 pub mod scripted;
 
 pub use admission::{Admission, AdmissionSettings, AdmissionSnapshot, Refusal};
+pub use anthropic::AnthropicProvider;
 pub use breaker::{BreakerSettings, BreakerSnapshot, CircuitBreaker, CircuitState};
 use breaker::{Outcome, PermitGuard, Transition};
-pub use anthropic::AnthropicProvider;
 pub use openai::OpenAiProvider;
 pub use retry::RetryPolicy;
 pub use scripted::{ScriptEntry, ScriptedProvider};
@@ -48,7 +48,10 @@ pub struct ChatRequest {
     pub attempt: u32,
     pub messages: Vec<Message>,
     /// The pipeline's output schema, for providers that can constrain decoding.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_schema")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_schema"
+    )]
     pub schema: Option<Arc<Value>>,
     /// The answer must be one JSON document (`schema` or not); `false` is a
     /// prose answer, and no structured-output mode is asked for.
@@ -140,7 +143,10 @@ pub enum ToolChoice {
     Tool(String),
 }
 
-fn serialize_schema<S: serde::Serializer>(schema: &Option<Arc<Value>>, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_schema<S: serde::Serializer>(
+    schema: &Option<Arc<Value>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     schema.as_deref().serialize(s)
 }
 
@@ -229,7 +235,10 @@ pub enum ProviderError {
     /// Not sent: the provider is saturated or at its limits, and the call
     /// could not wait (queue full, a wait past its deadline, or a pipeline
     /// that falls back rather than wait).
-    #[error("provider `{provider}`: not sent, {}; retry in {retry_after_ms} ms", saturation_reason(reason))]
+    #[error(
+        "provider `{provider}`: not sent, {}; retry in {retry_after_ms} ms",
+        saturation_reason(reason)
+    )]
     Saturated {
         provider: String,
         reason: &'static str,
@@ -265,7 +274,9 @@ impl ProviderError {
     /// Worth retrying on the same provider (the failure may be transient).
     pub fn retryable(&self) -> bool {
         match self {
-            ProviderError::Connect { .. } | ProviderError::Timeout { .. } | ProviderError::Interrupted { .. } => true,
+            ProviderError::Connect { .. }
+            | ProviderError::Timeout { .. }
+            | ProviderError::Interrupted { .. } => true,
             ProviderError::Status { status, .. } => transient_status(*status),
             _ => false,
         }
@@ -278,7 +289,9 @@ impl ProviderError {
                 retry_after_ms: Some(ms),
                 ..
             }
-            | ProviderError::Saturated { retry_after_ms: ms, .. } => Some(Duration::from_millis(*ms)),
+            | ProviderError::Saturated {
+                retry_after_ms: ms, ..
+            } => Some(Duration::from_millis(*ms)),
             _ => None,
         }
     }
@@ -340,7 +353,13 @@ impl ProviderError {
     /// the upstream's message. (401, 403 and 404 are the operator's key or
     /// model: the model is unavailable to this caller.)
     pub fn is_refusal(&self) -> bool {
-        matches!(self, ProviderError::Status { status: 400 | 413 | 422, .. })
+        matches!(
+            self,
+            ProviderError::Status {
+                status: 400 | 413 | 422,
+                ..
+            }
+        )
     }
 }
 
@@ -350,7 +369,8 @@ fn transient_status(status: u16) -> bool {
 }
 
 /// A boxed future of a model call.
-pub type CompletionFuture<'a> = Pin<Box<dyn Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a>>;
+pub type CompletionFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a>>;
 
 /// A model behind a chat-completions interface.
 pub trait Provider: Send + Sync + 'static {
@@ -382,19 +402,25 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// Builds the provider a config entry describes. Relative paths resolve against `base_dir`.
-pub fn from_config(name: &str, config: &ProviderConfig, base_dir: &Path) -> Result<Arc<dyn Provider>, ConfigError> {
+pub fn from_config(
+    name: &str,
+    config: &ProviderConfig,
+    base_dir: &Path,
+) -> Result<Arc<dyn Provider>, ConfigError> {
     Ok(match config {
         ProviderConfig::Openai(c) => Arc::new(OpenAiProvider::new(name, c.clone())),
         ProviderConfig::Anthropic(c) => Arc::new(AnthropicProvider::new(name, c.clone())),
         ProviderConfig::Scripted(c) => match (&c.file, &c.responses) {
-            (Some(file), _) => Arc::new(ScriptedProvider::from_file(name, &c.model, &base_dir.join(file))?),
+            (Some(file), _) => Arc::new(ScriptedProvider::from_file(
+                name,
+                &c.model,
+                &base_dir.join(file),
+            )?),
             (None, responses) => {
-                let entries =
-                    ScriptedProvider::from_values(responses.clone().unwrap_or_default()).map_err(|message| {
-                        ConfigError::Script {
-                            path: format!("providers.{name}.responses").into(),
-                            message,
-                        }
+                let entries = ScriptedProvider::from_values(responses.clone().unwrap_or_default())
+                    .map_err(|message| ConfigError::Script {
+                        path: format!("providers.{name}.responses").into(),
+                        message,
                     })?;
                 Arc::new(ScriptedProvider::new(name, &c.model, entries))
             }
@@ -587,7 +613,11 @@ impl Breaker {
     }
 
     /// One guarded call; the count is 1 when it reached the provider.
-    async fn once(&self, request: &ChatRequest, tokens: u32) -> (Result<ChatResponse, ProviderError>, u32) {
+    async fn once(
+        &self,
+        request: &ChatRequest,
+        tokens: u32,
+    ) -> (Result<ChatResponse, ProviderError>, u32) {
         let name = self.provider.name();
         let now = Instant::now();
         if request.deadline.is_some_and(|d| d <= now) {
@@ -656,7 +686,11 @@ impl Breaker {
                 }
                 Err(_) => admission::Signal::Neutral,
             },
-            tokens_used: result.as_ref().ok().and_then(|r| r.usage).map(|u| u.total_tokens),
+            tokens_used: result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.usage)
+                .map(|u| u.total_tokens),
         });
         let label = match &result {
             Ok(_) => "ok",
@@ -669,7 +703,8 @@ impl Breaker {
     fn note(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
         let name = self.provider.name().to_owned();
-        metrics::gauge!(reins_runtime::metric_names::BREAKER_STATE, "provider" => name.clone()).set(t.to.gauge());
+        metrics::gauge!(reins_runtime::metric_names::BREAKER_STATE, "provider" => name.clone())
+            .set(t.to.gauge());
         if t.is_trip() {
             metrics::counter!(reins_runtime::metric_names::BREAKER_TRIPS_TOTAL, "provider" => name.clone()).increment(1);
             tracing::warn!(provider = %name, from = t.from.as_str(), "circuit breaker open");
@@ -786,7 +821,11 @@ mod tests {
         let b = Breaker::new(p.clone(), settings(2, BreakerSettings::DISABLED));
         let called = b.call(&request(None)).await;
         assert_eq!(called.result.unwrap_err().kind(), "status");
-        assert_eq!(p.calls.load(Ordering::SeqCst), 3, "one call and two retries");
+        assert_eq!(
+            p.calls.load(Ordering::SeqCst),
+            3,
+            "one call and two retries"
+        );
     }
 
     #[tokio::test]
@@ -805,7 +844,10 @@ mod tests {
         let p = flaky(vec![status(429, Some(60_000)), Ok(())]);
         let b = Breaker::new(p.clone(), settings(3, BreakerSettings::DISABLED));
         let called = b.call(&request(None)).await;
-        assert_eq!(called.result.unwrap_err().retry_after(), Some(Duration::from_secs(60)));
+        assert_eq!(
+            called.result.unwrap_err().retry_after(),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(p.calls.load(Ordering::SeqCst), 1);
     }
 
@@ -815,13 +857,20 @@ mod tests {
         let b = Breaker::new(p.clone(), settings(3, BreakerSettings::DISABLED));
         let deadline = Instant::now() + Duration::from_millis(100);
         assert_eq!(
-            b.call(&request(Some(deadline))).await.result.unwrap_err().kind(),
+            b.call(&request(Some(deadline)))
+                .await
+                .result
+                .unwrap_err()
+                .kind(),
             "status"
         );
         assert_eq!(p.calls.load(Ordering::SeqCst), 1);
         let past = Instant::now() - Duration::from_millis(1);
         let called = b.call(&request(Some(past))).await;
-        assert_eq!((called.result.unwrap_err().kind(), called.tries), ("deadline", 0));
+        assert_eq!(
+            (called.result.unwrap_err().kind(), called.tries),
+            ("deadline", 0)
+        );
         assert_eq!(p.calls.load(Ordering::SeqCst), 1);
     }
 
@@ -835,7 +884,11 @@ mod tests {
         let b = Breaker::new(p.clone(), settings(0, opens_after(1)));
         let deadline = Instant::now() + Duration::from_millis(20);
         assert_eq!(
-            b.call(&request(Some(deadline))).await.result.unwrap_err().kind(),
+            b.call(&request(Some(deadline)))
+                .await
+                .result
+                .unwrap_err()
+                .kind(),
             "deadline"
         );
         assert_eq!(b.snapshot().state, CircuitState::Open);
@@ -850,9 +903,15 @@ mod tests {
         let b = Breaker::new(p.clone(), settings(5, opens_after(2)));
         let called = b.call(&request(None)).await;
         // Two calls open the breaker; the refused third returns the upstream's error.
-        assert_eq!((called.result.unwrap_err().kind(), called.tries), ("timeout", 2));
+        assert_eq!(
+            (called.result.unwrap_err().kind(), called.tries),
+            ("timeout", 2)
+        );
         let called = b.call(&request(None)).await;
-        assert_eq!((called.result.unwrap_err().kind(), called.tries), ("breaker_open", 0));
+        assert_eq!(
+            (called.result.unwrap_err().kind(), called.tries),
+            ("breaker_open", 0)
+        );
         assert_eq!(p.calls.load(Ordering::SeqCst), 2);
         assert_eq!(b.trips(), 1);
         let snap = b.snapshot();

@@ -16,12 +16,15 @@
 //! truncated JSON document) is a [`ProviderError::BadResponse`]; a connection
 //! that breaks mid-answer is a [`ProviderError::Interrupted`].
 
-use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice, Usage};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use super::{
+    ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice,
+    Usage,
+};
 use crate::config::{OpenAiConfig, ResponseFormat};
 use reins_runtime::Message;
 use serde_json::{Map, Value, json};
 use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// An OpenAI-compatible HTTP endpoint.
 pub struct OpenAiProvider {
@@ -48,7 +51,12 @@ enum Mode {
     None,
 }
 
-const LADDER: [Mode; 4] = [Mode::JsonSchema, Mode::JsonObjectSchema, Mode::JsonObject, Mode::None];
+const LADDER: [Mode; 4] = [
+    Mode::JsonSchema,
+    Mode::JsonObjectSchema,
+    Mode::JsonObject,
+    Mode::None,
+];
 
 impl Mode {
     fn as_str(self) -> &'static str {
@@ -81,7 +89,10 @@ impl OpenAiProvider {
 
     /// The structured-output mode requests use now.
     fn mode(&self) -> Mode {
-        LADDER[self.negotiated.load(Ordering::Relaxed).min(LADDER.len() - 1)]
+        LADDER[self
+            .negotiated
+            .load(Ordering::Relaxed)
+            .min(LADDER.len() - 1)]
     }
 
     /// The JSON body sent for `request` in the mode negotiated so far.
@@ -92,13 +103,20 @@ impl OpenAiProvider {
     fn body_in(&self, request: &ChatRequest, mode: Mode) -> Value {
         let mut body = Map::new();
         body.insert("model".into(), json!(self.config.model));
-        body.insert("messages".into(), Value::Array(wire_messages(&request.messages)));
+        body.insert(
+            "messages".into(),
+            Value::Array(wire_messages(&request.messages)),
+        );
         let s = &request.sampling;
         let temperature = s.temperature.or(self.config.temperature.map(f64::from));
         if let Some(t) = temperature {
             body.insert("temperature".into(), json!(t));
         }
-        match (s.max_tokens, s.max_completion_tokens, self.config.max_tokens) {
+        match (
+            s.max_tokens,
+            s.max_completion_tokens,
+            self.config.max_tokens,
+        ) {
             (None, None, Some(n)) => {
                 body.insert("max_tokens".into(), json!(n));
             }
@@ -131,7 +149,9 @@ impl OpenAiProvider {
                     "type": "json_schema",
                     "json_schema": {"name": schema_name(&request.pipeline), "schema": schema.as_ref(), "strict": request.strict},
                 })),
-                (Some(schema), Mode::JsonObjectSchema) => Some(json!({"type": "json_object", "schema": schema.as_ref()})),
+                (Some(schema), Mode::JsonObjectSchema) => {
+                    Some(json!({"type": "json_object", "schema": schema.as_ref()}))
+                }
                 (_, Mode::None) => None,
                 _ => Some(json!({"type": "json_object"})),
             };
@@ -161,7 +181,9 @@ impl OpenAiProvider {
                         ToolChoice::Auto => json!("auto"),
                         ToolChoice::None => json!("none"),
                         ToolChoice::Required => json!("required"),
-                        ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+                        ToolChoice::Tool(name) => {
+                            json!({"type": "function", "function": {"name": name}})
+                        }
                     },
                 );
             }
@@ -191,14 +213,23 @@ impl OpenAiProvider {
     /// server refuses the mode (`response_format = "auto"`): each refusal is
     /// retried at once with the next mode, and the mode that works is kept
     /// for the provider's life.
-    async fn negotiate(&self, request: &ChatRequest, api_key: Option<&str>) -> Result<ChatResponse, ProviderError> {
+    async fn negotiate(
+        &self,
+        request: &ChatRequest,
+        api_key: Option<&str>,
+    ) -> Result<ChatResponse, ProviderError> {
         let negotiates = self.config.response_format == ResponseFormat::Auto && request.json;
         loop {
-            let at = self.negotiated.load(Ordering::Relaxed).min(LADDER.len() - 1);
+            let at = self
+                .negotiated
+                .load(Ordering::Relaxed)
+                .min(LADDER.len() - 1);
             let mode = LADDER[at];
-            let body = serde_json::to_vec(&self.body_in(request, mode)).map_err(|e| ProviderError::BadResponse {
-                provider: self.name.clone(),
-                message: format!("cannot encode the request: {e}"),
+            let body = serde_json::to_vec(&self.body_in(request, mode)).map_err(|e| {
+                ProviderError::BadResponse {
+                    provider: self.name.clone(),
+                    message: format!("cannot encode the request: {e}"),
+                }
             })?;
             let result = self.send_once(&body, api_key).await;
             match result {
@@ -226,7 +257,11 @@ impl OpenAiProvider {
         }
     }
 
-    async fn send_once(&self, body: &[u8], api_key: Option<&str>) -> Result<ChatResponse, ProviderError> {
+    async fn send_once(
+        &self,
+        body: &[u8],
+        api_key: Option<&str>,
+    ) -> Result<ChatResponse, ProviderError> {
         let mut builder = self
             .client
             .post(&self.url)
@@ -235,7 +270,14 @@ impl OpenAiProvider {
         if let Some(key) = api_key {
             builder = builder.bearer_auth(key);
         }
-        super::http::exchange(&self.name, &self.url, &self.config.http, builder, parse_response).await
+        super::http::exchange(
+            &self.name,
+            &self.url,
+            &self.config.http,
+            builder,
+            parse_response,
+        )
+        .await
     }
 }
 
@@ -252,10 +294,14 @@ impl Provider for OpenAiProvider {
         Box::pin(async move {
             let api_key = match &self.config.api_key_env {
                 None => None,
-                Some(var) => Some(std::env::var(var).map_err(|_| ProviderError::MissingApiKey {
-                    provider: self.name.clone(),
-                    var: var.clone(),
-                })?),
+                Some(var) => {
+                    Some(
+                        std::env::var(var).map_err(|_| ProviderError::MissingApiKey {
+                            provider: self.name.clone(),
+                            var: var.clone(),
+                        })?,
+                    )
+                }
             };
             self.negotiate(request, api_key.as_deref()).await
         })
@@ -298,13 +344,19 @@ fn schema_name(pipeline: &str) -> String {
         })
         .take(64)
         .collect();
-    if name.is_empty() { "output".to_owned() } else { name }
+    if name.is_empty() {
+        "output".to_owned()
+    } else {
+        name
+    }
 }
 
 /// Reads a chat-completions response body.
 pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     let body: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let message = body.pointer("/choices/0/message").ok_or("no choices[0].message")?;
+    let message = body
+        .pointer("/choices/0/message")
+        .ok_or("no choices[0].message")?;
     let content = match message.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -318,14 +370,18 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
     let mut tool_calls = Vec::new();
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
         for call in calls {
-            let function = call.get("function").ok_or("a tool call without `function`")?;
+            let function = call
+                .get("function")
+                .ok_or("a tool call without `function`")?;
             let name = function
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or("a tool call without a name")?;
             let arguments = match function.get("arguments") {
                 None | Some(Value::Null) => Value::Object(Map::new()),
-                Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+                Some(Value::String(s)) => {
+                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                }
                 Some(v) => v.clone(),
             };
             tool_calls.push(ToolCall {
@@ -347,7 +403,11 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
             }
             u
         });
-    let model = body.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     Ok(ChatResponse {
         content,
         tool_calls,
@@ -375,14 +435,20 @@ pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
                 .iter()
                 .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
                 .collect();
-            let content = if m.content.is_empty() { Value::Null } else { json!(m.content) };
+            let content = if m.content.is_empty() {
+                Value::Null
+            } else {
+                json!(m.content)
+            };
             out.push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
             continue;
         }
         if m.role == "tool" {
             let id = m.tool_call_id.clone().or_else(|| open.pop_front());
             match id {
-                Some(id) => out.push(json!({"role": "tool", "tool_call_id": id, "content": content_of(m)})),
+                Some(id) => {
+                    out.push(json!({"role": "tool", "tool_call_id": id, "content": content_of(m)}))
+                }
                 // A result with no call before it: OpenAI would refuse it as a tool message.
                 None => out.push(json!({"role": "user", "content": content_of(m)})),
             }
@@ -390,7 +456,9 @@ pub fn wire_messages(messages: &[Message]) -> Vec<Value> {
         }
         // A legacy agent turn: only one that the next message answers (an
         // output that merely has a `tool_calls` field stays text).
-        let answered = messages.get(i + 1).is_some_and(|n| n.role == "tool" && n.tool_call_id.is_none());
+        let answered = messages
+            .get(i + 1)
+            .is_some_and(|n| n.role == "tool" && n.tool_call_id.is_none());
         let legacy = (m.role == "assistant" && answered)
             .then(|| serde_json::from_str::<Value>(&m.content).ok())
             .flatten()
@@ -431,7 +499,11 @@ fn content_of(m: &Message) -> Value {
         Some(parts) => Value::Array(parts.clone()),
         None => Value::String(m.content.clone()),
     };
-    if m.is_error { reins_runtime::mark_tool_error(content) } else { content }
+    if m.is_error {
+        reins_runtime::mark_tool_error(content)
+    } else {
+        content
+    }
 }
 
 #[cfg(test)]
@@ -441,21 +513,35 @@ mod tests {
     #[test]
     fn structured_messages_go_out_as_they_came() {
         use reins_runtime::{Message, MessageToolCall};
-        let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
+        let image =
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
         let mut user = Message::new("user", "look").with_text("look".into());
         user.parts = Some(vec![json!({"type": "text", "text": "look"}), image.clone()]);
         let user = user.with_text("look closely".into());
         let wire = wire_messages(&[
             user,
-            Message::tool_calls("", vec![MessageToolCall { id: "call_9".into(), name: "f".into(), arguments: "{\"a\":1}".into() }]),
+            Message::tool_calls(
+                "",
+                vec![MessageToolCall {
+                    id: "call_9".into(),
+                    name: "f".into(),
+                    arguments: "{\"a\":1}".into(),
+                }],
+            ),
             Message::tool_result("call_9", "42"),
         ]);
-        assert_eq!(wire[0]["content"], json!([{"type": "text", "text": "look closely"}, image]));
+        assert_eq!(
+            wire[0]["content"],
+            json!([{"type": "text", "text": "look closely"}, image])
+        );
         assert_eq!(
             wire[1],
             json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]})
         );
-        assert_eq!(wire[2], json!({"role": "tool", "tool_call_id": "call_9", "content": "42"}));
+        assert_eq!(
+            wire[2],
+            json!({"role": "tool", "tool_call_id": "call_9", "content": "42"})
+        );
     }
 
     #[test]
@@ -470,10 +556,19 @@ mod tests {
             Message::new("assistant", "plain {\"tool_calls\": 1} text"),
         ]);
         assert_eq!(wire[1]["tool_calls"][0]["id"], "call_1_0");
-        assert_eq!(wire[1]["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
-        assert_eq!(wire[2], json!({"role": "tool", "tool_call_id": "call_1_0", "content": "r1"}));
+        assert_eq!(
+            wire[1]["tool_calls"][0]["function"]["arguments"],
+            "{\"x\":1}"
+        );
+        assert_eq!(
+            wire[2],
+            json!({"role": "tool", "tool_call_id": "call_1_0", "content": "r1"})
+        );
         assert_eq!(wire[3]["tool_call_id"], "call_1_1");
-        assert_eq!(wire[4], json!({"role": "assistant", "content": "plain {\"tool_calls\": 1} text"}));
+        assert_eq!(
+            wire[4],
+            json!({"role": "assistant", "content": "plain {\"tool_calls\": 1} text"})
+        );
     }
 
     #[test]

@@ -54,12 +54,18 @@ impl RetryPolicy {
 /// Parses `retry-after-ms` (milliseconds, as some OpenAI-compatible servers
 /// send) or `Retry-After` (seconds, or an HTTP date). `None` when absent or
 /// unreadable.
-pub fn parse_retry_after(retry_after_ms: Option<&str>, retry_after: Option<&str>, now: SystemTime) -> Option<Duration> {
+pub fn parse_retry_after(
+    retry_after_ms: Option<&str>,
+    retry_after: Option<&str>,
+    now: SystemTime,
+) -> Option<Duration> {
     if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
     {
-        return Some(Duration::from_micros((ms * 1000.0).min(u64::MAX as f64 / 2.0) as u64));
+        return Some(Duration::from_micros(
+            (ms * 1000.0).min(u64::MAX as f64 / 2.0) as u64,
+        ));
     }
     let value = retry_after?.trim();
     if let Ok(secs) = value.parse::<f64>() {
@@ -99,15 +105,24 @@ mod tests {
             parse_retry_after(Some("250"), Some("9"), now),
             Some(Duration::from_millis(250))
         );
-        assert_eq!(parse_retry_after(None, Some("2"), now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(None, Some("2"), now),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(
             parse_retry_after(None, Some("0.5"), now),
             Some(Duration::from_millis(500))
         );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(None, Some(&date), now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(None, Some(&date), now),
+            Some(Duration::from_secs(30))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(None, Some(&past), now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(None, Some(&past), now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after(Some("soon"), Some("later"), now), None);
         assert_eq!(parse_retry_after(None, Some("-3"), now), None);
         assert_eq!(parse_retry_after(None, None, now), None);

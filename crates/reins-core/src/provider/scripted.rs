@@ -24,7 +24,9 @@
 //! [`ScriptedProvider::RECORD_LIMIT`]), so tests can assert what the model was
 //! sent, or that it was never called.
 
-use super::{ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, Usage};
+use super::{
+    ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, Usage,
+};
 use crate::config::ConfigError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -95,7 +97,11 @@ impl ScriptedProvider {
     /// How many requests are kept for [`ScriptedProvider::calls`].
     pub const RECORD_LIMIT: usize = 256;
 
-    pub fn new(name: impl Into<String>, model: impl Into<String>, entries: Vec<ScriptEntry>) -> ScriptedProvider {
+    pub fn new(
+        name: impl Into<String>,
+        model: impl Into<String>,
+        entries: Vec<ScriptEntry>,
+    ) -> ScriptedProvider {
         let sequential = entries
             .iter()
             .enumerate()
@@ -128,10 +134,16 @@ impl ScriptedProvider {
         if let Ok(whole) = serde_json::from_str::<Value>(text) {
             let list = match whole {
                 Value::Array(list) => Some(list),
-                Value::Object(mut o) if o.contains_key("responses") => match o.remove("responses") {
-                    Some(Value::Array(list)) if o.is_empty() => Some(list),
-                    _ => return Err("expected {\"responses\": [...]} and nothing else".to_owned()),
-                },
+                Value::Object(mut o) if o.contains_key("responses") => {
+                    match o.remove("responses") {
+                        Some(Value::Array(list)) if o.is_empty() => Some(list),
+                        _ => {
+                            return Err(
+                                "expected {\"responses\": [...]} and nothing else".to_owned()
+                            );
+                        }
+                    }
+                }
                 _ => None,
             };
             if let Some(list) = list {
@@ -154,7 +166,11 @@ impl ScriptedProvider {
     }
 
     /// Loads a script file.
-    pub fn from_file(name: &str, model: &str, path: &Path) -> Result<ScriptedProvider, ConfigError> {
+    pub fn from_file(
+        name: &str,
+        model: &str,
+        path: &Path,
+    ) -> Result<ScriptedProvider, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
@@ -183,7 +199,9 @@ impl ScriptedProvider {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ChatRequest>> {
-        self.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn select(&self, request: &ChatRequest) -> Option<&ScriptEntry> {
@@ -223,10 +241,12 @@ impl Provider for ScriptedProvider {
                 }
                 calls.push_back(request.clone());
             }
-            let entry = self.select(request).ok_or_else(|| ProviderError::ScriptExhausted {
-                provider: self.name.clone(),
-                attempt: request.attempt,
-            })?;
+            let entry = self
+                .select(request)
+                .ok_or_else(|| ProviderError::ScriptExhausted {
+                    provider: self.name.clone(),
+                    attempt: request.attempt,
+                })?;
             if let Some(ms) = entry.delay_ms.filter(|&ms| ms > 0) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
@@ -295,7 +315,10 @@ mod tests {
         assert_eq!(second.content, r#"{"a":1}"#);
         assert_eq!(second.usage.unwrap().total_tokens, 5);
         assert_eq!(
-            p.complete(&request(1, "a refund please")).await.unwrap().content,
+            p.complete(&request(1, "a refund please"))
+                .await
+                .unwrap()
+                .content,
             "matched"
         );
         assert_eq!(p.complete(&request(5, "x")).await.unwrap().content, "fifth");
@@ -309,8 +332,18 @@ mod tests {
 
     #[test]
     fn json_array_and_wrapped_forms() {
-        assert_eq!(ScriptedProvider::parse(r#"["a", {"content": "b"}]"#).unwrap().len(), 2);
-        assert_eq!(ScriptedProvider::parse(r#"{"responses": ["a"]}"#).unwrap().len(), 1);
+        assert_eq!(
+            ScriptedProvider::parse(r#"["a", {"content": "b"}]"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            ScriptedProvider::parse(r#"{"responses": ["a"]}"#)
+                .unwrap()
+                .len(),
+            1
+        );
         let e = ScriptedProvider::parse(r#"["a", {"atempt": 1}]"#).unwrap_err();
         assert!(e.contains("response 2") && e.contains("atempt"), "{e}");
     }

@@ -16,14 +16,14 @@ use super::answer;
 use super::error::{ApiError, JsonBody};
 use super::openai::{bad, take_bool, take_count, take_number};
 use super::settings::Scope;
-use reins_core::pipeline::{Request, RequestTool, RunResult, RunStatus};
-use reins_core::provider::ToolChoice;
-use reins_runtime::{Message, MessageToolCall};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use reins_core::pipeline::{Request, RequestTool, RunResult, RunStatus};
+use reins_core::provider::ToolChoice;
+use reins_runtime::{Message, MessageToolCall};
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -44,14 +44,27 @@ pub async fn messages(
         model: pipeline,
         stream: streaming,
         mut request,
-    } = MessagesRequest::parse(body, |name| host.pipeline(name).is_some_and(|p| p.config.ignore_unknown_params))?;
+    } = MessagesRequest::parse(body, |name| {
+        host.pipeline(name)
+            .is_some_and(|p| p.config.ignore_unknown_params)
+    })?;
     if state.host.pipeline(&pipeline).is_none() || !who.may_call(&pipeline) {
-        return Err(ApiError::not_found(format!("model: `{pipeline}` does not exist: `model` names a Reins pipeline")).into());
+        return Err(ApiError::not_found(format!(
+            "model: `{pipeline}` does not exist: `model` names a Reins pipeline"
+        ))
+        .into());
     }
     request.session_id = answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = super::service::run_pipeline(&state, &pipeline, request, None, reins_core::config::OnDisconnect::Cancel).await?;
+    let result = super::service::run_pipeline(
+        &state,
+        &pipeline,
+        request,
+        None,
+        reins_core::config::OnDisconnect::Cancel,
+    )
+    .await?;
 
     let (status, message) = message(&result, &pipeline)?;
     // A run held for approval streams too (with its 202): a streaming
@@ -72,7 +85,9 @@ fn message(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value), Ap
     let reins = answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => return Err(super::openai::run_error(result, reins)),
+        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => {
+            return Err(super::openai::run_error(result, reins));
+        }
     }
     let mut content = Vec::new();
     if let Some(text) = answer::output_text(result).filter(|t| !t.is_empty()) {
@@ -103,7 +118,14 @@ fn message(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value), Ap
         "usage": {"input_tokens": result.tokens.prompt, "output_tokens": result.tokens.completion},
         "reins": reins,
     });
-    Ok((if awaiting { StatusCode::ACCEPTED } else { StatusCode::OK }, body))
+    Ok((
+        if awaiting {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        },
+        body,
+    ))
 }
 
 /// The Messages event stream of an already validated answer:
@@ -115,7 +137,10 @@ fn stream(message: Value) -> Sse<impl futures_util::Stream<Item = Result<Event, 
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
     start["usage"]["output_tokens"] = json!(0);
-    let mut events = vec![("message_start", json!({"type": "message_start", "message": start}))];
+    let mut events = vec![(
+        "message_start",
+        json!({"type": "message_start", "message": start}),
+    )];
     for (index, b) in blocks.iter().enumerate() {
         let (opening, deltas): (Value, Vec<Value>) = if b["type"] == "tool_use" {
             (
@@ -136,12 +161,16 @@ fn stream(message: Value) -> Sse<impl futures_util::Stream<Item = Result<Event, 
             "content_block_start",
             json!({"type": "content_block_start", "index": index, "content_block": opening}),
         ));
-        events.extend(
-            deltas
-                .into_iter()
-                .map(|d| ("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": d}))),
-        );
-        events.push(("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        events.extend(deltas.into_iter().map(|d| {
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": d}),
+            )
+        }));
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
     }
     events.push((
         "message_delta",
@@ -192,7 +221,11 @@ impl IntoResponse for AnthropicError {
         error.insert("type".into(), json!(kind));
         error.insert("message".into(), json!(message));
         error.extend(extra);
-        super::error::respond(status, json!({"type": "error", "error": error}), retry_after)
+        super::error::respond(
+            status,
+            json!({"type": "error", "error": error}),
+            retry_after,
+        )
     }
 }
 
@@ -279,16 +312,46 @@ mod tests {
         assert_eq!(m[2].content, "Let me look.");
         assert_eq!(m[2].tool_calls[1].id, "toolu_2");
         assert_eq!(m[2].tool_calls[0].arguments, "{\"q\":\"png\"}");
-        assert_eq!((m[3].role.as_str(), m[3].tool_call_id.as_deref(), m[3].is_error), ("tool", Some("toolu_1"), false));
-        assert_eq!((m[4].content.as_str(), m[4].tool_call_id.as_deref(), m[4].is_error), ("no such thing", Some("toolu_2"), true));
-        assert_eq!((m[5].role.as_str(), m[5].content.as_str(), m[5].parts.is_none()), ("user", "so?", true));
+        assert_eq!(
+            (
+                m[3].role.as_str(),
+                m[3].tool_call_id.as_deref(),
+                m[3].is_error
+            ),
+            ("tool", Some("toolu_1"), false)
+        );
+        assert_eq!(
+            (
+                m[4].content.as_str(),
+                m[4].tool_call_id.as_deref(),
+                m[4].is_error
+            ),
+            ("no such thing", Some("toolu_2"), true)
+        );
+        assert_eq!(
+            (
+                m[5].role.as_str(),
+                m[5].content.as_str(),
+                m[5].parts.is_none()
+            ),
+            ("user", "so?", true)
+        );
         let s = &r.request.sampling;
-        assert_eq!((s.max_tokens, s.temperature, s.top_p), (Some(100), Some(0.2), Some(0.9)));
-        assert_eq!((s.stop.clone(), s.user.as_deref()), (vec!["END".to_owned()], Some("u-1")));
+        assert_eq!(
+            (s.max_tokens, s.temperature, s.top_p),
+            (Some(100), Some(0.2), Some(0.9))
+        );
+        assert_eq!(
+            (s.stop.clone(), s.user.as_deref()),
+            (vec!["END".to_owned()], Some("u-1"))
+        );
         assert_eq!(s.tool_choice, Some(ToolChoice::Tool("lookup".into())));
         assert_eq!(s.parallel_tool_calls, Some(false));
         assert_eq!(r.request.metadata, json!({"user_id": "u-1", "user": "u-1"}));
-        assert_eq!(r.request.tools.as_ref().unwrap()[0].parameters, Some(json!({"type": "object"})));
+        assert_eq!(
+            r.request.tools.as_ref().unwrap()[0].parameters,
+            Some(json!({"type": "object"}))
+        );
     }
 
     #[test]
@@ -300,7 +363,12 @@ mod tests {
         ] {
             assert_eq!(tool_choice(&wire).unwrap(), (choice, None));
         }
-        assert!(tool_choice(&json!({"type": "tool"})).unwrap_err().message.contains("tool_choice.name"));
+        assert!(
+            tool_choice(&json!({"type": "tool"}))
+                .unwrap_err()
+                .message
+                .contains("tool_choice.name")
+        );
         assert!(tool_choice(&json!("auto")).is_err());
     }
 
@@ -308,13 +376,25 @@ mod tests {
     fn what_cannot_be_honoured_is_refused_by_name() {
         let user = json!([{"role": "user", "content": "hi"}]);
         assert!(refused(json!({"model": "p", "messages": user})).contains("max_tokens"));
-        assert!(refused(json!({"model": "p", "max_tokens": 5, "messages": user, "top_k": 5})).starts_with("top_k"));
-        assert!(refused(json!({"model": "p", "max_tokens": 5, "messages": user, "speed": 1})).starts_with("speed"));
-        assert!(refused(json!({"model": "p", "max_tokens": 5, "messages": user, "temperature": 1.5})).contains("temperature"));
+        assert!(
+            refused(json!({"model": "p", "max_tokens": 5, "messages": user, "top_k": 5}))
+                .starts_with("top_k")
+        );
+        assert!(
+            refused(json!({"model": "p", "max_tokens": 5, "messages": user, "speed": 1}))
+                .starts_with("speed")
+        );
+        assert!(
+            refused(json!({"model": "p", "max_tokens": 5, "messages": user, "temperature": 1.5}))
+                .contains("temperature")
+        );
         let m = refused(json!({"model": "p", "max_tokens": 5, "messages": [
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "42"}]},
         ]}));
-        assert!(m.contains("messages[0].content[0].tool_use_id") && m.contains("toolu_x"), "{m}");
+        assert!(
+            m.contains("messages[0].content[0].tool_use_id") && m.contains("toolu_x"),
+            "{m}"
+        );
         let m = refused(json!({"model": "p", "max_tokens": 5, "messages": [
             {"role": "user", "content": [{"type": "document", "source": {}}]},
         ]}));
@@ -323,13 +403,17 @@ mod tests {
             "tools": [{"type": "web_search_20250305", "name": "web_search"}]}));
         assert!(m.starts_with("tools[0].type"), "{m}");
         // With ignore_unknown_params the pipeline lets them pass unused.
-        let r = MessagesRequest::parse(json!({"model": "p", "max_tokens": 5, "messages": user, "top_k": 5, "speed": 1}), |_| true);
+        let r = MessagesRequest::parse(
+            json!({"model": "p", "max_tokens": 5, "messages": user, "top_k": 5, "speed": 1}),
+            |_| true,
+        );
         assert!(r.is_ok());
     }
 
     #[test]
     fn errors_take_anthropics_types_and_statuses() {
-        let unavailable = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "down");
+        let unavailable =
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "down");
         let (status, kind) = error_type(unavailable.status, unavailable.kind);
         assert_eq!((status.as_u16(), kind), (529, "overloaded_error"));
         for (code, kind) in [
@@ -350,7 +434,10 @@ mod tests {
     fn text_comes_in_pieces() {
         let text = "é".repeat(130);
         let p: Vec<String> = pieces(&text).collect();
-        assert_eq!(p.iter().map(|s| s.chars().count()).collect::<Vec<_>>(), vec![64, 64, 2]);
+        assert_eq!(
+            p.iter().map(|s| s.chars().count()).collect::<Vec<_>>(),
+            vec![64, 64, 2]
+        );
         assert_eq!(p.concat(), text);
     }
 }

@@ -15,21 +15,43 @@ pub struct MessagesRequest {
 }
 
 /// Parameters of the Messages API that Reins cannot honour.
-pub(super) const UNSUPPORTED: [&str; 6] = ["top_k", "thinking", "service_tier", "container", "mcp_servers", "context_management"];
+pub(super) const UNSUPPORTED: [&str; 6] = [
+    "top_k",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "context_management",
+];
 
 impl MessagesRequest {
     /// Reads a request body. `ignore_unknown` (the pipeline's
     /// `ignore_unknown_params`) lets unknown parameters pass unused.
-    pub fn parse(body: Value, ignore_unknown: impl Fn(&str) -> bool) -> Result<MessagesRequest, ApiError> {
+    pub fn parse(
+        body: Value,
+        ignore_unknown: impl Fn(&str) -> bool,
+    ) -> Result<MessagesRequest, ApiError> {
         let Value::Object(mut body) = body else {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         };
         // An explicit null is the same as leaving a parameter out.
         body.retain(|_, v| !v.is_null());
         let model = match body.remove("model") {
             Some(Value::String(m)) => m,
-            Some(_) => return Err(bad("model", "model: must be a string naming a Reins pipeline")),
-            None => return Err(bad("model", "model: Field required (it names the Reins pipeline)")),
+            Some(_) => {
+                return Err(bad(
+                    "model",
+                    "model: must be a string naming a Reins pipeline",
+                ));
+            }
+            None => {
+                return Err(bad(
+                    "model",
+                    "model: Field required (it names the Reins pipeline)",
+                ));
+            }
         };
         let ignore = ignore_unknown(&model);
         let max_tokens = match take_count(&mut body, "max_tokens")? {
@@ -61,10 +83,18 @@ impl MessagesRequest {
                 .into_iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s),
-                    _ => Err(bad("stop_sequences", "stop_sequences: must be a list of strings")),
+                    _ => Err(bad(
+                        "stop_sequences",
+                        "stop_sequences: must be a list of strings",
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(bad("stop_sequences", "stop_sequences: must be a list of strings")),
+            Some(_) => {
+                return Err(bad(
+                    "stop_sequences",
+                    "stop_sequences: must be a list of strings",
+                ));
+            }
         };
         // `metadata.user_id` is the end user; the whole object is the
         // caller's metadata, handed to every plugin (as on the OpenAI surface).
@@ -98,7 +128,9 @@ impl MessagesRequest {
             if body.remove(name).is_some() && !ignore {
                 return Err(bad(
                     name,
-                    format!("{name}: not supported by Reins; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"),
+                    format!(
+                        "{name}: not supported by Reins; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"
+                    ),
                 ));
             }
         }
@@ -107,11 +139,17 @@ impl MessagesRequest {
         {
             return Err(bad(
                 unknown,
-                format!("{unknown}: unknown parameter; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"),
+                format!(
+                    "{unknown}: unknown parameter; leave it out (or set ignore_unknown_params = true on pipeline `{model}`)"
+                ),
             ));
         }
         request.metadata = metadata;
-        Ok(MessagesRequest { model, stream, request })
+        Ok(MessagesRequest {
+            model,
+            stream,
+            request,
+        })
     }
 }
 
@@ -126,12 +164,18 @@ pub(super) fn system_text(system: Value) -> Result<String, ApiError> {
                 let at = format!("system[{j}]");
                 match content_block(b, &at)? {
                     ("text", obj) => text_of(obj, &at),
-                    (other, _) => Err(bad(&at, format!("{at}: `{other}` blocks are not allowed in system (only text)"))),
+                    (other, _) => Err(bad(
+                        &at,
+                        format!("{at}: `{other}` blocks are not allowed in system (only text)"),
+                    )),
                 }
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|texts| texts.join("\n")),
-        _ => Err(bad("system", "system: must be a string or a list of text blocks")),
+        _ => Err(bad(
+            "system",
+            "system: must be a string or a list of text blocks",
+        )),
     }
 }
 
@@ -143,7 +187,10 @@ pub(super) fn parse_messages(list: Vec<Value>) -> Result<Vec<Message>, ApiError>
     for (i, m) in list.into_iter().enumerate() {
         let at = |k: &str| format!("messages[{i}].{k}");
         let Value::Object(mut m) = m else {
-            return Err(bad(&format!("messages[{i}]"), format!("messages[{i}]: must be an object")));
+            return Err(bad(
+                &format!("messages[{i}]"),
+                format!("messages[{i}]: must be an object"),
+            ));
         };
         m.retain(|_, v| !v.is_null());
         let role = match m.remove("role") {
@@ -151,25 +198,41 @@ pub(super) fn parse_messages(list: Vec<Value>) -> Result<Vec<Message>, ApiError>
             Some(Value::String(r)) => {
                 return Err(bad(
                     &at("role"),
-                    format!("{}: `{r}` is not supported (user or assistant; a system prompt goes in the top-level `system`)", at("role")),
+                    format!(
+                        "{}: `{r}` is not supported (user or assistant; a system prompt goes in the top-level `system`)",
+                        at("role")
+                    ),
                 ));
             }
-            _ => return Err(bad(&at("role"), format!("{}: Field required (user or assistant)", at("role")))),
+            _ => {
+                return Err(bad(
+                    &at("role"),
+                    format!("{}: Field required (user or assistant)", at("role")),
+                ));
+            }
         };
         let content = m
             .remove("content")
             .ok_or_else(|| bad(&at("content"), format!("{}: Field required", at("content"))))?;
         if let Some(unknown) = m.keys().next() {
-            return Err(bad(&at(unknown), format!("{}: not supported on a message", at(unknown))));
+            return Err(bad(
+                &at(unknown),
+                format!("{}: not supported on a message", at(unknown)),
+            ));
         }
         match content {
             Value::String(s) => out.push(Message::new(role, s)),
-            Value::Array(blocks) if role == "assistant" => out.push(assistant_message(i, &blocks, &mut calls_seen)?),
+            Value::Array(blocks) if role == "assistant" => {
+                out.push(assistant_message(i, &blocks, &mut calls_seen)?)
+            }
             Value::Array(blocks) => user_messages(i, &blocks, &calls_seen, &mut out)?,
             _ => {
                 return Err(bad(
                     &at("content"),
-                    format!("{}: must be a string or a list of content blocks", at("content")),
+                    format!(
+                        "{}: must be a string or a list of content blocks",
+                        at("content")
+                    ),
                 ));
             }
         }
@@ -179,7 +242,11 @@ pub(super) fn parse_messages(list: Vec<Value>) -> Result<Vec<Message>, ApiError>
 
 /// An assistant turn: its text blocks are the text, its `tool_use` blocks
 /// the tool calls.
-pub(super) fn assistant_message(i: usize, blocks: &[Value], calls_seen: &mut HashSet<String>) -> Result<Message, ApiError> {
+pub(super) fn assistant_message(
+    i: usize,
+    blocks: &[Value],
+    calls_seen: &mut HashSet<String>,
+) -> Result<Message, ApiError> {
     let mut texts = Vec::new();
     let mut calls = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
@@ -189,15 +256,23 @@ pub(super) fn assistant_message(i: usize, blocks: &[Value], calls_seen: &mut Has
             ("tool_use", obj) => {
                 allow_keys(obj, &["id", "name", "input"], &at)?;
                 let field = |k: &str| {
-                    obj.get(k)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad(&format!("{at}.{k}"), format!("{at}.{k}: Field required (a string)")))
+                    obj.get(k).and_then(Value::as_str).ok_or_else(|| {
+                        bad(
+                            &format!("{at}.{k}"),
+                            format!("{at}.{k}: Field required (a string)"),
+                        )
+                    })
                 };
                 let (id, name) = (field("id")?, field("name")?);
                 let input = match obj.get("input") {
                     None | Some(Value::Null) => json!({}),
                     Some(v @ Value::Object(_)) => v.clone(),
-                    Some(_) => return Err(bad(&format!("{at}.input"), format!("{at}.input: must be an object"))),
+                    Some(_) => {
+                        return Err(bad(
+                            &format!("{at}.input"),
+                            format!("{at}.input: must be an object"),
+                        ));
+                    }
                 };
                 calls_seen.insert(id.to_owned());
                 calls.push(MessageToolCall {
@@ -209,7 +284,9 @@ pub(super) fn assistant_message(i: usize, blocks: &[Value], calls_seen: &mut Has
             (other, _) => {
                 return Err(bad(
                     &format!("{at}.type"),
-                    format!("{at}.type: `{other}` blocks are not supported in an assistant message (text, tool_use)"),
+                    format!(
+                        "{at}.type: `{other}` blocks are not supported in an assistant message (text, tool_use)"
+                    ),
                 ));
             }
         }
@@ -219,7 +296,12 @@ pub(super) fn assistant_message(i: usize, blocks: &[Value], calls_seen: &mut Has
 
 /// A user turn: its `tool_result` blocks become `tool` messages and the
 /// text and image blocks between them `user` messages, in their order.
-pub(super) fn user_messages(i: usize, blocks: &[Value], calls_seen: &HashSet<String>, out: &mut Vec<Message>) -> Result<(), ApiError> {
+pub(super) fn user_messages(
+    i: usize,
+    blocks: &[Value],
+    calls_seen: &HashSet<String>,
+    out: &mut Vec<Message>,
+) -> Result<(), ApiError> {
     let mut pending: Vec<Value> = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let at = format!("messages[{i}].content[{j}]");
@@ -240,16 +322,27 @@ pub(super) fn user_messages(i: usize, blocks: &[Value], calls_seen: &HashSet<Str
 }
 
 /// One `tool` message per `tool_result`; `is_error` is kept on the message.
-pub(super) fn tool_message(obj: &Map<String, Value>, at: &str, calls_seen: &HashSet<String>) -> Result<Message, ApiError> {
+pub(super) fn tool_message(
+    obj: &Map<String, Value>,
+    at: &str,
+    calls_seen: &HashSet<String>,
+) -> Result<Message, ApiError> {
     allow_keys(obj, &["tool_use_id", "content", "is_error"], at)?;
     let id = obj
         .get("tool_use_id")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad(&format!("{at}.tool_use_id"), format!("{at}.tool_use_id: Field required (a string)")))?;
+        .ok_or_else(|| {
+            bad(
+                &format!("{at}.tool_use_id"),
+                format!("{at}.tool_use_id: Field required (a string)"),
+            )
+        })?;
     if !calls_seen.contains(id) {
         return Err(bad(
             &format!("{at}.tool_use_id"),
-            format!("{at}.tool_use_id: `{id}` answers no tool_use block of an earlier assistant message"),
+            format!(
+                "{at}.tool_use_id: `{id}` answers no tool_use block of an earlier assistant message"
+            ),
         ));
     }
     let mut message = match obj.get("content") {
@@ -279,7 +372,12 @@ pub(super) fn tool_message(obj: &Map<String, Value>, at: &str, calls_seen: &Hash
     message.is_error = match obj.get("is_error") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad(&format!("{at}.is_error"), format!("{at}.is_error: must be true or false"))),
+        Some(_) => {
+            return Err(bad(
+                &format!("{at}.is_error"),
+                format!("{at}.is_error: must be true or false"),
+            ));
+        }
     };
     Ok(message)
 }
@@ -291,7 +389,9 @@ pub(super) fn part(kind: &str, obj: &Map<String, Value>, at: &str) -> Result<Val
         "image" => image_part(obj, at),
         other => Err(bad(
             &format!("{at}.type"),
-            format!("{at}.type: `{other}` blocks are not supported here (text, image, tool_result)"),
+            format!(
+                "{at}.type: `{other}` blocks are not supported here (text, image, tool_result)"
+            ),
         )),
     }
 }
@@ -318,14 +418,19 @@ pub(super) fn parts_message(role: &str, parts: Vec<Value>) -> Option<Message> {
 /// An `image` block as an `image_url` part: a base64 source as a `data:` URL.
 pub(super) fn image_part(obj: &Map<String, Value>, at: &str) -> Result<Value, ApiError> {
     allow_keys(obj, &["source"], at)?;
-    let source = obj
-        .get("source")
-        .ok_or_else(|| bad(&format!("{at}.source"), format!("{at}.source: Field required")))?;
+    let source = obj.get("source").ok_or_else(|| {
+        bad(
+            &format!("{at}.source"),
+            format!("{at}.source: Field required"),
+        )
+    })?;
     let field = |k: &str| {
-        source
-            .get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(&format!("{at}.source.{k}"), format!("{at}.source.{k}: Field required (a string)")))
+        source.get(k).and_then(Value::as_str).ok_or_else(|| {
+            bad(
+                &format!("{at}.source.{k}"),
+                format!("{at}.source.{k}: Field required (a string)"),
+            )
+        })
     };
     let url = match field("type")? {
         "base64" => format!("data:{};base64,{}", field("media_type")?, field("data")?),
@@ -342,7 +447,10 @@ pub(super) fn image_part(obj: &Map<String, Value>, at: &str) -> Result<Value, Ap
 
 /// A content block's type and fields. `cache_control` (a prompt-caching
 /// hint, meaningless to Reins) is accepted everywhere.
-pub(super) fn content_block<'a>(b: &'a Value, at: &str) -> Result<(&'a str, &'a Map<String, Value>), ApiError> {
+pub(super) fn content_block<'a>(
+    b: &'a Value,
+    at: &str,
+) -> Result<(&'a str, &'a Map<String, Value>), ApiError> {
     let obj = b
         .as_object()
         .ok_or_else(|| bad(at, format!("{at}: must be a content block object")))?;
@@ -359,16 +467,27 @@ pub(super) fn text_of(obj: &Map<String, Value>, at: &str) -> Result<String, ApiE
     obj.get("text")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| bad(&format!("{at}.text"), format!("{at}.text: Field required (a string)")))
+        .ok_or_else(|| {
+            bad(
+                &format!("{at}.text"),
+                format!("{at}.text: Field required (a string)"),
+            )
+        })
 }
 
 /// Refuses a block field that is not `type`, `cache_control` or one of `allowed`.
-pub(super) fn allow_keys(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), ApiError> {
-    match obj
-        .keys()
-        .find(|k| !(k.as_str() == "type" || k.as_str() == "cache_control" || allowed.contains(&k.as_str())))
-    {
-        Some(k) => Err(bad(&format!("{at}.{k}"), format!("{at}.{k}: not supported on this block"))),
+pub(super) fn allow_keys(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    at: &str,
+) -> Result<(), ApiError> {
+    match obj.keys().find(|k| {
+        !(k.as_str() == "type" || k.as_str() == "cache_control" || allowed.contains(&k.as_str()))
+    }) {
+        Some(k) => Err(bad(
+            &format!("{at}.{k}"),
+            format!("{at}.{k}: not supported on this block"),
+        )),
         None => Ok(()),
     }
 }
@@ -437,7 +556,12 @@ pub(super) fn tool_choice(choice: &Value) -> Result<(ToolChoice, Option<bool>), 
         Some("tool") => ToolChoice::Tool(
             obj.get("name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice.name", "tool_choice.name: Field required for type `tool`"))?
+                .ok_or_else(|| {
+                    bad(
+                        "tool_choice.name",
+                        "tool_choice.name: Field required for type `tool`",
+                    )
+                })?
                 .to_owned(),
         ),
         _ => return Err(wrong()),

@@ -7,11 +7,11 @@
 use super::Identity;
 use crate::settings::{JwtSettings, Scope};
 use base64::Engine;
-use sha2::Digest;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use reins_runtime::Caller;
 use serde_json::{Map, Value};
+use sha2::Digest;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -34,14 +34,19 @@ const VERIFIED_TTL_S: u64 = 60;
 pub enum JwtError {
     #[error("[server.jwt]: give `jwks_file` or `jwks_url` (where the issuer's public keys are)")]
     NoKeySource,
-    #[error("[server.jwt] algorithms: {0:?} is not accepted; use RS256, ES256 or EdDSA (`none` and HMAC are always refused)")]
+    #[error(
+        "[server.jwt] algorithms: {0:?} is not accepted; use RS256, ES256 or EdDSA (`none` and HMAC are always refused)"
+    )]
     BadAlgorithm(String),
     #[error("[server.jwt] algorithms: the list is empty; name at least one of RS256, ES256, EdDSA")]
     NoAlgorithms,
     #[error("[server.jwt] jwks_file {path}: {message}")]
     JwksFile { path: PathBuf, message: String },
     #[error("the JWKS from {source_name} does not parse: {message}")]
-    JwksParse { source_name: String, message: String },
+    JwksParse {
+        source_name: String,
+        message: String,
+    },
     #[error("the issuer's keys are not available: {0}")]
     KeysUnavailable(String),
     #[error("the token is malformed: {0}")]
@@ -96,7 +101,9 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("issuer", &self.settings.issuer).finish_non_exhaustive()
+        f.debug_struct("JwtVerifier")
+            .field("issuer", &self.settings.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,21 +181,30 @@ impl JwtVerifier {
             None if self.settings.jwks_url.is_some() => {
                 // A rotated key: fetch once more (not for every bad token).
                 self.refresh_url(true).await?;
-                self.key(kid.as_deref()).ok_or_else(|| JwtError::UnknownKey(kid.clone().unwrap_or_default()))?
+                self.key(kid.as_deref())
+                    .ok_or_else(|| JwtError::UnknownKey(kid.clone().unwrap_or_default()))?
             }
             None => return Err(JwtError::UnknownKey(kid.unwrap_or_default())),
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => JwtError::Expired,
-            ErrorKind::ImmatureSignature => JwtError::NotYetValid,
-            ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
-            ErrorKind::InvalidAudience => JwtError::WrongAudience,
-            ErrorKind::InvalidSignature => JwtError::BadSignature,
-            ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
-            ErrorKind::InvalidAlgorithm => JwtError::Malformed("its alg does not match the key".into()),
-            _ => JwtError::Malformed(e.to_string()),
-        })?;
-        let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => JwtError::Expired,
+                ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+                ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
+                ErrorKind::InvalidAudience => JwtError::WrongAudience,
+                ErrorKind::InvalidSignature => JwtError::BadSignature,
+                ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
+                ErrorKind::InvalidAlgorithm => {
+                    JwtError::Malformed("its alg does not match the key".into())
+                }
+                _ => JwtError::Malformed(e.to_string()),
+            },
+        )?;
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .unwrap_or(now);
         let identity = self.identity(data.claims)?;
         if let Ok(mut cache) = self.verified.lock() {
             cache.put(digest, (identity.clone(), exp.min(now + VERIFIED_TTL_S)));
@@ -200,15 +216,22 @@ impl JwtVerifier {
     /// HMAC are refused by name.
     fn header(&self, token: &str) -> Result<(&Validation, Option<String>), JwtError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(JwtError::Malformed("a JWT has three dot-separated parts".into()));
+        let (Some(h), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed(
+                "a JWT has three dot-separated parts".into(),
+            ));
         };
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(h.trim_end_matches('='))
             .map_err(|_| JwtError::Malformed("the header is not base64url".into()))?;
-        let header: Value =
-            serde_json::from_slice(&raw).map_err(|_| JwtError::Malformed("the header is not JSON".into()))?;
-        let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+        let header: Value = serde_json::from_slice(&raw)
+            .map_err(|_| JwtError::Malformed("the header is not JSON".into()))?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if alg.eq_ignore_ascii_case("none") || alg.is_empty() {
             return Err(JwtError::AlgNone);
         }
@@ -219,26 +242,41 @@ impl JwtVerifier {
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == parsed) else {
             return Err(JwtError::AlgNotAllowed(alg.to_owned(), accepted));
         };
-        Ok((validation, header.get("kid").and_then(Value::as_str).map(str::to_owned)))
+        Ok((
+            validation,
+            header.get("kid").and_then(Value::as_str).map(str::to_owned),
+        ))
     }
 
     fn key(&self, kid: Option<&str>) -> Option<DecodingKey> {
         let keys = self.keys.read().ok()?;
         match kid {
             Some(kid) => keys.by_kid.get(kid).cloned(),
-            None if keys.unnamed.len() == 1 && keys.by_kid.is_empty() => keys.unnamed.first().cloned(),
-            None if keys.by_kid.len() == 1 && keys.unnamed.is_empty() => keys.by_kid.values().next().cloned(),
+            None if keys.unnamed.len() == 1 && keys.by_kid.is_empty() => {
+                keys.unnamed.first().cloned()
+            }
+            None if keys.by_kid.len() == 1 && keys.unnamed.is_empty() => {
+                keys.by_kid.values().next().cloned()
+            }
             None => None,
         }
     }
 
-    fn install(&self, set: JwkSet, mtime: Option<SystemTime>, source: &str) -> Result<usize, JwtError> {
+    fn install(
+        &self,
+        set: JwkSet,
+        mtime: Option<SystemTime>,
+        source: &str,
+    ) -> Result<usize, JwtError> {
         let mut by_kid = HashMap::new();
         let mut unnamed = Vec::new();
         for jwk in &set.keys {
             let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::JwksParse {
                 source_name: source.to_owned(),
-                message: format!("key {:?}: {e}", jwk.common.key_id.as_deref().unwrap_or("(no kid)")),
+                message: format!(
+                    "key {:?}: {e}",
+                    jwk.common.key_id.as_deref().unwrap_or("(no kid)")
+                ),
             })?;
             match &jwk.common.key_id {
                 Some(kid) => {
@@ -263,11 +301,18 @@ impl JwtVerifier {
     /// Re-reads the JWKS file when it changed; a file that does not parse
     /// keeps the last good keys (and says so in the log).
     fn refresh_file(&self) {
-        let Some(path) = &self.settings.jwks_file else { return };
+        let Some(path) = &self.settings.jwks_file else {
+            return;
+        };
         let now = Instant::now();
         {
-            let Ok(mut keys) = self.keys.write() else { return };
-            if keys.checked.is_some_and(|c| now.duration_since(c) < FILE_CHECK) {
+            let Ok(mut keys) = self.keys.write() else {
+                return;
+            };
+            if keys
+                .checked
+                .is_some_and(|c| now.duration_since(c) < FILE_CHECK)
+            {
                 return;
             }
             keys.checked = Some(now);
@@ -278,9 +323,13 @@ impl JwtVerifier {
             // Whatever happens, this version of the file is dealt with.
             keys.file_mtime = mtime;
         }
-        match read_file(path).and_then(|(mtime, set)| self.install(set, Some(mtime), &path.display().to_string())) {
+        match read_file(path)
+            .and_then(|(mtime, set)| self.install(set, Some(mtime), &path.display().to_string()))
+        {
             Ok(n) => tracing::info!(path = %path.display(), keys = n, "JWKS file reloaded"),
-            Err(e) => tracing::warn!(path = %path.display(), "JWKS reload failed, keeping the last good keys: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "JWKS reload failed, keeping the last good keys: {e}")
+            }
         }
     }
 
@@ -288,13 +337,20 @@ impl JwtVerifier {
     /// most every 30 s). A failed fetch keeps the last good keys; with no
     /// keys at all the token cannot be verified.
     async fn refresh_url(&self, unknown_kid: bool) -> Result<(), JwtError> {
-        let Some(url) = &self.settings.jwks_url else { return Ok(()) };
+        let Some(url) = &self.settings.jwks_url else {
+            return Ok(());
+        };
         let refresh = Duration::from_secs(self.settings.jwks_refresh_s);
         let due = |keys: &Keys| {
             let now = Instant::now();
-            let since_attempt = |d: Duration| keys.fetch_attempted.is_none_or(|a| now.duration_since(a) >= d);
+            let since_attempt = |d: Duration| {
+                keys.fetch_attempted
+                    .is_none_or(|a| now.duration_since(a) >= d)
+            };
             match keys.fetched {
-                Some(f) if now.duration_since(f) < refresh => unknown_kid && since_attempt(UNKNOWN_KID_REFETCH),
+                Some(f) if now.duration_since(f) < refresh => {
+                    unknown_kid && since_attempt(UNKNOWN_KID_REFETCH)
+                }
                 // Stale or never fetched: a failing issuer is asked at most once a second.
                 _ => since_attempt(FILE_CHECK),
             }
@@ -302,7 +358,9 @@ impl JwtVerifier {
         let no_keys = |keys: &Keys| keys.by_kid.is_empty() && keys.unnamed.is_empty();
         match self.keys.read() {
             Ok(k) if !due(&k) && no_keys(&k) => {
-                return Err(JwtError::KeysUnavailable("the last fetch of the JWKS failed; retrying shortly".into()));
+                return Err(JwtError::KeysUnavailable(
+                    "the last fetch of the JWKS failed; retrying shortly".into(),
+                ));
             }
             Ok(k) if !due(&k) => return Ok(()),
             _ => {}
@@ -315,11 +373,19 @@ impl JwtVerifier {
             k.fetch_attempted = Some(Instant::now());
         }
         let fetched = async {
-            let response = self.http.get(url).send().await.map_err(|e| e.without_url().to_string())?;
+            let response = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.without_url().to_string())?;
             if !response.status().is_success() {
                 return Err(format!("HTTP {}", response.status()));
             }
-            response.bytes().await.map_err(|e| e.without_url().to_string())
+            response
+                .bytes()
+                .await
+                .map_err(|e| e.without_url().to_string())
         }
         .await;
         let outcome = fetched.map_err(JwtError::KeysUnavailable).and_then(|body| {
@@ -338,7 +404,11 @@ impl JwtVerifier {
                 Ok(())
             }
             Err(e) => {
-                let have_keys = self.keys.read().map(|k| !k.by_kid.is_empty() || !k.unnamed.is_empty()).unwrap_or(false);
+                let have_keys = self
+                    .keys
+                    .read()
+                    .map(|k| !k.by_kid.is_empty() || !k.unnamed.is_empty())
+                    .unwrap_or(false);
                 tracing::warn!(%url, "JWKS fetch failed{}: {e}", if have_keys { ", keeping the last good keys" } else { "" });
                 if have_keys { Ok(()) } else { Err(e) }
             }
@@ -354,12 +424,18 @@ impl JwtVerifier {
                 Some(_) => Err(JwtError::BadClaim(name.to_owned())),
             }
         };
-        let subject = string(&m.subject)?.ok_or_else(|| JwtError::MissingClaim(m.subject.clone()))?;
+        let subject =
+            string(&m.subject)?.ok_or_else(|| JwtError::MissingClaim(m.subject.clone()))?;
         let tenant = string(&m.tenant)?.ok_or_else(|| JwtError::MissingClaim(m.tenant.clone()))?;
         let list = |name: &str| -> Option<Vec<String>> {
             match claims.get(name)? {
                 Value::String(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
-                Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+                Value::Array(a) => Some(
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect(),
+                ),
                 _ => None,
             }
         };
@@ -399,6 +475,7 @@ fn read_file(path: &PathBuf) -> Result<(SystemTime, JwkSet), JwtError> {
         .and_then(|m| m.modified())
         .map_err(|e| file_err(e.to_string()))?;
     let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| file_err(format!("not a JWKS ({{\"keys\": [...]}}): {e}")))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| file_err(format!("not a JWKS ({{\"keys\": [...]}}): {e}")))?;
     Ok((mtime, set))
 }

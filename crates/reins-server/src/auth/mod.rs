@@ -55,7 +55,9 @@ impl Identity {
     pub fn open() -> Identity {
         Identity {
             caller: Caller::anonymous(),
-            scopes: [Scope::Run, Scope::Approve, Scope::Admin].into_iter().collect(),
+            scopes: [Scope::Run, Scope::Approve, Scope::Admin]
+                .into_iter()
+                .collect(),
             pipelines: None,
         }
     }
@@ -82,7 +84,8 @@ impl Identity {
     /// Whether this caller may see what `owner` started: an admin sees all;
     /// everyone else only its own tenant's (see `reins_core::identity`).
     pub fn may_see(&self, pipeline: &str, owner: &Caller) -> bool {
-        self.is_admin() || (self.may_call(pipeline) && reins_core::identity::may_see(&self.caller, owner))
+        self.is_admin()
+            || (self.may_call(pipeline) && reins_core::identity::may_see(&self.caller, owner))
     }
 
     /// The 404 a caller gets for a pipeline it may not call.
@@ -101,7 +104,11 @@ impl Auth {
         for t in &settings.tokens {
             by_hash.insert(token_hash(t)?, token_identity(t)?);
         }
-        let jwt = settings.jwt.as_ref().map(jwt::JwtVerifier::new).transpose()?;
+        let jwt = settings
+            .jwt
+            .as_ref()
+            .map(jwt::JwtVerifier::new)
+            .transpose()?;
         Ok(Self { by_hash, jwt })
     }
 
@@ -121,17 +128,29 @@ impl Auth {
         let bearer = match headers.get(axum::http::header::AUTHORIZATION) {
             None => None,
             Some(v) => {
-                let v = v
-                    .to_str()
-                    .map_err(|_| ApiError::unauthorized_because("the Authorization header is not ASCII text"))?;
-                let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).ok_or_else(|| {
-                    ApiError::unauthorized_because("the Authorization header must be `Bearer TOKEN`")
+                let v = v.to_str().map_err(|_| {
+                    ApiError::unauthorized_because("the Authorization header is not ASCII text")
                 })?;
+                let token = v
+                    .strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .ok_or_else(|| {
+                        ApiError::unauthorized_because(
+                            "the Authorization header must be `Bearer TOKEN`",
+                        )
+                    })?;
                 Some(token.trim())
             }
         };
-        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
-        let candidates: Vec<&str> = [bearer, api_key].into_iter().flatten().filter(|t| !t.is_empty()).collect();
+        let api_key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let candidates: Vec<&str> = [bearer, api_key]
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.is_empty())
+            .collect();
         if candidates.is_empty() {
             return Err(ApiError::unauthorized());
         }
@@ -166,15 +185,22 @@ fn token_hash(t: &TokenSettings) -> Result<[u8; 32], AuthError> {
         (Some(h), None) => hex::decode(h)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| AuthError::BadHash { name: t.name.clone() }),
-        (None, Some(var)) => {
-            let secret = std::env::var(var).ok().filter(|s| !s.is_empty()).ok_or_else(|| AuthError::MissingEnv {
+            .ok_or_else(|| AuthError::BadHash {
                 name: t.name.clone(),
-                var: var.clone(),
-            })?;
+            }),
+        (None, Some(var)) => {
+            let secret = std::env::var(var)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| AuthError::MissingEnv {
+                    name: t.name.clone(),
+                    var: var.clone(),
+                })?;
             Ok(Sha256::digest(secret.as_bytes()).into())
         }
-        _ => Err(AuthError::Source { name: t.name.clone() }),
+        _ => Err(AuthError::Source {
+            name: t.name.clone(),
+        }),
     }
 }
 
@@ -200,7 +226,9 @@ fn token_identity(t: &TokenSettings) -> Result<Identity, AuthError> {
         }
         match key.as_str() {
             "tenant" => caller.tenant = Some(value.as_str().ok_or_else(|| bad(key))?.to_owned()),
-            "roles" | "role" => caller.roles.extend(reins_core::identity::claim_strings(Some(value))),
+            "roles" | "role" => caller
+                .roles
+                .extend(reins_core::identity::claim_strings(Some(value))),
             _ => {
                 caller.claims.insert(key.clone(), value.clone());
             }

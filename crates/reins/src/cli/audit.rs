@@ -81,7 +81,9 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
                 }
                 print(&rows, true)?;
                 match rows.last() {
-                    Some(last) if rows.len() == AuditFilter::MAX_LIMIT as usize && left != Some(0) => {
+                    Some(last)
+                        if rows.len() == AuditFilter::MAX_LIMIT as usize && left != Some(0) =>
+                    {
                         filter.after = Some(last.seq)
                     }
                     _ => break,
@@ -96,7 +98,9 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
                 print(&rows, false)?;
                 match rows.last() {
                     Some(last) => filter.after = Some(last.seq),
-                    None => tokio::time::sleep(Duration::from_millis(args.interval_ms.max(10))).await,
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(args.interval_ms.max(10))).await
+                    }
                 }
             }
         }
@@ -111,7 +115,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
 }
 
 async fn store(args: &ConfigArg) -> anyhow::Result<Arc<dyn StateStore>> {
-    let config = Config::from_file(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let config = Config::from_file(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
     crate::state::open(&config.state, &config.base_dir)
         .await
         .with_context(|| format!("opening the [state] store of {}", args.config.display()))
@@ -121,7 +126,11 @@ async fn open(args: &ListArgs) -> anyhow::Result<(Arc<dyn StateStore>, AuditFilt
     let now = now_ms();
     let time = |flag: &str, v: &Option<String>| {
         v.as_deref()
-            .map(|t| parse_time(t, now).with_context(|| format!("--{flag} {t}: milliseconds or an age like 15m, 2h, 7d")))
+            .map(|t| {
+                parse_time(t, now).with_context(|| {
+                    format!("--{flag} {t}: milliseconds or an age like 15m, 2h, 7d")
+                })
+            })
             .transpose()
     };
     let filter = AuditFilter {

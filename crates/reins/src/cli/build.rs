@@ -9,11 +9,12 @@
 //! | `package.json` / `app.js` | componentize-js | `componentize-js --wit WIT --world-name WORLD -d http fetch-event -o OUT app.js` |
 //!
 //! Python and JavaScript need the world, so the layer comes from `--layer` or
-//! the sidecar's `layer = "..."`. WIT is the project's `wit/` if it has one,
+//! the sidecar's `layer = "..."`; code that exports `init` (calls the SDK's
+//! `reins.init(...)`) gets the layer's `-init` world. WIT is the project's `wit/` if it has one,
 //! else the copy built into this binary; the Python SDK (`reins_sdk`) is put
 //! on the path after the project's own directory.
 
-use super::scaffold::{LayerArg, Lang, PYTHON_SDK, WIT};
+use super::scaffold::{Lang, LayerArg, PYTHON_SDK, WIT};
 use crate::runtime::Manifest;
 use anyhow::{Context, anyhow, bail};
 use std::path::{Path, PathBuf};
@@ -46,7 +47,12 @@ pub fn detect(dir: &Path) -> anyhow::Result<Lang> {
 
 /// Builds the project in `dir` into `out_dir/NAME.wasm` (and copies the
 /// sidecar there when `out_dir` is another directory).
-pub fn build(dir: &Path, name: Option<&str>, layer: Option<LayerArg>, out_dir: Option<&Path>) -> anyhow::Result<Built> {
+pub fn build(
+    dir: &Path,
+    name: Option<&str>,
+    layer: Option<LayerArg>,
+    out_dir: Option<&Path>,
+) -> anyhow::Result<Built> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("{}: no such project directory", dir.display()))?;
@@ -56,7 +62,12 @@ pub fn build(dir: &Path, name: Option<&str>, layer: Option<LayerArg>, out_dir: O
         None => dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| anyhow!("{}: cannot name the plugin after this directory; pass --name", dir.display()))?,
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: cannot name the plugin after this directory; pass --name",
+                    dir.display()
+                )
+            })?,
     };
     let out_dir = match out_dir {
         Some(o) => {
@@ -72,11 +83,11 @@ pub fn build(dir: &Path, name: Option<&str>, layer: Option<LayerArg>, out_dir: O
     match lang {
         Lang::Rust => build_rust(&dir, &tmp_out)?,
         Lang::Python => {
-            let world = world(&dir, &sidecar, layer)?;
+            let world = with_init(world(&dir, &sidecar, layer)?, &dir.join("app.py"));
             build_python(&dir, &world, scratch.path(), &tmp_out)?
         }
         Lang::Js => {
-            let world = world(&dir, &sidecar, layer)?;
+            let world = with_init(world(&dir, &sidecar, layer)?, &js_entry(&dir)?);
             build_js(&dir, &world, scratch.path(), &tmp_out)?
         }
     }
@@ -105,7 +116,8 @@ impl Scratch {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("reins-build-{}-{nanos:x}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("reins-build-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
     }
@@ -146,6 +158,17 @@ fn world(dir: &Path, sidecar: &Path, layer: Option<LayerArg>) -> anyhow::Result<
     })
 }
 
+/// A project whose code exports `init` (it calls the SDK's `reins.init(...)`)
+/// builds against the layer's `-init` world, which adds that export.
+fn with_init(world: String, source: &Path) -> String {
+    let code = std::fs::read_to_string(source).unwrap_or_default();
+    if code.contains("reins.init(") {
+        format!("{world}-init")
+    } else {
+        world
+    }
+}
+
 /// The project's `wit/` directory, or the built-in WIT written to `scratch`.
 fn wit_dir(dir: &Path, scratch: &Path) -> anyhow::Result<PathBuf> {
     let own = dir.join("wit");
@@ -159,7 +182,12 @@ fn wit_dir(dir: &Path, scratch: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs `cmd`, naming `tool` and how to install it if it cannot be started.
-fn run(mut cmd: Command, tool: &str, install_hint: &str, show_stdout: bool) -> anyhow::Result<std::process::Output> {
+fn run(
+    mut cmd: Command,
+    tool: &str,
+    install_hint: &str,
+    show_stdout: bool,
+) -> anyhow::Result<std::process::Output> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow!("{tool} not found: {install_hint}")
@@ -169,8 +197,17 @@ fn run(mut cmd: Command, tool: &str, install_hint: &str, show_stdout: bool) -> a
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = if show_stdout { String::from_utf8_lossy(&out.stdout).into_owned() } else { String::new() };
-        bail!("{tool} failed ({}):{}{}", out.status, tail(&stdout, 20), tail(&stderr, 60));
+        let stdout = if show_stdout {
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            String::new()
+        };
+        bail!(
+            "{tool} failed ({}):{}{}",
+            out.status,
+            tail(&stdout, 20),
+            tail(&stderr, 60)
+        );
     }
     Ok(out)
 }
@@ -190,9 +227,13 @@ const JS_HINT: &str = "run `npm install` in the project (its package.json lists 
 
 fn build_python(dir: &Path, world: &str, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     if !dir.join("app.py").is_file() {
-        bail!("{}: a Python plugin's code is app.py (the module componentize-py wraps)", dir.display());
+        bail!(
+            "{}: a Python plugin's code is app.py (the module componentize-py wraps)",
+            dir.display()
+        );
     }
-    let tool = std::env::var_os("REINS_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
+    let tool =
+        std::env::var_os("REINS_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
     let sdk = scratch.join("sdk");
     std::fs::create_dir_all(&sdk)?;
     std::fs::write(sdk.join("reins_sdk.py"), PYTHON_SDK)?;
@@ -212,9 +253,12 @@ fn build_python(dir: &Path, world: &str, scratch: &Path, out: &Path) -> anyhow::
 
 fn build_js(dir: &Path, world: &str, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     let entry = js_entry(dir)?;
-    let tool = find_componentize_js(dir).ok_or_else(|| anyhow!("componentize-js not found: {JS_HINT}"))?;
+    let tool =
+        find_componentize_js(dir).ok_or_else(|| anyhow!("componentize-js not found: {JS_HINT}"))?;
     if on_path("node").is_none() {
-        bail!("node not found: componentize-js runs on Node.js (>= 18); install it (Debian: `apt-get install nodejs npm`)");
+        bail!(
+            "node not found: componentize-js runs on Node.js (>= 18); install it (Debian: `apt-get install nodejs npm`)"
+        );
     }
     // componentize-js lets the code import only files under its working
     // directory: run it from the project's repository root (or the project).
@@ -242,12 +286,17 @@ fn js_entry(dir: &Path) -> anyhow::Result<PathBuf> {
         .and_then(|v| v.get("main").and_then(|m| m.as_str()).map(str::to_string));
     match main.map(|m| dir.join(m)).filter(|p| p.is_file()) {
         Some(p) => Ok(p),
-        None => bail!("{}: a JavaScript plugin's code is app.js (or package.json's \"main\")", dir.display()),
+        None => bail!(
+            "{}: a JavaScript plugin's code is app.js (or package.json's \"main\")",
+            dir.display()
+        ),
     }
 }
 
 fn repo_root(dir: &Path) -> Option<PathBuf> {
-    dir.ancestors().find(|a| a.join(".git").exists()).map(Path::to_owned)
+    dir.ancestors()
+        .find(|a| a.join(".git").exists())
+        .map(Path::to_owned)
 }
 
 /// REINS_COMPONENTIZE_JS, then node_modules/.bin of the project and its
@@ -261,7 +310,9 @@ fn find_componentize_js(dir: &Path) -> Option<PathBuf> {
     if let Some(found) = dir.ancestors().map(|a| a.join(bin)).find(|p| p.is_file()) {
         return Some(found);
     }
-    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/js").join(bin);
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk/js")
+        .join(bin);
     if bundled.is_file() {
         return Some(bundled);
     }
@@ -270,29 +321,51 @@ fn find_componentize_js(dir: &Path) -> Option<PathBuf> {
 
 fn on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    if let Ok(o) = Command::new("rustup").args(["target", "list", "--installed"]).output()
+    if let Ok(o) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
         && o.status.success()
-        && !String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2")
+        && !String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == "wasm32-wasip2")
     {
-        bail!("the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`");
+        bail!(
+            "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`"
+        );
     }
     let manifest = dir.join("Cargo.toml");
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(dir)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .stderr(Stdio::inherit());
-    let output = run(cmd, "cargo", "install Rust (https://rustup.rs) and `rustup target add wasm32-wasip2`", false)?;
+    let output = run(
+        cmd,
+        "cargo",
+        "install Rust (https://rustup.rs) and `rustup target add wasm32-wasip2`",
+        false,
+    )?;
     // The artifact of this package's cdylib, wherever the target dir is.
     let wanted = manifest.canonicalize().unwrap_or(manifest);
     let mut found = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
@@ -306,12 +379,19 @@ fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<()> {
         if same && cdylib {
             found = msg["filenames"]
                 .as_array()
-                .and_then(|f| f.iter().filter_map(|f| f.as_str()).find(|f| f.ends_with(".wasm")))
+                .and_then(|f| {
+                    f.iter()
+                        .filter_map(|f| f.as_str())
+                        .find(|f| f.ends_with(".wasm"))
+                })
                 .map(PathBuf::from);
         }
     }
     let wasm = found.ok_or_else(|| {
-        anyhow!("cargo built no .wasm for {}: the package needs `[lib] crate-type = [\"cdylib\"]`", wanted.display())
+        anyhow!(
+            "cargo built no .wasm for {}: the package needs `[lib] crate-type = [\"cdylib\"]`",
+            wanted.display()
+        )
     })?;
     std::fs::copy(&wasm, out).with_context(|| format!("copying {}", wasm.display()))?;
     Ok(())

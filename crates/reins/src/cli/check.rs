@@ -21,23 +21,53 @@ pub struct CheckArgs {
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let host = Host::builder()
+    // A check touches no state: an in-memory store stands in for `[state]`.
+    let scratch = crate::state::sqlite::SqliteStore::memory()
+        .context("opening an in-memory state store for the check")?;
+    let built = Host::builder()
         .config_file(&args.config)
         .watch(false)
+        .state(std::sync::Arc::new(scratch))
         .build()
-        .await
-        .with_context(|| format!("{} does not load", args.config.display()))?;
+        .await;
+    let host = match built {
+        Ok(host) => host,
+        Err(e) => {
+            let errors: Vec<String> = e.into_list().iter().map(ToString::to_string).collect();
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"config": args.config, "ok": false, "errors": errors})
+                );
+            } else {
+                eprintln!(
+                    "{}: {} error(s); it does not load:",
+                    args.config.display(),
+                    errors.len()
+                );
+                for e in &errors {
+                    eprintln!("  - {e}");
+                }
+            }
+            return Ok(2);
+        }
+    };
     let set = host.plugins().current();
-    let pipelines: Vec<serde_json::Value> = host
-        .pipeline_names()
-        .filter_map(|n| host.pipeline(n))
+    let live = host.live();
+    let pipelines: Vec<serde_json::Value> = live
+        .pipelines()
+        .values()
         .map(|p| p.describe(&set))
         .collect();
     if args.json {
         println!("{}", serde_json::Value::Array(pipelines));
         return Ok(0);
     }
-    println!("{}: ok, {} pipeline(s)", args.config.display(), pipelines.len());
+    println!(
+        "{}: ok, {} pipeline(s)",
+        args.config.display(),
+        pipelines.len()
+    );
     for p in &pipelines {
         let text = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
         println!(

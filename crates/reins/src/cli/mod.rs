@@ -5,8 +5,8 @@ mod audit;
 mod build;
 mod check;
 mod plugin;
-mod scaffold;
 pub mod run;
+mod scaffold;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -1,7 +1,7 @@
 //! `reins plugin check`, `test`, `new` and `build`.
 
 use super::build::build;
-use super::scaffold::{LayerArg, Lang, scaffold};
+use super::scaffold::{Lang, LayerArg, scaffold};
 use crate::cases::{read_cases, run_cases};
 use crate::runtime::{Runtime, RuntimeSettings};
 use anyhow::Context;
@@ -20,10 +20,7 @@ pub enum PluginCommand {
         json: bool,
     },
     /// Run a plugin's case file through the real host.
-    Test {
-        file: PathBuf,
-        cases: PathBuf,
-    },
+    Test { file: PathBuf, cases: PathBuf },
     /// Write a ready plugin project: code, WIT, sidecar, cases, build script, README.
     New {
         /// The plugin's name (lowercase letters, digits, hyphens): the directory and `NAME.wasm`.
@@ -56,16 +53,34 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<u8> {
     match cmd {
         PluginCommand::Check { file, json } => check(file, json),
         PluginCommand::Test { file, cases } => test(file, cases),
-        PluginCommand::New { name, layer, lang, dir } => {
+        PluginCommand::New {
+            name,
+            layer,
+            lang,
+            dir,
+        } => {
             let (project, files) = scaffold(&dir, &name, layer, lang)?;
-            println!("created {} ({} {}):", project.display(), lang.name(), layer.as_str());
+            println!(
+                "created {} ({} {}):",
+                project.display(),
+                lang.name(),
+                layer.as_str()
+            );
             for f in files {
                 println!("  {f}");
             }
-            println!("next:\n  reins plugin build {0}\n  reins plugin test {0}/{name}.wasm {0}/cases.json", project.display());
+            println!(
+                "next:\n  reins plugin build {0}\n  reins plugin test {0}/{name}.wasm {0}/cases.json",
+                project.display()
+            );
             Ok(0)
         }
-        PluginCommand::Build { dir, name, layer, out } => {
+        PluginCommand::Build {
+            dir,
+            name,
+            layer,
+            out,
+        } => {
             let built = build(&dir, name.as_deref(), layer, out.as_deref())?;
             println!(
                 "built {} ({}, {:.1} MB, {:.1} s)",
@@ -105,8 +120,23 @@ fn check(file: PathBuf, json: bool) -> anyhow::Result<u8> {
     println!(
         "compile  {:.1} ms{}",
         info.compile_ms,
-        if info.compile_cached { " (cached artifact)" } else { "" }
+        if info.compile_cached {
+            " (cached artifact)"
+        } else {
+            ""
+        }
     );
+    if info.init != "none" {
+        println!(
+            "init     {}{}",
+            info.init,
+            if info.init_cached {
+                " (cached snapshot)".to_string()
+            } else {
+                format!(", {:.1} ms at load", info.init_ms)
+            }
+        );
+    }
     let m = plugin.manifest();
     println!(
         "call     first {:.2} ms, then {:.0} µs median over {} calls ({:?}; sample input: {})",
@@ -116,7 +146,9 @@ fn check(file: PathBuf, json: bool) -> anyhow::Result<u8> {
         "limits   deadline {} ms, memory {} MiB, fuel {}, isolation {:?}, fail_mode {:?}",
         m.limits.deadline_ms,
         m.limits.memory_mib,
-        m.limits.fuel.map_or("unlimited".to_string(), |f| f.to_string()),
+        m.limits
+            .fuel
+            .map_or("unlimited".to_string(), |f| f.to_string()),
         m.isolation,
         m.fail_mode
     );
@@ -139,8 +171,17 @@ fn test(file: PathBuf, cases_path: PathBuf) -> anyhow::Result<u8> {
     let started = Instant::now();
     let outcomes = run_cases(&runtime, &file, &cases)?;
     let name = crate::runtime::plugin_name(&file);
-    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
-    println!("{name}: {} cases from {}", outcomes.len(), cases_path.display());
+    let width = outcomes
+        .iter()
+        .map(|o| o.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{name}: {} cases from {}",
+        outcomes.len(),
+        cases_path.display()
+    );
     println!("  {:<6} {:<width$} {:>8}  detail", "result", "case", "µs");
     for o in &outcomes {
         println!(
@@ -182,7 +223,9 @@ fn call_cost(plugin: &crate::runtime::Plugin) -> CallCost {
     };
     let once = || -> Result<(), crate::runtime::PluginError> {
         match plugin.layer() {
-            Layer::Normalizer => plugin.normalize(&ctx, &[Message::new("user", "hello")]).map(|_| ()),
+            Layer::Normalizer => plugin
+                .normalize(&ctx, &[Message::new("user", "hello")])
+                .map(|_| ()),
             Layer::Validator => plugin.validate(&ctx, "{}").map(|_| ()),
             Layer::Constraints => plugin.tools(&ctx).map(|_| ()),
             Layer::Gate => plugin

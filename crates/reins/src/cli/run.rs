@@ -71,9 +71,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let pipeline = match &args.pipeline {
         Some(p) => p.clone(),
         None => {
-            let names: Vec<&str> = host.pipeline_names().collect();
+            let names = host.pipeline_names();
             match names.as_slice() {
-                [only] => (*only).to_owned(),
+                [only] => only.clone(),
                 _ => {
                     eprintln!(
                         "reins run: choose a pipeline with --pipeline (the config has: {})",
@@ -107,7 +107,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    if let (RunStatus::Completed | RunStatus::AwaitingApproval, Some(output)) = (result.status, &result.output) {
+    if let (RunStatus::Completed | RunStatus::AwaitingApproval, Some(output)) =
+        (result.status, &result.output)
+    {
         let mut stdout = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut stdout, output).context("writing the output")?;
         writeln!(stdout).context("writing the output")?;
@@ -118,7 +120,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 fn read_request(args: &RunArgs) -> anyhow::Result<Request> {
     let text = if args.input == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
         s
     } else {
         std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input))?
@@ -128,7 +132,8 @@ fn read_request(args: &RunArgs) -> anyhow::Result<Request> {
         InputFormat::Json => serde_json::from_str(&text).context("the input is not a request")?,
         InputFormat::Auto => {
             let looks_like_request = text.trim_start().starts_with('{')
-                && serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("messages").is_some());
+                && serde_json::from_str::<serde_json::Value>(&text)
+                    .is_ok_and(|v| v.get("messages").is_some());
             if looks_like_request {
                 serde_json::from_str(&text).context("the input is not a request")?
             } else {
@@ -140,7 +145,8 @@ fn read_request(args: &RunArgs) -> anyhow::Result<Request> {
         anyhow::bail!("the input is empty");
     }
     if let Some(m) = &args.metadata {
-        let metadata: serde_json::Value = serde_json::from_str(m).context("--metadata is not JSON")?;
+        let metadata: serde_json::Value =
+            serde_json::from_str(m).context("--metadata is not JSON")?;
         anyhow::ensure!(metadata.is_object(), "--metadata must be a JSON object");
         request.metadata = metadata;
     }

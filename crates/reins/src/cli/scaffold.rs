@@ -122,18 +122,30 @@ pub fn valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && !name.ends_with('-')
         && !name.contains("--")
 }
 
 /// Writes the project `parent/name` and returns its directory and files.
-pub fn scaffold(parent: &Path, name: &str, layer: LayerArg, lang: Lang) -> anyhow::Result<(PathBuf, Vec<String>)> {
+pub fn scaffold(
+    parent: &Path,
+    name: &str,
+    layer: LayerArg,
+    lang: Lang,
+) -> anyhow::Result<(PathBuf, Vec<String>)> {
     if !valid_name(name) {
-        bail!("invalid plugin name {name:?}: use lowercase letters, digits and hyphens, starting with a letter (e.g. `refund-guard`)");
+        bail!(
+            "invalid plugin name {name:?}: use lowercase letters, digits and hyphens, starting with a letter (e.g. `refund-guard`)"
+        );
     }
     let dir = parent.join(name);
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!("{} already exists and is not empty", dir.display());
     }
     let fill = |t: &str| {
@@ -155,7 +167,10 @@ pub fn scaffold(parent: &Path, name: &str, layer: LayerArg, lang: Lang) -> anyho
             files[1].1 = sidecar(RUST_SIDECAR);
             files.push(("Cargo.toml".into(), fill(RUST_CARGO)));
             files.push(("Cargo.lock".into(), fill(RUST_LOCK)));
-            files.push(("src/lib.rs".into(), format!("{}{}", fill(code(lang, layer)), RUST_COMMON)));
+            files.push((
+                "src/lib.rs".into(),
+                format!("{}{}", fill(code(lang, layer)), RUST_COMMON),
+            ));
             files.push(("build.sh".into(), fill(RUST_BUILD)));
             (
                 "| `src/lib.rs` | the plugin (wit-bindgen bindings of `wit/reins.wit`) |\n| `Cargo.toml` | a standalone crate; `cdylib` for `wasm32-wasip2` |\n",
@@ -239,7 +254,8 @@ mod tests {
             let section = config_section(*layer);
             assert!(section.starts_with("[config]"), "{layer:?}: {section}");
             assert!(!section.contains("#---"), "{layer:?}: {section}");
-            let cases: serde_json::Value = serde_json::from_str(cases(*layer)).expect("cases parse");
+            let cases: serde_json::Value =
+                serde_json::from_str(cases(*layer)).expect("cases parse");
             assert!(cases.as_array().is_some_and(|c| !c.is_empty()));
         }
     }
@@ -249,7 +265,8 @@ mod tests {
         for lang in Lang::value_variants() {
             for layer in LayerArg::value_variants() {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let (project, files) = scaffold(dir.path(), "my-policy", *layer, *lang).expect("scaffold");
+                let (project, files) =
+                    scaffold(dir.path(), "my-policy", *layer, *lang).expect("scaffold");
                 assert!(files.iter().any(|f| f == "README.md"));
                 let path = project.join("my-policy.toml");
                 let text = std::fs::read_to_string(&path).expect("sidecar");

@@ -42,19 +42,60 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("loading {}", args.config.display()))?;
     let host = Arc::new(host);
-    eprintln!("reins: node {} on a {} state store", host.node_id(), host.state().kind());
+    eprintln!(
+        "reins: node {} on a {} state store",
+        host.node_id(),
+        host.state().kind()
+    );
     // Interrupted runs (this node's from before a crash, or any node's whose
     // lease expired) continue in the background; old runs are compacted.
     let _background = host.spawn_background();
-    let mut settings = server::ServerSettings::from_config(host.config())?;
+    // reins.toml and the files it reads reload on change, on SIGHUP and on
+    // POST /v1/admin/reload.
+    host.watch_config()
+        .with_context(|| format!("watching {}", args.config.display()))?;
+    let _hangups = reload_on_hangup(host.clone());
+    // Restart-only: the listener is built from the config the process started with.
+    let mut settings = server::ServerSettings::from_config(host.boot())?;
     // Paths in the config are relative to it; on the command line, to the working directory.
-    settings.tls_cert = args.tls_cert.or_else(|| settings.tls_cert.as_deref().map(|p| host.config().resolve(p)));
-    settings.tls_key = args.tls_key.or_else(|| settings.tls_key.as_deref().map(|p| host.config().resolve(p)));
+    settings.tls_cert = args
+        .tls_cert
+        .or_else(|| settings.tls_cert.as_deref().map(|p| host.boot().resolve(p)));
+    settings.tls_key = args
+        .tls_key
+        .or_else(|| settings.tls_key.as_deref().map(|p| host.boot().resolve(p)));
     let listen = args.listen.unwrap_or_else(|| settings.listen.clone());
     let state = AppState::new(host, &settings)?;
+    let profile = profile::start();
     server::serve(state, &settings, &listen, args.insecure, shutdown_signal()).await?;
+    profile.finish();
     eprintln!("reins: shut down cleanly");
     Ok(0)
+}
+
+/// Reloads the configuration on every SIGHUP, the way daemons are told to
+/// read their config again. A refused config is logged by the reload.
+fn reload_on_hangup(host: Arc<Host>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut hangups =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("SIGHUP will not reload the config: {e}");
+                        return;
+                    }
+                };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let host = host.clone();
+                let _ = tokio::task::spawn_blocking(move || host.reload()).await;
+            }
+        }
+        #[cfg(not(unix))]
+        drop(host);
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -78,4 +119,66 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// A sampling profile of the serving process (`perf` records nothing on the
+/// machines we measure on): with `--features profile` and `REINS_PROFILE=FILE`,
+/// stacks are sampled at 997 Hz and written as folded lines (`a;b;c COUNT`)
+/// at shutdown. Without the feature this is nothing.
+mod profile {
+    pub struct Profile {
+        #[cfg(feature = "profile")]
+        guard: Option<(pprof::ProfilerGuard<'static>, std::path::PathBuf)>,
+    }
+
+    pub fn start() -> Profile {
+        #[cfg(feature = "profile")]
+        {
+            let guard = std::env::var_os("REINS_PROFILE").and_then(|path| {
+                match pprof::ProfilerGuardBuilder::default()
+                    .frequency(997)
+                    .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+                    .build()
+                {
+                    Ok(g) => Some((g, std::path::PathBuf::from(path))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "REINS_PROFILE: the profiler did not start");
+                        None
+                    }
+                }
+            });
+            Profile { guard }
+        }
+        #[cfg(not(feature = "profile"))]
+        Profile {}
+    }
+
+    impl Profile {
+        pub fn finish(self) {
+            #[cfg(feature = "profile")]
+            if let Some((guard, path)) = self.guard {
+                use std::fmt::Write;
+                let report = match guard.report().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "REINS_PROFILE: no report");
+                        return;
+                    }
+                };
+                let mut out = String::new();
+                for (frames, count) in &report.data {
+                    let mut stack: Vec<String> = vec![frames.thread_name.clone()];
+                    for frame in frames.frames.iter().rev() {
+                        for symbol in frame.iter().rev() {
+                            stack.push(symbol.name());
+                        }
+                    }
+                    let _ = writeln!(out, "{} {count}", stack.join(";"));
+                }
+                if let Err(e) = std::fs::write(&path, out) {
+                    tracing::warn!(path = %path.display(), error = %e, "REINS_PROFILE: not written");
+                }
+            }
+        }
+    }
 }

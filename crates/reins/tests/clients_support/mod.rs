@@ -36,7 +36,10 @@ pub async fn start() -> Model {
     let mut n = 0;
     let upstream = Upstream::replying(move |seen| {
         n += 1;
-        let messages = seen.body["messages"].as_array().cloned().unwrap_or_default();
+        let messages = seen.body["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         found.lock().expect("problems").extend(check(&messages));
         ok(&chat(&seen.body, n))
     })
@@ -52,11 +55,23 @@ fn check(messages: &[Value]) -> Vec<String> {
         match m["role"].as_str() {
             Some("assistant") => {
                 for c in m["tool_calls"].as_array().into_iter().flatten() {
-                    match (c["id"].as_str(), c["type"].as_str(), c.pointer("/function/name"), c.pointer("/function/arguments")) {
-                        (Some(id), Some("function"), Some(Value::String(_)), Some(Value::String(args))) => {
+                    match (
+                        c["id"].as_str(),
+                        c["type"].as_str(),
+                        c.pointer("/function/name"),
+                        c.pointer("/function/arguments"),
+                    ) {
+                        (
+                            Some(id),
+                            Some("function"),
+                            Some(Value::String(_)),
+                            Some(Value::String(args)),
+                        ) => {
                             ids.insert(id.to_owned());
                             if serde_json::from_str::<Value>(args).is_err() {
-                                problems.push(format!("messages[{i}]: arguments are not JSON text: {args}"));
+                                problems.push(format!(
+                                    "messages[{i}]: arguments are not JSON text: {args}"
+                                ));
                             }
                         }
                         _ => problems.push(format!("messages[{i}]: malformed tool call {c}")),
@@ -65,7 +80,9 @@ fn check(messages: &[Value]) -> Vec<String> {
             }
             Some("tool") => match m["tool_call_id"].as_str() {
                 Some(id) if ids.contains(id) => {}
-                other => problems.push(format!("messages[{i}]: tool result for unknown call {other:?}")),
+                other => problems.push(format!(
+                    "messages[{i}]: tool result for unknown call {other:?}"
+                )),
             },
             Some("system" | "developer" | "user") => {}
             other => problems.push(format!("messages[{i}]: unexpected role {other:?}")),
@@ -75,9 +92,10 @@ fn check(messages: &[Value]) -> Vec<String> {
 }
 
 fn has_tool(body: &Value, name: &str) -> bool {
-    body["tools"]
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name)))
+    body["tools"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
+    })
 }
 
 /// The answer to request `n` (1-based).
@@ -109,7 +127,11 @@ fn chat(body: &Value, n: usize) -> Value {
     } else {
         json!({"role": "assistant", "content": format!("You said: {last_text}")})
     };
-    let finish = if message.get("tool_calls").is_some() { "tool_calls" } else { "stop" };
+    let finish = if message.get("tool_calls").is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
     json!({
         "id": format!("chatcmpl-up-{n}"), "object": "chat.completion", "created": 0, "model": "upstream-model",
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
@@ -129,7 +151,9 @@ pub fn run_client(script: &str, base: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named") {
-        panic!("a client package is missing: pip install -r tests/clients/requirements.txt\n{stderr}");
+        panic!(
+            "a client package is missing: pip install -r tests/clients/requirements.txt\n{stderr}"
+        );
     }
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}\n{stderr}");

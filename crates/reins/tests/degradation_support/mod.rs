@@ -9,7 +9,9 @@ use serde_json::json;
 /// An `openai` provider `name` on `base_url` with `extra` lines (retries,
 /// timeouts, `breaker = {...}`); backoff is 1 ms unless `extra` says otherwise.
 pub fn openai(name: &str, base_url: &str, extra: &str) -> String {
-    let own_backoff = extra.lines().any(|l| l.trim_start().starts_with("backoff_ms"));
+    let own_backoff = extra
+        .lines()
+        .any(|l| l.trim_start().starts_with("backoff_ms"));
     let backoff = if own_backoff { "" } else { "backoff_ms = 1\n" };
     format!(
         "[providers.{name}]\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"flaky-model\"\n{backoff}{extra}\n\n"

@@ -3,9 +3,9 @@
 //! sidecars written for the test.
 #![allow(dead_code)]
 
-use reins_testing::plugins;
 use reins::Host;
 use reins::provider::{ScriptEntry, ScriptedProvider};
+use reins_testing::plugins;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -63,7 +63,11 @@ pub async fn host(plugins: &Path, body: &str, model: &Arc<ScriptedProvider>) -> 
 
 /// The same, returning the config error.
 pub async fn host_err(plugins: &Path, body: &str) -> String {
-    match Host::builder().config_str(config(plugins, body), plugins).build().await {
+    match Host::builder()
+        .config_str(config(plugins, body), plugins)
+        .build()
+        .await
+    {
         Ok(_) => panic!("expected a config error"),
         Err(e) => e.to_string(),
     }

@@ -20,9 +20,15 @@ pub fn out_root() -> PathBuf {
 pub fn reins(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reins"));
     cmd.args(args)
-        .env("XDG_CACHE_HOME", repo_root().join("target/policies/xdg-cache"))
+        .env(
+            "XDG_CACHE_HOME",
+            repo_root().join("target/policies/xdg-cache"),
+        )
         // Rust projects share one target dir: dependencies compile once.
-        .env("CARGO_TARGET_DIR", repo_root().join("target/policies/cargo"));
+        .env(
+            "CARGO_TARGET_DIR",
+            repo_root().join("target/policies/cargo"),
+        );
     cmd
 }
 
@@ -37,7 +43,9 @@ pub fn text(out: &Output) -> String {
 /// How to get the tool a language needs, for failure messages.
 pub fn install_hint(lang: &str) -> &'static str {
     match lang {
-        "python" => "install componentize-py: `pip install componentize-py==0.25.1` (scripts/test.sh does)",
+        "python" => {
+            "install componentize-py: `pip install componentize-py==0.25.1` (scripts/test.sh does)"
+        }
         "js" => "install componentize-js: `npm ci --prefix sdk/js` (scripts/test.sh does)",
         _ => "install the guest target: `rustup target add wasm32-wasip2` (scripts/test.sh does)",
     }
@@ -101,7 +109,11 @@ pub fn examples_dir(lang: &str) -> PathBuf {
         });
     });
     let failed = FAILED.lock().unwrap_or_else(|p| p.into_inner());
-    assert!(failed.is_empty(), "building the examples failed:\n{}", failed.join("\n\n"));
+    assert!(
+        failed.is_empty(),
+        "building the examples failed:\n{}",
+        failed.join("\n\n")
+    );
     static COMPILED: OnceLock<()> = OnceLock::new();
     COMPILED.get_or_init(|| {
         // Compile each component once into the tests' shared cache, so the
@@ -110,9 +122,14 @@ pub fn examples_dir(lang: &str) -> PathBuf {
         let runtime = reins::runtime::Runtime::new(&plugins::settings()).expect("runtime");
         for lang in LANGS {
             for name in EXAMPLES {
-                let wasm = out_root().join("examples").join(lang).join(format!("{name}.wasm"));
+                let wasm = out_root()
+                    .join("examples")
+                    .join(lang)
+                    .join(format!("{name}.wasm"));
                 let started = Instant::now();
-                let p = runtime.load_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+                let p = runtime
+                    .load_file(&wasm)
+                    .unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
                 eprintln!(
                     "compiled {lang}/{name} in {:.1} s (cached: {})",
                     started.elapsed().as_secs_f64(),

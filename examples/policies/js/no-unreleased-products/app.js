@@ -6,11 +6,21 @@
 
 import * as reins from "../../../../sdk/js/reins.js";
 
-export const validator = reins.validator((ctx, output) => {
-  if (!("products" in ctx.config)) throw new reins.Refuse("config.products: missing (required)");
+// The set-up: the config checked once (by `init` at load, else by the first
+// call with this config).
+const SETUP = new reins.Setup((config) => {
+  if (!("products" in config)) throw new reins.Refuse("config.products: missing (required)");
+  const ctx = reins.context({ config });
   const products = ctx.setting("products", [], "list");
   if (!products.every((p) => typeof p === "string")) throw new reins.Refuse("config.products: expected a list of strings");
-  const replacement = ctx.setting("replacement", null, "string");
+  return { products, replacement: ctx.setting("replacement", null, "string") };
+});
+
+// The optional `init` export (world validator-plugin-init).
+export const init = reins.init(SETUP);
+
+export const validator = reins.validator((ctx, output) => {
+  const { products, replacement } = SETUP.get(ctx);
   let doc;
   try {
     doc = JSON.parse(output);

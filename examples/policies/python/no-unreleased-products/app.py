@@ -14,13 +14,24 @@ import reins_sdk as reins
 _ASCII_LOWER = {ord(c): ord(c) + 32 for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 
 
-def validate(ctx, output):
-    if "products" not in ctx.config:
+def settings(config):
+    """The set-up: the config checked once (by `init` at load, else by the
+    first call with this config)."""
+    if "products" not in config:
         raise reins.Refuse("config.products: missing (required)")
+    ctx = reins.Context(config=config)
     products = ctx.setting("products", [], list)
     if not all(isinstance(p, str) for p in products):
         raise reins.Refuse("config.products: expected a list of strings")
-    replacement = ctx.setting("replacement", None, str)
+    return products, ctx.setting("replacement", None, str)
+
+
+SETUP = reins.Setup(settings)
+Init = reins.init(SETUP)  # the optional `init` export (world validator-plugin-init)
+
+
+def validate(ctx, output):
+    products, replacement = SETUP.get(ctx)
     try:
         doc = json.loads(output)
     except ValueError:

@@ -6,16 +6,24 @@ use super::*;
 
 impl Run<'_> {
     /// The attempt loop: call, validate, gate, repair.
-    pub(super) async fn attempts(&mut self, base: Vec<Message>, tools: Vec<Tool>) -> Result<(), RunError> {
+    pub(super) async fn attempts(
+        &mut self,
+        base: Vec<Message>,
+        tools: Vec<Tool>,
+    ) -> Result<(), RunError> {
         let max_attempts = self.p.config.repair.max_attempts;
         let budget = self.p.config.repair.token_budget;
         // Prompt-token estimates: the base conversation is counted once.
         let mut base_tokens: Option<u64> = None;
         let mut estimate_prompt = |repair: Option<&(String, String)>| {
-            let base_count = *base_tokens.get_or_insert_with(|| tokens::count_messages(&base));
+            let base_count =
+                *base_tokens.get_or_insert_with(|| self.p.tokens.count_messages(&base));
             base_count
                 + repair.map_or(0, |(answer, prompt)| {
-                    2 * tokens::MESSAGE_OVERHEAD + 2 + tokens::count(answer) + tokens::count(prompt)
+                    2 * tokens::MESSAGE_OVERHEAD
+                        + 2
+                        + self.p.tokens.count(answer)
+                        + self.p.tokens.count(prompt)
                 })
         };
         let mut messages = base.clone();
@@ -41,11 +49,13 @@ impl Run<'_> {
                 },
                 None => {
                     let prompt = estimate_prompt(repair_turn.as_ref());
-                    let completion = tokens::count(&response.content)
+                    let completion = self.p.tokens.count(&response.content)
                         + response
                             .tool_calls
                             .iter()
-                            .map(|c| tokens::count(&c.name) + tokens::count(&c.arguments.to_string()))
+                            .map(|c| {
+                                tokens::count(&c.name) + tokens::count(&c.arguments.to_string())
+                            })
                             .sum::<u64>();
                     Tokens {
                         prompt,
@@ -118,7 +128,8 @@ impl Run<'_> {
                 latency_us,
             });
             if self.rc.journals(StepKind::Attempt) {
-                let decided = &self.result.decisions[decided_before.min(self.result.decisions.len())..];
+                let decided =
+                    &self.result.decisions[decided_before.min(self.result.decisions.len())..];
                 let step = serde_json::json!({"attempt": self.result.attempts.last(), "decisions": decided});
                 if let Err(e) = self.rc.checkpoint(StepKind::Attempt, step).await {
                     gated.release_all();
@@ -146,7 +157,9 @@ impl Run<'_> {
             let repeated = previous.as_ref() == Some(&blocking);
             let mut stop = if fail_fast {
                 Some(StopReason::FailFast)
-            } else if repeated && (attempt >= max_attempts || !self.change_strategy(&mut strategies)) {
+            } else if repeated
+                && (attempt >= max_attempts || !self.change_strategy(&mut strategies))
+            {
                 Some(StopReason::Repeated)
             } else if attempt >= max_attempts {
                 Some(StopReason::MaxAttempts)
@@ -157,10 +170,12 @@ impl Run<'_> {
             };
             let mut next_turn = None;
             if stop.is_none() {
-                let prompt = self
-                    .p
-                    .template_for(self.mode)
-                    .render(&blocking, attempt + 1, max_attempts, self.model_schema.as_deref());
+                let prompt = self.p.template_for(self.mode).render(
+                    &blocking,
+                    attempt + 1,
+                    max_attempts,
+                    self.model_schema.as_deref(),
+                );
                 let turn = (answer, prompt);
                 // Not even the next prompt fits what is left of the budget.
                 if let Some(b) = budget
@@ -189,12 +204,17 @@ impl Run<'_> {
                     let stop = stop.unwrap_or(StopReason::MaxAttempts);
                     self.trace("repair", "", format!("stop: {stop}"), now, now);
                     if denied_only && stop != StopReason::FailFast {
-                        let denial = self.result.decisions.iter().rev().find_map(|d| match &d.decision {
-                            Decision::Deny(reason) if d.attempt == attempt => {
-                                Some((d.gate.clone(), d.tool.clone(), reason.clone()))
-                            }
-                            _ => None,
-                        });
+                        let denial =
+                            self.result
+                                .decisions
+                                .iter()
+                                .rev()
+                                .find_map(|d| match &d.decision {
+                                    Decision::Deny(reason) if d.attempt == attempt => {
+                                        Some((d.gate.clone(), d.tool.clone(), reason.clone()))
+                                    }
+                                    _ => None,
+                                });
                         if let Some((gate, tool, reason)) = denial {
                             return Err(RunError::Denied { gate, tool, reason });
                         }
@@ -260,13 +280,18 @@ impl Run<'_> {
     /// The answer repeated the previous one's violations: change what the
     /// next attempt does, by the next strategy that can change anything.
     /// `false` when every strategy is spent.
-    pub(super) fn change_strategy(&mut self, strategies: &mut impl Iterator<Item = RepairStrategy>) -> bool {
+    pub(super) fn change_strategy(
+        &mut self,
+        strategies: &mut impl Iterator<Item = RepairStrategy>,
+    ) -> bool {
         for strategy in strategies.by_ref() {
             let what = match strategy {
                 RepairStrategy::StrictFormat
                     if self.mode == OutputMode::Json
                         && !self.strict
-                        && self.next_provider().is_some_and(|b| b.provider().can_tighten()) =>
+                        && self
+                            .next_provider()
+                            .is_some_and(|b| b.provider().can_tighten()) =>
                 {
                     self.strict = true;
                     "the strictest structured-output mode".to_owned()
@@ -282,13 +307,22 @@ impl Run<'_> {
                 }
                 RepairStrategy::Model if self.p.repair_providers.len() > self.chain_offset + 1 => {
                     self.chain_offset += 1;
-                    let next = self.p.repair_providers[self.chain_offset].provider().name().to_owned();
+                    let next = self.p.repair_providers[self.chain_offset]
+                        .provider()
+                        .name()
+                        .to_owned();
                     format!("model `{next}`")
                 }
                 _ => continue,
             };
             let now = Instant::now();
-            self.trace("repair", strategy.as_str(), format!("answers repeat; next attempt: {what}"), now, now);
+            self.trace(
+                "repair",
+                strategy.as_str(),
+                format!("answers repeat; next attempt: {what}"),
+                now,
+                now,
+            );
             return true;
         }
         false

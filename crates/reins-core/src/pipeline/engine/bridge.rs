@@ -43,7 +43,11 @@ where
 
 impl<T> Pending<T> {
     pub(super) async fn wait(self) -> Timed<T> {
-        let Pending { handle, plugin, queued } = self;
+        let Pending {
+            handle,
+            plugin,
+            queued,
+        } = self;
         handle.await.unwrap_or_else(|e| Timed {
             result: Err(PluginError {
                 plugin: plugin.name().to_owned(),

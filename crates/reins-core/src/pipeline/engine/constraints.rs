@@ -9,13 +9,15 @@ impl Run<'_> {
         let p = self.p;
         let mut tools = match &p.config.constraints {
             None => Vec::new(),
-            Some(name) => {
-                let plugin = self.plugin(Layer::Constraints, name)?;
+            Some(entry) => {
+                let plugin = self.plugin(Layer::Constraints, &entry.plugin)?;
                 let ctx = self.ctx.clone();
                 let timed = blocking(&plugin, move |p| p.tools(&ctx)).await;
                 // A skipped constraints plugin leaves the model with no tools: the safe side.
-                self.settle(Layer::Constraints, &plugin, timed, |t| format!("{} tools", t.len()))?
-                    .unwrap_or_default()
+                self.settle(Layer::Constraints, &plugin, timed, |t| {
+                    format!("{} tools", t.len())
+                })?
+                .unwrap_or_default()
             }
         };
         let Some(declared) = &self.caller_tools else {
@@ -34,7 +36,10 @@ impl Run<'_> {
                         tools.push(Tool {
                             name: d.name.clone(),
                             description: d.description.clone(),
-                            parameters: d.parameters.clone().unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                            parameters: d
+                                .parameters
+                                .clone()
+                                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
                             access: reins_runtime::Access::Write,
                         });
                     }

@@ -4,7 +4,11 @@
 use super::*;
 
 impl Run<'_> {
-    pub(super) async fn assemble(&mut self, messages: &[Message], chunks: Vec<Chunk>) -> Result<Vec<Chunk>, RunError> {
+    pub(super) async fn assemble(
+        &mut self,
+        messages: &[Message],
+        chunks: Vec<Chunk>,
+    ) -> Result<Vec<Chunk>, RunError> {
         let p = self.p;
         let Some(context) = &p.config.context else {
             return Ok(chunks);

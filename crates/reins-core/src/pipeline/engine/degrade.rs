@@ -11,8 +11,8 @@ use crate::pipeline::cache::{CacheKey, CachedAnswer};
 use crate::pipeline::result::{RunError, RunResult, RunStatus};
 use crate::provider::{ChatRequest, ChatResponse, Usage};
 use reins_runtime::{Message, Tool};
-use serde_json::Value;
 use reins_state::StateStore;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,11 @@ pub(super) struct Degradation {
 impl Degradation {
     /// The run's deadline is the pipeline's `deadline_ms`, shortened by the
     /// caller's own timeout (`timeout_ms`) when that is sooner.
-    pub fn new(pipeline: &Pipeline, started: Instant, caller_timeout_ms: Option<u64>) -> Degradation {
+    pub fn new(
+        pipeline: &Pipeline,
+        started: Instant,
+        caller_timeout_ms: Option<u64>,
+    ) -> Degradation {
         let ms = pipeline.config.deadline_ms;
         let pipeline_deadline = (ms > 0).then(|| started + Duration::from_millis(ms));
         let caller_deadline = caller_timeout_ms.map(|ms| started + Duration::from_millis(ms));
@@ -137,7 +141,10 @@ impl Run<'_> {
             pipeline: self.p.name.clone(),
             attempt,
             messages,
-            schema: self.model_schema.clone().filter(|_| self.mode == OutputMode::Json),
+            schema: self
+                .model_schema
+                .clone()
+                .filter(|_| self.mode == OutputMode::Json),
             json: self.mode == OutputMode::Json,
             strict: self.strict,
             tools: tools.to_vec(),
@@ -150,7 +157,9 @@ impl Run<'_> {
             &p.providers[..]
         } else {
             // The `model` repair strategy passes over providers that keep repeating themselves.
-            let skip = self.chain_offset.min(p.repair_providers.len().saturating_sub(1));
+            let skip = self
+                .chain_offset
+                .min(p.repair_providers.len().saturating_sub(1));
             &p.repair_providers[skip..]
         };
         let mut errors = Vec::new();
@@ -161,7 +170,13 @@ impl Run<'_> {
             let name = breaker.provider().name().to_owned();
             let start = Instant::now();
             if self.deg.deadline.is_some_and(|d| start >= d) {
-                self.trace("model", &name, "skipped: deadline passed".to_owned(), start, start);
+                self.trace(
+                    "model",
+                    &name,
+                    "skipped: deadline passed".to_owned(),
+                    start,
+                    start,
+                );
                 errors.push(format!(
                     "provider `{name}`: not called, the run's deadline ({} ms) had passed",
                     p.config.deadline_ms
@@ -188,14 +203,22 @@ impl Run<'_> {
             };
             match called.result {
                 Ok(r) => {
-                    self.trace("model", &name, format!("ok ({}{tries})", r.model), start, end);
+                    self.trace(
+                        "model",
+                        &name,
+                        format!("ok ({}{tries})", r.model),
+                        start,
+                        end,
+                    );
                     if i > 0 {
                         metrics::counter!(reins_runtime::metric_names::FALLBACK_USES_TOTAL, "pipeline" => p.name.clone(), "step" => name.clone())
                             .increment(1);
                     }
-                    self.deg
-                        .served
-                        .push(if i == 0 { Served::First } else { Served::Fallback });
+                    self.deg.served.push(if i == 0 {
+                        Served::First
+                    } else {
+                        Served::Fallback
+                    });
                     return Ok(ModelAnswer {
                         response: r,
                         provider: name,
@@ -211,7 +234,13 @@ impl Run<'_> {
                     } else {
                         tracing::warn!(provider = %name, error = %e, "model call failed");
                     }
-                    self.trace("model", &name, format!("failed: {}{tries}", e.kind()), start, end);
+                    self.trace(
+                        "model",
+                        &name,
+                        format!("failed: {}{tries}", e.kind()),
+                        start,
+                        end,
+                    );
                     if i == 0
                         && e.is_refusal()
                         && let crate::provider::ProviderError::Status { status, body, .. } = &e
@@ -225,7 +254,11 @@ impl Run<'_> {
                     backpressure = match (backpressure, e.is_backpressure()) {
                         (Some(soonest), true) => {
                             let wait = e.retry_after().unwrap_or(Duration::from_secs(1));
-                            Some(if soonest.is_zero() { wait } else { soonest.min(wait) })
+                            Some(if soonest.is_zero() {
+                                wait
+                            } else {
+                                soonest.min(wait)
+                            })
                         }
                         _ => None,
                     };
@@ -255,8 +288,19 @@ impl Run<'_> {
     /// without calling the model.
     fn replay(&mut self, recorded: &Value) -> ModelAnswer {
         let start = Instant::now();
-        let text = |k: &str| recorded.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        let count = |k: &str| recorded["tokens"].get(k).and_then(Value::as_u64).unwrap_or(0);
+        let text = |k: &str| {
+            recorded
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let count = |k: &str| {
+            recorded["tokens"]
+                .get(k)
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         let provider = text("provider");
         let response = crate::provider::ChatResponse {
             content: text("raw"),
@@ -271,7 +315,13 @@ impl Run<'_> {
             }),
             model: text("model"),
         };
-        self.trace("model", &provider, "replayed from the run's checkpoint".to_owned(), start, Instant::now());
+        self.trace(
+            "model",
+            &provider,
+            "replayed from the run's checkpoint".to_owned(),
+            start,
+            Instant::now(),
+        );
         self.deg.served.push(Served::First);
         ModelAnswer {
             response,
@@ -319,7 +369,10 @@ impl Run<'_> {
                         Instant::now(),
                     );
                     let response = local_response(answer.content.clone(), answer.model.clone());
-                    if let Some(answer) = self.checked(response, "cache", Served::Cache, start).await? {
+                    if let Some(answer) = self
+                        .checked(response, "cache", Served::Cache, start)
+                        .await?
+                    {
                         return Ok(answer);
                     }
                     errors.push("cache: the stored answer no longer passes validation".to_owned());
@@ -328,9 +381,18 @@ impl Run<'_> {
         }
         if let Some(degraded) = &p.degraded {
             let start = Instant::now();
-            self.trace("model", "static", "degraded answer".to_owned(), start, start);
+            self.trace(
+                "model",
+                "static",
+                "degraded answer".to_owned(),
+                start,
+                start,
+            );
             let response = local_response(degraded.answer.clone(), "static".to_owned());
-            if let Some(answer) = self.checked(response, "static", Served::Static, start).await? {
+            if let Some(answer) = self
+                .checked(response, "static", Served::Static, start)
+                .await?
+            {
                 return Ok(answer);
             }
             errors.push("static: the degraded answer does not pass validation".to_owned());
@@ -355,7 +417,13 @@ impl Run<'_> {
         let validation = self.validate(&response.content).await?;
         if validation.findings.iter().any(is_blocking) {
             let now = Instant::now();
-            self.trace("model", step, "passed over: fails validation".to_owned(), now, now);
+            self.trace(
+                "model",
+                step,
+                "passed over: fails validation".to_owned(),
+                now,
+                now,
+            );
             return Ok(None);
         }
         metrics::counter!(reins_runtime::metric_names::FALLBACK_USES_TOTAL, "pipeline" => self.p.name.clone(), "step" => step).increment(1);

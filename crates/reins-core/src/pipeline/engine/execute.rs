@@ -6,7 +6,11 @@ use super::*;
 impl Run<'_> {
     /// Carries out the approved actions of a completed run (or plans them,
     /// in a dry run). A failed action fails the run.
-    pub(super) async fn execute_actions(&mut self, step: u32, approved: &[(usize, Action)]) -> Result<(), RunError> {
+    pub(super) async fn execute_actions(
+        &mut self,
+        step: u32,
+        approved: &[(usize, Action)],
+    ) -> Result<(), RunError> {
         if approved.is_empty() {
             return Ok(());
         }
@@ -26,7 +30,13 @@ impl Run<'_> {
         let cancelled = executions.len() < approved.len();
         for (_, a) in approved.iter().skip(executions.len()) {
             let now = Instant::now();
-            self.trace("execute", &a.tool, "not sent: the client disconnected".to_owned(), now, now);
+            self.trace(
+                "execute",
+                &a.tool,
+                "not sent: the client disconnected".to_owned(),
+                now,
+                now,
+            );
         }
         for e in &executions {
             let what = match e.status {

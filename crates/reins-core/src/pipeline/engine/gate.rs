@@ -31,7 +31,11 @@ impl Gated {
 
 impl Run<'_> {
     /// Constraint check and gates for each proposed action.
-    pub(super) async fn gate(&mut self, calls: &[ToolCall], tools: &[Tool]) -> Result<Gated, RunError> {
+    pub(super) async fn gate(
+        &mut self,
+        calls: &[ToolCall],
+        tools: &[Tool],
+    ) -> Result<Gated, RunError> {
         let mut out = Gated::default();
         match self.gate_into(calls, tools, &mut out).await {
             Ok(()) => Ok(out),
@@ -43,7 +47,12 @@ impl Run<'_> {
         }
     }
 
-    pub(super) async fn gate_into(&mut self, calls: &[ToolCall], tools: &[Tool], out: &mut Gated) -> Result<(), RunError> {
+    pub(super) async fn gate_into(
+        &mut self,
+        calls: &[ToolCall],
+        tools: &[Tool],
+        out: &mut Gated,
+    ) -> Result<(), RunError> {
         let p = self.p;
         for (i, call) in calls.iter().enumerate() {
             let at = format!("/actions/{i}");
@@ -54,7 +63,11 @@ impl Run<'_> {
                 } else {
                     format!(
                         "the tools are: {}",
-                        tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                        tools
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 };
                 out.findings.push(finding(
@@ -75,7 +88,13 @@ impl Run<'_> {
                 continue;
             };
             let problems = self.check_arguments(tool, &call.arguments, &at);
-            self.trace("action", &call.name, count_summary(&problems), start, Instant::now());
+            self.trace(
+                "action",
+                &call.name,
+                count_summary(&problems),
+                start,
+                Instant::now(),
+            );
             if !problems.is_empty() {
                 out.findings.extend(problems);
                 continue;
@@ -88,6 +107,7 @@ impl Run<'_> {
             let mut allowed = true;
             let mut escalated = false;
             for gate in &p.config.gates {
+                let gate = &gate.plugin;
                 let plugin = self.plugin(Layer::Gate, gate)?;
                 let ctx = self.ctx.clone();
                 let input = action.clone();
@@ -112,7 +132,11 @@ impl Run<'_> {
                     Decision::Deny(reason) => {
                         out.findings.push(finding(
                             gate,
-                            violation(at.clone(), "denied", format!("`{}` was denied: {reason}", action.tool)),
+                            violation(
+                                at.clone(),
+                                "denied",
+                                format!("`{}` was denied: {reason}", action.tool),
+                            ),
                         ));
                         allowed = false;
                         // What earlier gates reserved for this action is not spent.

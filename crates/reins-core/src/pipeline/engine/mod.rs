@@ -22,17 +22,18 @@
 //! [`RunResult::skipped`]); otherwise the run fails.
 
 use super::result::{
-    Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
+    Attempt, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus, StopReason,
+    Tokens, TraceStep,
 };
 use super::{CancellationToken, Pipeline, Request, RequestTool, RunContext, extract_json, repair};
 use crate::config::{CallerTools, OnFail, OutputMode, RepairStrategy};
 use crate::provider::{Sampling, ToolCall, ToolChoice};
-use reins_state::StepKind;
-use reins_runtime::{
-    Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin, PluginError, PluginSet,
-    Severity, Tool, Violation,
-};
 use crate::tokens;
+use reins_runtime::{
+    Action, CallContext, CallFailure, Chunk, Decision, FailMode, Layer, Message, Plugin,
+    PluginError, PluginSet, Severity, Tool, Violation,
+};
+use reins_state::StepKind;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,15 +48,20 @@ mod gate;
 mod normalize;
 mod validate;
 use bridge::*;
+use degrade::{Degradation, ModelAnswer};
 use gate::Gated;
 use normalize::*;
 use validate::*;
-use degrade::{Degradation, ModelAnswer};
 
 /// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
 /// one snapshot for the whole run). Never panics on what a model, a plugin
 /// or the caller sends; every failure is in the result.
-pub async fn run(pipeline: &Pipeline, plugins: Arc<PluginSet>, request: Request, rc: &RunContext) -> RunResult {
+pub async fn run(
+    pipeline: &Pipeline,
+    plugins: Arc<PluginSet>,
+    request: Request,
+    rc: &RunContext,
+) -> RunResult {
     let run_id = request
         .run_id
         .clone()
@@ -178,7 +184,14 @@ impl Run<'_> {
         t.saturating_duration_since(self.rc.started).as_micros() as u64
     }
 
-    fn trace(&mut self, layer: &'static str, name: &str, result: String, start: Instant, end: Instant) {
+    fn trace(
+        &mut self,
+        layer: &'static str,
+        name: &str,
+        result: String,
+        start: Instant,
+        end: Instant,
+    ) {
         let step = TraceStep {
             layer,
             name: name.to_owned(),
@@ -191,7 +204,7 @@ impl Run<'_> {
     }
 
     fn plugin(&self, layer: Layer, name: &str) -> Result<Arc<Plugin>, RunError> {
-        match self.set.get(name) {
+        match self.set.get(self.p.plugin_key(layer, name)) {
             Some(p) if p.layer() == layer => Ok(p.clone()),
             _ => Err(RunError::MissingPlugin {
                 layer: layer.as_str(),
@@ -246,16 +259,21 @@ impl Run<'_> {
 
     async fn execute(&mut self, request: Request) -> Result<(), RunError> {
         if request.messages.is_empty() {
-            return Err(RunError::BadRequest("the request has no messages".to_owned()));
+            return Err(RunError::BadRequest(
+                "the request has no messages".to_owned(),
+            ));
         }
         if !request.metadata.is_object() {
-            return Err(RunError::BadRequest("metadata must be a JSON object".to_owned()));
+            return Err(RunError::BadRequest(
+                "metadata must be a JSON object".to_owned(),
+            ));
         }
         if let Some(schema) = &request.schema {
-            let compiled = self
-                .p
-                .tool_validator(schema)
-                .map_err(|e| RunError::BadRequest(format!("the request's schema is not a valid JSON Schema: {e}")))?;
+            let compiled = self.p.tool_validator(schema).map_err(|e| {
+                RunError::BadRequest(format!(
+                    "the request's schema is not a valid JSON Schema: {e}"
+                ))
+            })?;
             self.request_schema = Some(compiled);
             self.model_schema = Some(Arc::new(match self.p.schema.as_deref() {
                 Some(own) => serde_json::json!({"allOf": [own, schema]}),
@@ -268,7 +286,9 @@ impl Run<'_> {
             self.p.output_mode(&self.set).0
         };
         self.sampling = self.p.sampling_for(&request.sampling);
-        if request.tools.as_ref().is_some_and(|t| !t.is_empty()) && self.p.caller_tools() == CallerTools::Deny {
+        if request.tools.as_ref().is_some_and(|t| !t.is_empty())
+            && self.p.caller_tools() == CallerTools::Deny
+        {
             return Err(RunError::BadRequest(format!(
                 "pipeline `{}` does not take the caller's tools (caller_tools = \"deny\"): send the request without `tools`",
                 self.p.name
@@ -295,7 +315,8 @@ impl Run<'_> {
         self.go_on()?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         self.ctx.request_text = request_text(&messages, &chunks);
-        if let (Some(config), Ok(runtime)) = (&self.p.config.judge, tokio::runtime::Handle::try_current())
+        if let (Some(config), Ok(runtime)) =
+            (&self.p.config.judge, tokio::runtime::Handle::try_current())
             && !self.p.judge_providers.is_empty()
         {
             let judge = Arc::new(super::judge::RunJudge::new(
@@ -317,7 +338,11 @@ impl Run<'_> {
         {
             return Err(RunError::BadRequest(format!(
                 "tool_choice names `{name}`, which is not a tool of this request (tools: {})",
-                tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                tools
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         if self.rc.journals(StepKind::Input) {
@@ -332,8 +357,14 @@ impl Run<'_> {
         }
         let conversation = self.conversation(messages, &chunks);
         let schema = self.model_schema.clone();
-        self.deg
-            .key_for(self.p, &conversation, schema.as_deref(), &tools, &self.sampling, self.mode);
+        self.deg.key_for(
+            self.p,
+            &conversation,
+            schema.as_deref(),
+            &tools,
+            &self.sampling,
+            self.mode,
+        );
         self.attempts(conversation, tools).await
     }
 
@@ -355,5 +386,4 @@ impl Run<'_> {
             message: e.to_string(),
         }
     }
-
 }

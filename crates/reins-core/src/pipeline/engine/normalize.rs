@@ -6,7 +6,11 @@ use super::*;
 /// A normalizer's messages in place of the ones it was given, keeping what
 /// it does not see (tool calls, ids, non-text parts): by position when it
 /// kept the count, else only if nothing had such structure to lose.
-pub(super) fn merge_normalized(plugin: &str, before: Vec<Message>, after: Vec<Message>) -> Result<Vec<Message>, RunError> {
+pub(super) fn merge_normalized(
+    plugin: &str,
+    before: Vec<Message>,
+    after: Vec<Message>,
+) -> Result<Vec<Message>, RunError> {
     if before.len() == after.len() {
         return Ok(before
             .into_iter()
@@ -17,9 +21,13 @@ pub(super) fn merge_normalized(plugin: &str, before: Vec<Message>, after: Vec<Me
             })
             .collect());
     }
-    let structured = before
-        .iter()
-        .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.parts.is_some() || m.name.is_some() || m.is_error);
+    let structured = before.iter().any(|m| {
+        !m.tool_calls.is_empty()
+            || m.tool_call_id.is_some()
+            || m.parts.is_some()
+            || m.name.is_some()
+            || m.is_error
+    });
     if structured {
         return Err(RunError::Plugin {
             layer: Layer::Normalizer.as_str(),
@@ -54,15 +62,23 @@ pub(super) fn request_text(messages: &[Message], chunks: &[Chunk]) -> Arc<str> {
 }
 
 impl Run<'_> {
-    pub(super) async fn normalize(&mut self, mut messages: Vec<Message>) -> Result<Vec<Message>, RunError> {
+    pub(super) async fn normalize(
+        &mut self,
+        mut messages: Vec<Message>,
+    ) -> Result<Vec<Message>, RunError> {
         let p = self.p;
-        for name in &p.config.normalizers {
+        for entry in &p.config.normalizers {
+            let name = &entry.plugin;
             let plugin = self.plugin(Layer::Normalizer, name)?;
             let ctx = self.ctx.clone();
             let input = messages.clone();
             let timed = blocking(&plugin, move |p| p.normalize(&ctx, &input)).await;
             let Some(normalized) = self.settle(Layer::Normalizer, &plugin, timed, |n| {
-                let errors = n.findings.iter().filter(|f| f.severity == Severity::Error).count();
+                let errors = n
+                    .findings
+                    .iter()
+                    .filter(|f| f.severity == Severity::Error)
+                    .count();
                 match (errors, n.findings.len()) {
                     (0, 0) => "ok".to_owned(),
                     (0, 1) => "ok (1 finding)".to_owned(),

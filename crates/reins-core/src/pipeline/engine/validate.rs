@@ -33,7 +33,10 @@ pub(super) fn actions_in_output(doc: &Value, field: &str) -> Result<Vec<ToolCall
             Some(tool) => Ok(ToolCall {
                 id: None,
                 name: tool.to_owned(),
-                arguments: item.get("arguments").cloned().unwrap_or_else(|| Value::Object(Default::default())),
+                arguments: item
+                    .get("arguments")
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Default::default())),
             }),
             None => Err(violation(
                 format!("{field}/{i}"),
@@ -60,14 +63,26 @@ impl Run<'_> {
         };
         let mut doc = match extracted {
             Ok(doc) => {
-                let what = if self.mode == OutputMode::Text { "text (not parsed)" } else { "ok" };
+                let what = if self.mode == OutputMode::Text {
+                    "text (not parsed)"
+                } else {
+                    "ok"
+                };
                 self.trace("extract", "", what.to_owned(), start, Instant::now());
                 doc
             }
             Err(v) => {
-                let what = if self.mode == OutputMode::Text { "empty" } else { "not JSON" };
+                let what = if self.mode == OutputMode::Text {
+                    "empty"
+                } else {
+                    "not JSON"
+                };
                 self.trace("extract", "", what.to_owned(), start, Instant::now());
-                let source = if self.mode == OutputMode::Text { "output" } else { "json" };
+                let source = if self.mode == OutputMode::Text {
+                    "output"
+                } else {
+                    "json"
+                };
                 return Ok(Validation {
                     doc: None,
                     findings: vec![finding(source, v)],
@@ -87,10 +102,20 @@ impl Run<'_> {
                 findings.extend(validator.iter_errors(&doc).map(|e| {
                     finding(
                         "schema",
-                        violation(e.instance_path().to_string(), e.kind().keyword(), e.to_string()),
+                        violation(
+                            e.instance_path().to_string(),
+                            e.kind().keyword(),
+                            e.to_string(),
+                        ),
                     )
                 }));
-                self.trace("schema", "", count_summary(&findings), start, Instant::now());
+                self.trace(
+                    "schema",
+                    "",
+                    count_summary(&findings),
+                    start,
+                    Instant::now(),
+                );
             }
             if let Some(validator) = self.request_schema.clone() {
                 let start = Instant::now();
@@ -99,11 +124,21 @@ impl Run<'_> {
                     .map(|e| {
                         finding(
                             "schema",
-                            violation(e.instance_path().to_string(), e.kind().keyword(), e.to_string()),
+                            violation(
+                                e.instance_path().to_string(),
+                                e.kind().keyword(),
+                                e.to_string(),
+                            ),
                         )
                     })
                     .collect();
-                self.trace("schema", "request", count_summary(&own), start, Instant::now());
+                self.trace(
+                    "schema",
+                    "request",
+                    count_summary(&own),
+                    start,
+                    Instant::now(),
+                );
                 findings.extend(own);
             }
             if p.stages.is_empty() {
@@ -123,10 +158,17 @@ impl Run<'_> {
                     .iter()
                     .map(|v| self.plugin(Layer::Validator, &v.plugin))
                     .collect::<Result<Vec<_>, _>>()?;
-                for (v, plugin) in stage.iter().zip(&plugins).take(stage.len().saturating_sub(1)) {
+                for (v, plugin) in stage
+                    .iter()
+                    .zip(&plugins)
+                    .take(stage.len().saturating_sub(1))
+                {
                     let ctx = self.ctx.clone();
                     let text = text.clone();
-                    running.push((v, Some(spawn_call(plugin, move |p| p.validate(&ctx, &text)))));
+                    running.push((
+                        v,
+                        Some(spawn_call(plugin, move |p| p.validate(&ctx, &text))),
+                    ));
                 }
                 let mut last = None;
                 if let (Some(v), Some(plugin)) = (stage.last(), plugins.last()) {
@@ -144,23 +186,29 @@ impl Run<'_> {
                             None => continue,
                         },
                     };
-                    let Some(verdict) = self.settle(Layer::Validator, plugin, timed, |verdict| {
-                        let mut s = count_summary(
-                            &verdict
-                                .violations
-                                .iter()
-                                .map(|x| finding("", x.clone()))
-                                .collect::<Vec<_>>(),
-                        );
-                        if verdict.fixed.is_some() {
-                            s.push_str(", fixed");
-                        }
-                        s
-                    })?
+                    let Some(verdict) =
+                        self.settle(Layer::Validator, plugin, timed, |verdict| {
+                            let mut s = count_summary(
+                                &verdict
+                                    .violations
+                                    .iter()
+                                    .map(|x| finding("", x.clone()))
+                                    .collect::<Vec<_>>(),
+                            );
+                            if verdict.fixed.is_some() {
+                                s.push_str(", fixed");
+                            }
+                            s
+                        })?
                     else {
                         continue;
                     };
-                    findings.extend(verdict.violations.into_iter().map(|x| finding(&v.plugin, x)));
+                    findings.extend(
+                        verdict
+                            .violations
+                            .into_iter()
+                            .map(|x| finding(&v.plugin, x)),
+                    );
                     if v.on_fail == OnFail::Fix
                         && fix.is_none()
                         && let Some(fixed) = verdict.fixed
@@ -173,7 +221,13 @@ impl Run<'_> {
                     && fixed_by.len() < max_fixes
                 {
                     let now = Instant::now();
-                    self.trace("fix", &plugin, "applied; re-validating".to_owned(), now, now);
+                    self.trace(
+                        "fix",
+                        &plugin,
+                        "applied; re-validating".to_owned(),
+                        now,
+                        now,
+                    );
                     doc = fixed;
                     fixed_by.push(plugin);
                     carried.extend(findings.into_iter().filter(|f| !is_blocking(f)));
@@ -194,7 +248,9 @@ impl Run<'_> {
         match source {
             "json" | "schema" => self.p.config.schema_on_fail,
             "constraints" => self.p.config.on_invalid_action,
-            gate if self.p.config.gates.iter().any(|g| g == gate) => self.p.config.on_invalid_action,
+            gate if self.p.config.gates.iter().any(|g| g.plugin == gate) => {
+                self.p.config.on_invalid_action
+            }
             _ => self
                 .p
                 .config
