@@ -20,6 +20,9 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 if [ ! -x sdk/js/node_modules/.bin/componentize-js ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then
   npm ci --prefix sdk/js --no-audit --no-fund --loglevel=error
 fi
+# The MCP gateway tests' fixtures: the reference MCP servers from npm into
+# tests/mcp/node_modules (from its lock file) and the Python `mcp` SDK.
+bash scripts/mcp-deps.sh
 # The Python SDK's helpers, natively.
 python3 -m unittest discover -s sdk/python
 # A throwaway PostgreSQL on loopback for the state-store tests (exports REINS_TEST_PG_URL).
@@ -31,4 +34,4 @@ python3 -m unittest discover -s sdk/python
 cargo test --release --workspace
 # The guest SDK and plugins' own unit tests, natively.
 cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard \
-  -p detect -p pii -p redact-secrets -p blocklist -p grounded -p judge
+  -p detect -p pii -p redact-secrets -p blocklist -p grounded -p judge -p tool-rules -p tool-manifest

@@ -127,6 +127,28 @@ impl ApprovalStore {
         run: &RunRecord,
         approvers: &[String],
     ) -> Result<Vec<Approval>, ApprovalError> {
+        let created = self.record_pending(result, run, approvers).await?;
+        self.held().insert(result.run_id.clone(), result.clone());
+        Ok(created)
+    }
+
+    /// Records the approvals of an MCP tool call whose client waits for
+    /// the decision itself: nothing is held to continue here.
+    pub async fn hold_call(
+        &self,
+        result: &RunResult,
+        run: &RunRecord,
+        approvers: &[String],
+    ) -> Result<Vec<Approval>, ApprovalError> {
+        self.record_pending(result, run, approvers).await
+    }
+
+    async fn record_pending(
+        &self,
+        result: &RunResult,
+        run: &RunRecord,
+        approvers: &[String],
+    ) -> Result<Vec<Approval>, ApprovalError> {
         let now = now_ms();
         let created: Vec<Approval> = result
             .pending
@@ -156,8 +178,26 @@ impl ApprovalStore {
             );
         }
         self.store.hold(&run, &records).await.map_err(store_err)?;
-        self.held().insert(result.run_id.clone(), result.clone());
         Ok(created)
+    }
+
+    /// Rejects a pending approval nobody decided in time, in the name of
+    /// `by`; false if someone decided it meanwhile.
+    pub async fn expire(&self, id: &str, by: &str, comment: &str) -> Result<bool, ApprovalError> {
+        let Some(mut approval) = self.get(id).await? else {
+            return Ok(false);
+        };
+        if approval.status != ApprovalStatus::Pending {
+            return Ok(false);
+        }
+        approval.status = ApprovalStatus::Rejected;
+        approval.decided_by = Some(by.to_owned());
+        approval.decided_at_ms = Some(now_ms());
+        approval.comment = Some(comment.to_owned());
+        self.store
+            .decide(&record(&approval)?)
+            .await
+            .map_err(store_err)
     }
 
     pub async fn list(&self, filter: &ApprovalFilter) -> Result<Vec<Approval>, ApprovalError> {

@@ -17,11 +17,13 @@ use std::sync::Arc;
 mod audit;
 mod lease;
 mod live;
+mod mcp;
 mod memory;
 mod recent;
 mod record;
 mod resume;
 pub use live::{ConfigStatus, Live, ReloadError, ReloadFailure, ReloadOutcome};
+pub use mcp::{PassthroughRequest, tool_error};
 use record::StoredRequest;
 pub use resume::ResumeError;
 

@@ -14,9 +14,11 @@ pub mod config;
 mod host;
 pub mod identity;
 pub mod limits;
+pub mod mcp;
 pub mod pipeline;
 pub mod provider;
 pub mod tokens;
 pub use host::{
-    ConfigStatus, Host, HostBuilder, Live, ReloadError, ReloadFailure, ReloadOutcome, ResumeError,
+    ConfigStatus, Host, HostBuilder, Live, PassthroughRequest, ReloadError, ReloadFailure,
+    ReloadOutcome, ResumeError, tool_error,
 };

@@ -126,3 +126,9 @@ pub const CONFIG_RELOADS_TOTAL: &str = "reins_config_reloads_total";
 pub const CONFIG_VERSION: &str = "reins_config_version";
 /// Gauge: 1 while the latest reload was refused (the previous config serves), else 0.
 pub const CONFIG_RELOAD_FAILING: &str = "reins_config_reload_failing";
+
+/// MCP `tools/call`s through the gateway, by pipeline and run status.
+pub const MCP_CALLS_TOTAL: &str = "reins_mcp_calls_total";
+/// Upstream MCP tools hidden because their definition changed since it was
+/// pinned, by server (counted per listing that hid one).
+pub const MCP_TOOLS_HIDDEN_TOTAL: &str = "reins_mcp_tools_hidden_total";

@@ -437,6 +437,11 @@ impl Plugin {
         }
         live.uses += 1;
         live.store.data_mut().request_text = ctx.request_text.clone();
+        live.store.data_mut().upstream_tools = if ctx.upstream_tools.is_empty() {
+            Arc::from("[]")
+        } else {
+            ctx.upstream_tools.clone()
+        };
         live.store.data_mut().judge = ctx.judge.clone();
         live.store.data_mut().call_deadline = Some(
             std::time::Instant::now() + Duration::from_millis(self.manifest.limits.deadline_ms),

@@ -25,6 +25,8 @@ pub struct StoreState {
     pub(crate) journal: Vec<CounterEntry>,
     /// What `request-text` answers during the current call.
     pub(crate) request_text: Arc<str>,
+    /// What `upstream-tools` answers during the current call (JSON text).
+    pub(crate) upstream_tools: Arc<str>,
     /// Who `judge.ask` asks during the current call (none: not granted).
     pub(crate) judge: Option<super::types::JudgeHandle>,
     /// When the current call's deadline passes (a judge must answer before).
@@ -57,6 +59,7 @@ impl StoreState {
             counters,
             journal: Vec::new(),
             request_text: Arc::from(""),
+            upstream_tools: Arc::from("[]"),
             judge: None,
             call_deadline: None,
         }
@@ -137,6 +140,10 @@ impl host_iface::Host for StoreState {
 
     fn request_text(&mut self) -> String {
         self.request_text.to_string()
+    }
+
+    fn upstream_tools(&mut self) -> String {
+        self.upstream_tools.to_string()
     }
 }
 

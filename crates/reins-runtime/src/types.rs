@@ -209,6 +209,10 @@ pub struct CallContext {
     /// What the request says, for the `request-text` import (grounding).
     #[serde(skip)]
     pub request_text: std::sync::Arc<str>,
+    /// The pipeline's MCP upstream tools as a JSON array, for the
+    /// `upstream-tools` import; empty means `[]`.
+    #[serde(skip)]
+    pub upstream_tools: std::sync::Arc<str>,
     /// The judge model, when the pipeline grants it (the `judge` import).
     #[serde(skip)]
     pub judge: Option<JudgeHandle>,

@@ -12,6 +12,7 @@ mod config;
 mod conn;
 mod error;
 mod inflight;
+pub mod mcp;
 mod metrics_export;
 mod net;
 mod openai;
@@ -38,7 +39,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use reins_core::Host;
 
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub net: Arc<net::NetPolicy>,
     /// The memory requests in flight may hold (`[server] inflight_memory_bytes`).
     pub inflight: Arc<inflight::InflightBudget>,
+    /// The MCP gateway's Streamable HTTP service (`/mcp/{pipeline}`).
+    pub mcp: mcp::McpHttp,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
                 settings.inflight_memory_bytes,
                 settings.body_limit_bytes,
             )),
+            mcp: mcp::McpFront::http(host.clone(), settings.body_limit_bytes),
             host,
         })
     }
@@ -125,6 +129,10 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
         .route("/ui/approvals.js", get(approvals::script))
         .route("/ui/approvals.css", get(approvals::style))
         .route("/v1/audit", get(audit::list))
+        .route("/mcp/{pipeline}", any(mcp::endpoint))
+        .route("/v1/mcp/servers", get(mcp::servers))
+        .route("/v1/mcp/pins", get(mcp::pins))
+        .route("/v1/mcp/pins/approve", post(mcp::approve_pin))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -646,6 +646,39 @@ pub trait CacheIndex: Send + Sync {
     ) -> Result<Option<(Value, i64)>, StateError>;
 }
 
+/// One MCP tool definition as first recorded, with a changed definition
+/// waiting for an admin's approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolPin {
+    pub server: String,
+    /// The upstream's own tool name.
+    pub tool: String,
+    /// SHA-256 of the approved definition (name, description, schema).
+    pub hash: String,
+    pub definition: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_definition: Option<Value>,
+    pub updated_ms: i64,
+}
+
+/// MCP tool definitions pinned on first sight, so a tool that redefines
+/// itself after it was approved is noticed by every node.
+#[async_trait::async_trait]
+pub trait ToolPins: Send + Sync {
+    /// Records what `server` lists now (`seen`: tool, hash, definition):
+    /// a tool seen for the first time is pinned as it is; one whose hash
+    /// differs from its pin is recorded as pending. Returns every pin of
+    /// the server.
+    async fn pin_tools(&self, server: &str, seen: &[ToolPin]) -> Result<Vec<ToolPin>, StateError>;
+    /// Makes the pending definition with `hash` the pinned one; false when
+    /// there is no such pending definition.
+    async fn approve_tool(&self, server: &str, tool: &str, hash: &str) -> Result<bool, StateError>;
+    /// Every pin, or a server's.
+    async fn tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StateError>;
+}
+
 /// Who did what: an append-only, hash-chained log (see [`audit`]).
 #[async_trait::async_trait]
 pub trait AuditLog: Send + Sync {
@@ -678,12 +711,13 @@ pub trait Housekeeping: Send + Sync {
 /// The whole durable store, for the callers that hold one handle to it
 /// (`Arc<dyn StateStore>`); a caller that needs one concept takes its trait.
 pub trait StateStore:
-    RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping
+    RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + ToolPins + Housekeeping
 {
 }
 
-impl<T: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + Housekeeping>
-    StateStore for T
+impl<
+    T: RunStore + ActionLog + Approvals + Counters + CacheIndex + AuditLog + ToolPins + Housekeeping,
+> StateStore for T
 {
 }
 

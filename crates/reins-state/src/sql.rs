@@ -14,7 +14,7 @@ use super::audit::{self, AuditEntry, AuditFilter, AuditReport, AuditRow};
 use super::{
     ActionLog, ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Approvals,
     AuditLog, CacheIndex, Counters, Housekeeping, RunRecord, RunStatus, RunStore, StateError,
-    StepKind, StepRecord, now_ms, summary,
+    StepKind, StepRecord, ToolPin, ToolPins, now_ms, summary,
 };
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -111,6 +111,7 @@ pub const MIGRATIONS: &[fn(Dialect) -> String] = &[
     response_cache,
     audit_log,
     compaction,
+    tool_pins,
 ];
 
 fn base(d: Dialect) -> String {
@@ -247,6 +248,24 @@ CREATE INDEX IF NOT EXISTS actions_run ON actions(run_id);",
     )
 }
 
+/// MCP tool definitions as first seen (`hash`), and a changed one waiting
+/// for an admin (`pending_*`): every node of a cluster hides the same tools.
+fn tool_pins(d: Dialect) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS mcp_tool_pins (
+    server TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    pending_hash TEXT,
+    pending_definition TEXT,
+    updated_ms {} NOT NULL,
+    PRIMARY KEY (server, tool)
+);",
+        d.int()
+    )
+}
+
 /// Whether `node` may take a run's lease at `now` (SQL expressions): nobody
 /// holds it, `node` does, or it has expired.
 fn lease_open(node: &str, now: &str) -> String {
@@ -315,6 +334,10 @@ pub struct Sql {
     pub audit_insert: String,
     pub audit_list: String,
     pub audit_page: String,
+    pub pin_insert: String,
+    pub pin_propose: String,
+    pub pin_approve: String,
+    pub pins: String,
     /// What to (re)define after the migrations (PostgreSQL's functions).
     pub functions: Vec<String>,
 }
@@ -455,6 +478,16 @@ impl Sql {
                  ORDER BY seq LIMIT $7"
             )),
             audit_page: q(&format!("SELECT {AUDIT_COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")),
+            pin_insert: q("INSERT INTO mcp_tool_pins (server, tool, hash, definition, updated_ms) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (server, tool) DO NOTHING"),
+            pin_propose: q("UPDATE mcp_tool_pins SET pending_hash = $3, pending_definition = $4, updated_ms = $5
+                 WHERE server = $1 AND tool = $2 AND hash <> $3
+                   AND (pending_hash IS NULL OR pending_hash <> $3)"),
+            pin_approve: q("UPDATE mcp_tool_pins SET hash = pending_hash, definition = pending_definition,
+                   pending_hash = NULL, pending_definition = NULL, updated_ms = $4
+                 WHERE server = $1 AND tool = $2 AND pending_hash = $3"),
+            pins: q("SELECT server, tool, hash, definition, pending_hash, pending_definition, updated_ms
+                 FROM mcp_tool_pins WHERE (CAST($1 AS TEXT) IS NULL OR server = $1) ORDER BY server, tool"),
             upsert_run: q(&upsert_run),
             upsert_step: q(upsert_step),
             functions,
@@ -1167,6 +1200,55 @@ impl<B: Backend> CacheIndex for SqlStore<B> {
             cache_hit,
         )
         .await
+    }
+}
+
+fn pin(r: &dyn Row) -> Result<ToolPin, StateError> {
+    let pending_definition = match r.text(5)? {
+        Some(text) => Some(serde_json::from_str(&text)?),
+        None => None,
+    };
+    Ok(ToolPin {
+        server: r.string(0)?,
+        tool: r.string(1)?,
+        hash: r.string(2)?,
+        definition: r.json(3)?,
+        pending_hash: r.text(4)?,
+        pending_definition,
+        updated_ms: r.i64(6)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl<B: Backend> ToolPins for SqlStore<B> {
+    async fn pin_tools(&self, server: &str, seen: &[ToolPin]) -> Result<Vec<ToolPin>, StateError> {
+        let sql = self.sql();
+        let now = now_ms();
+        let mut writes = Vec::with_capacity(seen.len() * 2);
+        for t in seen {
+            writes.push(stmt(
+                &sql.pin_insert,
+                args![server, &t.tool, &t.hash, &t.definition, now],
+            ));
+            writes.push(stmt(
+                &sql.pin_propose,
+                args![server, &t.tool, &t.hash, &t.definition, now],
+            ));
+        }
+        let read = stmt(&sql.pins, args![Some(server)]);
+        Ok(self.db.run(&writes, Some((&read, pin))).await?.rows)
+    }
+
+    async fn approve_tool(&self, server: &str, tool: &str, hash: &str) -> Result<bool, StateError> {
+        self.changed_one(stmt(
+            &self.sql().pin_approve,
+            args![server, tool, hash, now_ms()],
+        ))
+        .await
+    }
+
+    async fn tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StateError> {
+        self.rows(stmt(&self.sql().pins, args![server]), pin).await
     }
 }
 

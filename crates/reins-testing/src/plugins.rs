@@ -41,7 +41,7 @@ pub fn guest_out_dir() -> &'static Path {
 /// Every bundled plugin with a case file of its own (`judge` needs a
 /// pipeline's judge model: `pipeline_dropin` and the support-chat example
 /// test it).
-pub const BUNDLED: [&str; 11] = [
+pub const BUNDLED: [&str; 12] = [
     "normalize-text",
     "json-schema",
     "coerce-numbers",
@@ -53,6 +53,7 @@ pub const BUNDLED: [&str; 11] = [
     "redact-secrets",
     "blocklist",
     "grounded",
+    "tool-rules",
 ];
 
 /// The built `.wasm` of plugin `name` (`json-schema` → `json_schema.wasm`:

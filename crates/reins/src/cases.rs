@@ -167,6 +167,7 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
         caller: case.caller.clone().unwrap_or_default(),
         request_text: case.request.as_deref().unwrap_or_default().into(),
         judge: None,
+        upstream_tools: std::sync::Arc::from(""),
     };
     let expect = &case.expect;
     let answer = match plugin.layer() {

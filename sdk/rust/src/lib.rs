@@ -119,6 +119,27 @@ pub fn request_text() -> String {
     }
 }
 
+/// The tools of the MCP servers the pipeline fronts, as a JSON array of
+/// `{name, description, parameters, server, tool}` (`name` is the namespaced
+/// `SERVER__TOOL`); `[]` without MCP servers. Off wasm (native unit tests)
+/// it is what [`set_upstream_tools`] last set on this thread.
+pub fn upstream_tools() -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        shared::reins::policy::host::upstream_tools()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        native::UPSTREAM.with(|r| r.borrow().clone())
+    }
+}
+
+/// Native unit tests only: what [`upstream_tools`] answers on this thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_upstream_tools(json: &str) {
+    native::UPSTREAM.with(|r| *r.borrow_mut() = json.to_owned());
+}
+
 /// Ask the pipeline's judge model: `system` instructs it, `question` is
 /// what it answers; returns its answer text. Only for pipelines that grant
 /// the judge (`judge = { provider = "…" }`): the host refuses a plugin that
@@ -156,6 +177,7 @@ mod native {
     thread_local! {
         static COUNTERS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
         pub static REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
+        pub static UPSTREAM: RefCell<String> = RefCell::new("[]".to_owned());
         pub static JUDGE: RefCell<Result<String, String>> = RefCell::new(Err("no judge in native tests".to_owned()));
     }
 

@@ -31,10 +31,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod error;
+mod mcp;
 mod pipeline;
 mod provider;
 mod resilience;
 pub use error::{ConfigError, layer_key};
+pub use mcp::{McpConfig, McpServerConfig, Passthrough, PipelineMcp};
 pub use pipeline::*;
 pub use provider::*;
 pub use resilience::{
@@ -65,6 +67,9 @@ pub struct Config {
     /// Pipelines by name.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// `[mcp]`: the MCP servers pipelines front.
+    #[serde(default)]
+    pub mcp: McpConfig,
     /// `[state]`: where runs, checkpoints, approvals and actions are kept
     /// (default: SQLite `reins-state.db` next to the config).
     #[serde(default)]
@@ -80,6 +85,16 @@ pub struct Config {
     /// tell what changed (and what only a restart can apply).
     #[serde(skip)]
     pub raw: toml::Table,
+}
+
+/// A list of names for an error message ("none" when empty).
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = names.map(String::as_str).collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// Keys a running process cannot take from a reload: the listener, the
@@ -312,6 +327,36 @@ impl Config {
                     ));
                 }
             }
+            for (i, server) in p.mcp_servers.iter().enumerate() {
+                if !self.mcp.servers.contains_key(server) {
+                    errors.push(invalid(
+                        key(&format!("mcp_servers[{i}]")),
+                        &format!(
+                            "names MCP server `{server}`, which is not defined in [mcp.servers] (defined: {})",
+                            known(self.mcp.servers.keys())
+                        ),
+                    ));
+                }
+            }
+            for (tool, executor) in &p.executors {
+                if let ExecutorConfig::Mcp { server, .. } = executor
+                    && !p.mcp_servers.contains(server)
+                {
+                    errors.push(invalid(
+                        key(&format!("executors.{tool}.server")),
+                        &format!(
+                            "MCP server `{server}` is not one of this pipeline's `mcp_servers` ({}); add it there",
+                            known(p.mcp_servers.iter())
+                        ),
+                    ));
+                }
+            }
+            if p.mcp.approval_wait_ms == 0 {
+                errors.push(invalid(
+                    key("mcp.approval_wait_ms"),
+                    "must be at least 1 ms",
+                ));
+            }
             let mut seen = std::collections::BTreeSet::new();
             for v in &p.validators {
                 if !seen.insert(v.0.plugin.as_str()) {
@@ -321,6 +366,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (k, message) in self.mcp.problems() {
+            errors.push(invalid(k, &message));
         }
         for (name, provider) in &self.providers {
             if name == "cache" || name == "static" {

@@ -106,6 +106,14 @@ pub struct PipelineConfig {
     /// entry is returned to the caller (the embedding case).
     #[serde(default)]
     pub executors: BTreeMap<String, ExecutorConfig>,
+    /// The `[mcp.servers]` this pipeline fronts at `/mcp/{pipeline}` (and
+    /// whose tools `executor.kind = "mcp"` may call).
+    #[serde(default)]
+    pub mcp_servers: Vec<String>,
+    /// How the pipeline's MCP endpoint treats resources, prompts and
+    /// escalated calls.
+    #[serde(default)]
+    pub mcp: super::mcp::PipelineMcp,
     /// Token names that may decide this pipeline's approvals (empty: any
     /// token with the `approve` scope).
     #[serde(default)]
@@ -330,6 +338,9 @@ pub enum ExecutorConfig {
     },
     /// Hand the action back to the caller, who executes it.
     Return,
+    /// Call `tool` on the MCP server `server` (one of `[mcp.servers]`),
+    /// within the server's `timeout_ms`.
+    Mcp { server: String, tool: String },
 }
 
 /// Sliding-window limits per caller key (a metadata field, e.g. `tenant`).

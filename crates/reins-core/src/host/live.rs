@@ -29,6 +29,9 @@ pub struct Live {
     pub(super) config: Arc<Config>,
     pub(super) providers: BTreeMap<String, Arc<Breaker>>,
     pub(super) pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// The MCP servers of `[mcp.servers]`: one whose table did not change
+    /// keeps its connection (and its process) across a reload.
+    pub(super) upstreams: BTreeMap<String, Arc<crate::mcp::Upstream>>,
     /// Each provider's table and the files it reads, hashed: a provider
     /// whose fingerprint did not change keeps its breaker (and its state).
     fingerprints: BTreeMap<String, String>,
@@ -109,9 +112,19 @@ pub(super) fn build(config: Config, inputs: Inputs<'_>) -> Result<Live, Vec<Conf
         providers.insert(name.clone(), breaker);
         fingerprints.insert(name.clone(), fingerprint);
     }
+    let mut upstreams = BTreeMap::new();
+    for (name, sc) in &config.mcp.servers {
+        let kept = previous
+            .and_then(|p| p.upstreams.get(name))
+            .filter(|u| u.config() == sc)
+            .cloned();
+        let upstream =
+            kept.unwrap_or_else(|| Arc::new(crate::mcp::Upstream::new(name, sc, &config.base_dir)));
+        upstreams.insert(name.clone(), upstream);
+    }
     let mut pipelines = BTreeMap::new();
     for name in config.pipelines.keys() {
-        match Pipeline::compile(&config, name, &providers) {
+        match Pipeline::compile(&config, name, &providers, &upstreams) {
             Ok(mut p) => {
                 if let Some(old) = previous.and_then(|l| l.pipelines.get(name)) {
                     p.adopt_cache(old);
@@ -186,6 +199,7 @@ pub(super) fn build(config: Config, inputs: Inputs<'_>) -> Result<Live, Vec<Conf
         config: Arc::new(config),
         providers,
         pipelines,
+        upstreams,
         fingerprints,
         variants,
         version: previous.map_or(1, |p| p.version + 1),

@@ -401,6 +401,11 @@ impl Host {
                         a.run_id
                     )));
                 };
+                // An MCP tool call's client waits for the decision itself.
+                if record.result.get("kind").and_then(Value::as_str) == Some(super::mcp::CALL_KIND)
+                {
+                    return Ok((a, None));
+                }
                 // Exactly one node continues a held run: the one that moves
                 // it back to `running` under its lease.
                 let Some(mut guard) = self.leases.active.enter(&a.run_id) else {
@@ -535,8 +540,7 @@ impl Host {
         let step = run.attempts.last().map_or(1, |a| a.attempt);
         let mut executions = crate::pipeline::execute::execute_all(
             &*self.state,
-            &p.config,
-            &run.pipeline,
+            p,
             &run.run_id,
             step,
             &actions,

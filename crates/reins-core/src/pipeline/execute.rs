@@ -1,9 +1,11 @@
-//! Carrying out approved actions: webhooks with idempotency keys, or handing
-//! them back to the caller. A failed action releases the budget its gates
-//! reserved.
+//! Carrying out approved actions: webhooks with idempotency keys, MCP tool
+//! calls, or handing them back to the caller. Every sent action is recorded
+//! in the action log before it leaves. A failed action releases the budget
+//! its gates reserved.
 
 use super::CancellationToken;
-use crate::config::{ExecutorConfig, PipelineConfig};
+use super::Pipeline;
+use crate::config::ExecutorConfig;
 use crate::provider::RetryPolicy;
 use reins_runtime::{Action, Reservation};
 use reins_state::{ActionRecord, ActionState, StateStore};
@@ -21,7 +23,7 @@ pub struct Execution {
     pub arguments: Value,
     /// Sent as `Idempotency-Key`; the same on every retry and every resume.
     pub idempotency_key: String,
-    /// `webhook` or `return`.
+    /// `webhook`, `mcp` or `return`.
     pub executor: String,
     pub status: ExecStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,8 +93,7 @@ fn client() -> &'static reqwest::Client {
 #[allow(clippy::too_many_arguments)]
 pub async fn execute_all(
     log: &dyn StateStore,
-    config: &PipelineConfig,
-    pipeline: &str,
+    pipeline: &Pipeline,
     run_id: &str,
     step: u32,
     actions: &[(usize, Action)],
@@ -116,32 +117,48 @@ pub async fn execute_all(
             break;
         }
         let key = idempotency_key(run_id, step, *index);
-        let executor = config.executors.get(&action.tool);
-        let mut exec = Execution {
-            index: *index,
-            tool: action.tool.clone(),
-            arguments: action.arguments.clone(),
-            idempotency_key: key,
-            executor: match executor {
+        let executor = pipeline.config.executors.get(&action.tool);
+        let mut exec = Execution::new(
+            *index,
+            action,
+            key,
+            match executor {
                 Some(ExecutorConfig::Webhook { .. }) => "webhook",
+                Some(ExecutorConfig::Mcp { .. }) => "mcp",
                 _ => "return",
-            }
-            .to_owned(),
-            status: ExecStatus::Returned,
-            http_status: None,
-            response: None,
-            error: None,
-            tries: 0,
-        };
+            },
+        );
         if dry_run {
             exec.status = ExecStatus::Planned;
-        } else if let Some(ExecutorConfig::Webhook {
-            url,
-            timeout_ms,
-            retries,
-        }) = executor
-        {
-            send_recorded(log, &mut exec, pipeline, run_id, url, *timeout_ms, *retries).await;
+        } else {
+            match executor {
+                Some(ExecutorConfig::Webhook {
+                    url,
+                    timeout_ms,
+                    retries,
+                }) => {
+                    let name = &pipeline.name;
+                    send_recorded(log, &mut exec, run_id, async |exec: &mut Execution| {
+                        send(exec, name, run_id, url, *timeout_ms, *retries).await
+                    })
+                    .await
+                }
+                Some(ExecutorConfig::Mcp { server, tool }) => match pipeline.upstream(server) {
+                    Some(upstream) => {
+                        send_recorded(log, &mut exec, run_id, async |exec: &mut Execution| {
+                            call_mcp(exec, upstream, tool).await;
+                        })
+                        .await
+                    }
+                    None => {
+                        exec.status = ExecStatus::Failed;
+                        exec.error = Some(format!(
+                            "MCP server `{server}` is not one of the pipeline's"
+                        ));
+                    }
+                },
+                Some(ExecutorConfig::Return) | None => {}
+            }
         }
         if dry_run || exec.status == ExecStatus::Failed {
             for (_, r) in reservations.iter_mut().filter(|(i, _)| i == index) {
@@ -153,19 +170,39 @@ pub async fn execute_all(
     out
 }
 
-/// [`send`], with the action's state recorded around the call: `planned`
-/// → `sending` (committed before the request leaves) → `done`/`failed`. An
+impl Execution {
+    /// An action about to go to `executor`, not sent yet.
+    pub fn new(
+        index: usize,
+        action: &Action,
+        idempotency_key: String,
+        executor: &str,
+    ) -> Execution {
+        Execution {
+            index,
+            tool: action.tool.clone(),
+            arguments: action.arguments.clone(),
+            idempotency_key,
+            executor: executor.to_owned(),
+            status: ExecStatus::Returned,
+            http_status: None,
+            response: None,
+            error: None,
+            tries: 0,
+        }
+    }
+}
+
+/// `send`, with the action's state recorded around it: `planned` →
+/// `sending` (committed before the request leaves) → `done`/`failed`. An
 /// action already `done` is not sent again (its recorded answer is used);
 /// one found `sending` (a crash mid-call) is sent again with the same key.
 /// If the store cannot record it, the action is not sent and fails.
-async fn send_recorded(
+pub async fn send_recorded(
     store: &dyn StateStore,
     exec: &mut Execution,
-    pipeline: &str,
     run_id: &str,
-    url: &str,
-    timeout_ms: u64,
-    retries: u32,
+    send: impl AsyncFnOnce(&mut Execution),
 ) {
     let planned = ActionRecord {
         key: exec.idempotency_key.clone(),
@@ -226,7 +263,7 @@ async fn send_recorded(
     {
         return fail(exec, e);
     }
-    send(exec, pipeline, run_id, url, timeout_ms, retries).await;
+    send(exec).await;
     exec.tries += stored.tries;
     let state = if exec.status == ExecStatus::Done {
         ActionState::Done
@@ -307,5 +344,45 @@ async fn send(
             return;
         }
         tokio::time::sleep(policy.backoff(exec.tries)).await;
+    }
+}
+
+/// Calls `tool` on `upstream` with the action's arguments: done with the
+/// tool's result, or failed (the tool's own error, the upstream gone or
+/// past its deadline). An MCP call is not retried: a tool has no
+/// idempotency key to make a second try safe.
+pub async fn call_mcp(exec: &mut Execution, upstream: &crate::mcp::Upstream, tool: &str) {
+    exec.tries += 1;
+    let arguments = match &exec.arguments {
+        Value::Object(o) => o.clone(),
+        Value::Null => serde_json::Map::new(),
+        other => {
+            exec.status = ExecStatus::Failed;
+            exec.error = Some(format!(
+                "the arguments of `{tool}` must be a JSON object, got {other}"
+            ));
+            return;
+        }
+    };
+    match upstream.call_tool(tool, arguments).await {
+        Ok(result) => {
+            let failed = result.is_error == Some(true);
+            exec.response = serde_json::to_value(&result).ok();
+            if failed {
+                exec.status = ExecStatus::Failed;
+                exec.error = Some(format!(
+                    "`{tool}` on MCP server `{}` reported an error: {}",
+                    upstream.name(),
+                    crate::mcp::result_text(&result)
+                ));
+            } else {
+                exec.status = ExecStatus::Done;
+                exec.error = None;
+            }
+        }
+        Err(e) => {
+            exec.status = ExecStatus::Failed;
+            exec.error = Some(e.to_string());
+        }
     }
 }

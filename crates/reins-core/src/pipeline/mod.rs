@@ -240,6 +240,8 @@ pub struct Pipeline {
     /// Plugins this pipeline sets up with settings of its own, by layer and
     /// name: the plugin set serves each under its variant's key.
     variants: Variants,
+    /// The MCP servers it fronts (`mcp_servers`), in order.
+    pub(crate) upstreams: Vec<Arc<crate::mcp::Upstream>>,
 }
 
 /// A pipeline's plugins with settings of its own: by layer, then plugin name
@@ -310,6 +312,7 @@ impl Pipeline {
         config: &Config,
         name: &str,
         providers: &BTreeMap<String, Arc<Breaker>>,
+        upstreams: &BTreeMap<String, Arc<crate::mcp::Upstream>>,
     ) -> Result<Pipeline, ConfigError> {
         let p = config
             .pipelines
@@ -433,7 +436,22 @@ impl Pipeline {
             cache: cache.map(Arc::new),
             degraded,
             tool_schemas: Mutex::new(HashMap::new()),
+            upstreams: p
+                .mcp_servers
+                .iter()
+                .filter_map(|s| upstreams.get(s).cloned())
+                .collect(),
         })
+    }
+
+    /// The MCP servers this pipeline fronts.
+    pub fn upstreams(&self) -> &[Arc<crate::mcp::Upstream>] {
+        &self.upstreams
+    }
+
+    /// One of its MCP servers, by name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<crate::mcp::Upstream>> {
+        self.upstreams.iter().find(|u| u.name() == name)
     }
 
     /// The name the plugin set serves `plugin` under for this pipeline's

@@ -4,6 +4,7 @@
 mod audit;
 mod build;
 mod check;
+mod mcp;
 mod plugin;
 pub mod run;
 mod scaffold;
@@ -34,6 +35,8 @@ enum Command {
     /// Read, follow, export and verify the audit log of the config's `[state]` store.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Serve one pipeline's MCP gateway over stdio (for desktop MCP clients).
+    Mcp(mcp::McpArgs),
 }
 
 /// Parses arguments, runs the command, and maps the outcome to an exit code.
@@ -53,6 +56,11 @@ pub fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(check::check(args))),
+        Command::Mcp(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(mcp::mcp(args))),
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -55,6 +55,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     host.watch_config()
         .with_context(|| format!("watching {}", args.config.display()))?;
     let _hangups = reload_on_hangup(host.clone());
+    // MCP servers start now, so one that cannot is logged at start.
+    let warm = host.clone();
+    tokio::spawn(async move { warm.mcp_warm_up().await });
     // Restart-only: the listener is built from the config the process started with.
     let mut settings = server::ServerSettings::from_config(host.boot())?;
     // Paths in the config are relative to it; on the command line, to the working directory.

@@ -17,8 +17,7 @@ impl Run<'_> {
         let start = Instant::now();
         let executions = crate::pipeline::execute::execute_all(
             &*self.rc.actions,
-            &self.p.config,
-            &self.p.name,
+            self.p,
             &self.ctx.run_id,
             step,
             approved,

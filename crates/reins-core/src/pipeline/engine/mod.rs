@@ -46,11 +46,13 @@ mod degrade;
 mod execute;
 mod gate;
 mod normalize;
+mod tool_call;
 mod validate;
 use bridge::*;
 use degrade::{Degradation, ModelAnswer};
 use gate::Gated;
 use normalize::*;
+pub use tool_call::{CallVerdict, GatedCall, gate_tool_call, mcp_tools, screen_tool_result};
 use validate::*;
 
 /// Runs `request` through `pipeline`, calling plugins from `plugins` (hold
@@ -66,33 +68,7 @@ pub async fn run(
         .run_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut result = RunResult::new(run_id.clone(), pipeline.name.clone());
-    result.caller = request.caller.clone();
-    let mut run = Run {
-        p: pipeline,
-        set: plugins,
-        rc,
-        result,
-        ctx: CallContext {
-            run_id,
-            pipeline: pipeline.name.clone(),
-            attempt: 0,
-            metadata: request.metadata.clone(),
-            caller: request.caller.clone(),
-            request_text: std::sync::Arc::from(""),
-            judge: None,
-        },
-        request_schema: None,
-        model_schema: pipeline.schema.clone(),
-        caller_tools: None,
-        mode: OutputMode::Json,
-        sampling: Sampling::default(),
-        strict: false,
-        chain_offset: 0,
-        judge: None,
-        deg: Degradation::new(pipeline, rc.started, request.timeout_ms),
-        cancel: request.cancel.clone(),
-    };
+    let mut run = Run::begin(pipeline, plugins, rc, run_id, &request);
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
     let _enter = span.enter();
@@ -176,6 +152,46 @@ fn count_summary(findings: &[Finding]) -> String {
         (0, n) => format!("ok ({n} notes)"),
         (1, _) => "1 violation".to_owned(),
         (b, _) => format!("{b} violations"),
+    }
+}
+
+impl<'a> Run<'a> {
+    /// A run's state before its first stage.
+    fn begin(
+        pipeline: &'a Pipeline,
+        plugins: Arc<PluginSet>,
+        rc: &'a RunContext,
+        run_id: String,
+        request: &Request,
+    ) -> Run<'a> {
+        let mut result = RunResult::new(run_id.clone(), pipeline.name.clone());
+        result.caller = request.caller.clone();
+        Run {
+            p: pipeline,
+            set: plugins,
+            rc,
+            result,
+            ctx: CallContext {
+                run_id,
+                pipeline: pipeline.name.clone(),
+                attempt: 0,
+                metadata: request.metadata.clone(),
+                caller: request.caller.clone(),
+                request_text: std::sync::Arc::from(""),
+                judge: None,
+                upstream_tools: std::sync::Arc::from(""),
+            },
+            request_schema: None,
+            model_schema: pipeline.schema.clone(),
+            caller_tools: None,
+            mode: OutputMode::Json,
+            sampling: Sampling::default(),
+            strict: false,
+            chain_offset: 0,
+            judge: None,
+            deg: Degradation::new(pipeline, rc.started, request.timeout_ms),
+            cancel: request.cancel.clone(),
+        }
     }
 }
 
