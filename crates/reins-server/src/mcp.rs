@@ -251,6 +251,11 @@ pub async fn endpoint(
         }
         Some(_) => {}
     }
+    let req = match checked_message(req).await {
+        Ok(req) => req,
+        Err(resp) => return resp,
+    };
+    let mut req = req;
     req.extensions_mut().insert(McpTarget {
         pipeline,
         caller: identity.caller.clone(),
@@ -259,6 +264,51 @@ pub async fn endpoint(
         Ok(resp) => resp.map(Body::new),
         Err(never) => match never {},
     }
+}
+
+/// A POSTed body that is not one JSON-RPC message gets the JSON-RPC error
+/// the spec names (400 with `-32700` for text that is not JSON, `-32600`
+/// for JSON that is no message), not a transport-level refusal.
+async fn checked_message(req: Request<Body>) -> Result<Request<Body>, Response> {
+    if req.method() != axum::http::Method::POST {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                e.to_string(),
+            )
+            .into_response());
+        }
+    };
+    let rpc_error = |code: i64, message: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}}),
+            ),
+        )
+            .into_response()
+    };
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| rpc_error(-32700, format!("Parse error: the body is not JSON: {e}")))?;
+    let is_message = value.as_object().is_some_and(|o| {
+        o.get("jsonrpc") == Some(&json!("2.0"))
+            && (o.get("method").is_some_and(Value::is_string)
+                || o.contains_key("result")
+                || o.contains_key("error"))
+    });
+    if !is_message {
+        return Err(rpc_error(
+            -32600,
+            "Invalid Request: send one JSON-RPC 2.0 message, an object with \"jsonrpc\": \"2.0\" and a \"method\" (batches are not part of MCP)".to_owned(),
+        ));
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// Serves pipeline `pipeline` over stdin and stdout until the client
