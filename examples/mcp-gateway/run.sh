@@ -16,13 +16,15 @@ rm -f "$here/workspace/approved.txt" "$here"/reins-state.db*
 target/release/reins serve --config "$here/reins.toml" >/dev/null & serve=$!
 trap 'kill $serve 2>/dev/null || true' EXIT
 api=http://127.0.0.1:8790
-for _ in $(seq 100); do curl -sf "$api/readyz" >/dev/null && break; sleep 0.1; done
+# The first start compiles and sets up the plugins (cached afterwards).
+for _ in $(seq 1200); do curl -sf "$api/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "$api/readyz" >/dev/null || { echo "reins serve did not become ready" >&2; exit 1; }
 
 # The reviewer: approves the first pending approval it sees.
 (
   for _ in $(seq 300); do
     id=$(curl -sf -H "authorization: Bearer $MCP_DEMO_REVIEWER_TOKEN" "$api/v1/approvals?status=pending" \
-      | python3 -c 'import json,sys; a=json.load(sys.stdin)["approvals"]; print(a[0]["id"] if a else "")')
+      | python3 -c 'import json,sys; a=json.load(sys.stdin)["data"]; print(a[0]["id"] if a else "")' 2>/dev/null || true)
     if [ -n "$id" ]; then
       echo "reviewer: approving $id" >&2
       curl -sf -H "authorization: Bearer $MCP_DEMO_REVIEWER_TOKEN" -H 'content-type: application/json' \

@@ -235,7 +235,7 @@ impl ServerHandler for McpFront {
 pub async fn endpoint(
     State(state): State<AppState>,
     Path(pipeline): Path<String>,
-    mut req: Request<Body>,
+    req: Request<Body>,
 ) -> Response {
     let identity = match state.auth.check(req.headers(), Scope::Run).await {
         Ok(i) => i,
@@ -260,8 +260,16 @@ pub async fn endpoint(
         pipeline,
         caller: identity.caller.clone(),
     });
+    let closing = req.method() == axum::http::Method::DELETE;
     match state.mcp.clone().oneshot(req).await {
-        Ok(resp) => resp.map(Body::new),
+        Ok(resp) => {
+            let mut resp = resp.map(Body::new);
+            // Ending a session is done when answered: clients expect 200, not 202.
+            if closing && resp.status() == StatusCode::ACCEPTED {
+                *resp.status_mut() = StatusCode::OK;
+            }
+            resp
+        }
         Err(never) => match never {},
     }
 }

@@ -674,3 +674,48 @@ fn reins_mcp_serves_a_pipeline_over_stdio() {
         r[2]
     );
 }
+
+#[test]
+fn a_pipeline_action_executes_on_an_mcp_tool() {
+    let g = gateway(
+        r#"
+[providers.notes-model]
+kind = "scripted"
+responses = [{ match = "note", content = { reply = "Noted.", actions = [ { tool = "note", arguments = { text = "remember the milk" } } ] } }]
+
+[pipelines.notes]
+model = "notes-model"
+mcp_servers = ["up"]
+actions_field = "/actions"
+constraints = { plugin = "tool-manifest", config = { tools = [ { name = "note", access = "write", parameters = { type = "object", properties = { text = { type = "string" } }, required = ["text"] } } ] } }
+gates = [{ plugin = "tool-rules", config = { rules = [{ tools = ["note"], decision = "allow" }] } }]
+
+[pipelines.notes.executors.note]
+kind = "mcp"
+server = "up"
+tool = "echo"
+"#,
+    );
+    let (status, run) = http(
+        "POST",
+        &format!("{}/v1/pipelines/notes/runs", g.served.base),
+        Some(AGENT),
+        Some(&json!({"messages": [{"role": "user", "content": "take a note"}]}).to_string()),
+    );
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "completed", "{run}");
+    let exec = &run["executions"][0];
+    assert_eq!(exec["executor"], "mcp", "{run}");
+    assert_eq!(exec["status"], "done", "{run}");
+    assert_eq!(
+        exec["response"]["content"][0]["text"], "remember the milk",
+        "{run}"
+    );
+    // The action log has it, under the run's idempotency key.
+    assert!(
+        exec["idempotency_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with(run["run_id"].as_str().unwrap_or("?"))),
+        "{run}"
+    );
+}
