@@ -38,6 +38,14 @@ pub struct McpServerConfig {
     /// Sent as `Authorization: Bearer …` to a `url` server.
     #[serde(default)]
     pub bearer_token: Option<String>,
+    /// Reuse connections to a `url` server. Off by default: servers that
+    /// write a response's headers and its event separately without
+    /// TCP_NODELAY (the Python SDK's, under uvicorn) stall every call on a
+    /// reused connection for the client's delayed ACK, about 40 ms; a new
+    /// connection per request on loopback costs a fraction of a
+    /// millisecond. Turn it on for a remote TLS server that does not.
+    #[serde(default)]
+    pub keep_alive: bool,
     /// A call's deadline: past it the call fails (the upstream may still
     /// finish it).
     #[serde(default = "default_call_timeout_ms")]

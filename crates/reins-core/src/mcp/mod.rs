@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+mod http;
 mod upstream;
 pub use upstream::{Passthrough, Upstream};
 

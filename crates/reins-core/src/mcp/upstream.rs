@@ -160,8 +160,10 @@ impl Upstream {
                 let mut config = StreamableHttpClientTransportConfig::default();
                 config.uri = url.as_str().into();
                 config.auth_header = self.config.bearer_token.clone();
-                let transport =
-                    StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+                let transport = StreamableHttpClientTransport::with_client(
+                    super::http::UpstreamHttp::new(self.config.keep_alive),
+                    config,
+                );
                 ().serve(transport)
                     .await
                     .map_err(|e| fail(format!("`initialize` at {url} failed: {e}")))?
