@@ -178,13 +178,8 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let t = self.target(&ctx)?;
-        let v = self
-            .host
-            .mcp_passthrough(&t.pipeline, PassthroughRequest::ListResources)
+        self.pass(&ctx, PassthroughRequest::ListResources, "resource list")
             .await
-            .map_err(rpc_error)?;
-        from_json(v, "resource list")
     }
 
     async fn read_resource(
@@ -192,13 +187,9 @@ impl ServerHandler for McpFront {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let t = self.target(&ctx)?;
-        let v = self
-            .host
-            .mcp_passthrough(&t.pipeline, PassthroughRequest::ReadResource(request))
+        self.pass(&ctx, PassthroughRequest::ReadResource(request), "resource")
             .await
-            .map_err(rpc_error)?;
-        Ok(ReadResourceResponse::Complete(from_json(v, "resource")?))
+            .map(ReadResourceResponse::Complete)
     }
 
     async fn list_prompts(
@@ -206,13 +197,8 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let t = self.target(&ctx)?;
-        let v = self
-            .host
-            .mcp_passthrough(&t.pipeline, PassthroughRequest::ListPrompts)
+        self.pass(&ctx, PassthroughRequest::ListPrompts, "prompt list")
             .await
-            .map_err(rpc_error)?;
-        from_json(v, "prompt list")
     }
 
     async fn get_prompt(
@@ -220,13 +206,27 @@ impl ServerHandler for McpFront {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let t = self.target(&ctx)?;
+        self.pass(&ctx, PassthroughRequest::GetPrompt(request), "prompt")
+            .await
+            .map(GetPromptResponse::Complete)
+    }
+}
+
+impl McpFront {
+    /// A read-only request the host passes to the pipeline's upstreams.
+    async fn pass<T: serde::de::DeserializeOwned>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        what: PassthroughRequest,
+        label: &str,
+    ) -> Result<T, ErrorData> {
+        let t = self.target(ctx)?;
         let v = self
             .host
-            .mcp_passthrough(&t.pipeline, PassthroughRequest::GetPrompt(request))
+            .mcp_passthrough(&t.pipeline, what)
             .await
             .map_err(rpc_error)?;
-        Ok(GetPromptResponse::Complete(from_json(v, "prompt")?))
+        from_json(v, label)
     }
 }
 

@@ -290,6 +290,8 @@ fn tools_are_filtered_gated_budgeted_and_screened() {
             {"op": "call", "name": "up__charges", "arguments": {}},
             {"op": "list_resources"},
             {"op": "read_resource", "uri": "note://welcome"},
+            {"op": "list_prompts"},
+            {"op": "get_prompt", "name": "greet", "arguments": {"name": "Ada"}},
         ]),
     );
     let r = doc["results"].as_array().expect("results");

@@ -232,27 +232,6 @@ fn upstream_tools() -> Result<Vec<Upstream>, String> {
     serde_json::from_str(&text).map_err(|e| format!("upstream-tools is not a JSON array of tools: {e}"))
 }
 
-/// Same glob as `tool-rules`: `*` is any run of characters (none
-/// included), everything else literal.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let [first, middle @ .., last] = parts.as_slice() else {
-        // No `*`: an exact name.
-        return pattern == text;
-    };
-    // The length check keeps the prefix and suffix from overlapping.
-    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
 
 impl Entry {
     fn visible_to(&self, roles: &[String], tenant: Option<&String>) -> bool {
@@ -320,7 +299,7 @@ fn offer(manifest: &Manifest, upstream: &[Upstream], roles: &[String], tenant: O
             .flat_map(|e| std::iter::once(e.name.as_str()).chain(e.upstream.as_deref()))
             .collect();
         for u in upstream {
-            if claimed.contains(u.name.as_str()) || hide.iter().any(|g| glob_match(g, &u.name)) {
+            if claimed.contains(u.name.as_str()) || hide.iter().any(|g| reins_sdk::glob_match(g, &u.name)) {
                 continue;
             }
             let Some(schema) = u.schema() else { continue };

@@ -232,59 +232,10 @@ fn config_errors_name_the_field() {
 
 #[test]
 fn globs_match_runs_of_characters() {
-    assert!(glob_match("*__delete*", "fs__delete_file"));
-    assert!(glob_match("*__delete*", "db__delete"));
-    assert!(!glob_match("*__delete*", "fs__undelete"));
-    assert!(glob_match("fs__move_file", "fs__move_file"));
-    assert!(!glob_match("fs__move_file", "fs__move_files"));
-    assert!(!glob_match("a*a", "a"));
-}
-
-/// Runs `cases.json` the way `reins plugin test` does (a case's `config`
-/// replaces the sidecar's `[config]`; no MCP servers), so the case file is
-/// checked in a native build, without the host.
-#[test]
-fn the_case_file_passes() {
-    reins_sdk::set_upstream_tools("[]");
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let sidecar = std::fs::read_to_string(format!("{dir}/tool-manifest.toml")).unwrap_or_default();
-    let sidecar: toml::Table = toml::from_str(&sidecar).unwrap_or_else(|e| panic!("sidecar: {e}"));
-    let base = serde_json::to_value(sidecar.get("config")).unwrap_or_else(|e| panic!("sidecar config: {e}"));
-    let cases = std::fs::read_to_string(format!("{dir}/cases.json")).unwrap_or_default();
-    let cases: Vec<Value> = serde_json::from_str(&cases).unwrap_or_else(|e| panic!("cases.json: {e}"));
-    assert!(cases.len() >= 5);
-    let mut failures = Vec::new();
-    for case in &cases {
-        let name = case["name"].as_str().unwrap_or("?");
-        let config = case.get("config").unwrap_or(&base).clone();
-        let caller = &case["caller"];
-        let roles: Vec<&str> = caller["roles"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let answer = match caller["tenant"].as_str() {
-            Some(tenant) => tools_as(config, tenant, &roles),
-            None if roles.is_empty() => tools(config),
-            None => {
-                let mut ctx = CallContext::for_test_as(&config, "", &roles);
-                ctx.caller.tenant = None;
-                ToolManifest::tools(ctx)
-            }
-        };
-        let expect = &case["expect"];
-        let problem = match (&answer, expect["error_contains"].as_str()) {
-            (Err(e), Some(want)) => (!e.contains(want)).then(|| format!("error {e:?} lacks {want:?}")),
-            (Err(e), None) => Some(format!("error {e:?}")),
-            (Ok(_), Some(want)) => Some(format!("tools, expected an error containing {want:?}")),
-            (Ok(t), None) => {
-                let mut got: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
-                let mut want: Vec<&str> =
-                    expect["tools"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                got.sort_unstable();
-                want.sort_unstable();
-                (got != want).then(|| format!("tools {got:?}, expected {want:?}"))
-            }
-        };
-        if let Some(p) = problem {
-            failures.push(format!("{name}: {p}"));
-        }
-    }
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    assert!(reins_sdk::glob_match("*__delete*", "fs__delete_file"));
+    assert!(reins_sdk::glob_match("*__delete*", "db__delete"));
+    assert!(!reins_sdk::glob_match("*__delete*", "fs__undelete"));
+    assert!(reins_sdk::glob_match("fs__move_file", "fs__move_file"));
+    assert!(!reins_sdk::glob_match("fs__move_file", "fs__move_files"));
+    assert!(!reins_sdk::glob_match("a*a", "a"));
 }

@@ -140,6 +140,32 @@ pub fn set_upstream_tools(json: &str) {
     native::UPSTREAM.with(|r| *r.borrow_mut() = json.to_owned());
 }
 
+/// Whether `text` matches the glob `pattern`, where `*` is any run of
+/// characters (none included) and everything else is literal. Only `*`:
+/// tool names are plain identifiers, and `?` or `[` would make an exact
+/// name that happens to contain them match more than the operator wrote.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        // No `*`: an exact name.
+        return pattern == text;
+    };
+    // The length check keeps the prefix and suffix from overlapping
+    // (`a*a` must not match `a`).
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in middle {
+        match rest.find(part) {
+            // Leftmost is enough: a later part only needs some match after it.
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Ask the pipeline's judge model: `system` instructs it, `question` is
 /// what it answers; returns its answer text. Only for pipelines that grant
 /// the judge (`judge = { provider = "…" }`): the host refuses a plugin that
