@@ -33,6 +33,9 @@ struct Connected {
     protocol: String,
 }
 
+/// Pins as read: when, for which listing (its hashes), and what they were.
+type PinsRead = (Instant, Vec<String>, Arc<Vec<reins_state::ToolPin>>);
+
 pub struct Upstream {
     name: String,
     config: McpServerConfig,
@@ -42,7 +45,7 @@ pub struct Upstream {
     tools: Mutex<Option<(Instant, Arc<Vec<UpstreamTool>>)>>,
     /// The pins last read for a listing (by its hashes), so a call does not
     /// write them again; as fresh as the tool list.
-    pins: Mutex<Option<(Instant, Vec<String>, Arc<Vec<reins_state::ToolPin>>)>>,
+    pins: Mutex<Option<PinsRead>>,
     /// Starts after the first, for the log and `/v1/mcp/servers`.
     restarts: std::sync::atomic::AtomicU64,
     /// Why the last start failed (cleared by a start that works).
