@@ -5,7 +5,7 @@
 use reins::state::{
     ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Counters,
     Housekeeping, RunRecord, RunStatus, RunStore, StateError, StateSettings, StateStore, StepKind,
-    StepRecord, now_ms,
+    StepRecord, ToolPin, ToolPins, now_ms,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -28,6 +28,76 @@ async fn suite(store: Arc<dyn StateStore>) {
     sessions_list_finished_runs_newest_first(&*store).await;
     window_counters_expire_cancel_and_serialize(store.clone()).await;
     the_response_cache_index_keeps_fresh_answers(&*store).await;
+    tool_pins_keep_the_first_definition_until_approved(&*store).await;
+}
+
+fn pin(server: &str, tool: &str, hash: &str) -> ToolPin {
+    ToolPin {
+        server: server.to_owned(),
+        tool: tool.to_owned(),
+        hash: hash.to_owned(),
+        definition: json!({"name": tool, "description": hash}),
+        pending_hash: None,
+        pending_definition: None,
+        updated_ms: 0,
+    }
+}
+
+async fn tool_pins_keep_the_first_definition_until_approved(store: &dyn StateStore) {
+    let server = uid("srv");
+    let first = store
+        .pin_tools(
+            &server,
+            &[pin(&server, "read", "h1"), pin(&server, "write", "w1")],
+        )
+        .await
+        .expect("pin");
+    assert_eq!(
+        first.iter().map(|p| p.hash.as_str()).collect::<Vec<_>>(),
+        ["h1", "w1"]
+    );
+    // A changed definition is pending; the pin stays.
+    let changed = store
+        .pin_tools(&server, &[pin(&server, "read", "h2")])
+        .await
+        .expect("pin");
+    let read = changed.iter().find(|p| p.tool == "read").expect("read");
+    assert_eq!(
+        (read.hash.as_str(), read.pending_hash.as_deref()),
+        ("h1", Some("h2"))
+    );
+    assert_eq!(
+        read.pending_definition
+            .as_ref()
+            .map(|d| d["description"].clone()),
+        Some(json!("h2"))
+    );
+    // Only the pending hash can be approved, once.
+    assert!(
+        !store
+            .approve_tool(&server, "read", "h3")
+            .await
+            .expect("approve")
+    );
+    assert!(
+        store
+            .approve_tool(&server, "read", "h2")
+            .await
+            .expect("approve")
+    );
+    assert!(
+        !store
+            .approve_tool(&server, "read", "h2")
+            .await
+            .expect("approve")
+    );
+    let all = store.tool_pins(Some(&server)).await.expect("pins");
+    let read = all.iter().find(|p| p.tool == "read").expect("read");
+    assert_eq!(
+        (read.hash.as_str(), read.pending_hash.as_deref()),
+        ("h2", None)
+    );
+    assert!(store.tool_pins(None).await.expect("all pins").len() >= 2);
 }
 
 async fn the_response_cache_index_keeps_fresh_answers(store: &dyn StateStore) {
