@@ -23,7 +23,6 @@ mod recent;
 mod record;
 mod resume;
 pub use live::{ConfigStatus, Live, ReloadError, ReloadFailure, ReloadOutcome};
-pub use mcp::{PassthroughRequest, tool_error};
 use record::StoredRequest;
 pub use resume::ResumeError;
 

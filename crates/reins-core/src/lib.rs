@@ -19,6 +19,5 @@ pub mod pipeline;
 pub mod provider;
 pub mod tokens;
 pub use host::{
-    ConfigStatus, Host, HostBuilder, Live, PassthroughRequest, ReloadError, ReloadFailure,
-    ReloadOutcome, ResumeError, tool_error,
+    ConfigStatus, Host, HostBuilder, Live, ReloadError, ReloadFailure, ReloadOutcome, ResumeError,
 };

@@ -13,8 +13,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use reins_core::mcp::McpError;
-use reins_core::{Host, PassthroughRequest};
+use reins_core::Host;
+use reins_core::mcp::{McpError, Passthrough};
 use reins_runtime::Caller;
 use rmcp::ErrorData;
 use rmcp::handler::server::ServerHandler;
@@ -178,7 +178,7 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        self.pass(&ctx, PassthroughRequest::ListResources, "resource list")
+        self.pass(&ctx, Passthrough::ListResources, "resource list")
             .await
     }
 
@@ -187,7 +187,7 @@ impl ServerHandler for McpFront {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        self.pass(&ctx, PassthroughRequest::ReadResource(request), "resource")
+        self.pass(&ctx, Passthrough::ReadResource(request), "resource")
             .await
             .map(ReadResourceResponse::Complete)
     }
@@ -197,7 +197,7 @@ impl ServerHandler for McpFront {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        self.pass(&ctx, PassthroughRequest::ListPrompts, "prompt list")
+        self.pass(&ctx, Passthrough::ListPrompts, "prompt list")
             .await
     }
 
@@ -206,7 +206,7 @@ impl ServerHandler for McpFront {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        self.pass(&ctx, PassthroughRequest::GetPrompt(request), "prompt")
+        self.pass(&ctx, Passthrough::GetPrompt(request), "prompt")
             .await
             .map(GetPromptResponse::Complete)
     }
@@ -217,7 +217,7 @@ impl McpFront {
     async fn pass<T: serde::de::DeserializeOwned>(
         &self,
         ctx: &RequestContext<RoleServer>,
-        what: PassthroughRequest,
+        what: Passthrough,
         label: &str,
     ) -> Result<T, ErrorData> {
         let t = self.target(ctx)?;

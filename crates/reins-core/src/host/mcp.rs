@@ -25,7 +25,7 @@ pub(super) const CALL_KIND: &str = "mcp_call";
 const APPROVAL_POLL: Duration = Duration::from_millis(100);
 
 /// A tool result the agent reads as an error.
-pub fn tool_error(text: impl Into<String>) -> CallToolResult {
+fn tool_error(text: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text.into())])
 }
 
@@ -94,20 +94,21 @@ impl Host {
         if !p.config.mcp.pin_tools {
             return tools.to_vec();
         }
-        let seen: Vec<ToolPin> = tools
-            .iter()
-            .map(|t| ToolPin {
-                server: t.server.clone(),
-                tool: t.tool.clone(),
-                hash: t.hash.clone(),
-                definition: t.definition(),
-                pending_hash: None,
-                pending_definition: None,
-                updated_ms: 0,
-            })
-            .collect();
         let pins = match u
             .pins_for(tools, fresh, async || {
+                // Built only when the pins are written, not on every call.
+                let seen: Vec<ToolPin> = tools
+                    .iter()
+                    .map(|t| ToolPin {
+                        server: t.server.clone(),
+                        tool: t.tool.clone(),
+                        hash: t.hash.clone(),
+                        definition: t.definition(),
+                        pending_hash: None,
+                        pending_definition: None,
+                        updated_ms: 0,
+                    })
+                    .collect();
                 self.state.pin_tools(u.name(), &seen).await
             })
             .await
@@ -158,7 +159,7 @@ impl Host {
             .map_err(|e| McpError::Store(e.to_string()))?;
         if done {
             for u in self.live().upstreams.values() {
-                u.forget_pins();
+                u.forget_pins().await;
             }
             self.audit(
                 reins_state::AuditEntry::new("mcp.tool.approve", format!("{server}/{tool}"), "ok")
@@ -201,72 +202,42 @@ impl Host {
     pub async fn mcp_passthrough(
         &self,
         pipeline: &str,
-        what: PassthroughRequest,
+        what: Passthrough,
     ) -> Result<Value, McpError> {
         let p = self.gateway(pipeline)?;
-        let (allowed, label) = match what {
-            PassthroughRequest::ListResources | PassthroughRequest::ReadResource(_) => {
-                (p.config.mcp.resources, "resources")
-            }
-            PassthroughRequest::ListPrompts | PassthroughRequest::GetPrompt(_) => {
-                (p.config.mcp.prompts, "prompts")
-            }
+        let family = what.family();
+        let allowed = if family == "resources" {
+            p.config.mcp.resources
+        } else {
+            p.config.mcp.prompts
         };
         if allowed == crate::config::Passthrough::Deny {
             return Err(McpError::Denied {
                 pipeline: p.name.clone(),
-                what: label,
+                what: family,
             });
         }
-        match what {
-            PassthroughRequest::ListResources | PassthroughRequest::ListPrompts => {
-                let key = if label == "resources" {
-                    "resources"
-                } else {
-                    "prompts"
-                };
-                let mut items = Vec::new();
-                for u in p.upstreams() {
-                    let req = if key == "resources" {
-                        Passthrough::ListResources
-                    } else {
-                        Passthrough::ListPrompts
-                    };
-                    match u.passthrough(req).await {
-                        Ok(Value::Array(list)) => items.extend(list),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(
-                            server = u.name(),
-                            "{key} of an MCP server left out: {e}"
-                        ),
+        if what.is_list() {
+            let mut items = Vec::new();
+            for u in p.upstreams() {
+                match u.passthrough(what.clone()).await {
+                    Ok(Value::Array(list)) => items.extend(list),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(server = u.name(), "{family} of an MCP server left out: {e}")
                     }
                 }
-                Ok(json!({ key: items }))
             }
-            PassthroughRequest::ReadResource(params) => {
-                let mut last = None;
-                for u in p.upstreams() {
-                    match u
-                        .passthrough(Passthrough::ReadResource(params.clone()))
-                        .await
-                    {
-                        Ok(v) => return Ok(v),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| McpError::NoServers(p.name.clone())))
-            }
-            PassthroughRequest::GetPrompt(params) => {
-                let mut last = None;
-                for u in p.upstreams() {
-                    match u.passthrough(Passthrough::GetPrompt(params.clone())).await {
-                        Ok(v) => return Ok(v),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| McpError::NoServers(p.name.clone())))
+            return Ok(json!({ family: items }));
+        }
+        let mut last = None;
+        for u in p.upstreams() {
+            match u.passthrough(what.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
             }
         }
+        Err(last.unwrap_or_else(|| McpError::NoServers(p.name.clone())))
     }
 
     /// One `tools/call`: the tool must be offered to this caller; its
@@ -357,8 +328,7 @@ impl Host {
                 ExecStatus::Done => "done".to_owned(),
                 _ => format!("failed: {}", exec.error.as_deref().unwrap_or("")),
             },
-            start_us: rc.started.elapsed().as_micros() as u64
-                - started.elapsed().as_micros() as u64,
+            start_us: started.saturating_duration_since(rc.started).as_micros() as u64,
             duration_us: started.elapsed().as_micros() as u64,
         });
         let failed = exec.status != ExecStatus::Done;
@@ -545,13 +515,4 @@ fn plugin_error(e: RunError) -> McpError {
         },
         other => McpError::Refused(other.to_string()),
     }
-}
-
-/// The read-only MCP requests a pipeline may pass through.
-#[derive(Debug, Clone)]
-pub enum PassthroughRequest {
-    ListResources,
-    ReadResource(rmcp::model::ReadResourceRequestParams),
-    ListPrompts,
-    GetPrompt(rmcp::model::GetPromptRequestParams),
 }

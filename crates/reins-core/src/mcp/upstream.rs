@@ -284,10 +284,8 @@ impl Upstream {
     }
 
     /// Drops the remembered pins (an admin approved a definition).
-    pub fn forget_pins(&self) {
-        if let Ok(mut pins) = self.pins.try_lock() {
-            *pins = None;
-        }
+    pub async fn forget_pins(&self) {
+        *self.pins.lock().await = None;
     }
 
     /// Calls `tool` (the upstream's own name) within `timeout_ms`.
@@ -367,6 +365,7 @@ impl Upstream {
 }
 
 /// The read-only requests that pass through.
+#[derive(Debug, Clone)]
 pub enum Passthrough {
     ListResources,
     ListPrompts,
@@ -375,6 +374,20 @@ pub enum Passthrough {
 }
 
 impl Passthrough {
+    /// Lists (every upstream's answer joined) rather than one read.
+    pub fn is_list(&self) -> bool {
+        matches!(self, Passthrough::ListResources | Passthrough::ListPrompts)
+    }
+
+    /// `resources` or `prompts`: what a pipeline allows or denies, and the
+    /// key of a list's answer.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Passthrough::ListResources | Passthrough::ReadResource(_) => "resources",
+            Passthrough::ListPrompts | Passthrough::GetPrompt(_) => "prompts",
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Passthrough::ListResources => "resources/list",

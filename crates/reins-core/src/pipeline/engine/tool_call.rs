@@ -15,11 +15,11 @@ pub async fn mcp_tools(
     upstream: &[UpstreamTool],
     rc: &RunContext,
 ) -> Result<Vec<ExposedTool>, RunError> {
-    let run_id = format!("mcp-list-{}", uuid::Uuid::new_v4().simple());
-    let mut run = Run::begin(pipeline, plugins, rc, run_id, request);
     if pipeline.config.constraints.is_none() {
         return Ok(expose(None, upstream));
     }
+    let run_id = format!("mcp-list-{}", uuid::Uuid::new_v4().simple());
+    let mut run = Run::begin(pipeline, plugins, rc, run_id, request);
     run.ctx.upstream_tools = Arc::from(upstream_json(upstream));
     let tools = run.constraints().await?;
     Ok(expose(Some(tools), upstream))
