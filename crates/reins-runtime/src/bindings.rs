@@ -34,3 +34,4 @@ plugin_world!(gate, "gate-plugin");
 plugin_world!(context, "context-plugin");
 
 plugin_world!(constraints, "constraints-plugin");
+plugin_world!(stream_checker, "stream-checker-plugin");

@@ -30,7 +30,7 @@ pub use error::{CallFailure, PluginError, RuntimeError, short_digest};
 pub use host::{PluginHost, ReloadReport, Unconfigured};
 pub use loader::{Cold, PluginSet, PluginStatus, Runtime, plugin_name};
 pub use manifest::{Accepts, FailMode, Grants, Isolation, Limits, Manifest, ManifestError};
-pub use plugin::{Plugin, PluginInfo, Reservation, now_ms};
+pub use plugin::{Plugin, PluginInfo, RELEASED_TAIL, Reservation, now_ms};
 pub use settings::{Allocator, InitMode, PoolSettings, RuntimeSettings};
 pub use state::CounterEntry;
 pub use types::*;

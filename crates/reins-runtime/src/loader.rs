@@ -726,6 +726,10 @@ fn detect_layer(engine: &wasmtime::Engine, component: &Component) -> Result<Laye
         .collect();
     match found.as_slice() {
         [one] => Ok(*one),
+        // A layer that also checks streams is that layer.
+        [a, b] if *a == Layer::StreamChecker || *b == Layer::StreamChecker => {
+            Ok(if *a == Layer::StreamChecker { *b } else { *a })
+        }
         [] => Err(RuntimeError::UnknownWorld {
             expected: Layer::ALL
                 .iter()

@@ -132,3 +132,5 @@ pub const MCP_CALLS_TOTAL: &str = "reins_mcp_calls_total";
 /// Upstream MCP tools hidden because their definition changed since it was
 /// pinned, by server (counted per listing that hid one).
 pub const MCP_TOOLS_HIDDEN_TOTAL: &str = "reins_mcp_tools_hidden_total";
+/// Streams a stream checker (or the schema's prefix check) cut, by pipeline and checker.
+pub const STREAM_CUTS_TOTAL: &str = "reins_stream_cuts_total";

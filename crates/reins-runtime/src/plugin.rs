@@ -1,15 +1,17 @@
 //! One loaded plugin: its compiled component, its manifest, and the calls the
 //! pipeline makes into it under the manifest's limits.
 
-use super::bindings::{constraints, context, gate, normalizer, validator, wit_types};
+use super::bindings::{
+    constraints, context, gate, normalizer, stream_checker, validator, wit_types,
+};
 use super::counters::CounterStore;
 use super::engine::EngineHandle;
 use super::error::{CallFailure, PluginError};
 use super::manifest::{FailMode, Isolation, Manifest};
 use super::state::{CounterEntry, StoreState};
 use super::types::{
-    Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity, Tool,
-    Verdict, Violation,
+    Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity,
+    StreamVerdict, Tool, Verdict, Violation,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -67,6 +69,9 @@ pub struct Plugin {
 pub(crate) struct LayerPre {
     pre: InstancePre<StoreState>,
     indices: LayerIndices,
+    /// The `stream-checker` export: a stream checker's only one, or one a
+    /// validator carries next to its layer (`redact-secrets`).
+    stream: Option<stream_checker::StreamCheckerPluginIndices>,
 }
 
 enum LayerIndices {
@@ -75,11 +80,23 @@ enum LayerIndices {
     Constraints(constraints::ConstraintsPluginIndices),
     Gate(gate::GatePluginIndices),
     Context(context::ContextPluginIndices),
+    /// A stream checker alone: its export is `LayerPre::stream`.
+    StreamChecker,
 }
 
 impl LayerPre {
-    /// Checks that the component's exports have the types of `layer`'s world.
+    /// Checks that the component's exports have the types of `layer`'s
+    /// world (and of `stream-checker`, where it exports that too).
     pub(crate) fn new(layer: Layer, pre: InstancePre<StoreState>) -> wasmtime::Result<Self> {
+        let streams = pre
+            .component()
+            .get_export_index(None, Layer::StreamChecker.interface())
+            .is_some();
+        let stream = if streams {
+            Some(stream_checker::StreamCheckerPluginIndices::new(&pre)?)
+        } else {
+            None
+        };
         let indices = match layer {
             Layer::Normalizer => {
                 LayerIndices::Normalizer(normalizer::NormalizerPluginIndices::new(&pre)?)
@@ -92,8 +109,13 @@ impl LayerPre {
             }
             Layer::Gate => LayerIndices::Gate(gate::GatePluginIndices::new(&pre)?),
             Layer::Context => LayerIndices::Context(context::ContextPluginIndices::new(&pre)?),
+            Layer::StreamChecker => LayerIndices::StreamChecker,
         };
-        Ok(Self { pre, indices })
+        Ok(Self {
+            pre,
+            indices,
+            stream,
+        })
     }
 
     /// A raw instance (its start-up code run), before its exports are typed.
@@ -109,22 +131,35 @@ impl LayerPre {
         store: &mut Store<StoreState>,
         instance: &wasmtime::component::Instance,
     ) -> wasmtime::Result<Instance> {
-        Ok(match &self.indices {
-            LayerIndices::Normalizer(i) => Instance::Normalizer(i.load(store, instance)?),
-            LayerIndices::Validator(i) => Instance::Validator(i.load(store, instance)?),
-            LayerIndices::Constraints(i) => Instance::Constraints(i.load(store, instance)?),
-            LayerIndices::Gate(i) => Instance::Gate(i.load(store, instance)?),
-            LayerIndices::Context(i) => Instance::Context(i.load(store, instance)?),
-        })
+        let layer = match &self.indices {
+            LayerIndices::Normalizer(i) => Exports::Normalizer(i.load(&mut *store, instance)?),
+            LayerIndices::Validator(i) => Exports::Validator(i.load(&mut *store, instance)?),
+            LayerIndices::Constraints(i) => Exports::Constraints(i.load(&mut *store, instance)?),
+            LayerIndices::Gate(i) => Exports::Gate(i.load(&mut *store, instance)?),
+            LayerIndices::Context(i) => Exports::Context(i.load(&mut *store, instance)?),
+            LayerIndices::StreamChecker => Exports::StreamChecker,
+        };
+        let stream = match &self.stream {
+            Some(i) => Some(i.load(&mut *store, instance)?),
+            None => None,
+        };
+        Ok(Instance { layer, stream })
     }
 }
 
-enum Instance {
+/// An instance's typed exports: its layer's, and its stream checker's.
+struct Instance {
+    layer: Exports,
+    stream: Option<stream_checker::StreamCheckerPlugin>,
+}
+
+enum Exports {
     Normalizer(normalizer::NormalizerPlugin),
     Validator(validator::ValidatorPlugin),
     Constraints(constraints::ConstraintsPlugin),
     Gate(gate::GatePlugin),
     Context(context::ContextPlugin),
+    StreamChecker,
 }
 
 /// A live instance and the store it lives in.
@@ -133,6 +168,11 @@ struct Live {
     instance: Instance,
     uses: u32,
 }
+
+/// How much of the text already released a stream checker is shown: enough
+/// for context across a piece boundary, without resending a long answer on
+/// every piece.
+pub const RELEASED_TAIL: usize = 4096;
 
 /// What a guest function returned, before the host checks it.
 type GuestResult<T> = wasmtime::Result<Result<T, String>>;
@@ -221,11 +261,13 @@ impl Plugin {
                 content: m.content.clone(),
             })
             .collect();
-        let out = self.call(Layer::Normalizer, ctx, |store, inst, wctx| match inst {
-            Instance::Normalizer(p) => p
-                .reins_policy_normalizer()
-                .call_normalize(store, wctx, &msgs),
-            _ => unreachable_layer(),
+        let out = self.call(Layer::Normalizer, ctx, |store, inst, wctx| {
+            match &inst.layer {
+                Exports::Normalizer(p) => p
+                    .reins_policy_normalizer()
+                    .call_normalize(store, wctx, &msgs),
+                _ => unreachable_layer(),
+            }
         })?;
         let size = out
             .messages
@@ -247,11 +289,13 @@ impl Plugin {
     /// Runs a validator over one output document (JSON text).
     pub fn validate(&self, ctx: &CallContext, output: &str) -> Result<Verdict, PluginError> {
         let output = output.to_string();
-        let out = self.call(Layer::Validator, ctx, |store, inst, wctx| match inst {
-            Instance::Validator(p) => p
-                .reins_policy_validator()
-                .call_validate(store, wctx, &output),
-            _ => unreachable_layer(),
+        let out = self.call(Layer::Validator, ctx, |store, inst, wctx| {
+            match &inst.layer {
+                Exports::Validator(p) => p
+                    .reins_policy_validator()
+                    .call_validate(store, wctx, &output),
+                _ => unreachable_layer(),
+            }
         })?;
         self.check_size(
             violations_size(&out.violations) + out.fixed.as_ref().map_or(0, String::len),
@@ -268,9 +312,11 @@ impl Plugin {
 
     /// Asks a constraints plugin which tools this request may use.
     pub fn tools(&self, ctx: &CallContext) -> Result<Vec<Tool>, PluginError> {
-        let out = self.call(Layer::Constraints, ctx, |store, inst, wctx| match inst {
-            Instance::Constraints(p) => p.reins_policy_constraints().call_tools(store, wctx),
-            _ => unreachable_layer(),
+        let out = self.call(Layer::Constraints, ctx, |store, inst, wctx| {
+            match &inst.layer {
+                Exports::Constraints(p) => p.reins_policy_constraints().call_tools(store, wctx),
+                _ => unreachable_layer(),
+            }
         })?;
         self.check_size(
             out.iter()
@@ -308,8 +354,8 @@ impl Plugin {
             access: access_to_wit(action.access),
         };
         let (out, journal) =
-            self.call_journaled(Layer::Gate, ctx, |store, inst, wctx| match inst {
-                Instance::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
+            self.call_journaled(Layer::Gate, ctx, |store, inst, wctx| match &inst.layer {
+                Exports::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
                 _ => unreachable_layer(),
             })?;
         let reservation = Reservation {
@@ -354,8 +400,8 @@ impl Plugin {
                 source: c.source.clone(),
             })
             .collect();
-        let out = self.call(Layer::Context, ctx, |store, inst, wctx| match inst {
-            Instance::Context(p) => p.reins_policy_context_builder().call_assemble(
+        let out = self.call(Layer::Context, ctx, |store, inst, wctx| match &inst.layer {
+            Exports::Context(p) => p.reins_policy_context_builder().call_assemble(
                 store,
                 wctx,
                 query,
@@ -380,6 +426,54 @@ impl Plugin {
             .collect())
     }
 
+    /// Asks a stream checker whether `pending` may go to the client.
+    /// `released` is cut to its last [`RELEASED_TAIL`] bytes.
+    pub fn check_stream(
+        &self,
+        ctx: &CallContext,
+        released: &str,
+        pending: &str,
+        last: bool,
+    ) -> Result<StreamVerdict, PluginError> {
+        let mut from = released.len().saturating_sub(RELEASED_TAIL);
+        while !released.is_char_boundary(from) {
+            from += 1;
+        }
+        let released = &released[from..];
+        let out = self.call(Layer::StreamChecker, ctx, |store, inst, wctx| {
+            match &inst.stream {
+                Some(p) => p
+                    .reins_policy_stream_checker()
+                    .call_check(store, wctx, released, pending, last),
+                None => unreachable_layer(),
+            }
+        })?;
+        use stream_checker::exports::reins::policy::stream_checker::Verdict as W;
+        Ok(match out {
+            W::Pass => StreamVerdict::Pass,
+            W::Hold => StreamVerdict::Hold,
+            W::Cut(reason) => {
+                self.check_size(reason.len())?;
+                StreamVerdict::Cut(reason)
+            }
+            W::Replace(text) => {
+                self.check_size(text.len())?;
+                StreamVerdict::Replace(text)
+            }
+        })
+    }
+
+    /// Whether a pipeline may use the plugin as a `layer` plugin.
+    pub fn serves(&self, layer: Layer) -> bool {
+        self.layer() == layer || (layer == Layer::StreamChecker && self.streams())
+    }
+
+    /// Whether the plugin checks streams (a stream checker, or a layer
+    /// that also exports `stream-checker`).
+    pub fn streams(&self) -> bool {
+        self.pre.stream.is_some()
+    }
+
     /// The one place every call goes through: picks an instance per the
     /// isolation mode, arms the deadline and fuel, calls, and turns anything
     /// but a clean answer into a [`PluginError`].
@@ -399,7 +493,7 @@ impl Plugin {
         ctx: &CallContext,
         f: impl FnOnce(&mut Store<StoreState>, &Instance, &wit_types::CallContext) -> GuestResult<T>,
     ) -> Result<(T, Vec<CounterEntry>), PluginError> {
-        if self.info.layer != expected {
+        if self.info.layer != expected && !(expected == Layer::StreamChecker && self.streams()) {
             return Err(self.error(CallFailure::WrongLayer {
                 expected,
                 actual: self.info.layer,

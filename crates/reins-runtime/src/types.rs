@@ -17,14 +17,17 @@ pub enum Layer {
     Constraints,
     Gate,
     Context,
+    /// Checks text while it streams (alone, or next to a validator).
+    StreamChecker,
 }
 
 impl Layer {
     /// Every layer, in request-path order.
-    pub const ALL: [Layer; 5] = [
+    pub const ALL: [Layer; 6] = [
         Layer::Normalizer,
         Layer::Context,
         Layer::Constraints,
+        Layer::StreamChecker,
         Layer::Validator,
         Layer::Gate,
     ];
@@ -37,6 +40,7 @@ impl Layer {
             Layer::Constraints => "reins:policy/constraints@0.2.0",
             Layer::Gate => "reins:policy/gate@0.2.0",
             Layer::Context => "reins:policy/context-builder@0.2.0",
+            Layer::StreamChecker => "reins:policy/stream-checker@0.2.0",
         }
     }
 
@@ -48,6 +52,7 @@ impl Layer {
             Layer::Constraints => "constraints-plugin",
             Layer::Gate => "gate-plugin",
             Layer::Context => "context-plugin",
+            Layer::StreamChecker => "stream-checker-plugin",
         }
     }
 
@@ -59,6 +64,7 @@ impl Layer {
             Layer::Constraints => "constraints",
             Layer::Gate => "gate",
             Layer::Context => "context",
+            Layer::StreamChecker => "stream-checker",
         }
     }
 }
@@ -67,6 +73,19 @@ impl std::fmt::Display for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A stream checker's answer about one piece of streamed text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "verdict", content = "text")]
+pub enum StreamVerdict {
+    Pass,
+    /// Wait for more text before deciding.
+    Hold,
+    /// Stop the stream, for this reason.
+    Cut(String),
+    /// Release this text instead.
+    Replace(String),
 }
 
 /// One chat message, with everything a chat API may put on it. Plugins see

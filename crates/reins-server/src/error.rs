@@ -22,6 +22,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The `error` object of an answer (or of a stream's error event).
+    pub fn body(self) -> Value {
+        let mut err = serde_json::Map::new();
+        err.insert("type".into(), json!(self.kind));
+        err.insert("message".into(), json!(self.message));
+        err.insert("code".into(), json!(self.status.as_u16()));
+        err.extend(self.extra);
+        Value::Object(err)
+    }
+
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -130,9 +140,11 @@ impl From<&RunError> for ApiError {
             RunError::BadRequest(_) | RunError::UpstreamRefused { .. } => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error")
             }
-            RunError::ModelUnavailable { .. } => {
+            RunError::ModelUnavailable { .. } | RunError::StreamBroken { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
             }
+            // Cut before anything was sent: the answer broke a policy.
+            RunError::StreamCut { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "content_filter"),
             RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),
             RunError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
             RunError::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
@@ -180,12 +192,8 @@ fn client_closed() -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut err = serde_json::Map::new();
-        err.insert("type".into(), json!(self.kind));
-        err.insert("message".into(), json!(self.message));
-        err.insert("code".into(), json!(self.status.as_u16()));
-        err.extend(self.extra);
-        respond(self.status, json!({ "error": err }), self.retry_after)
+        let (status, retry_after) = (self.status, self.retry_after);
+        respond(status, json!({ "error": self.body() }), retry_after)
     }
 }
 

@@ -21,6 +21,7 @@ mod providers;
 mod runs;
 mod service;
 mod settings;
+mod stream;
 mod tls;
 
 pub use auth::{Auth, AuthError, Identity, JwtError};

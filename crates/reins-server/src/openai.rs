@@ -508,14 +508,34 @@ pub async fn chat_completions(
     request.session_id = super::answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = super::service::run_pipeline(
-        &state,
-        &pipeline,
-        request,
-        None,
-        reins_core::config::OnDisconnect::Cancel,
-    )
-    .await?;
+    let result = if streaming {
+        match super::stream::stream_pipeline(
+            &state,
+            &pipeline,
+            request,
+            reins_core::config::OnDisconnect::Cancel,
+        )
+        .await?
+        {
+            super::stream::Streaming::Finished(result) => result,
+            super::stream::Streaming::Started(started) => {
+                let shape = ChunkShape::new(&started.run_id, &pipeline, include_usage);
+                let run_id = started.run_id.clone();
+                let mut response = super::stream::events(started, shape).into_response();
+                super::stream::run_id_header(response.headers_mut(), &run_id);
+                return Ok(response);
+            }
+        }
+    } else {
+        super::service::run_pipeline(
+            &state,
+            &pipeline,
+            request,
+            None,
+            reins_core::config::OnDisconnect::Cancel,
+        )
+        .await?
+    };
 
     let (status, payload) = completion(&result, &pipeline)?;
     let mut response = if streaming && status == StatusCode::OK {
@@ -621,7 +641,11 @@ fn completion(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value),
     let reins = super::answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => {
+        RunStatus::Rejected
+        | RunStatus::Failed
+        | RunStatus::Running
+        | RunStatus::Cancelled
+        | RunStatus::Partial => {
             return Err(run_error(result, reins));
         }
     }
@@ -760,6 +784,110 @@ fn stream(
         .map(|v| Ok(Event::default().data(v.to_string())))
         .chain(std::iter::once(Ok(Event::default().data("[DONE]"))));
     Sse::new(futures_util::stream::iter(events))
+}
+
+/// Chat completion chunks of a run streamed as it goes (see
+/// [`super::stream`]): each released piece is a content delta; the end
+/// carries the tool calls, the finish reason and (`include_usage`) the
+/// usage. A run that did not complete ends with `finish_reason`
+/// `content_filter` (a checker or a validator stopped it), the usage, and an
+/// error event, which the OpenAI SDKs raise as an `APIError`.
+struct ChunkShape {
+    id: Value,
+    created: Value,
+    model: Value,
+    include_usage: bool,
+}
+
+impl ChunkShape {
+    fn new(run_id: &str, pipeline: &str, include_usage: bool) -> ChunkShape {
+        ChunkShape {
+            id: json!(format!("chatcmpl-{run_id}")),
+            created: json!(reins_runtime::now_ms() / 1000),
+            model: json!(pipeline),
+            include_usage,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Value) -> Event {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        Event::default().data(c.to_string())
+    }
+}
+
+impl super::stream::StreamShape for ChunkShape {
+    fn start(&mut self) -> Vec<Event> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
+    }
+
+    fn piece(&mut self, text: &str) -> Vec<Event> {
+        vec![self.chunk(json!({"content": text}), Value::Null)]
+    }
+
+    fn end(&mut self, result: &RunResult) -> Vec<Event> {
+        let mut events = Vec::new();
+        let completed = matches!(
+            result.status,
+            RunStatus::Completed | RunStatus::AwaitingApproval
+        );
+        let calls: Vec<Value> = returned_calls(result)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                c["index"] = json!(i);
+                c
+            })
+            .collect();
+        if completed && !calls.is_empty() {
+            events.push(self.chunk(json!({"tool_calls": calls}), Value::Null));
+        }
+        let finish = match (&result.error, result.status) {
+            (_, RunStatus::AwaitingApproval) => Some("awaiting_approval"),
+            (None, _) if !calls.is_empty() => Some("tool_calls"),
+            (None, _) => Some("stop"),
+            (
+                Some(
+                    reins_core::pipeline::RunError::StreamCut { .. }
+                    | reins_core::pipeline::RunError::ValidationFailed { .. },
+                ),
+                _,
+            ) => Some("content_filter"),
+            // The model's stream broke: the answer just stops.
+            (Some(_), _) => None,
+        };
+        if let Some(finish) = finish {
+            events.push(self.chunk(json!({}), json!(finish)));
+        }
+        if self.include_usage {
+            events.push(
+                Event::default().data(
+                    json!({
+                        "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                        "model": self.model, "choices": [],
+                        "usage": {
+                            "prompt_tokens": result.tokens.prompt,
+                            "completion_tokens": result.tokens.completion,
+                            "total_tokens": result.tokens.total,
+                        },
+                    })
+                    .to_string(),
+                ),
+            );
+        }
+        if completed {
+            events.push(Event::default().data("[DONE]"));
+        } else {
+            let err = run_error(result, super::answer::reins_object(result));
+            events.push(Event::default().data(json!({"error": err.body()}).to_string()));
+        }
+        events
+    }
 }
 
 /// `GET /v1/models`: one model per pipeline.

@@ -47,19 +47,35 @@ pub(crate) async fn run_pipeline(
         guard.disarm();
     }
     let result = waited
-        .map_err(|_| {
-            metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.to_string(), "status" => "timeout")
-                .increment(1);
+        .map_err(|_| timed_out(state, pipeline))?
+        .map_err(|e| {
             ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "the run did not finish within {} ms; it goes on and its result is kept",
-                    state.request_timeout.as_millis()
-                ),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("the run's task failed: {e}"),
             )
-        })?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the run's task failed: {e}")))?;
+        })?;
+    finished(pipeline, result)
+}
+
+/// The answer to a run that outlasted the request timeout (it goes on).
+pub(crate) fn timed_out(state: &AppState, pipeline: &str) -> ApiError {
+    metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.to_string(), "status" => "timeout")
+        .increment(1);
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "the run did not finish within {} ms; it goes on and its result is kept",
+            state.request_timeout.as_millis()
+        ),
+    )
+}
+
+/// A finished run, or the error a caller gets instead of its result (a
+/// run it was not let to start).
+pub(crate) fn finished(pipeline: &str, result: RunResult) -> Result<Arc<RunResult>, ApiError> {
+    let _ = pipeline;
     if let Some(
         e @ (reins_core::pipeline::RunError::RateLimited { .. }
         | reins_core::pipeline::RunError::Overloaded { .. }

@@ -366,17 +366,22 @@ stored_enum! {
         /// finish such runs): the model call in flight was dropped and no
         /// action that had not started was sent.
         Cancelled = "cancelled",
+        /// Part of the answer was streamed to the client, then the stream
+        /// ended in an error (the upstream broke, a checker cut it, or the
+        /// whole answer failed a validator): the client has an unfinished answer.
+        Partial = "partial",
     }
 }
 
 impl RunStatus {
     /// Statuses of runs that are over for good (and can be compacted); a run
     /// awaiting approval may still go on.
-    pub const FINISHED: [RunStatus; 4] = [
+    pub const FINISHED: [RunStatus; 5] = [
         RunStatus::Completed,
         RunStatus::Failed,
         RunStatus::Rejected,
         RunStatus::Cancelled,
+        RunStatus::Partial,
     ];
 
     pub fn is_finished(self) -> bool {

@@ -1,14 +1,18 @@
 //! Fake models. [`Upstream`] is an OpenAI-compatible (or any JSON) HTTP
 //! server on loopback whose answers the test scripts request by request:
 //! answers, error statuses with headers, hangs, slow trickles, garbage and
-//! truncated bodies, resets and closed connections, or a reply computed
-//! from the request. It records every request (when, path, headers, body),
-//! so tests assert on what the model was really sent.
+//! truncated bodies, resets and closed connections, streamed answers
+//! (server-sent events, OpenAI's chat.completion.chunk or Anthropic's
+//! Messages events, piece by piece, ending well, cut or stalled), or a reply
+//! computed from the request. It records every request (when, path,
+//! headers, body), so tests assert on what the model was really sent.
 //!
 //! It also reports what happened as events a test can wait on, with a
 //! generous overall timeout instead of a timing threshold: each request
 //! received, and each client that closed its connection while a
-//! [`Step::Hold`] was holding its answer (a harness that dropped the call).
+//! [`Step::Hold`] was holding its answer or a [`Step::Stream`] /
+//! [`Step::AnthropicStream`] was streaming it (a harness that dropped the
+//! call).
 //!
 //! It speaks HTTP/1.1 on a raw socket rather than through a framework, so
 //! it can misbehave the ways real upstreams do; connections are kept alive
@@ -54,6 +58,100 @@ pub enum Step {
     Reset,
     /// Read the request, then close the connection without a word.
     Close,
+    /// An OpenAI chat completion streamed as server-sent events, whatever
+    /// the request's `stream` says: a `200` with `content-type:
+    /// text/event-stream` and a chunked body, a first chunk with the role,
+    /// then one chunk per piece with its text as `delta.content`, each sent
+    /// (and flushed) after its delay, then [`StreamEnd`]. With `Done`: a
+    /// chunk with `finish_reason: "stop"`, a usage chunk (`choices: []`)
+    /// when the request asked for it (`stream_options.include_usage`; every
+    /// chunk then carries `"usage": null` as OpenAI's do), `data: [DONE]`.
+    /// The `model` is the request's. A client that closes the connection
+    /// meanwhile is recorded ([`Upstream::wait_closed`]).
+    Stream {
+        pieces: Vec<(Duration, String)>,
+        end: StreamEnd,
+    },
+    /// The same as Anthropic's Messages API streams it: `message_start`
+    /// (with `usage.input_tokens`), `content_block_start`, `ping`, one
+    /// `content_block_delta` (`text_delta`) per piece, then, with `Done`,
+    /// `content_block_stop`, `message_delta` (`stop_reason: "end_turn"`,
+    /// `usage.output_tokens`) and `message_stop`.
+    AnthropicStream {
+        pieces: Vec<(Duration, String)>,
+        end: StreamEnd,
+    },
+}
+
+/// How a streamed answer ([`Step::Stream`], [`Step::AnthropicStream`])
+/// ends after its last piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The closing events with this usage, then the end of the body; the
+    /// connection stays open for the next request. (Anthropic's
+    /// `message_start` says `input_tokens: prompt_tokens, output_tokens: 1`
+    /// as Anthropic's does; `message_delta` has the whole output count.)
+    Done {
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
+    /// The connection closes at once: no closing events, no `[DONE]`, no
+    /// last chunk of the chunked body (a model that died mid-answer).
+    Cut,
+    /// Nothing more, the connection held open (up to 120 s, then closed):
+    /// a model that stopped talking, for timeouts.
+    Stall,
+    /// An error event mid-stream, then the end of the body (no finish, no
+    /// `[DONE]`, no `message_stop`): OpenAI's `data: {"error": {"message",
+    /// "type": kind, ..}}`, Anthropic's `event: error` with `{"type":
+    /// "error", "error": {"type": kind, "message"}}` (e.g.
+    /// `overloaded_error`).
+    Error { kind: String, message: String },
+}
+
+/// `text` in word pieces, each after `every`: a piece is a word with the
+/// blanks before it (`"Hello big world"` is `"Hello"`, `" big"`,
+/// `" world"`, the way models stream tokens); they concatenate to `text`.
+pub fn stream_words(text: &str, every: Duration) -> Vec<(Duration, String)> {
+    let mut pieces: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    for c in text.chars() {
+        if c.is_whitespace() && in_word {
+            pieces.push(std::mem::take(&mut current));
+            in_word = false;
+        } else if !c.is_whitespace() {
+            in_word = true;
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        // Blanks at the end belong to the last word.
+        match pieces.last_mut() {
+            Some(last) if !in_word => last.push_str(&current),
+            _ => pieces.push(current),
+        }
+    }
+    pieces.into_iter().map(|p| (every, p)).collect()
+}
+
+/// `text` streamed as OpenAI does, a word every `every`, ending well with
+/// 10 prompt tokens and one completion token per word.
+pub fn stream_text(text: &str, every: Duration) -> Step {
+    let pieces = stream_words(text, every);
+    let end = StreamEnd::Done {
+        prompt_tokens: 10,
+        completion_tokens: pieces.len() as u64,
+    };
+    Step::Stream { pieces, end }
+}
+
+/// [`stream_text`] as Anthropic streams it.
+pub fn anthropic_stream_text(text: &str, every: Duration) -> Step {
+    match stream_text(text, every) {
+        Step::Stream { pieces, end } => Step::AnthropicStream { pieces, end },
+        _ => unreachable!("stream_text streams"),
+    }
 }
 
 /// A 500 with a JSON error body.
@@ -280,12 +378,14 @@ impl Upstream {
     }
 
     /// Waits until `n` clients have closed their connection while a
-    /// [`Step::Hold`] held their answer; `false` if `within` passed first.
+    /// [`Step::Hold`] held their answer or a stream step was streaming it
+    /// (before its end); `false` if `within` passed first.
     pub async fn wait_closed(&self, n: usize, within: Duration) -> bool {
         self.wait(within, |e| e.closed >= n).await
     }
 
-    /// Clients that closed their connection while their answer was held.
+    /// Clients that closed their connection while their answer was held
+    /// or streamed.
     pub fn closed(&self) -> usize {
         self.events.borrow().closed
     }
@@ -396,6 +496,10 @@ async fn serve(
             (*script)(n, &seen)
         };
         events.send_modify(|e| e.received += 1);
+        let flavour = match step {
+            Step::AnthropicStream { .. } => Flavour::Anthropic,
+            _ => Flavour::OpenAi,
+        };
         match step {
             Step::Answer(content) => {
                 let body = answer_body(&request, &content);
@@ -467,8 +571,236 @@ async fn serve(
                 stream.shutdown().await?;
                 return Ok(());
             }
+            Step::Stream { pieces, end } | Step::AnthropicStream { pieces, end } => {
+                match streamed(&mut stream, &mut buf, &request, flavour, &pieces, &end).await {
+                    Ok(Streamed::KeepAlive) => {}
+                    Ok(Streamed::Closed) => return Ok(()),
+                    Ok(Streamed::ClientGone) | Err(_) => {
+                        events.send_modify(|e| e.closed += 1);
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
+}
+
+/// Which API's events a stream step speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    OpenAi,
+    Anthropic,
+}
+
+/// How a stream step left the connection.
+enum Streamed {
+    /// The body ended; the next request may come on it.
+    KeepAlive,
+    /// The upstream closed it (`Cut`, or a `Stall` that ran out).
+    Closed,
+    /// The client closed it before the end.
+    ClientGone,
+}
+
+/// Writes one chunk of a chunked body (never empty: that would end it).
+async fn write_chunk(stream: &mut TcpStream, data: &str) -> std::io::Result<()> {
+    debug_assert!(!data.is_empty());
+    stream
+        .write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+        .await
+}
+
+/// The server-sent events of one streamed answer, in `flavour`.
+struct SseEvents {
+    flavour: Flavour,
+    model: String,
+    created: u64,
+    /// OpenAI: the request asked for a usage chunk.
+    include_usage: bool,
+}
+
+impl SseEvents {
+    fn new(flavour: Flavour, request: &Value) -> SseEvents {
+        let fallback = match flavour {
+            Flavour::OpenAi => "test",
+            Flavour::Anthropic => "claude-test",
+        };
+        SseEvents {
+            flavour,
+            model: request["model"].as_str().unwrap_or(fallback).to_owned(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            include_usage: request["stream_options"]["include_usage"] == json!(true),
+        }
+    }
+
+    fn openai_chunk(&self, delta: Value, finish_reason: Value) -> String {
+        let mut chunk = json!({
+            "id": "chatcmpl-x", "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        format!("data: {chunk}\n\n")
+    }
+
+    fn anthropic_event(name: &str, data: Value) -> String {
+        format!("event: {name}\ndata: {data}\n\n")
+    }
+
+    /// The events before the first piece.
+    fn opening(&self, end: &StreamEnd) -> Vec<String> {
+        match self.flavour {
+            Flavour::OpenAi => {
+                vec![self.openai_chunk(json!({"role": "assistant", "content": ""}), Value::Null)]
+            }
+            Flavour::Anthropic => {
+                let input_tokens = match end {
+                    StreamEnd::Done { prompt_tokens, .. } => *prompt_tokens,
+                    _ => 0,
+                };
+                vec![
+                    Self::anthropic_event(
+                        "message_start",
+                        json!({"type": "message_start", "message": {
+                            "id": "msg_01", "type": "message", "role": "assistant", "model": self.model,
+                            "content": [], "stop_reason": null, "stop_sequence": null,
+                            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                        }}),
+                    ),
+                    Self::anthropic_event(
+                        "content_block_start",
+                        json!({
+                            "type": "content_block_start", "index": 0,
+                            "content_block": {"type": "text", "text": ""},
+                        }),
+                    ),
+                    Self::anthropic_event("ping", json!({"type": "ping"})),
+                ]
+            }
+        }
+    }
+
+    fn piece(&self, text: &str) -> String {
+        match self.flavour {
+            Flavour::OpenAi => self.openai_chunk(json!({"content": text}), Value::Null),
+            Flavour::Anthropic => Self::anthropic_event(
+                "content_block_delta",
+                json!({
+                    "type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                }),
+            ),
+        }
+    }
+
+    /// The closing events of a stream that ends well.
+    fn done(&self, prompt_tokens: u64, completion_tokens: u64) -> Vec<String> {
+        match self.flavour {
+            Flavour::OpenAi => {
+                let mut out = vec![self.openai_chunk(json!({}), json!("stop"))];
+                if self.include_usage {
+                    let usage = json!({
+                        "id": "chatcmpl-x", "object": "chat.completion.chunk", "created": self.created,
+                        "model": self.model, "choices": [],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt_tokens + completion_tokens},
+                    });
+                    out.push(format!("data: {usage}\n\n"));
+                }
+                out.push("data: [DONE]\n\n".to_owned());
+                out
+            }
+            Flavour::Anthropic => vec![
+                Self::anthropic_event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+                Self::anthropic_event(
+                    "message_delta",
+                    json!({
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                        "usage": {"output_tokens": completion_tokens},
+                    }),
+                ),
+                Self::anthropic_event("message_stop", json!({"type": "message_stop"})),
+            ],
+        }
+    }
+
+    fn error(&self, kind: &str, message: &str) -> String {
+        match self.flavour {
+            Flavour::OpenAi => {
+                let error = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+                format!("data: {error}\n\n")
+            }
+            Flavour::Anthropic => Self::anthropic_event(
+                "error",
+                json!({"type": "error", "error": {"type": kind, "message": message}}),
+            ),
+        }
+    }
+}
+
+/// Plays a stream step on the connection; an `Err` is a failed write (the
+/// client is gone).
+async fn streamed(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: &Value,
+    flavour: Flavour,
+    pieces: &[(Duration, String)],
+    end: &StreamEnd,
+) -> std::io::Result<Streamed> {
+    let events = SseEvents::new(flavour, request);
+    // Each event leaves at once, not when Nagle sees fit.
+    stream.set_nodelay(true)?;
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+              transfer-encoding: chunked\r\n\r\n",
+        )
+        .await?;
+    for event in events.opening(end) {
+        write_chunk(stream, &event).await?;
+    }
+    for (delay, piece) in pieces {
+        if !delay.is_zero() && !held(stream, buf, *delay).await {
+            return Ok(Streamed::ClientGone);
+        }
+        write_chunk(stream, &events.piece(piece)).await?;
+    }
+    match end {
+        StreamEnd::Done {
+            prompt_tokens,
+            completion_tokens,
+        } => {
+            for event in events.done(*prompt_tokens, *completion_tokens) {
+                write_chunk(stream, &event).await?;
+            }
+        }
+        StreamEnd::Error { kind, message } => {
+            write_chunk(stream, &events.error(kind, message)).await?
+        }
+        StreamEnd::Cut => {
+            let _ = stream.shutdown().await;
+            return Ok(Streamed::Closed);
+        }
+        StreamEnd::Stall => {
+            // Bounded, so a test that forgets its client still ends.
+            if !held(stream, buf, Duration::from_secs(120)).await {
+                return Ok(Streamed::ClientGone);
+            }
+            return Ok(Streamed::Closed);
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").await?;
+    Ok(Streamed::KeepAlive)
 }
 
 /// Waits `delay` with an eye on the connection: `false` as soon as the

@@ -213,6 +213,17 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
                 .assemble(&ctx, query, &chunks, budget)
                 .map(|c| json!({"chunks": c}))
         }
+        Layer::StreamChecker => {
+            let text = |k: &str| case.input.get(k).and_then(Value::as_str).unwrap_or("");
+            let last = case
+                .input
+                .get("last")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            plugin
+                .check_stream(&ctx, text("released"), text("pending"), last)
+                .map(|v| json!({"verdict": v}))
+        }
     };
     check_expectations(plugin.layer(), expect, answer)
 }
@@ -308,6 +319,7 @@ fn check_expectations(
                     .unwrap_or_default();
                 same(&Value::Array(got), want, "chunk ids")?
             }
+            (Layer::StreamChecker, "verdict") => same(&answer["verdict"], want, "verdict")?,
             (_, other) => {
                 return Err(format!(
                     "unknown expectation {other:?} for a {layer} plugin"

@@ -31,8 +31,10 @@ pub mod redact;
 pub mod secrets;
 
 pub use normalize::{Cleaned, Folded, clean, fold, fold_str, occurrences};
-pub use pii::{PiiKind, find_pii};
-pub use secrets::{SECRET_KINDS, SecretOptions, describe_secret, find_secrets, find_secrets_with};
+pub use pii::{PiiKind, find_pii, partial_card_at_end};
+pub use secrets::{
+    SECRET_KINDS, SecretOptions, describe_secret, find_secrets, find_secrets_with, open_private_key,
+};
 
 use std::collections::BTreeMap;
 
@@ -66,7 +68,10 @@ pub fn resolve_overlaps<T: Spanned>(items: impl IntoIterator<Item = T>) -> Vec<T
         if end <= start {
             continue;
         }
-        let overlaps = kept.range(..end).next_back().is_some_and(|(_, (e, _))| *e > start);
+        let overlaps = kept
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, (e, _))| *e > start);
         if !overlaps {
             kept.insert(start, (end, item));
         }
@@ -104,7 +109,11 @@ pub struct CharPositions<'a> {
 
 impl<'a> CharPositions<'a> {
     pub fn new(text: &'a str) -> Self {
-        CharPositions { text, byte: 0, chars: 0 }
+        CharPositions {
+            text,
+            byte: 0,
+            chars: 0,
+        }
     }
 
     /// How many characters precede byte offset `at` (clamped to the text,
@@ -127,7 +136,11 @@ impl<'a> CharPositions<'a> {
     pub fn describe(&mut self, start: usize, end: usize) -> String {
         let first = self.chars_before(start) + 1;
         let last = self.chars_before(end).max(first);
-        if first == last { format!("character {first}") } else { format!("characters {first}–{last}") }
+        if first == last {
+            format!("character {first}")
+        } else {
+            format!("characters {first}–{last}")
+        }
     }
 }
 
@@ -144,7 +157,11 @@ pub fn replace_spans(text: &str, replacements: &[(usize, usize, String)]) -> Str
     let mut at = 0;
     for (start, end, with) in replacements {
         let (start, end) = (*start, *end);
-        if start < at || end < start || end > text.len() || !text.is_char_boundary(start) || !text.is_char_boundary(end)
+        if start < at
+            || end < start
+            || end > text.len()
+            || !text.is_char_boundary(start)
+            || !text.is_char_boundary(end)
         {
             continue;
         }
@@ -166,7 +183,13 @@ mod tests {
 
     #[test]
     fn overlaps_go_to_the_first_listed() {
-        let kept = resolve_overlaps([m("a", 10, 20), m("b", 5, 12), m("c", 20, 25), m("d", 0, 3), m("e", 2, 4)]);
+        let kept = resolve_overlaps([
+            m("a", 10, 20),
+            m("b", 5, 12),
+            m("c", 20, 25),
+            m("d", 0, 3),
+            m("e", 2, 4),
+        ]);
         assert_eq!(kept, [m("d", 0, 3), m("a", 10, 20), m("c", 20, 25)]);
     }
 
@@ -193,8 +216,14 @@ mod tests {
     #[test]
     fn replaces() {
         let text = "a b c";
-        assert_eq!(replace_spans(text, &[(0, 1, "[X]".into()), (4, 5, "[Y]".into())]), "[X] b [Y]");
-        assert_eq!(replace_spans(text, &[(2, 3, "Z".into()), (0, 4, "bad".into())]), "a Z c");
+        assert_eq!(
+            replace_spans(text, &[(0, 1, "[X]".into()), (4, 5, "[Y]".into())]),
+            "[X] b [Y]"
+        );
+        assert_eq!(
+            replace_spans(text, &[(2, 3, "Z".into()), (0, 4, "bad".into())]),
+            "a Z c"
+        );
         assert_eq!(replace_spans(text, &[]), text);
     }
 }

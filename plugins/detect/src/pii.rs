@@ -114,20 +114,32 @@ fn emails(bytes: &[u8], out: &mut Vec<Match>) {
             end -= 1;
         }
         if valid_domain(&bytes[at + 1..end]) {
-            out.push(Match { kind: "email", start, end });
+            out.push(Match {
+                kind: "email",
+                start,
+                end,
+            });
         }
     }
 }
 
 fn memchr_all(bytes: &[u8], needle: u8) -> impl Iterator<Item = usize> + '_ {
-    bytes.iter().enumerate().filter(move |&(_, &b)| b == needle).map(|(i, _)| i)
+    bytes
+        .iter()
+        .enumerate()
+        .filter(move |&(_, &b)| b == needle)
+        .map(|(i, _)| i)
 }
 
 fn valid_domain(domain: &[u8]) -> bool {
     let labels: Vec<&[u8]> = domain.split(|&b| b == b'.').collect();
-    let Some(tld) = labels.last() else { return false };
+    let Some(tld) = labels.last() else {
+        return false;
+    };
     labels.len() >= 2
-        && labels.iter().all(|l| !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-')
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-')
         && tld.len() >= 2
         && tld.iter().all(u8::is_ascii_alphabetic)
 }
@@ -139,7 +151,9 @@ fn valid_domain(domain: &[u8]) -> bool {
 /// `x4111`), not after `+` (a phone's country code), not the continuation
 /// of a number (`1.4111`, `3/4111`).
 fn number_start(bytes: &[u8], i: usize) -> bool {
-    let Some(&p) = i.checked_sub(1).and_then(|j| bytes.get(j)) else { return true };
+    let Some(&p) = i.checked_sub(1).and_then(|j| bytes.get(j)) else {
+        return true;
+    };
     if p.is_ascii_alphanumeric() || p == b'_' || p == b'+' {
         return false;
     }
@@ -152,7 +166,9 @@ fn number_start(bytes: &[u8], i: usize) -> bool {
 /// Whether a number may end at `end`: not followed by a letter or digit,
 /// nor by `.5`, `,5`, `/5`, `-5`.
 fn number_end(bytes: &[u8], end: usize) -> bool {
-    let Some(&n) = bytes.get(end) else { return true };
+    let Some(&n) = bytes.get(end) else {
+        return true;
+    };
     if n.is_ascii_alphanumeric() || n == b'_' {
         return false;
     }
@@ -162,7 +178,10 @@ fn number_end(bytes: &[u8], end: usize) -> bool {
 }
 
 fn digits_at(bytes: &[u8], i: usize) -> usize {
-    bytes[i.min(bytes.len())..].iter().take_while(|b| b.is_ascii_digit()).count()
+    bytes[i.min(bytes.len())..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count()
 }
 
 // ---------------------------------------------------------------------------
@@ -236,7 +255,10 @@ fn card_windows(bytes: &[u8], groups: &[(usize, usize)], seps: &[u8], out: &mut 
                     continue;
                 }
             }
-            let digits: Vec<u8> = window.iter().flat_map(|&(s, e)| bytes[s..e].iter().copied()).collect();
+            let digits: Vec<u8> = window
+                .iter()
+                .flat_map(|&(s, e)| bytes[s..e].iter().copied())
+                .collect();
             if matches!(digits[0], b'2'..=b'6') && luhn(&digits) {
                 found = Some(b);
                 break;
@@ -244,11 +266,72 @@ fn card_windows(bytes: &[u8], groups: &[(usize, usize)], seps: &[u8], out: &mut 
         }
         match found {
             Some(b) => {
-                out.push(Match { kind: "card", start: groups[a].0, end: groups[b].1 });
+                out.push(Match {
+                    kind: "card",
+                    start: groups[a].0,
+                    end: groups[b].1,
+                });
                 a = b + 1;
             }
             None => a += 1,
         }
+    }
+}
+
+/// Where a card number may be starting at the very end of `text` (perhaps
+/// followed by one space or dash): trailing digit groups, joined as in a
+/// card by one space or one dash (the same throughout), that more groups
+/// could complete into a card number — at least 4 digits so far, groups of
+/// 3–6 digits, the first starting with 2–6, at most 16 digits (room for one
+/// more group), not glued to a word. Returns the earliest such group's
+/// byte offset, or `None`.
+///
+/// For checkers of streamed text, which see an answer in pieces split at
+/// whitespace: a piece that ends so must be held back until the next one
+/// shows whether a card number follows (`4111 1111` | `1111 1111`). A
+/// single unformatted number is never split (it has no whitespace), so it
+/// is a card or not already.
+pub fn partial_card_at_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut end = bytes.len();
+    let trailing_sep = match bytes.last() {
+        Some(&s @ (b' ' | b'-')) => {
+            end -= 1;
+            Some(s)
+        }
+        _ => None,
+    };
+    if end == 0 || !bytes[end - 1].is_ascii_digit() {
+        return None;
+    }
+    // Walk the groups back from the end: the window from each group to the
+    // last is a candidate while its groups are card-shaped and joined by
+    // one separator.
+    let mut sep = trailing_sep;
+    let mut shaped = true;
+    let mut digits = 0;
+    let mut best = None;
+    let mut i = end;
+    loop {
+        let group_end = i;
+        while i > 0 && bytes[i - 1].is_ascii_digit() {
+            i -= 1;
+        }
+        let len = group_end - i;
+        digits += len;
+        shaped &= (3..=6).contains(&len);
+        if shaped && (4..=16).contains(&digits) && matches!(bytes[i], b'2'..=b'6') {
+            best = Some(i);
+        }
+        if i >= 2 && matches!(bytes[i - 1], b' ' | b'-') && bytes[i - 2].is_ascii_digit() {
+            let s = bytes[i - 1];
+            shaped &= sep.is_none_or(|t| t == s);
+            sep = Some(s);
+            i -= 1;
+            continue;
+        }
+        // The run's first group: a card needs the run to start a number.
+        return if number_start(bytes, i) { best } else { None };
     }
 }
 
@@ -271,11 +354,18 @@ fn phones(text: &str, out: &mut Vec<Match>) {
             continue;
         }
         let run = phone_run(bytes, i, intl);
-        let after_currency = text[..i].chars().next_back().is_some_and(|c| matches!(c, '$' | '€' | '£' | '¥'));
+        let after_currency = text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| matches!(c, '$' | '€' | '£' | '¥'));
         if let Some(end) = run.accepted
             && !after_currency
         {
-            out.push(Match { kind: "phone", start: i, end });
+            out.push(Match {
+                kind: "phone",
+                start: i,
+                end,
+            });
         }
         i = run.end.max(i + 1);
     }
@@ -325,7 +415,13 @@ fn phone_run(bytes: &[u8], start: usize, intl: bool) -> PhoneRun {
             }
             k += 1;
         }
-        if k == j || !valid || spaces > 2 || dashes > 1 || dots > 1 || !bytes.get(k).is_some_and(u8::is_ascii_digit) {
+        if k == j
+            || !valid
+            || spaces > 2
+            || dashes > 1
+            || dots > 1
+            || !bytes.get(k).is_some_and(u8::is_ascii_digit)
+        {
             // "(415)" at the very end: take the closing parenthesis.
             if open && bytes.get(j) == Some(&b')') {
                 open = false;
@@ -349,15 +445,29 @@ fn phone_run(bytes: &[u8], start: usize, intl: bool) -> PhoneRun {
         j = k;
     }
     let run_end = end.max(start + 1);
-    let accepted = (!open && is_phone(bytes, &groups, &seps, intl, parens) && number_end(bytes, end)).then_some(end);
-    PhoneRun { end: run_end, accepted }
+    let accepted =
+        (!open && is_phone(bytes, &groups, &seps, intl, parens) && number_end(bytes, end))
+            .then_some(end);
+    PhoneRun {
+        end: run_end,
+        accepted,
+    }
 }
 
-fn is_phone(bytes: &[u8], groups: &[(usize, usize)], seps: &[u8], intl: bool, parens: bool) -> bool {
+fn is_phone(
+    bytes: &[u8],
+    groups: &[(usize, usize)],
+    seps: &[u8],
+    intl: bool,
+    parens: bool,
+) -> bool {
     let digits: usize = groups.iter().map(|(s, e)| e - s).sum();
     let len = |g: &(usize, usize)| g.1 - g.0;
     let value = |g: &(usize, usize)| -> u32 {
-        bytes[g.0..g.1].iter().take(6).fold(0u32, |v, d| v * 10 + u32::from(d - b'0'))
+        bytes[g.0..g.1]
+            .iter()
+            .take(6)
+            .fold(0u32, |v, d| v * 10 + u32::from(d - b'0'))
     };
     let ok = if intl {
         (8..=15).contains(&digits)
@@ -399,21 +509,101 @@ fn is_phone(bytes: &[u8], groups: &[(usize, usize)], seps: &[u8], intl: bool, pa
 
 /// Country code → IBAN length (the SWIFT IBAN registry).
 const IBAN_LENGTHS: &[(&str, usize)] = &[
-    ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16), ("BG", 22),
-    ("BH", 22), ("BI", 27), ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22), ("CY", 28), ("CZ", 24),
-    ("DE", 22), ("DJ", 27), ("DK", 18), ("DO", 28), ("EE", 20), ("EG", 29), ("ES", 24), ("FI", 18),
-    ("FK", 18), ("FO", 18), ("FR", 27), ("GB", 22), ("GE", 22), ("GI", 23), ("GL", 18), ("GR", 27),
-    ("GT", 28), ("HR", 21), ("HU", 28), ("IE", 22), ("IL", 23), ("IQ", 23), ("IS", 26), ("IT", 27),
-    ("JO", 30), ("KW", 30), ("KZ", 20), ("LB", 28), ("LC", 32), ("LI", 21), ("LT", 20), ("LU", 20),
-    ("LV", 21), ("LY", 25), ("MC", 27), ("MD", 24), ("ME", 22), ("MK", 19), ("MN", 20), ("MR", 27),
-    ("MT", 31), ("MU", 30), ("NI", 28), ("NL", 18), ("NO", 15), ("OM", 23), ("PK", 24), ("PL", 28),
-    ("PS", 29), ("PT", 25), ("QA", 29), ("RO", 24), ("RS", 22), ("RU", 33), ("SA", 24), ("SC", 31),
-    ("SD", 18), ("SE", 24), ("SI", 19), ("SK", 24), ("SM", 27), ("SO", 23), ("ST", 25), ("SV", 28),
-    ("TL", 23), ("TN", 24), ("TR", 26), ("UA", 29), ("VA", 22), ("VG", 24), ("XK", 20), ("YE", 30),
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BI", 27),
+    ("BR", 29),
+    ("BY", 28),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DJ", 27),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FK", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IQ", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LC", 32),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("LY", 25),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MN", 20),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NI", 28),
+    ("NL", 18),
+    ("NO", 15),
+    ("OM", 23),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("RU", 33),
+    ("SA", 24),
+    ("SC", 31),
+    ("SD", 18),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("SO", 23),
+    ("ST", 25),
+    ("SV", 28),
+    ("TL", 23),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VA", 22),
+    ("VG", 24),
+    ("XK", 20),
+    ("YE", 30),
 ];
 
 fn iban_length(country: &[u8]) -> Option<usize> {
-    IBAN_LENGTHS.iter().find(|(c, _)| c.as_bytes() == country).map(|&(_, n)| n)
+    IBAN_LENGTHS
+        .iter()
+        .find(|(c, _)| c.as_bytes() == country)
+        .map(|&(_, n)| n)
 }
 
 /// ISO 13616: the IBAN with its first four characters moved to the end,
@@ -453,14 +643,24 @@ fn ibans(bytes: &[u8], out: &mut Vec<Match>) {
             if alnum(b) {
                 chars.push(b);
                 j += 1;
-            } else if b == b' ' && chars.len().is_multiple_of(4) && bytes.get(j + 1).is_some_and(|&n| alnum(n)) {
+            } else if b == b' '
+                && chars.len().is_multiple_of(4)
+                && bytes.get(j + 1).is_some_and(|&n| alnum(n))
+            {
                 j += 1;
             } else {
                 break;
             }
         }
-        if chars.len() == len && !bytes.get(j).is_some_and(u8::is_ascii_alphanumeric) && iban_valid(&chars) {
-            out.push(Match { kind: "iban", start: i, end: j });
+        if chars.len() == len
+            && !bytes.get(j).is_some_and(u8::is_ascii_alphanumeric)
+            && iban_valid(&chars)
+        {
+            out.push(Match {
+                kind: "iban",
+                start: i,
+                end: j,
+            });
             i = j;
         } else {
             i += 1;
@@ -473,22 +673,43 @@ mod tests {
     use super::*;
 
     fn found(text: &str) -> Vec<(&'static str, &str)> {
-        find_pii(text, &PiiKind::ALL).into_iter().map(|m| (m.kind, &text[m.start..m.end])).collect()
+        find_pii(text, &PiiKind::ALL)
+            .into_iter()
+            .map(|m| (m.kind, &text[m.start..m.end]))
+            .collect()
     }
 
     #[test]
     fn emails() {
-        assert_eq!(found("Mail me at jane.doe+x@mail.example.co.uk."), [("email", "jane.doe+x@mail.example.co.uk")]);
-        assert_eq!(found("<a@b.io>, b_c@d-e.org"), [("email", "a@b.io"), ("email", "b_c@d-e.org")]);
+        assert_eq!(
+            found("Mail me at jane.doe+x@mail.example.co.uk."),
+            [("email", "jane.doe+x@mail.example.co.uk")]
+        );
+        assert_eq!(
+            found("<a@b.io>, b_c@d-e.org"),
+            [("email", "a@b.io"), ("email", "b_c@d-e.org")]
+        );
         assert!(found("@handle, user@localhost, x@y.c0m, a@.com").is_empty());
     }
 
     #[test]
     fn cards_pass_luhn() {
-        assert_eq!(found("card 4111 1111 1111 1111 ok"), [("card", "4111 1111 1111 1111")]);
-        assert_eq!(found("card 4111-1111-1111-1111"), [("card", "4111-1111-1111-1111")]);
-        assert_eq!(found("card 5555555555554444."), [("card", "5555555555554444")]);
-        assert_eq!(found("amex 3782 822463 10005"), [("card", "3782 822463 10005")]);
+        assert_eq!(
+            found("card 4111 1111 1111 1111 ok"),
+            [("card", "4111 1111 1111 1111")]
+        );
+        assert_eq!(
+            found("card 4111-1111-1111-1111"),
+            [("card", "4111-1111-1111-1111")]
+        );
+        assert_eq!(
+            found("card 5555555555554444."),
+            [("card", "5555555555554444")]
+        );
+        assert_eq!(
+            found("amex 3782 822463 10005"),
+            [("card", "3782 822463 10005")]
+        );
         // Luhn fails: nothing at all (too long for a phone number).
         assert!(found("ref 4111 1111 1111 1112").is_empty());
         assert!(found("ref 4111111111111112").is_empty());
@@ -497,19 +718,34 @@ mod tests {
         assert!(found("ORD4111111111111111").is_empty());
         assert!(found("4111 1111-1111 1111").is_empty());
         // A card followed by a year.
-        assert_eq!(found("4111 1111 1111 1111 2024"), [("card", "4111 1111 1111 1111")]);
+        assert_eq!(
+            found("4111 1111 1111 1111 2024"),
+            [("card", "4111 1111 1111 1111")]
+        );
     }
 
     #[test]
     fn phones() {
-        assert_eq!(found("call +1 (415) 555-2671 now"), [("phone", "+1 (415) 555-2671")]);
-        assert_eq!(found("call +44 20 7946 0958."), [("phone", "+44 20 7946 0958")]);
-        assert_eq!(found("+44 (0)20 7946 0958"), [("phone", "+44 (0)20 7946 0958")]);
+        assert_eq!(
+            found("call +1 (415) 555-2671 now"),
+            [("phone", "+1 (415) 555-2671")]
+        );
+        assert_eq!(
+            found("call +44 20 7946 0958."),
+            [("phone", "+44 20 7946 0958")]
+        );
+        assert_eq!(
+            found("+44 (0)20 7946 0958"),
+            [("phone", "+44 (0)20 7946 0958")]
+        );
         assert_eq!(found("ring +33612345678"), [("phone", "+33612345678")]);
         assert_eq!(found("(415) 555-2671"), [("phone", "(415) 555-2671")]);
         assert_eq!(found("tel: 415.555.2671"), [("phone", "415.555.2671")]);
         assert_eq!(found("tel 020 7946 0958"), [("phone", "020 7946 0958")]);
-        assert_eq!(found("portable 06 12 34 56 78"), [("phone", "06 12 34 56 78")]);
+        assert_eq!(
+            found("portable 06 12 34 56 78"),
+            [("phone", "06 12 34 56 78")]
+        );
     }
 
     #[test]
@@ -533,8 +769,14 @@ mod tests {
 
     #[test]
     fn ibans() {
-        assert_eq!(found("IBAN DE89 3704 0044 0532 0130 00, thanks"), [("iban", "DE89 3704 0044 0532 0130 00")]);
-        assert_eq!(found("GB82WEST12345698765432"), [("iban", "GB82WEST12345698765432")]);
+        assert_eq!(
+            found("IBAN DE89 3704 0044 0532 0130 00, thanks"),
+            [("iban", "DE89 3704 0044 0532 0130 00")]
+        );
+        assert_eq!(
+            found("GB82WEST12345698765432"),
+            [("iban", "GB82WEST12345698765432")]
+        );
         // One digit changed: the checksum fails.
         assert!(found("DE89 3704 0044 0532 0130 01").is_empty());
         // Unknown country; wrong length.
@@ -543,9 +785,40 @@ mod tests {
     }
 
     #[test]
+    fn partial_cards_at_the_end() {
+        fn at(t: &str) -> Option<&str> {
+            partial_card_at_end(t).map(|i| &t[i..])
+        }
+        assert_eq!(at("card 4111 1111 "), Some("4111 1111 "));
+        assert_eq!(at("card 4111-1111"), Some("4111-1111"));
+        assert_eq!(at("card 4111"), Some("4111"));
+        assert_eq!(at("amex 3782 822463"), Some("3782 822463"));
+        // A whole formatted card may still grow (19 digits at most).
+        assert_eq!(at("4111 1111 1111 1111"), Some("4111 1111 1111 1111"));
+        // Too short, wrong first digit, glued to a word, mixed separators,
+        // not the end of the text, an unformatted number (never split).
+        assert_eq!(at("in 199"), None);
+        assert_eq!(at("in 1999 "), None);
+        assert_eq!(at("ORD4111 1111"), None);
+        assert_eq!(at("4111 1111-1111"), None);
+        assert_eq!(at("4111 1111."), None);
+        assert_eq!(at("4111 1111\n"), None);
+        assert_eq!(at("4111111111111111"), None);
+        assert_eq!(at("4111 1111 1111 1111 1111"), None);
+        assert_eq!(
+            at("call 2024 5678 1111 1111 1111"),
+            Some("5678 1111 1111 1111")
+        );
+        assert_eq!(at(""), None);
+    }
+
+    #[test]
     fn kinds_and_priorities() {
         let text = "a@b.io 4111111111111111 +1 415 555 2671";
-        let only_cards: Vec<_> = find_pii(text, &[PiiKind::Card]).into_iter().map(|m| m.kind).collect();
+        let only_cards: Vec<_> = find_pii(text, &[PiiKind::Card])
+            .into_iter()
+            .map(|m| m.kind)
+            .collect();
         assert_eq!(only_cards, ["card"]);
         assert_eq!(found(text).len(), 3);
         assert_eq!(PiiKind::parse("iban"), Some(PiiKind::Iban));

@@ -148,35 +148,191 @@ fn word_char(b: u8) -> bool {
 
 /// Longest prefixes first: `sk-ant-` and `sk-proj-` before `sk-`.
 const PREFIXES: &[Prefix] = &[
-    Prefix { prefix: "sk-ant-", kind: "anthropic-api-key", chars: key_char, min: 20, exact: None, mixed: false },
-    Prefix { prefix: "sk-proj-", kind: "openai-api-key", chars: key_char, min: 20, exact: None, mixed: false },
-    Prefix { prefix: "sk-svcacct-", kind: "openai-api-key", chars: key_char, min: 20, exact: None, mixed: false },
-    Prefix { prefix: "sk-admin-", kind: "openai-api-key", chars: key_char, min: 20, exact: None, mixed: false },
-    Prefix { prefix: "sk-", kind: "openai-api-key", chars: key_char, min: 20, exact: None, mixed: true },
-    Prefix { prefix: "AKIA", kind: "aws-access-key", chars: upper_or_digit, min: 16, exact: Some(16), mixed: false },
-    Prefix { prefix: "ASIA", kind: "aws-access-key", chars: upper_or_digit, min: 16, exact: Some(16), mixed: false },
-    Prefix { prefix: "github_pat_", kind: "github-token", chars: key_char, min: 22, exact: None, mixed: false },
-    Prefix { prefix: "ghp_", kind: "github-token", chars: alnum, min: 30, exact: None, mixed: false },
-    Prefix { prefix: "gho_", kind: "github-token", chars: alnum, min: 30, exact: None, mixed: false },
-    Prefix { prefix: "ghu_", kind: "github-token", chars: alnum, min: 30, exact: None, mixed: false },
-    Prefix { prefix: "ghs_", kind: "github-token", chars: alnum, min: 30, exact: None, mixed: false },
-    Prefix { prefix: "ghr_", kind: "github-token", chars: alnum, min: 30, exact: None, mixed: false },
-    Prefix { prefix: "xoxb-", kind: "slack-token", chars: key_char, min: 10, exact: None, mixed: false },
-    Prefix { prefix: "xoxp-", kind: "slack-token", chars: key_char, min: 10, exact: None, mixed: false },
-    Prefix { prefix: "xoxa-", kind: "slack-token", chars: key_char, min: 10, exact: None, mixed: false },
-    Prefix { prefix: "xoxr-", kind: "slack-token", chars: key_char, min: 10, exact: None, mixed: false },
-    Prefix { prefix: "xoxs-", kind: "slack-token", chars: key_char, min: 10, exact: None, mixed: false },
-    Prefix { prefix: "xoxe-", kind: "slack-token", chars: key_char, min: 10, exact: None, mixed: false },
-    Prefix { prefix: "sk_live_", kind: "stripe-key", chars: alnum, min: 16, exact: None, mixed: false },
-    Prefix { prefix: "rk_live_", kind: "stripe-key", chars: alnum, min: 16, exact: None, mixed: false },
-    Prefix { prefix: "AIza", kind: "google-api-key", chars: key_char, min: 35, exact: Some(35), mixed: false },
+    Prefix {
+        prefix: "sk-ant-",
+        kind: "anthropic-api-key",
+        chars: key_char,
+        min: 20,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "sk-proj-",
+        kind: "openai-api-key",
+        chars: key_char,
+        min: 20,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "sk-svcacct-",
+        kind: "openai-api-key",
+        chars: key_char,
+        min: 20,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "sk-admin-",
+        kind: "openai-api-key",
+        chars: key_char,
+        min: 20,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "sk-",
+        kind: "openai-api-key",
+        chars: key_char,
+        min: 20,
+        exact: None,
+        mixed: true,
+    },
+    Prefix {
+        prefix: "AKIA",
+        kind: "aws-access-key",
+        chars: upper_or_digit,
+        min: 16,
+        exact: Some(16),
+        mixed: false,
+    },
+    Prefix {
+        prefix: "ASIA",
+        kind: "aws-access-key",
+        chars: upper_or_digit,
+        min: 16,
+        exact: Some(16),
+        mixed: false,
+    },
+    Prefix {
+        prefix: "github_pat_",
+        kind: "github-token",
+        chars: key_char,
+        min: 22,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "ghp_",
+        kind: "github-token",
+        chars: alnum,
+        min: 30,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "gho_",
+        kind: "github-token",
+        chars: alnum,
+        min: 30,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "ghu_",
+        kind: "github-token",
+        chars: alnum,
+        min: 30,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "ghs_",
+        kind: "github-token",
+        chars: alnum,
+        min: 30,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "ghr_",
+        kind: "github-token",
+        chars: alnum,
+        min: 30,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "xoxb-",
+        kind: "slack-token",
+        chars: key_char,
+        min: 10,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "xoxp-",
+        kind: "slack-token",
+        chars: key_char,
+        min: 10,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "xoxa-",
+        kind: "slack-token",
+        chars: key_char,
+        min: 10,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "xoxr-",
+        kind: "slack-token",
+        chars: key_char,
+        min: 10,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "xoxs-",
+        kind: "slack-token",
+        chars: key_char,
+        min: 10,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "xoxe-",
+        kind: "slack-token",
+        chars: key_char,
+        min: 10,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "sk_live_",
+        kind: "stripe-key",
+        chars: alnum,
+        min: 16,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "rk_live_",
+        kind: "stripe-key",
+        chars: alnum,
+        min: 16,
+        exact: None,
+        mixed: false,
+    },
+    Prefix {
+        prefix: "AIza",
+        kind: "google-api-key",
+        chars: key_char,
+        min: 35,
+        exact: Some(35),
+        mixed: false,
+    },
 ];
 
 fn prefixed_keys(bytes: &[u8], options: &SecretOptions, out: &mut Vec<Match>) {
     let mut i = 0;
     while i < bytes.len() {
         // Every prefix starts with one of these bytes; skip the rest fast.
-        if !matches!(bytes[i], b's' | b'A' | b'g' | b'x' | b'r') || (i > 0 && key_char(bytes[i - 1])) {
+        if !matches!(bytes[i], b's' | b'A' | b'g' | b'x' | b'r')
+            || (i > 0 && key_char(bytes[i - 1]))
+        {
             i += 1;
             continue;
         }
@@ -189,7 +345,10 @@ fn prefixed_keys(bytes: &[u8], options: &SecretOptions, out: &mut Vec<Match>) {
                 break;
             }
             let body_start = i + p.prefix.len();
-            let body_len = bytes[body_start..].iter().take_while(|&&b| (p.chars)(b)).count();
+            let body_len = bytes[body_start..]
+                .iter()
+                .take_while(|&&b| (p.chars)(b))
+                .count();
             let end = body_start + body_len;
             let fits = match p.exact {
                 // A fixed-length body must not run on into more token characters.
@@ -197,7 +356,11 @@ fn prefixed_keys(bytes: &[u8], options: &SecretOptions, out: &mut Vec<Match>) {
                 None => body_len >= p.min,
             };
             if fits && (!p.mixed || mixed_classes(&bytes[body_start..end])) {
-                out.push(Match { kind: p.kind, start: i, end });
+                out.push(Match {
+                    kind: p.kind,
+                    start: i,
+                    end,
+                });
                 i = end;
                 advanced = true;
             }
@@ -227,18 +390,27 @@ fn bearer_tokens(bytes: &[u8], out: &mut Vec<Match>) {
     const WORD: &[u8] = b"bearer";
     let mut i = 0;
     while i + WORD.len() < bytes.len() {
-        if !bytes[i..i + WORD.len()].eq_ignore_ascii_case(WORD) || (i > 0 && word_char(bytes[i - 1])) {
+        if !bytes[i..i + WORD.len()].eq_ignore_ascii_case(WORD)
+            || (i > 0 && word_char(bytes[i - 1]))
+        {
             i += 1;
             continue;
         }
         let mut j = i + WORD.len();
-        let spaces = bytes[j..].iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        let spaces = bytes[j..]
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
         j += spaces;
         let len = bytes[j..].iter().take_while(|&&b| token_char(b)).count();
         let token = &bytes[j..j + len];
         let random = token.iter().any(u8::is_ascii_digit) || shannon_entropy(token) >= 3.5;
         if spaces > 0 && len >= 16 && random {
-            out.push(Match { kind: "bearer-token", start: j, end: j + len });
+            out.push(Match {
+                kind: "bearer-token",
+                start: j,
+                end: j + len,
+            });
             i = j + len;
         } else {
             i += WORD.len();
@@ -256,7 +428,9 @@ fn private_keys(text: &str, out: &mut Vec<Match>) {
         let start = from + at;
         let header_from = start + BEGIN.len();
         // The label ends at the next dashes on the same line.
-        let line_end = text[header_from..].find('\n').map_or(text.len(), |n| header_from + n);
+        let line_end = text[header_from..]
+            .find('\n')
+            .map_or(text.len(), |n| header_from + n);
         let Some(close) = text[header_from..line_end].find("-----") else {
             from = header_from;
             continue;
@@ -277,9 +451,57 @@ fn private_keys(text: &str, out: &mut Vec<Match>) {
             }
             None => text.len(),
         };
-        out.push(Match { kind: "private-key", start, end });
+        out.push(Match {
+            kind: "private-key",
+            start,
+            end,
+        });
         from = end;
     }
+}
+
+/// Where a private-key block that is not finished yet starts in `text`: a
+/// `-----BEGIN ... PRIVATE KEY-----` header without its `-----END ...-----`
+/// line after it, or a `-----BEGIN` header still being written at the very
+/// end of the text (`-----BEGIN RSA`), which may turn out to be one.
+/// `None` when every private-key block is complete (or there is none).
+///
+/// For checkers of streamed text: a PEM block has spaces and line breaks,
+/// so it comes in many pieces, and a piece with an open block must be held
+/// back until its end arrives (then [`find_secrets`] reports the block).
+pub fn open_private_key(text: &str) -> Option<usize> {
+    const BEGIN: &str = "-----BEGIN";
+    let mut from = 0;
+    while let Some(at) = text[from..].find(BEGIN) {
+        let start = from + at;
+        let header_from = start + BEGIN.len();
+        let line_end = text[header_from..].find('\n').map(|n| header_from + n);
+        let line = &text[header_from..line_end.unwrap_or(text.len())];
+        let Some(close) = line.find("-----") else {
+            if line_end.is_none() {
+                // The header is still being written.
+                return Some(start);
+            }
+            from = header_from;
+            continue;
+        };
+        let label = &line[..close];
+        if !label.starts_with(' ') || !label.contains("PRIVATE KEY") {
+            from = header_from;
+            continue;
+        }
+        // As in `private_keys`: the block ends with the dashes after `-----END `.
+        let after_header = header_from + close + 5;
+        let Some(e) = text[after_header..].find("-----END ") else {
+            return Some(start);
+        };
+        let end_label = after_header + e + "-----END ".len();
+        let Some(d) = text[end_label..].find("-----") else {
+            return Some(start);
+        };
+        from = end_label + d + 5;
+    }
+    None
 }
 
 fn entropy_char(b: u8) -> bool {
@@ -315,7 +537,9 @@ fn high_entropy(text: &str, options: &SecretOptions, taken: &[Match], out: &mut 
             e -= 1;
         }
         let token = &bytes[s..e];
-        if token.len() < options.entropy_min_length || taken.iter().any(|m| m.start < e && s < m.end) {
+        if token.len() < options.entropy_min_length
+            || taken.iter().any(|m| m.start < e && s < m.end)
+        {
             continue;
         }
         let digits = token.iter().any(u8::is_ascii_digit);
@@ -324,7 +548,11 @@ fn high_entropy(text: &str, options: &SecretOptions, taken: &[Match], out: &mut 
             continue;
         }
         if keyword_before(text, s, &options.keywords) {
-            out.push(Match { kind: "high-entropy", start: s, end: e });
+            out.push(Match {
+                kind: "high-entropy",
+                start: s,
+                end: e,
+            });
         }
     }
 }
@@ -336,11 +564,17 @@ fn keyword_before(text: &str, at: usize, keywords: &[String]) -> bool {
     }
     // Only the same line and sentence: "Rotate API keys. Order ref X" is no key.
     let mut window = &text[from..at];
-    if let Some(cut) = ["\n", ". ", "; ", "! ", "? "].iter().filter_map(|b| window.rfind(b).map(|i| i + b.len())).max() {
+    if let Some(cut) = ["\n", ". ", "; ", "! ", "? "]
+        .iter()
+        .filter_map(|b| window.rfind(b).map(|i| i + b.len()))
+        .max()
+    {
         window = &window[cut..];
     }
     let window = window.to_ascii_lowercase();
-    keywords.iter().any(|k| !k.is_empty() && window.contains(k.as_str()))
+    keywords
+        .iter()
+        .any(|k| !k.is_empty() && window.contains(k.as_str()))
 }
 
 #[cfg(test)]
@@ -348,7 +582,10 @@ mod tests {
     use super::*;
 
     fn kinds(text: &str) -> Vec<(&'static str, &str)> {
-        find_secrets(text).into_iter().map(|m| (m.kind, &text[m.start..m.end])).collect()
+        find_secrets(text)
+            .into_iter()
+            .map(|m| (m.kind, &text[m.start..m.end]))
+            .collect()
     }
 
     #[test]
@@ -359,20 +596,39 @@ mod tests {
         let text = format!("a {openai} b {legacy} c {anthropic}.");
         assert_eq!(
             kinds(&text),
-            [("openai-api-key", openai), ("openai-api-key", legacy), ("anthropic-api-key", anthropic)]
+            [
+                ("openai-api-key", openai),
+                ("openai-api-key", legacy),
+                ("anthropic-api-key", anthropic)
+            ]
         );
-        assert_eq!(kinds("id AKIAIOSFODNN7EXAMPLE end"), [("aws-access-key", "AKIAIOSFODNN7EXAMPLE")]);
+        assert_eq!(
+            kinds("id AKIAIOSFODNN7EXAMPLE end"),
+            [("aws-access-key", "AKIAIOSFODNN7EXAMPLE")]
+        );
         // One character too many: not an access key id.
         assert!(kinds("AKIAIOSFODNN7EXAMPLEX").is_empty());
         let gh = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
         assert_eq!(kinds(&format!("token={gh}")), [("github-token", gh)]);
         let pat = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz";
         assert_eq!(kinds(pat), [("github-token", pat)]);
-        assert_eq!(kinds("xoxb-123456789012-abcdefABCDEF"), [("slack-token", "xoxb-123456789012-abcdefABCDEF")]);
-        assert_eq!(kinds("sk_live_4eC39HqLyjWDarjtT1zdp7dc"), [("stripe-key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc")]);
-        assert_eq!(kinds("rk_live_4eC39HqLyjWDarjtT1zdp7dc"), [("stripe-key", "rk_live_4eC39HqLyjWDarjtT1zdp7dc")]);
+        assert_eq!(
+            kinds("xoxb-123456789012-abcdefABCDEF"),
+            [("slack-token", "xoxb-123456789012-abcdefABCDEF")]
+        );
+        assert_eq!(
+            kinds("sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+            [("stripe-key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc")]
+        );
+        assert_eq!(
+            kinds("rk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+            [("stripe-key", "rk_live_4eC39HqLyjWDarjtT1zdp7dc")]
+        );
         let google = "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI";
-        assert_eq!(kinds(&format!("\"{google}\"")), [("google-api-key", google)]);
+        assert_eq!(
+            kinds(&format!("\"{google}\"")),
+            [("google-api-key", google)]
+        );
     }
 
     #[test]
@@ -387,7 +643,13 @@ mod tests {
     #[test]
     fn bearer_tokens_are_the_token_only() {
         let text = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc123XYZ";
-        assert_eq!(kinds(text), [("bearer-token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc123XYZ")]);
+        assert_eq!(
+            kinds(text),
+            [(
+                "bearer-token",
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc123XYZ"
+            )]
+        );
     }
 
     #[test]
@@ -404,10 +666,51 @@ mod tests {
     }
 
     #[test]
+    fn open_private_key_blocks() {
+        let block =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(open_private_key(&format!("key:\n{block}\nthanks")), None);
+        assert_eq!(open_private_key("no key here"), None);
+        for open in [
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END",
+            "-----BEGIN RSA",
+            "-----BEGIN",
+        ] {
+            assert_eq!(
+                open_private_key(&format!("key:\n{open}")),
+                Some(5),
+                "{open:?}"
+            );
+        }
+        // A complete block, then an open one.
+        assert_eq!(
+            open_private_key(&format!("{block}\n-----BEGIN EC PRIVATE KEY-----\nMHc")),
+            Some(block.len() + 1)
+        );
+        // Public keys and certificates are not secrets, open or not.
+        assert_eq!(
+            open_private_key("-----BEGIN PUBLIC KEY-----\nMIIBIjAN"),
+            None
+        );
+        assert_eq!(
+            open_private_key("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"),
+            None
+        );
+    }
+
+    #[test]
     fn high_entropy_needs_a_keyword_nearby() {
         let secret = "q8Xv2LmZr7TnW4pKs9Yd3Hf6";
-        assert_eq!(kinds(&format!("the secret is {secret}.")), [("high-entropy", secret)]);
-        assert_eq!(kinds(&format!("password: \"{secret}\"")), [("high-entropy", secret)]);
+        assert_eq!(
+            kinds(&format!("the secret is {secret}.")),
+            [("high-entropy", secret)]
+        );
+        assert_eq!(
+            kinds(&format!("password: \"{secret}\"")),
+            [("high-entropy", secret)]
+        );
         assert!(kinds(&format!("the order reference is {secret}")).is_empty());
         // The keyword must be in the same sentence and line.
         assert!(kinds(&format!("Rotate keys often. Order ref {secret}")).is_empty());
@@ -419,7 +722,10 @@ mod tests {
 
     #[test]
     fn kinds_can_be_chosen() {
-        let options = SecretOptions { kinds: vec!["aws-access-key".into()], ..SecretOptions::default() };
+        let options = SecretOptions {
+            kinds: vec!["aws-access-key".into()],
+            ..SecretOptions::default()
+        };
         let text = "AKIAIOSFODNN7EXAMPLE and sk_live_4eC39HqLyjWDarjtT1zdp7dc";
         let found = find_secrets_with(text, &options);
         assert_eq!(found.len(), 1);

@@ -23,14 +23,18 @@
 //! ```
 //!
 //! Enable the feature of the world the plugin implements (`normalizer`,
-//! `validator`, `constraints`, `gate`, `context`); only enabled worlds are
-//! compiled. A component's exports come only from the `export_*!` macro it
-//! invokes: the bindings here are generated with `pub_export_macro`, so the
-//! description of a world's *exports* is emitted by that macro inside the
-//! plugin crate, and this crate carries only import descriptions (which
-//! `wit-component` drops when unused). So even where cargo unifies features
-//! (a workspace building many plugins at once compiles this crate with every
-//! world), each plugin claims exactly its own layer.
+//! `validator`, `constraints`, `gate`, `context`, `stream-checker`); only
+//! enabled worlds are compiled. A plugin that is a layer *and* a stream
+//! checker (a validator that also checks answers while they stream) enables
+//! both features and invokes both macros: `export_validator!(X)` and
+//! `export_stream_checker!(X)`. A component's exports come only from the
+//! `export_*!` macros it invokes: the bindings here are generated with
+//! `pub_export_macro`, so the description of a world's *exports* is emitted
+//! by that macro inside the plugin crate, and this crate carries only import
+//! descriptions (which `wit-component` drops when unused). So even where
+//! cargo unifies features (a workspace building many plugins at once
+//! compiles this crate with every world), each plugin claims exactly its
+//! own layer.
 //!
 //! Values that are documents (`output`, `config`, `metadata`, tool
 //! `parameters`, gate `arguments`) travel as JSON text, so this crate gives
@@ -70,7 +74,9 @@ pub mod shared {
 }
 
 pub use shared::reins::policy::host::Level;
-pub use shared::reins::policy::types::{Access, CallContext, Caller, Json, Message, Severity, Violation};
+pub use shared::reins::policy::types::{
+    Access, CallContext, Caller, Json, Message, Severity, Violation,
+};
 
 /// Write `message` to the host's structured log, tagged with the plugin's name.
 ///
@@ -239,17 +245,29 @@ impl Violation {
 
     /// Something that must be fixed: the host rejects (normalizer), repairs or
     /// fails (validator) on it.
-    pub fn error(path: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        path: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Error, path, code, message)
     }
 
     /// Something suspicious that does not block the request by itself.
-    pub fn warning(path: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        path: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Warning, path, code, message)
     }
 
     /// A note for the trace, e.g. a value that a validator fixed.
-    pub fn info(path: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn info(
+        path: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(Severity::Info, path, code, message)
     }
 
@@ -378,9 +396,16 @@ pub fn parse_json_as<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, S
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let problem = strip_position(&e.inner().to_string());
-        let base = if path == "." { what.to_string() } else { format!("{what}.{path}") };
+        let base = if path == "." {
+            what.to_string()
+        } else {
+            format!("{what}.{path}")
+        };
         // serde reports a missing field at its parent; name the field itself.
-        if let Some(field) = problem.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+        if let Some(field) = problem
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'))
+        {
             format!("{base}.{field}: missing (required)")
         } else {
             format!("{base}: {problem}")
@@ -453,12 +478,18 @@ pub struct Setup<T> {
 impl<T> Setup<T> {
     /// An empty slot (for a `static`).
     pub const fn new() -> Self {
-        Setup { slot: std::sync::Mutex::new(None) }
+        Setup {
+            slot: std::sync::Mutex::new(None),
+        }
     }
 
     /// Builds the set-up for `config` now (from `init`) and keeps it; the
     /// error is `build`'s, which the host reports when it refuses the plugin.
-    pub fn init(&self, config: &str, build: impl FnOnce(&str) -> Result<T, String>) -> Result<(), String> {
+    pub fn init(
+        &self,
+        config: &str,
+        build: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<(), String> {
         self.get(config, build).map(|_| ())
     }
 
@@ -581,18 +612,27 @@ pub mod validator {
     impl Verdict {
         /// No violations, nothing fixed.
         pub fn ok() -> Self {
-            Verdict { violations: Vec::new(), fixed: None }
+            Verdict {
+                violations: Vec::new(),
+                fixed: None,
+            }
         }
 
         /// These violations, nothing fixed.
         pub fn new(violations: Vec<crate::Violation>) -> Self {
-            Verdict { violations, fixed: None }
+            Verdict {
+                violations,
+                fixed: None,
+            }
         }
 
         /// These violations and a corrected document (serialized here so the
         /// host always receives valid JSON).
         pub fn fixed(violations: Vec<crate::Violation>, fixed: &serde_json::Value) -> Self {
-            Verdict { violations, fixed: Some(fixed.to_string()) }
+            Verdict {
+                violations,
+                fixed: Some(fixed.to_string()),
+            }
         }
     }
 
@@ -675,6 +715,29 @@ pub mod context {
         });
     }
     pub use bindings::exports::reins::policy::context_builder::{Chunk, Guest};
+}
+
+/// The stream checker: check a model's answer piece by piece while it
+/// streams, before the client sees it (pass, hold for more text, cut the
+/// stream, or replace the piece). Exported on its own or next to a layer
+/// (a validator that also checks streams) with [`export_stream_checker!`].
+#[cfg(feature = "stream-checker")]
+pub mod stream_checker {
+    #[doc(hidden)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "stream-checker-plugin",
+            with: {
+                "reins:policy/types@0.2.0": crate::shared::reins::policy::types,
+                "reins:policy/host@0.2.0": crate::shared::reins::policy::host,
+            },
+            pub_export_macro: true,
+            export_macro_name: "__reins_export_stream_checker_plugin",
+            runtime_path: "reins_sdk::__private::wit_bindgen::rt",
+        });
+    }
+    pub use bindings::exports::reins::policy::stream_checker::{Guest, Verdict};
 }
 
 // ---------------------------------------------------------------------------
@@ -773,5 +836,25 @@ macro_rules! export_context {
 macro_rules! export_context {
     ($ty:ident) => {
         compile_error!("export_context! needs the `context` feature of reins-sdk");
+    };
+}
+
+/// Export a type that implements [`stream_checker::Guest`] as this
+/// component's `stream-checker` (alone, or next to its layer's macro):
+/// `reins_sdk::export_stream_checker!(MyPlugin);`
+#[cfg(feature = "stream-checker")]
+#[macro_export]
+macro_rules! export_stream_checker {
+    ($ty:ident) => {
+        $crate::stream_checker::bindings::__reins_export_stream_checker_plugin!($ty with_types_in $crate::stream_checker::bindings);
+    };
+}
+
+#[cfg(not(feature = "stream-checker"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! export_stream_checker {
+    ($ty:ident) => {
+        compile_error!("export_stream_checker! needs the `stream-checker` feature of reins-sdk");
     };
 }

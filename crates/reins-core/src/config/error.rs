@@ -9,6 +9,7 @@ pub fn layer_key(layer: &reins_runtime::Layer) -> &'static str {
         Layer::Constraints => "constraints",
         Layer::Validator => "validators",
         Layer::Gate => "gates",
+        Layer::StreamChecker => "stream_checkers",
     }
 }
 

@@ -102,6 +102,9 @@ fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
 pub const RESTART_ONLY: [&str; 5] = ["plugins_dir", "watch", "runtime", "server", "state"];
 
 mod defaults {
+    pub fn stream_window_chars() -> usize {
+        24
+    }
     pub fn memory_budget() -> u64 {
         500
     }

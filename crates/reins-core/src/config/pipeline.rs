@@ -73,6 +73,25 @@ pub struct PipelineConfig {
     /// Gate plugins, in order; every proposed action passes all of them.
     #[serde(default)]
     pub gates: Vec<PluginEntry>,
+    /// How a `stream: true` answer is sent: `buffered` (validated whole,
+    /// then sent), `checked` (sent as it is generated, each piece after the
+    /// stream checkers passed it; the validators judge the whole answer at
+    /// the end) or `json` (a JSON answer sent as it is generated, each
+    /// prefix checked against the schema). Default: `buffered` for a
+    /// pipeline that answers JSON, `checked` for one that answers text.
+    #[serde(default)]
+    pub stream: Option<StreamMode>,
+    /// Stream checker plugins, in order: every piece of a streamed answer
+    /// passes all of them before the client sees it.
+    #[serde(default)]
+    pub stream_checkers: Vec<PluginEntry>,
+    /// The hold-back window: streamed text is offered to the checkers once
+    /// this many characters are pending (and at the end).
+    #[serde(default = "defaults::stream_window_chars")]
+    pub stream_window_chars: usize,
+    /// Where pending text is cut for release: `word` or `sentence`.
+    #[serde(default)]
+    pub stream_release: ReleaseAt,
     #[serde(default)]
     pub repair: RepairConfig,
     /// Check actions but approve none: the result lists what would be done.
@@ -201,6 +220,11 @@ impl PipelineConfig {
                 .iter()
                 .map(|e| entry(Layer::Constraints, e)),
         );
+        out.extend(
+            self.stream_checkers
+                .iter()
+                .map(|e| entry(Layer::StreamChecker, e)),
+        );
         out.extend(self.validators.iter().map(|v| LayerPlugin {
             layer: Layer::Validator,
             plugin: v.0.plugin.as_str(),
@@ -221,6 +245,36 @@ pub struct JudgeConfig {
     /// A ceiling on the judge's answer.
     #[serde(default = "defaults::judge_max_tokens")]
     pub max_tokens: u64,
+}
+
+/// How a streamed answer is sent (see `PipelineConfig::stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamMode {
+    Buffered,
+    Checked,
+    Json,
+}
+
+impl StreamMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamMode::Buffered => "buffered",
+            StreamMode::Checked => "checked",
+            StreamMode::Json => "json",
+        }
+    }
+}
+
+/// Where streamed text may be cut for release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseAt {
+    /// After whitespace: a word (a key, a URL) is never split.
+    #[default]
+    Word,
+    /// After `.`, `!`, `?` or a newline followed by whitespace.
+    Sentence,
 }
 
 /// What a pipeline answers.

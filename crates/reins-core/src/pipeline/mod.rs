@@ -31,6 +31,7 @@ pub(crate) mod judge;
 pub mod repair;
 pub mod result;
 mod run_context;
+pub mod stream;
 pub use run_context::RunContext;
 
 pub use execute::{ExecStatus, Execution};
@@ -105,6 +106,11 @@ pub struct Request {
     /// `json_object` / `json_schema`), whatever the pipeline's default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub json: bool,
+    /// The caller reads the answer as a stream: released text goes here as
+    /// it passes the stream checkers (unless the pipeline buffers). Not
+    /// stored (a resumed run has no client to stream to).
+    #[serde(skip)]
+    pub stream: Option<stream::StreamSink>,
 }
 
 /// A tool the caller declares.
@@ -143,6 +149,7 @@ impl Default for Request {
             sampling: Sampling::default(),
             timeout_ms: None,
             json: false,
+            stream: None,
         }
     }
 }
@@ -700,7 +707,7 @@ impl Pipeline {
         }
         for (layer, plugin) in self.plugins() {
             match get(layer, plugin) {
-                Some(p) if p.layer() == layer => {}
+                Some(p) if p.serves(layer) => {}
                 Some(p) => errors.push(ConfigError::WrongLayer {
                     path: config.origin.clone(),
                     pipeline: self.name.clone(),

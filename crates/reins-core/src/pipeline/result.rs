@@ -260,6 +260,14 @@ pub enum RunError {
     },
     #[error("model unavailable: {}", errors.join("; "))]
     ModelUnavailable { errors: Vec<String> },
+    /// A stream checker (or the schema's prefix check) stopped a streamed
+    /// answer; what it had passed was sent, the rest never was.
+    #[error("the stream was cut by `{checker}`: {reason}")]
+    StreamCut { checker: String, reason: String },
+    /// The upstream failed after part of its answer had been streamed to
+    /// the client, so no other provider could take over.
+    #[error("the model's stream broke after part of the answer was sent: {message}")]
+    StreamBroken { message: String },
     /// Every provider of the chain is saturated or at its limits and the
     /// run could not wait for one within its deadline: the caller should
     /// come back after `retry_after_ms`.
@@ -339,6 +347,8 @@ pub const ERROR_KINDS: &[&str] = &[
     "not_owned",
     "forbidden",
     "cancelled",
+    "stream_cut",
+    "stream_broken",
     "other",
 ];
 
@@ -369,6 +379,8 @@ impl RunError {
             RunError::NotOwned { .. } => "not_owned",
             RunError::Forbidden { .. } => "forbidden",
             RunError::Cancelled { .. } => "cancelled",
+            RunError::StreamCut { .. } => "stream_cut",
+            RunError::StreamBroken { .. } => "stream_broken",
             RunError::Recorded { kind, .. } => kind,
         }
     }
@@ -388,7 +400,10 @@ impl RunError {
             | RunError::Denied { .. }
             | RunError::ApprovalRejected { .. }
             | RunError::Forbidden { .. } => ExitCode::Rejected,
-            RunError::ModelUnavailable { .. } => ExitCode::ModelUnavailable,
+            RunError::ModelUnavailable { .. } | RunError::StreamBroken { .. } => {
+                ExitCode::ModelUnavailable
+            }
+            RunError::StreamCut { .. } => ExitCode::ValidationFailed,
             RunError::Plugin { .. }
             | RunError::MissingPlugin { .. }
             | RunError::ActionFailed { .. } => ExitCode::PluginFailed,
@@ -397,9 +412,9 @@ impl RunError {
             RunError::Cancelled { .. } => ExitCode::Cancelled,
             RunError::Recorded { kind, .. } => match *kind {
                 "unknown_pipeline" | "bad_request" | "upstream_refused" => ExitCode::BadInput,
-                "validation_failed" => ExitCode::ValidationFailed,
+                "validation_failed" | "stream_cut" => ExitCode::ValidationFailed,
                 "rejected" | "denied" | "approval_rejected" | "forbidden" => ExitCode::Rejected,
-                "model_unavailable" => ExitCode::ModelUnavailable,
+                "model_unavailable" | "stream_broken" => ExitCode::ModelUnavailable,
                 "rate_limited" | "overloaded" => ExitCode::RateLimited,
                 "not_owned" => ExitCode::NotOwned,
                 "cancelled" => ExitCode::Cancelled,
@@ -451,6 +466,8 @@ pub enum StopReason {
     Repeated,
     /// A validator with `on_fail = "fail"` found a problem.
     FailFast,
+    /// Part of the answer had been streamed to the client: it cannot be repaired.
+    Streamed,
 }
 
 impl std::fmt::Display for StopReason {
@@ -462,6 +479,7 @@ impl std::fmt::Display for StopReason {
                 "the same violations twice in a row, with no repair strategy left to change"
             }
             StopReason::FailFast => "a fail-fast validator failed",
+            StopReason::Streamed => "the answer had already been streamed to the client",
         })
     }
 }
@@ -512,6 +530,10 @@ pub struct RunResult {
     pub degraded: bool,
     /// What produced the final answer: a provider's name, `cache` or `static`.
     pub served_by: Option<String>,
+    /// How the answer was streamed (`buffered`, `checked`, `json`), for a
+    /// caller that asked for a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// What the caller should be told about a degraded answer (the static
     /// answer's configured message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -550,6 +572,7 @@ impl RunResult {
             duration_us: 0,
             degraded: false,
             served_by: None,
+            stream: None,
             notice: None,
             error: None,
             caller: reins_runtime::Caller::anonymous(),
@@ -569,7 +592,9 @@ impl RunResult {
             (None, RunStatus::AwaitingApproval) => ExitCode::AwaitingApproval,
             (None, RunStatus::Rejected) => ExitCode::Rejected,
             (None, RunStatus::Cancelled) => ExitCode::Cancelled,
-            (None, RunStatus::Failed | RunStatus::Running) => ExitCode::PluginFailed,
+            (None, RunStatus::Failed | RunStatus::Running | RunStatus::Partial) => {
+                ExitCode::PluginFailed
+            }
         }
         .code()
     }

@@ -28,6 +28,7 @@
 //! 5xx are retried by the [`super::Breaker`], honouring `retry-after`; 400,
 //! 413 and 422 are refusals that go back to the caller.
 
+use super::stream::{Delta, StreamFuture};
 use super::{
     ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice,
     Usage,
@@ -143,16 +144,21 @@ impl AnthropicProvider {
         Value::Object(body)
     }
 
-    async fn send(
+    /// The request, ready to send (`stream`: ask for the event stream).
+    fn post(
         &self,
         request: &ChatRequest,
         api_key: Option<&str>,
-    ) -> Result<ChatResponse, ProviderError> {
-        let body =
-            serde_json::to_vec(&self.body(request)).map_err(|e| ProviderError::BadResponse {
-                provider: self.name.clone(),
-                message: format!("cannot encode the request: {e}"),
-            })?;
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let mut body = self.body(request);
+        if stream {
+            body["stream"] = json!(true);
+        }
+        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::BadResponse {
+            provider: self.name.clone(),
+            message: format!("cannot encode the request: {e}"),
+        })?;
         let mut builder = self
             .client
             .post(&self.url)
@@ -169,14 +175,22 @@ impl AnthropicProvider {
             value.set_sensitive(true);
             builder = builder.header("x-api-key", value);
         }
-        super::http::exchange(
-            &self.name,
-            &self.url,
-            &self.config.http,
-            builder,
-            parse_response,
-        )
-        .await
+        Ok(builder)
+    }
+
+    fn api_key(&self) -> Result<Option<String>, ProviderError> {
+        let var = &self.config.api_key_env;
+        if var.is_empty() {
+            return Ok(None);
+        }
+        std::env::var(var)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(Some)
+            .ok_or_else(|| ProviderError::MissingApiKey {
+                provider: self.name.clone(),
+                var: var.clone(),
+            })
     }
 }
 
@@ -191,21 +205,34 @@ impl Provider for AnthropicProvider {
 
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
         Box::pin(async move {
-            let var = &self.config.api_key_env;
-            let api_key = if var.is_empty() {
-                None
-            } else {
-                Some(
-                    std::env::var(var)
-                        .ok()
-                        .filter(|k| !k.is_empty())
-                        .ok_or_else(|| ProviderError::MissingApiKey {
-                            provider: self.name.clone(),
-                            var: var.clone(),
-                        })?,
-                )
-            };
-            self.send(request, api_key.as_deref()).await
+            let api_key = self.api_key()?;
+            let builder = self.post(request, api_key.as_deref(), false)?;
+            super::http::exchange(
+                &self.name,
+                &self.url,
+                &self.config.http,
+                builder,
+                parse_response,
+            )
+            .await
+        })
+    }
+
+    fn stream<'a>(&'a self, request: &'a ChatRequest) -> StreamFuture<'a> {
+        Box::pin(async move {
+            let api_key = self.api_key()?;
+            let builder = self.post(request, api_key.as_deref(), true)?;
+            super::stream::open(
+                &self.name,
+                &self.url,
+                &self.config.http,
+                builder,
+                super::stream::Parsers {
+                    event: parse_event,
+                    whole: parse_response,
+                },
+            )
+            .await
         })
     }
 
@@ -391,6 +418,98 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
             .unwrap_or_default()
             .to_owned(),
     })
+}
+
+/// One Messages API stream event as deltas; `message_stop` ends the stream.
+pub fn parse_event(event: &str, data: &str) -> Result<Option<Vec<Delta>>, String> {
+    if data.trim().is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let body: Value = serde_json::from_str(data).map_err(|e| format!("not JSON: {e}"))?;
+    let kind = body
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or(event)
+        .to_owned();
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let index = || body.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+    Ok(Some(match kind.as_str() {
+        "message_start" => {
+            let message = &body["message"];
+            let u = &message["usage"];
+            let prompt = n(u, "input_tokens")
+                + n(u, "cache_creation_input_tokens")
+                + n(u, "cache_read_input_tokens");
+            let mut out = vec![Delta::Usage(Usage {
+                prompt_tokens: prompt,
+                completion_tokens: n(u, "output_tokens"),
+                total_tokens: 0,
+            })];
+            if let Some(model) = message.get("model").and_then(Value::as_str) {
+                out.push(Delta::Model(model.to_owned()));
+            }
+            out
+        }
+        "content_block_start" => {
+            let block = &body["content_block"];
+            match block.get("type").and_then(Value::as_str) {
+                Some("tool_use") => vec![Delta::ToolCall {
+                    index: index(),
+                    id: block.get("id").and_then(Value::as_str).map(str::to_owned),
+                    name: block.get("name").and_then(Value::as_str).map(str::to_owned),
+                    arguments: String::new(),
+                }],
+                Some("text") => match block.get("text").and_then(Value::as_str) {
+                    Some(t) if !t.is_empty() => vec![Delta::Text(t.to_owned())],
+                    _ => vec![],
+                },
+                _ => vec![],
+            }
+        }
+        "content_block_delta" => {
+            let delta = &body["delta"];
+            match delta.get("type").and_then(Value::as_str) {
+                Some("text_delta") => vec![Delta::Text(
+                    delta
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                )],
+                Some("input_json_delta") => vec![Delta::ToolCall {
+                    index: index(),
+                    id: None,
+                    name: None,
+                    arguments: delta
+                        .get("partial_json")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                }],
+                // Thinking and signatures are not the answer.
+                _ => vec![],
+            }
+        }
+        "message_delta" => {
+            let mut out = Vec::new();
+            let u = &body["usage"];
+            if u.is_object() {
+                out.push(Delta::Usage(Usage {
+                    prompt_tokens: n(u, "input_tokens"),
+                    completion_tokens: n(u, "output_tokens"),
+                    total_tokens: 0,
+                }));
+            }
+            if let Some(reason) = body.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                out.push(Delta::Finish(reason.to_owned()));
+            }
+            out
+        }
+        "message_stop" => return Ok(None),
+        "error" => return Err(format!("the upstream sent an error: {}", body["error"])),
+        // ping, content_block_stop, and events added later.
+        _ => vec![],
+    }))
 }
 
 #[cfg(test)]

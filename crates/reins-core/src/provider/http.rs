@@ -25,41 +25,52 @@ pub(super) fn client(http: &HttpConfig) -> reqwest::Client {
         })
 }
 
-/// Sends `request` (a POST to `url` built by the provider) and returns the
-/// body of a 2xx answer.
+/// Sends `request` (a POST to `url` built by the provider) and returns a
+/// 2xx answer before its body is read (a stream reads it as it comes).
+pub(super) async fn respond(
+    provider: &str,
+    url: &str,
+    http: &HttpConfig,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ProviderError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, url, http, e))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+    let retry_after = super::retry::parse_retry_after(
+        header("retry-after-ms"),
+        header("retry-after"),
+        SystemTime::now(),
+    );
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| transport_error(provider, url, http, e))?;
+    Err(ProviderError::Status {
+        provider: provider.to_owned(),
+        status: status.as_u16(),
+        body: snippet(&bytes),
+        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// [`respond`], and the body of the 2xx answer.
 async fn send(
     provider: &str,
     url: &str,
     http: &HttpConfig,
     request: reqwest::RequestBuilder,
 ) -> Result<Vec<u8>, ProviderError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| transport_error(provider, url, http, e))?;
-    let status = response.status();
-    let retry_after = if status.is_success() {
-        None
-    } else {
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
-        super::retry::parse_retry_after(
-            header("retry-after-ms"),
-            header("retry-after"),
-            SystemTime::now(),
-        )
-    };
+    let response = respond(provider, url, http, request).await?;
     let bytes = response
         .bytes()
         .await
         .map_err(|e| transport_error(provider, url, http, e))?;
-    if !status.is_success() {
-        return Err(ProviderError::Status {
-            provider: provider.to_owned(),
-            status: status.as_u16(),
-            body: snippet(&bytes),
-            retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-        });
-    }
     Ok(bytes.to_vec())
 }
 

@@ -30,6 +30,7 @@ mod http;
 pub mod openai;
 pub mod retry;
 pub mod scripted;
+pub mod stream;
 
 pub use admission::{Admission, AdmissionSettings, AdmissionSnapshot, Refusal};
 pub use anthropic::AnthropicProvider;
@@ -38,6 +39,7 @@ use breaker::{Outcome, PermitGuard, Transition};
 pub use openai::OpenAiProvider;
 pub use retry::RetryPolicy;
 pub use scripted::{ScriptEntry, ScriptedProvider};
+pub use stream::{Collected, Delta, DeltaStream, StreamFuture};
 
 /// One model call.
 #[derive(Debug, Clone, Serialize)]
@@ -381,6 +383,12 @@ pub trait Provider: Send + Sync + 'static {
     /// One chat completion: one call upstream (retries, the breaker and the
     /// run's deadline are the [`Breaker`]'s job).
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a>;
+    /// The answer as it is generated: one call upstream, as for
+    /// [`Provider::complete`]. A provider that cannot stream answers whole,
+    /// as one delta.
+    fn stream<'a>(&'a self, request: &'a ChatRequest) -> StreamFuture<'a> {
+        Box::pin(async move { self.complete(request).await.map(stream::whole) })
+    }
     /// What besides the messages decides the answer (model, sampling): part
     /// of the response cache's key.
     fn params(&self) -> Value {
@@ -455,8 +463,8 @@ impl ProviderSettings {
 
 /// One call through a [`Breaker`]: the result and how many upstream calls it took.
 #[derive(Debug)]
-pub struct Called {
-    pub result: Result<ChatResponse, ProviderError>,
+pub struct Called<T = ChatResponse> {
+    pub result: Result<T, ProviderError>,
     /// Calls that reached the provider (retries included; 0 when the breaker
     /// refused or the deadline had passed).
     pub tries: u32,
@@ -533,12 +541,32 @@ impl Breaker {
 
     /// Like [`Breaker::complete`], and says how many upstream calls it took.
     pub async fn call(&self, request: &ChatRequest) -> Called {
+        self.retrying(request, |tokens| self.once(request, tokens))
+            .await
+    }
+
+    /// Opens the provider's stream through the same guards as a call, and
+    /// hands it on once its first delta arrived: a failure before that
+    /// (a refused connection, an error status, a stream that ends or stalls
+    /// at once) is retried like a failed call, so the caller sees either a
+    /// stream that has started or the error. The breaker and the admission
+    /// hear of the outcome when the stream ends ([`Streaming::finish`]).
+    pub async fn stream<'b>(&'b self, request: &ChatRequest) -> Called<Streaming<'b>> {
+        self.retrying(request, |tokens| self.once_stream(request, tokens))
+            .await
+    }
+
+    /// The retry loop around `once` (see [`Breaker`]).
+    async fn retrying<T, F>(&self, request: &ChatRequest, once: impl Fn(u32) -> F) -> Called<T>
+    where
+        F: Future<Output = (Result<T, ProviderError>, u32)>,
+    {
         let policy = self.settings.retry;
         let tokens = self.estimate_tokens(request);
         let mut tries = 0;
         let mut previous: Option<ProviderError> = None;
         loop {
-            let error = match self.once(request, tokens).await {
+            let error = match once(tokens).await {
                 (Ok(response), reached) => {
                     return Called {
                         result: Ok(response),
@@ -618,15 +646,85 @@ impl Breaker {
         request: &ChatRequest,
         tokens: u32,
     ) -> (Result<ChatResponse, ProviderError>, u32) {
+        let admitted = match self.admit(request, tokens).await {
+            Ok(a) => a,
+            Err(e) => return (Err(e), 0),
+        };
+        let call = self.provider.complete(request);
+        let result = match admitted.remaining {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| Err(self.deadline_exceeded())),
+        };
+        let used = result.as_ref().ok().and_then(|r| r.usage);
+        self.settle(admitted, result.as_ref().map(|_| used).map_err(|e| e));
+        (result, 1)
+    }
+
+    /// One guarded stream, open once its first delta came.
+    async fn once_stream<'b>(
+        &'b self,
+        request: &ChatRequest,
+        tokens: u32,
+    ) -> (Result<Streaming<'b>, ProviderError>, u32) {
+        let admitted = match self.admit(request, tokens).await {
+            Ok(a) => a,
+            Err(e) => return (Err(e), 0),
+        };
+        let deadline = request.deadline;
+        let opened = async {
+            let mut deltas = self.provider.stream(request).await?;
+            match futures_util::StreamExt::next(&mut deltas).await {
+                Some(Ok(first)) => Ok((deltas, first)),
+                Some(Err(e)) => Err(e),
+                None => Err(ProviderError::Interrupted {
+                    provider: self.provider.name().to_owned(),
+                    message: "the event stream ended before its first event".to_owned(),
+                }),
+            }
+        };
+        let opened = match admitted.remaining {
+            None => opened.await,
+            Some(limit) => tokio::time::timeout(limit, opened)
+                .await
+                .unwrap_or_else(|_| Err(self.deadline_exceeded())),
+        };
+        match opened {
+            Ok((deltas, first)) => (
+                Ok(Streaming {
+                    breaker: self,
+                    admitted: Some(admitted),
+                    deltas,
+                    first: Some(first),
+                    deadline,
+                }),
+                1,
+            ),
+            Err(e) => {
+                self.settle(admitted, Err(&e));
+                (Err(e), 1)
+            }
+        }
+    }
+
+    fn deadline_exceeded(&self) -> ProviderError {
+        ProviderError::DeadlineExceeded {
+            provider: self.provider.name().to_owned(),
+        }
+    }
+
+    /// The guards before a call: the deadline, the admission's slot, then
+    /// the breaker's permit.
+    async fn admit(
+        &self,
+        request: &ChatRequest,
+        tokens: u32,
+    ) -> Result<Admitted<'_>, ProviderError> {
         let name = self.provider.name();
         let now = Instant::now();
         if request.deadline.is_some_and(|d| d <= now) {
-            return (
-                Err(ProviderError::DeadlineExceeded {
-                    provider: name.to_owned(),
-                }),
-                0,
-            );
+            return Err(self.deadline_exceeded());
         }
         let ask = admission::Ask {
             tenant: &request.turn.tenant,
@@ -634,10 +732,11 @@ impl Breaker {
             deadline: request.deadline,
             on_saturated: request.turn.on_saturated,
         };
-        let slot = match self.admission.acquire(ask).await {
-            Ok(slot) => slot,
-            Err(refused) => return (Err(ProviderError::saturated(name, refused)), 0),
-        };
+        let slot = self
+            .admission
+            .acquire(ask)
+            .await
+            .map_err(|refused| ProviderError::saturated(name, refused))?;
         // The breaker is asked after the wait: its state may have changed meanwhile.
         let now = Instant::now();
         let (permit, transition) = self.circuit.acquire(now);
@@ -646,39 +745,37 @@ impl Breaker {
             Ok(p) => PermitGuard::new(&self.circuit, p),
             Err(refused) => {
                 metrics::counter!(reins_runtime::metric_names::BREAKER_REJECTIONS_TOTAL, "provider" => name.to_owned()).increment(1);
-                return (
-                    Err(ProviderError::BreakerOpen {
-                        provider: name.to_owned(),
-                        failures: refused.failures,
-                        calls: refused.calls,
-                        retry_in_ms: refused.retry_in.as_millis() as u64,
-                    }),
-                    0,
-                );
+                return Err(ProviderError::BreakerOpen {
+                    provider: name.to_owned(),
+                    failures: refused.failures,
+                    calls: refused.calls,
+                    retry_in_ms: refused.retry_in.as_millis() as u64,
+                });
             }
         };
-        let remaining = request.deadline.map(|d| d.saturating_duration_since(now));
-        let call = self.provider.complete(request);
-        let result = match remaining {
-            None => call.await,
-            Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                Err(ProviderError::DeadlineExceeded {
-                    provider: name.to_owned(),
-                })
-            }),
-        };
-        let outcome = match &result {
+        Ok(Admitted {
+            slot,
+            permit,
+            remaining: request.deadline.map(|d| d.saturating_duration_since(now)),
+        })
+    }
+
+    /// The guards after a call: the breaker and the admission hear how it
+    /// went (`Ok` with the tokens it used).
+    fn settle(&self, admitted: Admitted<'_>, result: Result<Option<Usage>, &ProviderError>) {
+        let name = self.provider.name();
+        let outcome = match result {
             Ok(_) => Outcome::Success,
             Err(e) => e.outcome(),
         };
-        self.note(permit.record(outcome, Instant::now()));
-        if let Err(e) = &result
+        self.note(admitted.permit.record(outcome, Instant::now()));
+        if let Err(e) = result
             && e.is_backpressure()
         {
             self.admission.saturate(e.retry_after());
         }
-        slot.end(admission::Ended {
-            signal: match &result {
+        admitted.slot.end(admission::Ended {
+            signal: match result {
                 Ok(_) => admission::Signal::Ok,
                 Err(e) if e.is_backpressure() => admission::Signal::Overloaded,
                 Err(ProviderError::Timeout { .. } | ProviderError::DeadlineExceeded { .. }) => {
@@ -686,18 +783,13 @@ impl Breaker {
                 }
                 Err(_) => admission::Signal::Neutral,
             },
-            tokens_used: result
-                .as_ref()
-                .ok()
-                .and_then(|r| r.usage)
-                .map(|u| u.total_tokens),
+            tokens_used: result.ok().flatten().map(|u| u.total_tokens),
         });
-        let label = match &result {
+        let label = match result {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
         metrics::counter!(reins_runtime::metric_names::PROVIDER_CALLS_TOTAL, "provider" => name.to_owned(), "outcome" => label).increment(1);
-        (result, 1)
     }
 
     fn note(&self, transition: Option<Transition>) {
@@ -710,6 +802,49 @@ impl Breaker {
             tracing::warn!(provider = %name, from = t.from.as_str(), "circuit breaker open");
         } else {
             tracing::info!(provider = %name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+        }
+    }
+}
+
+/// A call past the guards, holding its slot and permit.
+struct Admitted<'b> {
+    slot: admission::Slot,
+    permit: PermitGuard<'b>,
+    /// Until the request's deadline.
+    remaining: Option<Duration>,
+}
+
+/// A stream that has started, still holding its provider's slot and
+/// breaker permit: [`Streaming::finish`] reports how it ended (dropped
+/// unfinished, the permit is given back uncounted, as for a cancelled call).
+pub struct Streaming<'b> {
+    breaker: &'b Breaker,
+    admitted: Option<Admitted<'b>>,
+    deltas: DeltaStream,
+    first: Option<Delta>,
+    deadline: Option<Instant>,
+}
+
+impl Streaming<'_> {
+    /// The next delta; `None` at the end of the answer. A stream still
+    /// open at the run's deadline ends with [`ProviderError::DeadlineExceeded`].
+    pub async fn next(&mut self) -> Option<Result<Delta, ProviderError>> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        let next = futures_util::StreamExt::next(&mut self.deltas);
+        match self.deadline {
+            None => next.await,
+            Some(d) => tokio::time::timeout_at(d.into(), next)
+                .await
+                .unwrap_or_else(|_| Some(Err(self.breaker.deadline_exceeded()))),
+        }
+    }
+
+    /// Reports the stream's outcome to the breaker and the admission.
+    pub fn finish(mut self, result: Result<Option<Usage>, &ProviderError>) {
+        if let Some(admitted) = self.admitted.take() {
+            self.breaker.settle(admitted, result);
         }
     }
 }

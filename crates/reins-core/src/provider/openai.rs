@@ -16,6 +16,7 @@
 //! truncated JSON document) is a [`ProviderError::BadResponse`]; a connection
 //! that breaks mid-answer is a [`ProviderError::Interrupted`].
 
+use super::stream::{Delta, StreamFuture};
 use super::{
     ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice,
     Usage,
@@ -262,22 +263,38 @@ impl OpenAiProvider {
         body: &[u8],
         api_key: Option<&str>,
     ) -> Result<ChatResponse, ProviderError> {
-        let mut builder = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec());
-        if let Some(key) = api_key {
-            builder = builder.bearer_auth(key);
-        }
         super::http::exchange(
             &self.name,
             &self.url,
             &self.config.http,
-            builder,
+            self.post(body.to_vec(), api_key),
             parse_response,
         )
         .await
+    }
+
+    fn post(&self, body: Vec<u8>, api_key: Option<&str>) -> reqwest::RequestBuilder {
+        let mut builder = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = api_key {
+            builder = builder.bearer_auth(key);
+        }
+        builder
+    }
+
+    fn api_key(&self) -> Result<Option<String>, ProviderError> {
+        match &self.config.api_key_env {
+            None => Ok(None),
+            Some(var) => std::env::var(var)
+                .map(Some)
+                .map_err(|_| ProviderError::MissingApiKey {
+                    provider: self.name.clone(),
+                    var: var.clone(),
+                }),
+        }
     }
 }
 
@@ -292,18 +309,35 @@ impl Provider for OpenAiProvider {
 
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
         Box::pin(async move {
-            let api_key = match &self.config.api_key_env {
-                None => None,
-                Some(var) => {
-                    Some(
-                        std::env::var(var).map_err(|_| ProviderError::MissingApiKey {
-                            provider: self.name.clone(),
-                            var: var.clone(),
-                        })?,
-                    )
-                }
-            };
+            let api_key = self.api_key()?;
             self.negotiate(request, api_key.as_deref()).await
+        })
+    }
+
+    /// The upstream's event stream, in the structured-output mode already
+    /// negotiated (a stream is not where a mode is tried out), with the
+    /// usage asked for at its end.
+    fn stream<'a>(&'a self, request: &'a ChatRequest) -> StreamFuture<'a> {
+        Box::pin(async move {
+            let api_key = self.api_key()?;
+            let mut body = self.body_in(request, self.mode());
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            let body = serde_json::to_vec(&body).map_err(|e| ProviderError::BadResponse {
+                provider: self.name.clone(),
+                message: format!("cannot encode the request: {e}"),
+            })?;
+            super::stream::open(
+                &self.name,
+                &self.url,
+                &self.config.http,
+                self.post(body, api_key.as_deref()),
+                super::stream::Parsers {
+                    event: parse_event,
+                    whole: parse_response,
+                },
+            )
+            .await
         })
     }
 
@@ -414,6 +448,59 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
         usage,
         model,
     })
+}
+
+/// One `chat.completion.chunk` event as deltas; `[DONE]` ends the stream.
+pub fn parse_event(_event: &str, data: &str) -> Result<Option<Vec<Delta>>, String> {
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Ok(None);
+    }
+    if data.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let chunk: Value = serde_json::from_str(data).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+        return Err(format!("the upstream sent an error: {error}"));
+    }
+    let mut out = Vec::new();
+    if let Some(model) = chunk.get("model").and_then(Value::as_str) {
+        out.push(Delta::Model(model.to_owned()));
+    }
+    if let Some(choice) = chunk.pointer("/choices/0") {
+        let delta = &choice["delta"];
+        match delta.get("content") {
+            Some(Value::String(t)) if !t.is_empty() => out.push(Delta::Text(t.clone())),
+            _ => {}
+        }
+        for (i, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let text = |k: &str| call.pointer(k).and_then(Value::as_str).map(str::to_owned);
+            out.push(Delta::ToolCall {
+                index: call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .map_or(i, |n| n as usize),
+                id: text("/id"),
+                name: text("/function/name"),
+                arguments: text("/function/arguments").unwrap_or_default(),
+            });
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            out.push(Delta::Finish(reason.to_owned()));
+        }
+    }
+    if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+        let usage: Usage =
+            serde_json::from_value(usage.clone()).map_err(|e| format!("bad usage: {e}"))?;
+        out.push(Delta::Usage(usage));
+    }
+    Ok(Some(out))
 }
 
 /// Messages in OpenAI's chat format, with their whole structure: an

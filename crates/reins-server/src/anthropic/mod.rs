@@ -57,14 +57,34 @@ pub async fn messages(
     request.session_id = answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = super::service::run_pipeline(
-        &state,
-        &pipeline,
-        request,
-        None,
-        reins_core::config::OnDisconnect::Cancel,
-    )
-    .await?;
+    let result = if streaming {
+        match super::stream::stream_pipeline(
+            &state,
+            &pipeline,
+            request,
+            reins_core::config::OnDisconnect::Cancel,
+        )
+        .await?
+        {
+            super::stream::Streaming::Finished(result) => result,
+            super::stream::Streaming::Started(started) => {
+                let shape = EventShape::new(&started.run_id, &pipeline);
+                let run_id = started.run_id.clone();
+                let mut response = super::stream::events(started, shape).into_response();
+                super::stream::run_id_header(response.headers_mut(), &run_id);
+                return Ok(response);
+            }
+        }
+    } else {
+        super::service::run_pipeline(
+            &state,
+            &pipeline,
+            request,
+            None,
+            reins_core::config::OnDisconnect::Cancel,
+        )
+        .await?
+    };
 
     let (status, message) = message(&result, &pipeline)?;
     // A run held for approval streams too (with its 202): a streaming
@@ -85,7 +105,11 @@ fn message(result: &RunResult, pipeline: &str) -> Result<(StatusCode, Value), Ap
     let reins = answer::reins_object(result);
     match result.status {
         RunStatus::Completed | RunStatus::AwaitingApproval => {}
-        RunStatus::Rejected | RunStatus::Failed | RunStatus::Running | RunStatus::Cancelled => {
+        RunStatus::Rejected
+        | RunStatus::Failed
+        | RunStatus::Running
+        | RunStatus::Cancelled
+        | RunStatus::Partial => {
             return Err(super::openai::run_error(result, reins));
         }
     }
@@ -226,6 +250,120 @@ impl IntoResponse for AnthropicError {
             json!({"type": "error", "error": error}),
             retry_after,
         )
+    }
+}
+
+/// Messages events of a run streamed as it goes (see [`super::stream`]):
+/// one text block whose deltas are the released pieces; at the end its
+/// stop, any `tool_use` blocks, `message_delta` with the stop reason and the
+/// usage, and `message_stop`. A run that did not complete ends its text
+/// block, sends `message_delta` (stop reason `refusal` when a checker or
+/// a validator stopped it) with the usage, then an `error` event, which the
+/// Anthropic SDKs raise.
+struct EventShape {
+    id: String,
+    model: String,
+}
+
+impl EventShape {
+    fn new(run_id: &str, pipeline: &str) -> EventShape {
+        EventShape {
+            id: format!("msg_{run_id}"),
+            model: pipeline.to_owned(),
+        }
+    }
+}
+
+fn event(name: &str, data: Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+impl super::stream::StreamShape for EventShape {
+    fn start(&mut self) -> Vec<Event> {
+        vec![
+            event(
+                "message_start",
+                json!({"type": "message_start", "message": {
+                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                }}),
+            ),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+        ]
+    }
+
+    fn piece(&mut self, text: &str) -> Vec<Event> {
+        vec![event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        )]
+    }
+
+    fn end(&mut self, result: &RunResult) -> Vec<Event> {
+        let mut events = vec![event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        )];
+        let completed = matches!(
+            result.status,
+            RunStatus::Completed | RunStatus::AwaitingApproval
+        );
+        let calls = if completed {
+            answer::returned_calls(result, "toolu")
+        } else {
+            Vec::new()
+        };
+        for (i, c) in calls.iter().enumerate() {
+            let index = i + 1;
+            events.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}}),
+            ));
+            events.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": c.arguments.to_string()}}),
+            ));
+            events.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        let stop_reason = match (&result.error, result.status) {
+            (_, RunStatus::AwaitingApproval) => json!("awaiting_approval"),
+            (None, _) if !calls.is_empty() => json!("tool_use"),
+            (None, _) => json!("end_turn"),
+            (
+                Some(
+                    reins_core::pipeline::RunError::StreamCut { .. }
+                    | reins_core::pipeline::RunError::ValidationFailed { .. },
+                ),
+                _,
+            ) => json!("refusal"),
+            (Some(_), _) => Value::Null,
+        };
+        events.push(event(
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                "usage": {"input_tokens": result.tokens.prompt, "output_tokens": result.tokens.completion},
+            }),
+        ));
+        if completed {
+            events.push(event("message_stop", json!({"type": "message_stop"})));
+        } else {
+            let err = super::openai::run_error(result, answer::reins_object(result));
+            let (_, kind) = error_type(err.status, err.kind);
+            events.push(event(
+                "error",
+                json!({"type": "error", "error": {"type": kind, "message": err.message}}),
+            ));
+        }
+        events
     }
 }
 

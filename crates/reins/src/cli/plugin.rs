@@ -239,6 +239,7 @@ fn call_cost(plugin: &crate::runtime::Plugin) -> CallCost {
                 )
                 .map(|_| ()),
             Layer::Context => plugin.assemble(&ctx, "", &[], 100).map(|_| ()),
+            Layer::StreamChecker => plugin.check_stream(&ctx, "", "hello ", false).map(|_| ()),
         }
     };
     let started = Instant::now();

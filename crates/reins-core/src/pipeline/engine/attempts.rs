@@ -116,6 +116,7 @@ impl Run<'_> {
             } else {
                 response.content.clone()
             };
+            let fixers = validation.fixed_by.join(", ");
             self.result.attempts.push(Attempt {
                 attempt,
                 provider,
@@ -137,6 +138,21 @@ impl Run<'_> {
                 }
             }
 
+            if blocking.is_empty()
+                && !fixers.is_empty()
+                && let Some(s) = self.stream.as_ref().filter(|s| s.released_any())
+            {
+                // A validator's fix would be an answer other than the one
+                // the client was sent.
+                gated.release_all();
+                return Err(RunError::StreamCut {
+                    checker: fixers.clone(),
+                    reason: format!(
+                        "validator(s) {fixers} changed the answer after {} bytes of it were streamed; stream it through a stream checker that masks the same, or use stream = \"buffered\"",
+                        s.released().len()
+                    ),
+                });
+            }
             if blocking.is_empty() {
                 self.result.output = validation.doc;
                 self.result.actions = gated.approved.iter().map(|(_, a)| a.clone()).collect();
@@ -155,7 +171,11 @@ impl Run<'_> {
             // Repair, or stop?
             let spent = self.result.tokens.total;
             let repeated = previous.as_ref() == Some(&blocking);
-            let mut stop = if fail_fast {
+            // Text the client already has can be neither taken back nor repaired.
+            let streamed = self.stream.as_ref().is_some_and(|s| s.released_any());
+            let mut stop = if streamed {
+                Some(StopReason::Streamed)
+            } else if fail_fast {
                 Some(StopReason::FailFast)
             } else if repeated
                 && (attempt >= max_attempts || !self.change_strategy(&mut strategies))

@@ -187,13 +187,53 @@ impl Run<'_> {
             // A caller that leaves drops the call: the upstream sees its
             // connection close instead of generating for nobody.
             let cancel = self.cancel.clone();
-            let called = tokio::select! {
-                biased;
-                () = cancel.cancelled() => {
-                    self.trace("model", &name, "cancelled: the client disconnected".to_owned(), start, Instant::now());
-                    return Err(RunError::client_gone());
+            // A JSON answer that broke its schema mid-stream, unreleased.
+            let mut broke = None;
+            let called = if self.stream.is_some() {
+                match self.stream_model(breaker, &request).await {
+                    Ok(super::stream::Streamed::Answer { response, tries }) => {
+                        crate::provider::Called {
+                            result: Ok(response),
+                            tries,
+                        }
+                    }
+                    Ok(super::stream::Streamed::Broke {
+                        response,
+                        tries,
+                        violation,
+                    }) => {
+                        broke = Some(violation);
+                        crate::provider::Called {
+                            result: Ok(response),
+                            tries,
+                        }
+                    }
+                    Ok(super::stream::Streamed::Failed { error, tries }) => {
+                        crate::provider::Called {
+                            result: Err(error),
+                            tries,
+                        }
+                    }
+                    Err(e) => {
+                        self.trace(
+                            "model",
+                            &name,
+                            format!("stream ended: {}", e.kind()),
+                            start,
+                            Instant::now(),
+                        );
+                        return Err(e);
+                    }
                 }
-                called = breaker.call(&request) => called,
+            } else {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => {
+                        self.trace("model", &name, "cancelled: the client disconnected".to_owned(), start, Instant::now());
+                        return Err(RunError::client_gone());
+                    }
+                    called = breaker.call(&request) => called,
+                }
             };
             let end = Instant::now();
             let tries = if called.tries > 1 {
@@ -223,7 +263,11 @@ impl Run<'_> {
                         response: r,
                         provider: name,
                         latency_us: end.saturating_duration_since(start).as_micros() as u64,
-                        validation: None,
+                        validation: broke.map(|v| Validation {
+                            doc: None,
+                            findings: vec![super::finding("schema", v)],
+                            fixed_by: Vec::new(),
+                        }),
                     });
                 }
                 Err(e) => {

@@ -46,6 +46,7 @@ mod degrade;
 mod execute;
 mod gate;
 mod normalize;
+mod stream;
 mod tool_call;
 mod validate;
 use bridge::*;
@@ -73,9 +74,12 @@ pub async fn run(
     let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
     let _enter = span.enter();
     let outcome = run.execute(request).await;
+    let released = run.stream.as_ref().is_some_and(|s| s.released_any());
     let mut result = run.result;
     if let Err(e) = outcome {
         result.status = match &e {
+            // The client has part of an answer: not a clean failure.
+            _ if released => RunStatus::Partial,
             RunError::Rejected { .. } | RunError::Denied { .. } => RunStatus::Rejected,
             RunError::Cancelled { .. } => RunStatus::Cancelled,
             _ => RunStatus::Failed,
@@ -122,6 +126,8 @@ struct Run<'a> {
     /// The caller is gone: stop at the next boundary (`Run::go_on`) or
     /// drop the model call in flight.
     cancel: CancellationToken,
+    /// Where a streamed answer goes, while it streams (`checked`, `json`).
+    stream: Option<stream::Streamer>,
 }
 
 fn violation(path: String, code: &str, message: String) -> Violation {
@@ -191,6 +197,7 @@ impl<'a> Run<'a> {
             judge: None,
             deg: Degradation::new(pipeline, rc.started, request.timeout_ms),
             cancel: request.cancel.clone(),
+            stream: None,
         }
     }
 }
@@ -221,7 +228,7 @@ impl Run<'_> {
 
     fn plugin(&self, layer: Layer, name: &str) -> Result<Arc<Plugin>, RunError> {
         match self.set.get(self.p.plugin_key(layer, name)) {
-            Some(p) if p.layer() == layer => Ok(p.clone()),
+            Some(p) if p.serves(layer) => Ok(p.clone()),
             _ => Err(RunError::MissingPlugin {
                 layer: layer.as_str(),
                 plugin: name.to_owned(),
@@ -301,6 +308,7 @@ impl Run<'_> {
         } else {
             self.p.output_mode(&self.set).0
         };
+        self.start_streaming(request.stream.clone())?;
         self.sampling = self.p.sampling_for(&request.sampling);
         if request.tools.as_ref().is_some_and(|t| !t.is_empty())
             && self.p.caller_tools() == CallerTools::Deny
