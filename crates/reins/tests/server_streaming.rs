@@ -80,6 +80,11 @@ fn primary(seen: &Seen) -> Step {
             ),
             end: StreamEnd::Cut,
         }
+    } else if said.contains("plans") {
+        done(stream_words(
+            "Here is what we know about the plans: project falcon launches in spring, quietly.",
+            WORD,
+        ))
     } else if said.contains("promise") {
         done(stream_words(
             "Our fund offers guaranteed returns to every investor who joins this year.",
@@ -154,7 +159,7 @@ model = "up"
 fallbacks = ["backup"]
 output = "text"
 deadline_ms = 4000
-stream_checkers = ["redact-secrets"]
+stream_checkers = ["redact-secrets", { plugin = "blocklist", config = { phrases = ["project falcon"], patterns = [] } }]
 
 [pipelines.final]
 model = "up"
@@ -260,6 +265,22 @@ fn a_secret_in_the_middle_of_a_stream_never_reaches_the_client() {
         "{seen:#}"
     );
     assert_eq!(s.claude.bodies()[0]["stream"], true);
+}
+
+#[test]
+fn a_blocked_phrase_cuts_the_stream_before_it_is_sent() {
+    let s = setup();
+    let seen = openai(&s, "chat", "what are the plans?");
+    let text = seen["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Here is what we know"), "{seen:#}");
+    // `project` was held back until the next word showed what it began.
+    assert!(!text.contains("project"), "{seen:#}");
+    assert_eq!(seen["finish_reason"], "content_filter", "{seen:#}");
+    let message = seen["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("blocklist") && message.contains("project falcon"),
+        "{seen:#}"
+    );
 }
 
 #[test]

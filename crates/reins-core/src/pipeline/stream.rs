@@ -36,22 +36,39 @@ impl StreamSink {
 /// never split between two releases.
 pub fn release_point(pending: &str, at: ReleaseAt) -> usize {
     let bytes = pending.as_bytes();
-    let mut point = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !b.is_ascii_whitespace() {
-            continue;
-        }
-        let ok = match at {
-            ReleaseAt::Word => true,
-            ReleaseAt::Sentence => {
-                b == b'\n' || (i > 0 && matches!(bytes[i - 1], b'.' | b'!' | b'?' | b':' | b';'))
-            }
-        };
-        if ok {
-            point = i + 1;
+    (0..bytes.len())
+        .rev()
+        .find(|&i| is_boundary(bytes, i, at))
+        .map_or(0, |i| i + 1)
+}
+
+/// The end of the next piece to offer from `pending` once it holds at
+/// least `window` characters: the first boundary after them (so a large
+/// delta, such as a whole answer from a server that does not stream, goes
+/// out in window-sized pieces), else the last boundary; `0`: none yet.
+pub fn next_piece(pending: &str, window: usize, at: ReleaseAt) -> usize {
+    let Some((limit, _)) = pending.char_indices().nth(window.max(1) - 1) else {
+        return 0;
+    };
+    let bytes = pending.as_bytes();
+    (limit..bytes.len())
+        .find(|&i| is_boundary(bytes, i, at))
+        .map_or_else(|| release_point(pending, at), |i| i + 1)
+}
+
+/// Whether text may be cut after byte `i` (a whitespace byte, never inside
+/// a multi-byte character).
+fn is_boundary(bytes: &[u8], i: usize, at: ReleaseAt) -> bool {
+    let b = bytes[i];
+    if !b.is_ascii_whitespace() {
+        return false;
+    }
+    match at {
+        ReleaseAt::Word => true,
+        ReleaseAt::Sentence => {
+            b == b'\n' || (i > 0 && matches!(bytes[i - 1], b'.' | b'!' | b'?' | b':' | b';'))
         }
     }
-    point
 }
 
 /// A streamed JSON answer, scanned as it comes: where its document starts
@@ -234,6 +251,18 @@ mod tests {
             "after `One. `"
         );
         assert_eq!(release_point("no end yet ", ReleaseAt::Sentence), 0);
+    }
+
+    #[test]
+    fn a_large_pending_text_goes_out_in_window_sized_pieces() {
+        let text = "one two three four five six seven eight";
+        let end = next_piece(text, 10, ReleaseAt::Word);
+        assert_eq!(&text[..end], "one two three ");
+        // Short of the window: nothing; no boundary at all: nothing.
+        assert_eq!(next_piece("one two", 10, ReleaseAt::Word), 0);
+        assert_eq!(next_piece("sk-0123456789abcdef", 10, ReleaseAt::Word), 0);
+        // The window ends inside the last word: up to the last boundary.
+        assert_eq!(next_piece("one two three", 10, ReleaseAt::Word), 8);
     }
 
     #[test]

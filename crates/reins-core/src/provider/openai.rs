@@ -214,11 +214,11 @@ impl OpenAiProvider {
     /// server refuses the mode (`response_format = "auto"`): each refusal is
     /// retried at once with the next mode, and the mode that works is kept
     /// for the provider's life.
-    async fn negotiate(
-        &self,
-        request: &ChatRequest,
-        api_key: Option<&str>,
-    ) -> Result<ChatResponse, ProviderError> {
+    async fn negotiate<T, F, Fut>(&self, request: &ChatRequest, send: F) -> Result<T, ProviderError>
+    where
+        F: Fn(Value) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         let negotiates = self.config.response_format == ResponseFormat::Auto && request.json;
         loop {
             let at = self
@@ -226,13 +226,7 @@ impl OpenAiProvider {
                 .load(Ordering::Relaxed)
                 .min(LADDER.len() - 1);
             let mode = LADDER[at];
-            let body = serde_json::to_vec(&self.body_in(request, mode)).map_err(|e| {
-                ProviderError::BadResponse {
-                    provider: self.name.clone(),
-                    message: format!("cannot encode the request: {e}"),
-                }
-            })?;
-            let result = self.send_once(&body, api_key).await;
+            let result = send(self.body_in(request, mode)).await;
             match result {
                 Err(e) if negotiates && at + 1 < LADDER.len() && Self::refuses_format(&e) => {
                     let next = LADDER[at + 1];
@@ -258,19 +252,11 @@ impl OpenAiProvider {
         }
     }
 
-    async fn send_once(
-        &self,
-        body: &[u8],
-        api_key: Option<&str>,
-    ) -> Result<ChatResponse, ProviderError> {
-        super::http::exchange(
-            &self.name,
-            &self.url,
-            &self.config.http,
-            self.post(body.to_vec(), api_key),
-            parse_response,
-        )
-        .await
+    fn encode(&self, body: &Value) -> Result<Vec<u8>, ProviderError> {
+        serde_json::to_vec(body).map_err(|e| ProviderError::BadResponse {
+            provider: self.name.clone(),
+            message: format!("cannot encode the request: {e}"),
+        })
     }
 
     fn post(&self, body: Vec<u8>, api_key: Option<&str>) -> reqwest::RequestBuilder {
@@ -310,33 +296,42 @@ impl Provider for OpenAiProvider {
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
         Box::pin(async move {
             let api_key = self.api_key()?;
-            self.negotiate(request, api_key.as_deref()).await
+            let key = api_key.as_deref();
+            self.negotiate(request, |body| async move {
+                super::http::exchange(
+                    &self.name,
+                    &self.url,
+                    &self.config.http,
+                    self.post(self.encode(&body)?, key),
+                    parse_response,
+                )
+                .await
+            })
+            .await
         })
     }
 
-    /// The upstream's event stream, in the structured-output mode already
-    /// negotiated (a stream is not where a mode is tried out), with the
-    /// usage asked for at its end.
+    /// The upstream's event stream, with the usage asked for at its end;
+    /// the structured-output mode is negotiated as for a call.
     fn stream<'a>(&'a self, request: &'a ChatRequest) -> StreamFuture<'a> {
         Box::pin(async move {
             let api_key = self.api_key()?;
-            let mut body = self.body_in(request, self.mode());
-            body["stream"] = json!(true);
-            body["stream_options"] = json!({"include_usage": true});
-            let body = serde_json::to_vec(&body).map_err(|e| ProviderError::BadResponse {
-                provider: self.name.clone(),
-                message: format!("cannot encode the request: {e}"),
-            })?;
-            super::stream::open(
-                &self.name,
-                &self.url,
-                &self.config.http,
-                self.post(body, api_key.as_deref()),
-                super::stream::Parsers {
-                    event: parse_event,
-                    whole: parse_response,
-                },
-            )
+            let key = api_key.as_deref();
+            self.negotiate(request, |mut body| async move {
+                body["stream"] = json!(true);
+                body["stream_options"] = json!({"include_usage": true});
+                super::stream::open(
+                    &self.name,
+                    &self.url,
+                    &self.config.http,
+                    self.post(self.encode(&body)?, key),
+                    super::stream::Parsers {
+                        event: parse_event,
+                        whole: parse_response,
+                    },
+                )
+                .await
+            })
             .await
         })
     }

@@ -18,7 +18,7 @@
 
 use super::*;
 use crate::config::{ReleaseAt, StreamMode};
-use crate::pipeline::stream::{JsonPrefix, StreamSink, prefix_violation, release_point};
+use crate::pipeline::stream::{JsonPrefix, StreamSink, next_piece, prefix_violation};
 use crate::provider::{Breaker, ChatRequest, ChatResponse, Collected, Delta, ProviderError};
 use reins_runtime::StreamVerdict;
 
@@ -167,18 +167,19 @@ impl Run<'_> {
                 }
                 Some((StreamMode::Checked, window, at)) => {
                     pending.push_str(&text);
-                    if pending.chars().count() >= window {
-                        let point = release_point(&pending, at);
-                        if point > 0 {
-                            match self.offer(pending[..point].to_owned(), false).await? {
-                                Offer::Released => {
-                                    pending.drain(..point);
-                                }
-                                Offer::Held => {}
-                                Offer::Cut { checker, reason } => {
-                                    upstream.finish(Ok(got.usage));
-                                    return Err(self.cut(checker, reason));
-                                }
+                    loop {
+                        let point = next_piece(&pending, window, at);
+                        if point == 0 {
+                            break;
+                        }
+                        match self.offer(pending[..point].to_owned(), false).await? {
+                            Offer::Released => {
+                                pending.drain(..point);
+                            }
+                            Offer::Held => break,
+                            Offer::Cut { checker, reason } => {
+                                upstream.finish(Ok(got.usage));
+                                return Err(self.cut(checker, reason));
                             }
                         }
                     }
@@ -237,10 +238,11 @@ impl Run<'_> {
         let checkers = s.checkers.clone();
         for checker in checkers {
             let ctx = self.ctx.clone();
+            // The checker sees the tail of what was sent, not all of it.
             let released = self
                 .stream
                 .as_ref()
-                .map(|s| s.released.clone())
+                .map(|s| tail(&s.released, reins_runtime::RELEASED_TAIL).to_owned())
                 .unwrap_or_default();
             let offered = piece.clone();
             let timed = blocking(&checker, move |p| {
@@ -377,4 +379,13 @@ impl Run<'_> {
         let now = Instant::now();
         self.trace("stream", "", summary, now, now);
     }
+}
+
+/// The last `max` bytes of `text` (at a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let mut from = text.len().saturating_sub(max);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    &text[from..]
 }
