@@ -30,8 +30,9 @@ static SETUP: reins_sdk::Setup<Value> = reins_sdk::Setup::new();
 fn schema_of(config_text: &str) -> Result<Value, String> {
     let config: Config = reins_sdk::parse_config_text(config_text)?;
     match config.schema {
-        Value::String(text) => serde_json::from_str(&text)
-            .map_err(|e| format!("config.schema: the string is not valid JSON: {e}")),
+        Value::String(text) => {
+            serde_json::from_str(&text).map_err(|e| format!("config.schema: the string is not valid JSON: {e}"))
+        }
         s @ (Value::Object(_) | Value::Bool(_)) => Ok(s),
         other => Err(format!(
             "config.schema: must be an object (or JSON text), got {}",
@@ -48,11 +49,7 @@ impl Guest for CoerceNumbers {
             Ok(doc) => doc,
             Err(e) => return Ok(Verdict::new(vec![Violation::error("", "json", e)])),
         };
-        let mut walker = Walker {
-            root: schema,
-            violations: Vec::new(),
-            coerced: 0,
-        };
+        let mut walker = Walker { root: schema, violations: Vec::new(), coerced: 0 };
         walker.walk(&mut doc, schema, String::new(), 0);
         Ok(if walker.coerced > 0 {
             Verdict::fixed(walker.violations, &doc)
@@ -79,21 +76,14 @@ struct Walker<'s> {
 
 impl<'s> Walker<'s> {
     fn walk(&mut self, value: &mut Value, schema: &'s Value, path: String, depth: usize) {
-        let Some(schema) = schema.as_object() else {
-            return;
-        };
+        let Some(schema) = schema.as_object() else { return };
         if depth > MAX_DEPTH {
             return;
         }
         if let Some(target) = self.deref(schema) {
             self.walk(value, target, path.clone(), depth + 1);
         }
-        for sub in schema
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for sub in schema.get("allOf").and_then(Value::as_array).into_iter().flatten() {
             self.walk(value, sub, path.clone(), depth + 1);
         }
         match value {
@@ -116,13 +106,7 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn walk_object(
-        &mut self,
-        map: &mut Map<String, Value>,
-        schema: &'s Map<String, Value>,
-        path: &str,
-        depth: usize,
-    ) {
+    fn walk_object(&mut self, map: &mut Map<String, Value>, schema: &'s Map<String, Value>, path: &str, depth: usize) {
         let props = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties").filter(|a| a.is_object());
         for (key, item) in map.iter_mut() {
@@ -141,13 +125,7 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn walk_array(
-        &mut self,
-        items: &mut [Value],
-        schema: &'s Map<String, Value>,
-        path: &str,
-        depth: usize,
-    ) {
+    fn walk_array(&mut self, items: &mut [Value], schema: &'s Map<String, Value>, path: &str, depth: usize) {
         // 2020-12 `prefixItems` + `items`; draft 7 array-form `items` is a tuple.
         let (prefix, rest) = match schema.get("items") {
             Some(Value::Array(tuple)) => (Some(tuple), None),
@@ -155,48 +133,28 @@ impl<'s> Walker<'s> {
         };
         let prefix_len = prefix.map_or(0, Vec::len);
         for (i, item) in items.iter_mut().enumerate() {
-            let sub = if i < prefix_len {
-                prefix.map(|p| &p[i])
-            } else {
-                rest
-            };
+            let sub = if i < prefix_len { prefix.map(|p| &p[i]) } else { rest };
             if let Some(sub) = sub {
                 self.walk(item, sub, pointer::push(path, i), depth + 1);
             }
         }
         if let Some(branch) = self.only_branch_of_type(schema, "array")
-            && let Some(sub) = branch.get("items").filter(|s| s.is_object())
-        {
-            for (i, item) in items.iter_mut().enumerate() {
-                self.walk(item, sub, pointer::push(path, i), depth + 1);
+            && let Some(sub) = branch.get("items").filter(|s| s.is_object()) {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.walk(item, sub, pointer::push(path, i), depth + 1);
+                }
             }
-        }
     }
 
     /// Replace the string at `value` by the number it spells, or report it.
-    fn coerce(
-        &mut self,
-        value: &mut Value,
-        original: &str,
-        integer_only: bool,
-        nullable: bool,
-        path: String,
-    ) {
-        let kind = if integer_only {
-            "an integer"
-        } else {
-            "a number"
-        };
+    fn coerce(&mut self, value: &mut Value, original: &str, integer_only: bool, nullable: bool, path: String) {
+        let kind = if integer_only { "an integer" } else { "a number" };
         let or_null = if nullable { " or null" } else { "" };
         let got = describe_value(&Value::String(original.to_string()));
         if nullable && is_null_word(original) {
             *value = Value::Null;
             self.coerced += 1;
-            self.violations.push(Violation::info(
-                path,
-                "coerced",
-                format!("converted {got} to null"),
-            ));
+            self.violations.push(Violation::info(path, "coerced", format!("converted {got} to null")));
             return;
         }
         match parse_amount(original) {
@@ -252,19 +210,10 @@ impl<'s> Walker<'s> {
 
     /// The one `anyOf`/`oneOf` branch that declares `type` = `kind`, if
     /// exactly one does (with several, which applies is a guess).
-    fn only_branch_of_type(
-        &self,
-        schema: &'s Map<String, Value>,
-        kind: &str,
-    ) -> Option<&'s Map<String, Value>> {
+    fn only_branch_of_type(&self, schema: &'s Map<String, Value>, kind: &str) -> Option<&'s Map<String, Value>> {
         let mut found = None;
         for key in ["anyOf", "oneOf"] {
-            for branch in schema
-                .get(key)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
                 let branch = branch.as_object()?;
                 if branch.get("type").and_then(Value::as_str) == Some(kind) {
                     if found.is_some() {
@@ -286,10 +235,7 @@ impl<'s> Walker<'s> {
 }
 
 fn is_null_word(s: &str) -> bool {
-    matches!(
-        s.trim().to_ascii_lowercase().as_str(),
-        "" | "null" | "none" | "n/a"
-    )
+    matches!(s.trim().to_ascii_lowercase().as_str(), "" | "null" | "none" | "n/a")
 }
 
 /// `"$500,000"`, `"1,250.50"`, `"€ 1200 EUR"`, `"-£3"` → the number; `None`
@@ -297,10 +243,7 @@ fn is_null_word(s: &str) -> bool {
 fn parse_amount(input: &str) -> Option<f64> {
     let mut s: String = input.chars().filter(|c| !c.is_whitespace()).collect();
     for code in ["USD", "EUR", "GBP"] {
-        if s.len() >= 3
-            && s.is_char_boundary(s.len() - 3)
-            && s[s.len() - 3..].eq_ignore_ascii_case(code)
-        {
+        if s.len() >= 3 && s.is_char_boundary(s.len() - 3) && s[s.len() - 3..].eq_ignore_ascii_case(code) {
             s.truncate(s.len() - 3);
         } else if s.len() >= 3 && s.is_char_boundary(3) && s[..3].eq_ignore_ascii_case(code) {
             s.drain(..3);
@@ -326,10 +269,9 @@ fn parse_amount(input: &str) -> Option<f64> {
         None => (body, None),
     };
     if let Some(f) = frac
-        && (f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
+        && (f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit())) {
+            return None;
+        }
     if int.contains(',') {
         // Thousands groups only: "1,250" yes, "1,5" and "12,34,567" no.
         let mut groups = int.split(',');

@@ -130,9 +130,7 @@ mod tests {
         assert_eq!(read_output("plain words"), json!("plain words"));
 
         let mut seen = Vec::new();
-        for_each_string(&json!("x"), &mut |p, s| {
-            seen.push((p.to_string(), s.to_string()))
-        });
+        for_each_string(&json!("x"), &mut |p, s| seen.push((p.to_string(), s.to_string())));
         assert_eq!(seen, [(String::new(), "x".to_string())]);
 
         let mut doc = json!({"a/b": ["x", 1, {"c~": "y"}], "n": null});

@@ -36,11 +36,7 @@ pub struct Cleaned {
 pub fn clean(input: &str) -> Cleaned {
     let text: String = input.nfkc().collect();
     let decoded = decode_entities(&text);
-    let text = if decoded != text {
-        decoded.nfkc().collect()
-    } else {
-        text
-    };
+    let text = if decoded != text { decoded.nfkc().collect() } else { text };
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut invisible = 0;
     let visible: String = text
@@ -51,10 +47,7 @@ pub fn clean(input: &str) -> Cleaned {
             !drop
         })
         .collect();
-    Cleaned {
-        text: collapse_whitespace(&visible),
-        invisible,
-    }
+    Cleaned { text: collapse_whitespace(&visible), invisible }
 }
 
 /// Zero-width and formatting characters that render as nothing but split
@@ -119,11 +112,7 @@ pub fn decode_entities(text: &str) -> String {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
         // An entity is short; look for its ';' in the next few characters only.
-        let end = rest
-            .char_indices()
-            .take(ENTITY_WINDOW)
-            .find(|&(_, c)| c == ';')
-            .map(|(i, _)| i);
+        let end = rest.char_indices().take(ENTITY_WINDOW).find(|&(_, c)| c == ';').map(|(i, _)| i);
         let decoded = end.and_then(|end| entity(&rest[1..end]).map(|c| (c, end)));
         match decoded {
             Some((c, end)) => {
@@ -424,25 +413,14 @@ pub fn occurrences(haystack: &str, needle: &str, whole_words: bool) -> Vec<(usiz
         return Vec::new();
     }
     let starts_word = needle.chars().next().is_some_and(char::is_alphanumeric);
-    let ends_word = needle
-        .chars()
-        .next_back()
-        .is_some_and(char::is_alphanumeric);
+    let ends_word = needle.chars().next_back().is_some_and(char::is_alphanumeric);
     haystack
         .match_indices(needle)
         .map(|(at, m)| (at, at + m.len()))
         .filter(|&(s, e)| {
             !whole_words
-                || ((!starts_word
-                    || !haystack[..s]
-                        .chars()
-                        .next_back()
-                        .is_some_and(char::is_alphanumeric))
-                    && (!ends_word
-                        || !haystack[e..]
-                            .chars()
-                            .next()
-                            .is_some_and(char::is_alphanumeric)))
+                || ((!starts_word || !haystack[..s].chars().next_back().is_some_and(char::is_alphanumeric))
+                    && (!ends_word || !haystack[e..].chars().next().is_some_and(char::is_alphanumeric)))
         })
         .collect()
 }
@@ -536,10 +514,7 @@ mod tests {
         assert_eq!(fold_str("Ｆｒｅｅ  MONEY\n\tnow"), "free money now");
         assert_eq!(fold_str("fr\u{200B}ee m\u{2060}oney"), "free money");
         // Cyrillic е, о and Greek Ο, ν in "free money now"
-        assert_eq!(
-            fold_str("fr\u{0435}e m\u{043E}ney \u{039D}\u{03BF}w"),
-            "free money now"
-        );
+        assert_eq!(fold_str("fr\u{0435}e m\u{043E}ney \u{039D}\u{03BF}w"), "free money now");
         assert_eq!(fold_str("IG&#8203;NORE&nbsp;me"), "ignore me");
         assert_eq!(fold_str("  a  "), "a");
         assert_eq!(fold_str("café"), fold_str("cafe\u{0301}"));
@@ -548,29 +523,16 @@ mod tests {
 
     #[test]
     fn the_ascii_fast_path_agrees() {
-        for text in [
-            "",
-            "  Hello,\t\tWORLD \r\n\x0b x\x07y\x7f  ",
-            "a",
-            " \n",
-            "MiXeD 123 !?",
-        ] {
+        for text in ["", "  Hello,\t\tWORLD \r\n\x0b x\x07y\x7f  ", "a", " \n", "MiXeD 123 !?"] {
             let (fast, slow) = (fold_ascii(text), fold_general(text));
             assert_eq!(fast.text, slow.text, "{text:?}");
-            assert_eq!(
-                (fast.starts, fast.ends),
-                (slow.starts, slow.ends),
-                "{text:?}"
-            );
+            assert_eq!((fast.starts, fast.ends), (slow.starts, slow.ends), "{text:?}");
         }
     }
 
     #[test]
     fn whole_word_occurrences() {
-        assert_eq!(
-            occurrences("a class ass, ass", "ass", true),
-            [(8, 11), (13, 16)]
-        );
+        assert_eq!(occurrences("a class ass, ass", "ass", true), [(8, 11), (13, 16)]);
         assert_eq!(occurrences("a class ass", "ass", false), [(4, 7), (8, 11)]);
         assert_eq!(occurrences("v21 v2.", "v2", true), [(4, 6)]);
         assert_eq!(occurrences("(x) y", "(x)", true), [(0, 3)]);

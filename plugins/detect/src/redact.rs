@@ -89,12 +89,7 @@ pub struct Note {
 /// dropped) to `text`: redactions replace their span, and every finding
 /// gets a [`Note`] in text order. Spans in the notes are those of the text
 /// as it was given. Returns whether `text` changed.
-pub fn apply(
-    text: &mut String,
-    findings: Vec<Finding>,
-    error_code: &str,
-    notes: &mut Vec<Note>,
-) -> bool {
+pub fn apply(text: &mut String, findings: Vec<Finding>, error_code: &str, notes: &mut Vec<Note>) -> bool {
     let findings = resolve_overlaps(findings);
     if findings.is_empty() {
         return false;
@@ -106,37 +101,16 @@ pub fn apply(
         let (error, code, message) = match f.action {
             Action::Redact => {
                 replacements.push((f.start, f.end, f.placeholder.clone()));
-                (
-                    false,
-                    "redacted",
-                    format!(
-                        "redacted {} at {at}; it now reads {}",
-                        f.what, f.placeholder
-                    ),
-                )
+                (false, "redacted", format!("redacted {} at {at}; it now reads {}", f.what, f.placeholder))
             }
             Action::Repair => (
                 true,
                 error_code,
-                format!(
-                    "contains {} at {at}; remove it (or write {} in its place)",
-                    f.what, f.placeholder
-                ),
+                format!("contains {} at {at}; remove it (or write {} in its place)", f.what, f.placeholder),
             ),
-            Action::Fail => (
-                true,
-                error_code,
-                format!(
-                    "contains {} at {at}, which an answer must never contain",
-                    f.what
-                ),
-            ),
+            Action::Fail => (true, error_code, format!("contains {} at {at}, which an answer must never contain", f.what)),
         };
-        notes.push(Note {
-            error,
-            code: code.to_string(),
-            message,
-        });
+        notes.push(Note { error, code: code.to_string(), message });
     }
     if replacements.is_empty() {
         return false;
@@ -150,28 +124,14 @@ mod tests {
     use super::*;
 
     fn finding(start: usize, end: usize, action: Action) -> Finding {
-        Finding {
-            start,
-            end,
-            what: "an e-mail address".into(),
-            action,
-            placeholder: "[EMAIL]".into(),
-        }
+        Finding { start, end, what: "an e-mail address".into(), action, placeholder: "[EMAIL]".into() }
     }
 
     #[test]
     fn redacts_and_describes() {
         let mut text = "to a@b.io or c@d.io".to_string();
         let mut notes = Vec::new();
-        let changed = apply(
-            &mut text,
-            vec![
-                finding(3, 9, Action::Redact),
-                finding(13, 19, Action::Repair),
-            ],
-            "pii",
-            &mut notes,
-        );
+        let changed = apply(&mut text, vec![finding(3, 9, Action::Redact), finding(13, 19, Action::Repair)], "pii", &mut notes);
         assert!(changed);
         assert_eq!(text, "to [EMAIL] or c@d.io");
         assert_eq!(
@@ -193,16 +153,8 @@ mod tests {
         // Nothing to redact: unchanged, but still reported.
         let mut text = "c@d.io".to_string();
         let mut notes = Vec::new();
-        assert!(!apply(
-            &mut text,
-            vec![finding(0, 6, Action::Fail)],
-            "pii",
-            &mut notes
-        ));
-        assert_eq!(
-            notes[0].message,
-            "contains an e-mail address at characters 1–6, which an answer must never contain"
-        );
+        assert!(!apply(&mut text, vec![finding(0, 6, Action::Fail)], "pii", &mut notes));
+        assert_eq!(notes[0].message, "contains an e-mail address at characters 1–6, which an answer must never contain");
         assert_eq!(Action::parse("fail"), Some(Action::Fail));
         assert_eq!(Action::parse("delete"), None);
     }

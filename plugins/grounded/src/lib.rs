@@ -111,10 +111,7 @@ static SETUP: reins_sdk::Setup<Config> = reins_sdk::Setup::new();
 fn parse(config_text: &str) -> Result<Config, String> {
     let config: Config = reins_sdk::parse_config_text(config_text)?;
     if !(0.0..=1.0).contains(&config.threshold) {
-        return Err(format!(
-            "config.threshold: must be between 0 and 1, got {}",
-            config.threshold
-        ));
+        return Err(format!("config.threshold: must be between 0 and 1, got {}", config.threshold));
     }
     for (i, p) in config.pointers.iter().enumerate() {
         pointer::split(p).map_err(|e| format!("config.pointers[{i}]: {e}"))?;
@@ -131,8 +128,7 @@ impl Guest for Grounded {
         };
         let request = reins_sdk::request_text();
         if request.trim().is_empty() {
-            let message =
-                "the request has no text to check the answer against; grounding was not checked";
+            let message = "the request has no text to check the answer against; grounding was not checked";
             return Ok(Verdict::new(vec![if config.require_request {
                 Violation::error("", "no-request", message)
             } else {
@@ -158,12 +154,7 @@ impl Guest for Grounded {
                 _ => None,
             };
             if let Some(message) = problem {
-                violations.push(Violation::new(
-                    config.severity.severity(),
-                    path,
-                    "ungrounded",
-                    message,
-                ));
+                violations.push(Violation::new(config.severity.severity(), path, "ungrounded", message));
             }
         }
         Ok(Verdict::new(violations))
@@ -252,24 +243,12 @@ impl<'r> Index<'r> {
     fn new(request: &'r str) -> Self {
         let folded = fold(request);
         let words = Words::new(&folded.text);
-        Index {
-            original: request,
-            folded,
-            words,
-            numbers: None,
-            sims: HashMap::new(),
-        }
+        Index { original: request, folded, words, numbers: None, sims: HashMap::new() }
     }
 
     /// `None` when `value` (whose [`fold`] is `v`) is grounded, else the
     /// message.
-    fn check_string(
-        &mut self,
-        value: &str,
-        v: &str,
-        threshold: f64,
-        numbers: bool,
-    ) -> Option<String> {
+    fn check_string(&mut self, value: &str, v: &str, threshold: f64, numbers: bool) -> Option<String> {
         let spans: Vec<(usize, usize)> = words_of(v).collect();
         if spans.is_empty() || self.appears(v, &spans) {
             return None;
@@ -303,27 +282,15 @@ impl<'r> Index<'r> {
     /// first word rather than by scanning the whole request.
     fn appears(&self, v: &str, spans: &[(usize, usize)]) -> bool {
         let (lead, first_end) = spans[0];
-        let Some(&id) = self.words.by_text.get(&v[lead..first_end]) else {
-            return false;
-        };
+        let Some(&id) = self.words.by_text.get(&v[lead..first_end]) else { return false };
         let ends_word = spans.last().is_some_and(|&(_, e)| e == v.len());
         let text = &self.folded.text;
         self.words.distinct[id].at.iter().any(|&t| {
-            let Some(start) = self.words.tokens[t].start.checked_sub(lead) else {
-                return false;
-            };
+            let Some(start) = self.words.tokens[t].start.checked_sub(lead) else { return false };
             text.is_char_boundary(start)
                 && text[start..].starts_with(v)
-                && (lead > 0
-                    || !text[..start]
-                        .chars()
-                        .next_back()
-                        .is_some_and(char::is_alphanumeric))
-                && (!ends_word
-                    || !text[start + v.len()..]
-                        .chars()
-                        .next()
-                        .is_some_and(char::is_alphanumeric))
+                && (lead > 0 || !text[..start].chars().next_back().is_some_and(char::is_alphanumeric))
+                && (!ends_word || !text[start + v.len()..].chars().next().is_some_and(char::is_alphanumeric))
         })
     }
 
@@ -393,10 +360,7 @@ impl<'r> Index<'r> {
             .filter(|&k| !matches[k].is_empty() && 1.0 - weights[k] / total < threshold)
             .min_by_key(|&k| matches[k].len());
         let mut starts: Vec<usize> = match anchor {
-            Some(k) => matches[k]
-                .iter()
-                .flat_map(|&p| p.saturating_sub(width - 1)..=p)
-                .collect(),
+            Some(k) => matches[k].iter().flat_map(|&p| p.saturating_sub(width - 1)..=p).collect(),
             None => matches.concat(),
         };
         starts.sort_unstable();
@@ -423,13 +387,7 @@ impl<'r> Index<'r> {
             }
             let score = score / total;
             if score > best.0 + 1e-9 && first <= last {
-                best = (
-                    score,
-                    Some(
-                        self.folded
-                            .original_span(window[first].start, window[last].end),
-                    ),
-                );
+                best = (score, Some(self.folded.original_span(window[first].start, window[last].end)));
             }
         }
         best
@@ -438,11 +396,7 @@ impl<'r> Index<'r> {
 
 impl Words {
     fn new(text: &str) -> Self {
-        let mut words = Words {
-            tokens: Vec::new(),
-            distinct: Vec::new(),
-            by_text: HashMap::new(),
-        };
+        let mut words = Words { tokens: Vec::new(), distinct: Vec::new(), by_text: HashMap::new() };
         for (start, end) in words_of(text) {
             let w = &text[start..end];
             let id = match words.by_text.get(w) {
@@ -485,10 +439,7 @@ impl Words {
             let longest = chars.len().max(d.chars.len());
             let allowed = ((1.0 - FLOOR) * longest as f64).floor() as usize;
             // Cheap lower bounds on the edit distance before computing it.
-            let lower = chars
-                .len()
-                .abs_diff(d.chars.len())
-                .max((m ^ d.mask).count_ones().div_ceil(2) as usize);
+            let lower = chars.len().abs_diff(d.chars.len()).max((m ^ d.mask).count_ones().div_ceil(2) as usize);
             if lower > allowed {
                 continue;
             }
@@ -559,13 +510,9 @@ fn quote(text: &str, max: usize) -> String {
 /// `%` or a multiplier): `$1,250.50`, `usd 999`, `2.5m`, `3 million`. Empty
 /// when it is anything else (`route 66`, `12 monkeys`).
 fn amount(folded: &str) -> Vec<f64> {
-    let cleaned: String = folded
-        .chars()
-        .filter(|c| !matches!(c, '$' | '€' | '£' | '¥'))
-        .collect();
+    let cleaned: String = folded.chars().filter(|c| !matches!(c, '$' | '€' | '£' | '¥')).collect();
     let mut body = cleaned.trim().trim_start_matches(['+', '-', '~']).trim();
-    let is_code =
-        |w: &str| (1..=3).contains(&w.len()) && w.chars().all(|c| c.is_ascii_alphabetic());
+    let is_code = |w: &str| (1..=3).contains(&w.len()) && w.chars().all(|c| c.is_ascii_alphabetic());
     if let Some((code, rest)) = body.split_once(' ')
         && is_code(code)
     {
@@ -591,11 +538,7 @@ fn request_numbers(folded: &Folded) -> Vec<Number> {
         .chain(word_numbers(&folded.text))
         .map(|n| {
             let (start, end) = folded.original_span(n.start, n.end);
-            Number {
-                value: n.value,
-                start,
-                end,
-            }
+            Number { value: n.value, start, end }
         })
         .collect()
 }
@@ -605,30 +548,10 @@ fn request_numbers(folded: &Folded) -> Vec<Number> {
 /// count the request spells out grounds the digits a model writes.
 fn word_numbers(text: &str) -> Vec<Reading> {
     const UNITS: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
     ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
+    const TENS: [&str; 8] = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
     let lower = text.to_ascii_lowercase();
     // Words with their byte spans.
     let mut words: Vec<(usize, usize)> = Vec::new();
@@ -658,32 +581,14 @@ fn word_numbers(text: &str) -> Vec<Reading> {
                 let gap = &lower[words[k].1..a];
                 gap == "-" || gap == " "
             });
-            if let Some(u) = word(k + 1)
-                .filter(|_| joined)
-                .and_then(|n| UNITS[1..10].iter().position(|x| *x == n))
-            {
-                out.push(Reading {
-                    value: (tens + u + 1) as f64,
-                    start: words[k].0,
-                    end: words[k + 1].1,
-                    whole: true,
-                });
+            if let Some(u) = word(k + 1).filter(|_| joined).and_then(|n| UNITS[1..10].iter().position(|x| *x == n)) {
+                out.push(Reading { value: (tens + u + 1) as f64, start: words[k].0, end: words[k + 1].1, whole: true });
                 k += 2;
                 continue;
             }
-            out.push(Reading {
-                value: tens as f64,
-                start: words[k].0,
-                end: words[k].1,
-                whole: true,
-            });
+            out.push(Reading { value: tens as f64, start: words[k].0, end: words[k].1, whole: true });
         } else if let Some(u) = UNITS.iter().position(|x| *x == w) {
-            out.push(Reading {
-                value: u as f64,
-                start: words[k].0,
-                end: words[k].1,
-                whole: true,
-            });
+            out.push(Reading { value: u as f64, start: words[k].0, end: words[k].1, whole: true });
         }
         k += 1;
     }
@@ -708,12 +613,7 @@ fn scan_numbers(text: &str) -> Vec<Reading> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    let run = |from: usize| {
-        bytes[from.min(bytes.len())..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count()
-    };
+    let run = |from: usize| bytes[from.min(bytes.len())..].iter().take_while(|b| b.is_ascii_digit()).count();
     while i < bytes.len() {
         if !bytes[i].is_ascii_digit() || (i > 0 && bytes[i - 1].is_ascii_digit()) {
             i += 1;
@@ -734,13 +634,7 @@ fn scan_numbers(text: &str) -> Vec<Reading> {
         match (plain.rfind(','), plain.rfind('.')) {
             (Some(c), Some(d)) => {
                 let (thousands, decimal) = if c > d { (".", ",") } else { (",", ".") };
-                whole.extend(
-                    plain
-                        .replace(thousands, "")
-                        .replace(decimal, ".")
-                        .parse::<f64>()
-                        .ok(),
-                );
+                whole.extend(plain.replace(thousands, "").replace(decimal, ".").parse::<f64>().ok());
             }
             _ => {
                 whole.extend(plain.replace([',', '.'], "").parse::<f64>().ok());
@@ -749,21 +643,13 @@ fn scan_numbers(text: &str) -> Vec<Reading> {
                 }
             }
         }
-        let pieces: Vec<f64> = raw
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|p| p.parse::<f64>().ok())
-            .collect();
+        let pieces: Vec<f64> = raw.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<f64>().ok()).collect();
         let (factor, suffix_end) = multiplier(text, end);
         let mut seen: Vec<f64> = Vec::new();
         let mut add = |value: f64, end: usize, whole: bool| {
             if value.is_finite() && !seen.contains(&value) {
                 seen.push(value);
-                out.push(Reading {
-                    value,
-                    start,
-                    end,
-                    whole,
-                });
+                out.push(Reading { value, start, end, whole });
             }
         };
         for &w in &whole {
@@ -812,17 +698,11 @@ mod tests {
 
     fn run(config: Value, request: &str, output: &Value) -> Result<Verdict, String> {
         reins_sdk::set_request_text(request);
-        Grounded::validate(
-            CallContext::for_test(&config, &json!({})),
-            output.to_string(),
-        )
+        Grounded::validate(CallContext::for_test(&config, &json!({})), output.to_string())
     }
 
     fn found(v: &Verdict) -> Vec<(String, String)> {
-        v.violations
-            .iter()
-            .map(|x| (x.path.clone(), x.message.clone()))
-            .collect()
+        v.violations.iter().map(|x| (x.path.clone(), x.message.clone())).collect()
     }
 
     const REQUEST: &str = "Customer: Ana Silva.\nPlease ship order ORD-1234 (3 items, total $1,250.50) to our office \
@@ -837,12 +717,7 @@ mod tests {
 
     #[test]
     fn an_invented_city_is_flagged_with_the_closest_text() {
-        let v = run(
-            json!({}),
-            REQUEST,
-            &json!({"name": "Ana Silva", "city": "Berlin"}),
-        )
-        .unwrap();
+        let v = run(json!({}), REQUEST, &json!({"name": "Ana Silva", "city": "Berlin"})).unwrap();
         assert_eq!(
             found(&v),
             [(
@@ -871,23 +746,12 @@ mod tests {
     fn words_with_digits_must_match_exactly() {
         let v = run(json!({}), REQUEST, &json!({"order": "ORD-1235"})).unwrap();
         assert_eq!(v.violations.len(), 1);
-        assert!(
-            v.violations[0]
-                .message
-                .contains("the closest text is \"ORD\""),
-            "{}",
-            v.violations[0].message
-        );
+        assert!(v.violations[0].message.contains("the closest text is \"ORD\""), "{}", v.violations[0].message);
     }
 
     #[test]
     fn word_order_and_punctuation_do_not_matter() {
-        let v = run(
-            json!({}),
-            REQUEST,
-            &json!({"name": "Silva, Ana", "where": "Bern (Switzerland)"}),
-        )
-        .unwrap();
+        let v = run(json!({}), REQUEST, &json!({"name": "Silva, Ana", "where": "Bern (Switzerland)"})).unwrap();
         assert!(v.violations.is_empty(), "{:?}", found(&v));
     }
 
@@ -947,12 +811,7 @@ mod tests {
 
     #[test]
     fn numbers_in_words() {
-        let values = |t: &str| {
-            word_numbers(t)
-                .into_iter()
-                .map(|r| r.value)
-                .collect::<Vec<_>>()
-        };
+        let values = |t: &str| word_numbers(t).into_iter().map(|r| r.value).collect::<Vec<_>>();
         assert_eq!(values("She is twenty-five and has three cats"), [25.0, 3.0]);
         assert_eq!(values("ninety nine, forty"), [99.0, 40.0]);
         assert!(values("someone threefold").is_empty());
@@ -960,12 +819,7 @@ mod tests {
 
     #[test]
     fn number_readings() {
-        let values = |t: &str| {
-            scan_numbers(t)
-                .into_iter()
-                .map(|n| n.value)
-                .collect::<Vec<_>>()
-        };
+        let values = |t: &str| scan_numbers(t).into_iter().map(|n| n.value).collect::<Vec<_>>();
         assert_eq!(values("500,000"), [500000.0, 500.0, 0.0]);
         assert_eq!(values("1.250,50"), [1250.5, 1.0, 250.0, 50.0]);
         assert!(values("1.250,50 EUR").contains(&1250.5));
@@ -987,30 +841,17 @@ mod tests {
         let v = run(json!({}), "  ", &json!({"city": "Berlin"})).unwrap();
         assert_eq!(v.violations.len(), 1);
         assert!(!v.violations[0].is_error() && v.violations[0].code == "no-request");
-        let v = run(
-            json!({"require_request": true}),
-            "",
-            &json!({"city": "Berlin"}),
-        )
-        .unwrap();
+        let v = run(json!({"require_request": true}), "", &json!({"city": "Berlin"})).unwrap();
         assert!(v.violations[0].is_error());
     }
 
     #[test]
     fn errors() {
-        let e = run(json!({"threshold": 1.5}), REQUEST, &json!({}))
-            .err()
-            .unwrap();
+        let e = run(json!({"threshold": 1.5}), REQUEST, &json!({})).err().unwrap();
         assert!(e.starts_with("config.threshold"), "{e}");
-        let e = run(json!({"pointers": ["name"]}), REQUEST, &json!({}))
-            .err()
-            .unwrap();
+        let e = run(json!({"pointers": ["name"]}), REQUEST, &json!({})).err().unwrap();
         assert!(e.starts_with("config.pointers[0]"), "{e}");
-        let v = Grounded::validate(
-            CallContext::for_test(&json!({}), &json!({})),
-            "{nope".into(),
-        )
-        .unwrap();
+        let v = Grounded::validate(CallContext::for_test(&json!({}), &json!({})), "{nope".into()).unwrap();
         assert_eq!(v.violations[0].code, "json");
     }
 

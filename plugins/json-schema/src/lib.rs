@@ -128,19 +128,14 @@ fn explain(error: &ValidationError<'_>, schema: &Value) -> Vec<Violation> {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| match (i, t) {
-                    (0, t) if *t != JsonType::Null => {
-                        format!("{} (e.g. {})", with_article(*t), example(*t, value))
-                    }
+                    (0, t) if *t != JsonType::Null => format!("{} (e.g. {})", with_article(*t), example(*t, value)),
                     (_, t) => with_article(*t),
                 })
                 .collect();
             format!("must be {}, got {got}", or_list(&wanted))
         }
         ValidationErrorKind::Required { property } => {
-            let name = property
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| property.to_string());
+            let name = property.as_str().map(str::to_string).unwrap_or_else(|| property.to_string());
             format!("missing the required property {name:?}; add it")
         }
         ValidationErrorKind::Enum { options } => {
@@ -155,12 +150,8 @@ fn explain(error: &ValidationError<'_>, schema: &Value) -> Vec<Violation> {
         }
         ValidationErrorKind::Minimum { limit } => format!("must be >= {limit}, got {value}"),
         ValidationErrorKind::Maximum { limit } => format!("must be <= {limit}, got {value}"),
-        ValidationErrorKind::ExclusiveMinimum { limit } => {
-            format!("must be > {limit}, got {value}")
-        }
-        ValidationErrorKind::ExclusiveMaximum { limit } => {
-            format!("must be < {limit}, got {value}")
-        }
+        ValidationErrorKind::ExclusiveMinimum { limit } => format!("must be > {limit}, got {value}"),
+        ValidationErrorKind::ExclusiveMaximum { limit } => format!("must be < {limit}, got {value}"),
         ValidationErrorKind::MultipleOf { multiple_of } => {
             format!("must be a multiple of {multiple_of}, got {value}")
         }
@@ -212,11 +203,7 @@ fn explain(error: &ValidationError<'_>, schema: &Value) -> Vec<Violation> {
 fn allowed_properties(error: &ValidationError<'_>, schema: &Value) -> String {
     let keyword_path = error.schema_path().as_str();
     let parent = keyword_path.rsplit_once('/').map_or("", |(p, _)| p);
-    match schema
-        .pointer(parent)
-        .and_then(|s| s.get("properties"))
-        .and_then(Value::as_object)
-    {
+    match schema.pointer(parent).and_then(|s| s.get("properties")).and_then(Value::as_object) {
         Some(props) if !props.is_empty() => {
             let names: Vec<&str> = props.keys().map(String::as_str).collect();
             format!(" (allowed: {})", names.join(", "))

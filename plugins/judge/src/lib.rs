@@ -31,17 +31,10 @@ fn verdict(answer: &str) -> Result<Judgement, String> {
     let start = answer.find('{');
     let end = answer.rfind('}');
     let Some((start, end)) = start.zip(end).filter(|(s, e)| s < e) else {
-        return Err(format!(
-            "the judge's answer has no JSON verdict: {:?}",
-            preview(answer)
-        ));
+        return Err(format!("the judge's answer has no JSON verdict: {:?}", preview(answer)));
     };
-    serde_json::from_str(&answer[start..=end]).map_err(|e| {
-        format!(
-            "the judge's verdict is not {{\"pass\": bool, \"reason\": string}}: {e}: {:?}",
-            preview(answer)
-        )
-    })
+    serde_json::from_str(&answer[start..=end])
+        .map_err(|e| format!("the judge's verdict is not {{\"pass\": bool, \"reason\": string}}: {e}: {:?}", preview(answer)))
 }
 
 fn preview(s: &str) -> String {
@@ -73,11 +66,7 @@ fn parse(config_text: &str) -> Result<Config, String> {
 impl Guest for Judge {
     fn validate(ctx: CallContext, output: String) -> Result<Verdict, String> {
         let config = SETUP.get(&ctx.config, parse)?;
-        let question = format!(
-            "Policy:\n{}\n\nAnswer to review:\n{}",
-            config.policy,
-            answer_text(&output)
-        );
+        let question = format!("Policy:\n{}\n\nAnswer to review:\n{}", config.policy, answer_text(&output));
         let answer = reins_sdk::judge(SYSTEM, &question)?;
         let judgement = verdict(&answer)?;
         Ok(if judgement.pass {
@@ -111,27 +100,15 @@ mod tests {
     use super::*;
 
     fn ctx() -> CallContext {
-        CallContext::for_test(
-            &serde_json::json!({"policy": "no competitors"}),
-            &serde_json::json!({}),
-        )
+        CallContext::for_test(&serde_json::json!({"policy": "no competitors"}), &serde_json::json!({}))
     }
 
     #[test]
     fn a_pass_is_ok_and_a_fail_carries_the_reason() {
         reins_sdk::set_judge_answer(Ok("{\"pass\": true}".into()));
-        assert!(
-            Judge::validate(ctx(), "\"hello\"".into())
-                .unwrap()
-                .violations
-                .is_empty()
-        );
-        reins_sdk::set_judge_answer(Ok(
-            "Verdict: ```json\n{\"pass\": false, \"reason\": \"it names Acme\"}\n```".into(),
-        ));
-        let v = Judge::validate(ctx(), "\"buy from Acme\"".into())
-            .unwrap()
-            .violations;
+        assert!(Judge::validate(ctx(), "\"hello\"".into()).unwrap().violations.is_empty());
+        reins_sdk::set_judge_answer(Ok("Verdict: ```json\n{\"pass\": false, \"reason\": \"it names Acme\"}\n```".into()));
+        let v = Judge::validate(ctx(), "\"buy from Acme\"".into()).unwrap().violations;
         assert_eq!(v[0].code, "judge");
         assert!(v[0].message.contains("it names Acme"), "{}", v[0].message);
     }
@@ -139,16 +116,8 @@ mod tests {
     #[test]
     fn no_verdict_or_no_judge_is_a_refusal() {
         reins_sdk::set_judge_answer(Ok("I think it is fine".into()));
-        assert!(
-            Judge::validate(ctx(), "\"x\"".into())
-                .unwrap_err()
-                .contains("no JSON verdict")
-        );
+        assert!(Judge::validate(ctx(), "\"x\"".into()).unwrap_err().contains("no JSON verdict"));
         reins_sdk::set_judge_answer(Err("the judge is unavailable".into()));
-        assert!(
-            Judge::validate(ctx(), "\"x\"".into())
-                .unwrap_err()
-                .contains("unavailable")
-        );
+        assert!(Judge::validate(ctx(), "\"x\"".into()).unwrap_err().contains("unavailable"));
     }
 }

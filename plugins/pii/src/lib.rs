@@ -93,24 +93,11 @@ fn compile_patterns(configs: Vec<PatternConfig>) -> Result<Vec<Pattern>, String>
         if p.name.trim().is_empty() {
             return Err(format!("config.patterns[{i}].name: must not be empty"));
         }
-        let regex = detect::patterns::compile(&p.regex).map_err(|e| {
-            format!(
-                "config.patterns[{i}] ({:?}): the regex does not compile: {e}",
-                p.name
-            )
-        })?;
-        let Some(action) = p.action.action() else {
-            continue;
-        };
-        let placeholder = p
-            .placeholder
-            .unwrap_or_else(|| format!("[{}]", p.name.to_uppercase()));
-        out.push(Pattern {
-            name: p.name,
-            regex,
-            action,
-            placeholder,
-        });
+        let regex = detect::patterns::compile(&p.regex)
+            .map_err(|e| format!("config.patterns[{i}] ({:?}): the regex does not compile: {e}", p.name))?;
+        let Some(action) = p.action.action() else { continue };
+        let placeholder = p.placeholder.unwrap_or_else(|| format!("[{}]", p.name.to_uppercase()));
+        out.push(Pattern { name: p.name, regex, action, placeholder });
     }
     Ok(out)
 }
@@ -144,12 +131,7 @@ fn prepare(config_text: &str) -> Result<Prepared, String> {
     .filter_map(|(kind, a)| a.action().map(|a| (kind, a)))
     .collect();
     let enabled: Vec<PiiKind> = kinds.iter().map(|&(k, _)| k).collect();
-    Ok(Prepared {
-        patterns,
-        kinds,
-        enabled,
-        placeholders: config.placeholders,
-    })
+    Ok(Prepared { patterns, kinds, enabled, placeholders: config.placeholders })
 }
 
 impl Guest for Pii {
@@ -164,28 +146,15 @@ impl Guest for Pii {
         detect::doc::for_each_string_mut(&mut doc, &mut |path, text| {
             let mut findings = Vec::new();
             for m in detect::find_pii(text, &enabled) {
-                let Some(kind) = PiiKind::parse(m.kind) else {
-                    continue;
-                };
-                let action = kinds
-                    .iter()
-                    .find(|&&(k, _)| k == kind)
-                    .map_or(Action::Redact, |&(_, a)| a);
+                let Some(kind) = PiiKind::parse(m.kind) else { continue };
+                let action = kinds.iter().find(|&&(k, _)| k == kind).map_or(Action::Redact, |&(_, a)| a);
                 let placeholder = match kind {
                     PiiKind::Email => placeholders.email.clone(),
                     PiiKind::Phone => placeholders.phone.clone(),
-                    PiiKind::Card => placeholders
-                        .card
-                        .replace("{last4}", &last4(&text[m.start..m.end])),
+                    PiiKind::Card => placeholders.card.replace("{last4}", &last4(&text[m.start..m.end])),
                     PiiKind::Iban => placeholders.iban.clone(),
                 };
-                findings.push(Finding {
-                    start: m.start,
-                    end: m.end,
-                    what: kind.describe().into(),
-                    action,
-                    placeholder,
-                });
+                findings.push(Finding { start: m.start, end: m.end, what: kind.describe().into(), action, placeholder });
             }
             for p in patterns {
                 for m in p.regex.find_iter(text).filter(|m| !m.is_empty()) {
@@ -208,29 +177,16 @@ impl Guest for Pii {
             detect::doc::for_each_leaf(&doc, &mut |path, value| {
                 let Some(n) = value.as_u64() else { return };
                 let digits = n.to_string();
-                if detect::find_pii(&digits, &[PiiKind::Card])
-                    .first()
-                    .is_some_and(|m| m.end - m.start == digits.len())
-                {
+                if detect::find_pii(&digits, &[PiiKind::Card]).first().is_some_and(|m| m.end - m.start == digits.len()) {
                     let message = match card_action {
-                        Action::Fail => {
-                            "is a payment card number, which an answer must never contain"
-                                .to_string()
-                        }
-                        _ => format!(
-                            "is a payment card number; remove it (or write {:?} in its place)",
-                            placeholders.card
-                        ),
+                        Action::Fail => "is a payment card number, which an answer must never contain".to_string(),
+                        _ => format!("is a payment card number; remove it (or write {:?} in its place)", placeholders.card),
                     };
                     violations.push(Violation::error(path, "pii", message));
                 }
             });
         }
-        Ok(if changed {
-            Verdict::fixed(violations, &doc)
-        } else {
-            Verdict::new(violations)
-        })
+        Ok(if changed { Verdict::fixed(violations, &doc) } else { Verdict::new(violations) })
     }
 }
 
@@ -263,10 +219,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn run(config: Value, output: &str) -> Result<Verdict, String> {
-        Pii::validate(
-            CallContext::for_test(&config, &json!({})),
-            output.to_string(),
-        )
+        Pii::validate(CallContext::for_test(&config, &json!({})), output.to_string())
     }
 
     fn fixed(v: &Verdict) -> Value {
@@ -279,33 +232,15 @@ mod tests {
         let v = run(json!({}), &output).unwrap();
         assert_eq!(fixed(&v), json!("Mail [EMAIL] or pay with [CARD]."));
         assert_eq!(v.violations.len(), 2);
-        assert!(
-            v.violations
-                .iter()
-                .all(|x| !x.is_error() && x.code == "redacted" && x.path.is_empty())
-        );
-        assert!(
-            v.violations[0]
-                .message
-                .contains("an e-mail address at characters 6–21"),
-            "{}",
-            v.violations[0].message
-        );
+        assert!(v.violations.iter().all(|x| !x.is_error() && x.code == "redacted" && x.path.is_empty()));
+        assert!(v.violations[0].message.contains("an e-mail address at characters 6–21"), "{}", v.violations[0].message);
         // The value itself is never in a message.
-        assert!(
-            v.violations
-                .iter()
-                .all(|x| !x.message.contains("jane") && !x.message.contains("1111"))
-        );
+        assert!(v.violations.iter().all(|x| !x.message.contains("jane") && !x.message.contains("1111")));
     }
 
     #[test]
     fn luhn_failures_and_clean_text_pass_untouched() {
-        let v = run(
-            json!({}),
-            &json!("Reference 4111 1111 1111 1112, due 2024-01-15.").to_string(),
-        )
-        .unwrap();
+        let v = run(json!({}), &json!("Reference 4111 1111 1111 1112, due 2024-01-15.").to_string()).unwrap();
         assert!(v.violations.is_empty() && v.fixed.is_none());
     }
 
@@ -317,24 +252,10 @@ mod tests {
             fixed(&v),
             json!({"name": "Jane", "contact": {"phones": ["[PHONE]"]}, "iban": "DE89 3704 0044 0532 0130 00", "n": 4111111111111111u64})
         );
-        let paths: Vec<(&str, bool)> = v
-            .violations
-            .iter()
-            .map(|x| (x.path.as_str(), x.is_error()))
-            .collect();
-        assert_eq!(
-            paths,
-            [("/contact/phones/0", false), ("/iban", true), ("/n", true)]
-        );
-        assert_eq!(
-            v.violations[2].message,
-            "is a payment card number; remove it (or write \"[CARD]\" in its place)"
-        );
-        assert!(
-            v.violations[1]
-                .message
-                .contains("an IBAN at characters 1–27; remove it (or write [IBAN] in its place)")
-        );
+        let paths: Vec<(&str, bool)> = v.violations.iter().map(|x| (x.path.as_str(), x.is_error())).collect();
+        assert_eq!(paths, [("/contact/phones/0", false), ("/iban", true), ("/n", true)]);
+        assert_eq!(v.violations[2].message, "is a payment card number; remove it (or write \"[CARD]\" in its place)");
+        assert!(v.violations[1].message.contains("an IBAN at characters 1–27; remove it (or write [IBAN] in its place)"));
     }
 
     #[test]
@@ -342,10 +263,7 @@ mod tests {
         let config = json!({"email": "fail", "phone": "off", "placeholders": {"card": "[CARD ending {last4}]"}});
         let output = json!("a@b.io, +1 415 555 2671, 5555-5555-5555-4444").to_string();
         let v = run(config, &output).unwrap();
-        assert_eq!(
-            fixed(&v),
-            json!("a@b.io, +1 415 555 2671, [CARD ending 4444]")
-        );
+        assert_eq!(fixed(&v), json!("a@b.io, +1 415 555 2671, [CARD ending 4444]"));
         assert_eq!(v.violations.len(), 2);
         assert!(v.violations[0].is_error() && v.violations[0].code == "pii");
         assert!(v.violations[0].message.contains("must never contain"));
@@ -357,32 +275,16 @@ mod tests {
             {"name": "employee-id", "regex": "EMP-\\d{6}"},
             {"name": "codename", "regex": "(?i)project\\s+falcon", "action": "repair", "placeholder": "[PROJECT]"}
         ]});
-        let v = run(
-            config,
-            &json!("EMP-123456 works on Project Falcon").to_string(),
-        )
-        .unwrap();
+        let v = run(config, &json!("EMP-123456 works on Project Falcon").to_string()).unwrap();
         assert_eq!(fixed(&v), json!("[EMPLOYEE-ID] works on Project Falcon"));
         assert!(v.violations[1].is_error());
-        assert!(
-            v.violations[1]
-                .message
-                .contains("the pattern \"codename\" at characters 21–34")
-        );
+        assert!(v.violations[1].message.contains("the pattern \"codename\" at characters 21–34"));
     }
 
     #[test]
     fn config_errors_name_the_field() {
-        let e = run(
-            json!({"patterns": [{"name": "bad", "regex": "(unclosed"}]}),
-            "\"x\"",
-        )
-        .err()
-        .unwrap();
-        assert!(
-            e.starts_with("config.patterns[0] (\"bad\"): the regex does not compile"),
-            "{e}"
-        );
+        let e = run(json!({"patterns": [{"name": "bad", "regex": "(unclosed"}]}), "\"x\"").err().unwrap();
+        assert!(e.starts_with("config.patterns[0] (\"bad\"): the regex does not compile"), "{e}");
         let e = run(json!({"email": "delete"}), "\"x\"").err().unwrap();
         assert!(e.starts_with("config.email"), "{e}");
     }

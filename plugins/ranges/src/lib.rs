@@ -46,21 +46,9 @@ struct RawRule {
 
 enum Kind {
     /// Bounds and/or allowed values on every value `path` matches.
-    Value {
-        path: String,
-        bounds: Bounds,
-        allowed: Option<Vec<Value>>,
-    },
-    Compare {
-        op: Op,
-        left: String,
-        right: String,
-    },
-    Sum {
-        total: String,
-        items: String,
-        tolerance: f64,
-    },
+    Value { path: String, bounds: Bounds, allowed: Option<Vec<Value>> },
+    Compare { op: Op, left: String, right: String },
+    Sum { total: String, items: String, tolerance: f64 },
 }
 
 #[derive(Default)]
@@ -147,11 +135,7 @@ impl Rule {
                          (or set check = \"lte\" | \"lt\" | \"eq\" | \"gte\" | \"gt\" | \"sum\")"
                     ));
                 }
-                Kind::Value {
-                    path,
-                    bounds,
-                    allowed: raw.allowed,
-                }
+                Kind::Value { path, bounds, allowed: raw.allowed }
             }
             Some("sum") => Kind::Sum {
                 total: pointer_field("total", raw.total)?,
@@ -179,11 +163,7 @@ impl Rule {
                 }
             }
         };
-        Ok(Rule {
-            kind,
-            hint: raw.message,
-            severity,
-        })
+        Ok(Rule { kind, hint: raw.message, severity })
     }
 
     fn violation(&self, path: String, code: &str, message: String) -> Violation {
@@ -196,29 +176,20 @@ impl Rule {
 
     fn check(&self, doc: &Value, out: &mut Vec<Violation>) {
         match &self.kind {
-            Kind::Value {
-                path,
-                bounds,
-                allowed,
-            } => {
+            Kind::Value { path, bounds, allowed } => {
                 for (at, value) in pointer::matches(doc, path).unwrap_or_default() {
                     if value.is_null() {
                         continue;
                     }
                     if let Some(allowed) = allowed
-                        && !allowed.iter().any(|a| same(a, value))
-                    {
-                        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-                        out.push(self.violation(
-                            at.clone(),
-                            "enum",
-                            format!(
-                                "must be one of {}, got {}",
-                                list.join(", "),
-                                describe_value(value)
-                            ),
-                        ));
-                    }
+                        && !allowed.iter().any(|a| same(a, value)) {
+                            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+                            out.push(self.violation(
+                                at.clone(),
+                                "enum",
+                                format!("must be one of {}, got {}", list.join(", "), describe_value(value)),
+                            ));
+                        }
                     if let Some(problem) = bounds.check(value) {
                         let code = if value.is_number() { "range" } else { "type" };
                         out.push(self.violation(at, code, problem));
@@ -230,8 +201,7 @@ impl Rule {
                 let left_tokens = pointer::split(left).unwrap_or_default();
                 for (at, l) in pointer::matches(doc, left).unwrap_or_default() {
                     // `/items/*/start` vs `/items/*/end`: pair by wildcard.
-                    let right_here =
-                        substitute(&right_tokens, &wildcard_bindings(&left_tokens, &at));
+                    let right_here = substitute(&right_tokens, &wildcard_bindings(&left_tokens, &at));
                     for (rat, r) in pointer::matches(doc, &right_here).unwrap_or_default() {
                         if l.is_null() || r.is_null() {
                             continue;
@@ -256,14 +226,8 @@ impl Rule {
                     }
                 }
             }
-            Kind::Sum {
-                total,
-                items,
-                tolerance,
-            } => {
-                let Some(t) = pointer::resolve(doc, total).filter(|t| !t.is_null()) else {
-                    return;
-                };
+            Kind::Sum { total, items, tolerance } => {
+                let Some(t) = pointer::resolve(doc, total).filter(|t| !t.is_null()) else { return };
                 let mut sum = 0.0;
                 for (at, v) in pointer::matches(doc, items).unwrap_or_default() {
                     match v {
@@ -273,10 +237,7 @@ impl Rule {
                             out.push(self.violation(
                                 at,
                                 "type",
-                                format!(
-                                    "must be a number (it is summed into {total}), got {}",
-                                    describe_value(other)
-                                ),
+                                format!("must be a number (it is summed into {total}), got {}", describe_value(other)),
                             ));
                             return;
                         }
@@ -286,10 +247,7 @@ impl Rule {
                     out.push(self.violation(
                         total.clone(),
                         "type",
-                        format!(
-                            "must be a number (the sum of {items}), got {}",
-                            describe_value(t)
-                        ),
+                        format!("must be a number (the sum of {items}), got {}", describe_value(t)),
                     ));
                     return;
                 };
@@ -297,11 +255,7 @@ impl Rule {
                     out.push(self.violation(
                         total.clone(),
                         "sum",
-                        format!(
-                            "must equal the sum of {items} ({}), got {}",
-                            round(sum),
-                            plain(t)
-                        ),
+                        format!("must equal the sum of {items} ({}), got {}", round(sum), plain(t)),
                     ));
                 }
             }
@@ -328,19 +282,11 @@ impl Bounds {
             }
             parts.join(" and ")
         };
-        if self.min.is_none()
-            && self.max.is_none()
-            && self.exclusive_min.is_none()
-            && self.exclusive_max.is_none()
-        {
+        if self.min.is_none() && self.max.is_none() && self.exclusive_min.is_none() && self.exclusive_max.is_none() {
             return None;
         }
         let Some(n) = value.as_f64() else {
-            return Some(format!(
-                "must be a number {}, got {}",
-                describe(),
-                describe_value(value)
-            ));
+            return Some(format!("must be a number {}, got {}", describe(), describe_value(value)));
         };
         let ok = self.min.is_none_or(|m| n >= m)
             && self.max.is_none_or(|m| n <= m)
@@ -418,12 +364,7 @@ static SETUP: reins_sdk::Setup<Vec<Rule>> = reins_sdk::Setup::new();
 
 fn rules_of(config_text: &str) -> Result<Vec<Rule>, String> {
     let config: Config = reins_sdk::parse_config_text(config_text)?;
-    config
-        .rules
-        .into_iter()
-        .enumerate()
-        .map(|(i, raw)| Rule::parse(i, raw))
-        .collect()
+    config.rules.into_iter().enumerate().map(|(i, raw)| Rule::parse(i, raw)).collect()
 }
 
 impl Guest for Ranges {

@@ -58,21 +58,14 @@ impl Guest for SpendLimit {
     fn check(ctx: CallContext, action: Action) -> Result<Decision, String> {
         let config = SETUP.get(&ctx.config, parse)?;
         if let Some(tools) = &config.tools
-            && !tools.contains(&action.tool)
-        {
-            return Ok(Decision::Allow);
-        }
+            && !tools.contains(&action.tool) {
+                return Ok(Decision::Allow);
+            }
         let arguments = action.arguments_value()?;
         let (field, found) = if config.amount_field.starts_with('/') {
-            (
-                config.amount_field.clone(),
-                pointer::resolve(&arguments, &config.amount_field),
-            )
+            (config.amount_field.clone(), pointer::resolve(&arguments, &config.amount_field))
         } else {
-            (
-                format!("/{}", pointer::escape(&config.amount_field)),
-                arguments.get(&config.amount_field),
-            )
+            (format!("/{}", pointer::escape(&config.amount_field)), arguments.get(&config.amount_field))
         };
         let Some(raw) = found else {
             return Ok(Decision::Allow);
@@ -88,9 +81,7 @@ impl Guest for SpendLimit {
             }
         };
         if !amount.is_finite() {
-            return Ok(Decision::Deny(format!(
-                "{name} must be a finite number, got {raw}"
-            )));
+            return Ok(Decision::Deny(format!("{name} must be a finite number, got {raw}")));
         }
         if amount < 0.0 {
             return Ok(Decision::Deny(format!(
@@ -111,20 +102,13 @@ impl Guest for SpendLimit {
         let cents = cents as i64;
         // The verified tenant (the host fills it from `metadata` only on a
         // pipeline that trusts metadata): a caller cannot pick its budget.
-        let tenant = ctx
-            .caller
-            .tenant
-            .clone()
-            .unwrap_or_else(|| "default".to_string());
+        let tenant = ctx.caller.tenant.clone().unwrap_or_else(|| "default".to_string());
         let key = format!("spend:{tenant}");
         let total = reins_sdk::counter_add(&key, cents, config.window_seconds);
         if total as f64 > budget_cents {
             reins_sdk::counter_add(&key, -cents, config.window_seconds);
             let spent = total - cents;
-            log(
-                Level::Info,
-                &format!("tenant {tenant}: denied {} over budget", money(cents)),
-            );
+            log(Level::Info, &format!("tenant {tenant}: denied {} over budget", money(cents)));
             return Ok(Decision::Deny(format!(
                 "the daily budget of tenant {tenant} would be exceeded: {} already spent of {}, this {} would make {}; \
                  at most {} is left",

@@ -39,21 +39,8 @@ impl Default for Config {
             tools: None,
             escalate_statements: words(&["DROP", "TRUNCATE", "ALTER", "GRANT", "REVOKE"]),
             allow_statements: words(&[
-                "SELECT",
-                "INSERT",
-                "VALUES",
-                "TABLE",
-                "SHOW",
-                "DESCRIBE",
-                "DESC",
-                "CREATE",
-                "BEGIN",
-                "START",
-                "COMMIT",
-                "END",
-                "ROLLBACK",
-                "SAVEPOINT",
-                "RELEASE",
+                "SELECT", "INSERT", "VALUES", "TABLE", "SHOW", "DESCRIBE", "DESC", "CREATE", "BEGIN", "START",
+                "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE",
             ]),
         }
     }
@@ -74,10 +61,9 @@ impl Guest for SqlGuard {
     fn check(ctx: CallContext, action: Action) -> Result<Decision, String> {
         let config = SETUP.get(&ctx.config, parse)?;
         if let Some(tools) = &config.tools
-            && !tools.contains(&action.tool)
-        {
-            return Ok(Decision::Allow);
-        }
+            && !tools.contains(&action.tool) {
+                return Ok(Decision::Allow);
+            }
         let arguments = action.arguments_value()?;
         let sql = match arguments.get(&config.field) {
             None => return Ok(Decision::Allow),
@@ -113,22 +99,13 @@ fn judge(sql: &str, config: &Config) -> Decision {
     let mut escalations = Vec::new();
     if lexed.backslash_quote {
         escalations.push(
-            "a string literal contains \\' which databases read differently; a human must check it"
-                .to_string(),
+            "a string literal contains \\' which databases read differently; a human must check it".to_string(),
         );
     }
-    let statements: Vec<&[Tok]> = lexed
-        .tokens
-        .split(|t| *t == Tok::Semi)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let statements: Vec<&[Tok]> = lexed.tokens.split(|t| *t == Tok::Semi).filter(|s| !s.is_empty()).collect();
     let many = statements.len() > 1;
     for (i, stmt) in statements.iter().enumerate() {
-        let label = if many {
-            format!("statement {}: ", i + 1)
-        } else {
-            String::new()
-        };
+        let label = if many { format!("statement {}: ", i + 1) } else { String::new() };
         for finding in statement(stmt, config) {
             match finding {
                 Finding::Deny(why) => denials.push(format!("{label}{why}")),
@@ -158,10 +135,7 @@ fn statement(tokens: &[Tok], config: &Config) -> Vec<Finding> {
             out.extend(modification(&tokens[i + 1..]));
         }
     }
-    let start = tokens
-        .iter()
-        .position(|t| *t != Tok::Open)
-        .unwrap_or(tokens.len());
+    let start = tokens.iter().position(|t| *t != Tok::Open).unwrap_or(tokens.len());
     let Some(Tok::Word(verb)) = tokens.get(start) else {
         return out;
     };
@@ -191,21 +165,10 @@ fn statement(tokens: &[Tok], config: &Config) -> Vec<Finding> {
             }
         }
         "DELETE" | "UPDATE" => out.extend(modification(rest)),
-        v if config
-            .escalate_statements
-            .iter()
-            .any(|e| e.eq_ignore_ascii_case(v)) =>
-        {
-            out.push(Finding::Escalate(format!(
-                "{} needs human approval: {}",
-                v,
-                render(rest, 8)
-            )));
+        v if config.escalate_statements.iter().any(|e| e.eq_ignore_ascii_case(v)) => {
+            out.push(Finding::Escalate(format!("{} needs human approval: {}", v, render(rest, 8))));
         }
-        v if config
-            .allow_statements
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(v)) => {}
+        v if config.allow_statements.iter().any(|a| a.eq_ignore_ascii_case(v)) => {}
         v => out.push(Finding::Escalate(format!(
             "{v} is not a statement this gate knows to be safe; a human must approve it"
         ))),
@@ -214,10 +177,7 @@ fn statement(tokens: &[Tok], config: &Config) -> Vec<Finding> {
 }
 
 fn is_statement_verb(w: &str) -> bool {
-    matches!(
-        w,
-        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES"
-    )
+    matches!(w, "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES")
 }
 
 /// A DELETE or UPDATE starting at `tokens[0]`, up to the end of the
@@ -244,11 +204,7 @@ fn modification(tokens: &[Tok]) -> Vec<Finding> {
     }
     let span = &tokens[..end];
     let target = target_table(span);
-    let (action, every) = if verb == "DELETE" {
-        ("delete", "delete")
-    } else {
-        ("update", "change")
-    };
+    let (action, every) = if verb == "DELETE" { ("delete", "delete") } else { ("update", "change") };
     let Some(w) = where_at else {
         return vec![Finding::Deny(format!(
             "{verb} on {target} has no WHERE clause and would {every} every row; \
@@ -295,19 +251,13 @@ fn target_table(span: &[Tok]) -> String {
     let mut name = String::new();
     while let Some(t) = span.get(i) {
         match t {
-            Tok::Word(w) | Tok::Quoted(w) if name.is_empty() || name.ends_with('.') => {
-                name.push_str(w)
-            }
+            Tok::Word(w) | Tok::Quoted(w) if name.is_empty() || name.ends_with('.') => name.push_str(w),
             Tok::Sym(s) if s == "." && !name.is_empty() => name.push('.'),
             _ => break,
         }
         i += 1;
     }
-    if name.is_empty() {
-        "the table".to_string()
-    } else {
-        name.to_ascii_lowercase()
-    }
+    if name.is_empty() { "the table".to_string() } else { name.to_ascii_lowercase() }
 }
 
 /// Whether a WHERE condition selects every row whatever the data.
@@ -348,9 +298,7 @@ fn constant(cond: &[Tok]) -> Option<bool> {
         [t] if t.is_word("TRUE") => Some(true),
         [t] if t.is_word("FALSE") => Some(false),
         [not, rest @ ..] if not.is_word("NOT") => constant(rest).map(|v| !v),
-        [lhs @ .., is, not, null]
-            if is.is_word("IS") && not.is_word("NOT") && null.is_word("NULL") =>
-        {
+        [lhs @ .., is, not, null] if is.is_word("IS") && not.is_word("NOT") && null.is_word("NULL") => {
             literal(lhs).map(|_| true)
         }
         _ => {
@@ -369,8 +317,7 @@ fn constant(cond: &[Tok]) -> Option<bool> {
                 _ => return None,
             };
             if op == "LIKE" {
-                let all =
-                    matches!(r, [Tok::Str(p)] if !p.is_empty() && p.chars().all(|c| c == '%'));
+                let all = matches!(r, [Tok::Str(p)] if !p.is_empty() && p.chars().all(|c| c == '%'));
                 return (all || (!l.is_empty() && l == r)).then_some(true);
             }
             if !l.is_empty() && l == r {
@@ -401,9 +348,7 @@ fn compare_literals(a: &Lit, op: &str, b: &Lit) -> bool {
         (Lit::Num(x), Lit::Num(y)) => x.partial_cmp(y),
         (Lit::Text(x), Lit::Text(y)) => Some(x.cmp(y)),
         // '1' = 1: databases cast; equal text means equal.
-        (Lit::Num(x), Lit::Text(s)) | (Lit::Text(s), Lit::Num(x)) => {
-            s.trim().parse::<f64>().ok().and_then(|y| x.partial_cmp(&y))
-        }
+        (Lit::Num(x), Lit::Text(s)) | (Lit::Text(s), Lit::Num(x)) => s.trim().parse::<f64>().ok().and_then(|y| x.partial_cmp(&y)),
     };
     let Some(ord) = ord else { return false };
     match op {
@@ -473,10 +418,7 @@ fn render(tokens: &[Tok], max: usize) -> String {
     if tokens.len() > max {
         out.push("...".to_string());
     }
-    out.join(" ")
-        .replace("( ", "(")
-        .replace(" )", ")")
-        .replace(" . ", ".")
+    out.join(" ").replace("( ", "(").replace(" )", ")").replace(" . ", ".")
 }
 
 // ---------------------------------------------------------------------------
@@ -504,10 +446,7 @@ impl Tok {
 
     fn is_comparison(&self) -> bool {
         match self {
-            Tok::Sym(s) => matches!(
-                s.as_str(),
-                "=" | "==" | "<>" | "!=" | "<" | ">" | "<=" | ">="
-            ),
+            Tok::Sym(s) => matches!(s.as_str(), "=" | "==" | "<>" | "!=" | "<" | ">" | "<=" | ">="),
             Tok::Word(w) => w == "LIKE",
             _ => false,
         }
@@ -562,8 +501,7 @@ fn lex(sql: &str) -> Result<Lexed, String> {
                 }
             }
             '/' if next == Some('*') => {
-                let close =
-                    (i + 2..n.saturating_sub(1)).find(|&j| chars[j] == '*' && chars[j + 1] == '/');
+                let close = (i + 2..n.saturating_sub(1)).find(|&j| chars[j] == '*' && chars[j + 1] == '/');
                 match close {
                     Some(j) => i = j + 2,
                     None => return Err("unterminated /* comment".to_string()),
@@ -571,8 +509,7 @@ fn lex(sql: &str) -> Result<Lexed, String> {
             }
             '\'' => {
                 let (text, j) = until(i + 1, '\'', "string literal")?;
-                if text.contains('\\') && chars[i + 1..j - 1].windows(2).any(|w| w == ['\\', '\''])
-                {
+                if text.contains('\\') && chars[i + 1..j - 1].windows(2).any(|w| w == ['\\', '\'']) {
                     backslash_quote = true;
                 }
                 if chars[i + 1..j.saturating_sub(1)].last() == Some(&'\\') {
@@ -600,8 +537,7 @@ fn lex(sql: &str) -> Result<Lexed, String> {
             }
             '$' => {
                 // $tag$ ... $tag$ (PostgreSQL dollar quoting).
-                let tag_end =
-                    (i + 1..n).find(|&j| !(chars[j].is_alphanumeric() || chars[j] == '_'));
+                let tag_end = (i + 1..n).find(|&j| !(chars[j].is_alphanumeric() || chars[j] == '_'));
                 match tag_end {
                     Some(t) if chars[t] == '$' => {
                         let tag: String = chars[i..=t].iter().collect();
@@ -659,10 +595,7 @@ fn lex(sql: &str) -> Result<Lexed, String> {
             }
         }
     }
-    Ok(Lexed {
-        tokens,
-        backslash_quote,
-    })
+    Ok(Lexed { tokens, backslash_quote })
 }
 
 #[cfg(test)]
@@ -689,19 +622,13 @@ mod tests {
         assert_eq!(kind("UPDATE t SET a = 1 WHERE id = 3 OR 'a'='a'"), "deny");
         assert_eq!(kind("UPDATE t SET a = 1 WHERE true"), "deny");
         assert_eq!(kind("UPDATE t SET a = 1 WHERE 1"), "deny");
-        assert_eq!(
-            kind("UPDATE t SET a = (SELECT b FROM u WHERE u.id = 1)"),
-            "deny"
-        );
+        assert_eq!(kind("UPDATE t SET a = (SELECT b FROM u WHERE u.id = 1)"), "deny");
         assert_eq!(kind("UPDATE t SET a = 1 WHERE id = id"), "deny");
         assert_eq!(kind("UPDATE t SET a = 1 WHERE id = 7 AND 1=1"), "allow");
         assert_eq!(kind("SELECT 1; DROP TABLE users"), "escalate");
         assert_eq!(kind("truncate orders"), "escalate");
         assert_eq!(kind("SELECT 1; DELETE FROM t; DROP TABLE x"), "deny");
-        assert_eq!(
-            kind("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"),
-            "deny"
-        );
+        assert_eq!(kind("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"), "deny");
         assert_eq!(kind("WITH x AS (SELECT 1) DELETE FROM t"), "deny");
         assert_eq!(kind("SELECT * FROM t FOR UPDATE"), "allow");
         assert_eq!(kind("EXPLAIN ANALYZE DELETE FROM t"), "deny");

@@ -229,19 +229,14 @@ fn upstream_tools() -> Result<Vec<Upstream>, String> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    serde_json::from_str(&text)
-        .map_err(|e| format!("upstream-tools is not a JSON array of tools: {e}"))
+    serde_json::from_str(&text).map_err(|e| format!("upstream-tools is not a JSON array of tools: {e}"))
 }
+
 
 impl Entry {
     fn visible_to(&self, roles: &[String], tenant: Option<&String>) -> bool {
-        self.roles
-            .as_ref()
-            .is_none_or(|allowed| roles.iter().any(|r| allowed.contains(r)))
-            && self
-                .tenants
-                .as_ref()
-                .is_none_or(|allowed| tenant.is_some_and(|t| allowed.contains(t)))
+        self.roles.as_ref().is_none_or(|allowed| roles.iter().any(|r| allowed.contains(r)))
+            && self.tenants.as_ref().is_none_or(|allowed| tenant.is_some_and(|t| allowed.contains(t)))
     }
 
     /// The tool this entry offers now; `None` when the upstream tool it
@@ -254,10 +249,7 @@ impl Entry {
                 None => {
                     log(
                         Level::Debug,
-                        &format!(
-                            "tool {} left out: upstream tool {target} is not available",
-                            self.name
-                        ),
+                        &format!("tool {} left out: upstream tool {target} is not available", self.name),
                     );
                     return None;
                 }
@@ -288,12 +280,7 @@ impl Entry {
     }
 }
 
-fn offer(
-    manifest: &Manifest,
-    upstream: &[Upstream],
-    roles: &[String],
-    tenant: Option<&String>,
-) -> Vec<Tool> {
+fn offer(manifest: &Manifest, upstream: &[Upstream], roles: &[String], tenant: Option<&String>) -> Vec<Tool> {
     let by_name: HashMap<&str, &Upstream> = upstream.iter().map(|u| (u.name.as_str(), u)).collect();
     let mut tools: Vec<Tool> = manifest
         .entries
@@ -312,9 +299,7 @@ fn offer(
             .flat_map(|e| std::iter::once(e.name.as_str()).chain(e.upstream.as_deref()))
             .collect();
         for u in upstream {
-            if claimed.contains(u.name.as_str())
-                || hide.iter().any(|g| reins_sdk::glob_match(g, &u.name))
-            {
+            if claimed.contains(u.name.as_str()) || hide.iter().any(|g| reins_sdk::glob_match(g, &u.name)) {
                 continue;
             }
             let Some(schema) = u.schema() else { continue };
@@ -341,12 +326,7 @@ impl Guest for ToolManifest {
             upstream_tools()?
         };
         // The verified caller's roles and tenant, never the body's metadata.
-        Ok(offer(
-            &manifest,
-            &upstream,
-            &ctx.caller.roles,
-            ctx.caller.tenant.as_ref(),
-        ))
+        Ok(offer(&manifest, &upstream, &ctx.caller.roles, ctx.caller.tenant.as_ref()))
     }
 }
 

@@ -36,17 +36,13 @@ fn names(tools: &Result<Vec<Tool>, String>) -> Vec<&str> {
 
 fn find<'a>(tools: &'a Result<Vec<Tool>, String>, name: &str) -> &'a Tool {
     match tools {
-        Ok(t) => t
-            .iter()
-            .find(|t| t.name == name)
-            .unwrap_or_else(|| panic!("no tool {name}")),
+        Ok(t) => t.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tool {name}")),
         Err(e) => panic!("tools failed: {e}"),
     }
 }
 
 fn schema(tool: &Tool) -> Value {
-    serde_json::from_str(&tool.parameters)
-        .unwrap_or_else(|e| panic!("{}: parameters not JSON: {e}", tool.name))
+    serde_json::from_str(&tool.parameters).unwrap_or_else(|e| panic!("{}: parameters not JSON: {e}", tool.name))
 }
 
 fn error(result: Result<Vec<Tool>, String>) -> String {
@@ -64,11 +60,7 @@ fn listed_mode_offers_only_the_named_upstream_tools_with_their_definitions() {
     let read = find(&got, "fs__read_file");
     assert_eq!(read.description, "Read a file.");
     assert_eq!(schema(read)["required"], json!(["path"]));
-    assert_eq!(
-        schema(read).get(UPSTREAM_KEY),
-        None,
-        "same name: routed by its name"
-    );
+    assert_eq!(schema(read).get(UPSTREAM_KEY), None, "same name: routed by its name");
     assert_eq!(read.access, Access::Read);
 }
 
@@ -81,16 +73,9 @@ fn config_description_and_parameters_override_the_upstream() {
     ]}));
     let write = find(&got, "fs__write_file");
     assert_eq!(write.description, "Write a report.");
-    assert_eq!(
-        schema(write)["properties"]["content"]["type"],
-        "string",
-        "parameters from upstream"
-    );
+    assert_eq!(schema(write)["properties"]["content"]["type"], "string", "parameters from upstream");
     let read = find(&got, "fs__read_file");
-    assert_eq!(
-        read.description, "Read a file.",
-        "description from upstream"
-    );
+    assert_eq!(read.description, "Read a file.", "description from upstream");
     assert_eq!(schema(read), json!({"type": "object", "maxProperties": 1}));
 }
 
@@ -103,16 +88,7 @@ fn a_renamed_entry_carries_the_route_and_is_not_offered_twice() {
     let got = tools(config);
     let mut got_names = names(&got);
     got_names.sort_unstable();
-    assert_eq!(
-        got_names,
-        [
-            "fs__delete_file",
-            "fs__move_file",
-            "fs__read_file",
-            "git__status",
-            "save_report"
-        ]
-    );
+    assert_eq!(got_names, ["fs__delete_file", "fs__move_file", "fs__read_file", "git__status", "save_report"]);
     let save = find(&got, "save_report");
     assert_eq!(save.description, "Save the report.");
     let s = schema(save);
@@ -126,10 +102,7 @@ fn a_renamed_entry_with_its_own_parameters_still_carries_the_route() {
     let got = tools(json!({"tools": [
         {"name": "read", "upstream": "fs__read_file", "access": "read", "parameters": {"type": "object"}},
     ]}));
-    assert_eq!(
-        schema(find(&got, "read")),
-        json!({"type": "object", "x-reins-upstream": "fs__read_file"})
-    );
+    assert_eq!(schema(find(&got, "read")), json!({"type": "object", "x-reins-upstream": "fs__read_file"}));
 }
 
 #[test]
@@ -149,37 +122,20 @@ fn an_absent_upstream_tool_is_left_out_and_a_tool_of_the_config_stays() {
 fn all_mode_offers_every_upstream_tool_but_the_hidden_ones() {
     set_upstream();
     let got = tools(json!({"upstream": "all", "hide": ["fs__move_file", "*__delete*"]}));
-    assert_eq!(
-        names(&got),
-        ["fs__read_file", "fs__write_file", "git__status"]
-    );
-    assert!(
-        got.iter().flatten().all(|t| t.access == Access::Write),
-        "default_access is write"
-    );
+    assert_eq!(names(&got), ["fs__read_file", "fs__write_file", "git__status"]);
+    assert!(got.iter().flatten().all(|t| t.access == Access::Write), "default_access is write");
     let got = tools(json!({"upstream": "all", "default_access": "irreversible"}));
     assert_eq!(names(&got).len(), 5);
-    assert!(
-        got.iter()
-            .flatten()
-            .all(|t| t.access == Access::Irreversible)
-    );
+    assert!(got.iter().flatten().all(|t| t.access == Access::Irreversible));
 }
 
 #[test]
 fn all_mode_lets_an_entry_grade_an_upstream_tool() {
     set_upstream();
-    let got =
-        tools(json!({"upstream": "all", "tools": [{"name": "fs__read_file", "access": "read"}]}));
+    let got = tools(json!({"upstream": "all", "tools": [{"name": "fs__read_file", "access": "read"}]}));
     assert_eq!(find(&got, "fs__read_file").access, Access::Read);
     assert_eq!(find(&got, "fs__write_file").access, Access::Write);
-    assert_eq!(
-        names(&got)
-            .iter()
-            .filter(|n| **n == "fs__read_file")
-            .count(),
-        1
-    );
+    assert_eq!(names(&got).iter().filter(|n| **n == "fs__read_file").count(), 1);
 }
 
 #[test]
@@ -190,11 +146,7 @@ fn an_entry_with_roles_is_not_handed_to_everyone_through_all() {
         {"name": "wipe", "upstream": "fs__move_file", "access": "irreversible", "tenants": ["acme"]},
     ]});
     let anonymous = tools(config.clone());
-    assert!(
-        !names(&anonymous).contains(&"fs__delete_file"),
-        "{:?}",
-        names(&anonymous)
-    );
+    assert!(!names(&anonymous).contains(&"fs__delete_file"), "{:?}", names(&anonymous));
     assert!(!names(&anonymous).contains(&"fs__move_file"));
     let admin = tools_as(config.clone(), "acme", &["admin"]);
     assert_eq!(find(&admin, "fs__delete_file").access, Access::Irreversible);
@@ -206,9 +158,7 @@ fn an_entry_with_roles_is_not_handed_to_everyone_through_all() {
 #[test]
 fn explicit_entries_are_not_hidden() {
     set_upstream();
-    let got = tools(
-        json!({"upstream": "all", "hide": ["fs__*"], "tools": [{"name": "fs__read_file", "access": "read"}]}),
-    );
+    let got = tools(json!({"upstream": "all", "hide": ["fs__*"], "tools": [{"name": "fs__read_file", "access": "read"}]}));
     assert_eq!(names(&got), ["fs__read_file", "git__status"]);
 }
 
@@ -241,9 +191,7 @@ fn upstream_schemas_that_are_not_objects_are_left_out() {
 fn without_mcp_servers_everything_works_as_before() {
     for answer in ["[]", ""] {
         reins_sdk::set_upstream_tools(answer);
-        let got = tools(
-            json!({"upstream": "all", "tools": [{"name": "lookup_order", "access": "read"}]}),
-        );
+        let got = tools(json!({"upstream": "all", "tools": [{"name": "lookup_order", "access": "read"}]}));
         assert_eq!(names(&got), ["lookup_order"]);
     }
 }
@@ -261,50 +209,20 @@ fn a_broken_upstream_answer_is_an_error() {
 fn config_errors_name_the_field() {
     set_upstream();
     let cases = [
-        (
-            json!({"upstream": "some"}),
-            "config.upstream: unknown mode \"some\"",
-        ),
-        (
-            json!({"hide": ["fs__*"]}),
-            "config.hide: only applies with upstream = \"all\"",
-        ),
-        (
-            json!({"upstream": "listed", "default_access": "read"}),
-            "config.default_access: only applies",
-        ),
-        (
-            json!({"upstream": "all", "default_access": "admin"}),
-            "config.default_access: unknown access \"admin\"",
-        ),
-        (
-            json!({"upstream": "all", "hide": ["a", " "]}),
-            "config.hide[1]: must not be empty",
-        ),
-        (
-            json!({"tools": [{"name": "a", "access": "read", "upstream": ""}]}),
-            "config.tools[0].upstream: must not be empty",
-        ),
+        (json!({"upstream": "some"}), "config.upstream: unknown mode \"some\""),
+        (json!({"hide": ["fs__*"]}), "config.hide: only applies with upstream = \"all\""),
+        (json!({"upstream": "listed", "default_access": "read"}), "config.default_access: only applies"),
+        (json!({"upstream": "all", "default_access": "admin"}), "config.default_access: unknown access \"admin\""),
+        (json!({"upstream": "all", "hide": ["a", " "]}), "config.hide[1]: must not be empty"),
+        (json!({"tools": [{"name": "a", "access": "read", "upstream": ""}]}), "config.tools[0].upstream: must not be empty"),
         (
             json!({"tools": [{"name": "a", "access": "read", "parameters": {"type": "object", "x-reins-upstream": "fs__x"}}]}),
             "config.tools[0].parameters: \"x-reins-upstream\" is set by the plugin",
         ),
-        (
-            json!({"tools": [{"name": "a", "access": "read", "server": "fs"}]}),
-            "config.tools[0].server: unknown field",
-        ),
-        (
-            json!({"tools": [{"name": "a", "access": "read", "parameters": "[1"}]}),
-            "config.tools[0].parameters: the string is not valid JSON",
-        ),
-        (
-            json!({"tools": [{"name": "a", "access": "read", "parameters": 3}]}),
-            "config.tools[0].parameters: must be a JSON Schema object",
-        ),
-        (
-            json!({"tools": [{"name": " ", "access": "read"}]}),
-            "config.tools[0].name: must not be empty",
-        ),
+        (json!({"tools": [{"name": "a", "access": "read", "server": "fs"}]}), "config.tools[0].server: unknown field"),
+        (json!({"tools": [{"name": "a", "access": "read", "parameters": "[1"}]}), "config.tools[0].parameters: the string is not valid JSON"),
+        (json!({"tools": [{"name": "a", "access": "read", "parameters": 3}]}), "config.tools[0].parameters: must be a JSON Schema object"),
+        (json!({"tools": [{"name": " ", "access": "read"}]}), "config.tools[0].name: must not be empty"),
     ];
     for (config, want) in cases {
         let e = error(tools(config.clone()));

@@ -66,9 +66,7 @@ impl Verdict {
             "allow" => Ok(Verdict::Allow),
             "deny" => Ok(Verdict::Deny),
             "escalate" => Ok(Verdict::Escalate),
-            other => Err(format!(
-                "{at}: unknown decision {other:?}; write \"allow\", \"deny\" or \"escalate\""
-            )),
+            other => Err(format!("{at}: unknown decision {other:?}; write \"allow\", \"deny\" or \"escalate\"")),
         }
     }
 
@@ -134,28 +132,16 @@ fn prepare(config_text: &str) -> Result<Rules, String> {
         };
         let verdict = Verdict::parse(&r.decision, &format!("{at}.decision"))?;
         if r.reason.as_ref().is_some_and(|s| s.trim().is_empty()) {
-            return Err(format!(
-                "{at}.reason: must not be empty; leave it out to get a reason naming the rule"
-            ));
+            return Err(format!("{at}.reason: must not be empty; leave it out to get a reason naming the rule"));
         }
-        rules.push(Rule {
-            at,
-            tools,
-            access,
-            verdict,
-            reason: r.reason,
-        });
+        rules.push(Rule { at, tools, access, verdict, reason: r.reason });
     }
     let paths = config.paths.map(prepare_paths).transpose()?;
     let default = match &config.default {
         None => Verdict::Allow,
         Some(d) => Verdict::parse(d, "config.default")?,
     };
-    Ok(Rules {
-        rules,
-        paths,
-        default,
-    })
+    Ok(Rules { rules, paths, default })
 }
 
 fn prepare_paths(p: PathsConfig) -> Result<Paths, String> {
@@ -182,9 +168,7 @@ fn prepare_paths(p: PathsConfig) -> Result<Paths, String> {
     for (i, root) in p.allow.iter().enumerate() {
         let at = format!("config.paths.allow[{i}]");
         if root.contains('\\') || root.contains('\0') {
-            return Err(format!(
-                "{at}: {root:?} has a backslash or NUL; write a POSIX path like \"/srv/data\""
-            ));
+            return Err(format!("{at}: {root:?} has a backslash or NUL; write a POSIX path like \"/srv/data\""));
         }
         match normalize(root) {
             Some(r) => roots.push(r),
@@ -195,11 +179,7 @@ fn prepare_paths(p: PathsConfig) -> Result<Paths, String> {
             }
         }
     }
-    Ok(Paths {
-        tools,
-        arguments: p.arguments,
-        roots,
-    })
+    Ok(Paths { tools, arguments: p.arguments, roots })
 }
 
 /// Checks a list of tool globs; `what` is what would match nothing if the
@@ -214,13 +194,12 @@ fn globs(list: Option<Vec<String>>, at: &str, what: &str) -> Result<Option<Vec<S
     }
     for (i, g) in list.iter().enumerate() {
         if g.trim().is_empty() {
-            return Err(format!(
-                "{at}[{i}]: must not be empty; write a tool name or a glob like \"fs__*\""
-            ));
+            return Err(format!("{at}[{i}]: must not be empty; write a tool name or a glob like \"fs__*\""));
         }
     }
     Ok(Some(list))
 }
+
 
 fn any_glob(patterns: &[String], tool: &str) -> bool {
     patterns.iter().any(|p| reins_sdk::glob_match(p, tool))
@@ -250,11 +229,7 @@ fn normalize(path: &str) -> Option<String> {
 /// Whether the normalized `path` is `root` or below it. Compares whole
 /// segments, so `/srv/data2` is not inside `/srv/data`.
 fn inside(path: &str, root: &str) -> bool {
-    root == "/"
-        || path == root
-        || path
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.starts_with('/'))
+    root == "/" || path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A path as quoted in a reason: a model or a person reads it, so control
@@ -307,10 +282,7 @@ impl Paths {
                 Value::String(path) => self.check_one(name, path),
                 Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| match item {
                     Value::String(path) => self.check_one(&format!("{name}[{i}]"), path),
-                    other => Some(format!(
-                        "`{name}[{i}]` must be a path string, got {}",
-                        describe_value(other)
-                    )),
+                    other => Some(format!("`{name}[{i}]` must be a path string, got {}", describe_value(other))),
                 }),
                 other => Some(format!(
                     "`{name}` must be a path string or an array of path strings, got {}",
@@ -333,9 +305,7 @@ impl Paths {
         }
         let shown = show(path);
         if path.contains('\0') {
-            return Some(format!(
-                "`{label}` = {shown} contains a NUL character, which no real path has"
-            ));
+            return Some(format!("`{label}` = {shown} contains a NUL character, which no real path has"));
         }
         if path.contains('\\') {
             // Windows servers read `\` as a separator, so `/srv/data\..\..`
@@ -358,9 +328,7 @@ impl Paths {
         } else {
             format!(" (that is {})", show(&resolved))
         };
-        Some(format!(
-            "`{label}` = {shown}{that_is} is outside the allowed paths ({roots})"
-        ))
+        Some(format!("`{label}` = {shown}{that_is} is outside the allowed paths ({roots})"))
     }
 }
 
@@ -374,13 +342,8 @@ fn access_name(access: Access) -> &'static str {
 
 impl Rule {
     fn matches(&self, action: &Action) -> bool {
-        self.tools
-            .as_ref()
-            .is_none_or(|t| any_glob(t, &action.tool))
-            && self
-                .access
-                .as_ref()
-                .is_none_or(|a| a.contains(&action.access))
+        self.tools.as_ref().is_none_or(|t| any_glob(t, &action.tool))
+            && self.access.as_ref().is_none_or(|a| a.contains(&action.access))
     }
 
     /// The rule as an operator wrote it, so a default reason points at it.
@@ -403,9 +366,7 @@ impl Rule {
     fn decide(&self, tool: &str) -> Decision {
         let reason = || {
             self.reason.clone().unwrap_or_else(|| match self.verdict {
-                Verdict::Escalate => {
-                    format!("{tool} needs a human's approval under {}", self.describe())
-                }
+                Verdict::Escalate => format!("{tool} needs a human's approval under {}", self.describe()),
                 _ => format!("{tool} is denied by {}", self.describe()),
             })
         };

@@ -24,10 +24,7 @@ fn normalize_resolves_dots_slashes_and_refuses_relative_paths() {
     assert_eq!(normalize("/srv/data/").as_deref(), Some("/srv/data"));
     assert_eq!(normalize("//srv///data//").as_deref(), Some("/srv/data"));
     assert_eq!(normalize("/srv/./data/.").as_deref(), Some("/srv/data"));
-    assert_eq!(
-        normalize("/srv/data/../../etc/passwd").as_deref(),
-        Some("/etc/passwd")
-    );
+    assert_eq!(normalize("/srv/data/../../etc/passwd").as_deref(), Some("/etc/passwd"));
     assert_eq!(normalize("/../../etc").as_deref(), Some("/etc"));
     assert_eq!(normalize("/").as_deref(), Some("/"));
     assert_eq!(normalize("/..").as_deref(), Some("/"));
@@ -56,26 +53,12 @@ fn inside_compares_whole_segments() {
 fn paths_inside_the_roots_pass() {
     let p = paths(&["/srv/data/", "/tmp/scratch"]);
     assert_eq!(p.roots, ["/srv/data", "/tmp/scratch"]);
-    for path in [
-        "/srv/data",
-        "/srv/data/",
-        "/srv/data/a.txt",
-        "/srv/data/x/../y",
-        "/tmp/scratch/./z",
-        "/srv/data/...",
-    ] {
+    for path in ["/srv/data", "/srv/data/", "/srv/data/a.txt", "/srv/data/x/../y", "/tmp/scratch/./z", "/srv/data/..."] {
         assert_eq!(verdict(&p, json!({"path": path})), None, "{path}");
     }
-    assert_eq!(
-        verdict(&p, json!({"paths": ["/srv/data/a", "/tmp/scratch/b"]})),
-        None
-    );
+    assert_eq!(verdict(&p, json!({"paths": ["/srv/data/a", "/tmp/scratch/b"]})), None);
     assert_eq!(verdict(&p, json!({"paths": []})), None);
-    assert_eq!(
-        verdict(&p, json!({"other": "/etc/passwd"})),
-        None,
-        "only the named arguments"
-    );
+    assert_eq!(verdict(&p, json!({"other": "/etc/passwd"})), None, "only the named arguments");
     assert_eq!(verdict(&p, json!({})), None);
     assert_eq!(verdict(&p, Value::Null), None, "no arguments at all");
 }
@@ -89,23 +72,10 @@ fn escapes_are_denied_with_the_argument_the_path_and_the_roots() {
         "`path` = /srv/data/../../etc/passwd (that is /etc/passwd) is outside the allowed paths (/srv/data)"
     );
     let reason = verdict(&p, json!({"path": "/etc/passwd"})).unwrap_or_default();
-    assert_eq!(
-        reason,
-        "`path` = /etc/passwd is outside the allowed paths (/srv/data)"
-    );
-    for path in [
-        "/srv/data2",
-        "/srv/data2/x",
-        "/srv/data/..",
-        "/srv",
-        "/",
-        "/srv/data/../data2",
-    ] {
+    assert_eq!(reason, "`path` = /etc/passwd is outside the allowed paths (/srv/data)");
+    for path in ["/srv/data2", "/srv/data2/x", "/srv/data/..", "/srv", "/", "/srv/data/../data2"] {
         let reason = verdict(&p, json!({"path": path})).unwrap_or_default();
-        assert!(
-            reason.contains("is outside the allowed paths (/srv/data)"),
-            "{path}: {reason:?}"
-        );
+        assert!(reason.contains("is outside the allowed paths (/srv/data)"), "{path}: {reason:?}");
     }
 }
 
@@ -114,49 +84,25 @@ fn tricky_values_are_denied_with_a_clear_reason() {
     let p = paths(&["/srv/data"]);
     let cases = [
         (json!({"path": ""}), "`path` is an empty path"),
-        (
-            json!({"path": "data/x"}),
-            "`path` = data/x is a relative path",
-        ),
+        (json!({"path": "data/x"}), "`path` = data/x is a relative path"),
         (json!({"path": "./x"}), "is a relative path"),
         (json!({"path": "~/x"}), "is a relative path"),
-        (
-            json!({"path": "/srv/data\\..\\..\\etc"}),
-            "contains a backslash",
-        ),
-        (
-            json!({"path": "/srv/data/a\u{0}b"}),
-            "contains a NUL character",
-        ),
-        (
-            json!({"path": 7}),
-            "`path` must be a path string or an array of path strings, got the number 7",
-        ),
+        (json!({"path": "/srv/data\\..\\..\\etc"}), "contains a backslash"),
+        (json!({"path": "/srv/data/a\u{0}b"}), "contains a NUL character"),
+        (json!({"path": 7}), "`path` must be a path string or an array of path strings, got the number 7"),
         (json!({"path": null}), "got null"),
         (json!({"path": {"p": "/srv/data"}}), "got an object"),
         (json!({"path": true}), "got the boolean true"),
-        (
-            json!({"paths": ["/srv/data/a", "/etc/x"]}),
-            "`paths[1]` = /etc/x is outside",
-        ),
-        (
-            json!({"paths": ["/srv/data/a", 3]}),
-            "`paths[1]` must be a path string, got the number 3",
-        ),
+        (json!({"paths": ["/srv/data/a", "/etc/x"]}), "`paths[1]` = /etc/x is outside"),
+        (json!({"paths": ["/srv/data/a", 3]}), "`paths[1]` must be a path string, got the number 3"),
         (json!({"paths": [""]}), "`paths[0]` is an empty path"),
-        (
-            json!({"opts": {"dir": "/etc"}}),
-            "`/opts/dir` = /etc is outside",
-        ),
+        (json!({"opts": {"dir": "/etc"}}), "`/opts/dir` = /etc is outside"),
         (json!("/srv/data/a"), "must be a JSON object"),
         (json!(["/srv/data/a"]), "must be a JSON object"),
     ];
     for (arguments, want) in cases {
         let reason = verdict(&p, arguments.clone()).unwrap_or_default();
-        assert!(
-            reason.contains(want),
-            "{arguments}: {reason:?} lacks {want:?}"
-        );
+        assert!(reason.contains(want), "{arguments}: {reason:?} lacks {want:?}");
     }
 }
 
@@ -189,14 +135,8 @@ fn the_root_of_everything_allows_any_absolute_path_but_not_relative_ones() {
 #[test]
 fn roots_must_be_absolute() {
     for (allow, want) in [
-        (
-            vec!["srv/data"],
-            "config.paths.allow[0]: \"srv/data\" is not an absolute path",
-        ),
-        (
-            vec!["/ok", ""],
-            "config.paths.allow[1]: \"\" is not an absolute path",
-        ),
+        (vec!["srv/data"], "config.paths.allow[0]: \"srv/data\" is not an absolute path"),
+        (vec!["/ok", ""], "config.paths.allow[1]: \"\" is not an absolute path"),
         (vec!["C:\\data"], "config.paths.allow[0]"),
         (vec![], "config.paths.allow: the list is empty"),
     ] {
@@ -226,10 +166,7 @@ fn globs_match_runs_of_characters() {
     assert!(reins_sdk::glob_match("a*b*c", "aXbYc"));
     assert!(reins_sdk::glob_match("a*b*c", "abc"));
     assert!(!reins_sdk::glob_match("a*b*c", "acb"));
-    assert!(
-        !reins_sdk::glob_match("a*a", "a"),
-        "prefix and suffix must not overlap"
-    );
+    assert!(!reins_sdk::glob_match("a*a", "a"), "prefix and suffix must not overlap");
     assert!(reins_sdk::glob_match("a*a", "aa"));
     assert!(reins_sdk::glob_match("*file", "fs__write_file"));
     assert!(reins_sdk::glob_match("fs__?", "fs__?"), "? is literal");
@@ -239,11 +176,7 @@ fn globs_match_runs_of_characters() {
 
 fn check(config: &Value, tool: &str, arguments: Value, access: Access) -> Result<Decision, String> {
     let ctx = CallContext::for_test(config, &json!({}));
-    let action = Action {
-        tool: tool.to_string(),
-        arguments: arguments.to_string(),
-        access,
-    };
+    let action = Action { tool: tool.to_string(), arguments: arguments.to_string(), access };
     ToolRules::check(ctx, action)
 }
 
@@ -254,47 +187,19 @@ fn confinement_comes_before_an_allow_rule() {
         "paths": {"tools": ["fs__*"], "arguments": ["path"], "allow": ["/srv/data"]},
         "default": "deny",
     });
-    let denied = check(
-        &config,
-        "fs__read_file",
-        json!({"path": "/etc/passwd"}),
-        Access::Read,
-    );
-    assert!(
-        matches!(denied, Ok(Decision::Deny(ref r)) if r.contains("outside")),
-        "{denied:?}"
-    );
-    let allowed = check(
-        &config,
-        "fs__read_file",
-        json!({"path": "/srv/data/a"}),
-        Access::Read,
-    );
+    let denied = check(&config, "fs__read_file", json!({"path": "/etc/passwd"}), Access::Read);
+    assert!(matches!(denied, Ok(Decision::Deny(ref r)) if r.contains("outside")), "{denied:?}");
+    let allowed = check(&config, "fs__read_file", json!({"path": "/srv/data/a"}), Access::Read);
     assert!(matches!(allowed, Ok(Decision::Allow)), "{allowed:?}");
-    let other = check(
-        &config,
-        "web__get",
-        json!({"path": "/etc/passwd"}),
-        Access::Read,
-    );
-    assert!(
-        matches!(other, Ok(Decision::Deny(ref r)) if r.contains("matches no rule")),
-        "{other:?}"
-    );
+    let other = check(&config, "web__get", json!({"path": "/etc/passwd"}), Access::Read);
+    assert!(matches!(other, Ok(Decision::Deny(ref r)) if r.contains("matches no rule")), "{other:?}");
 }
 
 #[test]
 fn bad_argument_json_is_an_error_not_a_decision() {
     let config = json!({"paths": {"arguments": ["path"], "allow": ["/srv/data"]}});
     let ctx = CallContext::for_test(&config, &json!({}));
-    let action = Action {
-        tool: "fs__x".into(),
-        arguments: "{not json".into(),
-        access: Access::Read,
-    };
+    let action = Action { tool: "fs__x".into(), arguments: "{not json".into(), access: Access::Read };
     let answer = ToolRules::check(ctx, action);
-    assert!(
-        answer.as_ref().is_err_and(|e| e.contains("not valid JSON")),
-        "{answer:?}"
-    );
+    assert!(answer.as_ref().is_err_and(|e| e.contains("not valid JSON")), "{answer:?}");
 }

@@ -8,10 +8,7 @@ struct BadJson;
 
 impl Guest for BadJson {
     fn validate(_ctx: CallContext, _output: String) -> Result<Verdict, String> {
-        Ok(Verdict {
-            violations: Vec::new(),
-            fixed: Some("{not json".to_string()),
-        })
+        Ok(Verdict { violations: Vec::new(), fixed: Some("{not json".to_string()) })
     }
 }
 

@@ -21,9 +21,7 @@ struct EchoGate;
 impl Guest for EchoGate {
     fn check(ctx: CallContext, action: Action) -> Result<Decision, String> {
         let config: Config = reins_sdk::parse_config(&ctx)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if now >= START_OF_1972 {
             return Ok(Decision::Deny("clock granted".to_string()));
         }
@@ -31,9 +29,7 @@ impl Guest for EchoGate {
             return Ok(Decision::Allow);
         }
         let arguments = action.arguments_value()?;
-        Ok(Decision::Rewrite(
-            serde_json::json!({ "echo": arguments }).to_string(),
-        ))
+        Ok(Decision::Rewrite(serde_json::json!({ "echo": arguments }).to_string()))
     }
 }
 

@@ -12,11 +12,7 @@ struct Leak;
 impl Guest for Leak {
     fn validate(_ctx: CallContext, _output: String) -> Result<Verdict, String> {
         let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Verdict::new(vec![Violation::info(
-            "",
-            "calls",
-            n.to_string(),
-        )]))
+        Ok(Verdict::new(vec![Violation::info("", "calls", n.to_string())]))
     }
 }
 
