@@ -605,6 +605,9 @@ impl Pipeline {
             "constraints": c.constraints.as_ref().map(|e| &e.plugin),
             "validators": c.validators.iter().map(|v| serde_json::json!({"plugin": v.0.plugin, "on_fail": v.0.on_fail, "stage": v.0.stage})).collect::<Vec<_>>(),
             "gates": c.gates.iter().map(|e| &e.plugin).collect::<Vec<_>>(),
+            // `null`: buffered for JSON answers, checked for text.
+            "stream": {"mode": c.stream, "checkers": c.stream_checkers.iter().map(|e| &e.plugin).collect::<Vec<_>>(),
+                "window_chars": c.stream_window_chars, "release": c.stream_release},
             // Plugins set up with this pipeline's own settings: the key each is served under.
             "plugin_settings": self.variants.iter().flat_map(|(layer, m)| m.iter().map(move |(plugin, (key, _))| serde_json::json!({"layer": layer, "plugin": plugin, "key": key}))).collect::<Vec<_>>(),
             "schema": self.schema.is_some(),
