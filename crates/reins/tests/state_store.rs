@@ -5,7 +5,7 @@
 use reins::state::{
     ActionRecord, ActionState, ApprovalQuery, ApprovalRecord, ApprovalStatus, Counters,
     Housekeeping, RunRecord, RunStatus, RunStore, StateError, StateSettings, StateStore, StepKind,
-    StepRecord, ToolPin, ToolPins, now_ms,
+    StepRecord, ToolPin, now_ms,
 };
 use serde_json::json;
 use std::sync::Arc;
