@@ -6,7 +6,9 @@
 //! 1. straight from the upstream;
 //! 2. through `reins serve`, `stream = "checked"` with the `redact-secrets`
 //!    and `blocklist` stream checkers (a 24-character hold-back window);
-//! 3. through `reins serve`, `stream = "buffered"` (validated whole, then sent).
+//! 3. through `reins serve`, `stream = "checked"` with no checkers (what the
+//!    run itself costs the first byte);
+//! 4. through `reins serve`, `stream = "buffered"` (validated whole, then sent).
 //!
 //! The hold-back window delays the first byte by design: the upstream's own
 //! time to the window (the event that brings its text to 24 characters,
@@ -113,6 +115,11 @@ output = "text"
 stream = "checked"
 stream_checkers = ["redact-secrets", "blocklist"]
 
+[pipelines.bare]
+model = "up"
+output = "text"
+stream = "checked"
+
 [pipelines.buffered]
 model = "up"
 output = "text"
@@ -124,15 +131,18 @@ stream = "buffered"
     let client = reqwest::Client::new();
     let direct_url = format!("{}/chat/completions", upstream.base_url());
     let reins_url = format!("{}/v1/chat/completions", served.base);
-    let (mut direct, mut checked, mut buffered) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut checked, mut bare, mut buffered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         for i in 0..n + 10 {
             let d = read(&client, &direct_url, None, "up-model").await;
             let c = read(&client, &reins_url, None, "checked").await;
+            let n = read(&client, &reins_url, None, "bare").await;
             let b = read(&client, &reins_url, None, "buffered").await;
             if i >= 10 {
                 direct.push(d);
                 checked.push(c);
+                bare.push(n);
                 buffered.push(b);
             }
         }
@@ -145,6 +155,7 @@ stream = "buffered"
     for (name, v) in [
         ("straight from the upstream", &direct),
         ("Reins, checked (2 stream checkers)", &checked),
+        ("Reins, checked (no checkers)", &bare),
         ("Reins, buffered", &buffered),
     ] {
         let mut first = col(v, |t| t.first);
@@ -171,6 +182,16 @@ stream = "buffered"
         "checked first byte minus the upstream's time to the window: p50 {:.2} ms, p99 {:.2} ms",
         pct(&mut added, 0.5),
         pct(&mut added, 0.99)
+    );
+    let mut unchecked: Vec<Duration> = bare
+        .iter()
+        .zip(&direct)
+        .map(|(c, d)| c.first.saturating_sub(d.window))
+        .collect();
+    println!(
+        "the same without checkers (the run's own start): p50 {:.2} ms, p99 {:.2} ms",
+        pct(&mut unchecked, 0.5),
+        pct(&mut unchecked, 0.99)
     );
     drop(served);
 }
