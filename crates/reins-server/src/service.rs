@@ -26,20 +26,7 @@ pub(crate) async fn run_pipeline(
     idempotency_key: Option<&str>,
     surface_default: OnDisconnect,
 ) -> Result<Arc<RunResult>, ApiError> {
-    let on_disconnect = state
-        .host
-        .pipeline(pipeline)
-        .and_then(|p| p.config.on_disconnect)
-        .unwrap_or(surface_default);
-    let guard =
-        (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
-    let host = state.host.clone();
-    let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
-    let run = tokio::spawn(async move {
-        let result = host.run_keyed(&name, request, key.as_deref()).await;
-        metrics_export::record_run(&result);
-        result
-    });
+    let (run, guard) = start_run(state, pipeline, request, idempotency_key, surface_default);
     let waited = tokio::time::timeout(state.request_timeout, run).await;
     // The client is still here: from now on nothing cancels the run (a
     // timed-out run goes on, as its 504 says).
@@ -55,7 +42,37 @@ pub(crate) async fn run_pipeline(
                 format!("the run's task failed: {e}"),
             )
         })?;
-    finished(pipeline, result)
+    finished(result)
+}
+
+/// Starts the run as its own task (it records its metrics whether or not
+/// anyone still waits), with the drop guard that cancels it when the
+/// pipeline's `on_disconnect` (else the surface's) says `cancel`.
+pub(crate) fn start_run(
+    state: &AppState,
+    pipeline: &str,
+    request: Request,
+    idempotency_key: Option<&str>,
+    surface_default: OnDisconnect,
+) -> (
+    tokio::task::JoinHandle<RunResult>,
+    Option<tokio_util::sync::DropGuard>,
+) {
+    let on_disconnect = state
+        .host
+        .pipeline(pipeline)
+        .and_then(|p| p.config.on_disconnect)
+        .unwrap_or(surface_default);
+    let guard =
+        (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
+    let host = state.host.clone();
+    let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
+    let run = tokio::spawn(async move {
+        let result = host.run_keyed(&name, request, key.as_deref()).await;
+        metrics_export::record_run(&result);
+        result
+    });
+    (run, guard)
 }
 
 /// The answer to a run that outlasted the request timeout (it goes on).
@@ -74,8 +91,7 @@ pub(crate) fn timed_out(state: &AppState, pipeline: &str) -> ApiError {
 
 /// A finished run, or the error a caller gets instead of its result (a
 /// run it was not let to start).
-pub(crate) fn finished(pipeline: &str, result: RunResult) -> Result<Arc<RunResult>, ApiError> {
-    let _ = pipeline;
+pub(crate) fn finished(result: RunResult) -> Result<Arc<RunResult>, ApiError> {
     if let Some(
         e @ (reins_core::pipeline::RunError::RateLimited { .. }
         | reins_core::pipeline::RunError::Overloaded { .. }

@@ -12,7 +12,6 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::metrics_export;
 use axum::response::sse::{Event, Sse};
 use reins_core::config::OnDisconnect;
 use reins_core::pipeline::stream::StreamSink;
@@ -67,20 +66,8 @@ pub(crate) async fn stream_pipeline(
         .run_id
         .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
         .clone();
-    let on_disconnect = state
-        .host
-        .pipeline(pipeline)
-        .and_then(|p| p.config.on_disconnect)
-        .unwrap_or(surface_default);
-    let guard =
-        (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
-    let host = state.host.clone();
-    let name = pipeline.to_owned();
-    let mut run = tokio::spawn(async move {
-        let result = host.run_keyed(&name, request, None).await;
-        metrics_export::record_run(&result);
-        result
-    });
+    let (mut run, guard) =
+        super::service::start_run(state, pipeline, request, None, surface_default);
     let first = tokio::time::timeout(state.request_timeout, async {
         tokio::select! {
             biased;
@@ -111,13 +98,47 @@ pub(crate) async fn stream_pipeline(
                     format!("the run's task failed: {e}"),
                 )
             })?;
-            super::service::finished(pipeline, result).map(Streaming::Finished)
+            super::service::finished(result).map(Streaming::Finished)
         }
         Err(_) => {
             if let Some(guard) = guard {
                 guard.disarm();
             }
             Err(super::service::timed_out(state, pipeline))
+        }
+    }
+}
+
+/// What a chat surface answers: a run's result, or its stream.
+pub(crate) enum Answer {
+    Whole(Arc<RunResult>),
+    Streamed(axum::response::Response),
+}
+
+/// Runs `request`: streamed in the surface's shape (`shape(run_id)`) once
+/// it releases text when the caller asked for a stream, else whole.
+pub(crate) async fn answer<S: StreamShape>(
+    state: &AppState,
+    pipeline: &str,
+    request: Request,
+    streaming: bool,
+    shape: impl FnOnce(&str) -> S,
+) -> Result<Answer, ApiError> {
+    use axum::response::IntoResponse;
+    if !streaming {
+        return super::service::run_pipeline(state, pipeline, request, None, OnDisconnect::Cancel)
+            .await
+            .map(Answer::Whole);
+    }
+    match stream_pipeline(state, pipeline, request, OnDisconnect::Cancel).await? {
+        Streaming::Finished(result) => Ok(Answer::Whole(result)),
+        Streaming::Started(started) => {
+            let run_id = started.run_id.clone();
+            let mut response = events(started, shape(&run_id)).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&run_id) {
+                response.headers_mut().insert("x-reins-run-id", v);
+            }
+            Ok(Answer::Streamed(response))
         }
     }
 }
@@ -190,11 +211,4 @@ pub(crate) fn events(
     Sse::new(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok(e), rx))
     }))
-}
-
-/// `X-Reins-Run-Id` of a stream (its status is known only at its end).
-pub(crate) fn run_id_header(headers: &mut axum::http::HeaderMap, run_id: &str) {
-    if let Ok(v) = axum::http::HeaderValue::from_str(run_id) {
-        headers.insert("x-reins-run-id", v);
-    }
 }

@@ -57,33 +57,13 @@ pub async fn messages(
     request.session_id = answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
-    let result = if streaming {
-        match super::stream::stream_pipeline(
-            &state,
-            &pipeline,
-            request,
-            reins_core::config::OnDisconnect::Cancel,
-        )
-        .await?
-        {
-            super::stream::Streaming::Finished(result) => result,
-            super::stream::Streaming::Started(started) => {
-                let shape = EventShape::new(&started.run_id, &pipeline);
-                let run_id = started.run_id.clone();
-                let mut response = super::stream::events(started, shape).into_response();
-                super::stream::run_id_header(response.headers_mut(), &run_id);
-                return Ok(response);
-            }
-        }
-    } else {
-        super::service::run_pipeline(
-            &state,
-            &pipeline,
-            request,
-            None,
-            reins_core::config::OnDisconnect::Cancel,
-        )
-        .await?
+    let result = match super::stream::answer(&state, &pipeline, request, streaming, |run_id| {
+        EventShape::new(run_id, &pipeline)
+    })
+    .await?
+    {
+        super::stream::Answer::Whole(result) => result,
+        super::stream::Answer::Streamed(response) => return Ok(response),
     };
 
     let (status, message) = message(&result, &pipeline)?;
