@@ -289,6 +289,22 @@ impl ApprovalStore {
     }
 }
 
+/// Pending approvals by pipeline, counted in `store`: what every node
+/// sharing the store sees, before and after a restart.
+pub async fn pending_by_pipeline(
+    store: &dyn StateStore,
+) -> Result<std::collections::BTreeMap<String, u64>, ApprovalError> {
+    let q = ApprovalQuery {
+        status: Some(ApprovalStatus::Pending),
+        ..ApprovalQuery::default()
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for r in store.approvals(&q).await.map_err(store_err)? {
+        *counts.entry(r.pipeline).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
 fn store_err(e: reins_state::StateError) -> ApprovalError {
     ApprovalError::Store(e.to_string())
 }

@@ -81,6 +81,8 @@ pub struct Host {
     recent: recent::RecentRuns,
     /// The audit log's writer (rows go to the store off the request path).
     audit: audit::AuditWriter,
+    /// Where runs' spans go (off unless the root turned exporting on).
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl std::fmt::Debug for Host {
@@ -243,7 +245,8 @@ impl Host {
                     &previous,
                 )
             });
-            let rc = RunContext::new(self.state.clone(), journal);
+            let rc = RunContext::new(self.state.clone(), journal)
+                .traced(self.telemetry.run(request.trace_parent.as_ref()));
             let result = engine::run(p, self.plugins.current(), request, &rc).await;
             if let Some((limits, lkey)) = limited {
                 self.limits
@@ -427,6 +430,7 @@ pub struct HostBuilder {
     watch: Option<bool>,
     state: Option<Arc<dyn StateStore>>,
     node_id: Option<String>,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl HostBuilder {
@@ -473,6 +477,12 @@ impl HostBuilder {
     /// Overrides `[state] node_id` (this node's name in run leases).
     pub fn node_id(mut self, node: impl Into<String>) -> Self {
         self.node_id = Some(node.into());
+        self
+    }
+
+    /// Traces runs to `telemetry` (the root builds its exporter from `[telemetry]`).
+    pub fn telemetry(mut self, telemetry: crate::telemetry::Telemetry) -> Self {
+        self.telemetry = telemetry;
         self
     }
 
@@ -588,6 +598,7 @@ impl HostBuilder {
             },
             state,
             audit,
+            telemetry: self.telemetry,
         })
     }
 }

@@ -4,9 +4,48 @@
 //! outlive a call — a daily budget, a rate window — lives here, keyed by the
 //! plugin's name so that one plugin cannot read or spend another's counters.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Most keys of one plugin's counters that become `reins_budget_used`
+/// series. Keys are the plugin's choice (`spend-limit`: one per tenant), and
+/// a plugin is untrusted: past this many, a new key is counted but not
+/// exported, so the scrape stays bounded.
+pub const METERED_KEYS_PER_PLUGIN: usize = 100;
+
+/// Sets `reins_budget_used{plugin, key}` to a counter's `total` after a
+/// change: what `counter-add` and a released [`crate::Reservation`] call.
+/// The counter stores (memory or shared) know nothing of metrics; the two
+/// places a plugin's counter changes do.
+pub(crate) fn meter(plugin: &str, key: &str, total: i64) {
+    static KEYS: OnceLock<Mutex<HashMap<String, HashSet<String>>>> = OnceLock::new();
+    {
+        let mut keys = KEYS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let known = match keys.get_mut(plugin) {
+            Some(k) => k,
+            None => keys.entry(plugin.to_owned()).or_default(),
+        };
+        if !known.contains(key) {
+            if known.len() >= METERED_KEYS_PER_PLUGIN {
+                return;
+            }
+            known.insert(key.to_owned());
+            if known.len() == METERED_KEYS_PER_PLUGIN {
+                tracing::warn!(
+                    plugin,
+                    "plugin counters: {METERED_KEYS_PER_PLUGIN} keys exported as {}; further keys are counted but not exported",
+                    crate::metric_names::BUDGET_USED
+                );
+            }
+        }
+    }
+    metrics::gauge!(crate::metric_names::BUDGET_USED, "plugin" => plugin.to_owned(), "key" => key.to_owned())
+        .set(total as f64);
+}
 
 /// Where counters live. The in-memory store serves one process; a shared
 /// database store lets many hosts enforce one budget.

@@ -24,7 +24,7 @@ mod state;
 pub mod types;
 mod variant;
 
-pub use counters::{CounterStore, MemoryCounters, Window};
+pub use counters::{CounterStore, METERED_KEYS_PER_PLUGIN, MemoryCounters, Window};
 pub use engine::{CompileStats, EngineHandle, digest};
 pub use error::{CallFailure, PluginError, RuntimeError, short_digest};
 pub use host::{PluginHost, ReloadReport, Unconfigured};

@@ -20,6 +20,14 @@ pub const PLUGIN_RELOADS: &str = "reins_plugin_reloads";
 pub const PLUGIN_REFUSED_RELOADS: &str = "reins_plugin_refused_reloads";
 /// Gauge: plugins serving now (set on each scrape).
 pub const PLUGINS_LOADED: &str = "reins_plugins_loaded";
+/// Gauge `{plugin, key}`: a host counter a gate keeps (a budget, e.g. `spend-limit`'s
+/// `spend:<tenant>` in cents) after its latest change, in the plugin's own unit: the
+/// total over the counter's window (as of that change), or the running total. Set
+/// on every `counter-add` and every release of a reservation. Only the first
+/// [`crate::METERED_KEYS_PER_PLUGIN`] keys of each plugin become series
+/// (keys are the plugin's choice). With counters shared by nodes (`[state]`), each
+/// node reports the shared total as of its own latest change: read it with `max`.
+pub const BUDGET_USED: &str = "reins_budget_used";
 
 // Providers and degradation (reins-core).
 
@@ -81,6 +89,11 @@ pub const REQUESTS_TOTAL: &str = "reins_requests_total";
 pub const RUN_ERRORS_TOTAL: &str = "reins_run_errors_total";
 /// Counter `{pipeline}`: attempts that failed validation.
 pub const VALIDATION_FAILURES_TOTAL: &str = "reins_validation_failures_total";
+/// Counter `{pipeline, plugin}`: attempts that failed validation, by what failed them:
+/// +1 per attempt for each source with at least one blocking (`error`) violation —
+/// a validator or gate plugin's name, or the host's own checks `json`, `schema`,
+/// `constraints`. Summed over `plugin` it is at least `reins_validation_failures_total`.
+pub const PLUGIN_VIOLATIONS_TOTAL: &str = "reins_plugin_violations_total";
 /// Counter `{pipeline}`: repair attempts (every model call after the first).
 pub const REPAIR_ATTEMPTS_TOTAL: &str = "reins_repair_attempts_total";
 /// Histogram `{pipeline}`: repair attempts per run.
@@ -89,10 +102,17 @@ pub const REPAIR_ATTEMPTS_PER_RUN: &str = "reins_repair_attempts_per_run";
 pub const REPAIR_SUCCESSES_TOTAL: &str = "reins_repair_successes_total";
 /// Histogram `{provider}`: seconds one model call took.
 pub const MODEL_LATENCY_SECONDS: &str = "reins_model_latency_seconds";
+/// Histogram `{pipeline, status}`: seconds one run took, from start to its
+/// final status; its buckets carry the runs' trace ids as exemplars.
+pub const RUN_DURATION_SECONDS: &str = "reins_run_duration_seconds";
 /// Counter `{gate, decision}`: gate decisions on proposed actions.
 pub const GATE_DECISIONS_TOTAL: &str = "reins_gate_decisions_total";
 /// Counter `{decision}`: approvals decided (`approve` or `reject`).
 pub const APPROVALS_DECIDED_TOTAL: &str = "reins_approvals_decided_total";
+/// Gauge `{pipeline}`: approvals waiting for a human, counted in the state store
+/// (so right after a restart, and the same on every node sharing the store: read
+/// it with `max`, not `sum`); recounted every few seconds by `reins serve`.
+pub const APPROVALS_PENDING: &str = "reins_approvals_pending";
 /// Counter: `401` answers held back because their client address failed
 /// authentication too often (`x-reins-auth-slowed: true` on each).
 pub const AUTH_FAILURES_SLOWED_TOTAL: &str = "reins_auth_failures_slowed_total";

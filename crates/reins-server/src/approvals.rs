@@ -138,3 +138,51 @@ pub async fn style() -> impl IntoResponse {
         include_str!("approvals.css"),
     )
 }
+
+/// How often `reins serve` recounts the pending approvals for `/metrics`.
+const PENDING_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `reins_approvals_pending{pipeline}` equal to the approvals pending
+/// in the state store, recounted every [`PENDING_EVERY`] (until aborted).
+/// Counting the store, not holds minus decisions on this node, keeps the
+/// gauge right after a restart and when another node (or the expiry of
+/// an MCP call's approval) decides one; every node on a shared store
+/// reports the same count. Every configured pipeline gets a series (0
+/// when none wait), and one whose approvals are all decided goes back to 0.
+pub(crate) async fn gauge_pending(host: std::sync::Arc<reins_core::Host>) {
+    let mut pipelines = std::collections::BTreeSet::new();
+    let mut failing = false;
+    let mut tick = tokio::time::interval(PENDING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let counted = tokio::time::timeout(
+            PENDING_EVERY,
+            reins_core::approvals::pending_by_pipeline(host.state().as_ref()),
+        )
+        .await;
+        let counts = match counted {
+            Ok(Ok(counts)) => counts,
+            Ok(Err(e)) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!("cannot count pending approvals for /metrics: {e}");
+                }
+                continue;
+            }
+            Err(_) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!("counting pending approvals for /metrics timed out");
+                }
+                continue;
+            }
+        };
+        failing = false;
+        pipelines.extend(host.live().pipelines().keys().cloned());
+        pipelines.extend(counts.keys().cloned());
+        for pipeline in &pipelines {
+            let n = counts.get(pipeline).copied().unwrap_or(0);
+            metrics::gauge!(reins_runtime::metric_names::APPROVALS_PENDING, "pipeline" => pipeline.clone())
+                .set(n as f64);
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod auth;
 mod config;
 mod conn;
 mod error;
+mod exemplars;
 mod inflight;
 pub mod mcp;
 mod metrics_export;
@@ -34,6 +35,12 @@ pub use tls::TlsError;
 /// Installs the Prometheus recorder (idempotent). Call before loading plugins.
 pub fn install_metrics() {
     let _ = metrics_export::handle();
+}
+
+/// [`install_metrics`], with `beside` (e.g. an OTLP exporter's recorder)
+/// fed the same values as `/metrics`.
+pub fn install_metrics_beside(beside: Box<dyn metrics::Recorder + Send + Sync>) {
+    let _ = metrics_export::install(Some(beside));
 }
 
 use axum::Router;
@@ -197,6 +204,7 @@ pub async fn serve(
         Some(ops_listen) => Some(spawn_ops(&state, settings, ops_listen, stopping)?),
         None => None,
     };
+    let pending = tokio::spawn(approvals::gauge_pending(state.host.clone()));
     let app = router(state, settings.body_limit_bytes);
     let shutdown = async move {
         shutdown.await;
@@ -210,6 +218,7 @@ pub async fn serve(
         shutdown,
     )
     .await;
+    pending.abort();
     if let Some(ops) = ops {
         let _ = tokio::task::spawn_blocking(move || ops.join()).await;
     }

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use reins_core::Host;
 use reins_core::mcp::{McpError, Passthrough};
+use reins_core::telemetry::TraceParent;
 use reins_runtime::Caller;
 use rmcp::ErrorData;
 use rmcp::handler::server::ServerHandler;
@@ -165,9 +166,30 @@ impl ServerHandler for McpFront {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let t = self.target(&ctx)?;
+        // The caller's trace context: in the request's `_meta` (the MCP
+        // conventions' place, for every transport), else the HTTP header.
+        let meta = request
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("traceparent"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let header = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let parent = TraceParent::from_headers(meta.or(header).as_deref(), None);
         let result = self
             .host
-            .mcp_call(&t.pipeline, &t.caller, &request.name, request.arguments)
+            .mcp_call(
+                &t.pipeline,
+                &t.caller,
+                &request.name,
+                request.arguments,
+                parent.as_ref(),
+            )
             .await
             .map_err(rpc_error)?;
         Ok(result.into())

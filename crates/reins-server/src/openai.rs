@@ -508,6 +508,7 @@ pub async fn chat_completions(
     request.session_id = super::answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
+    request.trace_parent = super::service::trace_parent(&headers);
     let result = match super::stream::answer(&state, &pipeline, request, streaming, |run_id| {
         ChunkShape::new(run_id, &pipeline, include_usage)
     })

@@ -2,6 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::exemplars;
 use super::settings::Scope;
 use axum::Json;
 use axum::extract::State;
@@ -74,16 +75,36 @@ pub async fn plugins(
     })))
 }
 
-/// `GET /metrics`: Prometheus text.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text 0.0.4, or OpenMetrics (which alone can
+/// carry the latency histograms' exemplars) for a scrape that asks for it.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let (reloads, refused) = state.host.plugins().reload_counts();
     metrics::gauge!(reins_runtime::metric_names::PLUGIN_RELOADS).set(reloads as f64);
     metrics::gauge!(reins_runtime::metric_names::PLUGIN_REFUSED_RELOADS).set(refused as f64);
     let loaded = state.host.plugins().current().plugins().count();
     metrics::gauge!(reins_runtime::metric_names::PLUGINS_LOADED).set(loaded as f64);
+    let text = state.metrics.render();
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    if exemplars::wants_openmetrics(accept) {
+        let body = exemplars::Exemplars::global().openmetrics(&text);
+        return (
+            [
+                (header::CONTENT_TYPE, exemplars::OPENMETRICS_CONTENT_TYPE),
+                (header::VARY, "accept"),
+            ],
+            body,
+        )
+            .into_response();
+    }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::VARY, "accept"),
+        ],
+        text,
     )
         .into_response()
 }

@@ -90,6 +90,7 @@ pub async fn create(
     }
     let (request, key) = body.into_request()?;
     let mut request = request.with_caller(who.caller.clone());
+    request.trace_parent = super::service::trace_parent(&headers);
     // The shorter of the body's `timeout_ms` and the header's.
     if let Some(ms) = super::service::caller_timeout(&headers)? {
         request.timeout_ms = Some(request.timeout_ms.map_or(ms, |t| t.min(ms)));

@@ -103,6 +103,13 @@ pub(crate) fn finished(result: RunResult) -> Result<Arc<RunResult>, ApiError> {
     Ok(Arc::new(result))
 }
 
+/// The caller's W3C trace context (`traceparent`, `tracestate`): the
+/// run's span becomes its child. A malformed header starts a new trace.
+pub(crate) fn trace_parent(headers: &HeaderMap) -> Option<reins_core::telemetry::TraceParent> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    reins_core::telemetry::TraceParent::from_headers(header("traceparent"), header("tracestate"))
+}
+
 /// The caller's own timeout, in ms: `X-Reins-Timeout` (seconds, e.g.
 /// `2.5`, or milliseconds with a unit, `2500ms`), else the read timeout the
 /// OpenAI and Anthropic SDKs announce (`X-Stainless-Read-Timeout`, seconds).
@@ -149,6 +156,10 @@ pub(crate) fn reins_headers(headers: &mut HeaderMap, result: &RunResult) {
     set("x-reins-run-id", result.run_id.clone());
     set("x-reins-status", result.status.as_str().to_string());
     set("x-reins-attempts", result.attempts.len().to_string());
+    if let Some(trace) = &result.trace_id {
+        // Where to find the run in the tracing backend.
+        set("x-reins-trace-id", trace.clone());
+    }
     if result.degraded
         && let Some(by) = &result.served_by
     {

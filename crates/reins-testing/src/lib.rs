@@ -11,6 +11,8 @@
 //! - [`busy`]: an upstream with a capacity that answers 429 past it;
 //! - [`webhook`]: a sink for webhook executors that records every delivery
 //!   and counts idempotency keys;
+//! - [`otlp`]: an OpenTelemetry collector stand-in (OTLP/HTTP and gRPC)
+//!   that records the spans and metrics real exporters send;
 //! - [`config`]: a small builder for `reins.toml` text;
 //! - [`server`]: loopback listeners, `reins serve` child processes and
 //!   one-shot calls to the HTTP router;
@@ -24,6 +26,7 @@ pub mod bench;
 pub mod busy;
 pub mod config;
 pub mod model;
+pub mod otlp;
 pub mod pg;
 pub mod plugins;
 pub mod server;

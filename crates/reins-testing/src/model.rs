@@ -888,6 +888,7 @@ impl reins::provider::Provider for AgentModel {
                 tool_calls,
                 usage: None,
                 model: "agent-test".into(),
+                finish_reason: None,
             })
         })
     }

@@ -175,6 +175,18 @@ required = ["order", "amount"]
 properties = { order = { type = "string" }, amount = { type = "number" } }
 "#;
 
+/// The refund tool's gate sidecars in `dir`: `tool-manifest` declaring
+/// [`REFUND_TOOL`], and `spend-limit` escalating refunds above
+/// `escalate_above` within a `daily_budget`.
+pub fn refund_sidecars(dir: &Path, escalate_above: f64, daily_budget: f64) {
+    std::fs::write(dir.join("tool-manifest.toml"), REFUND_TOOL).expect("sidecar");
+    std::fs::write(
+        dir.join("spend-limit.toml"),
+        format!("[config]\nescalate_above = {escalate_above:?}\ndaily_budget = {daily_budget:?}\n"),
+    )
+    .expect("sidecar");
+}
+
 /// Copies an example directory without any `.wasm`: tests copy the
 /// freshly built plugins in, never a stale build.
 pub fn copy_dir(from: &Path, to: &Path) {

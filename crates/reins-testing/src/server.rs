@@ -192,3 +192,33 @@ pub async fn call(
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, value)
 }
+
+/// The value of one line of `GET {base}/metrics` (`name{labels}` as
+/// Prometheus prints it), 0 when absent.
+pub async fn metric(base: &str, key: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(key)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// [`metric`] once it reaches `want` (what is counted just after the
+/// event a test waits on), or its last value when it does not within `within`.
+pub async fn metric_reaches(base: &str, key: &str, want: f64, within: Duration) -> f64 {
+    let give_up = tokio::time::Instant::now() + within;
+    loop {
+        let value = metric(base, key).await;
+        if value >= want || tokio::time::Instant::now() > give_up {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub struct Delivery {
     /// The `Idempotency-Key` header; empty when there was none.
     pub key: String,
+    /// The W3C `traceparent` header; empty when there was none.
+    pub traceparent: String,
     pub body: Value,
     pub at: Instant,
     /// Whether the sink accepted it (it had not been told to fail it).
@@ -146,6 +148,11 @@ async fn deliver(
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_err();
     let delivery = Delivery {
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
         key: key.clone(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         at: Instant::now(),

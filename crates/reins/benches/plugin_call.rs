@@ -402,6 +402,10 @@ fn bench_call(name: &str, doc: &str) -> (String, BenchCall) {
             reservation.release();
             black_box(decision);
         }
+        Layer::StreamChecker => {
+            let text = input.as_str().unwrap_or_default();
+            black_box(p.check_stream(&ctx, "", text, true).expect("call"));
+        }
         Layer::Context => panic!("no bundled context plugin"),
     });
     (label, call)

@@ -22,3 +22,4 @@ pub use reins_state as state;
 
 pub mod cases;
 pub mod cli;
+pub mod telemetry;

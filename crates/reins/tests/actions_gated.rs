@@ -36,12 +36,7 @@ async fn fixture(extra: &str, budget: u32) -> Fixture {
     let sink = Sink::start().await;
     let url = sink.url().to_owned();
     let dir = plugins::plugins_dir(&["tool-manifest", "spend-limit", "echo-gate"]);
-    std::fs::write(dir.path().join("tool-manifest.toml"), plugins::REFUND_TOOL).expect("sidecar");
-    std::fs::write(
-        dir.path().join("spend-limit.toml"),
-        format!("[config]\nescalate_above = 100\ndaily_budget = {budget}\n"),
-    )
-    .expect("sidecar");
+    plugins::refund_sidecars(dir.path(), 100.0, f64::from(budget));
     let responses = json!([
         {"match": "refund 20", "tool_calls": refund(20.0)},
         {"match": "refund 10", "tool_calls": refund(10.0)},

@@ -92,6 +92,7 @@ fn request(messages: Vec<Message>) -> ChatRequest {
         tools: vec![],
         sampling: Sampling::default(),
         deadline: None,
+        traceparent: None,
         turn: Default::default(),
     }
 }

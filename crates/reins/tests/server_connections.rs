@@ -103,33 +103,10 @@ async fn healthz(base: &str) -> bool {
     matches!(client.get(format!("{base}/healthz")).send().await, Ok(r) if r.status() == 200)
 }
 
-/// The value of one metric line (`name{labels}`), 0 when absent.
-async fn metric(base: &str, key: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(key)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 /// The metric once it reaches `want` (a connection's close is counted just
 /// after its socket is), or its last value when it never does.
 async fn metric_reaches(base: &str, key: &str, want: f64) -> f64 {
-    let give_up = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let value = metric(base, key).await;
-        if value >= want || tokio::time::Instant::now() > give_up {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server::metric_reaches(base, key, want, PATIENCE).await
 }
 
 const HEAD_START: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n";
@@ -297,8 +274,8 @@ async fn past_the_total_cap_the_crowd_is_refused_and_healthz_still_answers() {
     // one (counted just after its socket closes, hence the wait).
     let give_up = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let evicted =
-            metric(&base, r#"reins_connections_closed_total{reason="evicted"}"#).await as usize;
+        let evicted = server::metric(&base, r#"reins_connections_closed_total{reason="evicted"}"#)
+            .await as usize;
         let closed = held.iter().filter(|s| is_closed(s)).count();
         if evicted >= 1 && closed == evicted {
             break;
@@ -310,7 +287,7 @@ async fn past_the_total_cap_the_crowd_is_refused_and_healthz_still_answers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        metric(&base, refused).await,
+        server::metric(&base, refused).await,
         4.0,
         "the probes were never refused"
     );
@@ -379,7 +356,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_serves_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        metric(&served.base, "reins_accept_errors_total").await >= 1.0,
+        server::metric(&served.base, "reins_accept_errors_total").await >= 1.0,
         "accept failed and the loop went on"
     );
 }
@@ -407,7 +384,7 @@ async fn the_default_cap_from_the_file_limit_keeps_healthz_reachable() {
     let refused = r#"reins_connections_refused_total{reason="max_connections"}"#;
     assert_eq!(metric_reaches(&served.base, refused, 160.0).await, 160.0);
     assert_eq!(
-        metric(&served.base, "reins_accept_errors_total").await,
+        server::metric(&served.base, "reins_accept_errors_total").await,
         0.0,
         "never out of descriptors"
     );

@@ -61,6 +61,11 @@ pub struct Config {
     /// server without the library knowing HTTP.
     #[serde(default)]
     pub server: toml::Table,
+    /// `[telemetry]`: OpenTelemetry export (OTLP endpoint, sampling,
+    /// `capture_content`). Owned and checked by the root (`reins`), which
+    /// builds the exporter and hands the host a [`crate::telemetry::Telemetry`].
+    #[serde(default)]
+    pub telemetry: toml::Table,
     /// Model providers by name; pipelines refer to these names.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -99,7 +104,14 @@ fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
 
 /// Keys a running process cannot take from a reload: the listener, the
 /// state store, the engine and the plugins directory are built once.
-pub const RESTART_ONLY: [&str; 5] = ["plugins_dir", "watch", "runtime", "server", "state"];
+pub const RESTART_ONLY: [&str; 6] = [
+    "plugins_dir",
+    "watch",
+    "runtime",
+    "server",
+    "state",
+    "telemetry",
+];
 
 mod defaults {
     pub fn stream_window_chars() -> usize {

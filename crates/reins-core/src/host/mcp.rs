@@ -252,6 +252,7 @@ impl Host {
         caller: &Caller,
         name: &str,
         arguments: Option<Map<String, Value>>,
+        parent: Option<&crate::telemetry::TraceParent>,
     ) -> Result<CallToolResult, McpError> {
         let p = self.gateway(pipeline)?;
         let request = request_of(caller);
@@ -274,7 +275,7 @@ impl Host {
             return Err(McpError::NoServers(p.name.clone()));
         };
         let run_id = format!("mcp-{}", uuid::Uuid::new_v4().simple());
-        let rc = RunContext::new(self.state.clone(), None);
+        let rc = RunContext::new(self.state.clone(), None).traced(self.telemetry.run(parent));
         let arguments = Value::Object(arguments.unwrap_or_default());
         let gated = engine::gate_tool_call(
             &p,
@@ -292,16 +293,33 @@ impl Host {
             CallVerdict::Allowed(action) => action,
             CallVerdict::Refused(reason) => {
                 release(&mut reservations);
-                self.record_call(&p, &request, result).await;
+                self.record_call(&p, &request, result, &rc).await;
                 return Ok(tool_error(format!("Reins refused `{name}`: {reason}")));
             }
             CallVerdict::Escalated(pending) => {
-                match self.await_decision(&p, &mut result, &pending, caller).await {
+                let waiting = std::time::Instant::now();
+                let decided = self.await_decision(&p, &mut result, &pending, caller).await;
+                rc.trace.record(crate::telemetry::StepSpan {
+                    attributes: vec![
+                        crate::telemetry::KeyValue::new("reins.gate", pending.gate.clone()),
+                        crate::telemetry::KeyValue::new(
+                            crate::telemetry::genai::TOOL_NAME,
+                            name.to_owned(),
+                        ),
+                        crate::telemetry::KeyValue::new("reins.approval.approved", decided.is_ok()),
+                    ],
+                    ..crate::telemetry::StepSpan::new(
+                        "reins.approval.wait",
+                        waiting,
+                        std::time::Instant::now(),
+                    )
+                });
+                match decided {
                     Ok(action) => action,
                     Err(reason) => {
                         release(&mut reservations);
                         result.status = RunStatus::Rejected;
-                        self.record_call(&p, &request, result).await;
+                        self.record_call(&p, &request, result, &rc).await;
                         return Ok(tool_error(format!("Reins did not send `{name}`: {reason}")));
                     }
                 }
@@ -309,13 +327,19 @@ impl Host {
         };
         let started = std::time::Instant::now();
         let mut exec = Execution::new(0, &action, execute::idempotency_key(&run_id, 1, 0), "mcp");
+        let span = rc.trace.child();
+        let traceparent = rc.trace.traceparent(span);
         execute::send_recorded(
             &*self.state,
             &mut exec,
             &run_id,
-            async |exec: &mut Execution| execute::call_mcp(exec, &upstream, &tool.tool).await,
+            async |exec: &mut Execution| {
+                execute::call_mcp(exec, &upstream, &tool.tool, traceparent.as_deref()).await
+            },
         )
         .await;
+        rc.trace
+            .record(exec.span(span, started, std::time::Instant::now()));
         let sent: Option<CallToolResult> = exec
             .response
             .as_ref()
@@ -345,7 +369,7 @@ impl Host {
                 tool: name.to_owned(),
                 message: message.clone(),
             });
-            self.record_call(&p, &request, result).await;
+            self.record_call(&p, &request, result, &rc).await;
             return Ok(tool_error(message));
         };
         // What the tool says goes to the agent only through the normalizers:
@@ -399,7 +423,7 @@ impl Host {
             }
         }
         result.output = serde_json::to_value(&answer).ok();
-        self.record_call(&p, &request, result).await;
+        self.record_call(&p, &request, result, &rc).await;
         Ok(answer)
     }
 
@@ -459,10 +483,19 @@ impl Host {
     }
 
     /// Stores the call as a finished run of the pipeline, with its audit rows.
-    async fn record_call(&self, p: &Pipeline, request: &Request, mut result: RunResult) {
+    async fn record_call(
+        &self,
+        p: &Pipeline,
+        request: &Request,
+        mut result: RunResult,
+        rc: &RunContext,
+    ) {
         if result.status == RunStatus::Running || result.status == RunStatus::AwaitingApproval {
             result.status = RunStatus::Completed;
         }
+        result.trace_id = rc.trace.trace_id();
+        result.span_id = rc.trace.span_id();
+        rc.trace.end_run(engine::run_span(p, &result, rc.started));
         let mut record = RunRecord::new(&result.run_id, &p.name, result.status);
         record.result = call_record(&result);
         record.owner = Some(self.leases.node.clone());

@@ -101,6 +101,7 @@ impl Host {
                     std::time::Instant::now()
                         + std::time::Duration::from_millis(p.config.deadline_ms),
                 ),
+                traceparent: None,
                 turn,
             };
             match provider.complete(&request).await {

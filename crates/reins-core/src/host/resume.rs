@@ -101,7 +101,8 @@ impl Host {
             } else {
                 None
             };
-            let rc = RunContext::new(self.state.clone(), journal);
+            let rc = RunContext::new(self.state.clone(), journal)
+                .traced(self.telemetry.run(req.trace_parent.as_ref()));
             let result = engine::run(p, self.plugins.current(), req, &rc).await;
             first_turn = false;
             add_tokens(&mut tokens, &result.tokens);
@@ -538,6 +539,30 @@ impl Host {
         );
         actions.sort_by_key(|(i, _)| *i);
         let step = run.attempts.last().map_or(1, |a| a.attempt);
+        let trace = self
+            .telemetry
+            .resume(run.trace_id.as_deref(), run.span_id.as_deref());
+        for a in approvals {
+            trace.record(crate::telemetry::StepSpan {
+                attributes: vec![
+                    crate::telemetry::KeyValue::new("reins.approval.id", a.id.clone()),
+                    crate::telemetry::KeyValue::new("reins.approval.status", a.status.as_str()),
+                    crate::telemetry::KeyValue::new("reins.gate", a.gate.clone()),
+                    crate::telemetry::KeyValue::new(
+                        crate::telemetry::genai::TOOL_NAME,
+                        a.action.tool.clone(),
+                    ),
+                ],
+                ..crate::telemetry::StepSpan::new(
+                    "reins.approval.wait",
+                    trace.instant_of(a.created_at_ms),
+                    trace.instant_of(
+                        a.decided_at_ms
+                            .unwrap_or_else(|| reins_state::now_ms().max(0) as u64),
+                    ),
+                )
+            });
+        }
         let mut executions = crate::pipeline::execute::execute_all(
             &*self.state,
             p,
@@ -548,6 +573,7 @@ impl Host {
             run.dry_run,
             // A decision's actions are not tied to the approver's connection.
             &crate::pipeline::CancellationToken::new(),
+            &trace,
         )
         .await;
         executions.extend(

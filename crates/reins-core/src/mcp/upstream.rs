@@ -293,10 +293,18 @@ impl Upstream {
         &self,
         tool: &str,
         arguments: Map<String, Value>,
+        traceparent: Option<&str>,
     ) -> Result<CallToolResult, McpError> {
         let peer = self.peer().await?;
         let mut params = CallToolRequestParams::new(tool.to_owned());
         params.arguments = Some(arguments);
+        // The trace context travels in the request's `_meta`, as the
+        // OpenTelemetry MCP conventions ask (one transport-neutral place).
+        if let Some(tp) = traceparent {
+            let mut meta = Map::new();
+            meta.insert("traceparent".to_owned(), Value::String(tp.to_owned()));
+            params.meta = Some(rmcp::model::RequestMetaObject::from(meta));
+        }
         let deadline = Duration::from_millis(self.config.timeout_ms);
         match tokio::time::timeout(deadline, peer.call_tool(params)).await {
             Ok(Ok(result)) => Ok(result),

@@ -7,12 +7,13 @@ use super::CancellationToken;
 use super::Pipeline;
 use crate::config::ExecutorConfig;
 use crate::provider::RetryPolicy;
+use crate::telemetry::{KeyValue, RunTrace, SpanId, SpanKind, StepSpan, genai};
 use reins_runtime::{Action, Reservation};
 use reins_state::{ActionRecord, ActionState, StateStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What happened to one approved action.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +101,7 @@ pub async fn execute_all(
     reservations: &mut [(usize, Reservation)],
     dry_run: bool,
     cancel: &CancellationToken,
+    trace: &RunTrace,
 ) -> Vec<Execution> {
     let mut out = Vec::with_capacity(actions.len());
     for (pos, (index, action)) in actions.iter().enumerate() {
@@ -128,6 +130,11 @@ pub async fn execute_all(
                 _ => "return",
             },
         );
+        // The action's span id goes to its executor as `traceparent`.
+        let span = trace.child();
+        let traceparent = trace.traceparent(span);
+        let traceparent = traceparent.as_deref();
+        let start = Instant::now();
         if dry_run {
             exec.status = ExecStatus::Planned;
         } else {
@@ -139,14 +146,14 @@ pub async fn execute_all(
                 }) => {
                     let name = &pipeline.name;
                     send_recorded(log, &mut exec, run_id, async |exec: &mut Execution| {
-                        send(exec, name, run_id, url, *timeout_ms, *retries).await
+                        send(exec, name, run_id, url, *timeout_ms, *retries, traceparent).await
                     })
                     .await
                 }
                 Some(ExecutorConfig::Mcp { server, tool }) => match pipeline.upstream(server) {
                     Some(upstream) => {
                         send_recorded(log, &mut exec, run_id, async |exec: &mut Execution| {
-                            call_mcp(exec, upstream, tool).await;
+                            call_mcp(exec, upstream, tool, traceparent).await;
                         })
                         .await
                     }
@@ -165,12 +172,42 @@ pub async fn execute_all(
                 r.release();
             }
         }
+        trace.record(exec.span(span, start, Instant::now()));
         out.push(exec);
     }
     out
 }
 
 impl Execution {
+    /// Its span, `execute_tool {tool}` in the GenAI conventions, with the
+    /// idempotency key the executor saw.
+    pub fn span(&self, id: SpanId, start: Instant, end: Instant) -> StepSpan {
+        let mut attributes = vec![
+            KeyValue::new(genai::OPERATION_NAME, "execute_tool"),
+            KeyValue::new(genai::TOOL_NAME, self.tool.clone()),
+            KeyValue::new("reins.executor", self.executor.clone()),
+            KeyValue::new("reins.idempotency_key", self.idempotency_key.clone()),
+            KeyValue::new(
+                "reins.action.status",
+                format!("{:?}", self.status).to_lowercase(),
+            ),
+            KeyValue::new("reins.action.tries", self.tries as i64),
+        ];
+        if let Some(status) = self.http_status {
+            attributes.push(KeyValue::new("http.response.status_code", status as i64));
+        }
+        StepSpan {
+            kind: SpanKind::Client,
+            id: Some(id),
+            attributes,
+            error: self
+                .error
+                .clone()
+                .filter(|_| self.status == ExecStatus::Failed),
+            ..StepSpan::new(format!("execute_tool {}", self.tool), start, end)
+        }
+    }
+
     /// An action about to go to `executor`, not sent yet.
     pub fn new(
         index: usize,
@@ -293,6 +330,7 @@ async fn send(
     url: &str,
     timeout_ms: u64,
     retries: u32,
+    traceparent: Option<&str>,
 ) {
     let body = json!({
         "run_id": run_id,
@@ -310,8 +348,7 @@ async fn send(
     };
     loop {
         exec.tries += 1;
-        let sent = client()
-            .post(url)
+        let sent = crate::telemetry::traced(client().post(url), traceparent)
             .header("idempotency-key", &exec.idempotency_key)
             .timeout(timeout)
             .json(&body)
@@ -351,7 +388,12 @@ async fn send(
 /// tool's result, or failed (the tool's own error, the upstream gone or
 /// past its deadline). An MCP call is not retried: a tool has no
 /// idempotency key to make a second try safe.
-pub async fn call_mcp(exec: &mut Execution, upstream: &crate::mcp::Upstream, tool: &str) {
+pub async fn call_mcp(
+    exec: &mut Execution,
+    upstream: &crate::mcp::Upstream,
+    tool: &str,
+    traceparent: Option<&str>,
+) {
     exec.tries += 1;
     let arguments = match &exec.arguments {
         Value::Object(o) => o.clone(),
@@ -364,7 +406,7 @@ pub async fn call_mcp(exec: &mut Execution, upstream: &crate::mcp::Upstream, too
             return;
         }
     };
-    match upstream.call_tool(tool, arguments).await {
+    match upstream.call_tool(tool, arguments, traceparent).await {
         Ok(result) => {
             let failed = result.is_error == Some(true);
             exec.response = serde_json::to_value(&result).ok();

@@ -85,6 +85,7 @@ impl Judge for RunJudge {
                 ..Sampling::default()
             },
             deadline: Some(until),
+            traceparent: None,
             turn: self.turn.clone(),
         };
         let chain = self.chain.clone();

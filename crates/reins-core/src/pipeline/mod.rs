@@ -111,6 +111,10 @@ pub struct Request {
     /// stored (a resumed run has no client to stream to).
     #[serde(skip)]
     pub stream: Option<stream::StreamSink>,
+    /// The caller's W3C trace context: the run's span is its child. Not
+    /// stored (a resumed run starts a trace of its own).
+    #[serde(skip)]
+    pub trace_parent: Option<crate::telemetry::TraceParent>,
 }
 
 /// A tool the caller declares.
@@ -150,6 +154,7 @@ impl Default for Request {
             timeout_ms: None,
             json: false,
             stream: None,
+            trace_parent: None,
         }
     }
 }

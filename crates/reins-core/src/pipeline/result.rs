@@ -539,6 +539,13 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     pub error: Option<RunError>,
+    /// The run's trace and span (hex), when it was traced: where to find
+    /// it in the tracing backend, and what its later steps (approved
+    /// actions) join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
     /// Who started the run (its owner: another tenant does not see it).
     #[serde(default, skip_serializing_if = "is_anonymous")]
     pub caller: reins_runtime::Caller,
@@ -575,6 +582,8 @@ impl RunResult {
             stream: None,
             notice: None,
             error: None,
+            trace_id: None,
+            span_id: None,
             caller: reins_runtime::Caller::anonymous(),
         }
     }

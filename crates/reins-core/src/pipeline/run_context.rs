@@ -23,6 +23,8 @@ pub struct RunContext {
     pub cache_index: Arc<dyn StateStore>,
     /// When the run started: its deadline and durations count from here.
     pub started: Instant,
+    /// The run's trace: its spans, and the `traceparent` it passes upstream.
+    pub trace: crate::telemetry::RunTrace,
 }
 
 impl RunContext {
@@ -33,7 +35,13 @@ impl RunContext {
             actions: store.clone(),
             cache_index: store,
             started: Instant::now(),
+            trace: Default::default(),
         }
+    }
+
+    /// The same context, traced as `trace`.
+    pub fn traced(self, trace: crate::telemetry::RunTrace) -> RunContext {
+        RunContext { trace, ..self }
     }
 
     /// Whether the journal keeps steps of `kind`.
@@ -47,10 +55,20 @@ impl RunContext {
         kind: StepKind,
         data: serde_json::Value,
     ) -> Result<(), reins_state::StateError> {
-        match &self.journal {
-            Some(j) => j.record(kind, data).await,
-            None => Ok(()),
-        }
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let written = j.record(kind, data).await;
+        self.trace.record(crate::telemetry::StepSpan {
+            attributes: vec![crate::telemetry::KeyValue::new(
+                "reins.checkpoint.kind",
+                kind.as_str(),
+            )],
+            error: written.as_ref().err().map(ToString::to_string),
+            ..crate::telemetry::StepSpan::new("reins.checkpoint", start, Instant::now())
+        });
+        written
     }
 
     /// The model attempt `n` recorded before a crash, if any.

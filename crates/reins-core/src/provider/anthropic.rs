@@ -159,12 +159,14 @@ impl AnthropicProvider {
             provider: self.name.clone(),
             message: format!("cannot encode the request: {e}"),
         })?;
-        let mut builder = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION)
-            .body(body);
+        let mut builder = crate::telemetry::traced(
+            self.client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("anthropic-version", API_VERSION)
+                .body(body),
+            request.traceparent.as_deref(),
+        );
         if let Some(key) = api_key {
             let mut value = reqwest::header::HeaderValue::from_str(key).map_err(|_| {
                 ProviderError::MissingApiKey {
@@ -201,6 +203,10 @@ impl Provider for AnthropicProvider {
 
     fn model(&self) -> &str {
         &self.config.model
+    }
+
+    fn system(&self) -> &'static str {
+        "anthropic"
     }
 
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
@@ -417,6 +423,10 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
+        finish_reason: body
+            .get("stop_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     })
 }
 

@@ -73,6 +73,9 @@ pub struct ChatRequest {
     /// When the run's deadline passes: no call, retry or wait goes past it.
     #[serde(skip)]
     pub deadline: Option<Instant>,
+    /// The W3C `traceparent` naming this call's span, sent upstream.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
     /// Its place in a provider's queue.
     #[serde(skip)]
     pub turn: Turn,
@@ -196,6 +199,9 @@ pub struct ChatResponse {
     pub usage: Option<Usage>,
     /// The model that answered, as reported.
     pub model: String,
+    /// Why generation stopped, as the upstream said (`stop`, `length`,
+    /// `tool_calls`, `end_turn`...); `None` when it said nothing.
+    pub finish_reason: Option<String>,
 }
 
 /// Why a model call failed.
@@ -380,6 +386,10 @@ pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The model it calls, for traces.
     fn model(&self) -> &str;
+    /// The API it speaks, as the GenAI conventions' `gen_ai.provider.name`.
+    fn system(&self) -> &'static str {
+        "reins"
+    }
     /// One chat completion: one call upstream (retries, the breaker and the
     /// run's deadline are the [`Breaker`]'s job).
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a>;
@@ -897,6 +907,7 @@ mod tests {
                     tool_calls: vec![],
                     usage: None,
                     model: "m".into(),
+                    finish_reason: None,
                 })
             })
         }
@@ -917,6 +928,7 @@ mod tests {
             tools: vec![],
             sampling: Sampling::default(),
             deadline,
+            traceparent: None,
             turn: Turn::default(),
         }
     }

@@ -259,12 +259,19 @@ impl OpenAiProvider {
         })
     }
 
-    fn post(&self, body: Vec<u8>, api_key: Option<&str>) -> reqwest::RequestBuilder {
-        let mut builder = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+    fn post(
+        &self,
+        body: Vec<u8>,
+        api_key: Option<&str>,
+        traceparent: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = crate::telemetry::traced(
+            self.client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            traceparent,
+        );
         if let Some(key) = api_key {
             builder = builder.bearer_auth(key);
         }
@@ -293,6 +300,10 @@ impl Provider for OpenAiProvider {
         &self.config.model
     }
 
+    fn system(&self) -> &'static str {
+        "openai"
+    }
+
     fn complete<'a>(&'a self, request: &'a ChatRequest) -> CompletionFuture<'a> {
         Box::pin(async move {
             let api_key = self.api_key()?;
@@ -302,7 +313,7 @@ impl Provider for OpenAiProvider {
                     &self.name,
                     &self.url,
                     &self.config.http,
-                    self.post(self.encode(&body)?, key),
+                    self.post(self.encode(&body)?, key, request.traceparent.as_deref()),
                     parse_response,
                 )
                 .await
@@ -324,7 +335,7 @@ impl Provider for OpenAiProvider {
                     &self.name,
                     &self.url,
                     &self.config.http,
-                    self.post(self.encode(&body)?, key),
+                    self.post(self.encode(&body)?, key, request.traceparent.as_deref()),
                     super::stream::Parsers {
                         event: parse_event,
                         whole: parse_response,
@@ -437,11 +448,16 @@ pub fn parse_response(bytes: &[u8]) -> Result<ChatResponse, String> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    let finish_reason = body["choices"][0]
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     Ok(ChatResponse {
         content,
         tool_calls,
         usage,
         model,
+        finish_reason,
     })
 }
 

@@ -261,6 +261,7 @@ impl Provider for ScriptedProvider {
                 tool_calls: entry.tool_calls.clone(),
                 usage: entry.usage,
                 model: self.model.clone(),
+                finish_reason: None,
             })
         })
     }
@@ -293,6 +294,7 @@ mod tests {
             tools: vec![],
             sampling: Default::default(),
             deadline: None,
+            traceparent: None,
             turn: Default::default(),
         }
     }

@@ -141,6 +141,7 @@ impl Collected {
                 .collect(),
             usage: self.usage,
             model: self.model,
+            finish_reason: self.finish,
         }
     }
 }

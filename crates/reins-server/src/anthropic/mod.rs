@@ -57,6 +57,7 @@ pub async fn messages(
     request.session_id = answer::session_id(&headers, &request.metadata);
     request.caller = who.caller;
     request.timeout_ms = super::service::caller_timeout(&headers)?;
+    request.trace_parent = super::service::trace_parent(&headers);
     let result = match super::stream::answer(&state, &pipeline, request, streaming, |run_id| {
         EventShape::new(run_id, &pipeline)
     })

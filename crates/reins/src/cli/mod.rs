@@ -82,10 +82,9 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REINS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let format = crate::telemetry::logs::Format::from_env().unwrap_or_else(|e| {
+        eprintln!("reins: {e}; writing text logs");
+        crate::telemetry::logs::Format::Text
+    });
+    crate::telemetry::logs::init(format);
 }

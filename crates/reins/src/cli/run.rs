@@ -61,7 +61,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(ExitCode::BadInput.code());
         }
     };
-    let host = match Host::from_config(&args.config).await {
+    let exporting = match crate::telemetry::for_config(&args.config, false) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("reins run: {e}");
+            return Ok(ExitCode::BadInput.code());
+        }
+    };
+    let host = match Host::builder()
+        .config_file(&args.config)
+        .telemetry(exporting.telemetry.clone())
+        .build()
+        .await
+    {
         Ok(h) => h,
         Err(e) => {
             eprintln!("reins run: {e}");
@@ -88,9 +100,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
     };
+    // A parent trace in the environment (`TRACEPARENT`, the OpenTelemetry
+    // convention for processes): the run's span joins it.
+    let mut request = request;
+    request.trace_parent = reins_core::telemetry::TraceParent::from_headers(
+        std::env::var("TRACEPARENT").ok().as_deref(),
+        std::env::var("TRACESTATE").ok().as_deref(),
+    );
     let result = host.run(&pipeline, request).await;
     // The run's audit rows are written off the run's path; they must land before the process exits.
     host.audit_flush().await;
+    tokio::task::block_in_place(|| exporting.shutdown());
 
     let mut stderr = std::io::stderr().lock();
     match args.trace {

@@ -31,9 +31,18 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+    // `[telemetry]` is restart-only, read before the host so its first runs are traced.
+    let exporting = crate::telemetry::for_config(&args.config, true)
+        .with_context(|| format!("loading {}", args.config.display()))?;
     // Install the metrics recorder before plugins load, so their handles record.
-    server::install_metrics();
-    let mut builder = Host::builder().config_file(&args.config).watch(true);
+    match exporting.metrics_recorder() {
+        Some(otlp) => server::install_metrics_beside(Box::new(otlp)),
+        None => server::install_metrics(),
+    }
+    let mut builder = Host::builder()
+        .config_file(&args.config)
+        .watch(true)
+        .telemetry(exporting.telemetry.clone());
     if let Some(node) = args.node_id {
         builder = builder.node_id(node);
     }
@@ -72,6 +81,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let profile = profile::start();
     server::serve(state, &settings, &listen, args.insecure, shutdown_signal()).await?;
     profile.finish();
+    // The last runs' spans and metrics go out before the process ends.
+    tokio::task::block_in_place(|| exporting.shutdown());
     eprintln!("reins: shut down cleanly");
     Ok(0)
 }

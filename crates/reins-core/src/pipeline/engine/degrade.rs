@@ -136,7 +136,7 @@ impl Run<'_> {
         if let Some(recorded) = self.rc.replayed(attempt) {
             return Ok(self.replay(&recorded));
         }
-        let request = ChatRequest {
+        let mut request = ChatRequest {
             run_id: self.ctx.run_id.clone(),
             pipeline: self.p.name.clone(),
             attempt,
@@ -150,6 +150,7 @@ impl Run<'_> {
             tools: tools.to_vec(),
             sampling: self.sampling.clone(),
             deadline: self.deg.deadline,
+            traceparent: None,
             turn: self.turn(),
         };
         let p = self.p;
@@ -166,9 +167,13 @@ impl Run<'_> {
         let mut refused = None;
         // While every provider tried only pushed back: the soonest it may take a call.
         let mut backpressure: Option<Duration> = Some(Duration::ZERO);
+        let capture = self.rc.trace.captures_content();
         for (i, breaker) in chain.iter().enumerate() {
             let name = breaker.provider().name().to_owned();
             let start = Instant::now();
+            // The call's span id goes upstream before the call does.
+            let span = self.rc.trace.child();
+            request.traceparent = self.rc.trace.traceparent(span);
             if self.deg.deadline.is_some_and(|d| start >= d) {
                 self.trace(
                     "model",
@@ -243,12 +248,21 @@ impl Run<'_> {
             };
             match called.result {
                 Ok(r) => {
-                    self.trace(
+                    self.trace_with(
                         "model",
                         &name,
                         format!("ok ({}{tries})", r.model),
                         start,
                         end,
+                        || {
+                            super::spans::model(
+                                span,
+                                breaker.provider().as_ref(),
+                                &request,
+                                Ok(&r),
+                                capture,
+                            )
+                        },
                     );
                     if i > 0 {
                         metrics::counter!(reins_runtime::metric_names::FALLBACK_USES_TOTAL, "pipeline" => p.name.clone(), "step" => name.clone())
@@ -278,12 +292,21 @@ impl Run<'_> {
                     } else {
                         tracing::warn!(provider = %name, error = %e, "model call failed");
                     }
-                    self.trace(
+                    self.trace_with(
                         "model",
                         &name,
                         format!("failed: {}{tries}", e.kind()),
                         start,
                         end,
+                        || {
+                            super::spans::model(
+                                span,
+                                breaker.provider().as_ref(),
+                                &request,
+                                Err(&e),
+                                capture,
+                            )
+                        },
                     );
                     if i == 0
                         && e.is_refusal()
@@ -358,6 +381,7 @@ impl Run<'_> {
                 total_tokens: count("total"),
             }),
             model: text("model"),
+            finish_reason: None,
         };
         self.trace(
             "model",
@@ -488,5 +512,6 @@ fn local_response(content: String, model: String) -> ChatResponse {
         tool_calls: Vec::new(),
         usage: Some(Usage::default()),
         model,
+        finish_reason: None,
     }
 }

@@ -24,6 +24,7 @@ impl Run<'_> {
             &mut self.result.reservations,
             self.result.dry_run,
             &self.cancel,
+            &self.rc.trace,
         )
         .await;
         let cancelled = executions.len() < approved.len();

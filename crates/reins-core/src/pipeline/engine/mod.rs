@@ -46,6 +46,7 @@ mod degrade;
 mod execute;
 mod gate;
 mod normalize;
+mod spans;
 mod stream;
 mod tool_call;
 mod validate;
@@ -53,6 +54,7 @@ use bridge::*;
 use degrade::{Degradation, ModelAnswer};
 use gate::Gated;
 use normalize::*;
+pub(crate) use spans::run as run_span;
 pub use tool_call::{CallVerdict, GatedCall, gate_tool_call, mcp_tools, screen_tool_result};
 use validate::*;
 
@@ -71,9 +73,16 @@ pub async fn run(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut run = Run::begin(pipeline, plugins, rc, run_id, &request);
     run.result.dry_run = pipeline.config.dry_run || request.dry_run;
-    let span = tracing::debug_span!("run", run_id = %run.ctx.run_id, pipeline = %pipeline.name);
-    let _enter = span.enter();
-    let outcome = run.execute(request).await;
+    // The log's run span carries the trace's ids, so a JSON log line finds
+    // its trace; at `error` level so that no `REINS_LOG` filter drops it.
+    let span = tracing::error_span!(
+        "run",
+        run_id = %run.ctx.run_id,
+        pipeline = %pipeline.name,
+        trace_id = rc.trace.trace_id().unwrap_or_default(),
+        span_id = rc.trace.span_id().unwrap_or_default(),
+    );
+    let outcome = tracing::Instrument::instrument(run.execute(request), span).await;
     let released = run.stream.as_ref().is_some_and(|s| s.released_any());
     let mut result = run.result;
     if let Err(e) = outcome {
@@ -88,6 +97,9 @@ pub async fn run(
     }
     run.deg.finish(pipeline, &mut result, &rc.cache_index);
     result.duration_us = rc.started.elapsed().as_micros() as u64;
+    result.trace_id = rc.trace.trace_id();
+    result.span_id = rc.trace.span_id();
+    rc.trace.end_run(spans::run(pipeline, &result, rc.started));
     tracing::debug!(
         status = result.status.as_str(),
         attempts = result.attempts.len(),
@@ -215,6 +227,32 @@ impl Run<'_> {
         start: Instant,
         end: Instant,
     ) {
+        self.trace_with(layer, name, result, start, end, spans::Extra::default);
+    }
+
+    /// [`Run::trace`], with what the step's span says beyond its layer and
+    /// result (built only when the run is traced).
+    fn trace_with(
+        &mut self,
+        layer: &'static str,
+        name: &str,
+        result: String,
+        start: Instant,
+        end: Instant,
+        extra: impl FnOnce() -> spans::Extra,
+    ) {
+        // `execute_all` records the actions' spans: their ids went out with them.
+        if self.rc.trace.recording() && layer != "execute" {
+            self.rc.trace.record(spans::step(
+                layer,
+                name,
+                self.ctx.attempt,
+                &result,
+                start,
+                end,
+                extra(),
+            ));
+        }
         let step = TraceStep {
             layer,
             name: name.to_owned(),
@@ -237,7 +275,7 @@ impl Run<'_> {
     }
 
     /// Traces a plugin call; `Ok(None)` is a fail-open skip.
-    fn settle<T>(
+    fn settle<T: spans::Outcome>(
         &mut self,
         layer: Layer,
         plugin: &Plugin,
@@ -247,28 +285,40 @@ impl Run<'_> {
         match timed.result {
             Ok(value) => {
                 let s = summary(&value);
-                self.trace(layer.as_str(), plugin.name(), s, timed.start, timed.end);
+                self.trace_with(
+                    layer.as_str(),
+                    plugin.name(),
+                    s,
+                    timed.start,
+                    timed.end,
+                    || spans::plugin(plugin, "ok", Some(&value)),
+                );
                 Ok(Some(value))
             }
             Err(e) if plugin.fail_mode() == FailMode::Open => {
                 tracing::warn!(plugin = plugin.name(), error = %e, "plugin failed; skipped (fail_mode = open)");
-                self.trace(
+                self.trace_with(
                     layer.as_str(),
                     plugin.name(),
                     format!("skipped (fail open): {}", e.kind()),
                     timed.start,
                     timed.end,
+                    || spans::plugin::<T>(plugin, "skipped", None),
                 );
                 self.result.skipped.push(plugin.name().to_owned());
                 Ok(None)
             }
             Err(e) => {
-                self.trace(
+                self.trace_with(
                     layer.as_str(),
                     plugin.name(),
                     format!("failed: {}", e.kind()),
                     timed.start,
                     timed.end,
+                    || spans::Extra {
+                        error: Some(e.to_string()),
+                        ..spans::plugin::<T>(plugin, e.kind(), None)
+                    },
                 );
                 Err(RunError::Plugin {
                     layer: layer.as_str(),
