@@ -34,6 +34,8 @@ pub use opentelemetry_sdk::trace::{Sampler, SpanData};
 
 /// The semantic conventions the spans follow.
 pub const SEMCONV_VERSION: &str = "1.42.0";
+/// Their schema URL, the instrumentation scope's (static: no allocation per span).
+const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.42.0";
 
 /// The GenAI attribute names of [`SEMCONV_VERSION`] (status "Development";
 /// `opentelemetry-semantic-conventions` deprecates its copies, as the
@@ -96,9 +98,7 @@ impl Telemetry {
             ids: RandomIdGenerator::default(),
             scope: InstrumentationScope::builder("reins")
                 .with_version(env!("CARGO_PKG_VERSION"))
-                .with_schema_url(format!(
-                    "https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
-                ))
+                .with_schema_url(SCHEMA_URL)
                 .build(),
         })))
     }

@@ -5,7 +5,8 @@
 //!
 //! 1. telemetry off (the baseline);
 //! 2. exporting over OTLP/HTTP to a live collector on loopback
-//!    (`reins_testing::otlp::Collector`, which decodes every batch);
+//!    (`reins_testing::otlp::Collector`, which decodes every batch, on its
+//!    own runtime but the same two cores);
 //! 3. exporting to a dead collector (connection refused: every batch
 //!    fails and is dropped, counted).
 //!
@@ -102,10 +103,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // The collector decodes on a runtime of its own, as it would in its own
+    // process; it still shares the machine's two cores with the runs.
+    let collector_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("collector runtime");
+    let collector = collector_rt.block_on(Collector::start());
     rt.block_on(async {
         let dir = plugins::plugins_dir(&["normalize-text", "tool-manifest", "spend-limit"]);
         plugins::refund_sidecars(dir.path(), 1000.0, 1e12);
-        let collector = Collector::start().await;
         let live = format!(
             "[telemetry]\nenabled = true\nendpoint = \"{}\"\nschedule_delay_ms = 200\n",
             collector.endpoint()

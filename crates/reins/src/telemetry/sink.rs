@@ -43,8 +43,12 @@ impl Batches {
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.max_queue_size);
         let batch = settings.max_export_batch_size;
         let delay = settings.schedule_delay;
-        // gRPC channels live on the runtime the exporter was built in.
-        let runtime = tokio::runtime::Handle::try_current().ok();
+        // gRPC channels live on the runtime the exporter was built in; the
+        // HTTP exporter's blocking client brings its own, and a thread that
+        // entered the server's runtime would outlive it at exit.
+        let runtime = (settings.protocol == super::Protocol::Grpc)
+            .then(tokio::runtime::Handle::try_current)
+            .and_then(Result::ok);
         let closing = Arc::new(AtomicBool::new(false));
         let stop = closing.clone();
         let worker = std::thread::Builder::new()
