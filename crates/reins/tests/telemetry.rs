@@ -317,15 +317,38 @@ async fn a_run_is_one_tree_under_the_callers_span_down_to_the_webhook() {
     assert!(latency.points.iter().map(|p| p.count).sum::<u64>() >= 2);
 }
 
+/// The headers of the collector's requests to `path` (the last one).
+fn headers_to(collector: &Collector, path: &str) -> axum::http::HeaderMap {
+    collector
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|(p, _)| p.ends_with(path))
+        .map(|(_, h)| h)
+        .unwrap_or_else(|| panic!("no request to {path}: {:?}", collector.requests()))
+}
+
+fn header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The config's headers win over `OTEL_EXPORTER_OTLP_HEADERS`; the
+/// environment's other headers still go.
+const ENV_HEADERS: (&str, &str) = (
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "authorization=Bearer env-token,x-team=ml",
+);
+const CONFIG_HEADERS: &str = "headers = { authorization = \"Bearer team-token\" }\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_content_records_the_conversation_and_only_then() {
     let collector = Collector::start().await;
     let f = fixture(
         &format!(
-            "[telemetry]\nendpoint = \"{}\"\nschedule_delay_ms = 100\ncapture_content = true\nmetrics = false\n",
+            "[telemetry]\nendpoint = \"{}\"\nschedule_delay_ms = 100\ncapture_content = true\nmetrics = false\n{CONFIG_HEADERS}",
             collector.endpoint()
         ),
-        &[],
+        &[ENV_HEADERS],
         None,
     )
     .await;
@@ -351,6 +374,42 @@ async fn capture_content_records_the_conversation_and_only_then() {
         .attr_str("gen_ai.output.messages")
         .unwrap_or_default();
     assert!(output.contains("issue_refund"), "{output}");
+    let sent = headers_to(&collector, "/v1/traces");
+    assert_eq!(header(&sent, "authorization"), Some("Bearer team-token"));
+    assert_eq!(header(&sent, "x-team"), Some("ml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_go_over_grpc_too() {
+    let collector = Collector::start().await;
+    let f = fixture(
+        &format!(
+            "[telemetry]\nprotocol = \"grpc\"\nendpoint = \"{}\"\nschedule_delay_ms = 100\nmetrics_interval_ms = 300\n{CONFIG_HEADERS}",
+            collector.grpc_endpoint()
+        ),
+        &[ENV_HEADERS],
+        None,
+    )
+    .await;
+    run(&f.served.base, Some(&traceparent())).await;
+    let spans = collector.wait_for_spans(has_run, WAIT).await;
+    let run = one(&spans, "reins.run refunds");
+    assert_eq!(
+        (run.trace_id.as_str(), run.parent_span_id.as_str()),
+        (TRACE, CALLER_SPAN)
+    );
+    assert_eq!(named(&spans, "chat up-model").len(), 2);
+    let sent = headers_to(&collector, "TraceService/Export");
+    assert_eq!(header(&sent, "authorization"), Some("Bearer team-token"));
+    assert_eq!(header(&sent, "x-team"), Some("ml"));
+    let requests = collector
+        .wait_for_metric("reins_requests_total", WAIT)
+        .await;
+    assert!(
+        requests.points.iter().any(|p| p.value >= 1.0),
+        "{:?}",
+        requests.points
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
