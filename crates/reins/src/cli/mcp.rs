@@ -30,7 +30,12 @@ pub struct McpArgs {
 }
 
 pub async fn mcp(args: McpArgs) -> anyhow::Result<u8> {
-    let host = Host::from_config(&args.config)
+    let exporting = crate::telemetry::for_config(&args.config, false)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    let host = Host::builder()
+        .config_file(&args.config)
+        .telemetry(exporting.telemetry.clone())
+        .build()
         .await
         .map_err(|e| {
             let list: Vec<String> = e.into_list().iter().map(ToString::to_string).collect();
@@ -50,8 +55,9 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<u8> {
         credential: "stdio".to_owned(),
         claims: serde_json::Map::new(),
     };
-    reins_server::mcp::serve_stdio(host, &args.pipeline, caller)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let served = reins_server::mcp::serve_stdio(host, &args.pipeline, caller).await;
+    // The session's spans go out before the process ends.
+    tokio::task::block_in_place(|| exporting.shutdown());
+    served.map_err(anyhow::Error::msg)?;
     Ok(0)
 }
