@@ -409,7 +409,7 @@ impl Exporting {
         if let Some(m) = self.meters
             && let Err(e) = m.shutdown()
         {
-            tracing::warn!("telemetry: metrics shutdown: {e}");
+            tracing::warn!("telemetry: the last metrics were not sent (is the collector up?): {e}");
         }
     }
 }
