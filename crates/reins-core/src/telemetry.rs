@@ -243,6 +243,30 @@ impl StepSpan {
     }
 }
 
+/// The span of a human's decision on an escalated action: from the hold to
+/// the decision (`status`: `approved`, `rejected`, or `pending`).
+pub fn approval_wait(
+    approval: Option<&str>,
+    status: &str,
+    gate: &str,
+    tool: &str,
+    start: Instant,
+    end: Instant,
+) -> StepSpan {
+    let mut attributes = vec![
+        KeyValue::new("reins.approval.status", status.to_owned()),
+        KeyValue::new("reins.gate", gate.to_owned()),
+        KeyValue::new(genai::TOOL_NAME, tool.to_owned()),
+    ];
+    if let Some(id) = approval {
+        attributes.push(KeyValue::new("reins.approval.id", id.to_owned()));
+    }
+    StepSpan {
+        attributes,
+        ..StepSpan::new("reins.approval.wait", start, end)
+    }
+}
+
 /// The trace of one run: its ids and clock, and where its spans go.
 #[derive(Clone)]
 pub struct RunTrace {

@@ -4,8 +4,8 @@
 //! outlive a call — a daily budget, a rate window — lives here, keyed by the
 //! plugin's name so that one plugin cannot read or spend another's counters.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Most keys of one plugin's counters that become `reins_budget_used`
@@ -14,37 +14,58 @@ use std::time::{Duration, Instant};
 /// exported, so the scrape stays bounded.
 pub const METERED_KEYS_PER_PLUGIN: usize = 100;
 
-/// Sets `reins_budget_used{plugin, key}` to a counter's `total` after a
-/// change: what `counter-add` and a released [`crate::Reservation`] call.
-/// The counter stores (memory or shared) know nothing of metrics; the two
-/// places a plugin's counter changes do.
-pub(crate) fn meter(plugin: &str, key: &str, total: i64) {
-    static KEYS: OnceLock<Mutex<HashMap<String, HashSet<String>>>> = OnceLock::new();
-    {
-        let mut keys = KEYS
-            .get_or_init(Mutex::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let known = match keys.get_mut(plugin) {
-            Some(k) => k,
-            None => keys.entry(plugin.to_owned()).or_default(),
-        };
-        if !known.contains(key) {
-            if known.len() >= METERED_KEYS_PER_PLUGIN {
-                return;
-            }
-            known.insert(key.to_owned());
-            if known.len() == METERED_KEYS_PER_PLUGIN {
-                tracing::warn!(
-                    plugin,
-                    "plugin counters: {METERED_KEYS_PER_PLUGIN} keys exported as {}; further keys are counted but not exported",
-                    crate::metric_names::BUDGET_USED
-                );
-            }
+/// The plugins' counters, exported: every `add` (a plugin's `counter-add`,
+/// a released [`crate::Reservation`]) sets `reins_budget_used{plugin, key}`
+/// to the new total. Wraps the store the runtime was given, so the stores
+/// (memory or shared) know nothing of metrics and every change is seen in
+/// one place; each series' gauge is registered once.
+pub(crate) struct Metered {
+    inner: std::sync::Arc<dyn CounterStore>,
+    gauges: Mutex<HashMap<String, HashMap<String, metrics::Gauge>>>,
+}
+
+impl Metered {
+    pub(crate) fn new(inner: std::sync::Arc<dyn CounterStore>) -> Metered {
+        Metered {
+            inner,
+            gauges: Mutex::default(),
         }
     }
-    metrics::gauge!(crate::metric_names::BUDGET_USED, "plugin" => plugin.to_owned(), "key" => key.to_owned())
-        .set(total as f64);
+
+    /// The gauge of `scope`'s `key`; `None` past the cap.
+    fn gauge(&self, scope: &str, key: &str) -> Option<metrics::Gauge> {
+        let mut gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = match gauges.get_mut(scope) {
+            Some(k) => k,
+            None => gauges.entry(scope.to_owned()).or_default(),
+        };
+        if let Some(g) = keys.get(key) {
+            return Some(g.clone());
+        }
+        if keys.len() >= METERED_KEYS_PER_PLUGIN {
+            return None;
+        }
+        let g = metrics::gauge!(crate::metric_names::BUDGET_USED, "plugin" => scope.to_owned(), "key" => key.to_owned());
+        keys.insert(key.to_owned(), g.clone());
+        if keys.len() == METERED_KEYS_PER_PLUGIN {
+            tracing::warn!(
+                plugin = scope,
+                "plugin counters: {METERED_KEYS_PER_PLUGIN} keys exported as {}; further keys are counted but not exported",
+                crate::metric_names::BUDGET_USED
+            );
+        }
+        Some(g)
+    }
+}
+
+impl CounterStore for Metered {
+    fn add(&self, scope: &str, key: &str, delta: i64, window: Option<Duration>) -> i64 {
+        let total = self.inner.add(scope, key, delta, window);
+        if let Some(g) = self.gauge(scope, key) {
+            g.set(total as f64);
+        }
+        total
+    }
 }
 
 /// Where counters live. The in-memory store serves one process; a shared

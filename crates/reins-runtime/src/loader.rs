@@ -53,7 +53,7 @@ impl Runtime {
         Ok(Arc::new(Self {
             engine,
             linker,
-            counters,
+            counters: Arc::new(super::counters::Metered::new(counters)),
             init_mode: settings.init,
         }))
     }

@@ -892,8 +892,7 @@ impl Reservation {
         for e in self.entries.drain(..) {
             let window =
                 (e.window_seconds > 0).then(|| Duration::from_secs(u64::from(e.window_seconds)));
-            let total = self.counters.add(&self.scope, &e.key, -e.delta, window);
-            super::counters::meter(&self.scope, &e.key, total);
+            self.counters.add(&self.scope, &e.key, -e.delta, window);
         }
     }
 }

@@ -130,7 +130,6 @@ impl host_iface::Host for StoreState {
     fn counter_add(&mut self, key: String, delta: i64, window_seconds: u32) -> i64 {
         let window = (window_seconds > 0).then(|| Duration::from_secs(u64::from(window_seconds)));
         let total = self.counters.add(&self.plugin, &key, delta, window);
-        super::counters::meter(&self.plugin, &key, total);
         self.journal.push(CounterEntry {
             key,
             delta,

@@ -92,7 +92,7 @@ pub async fn decide(
         .decide(&id, body.decision, &approver, body.comment)
         .await?;
     if let Some(run) = &run {
-        super::metrics_export::record_run(run);
+        state.metrics.record_run(run);
     }
     metrics::counter!(reins_runtime::metric_names::APPROVALS_DECIDED_TOTAL, "decision" => match body.decision {
         Verdict::Approve => "approve",

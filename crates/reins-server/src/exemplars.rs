@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use reins_runtime::metric_names::{MODEL_LATENCY_SECONDS, RUN_DURATION_SECONDS};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds, in seconds, of the latency histograms' buckets: a cached or
@@ -109,19 +109,14 @@ struct Store {
     clock: u64,
 }
 
-/// The exemplars of every bucketed histogram; one per process (see
-/// [`Exemplars::global`]), like the exporter's recorder.
+/// The exemplars of every bucketed histogram; one per process, beside the
+/// exporter's recorder (`metrics_export::Metrics`).
 #[derive(Debug, Default)]
 pub struct Exemplars {
     store: Mutex<Store>,
 }
 
 impl Exemplars {
-    pub fn global() -> &'static Exemplars {
-        static GLOBAL: OnceLock<Exemplars> = OnceLock::new();
-        GLOBAL.get_or_init(Exemplars::default)
-    }
-
     /// Keeps `value` of histogram `name` (one of [`HISTOGRAMS`], recorded
     /// with these labels) as its bucket's exemplar, replacing the one
     /// before. A `trace_id` that is not a W3C trace id is not kept: it

@@ -15,6 +15,7 @@ mod exemplars;
 mod inflight;
 pub mod mcp;
 mod metrics_export;
+pub use metrics_export::Metrics;
 mod net;
 mod openai;
 mod ops;
@@ -48,7 +49,6 @@ use axum::extract::DefaultBodyLimit;
 use reins_core::Host;
 
 use axum::routing::{any, get, post};
-use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ use std::time::Duration;
 pub struct AppState {
     pub host: Arc<Host>,
     pub auth: Arc<Auth>,
-    pub metrics: PrometheusHandle,
+    pub metrics: metrics_export::Metrics,
     pub request_timeout: Duration,
     /// Who may reach the server: `Host` / `Origin`, CORS, failed-auth slowing.
     pub net: Arc<net::NetPolicy>,

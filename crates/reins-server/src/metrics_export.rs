@@ -1,21 +1,33 @@
 //! The Prometheus recorder (installed once per process) and the run metrics
 //! that matter: outcomes, validation failures, repairs, model latency.
 
+use super::exemplars::Exemplars;
 use metrics_exporter_prometheus::PrometheusHandle;
 use reins_core::pipeline::{RunResult, RunStatus};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-/// The process-wide recorder's handle; installs it on first use.
-pub fn handle() -> PrometheusHandle {
+/// The process's metrics as the server serves them: the Prometheus
+/// recorder's handle (what `/metrics` renders) and the exemplars of its
+/// latency histograms (what an OpenMetrics scrape adds). Cheap to clone;
+/// the server's state holds it.
+#[derive(Clone)]
+pub struct Metrics {
+    pub handle: PrometheusHandle,
+    pub exemplars: Arc<Exemplars>,
+}
+
+/// The process-wide recorder's metrics; installs it on first use.
+pub fn handle() -> Metrics {
     install(None)
 }
 
-/// Installs the process-wide recorder (once) and returns its handle;
-/// `beside` (the root's OTLP bridge) is fed every value the Prometheus
-/// recorder gets. Only the first call installs: a later `beside` is unused.
-pub fn install(beside: Option<Box<dyn metrics::Recorder + Send + Sync>>) -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
+/// Installs the process-wide recorder (once: `metrics` has one global
+/// recorder) and returns its metrics; `beside` (the root's OTLP bridge) is
+/// fed every value the Prometheus recorder gets. Only the first call
+/// installs: a later `beside` is unused.
+pub fn install(beside: Option<Box<dyn metrics::Recorder + Send + Sync>>) -> Metrics {
+    static INSTALLED: OnceLock<Metrics> = OnceLock::new();
+    INSTALLED
         .get_or_init(move || {
             let recorder = super::exemplars::builder().build_recorder();
             let handle = recorder.handle();
@@ -48,13 +60,22 @@ pub fn install(beside: Option<Box<dyn metrics::Recorder + Send + Sync>>) -> Prom
             if !installed {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only Reins' own view");
             }
-            handle
+            Metrics {
+                handle,
+                exemplars: Arc::default(),
+            }
         })
         .clone()
 }
 
-/// Records one finished run.
-pub fn record_run(r: &RunResult) {
+impl Metrics {
+    /// Records one finished run.
+    pub fn record_run(&self, r: &RunResult) {
+        record_run(&self.exemplars, r)
+    }
+}
+
+fn record_run(exemplars: &Exemplars, r: &RunResult) {
     let pipeline = r.pipeline.clone();
     metrics::counter!(reins_runtime::metric_names::REQUESTS_TOTAL, "pipeline" => pipeline.clone(), "status" => r.status.as_str())
         .increment(1);
@@ -72,7 +93,6 @@ pub fn record_run(r: &RunResult) {
     if repairs > 0 && r.status == RunStatus::Completed {
         metrics::counter!(reins_runtime::metric_names::REPAIR_SUCCESSES_TOTAL, "pipeline" => pipeline.clone()).increment(1);
     }
-    let exemplars = super::exemplars::Exemplars::global();
     for a in &r.attempts {
         let seconds = a.latency_us as f64 / 1e6;
         metrics::histogram!(reins_runtime::metric_names::MODEL_LATENCY_SECONDS, "provider" => a.provider.clone())

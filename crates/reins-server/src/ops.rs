@@ -83,13 +83,13 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     metrics::gauge!(reins_runtime::metric_names::PLUGIN_REFUSED_RELOADS).set(refused as f64);
     let loaded = state.host.plugins().current().plugins().count();
     metrics::gauge!(reins_runtime::metric_names::PLUGINS_LOADED).set(loaded as f64);
-    let text = state.metrics.render();
+    let text = state.metrics.handle.render();
     let accept = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok());
     if exemplars::wants_openmetrics(accept) {
-        let body = exemplars::Exemplars::global().openmetrics(&text);
+        let body = state.metrics.exemplars.openmetrics(&text);
         return (
             [
                 (header::CONTENT_TYPE, exemplars::OPENMETRICS_CONTENT_TYPE),

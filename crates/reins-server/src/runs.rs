@@ -219,7 +219,7 @@ pub async fn resume(
         _ => return Err(no_run(&run_id)),
     }
     let result = state.host.resume(&run_id).await?;
-    super::metrics_export::record_run(&result);
+    state.metrics.record_run(&result);
     Ok(run_response(&result, false))
 }
 

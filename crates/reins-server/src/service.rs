@@ -6,7 +6,6 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::metrics_export;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use reins_core::config::OnDisconnect;
 use reins_core::pipeline::{Request, RunResult};
@@ -65,11 +64,11 @@ pub(crate) fn start_run(
         .unwrap_or(surface_default);
     let guard =
         (on_disconnect == OnDisconnect::Cancel).then(|| request.cancel.clone().drop_guard());
-    let host = state.host.clone();
+    let (host, metrics) = (state.host.clone(), state.metrics.clone());
     let (name, key) = (pipeline.to_owned(), idempotency_key.map(str::to_owned));
     let run = tokio::spawn(async move {
         let result = host.run_keyed(&name, request, key.as_deref()).await;
-        metrics_export::record_run(&result);
+        metrics.record_run(&result);
         result
     });
     (run, guard)

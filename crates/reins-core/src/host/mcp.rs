@@ -299,21 +299,18 @@ impl Host {
             CallVerdict::Escalated(pending) => {
                 let waiting = std::time::Instant::now();
                 let decided = self.await_decision(&p, &mut result, &pending, caller).await;
-                rc.trace.record(crate::telemetry::StepSpan {
-                    attributes: vec![
-                        crate::telemetry::KeyValue::new("reins.gate", pending.gate.clone()),
-                        crate::telemetry::KeyValue::new(
-                            crate::telemetry::genai::TOOL_NAME,
-                            name.to_owned(),
-                        ),
-                        crate::telemetry::KeyValue::new("reins.approval.approved", decided.is_ok()),
-                    ],
-                    ..crate::telemetry::StepSpan::new(
-                        "reins.approval.wait",
-                        waiting,
-                        std::time::Instant::now(),
-                    )
-                });
+                rc.trace.record(crate::telemetry::approval_wait(
+                    result.approvals.first().map(String::as_str),
+                    if decided.is_ok() {
+                        "approved"
+                    } else {
+                        "rejected"
+                    },
+                    &pending.gate,
+                    name,
+                    waiting,
+                    std::time::Instant::now(),
+                ));
                 match decided {
                     Ok(action) => action,
                     Err(reason) => {

@@ -542,26 +542,18 @@ impl Host {
         let trace = self
             .telemetry
             .resume(run.trace_id.as_deref(), run.span_id.as_deref());
-        for a in approvals {
-            trace.record(crate::telemetry::StepSpan {
-                attributes: vec![
-                    crate::telemetry::KeyValue::new("reins.approval.id", a.id.clone()),
-                    crate::telemetry::KeyValue::new("reins.approval.status", a.status.as_str()),
-                    crate::telemetry::KeyValue::new("reins.gate", a.gate.clone()),
-                    crate::telemetry::KeyValue::new(
-                        crate::telemetry::genai::TOOL_NAME,
-                        a.action.tool.clone(),
-                    ),
-                ],
-                ..crate::telemetry::StepSpan::new(
-                    "reins.approval.wait",
-                    trace.instant_of(a.created_at_ms),
-                    trace.instant_of(
-                        a.decided_at_ms
-                            .unwrap_or_else(|| reins_state::now_ms().max(0) as u64),
-                    ),
-                )
-            });
+        for a in approvals.iter().filter(|_| trace.recording()) {
+            let decided = a
+                .decided_at_ms
+                .unwrap_or_else(|| reins_state::now_ms().max(0) as u64);
+            trace.record(crate::telemetry::approval_wait(
+                Some(&a.id),
+                a.status.as_str(),
+                &a.gate,
+                &a.action.tool,
+                trace.instant_of(a.created_at_ms),
+                trace.instant_of(decided),
+            ));
         }
         let mut executions = crate::pipeline::execute::execute_all(
             &*self.state,

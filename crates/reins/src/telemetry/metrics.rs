@@ -16,11 +16,7 @@ use std::sync::{Arc, RwLock};
 
 /// Starts the OTLP metric exporter the settings describe.
 pub fn start(settings: &Settings) -> Result<SdkMeterProvider, StartError> {
-    let failed = |e: opentelemetry_otlp::ExporterBuildError| StartError::Exporter {
-        what: "metric",
-        endpoint: settings.metrics_endpoint.clone(),
-        message: e.to_string(),
-    };
+    let failed = super::build_failed("metric", &settings.metrics_endpoint);
     let exporter = match settings.protocol {
         Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
             .with_http()

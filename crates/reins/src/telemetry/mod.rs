@@ -441,11 +441,7 @@ impl Exporting {
 
 /// The OTLP span exporter for `settings`.
 fn span_exporter(settings: &Settings) -> Result<opentelemetry_otlp::SpanExporter, StartError> {
-    let failed = |e: opentelemetry_otlp::ExporterBuildError| StartError::Exporter {
-        what: "span",
-        endpoint: settings.traces_endpoint.clone(),
-        message: e.to_string(),
-    };
+    let failed = build_failed("span", &settings.traces_endpoint);
     let mut exporter = match settings.protocol {
         Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -465,6 +461,18 @@ fn span_exporter(settings: &Settings) -> Result<opentelemetry_otlp::SpanExporter
     };
     opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &settings.resource());
     Ok(exporter)
+}
+
+/// How an exporter that cannot be built (`what`: span or metric) is reported.
+fn build_failed(
+    what: &'static str,
+    endpoint: &str,
+) -> impl Fn(opentelemetry_otlp::ExporterBuildError) -> StartError {
+    move |e| StartError::Exporter {
+        what,
+        endpoint: endpoint.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 /// The HTTP client of the exporters: the config's headers are set on

@@ -30,7 +30,7 @@ impl Run<'_> {
         let cancelled = executions.len() < approved.len();
         for (_, a) in approved.iter().skip(executions.len()) {
             let now = Instant::now();
-            self.trace(
+            self.trace_only(
                 "execute",
                 &a.tool,
                 "not sent: the client disconnected".to_owned(),
@@ -43,7 +43,7 @@ impl Run<'_> {
                 crate::pipeline::ExecStatus::Done => format!("done ({} tries)", e.tries),
                 other => format!("{other:?}").to_lowercase(),
             };
-            self.trace("execute", &e.tool, what, start, Instant::now());
+            self.trace_only("execute", &e.tool, what, start, Instant::now());
         }
         let failed = executions
             .iter()

@@ -241,8 +241,7 @@ impl Run<'_> {
         end: Instant,
         extra: impl FnOnce() -> spans::Extra,
     ) {
-        // `execute_all` records the actions' spans: their ids went out with them.
-        if self.rc.trace.recording() && layer != "execute" {
+        if self.rc.trace.recording() {
             self.rc.trace.record(spans::step(
                 layer,
                 name,
@@ -253,6 +252,19 @@ impl Run<'_> {
                 extra(),
             ));
         }
+        self.trace_only(layer, name, result, start, end);
+    }
+
+    /// A step of the run's trace whose span was recorded where it ran
+    /// (an action's, by `execute_all`: its id went out with the action).
+    fn trace_only(
+        &mut self,
+        layer: &'static str,
+        name: &str,
+        result: String,
+        start: Instant,
+        end: Instant,
+    ) {
         let step = TraceStep {
             layer,
             name: name.to_owned(),
