@@ -34,4 +34,5 @@ python3 -m unittest discover -s sdk/python
 cargo test --release --workspace
 # The guest SDK and plugins' own unit tests, natively.
 cargo test --release --manifest-path plugins/Cargo.toml -p reins-sdk -p normalize-text -p coerce-numbers -p sql-guard \
-  -p detect -p pii -p redact-secrets -p blocklist -p grounded -p judge -p tool-rules -p tool-manifest
+  -p detect -p pii -p redact-secrets -p blocklist -p grounded -p judge -p tool-rules -p tool-manifest \
+  -p context-budget -p citations

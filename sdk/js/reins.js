@@ -30,7 +30,13 @@
 // with config and metadata parsed. Throw `new Refuse("why")` (or let any
 // error escape) to answer err(why): the host applies the plugin's fail_mode.
 
-import { log as hostLog, counterAdd as hostCounterAdd } from "reins:policy/host@0.2.0";
+import {
+  log as hostLog,
+  counterAdd as hostCounterAdd,
+  countTokens as hostCountTokens,
+  contextChunks as hostContextChunks,
+  explainDrop as hostExplainDrop,
+} from "reins:policy/host@0.2.0";
 
 export const SEVERITIES = ["info", "warning", "error"];
 export const ACCESSES = ["read", "write", "irreversible"];
@@ -263,6 +269,34 @@ export function log(level, message) {
  * windowSeconds (0 = none) and return the total (a Number). */
 export function counterAdd(key, delta, windowSeconds = 0) {
   return Number(hostCounterAdd(key, BigInt(Math.trunc(delta)), windowSeconds));
+}
+
+/** How many tokens text is for the pipeline's model (its BPE when the host
+ * knows it, else one token per four characters): count a token budget with
+ * this, in the budget's own tokens. */
+export function countTokens(text) {
+  return hostCountTokens(String(text));
+}
+
+/** The chunks of this run's context, parsed: [{id, source, score, kept}],
+ * every chunk retrieved or sent by the caller and whether the context
+ * builder kept it (what a citation check compares against); [] outside a
+ * run or without context. */
+export function contextChunks() {
+  let chunks;
+  try {
+    chunks = JSON.parse(hostContextChunks() || "[]");
+  } catch (e) {
+    throw new Refuse(`the host's context-chunks is not JSON: ${e.message}`);
+  }
+  return Array.isArray(chunks) ? chunks : [];
+}
+
+/** A context builder says why it left chunk chunkId out, or trimmed it
+ * ("over budget: needs 310 tokens, 45 left"); the host shows it in the
+ * run's trace. Heard only during `assemble`. */
+export function explainDrop(chunkId, reason) {
+  hostExplainDrop(String(chunkId), String(reason));
 }
 
 // ---------------------------------------------------------------------------

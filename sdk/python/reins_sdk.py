@@ -48,6 +48,7 @@ __all__ = [
     "violation", "error", "warning", "info", "message",
     "tool", "allow", "deny", "escalate", "rewrite",
     "parse_output", "describe_value", "log", "counter_add",
+    "count_tokens", "context_chunks", "set_context_chunks", "explain_drop", "take_explained_drops",
     "escape", "unescape", "join", "split", "resolve", "matches", "strings",
     "normalizer", "validator", "constraints", "gate", "context_builder",
     "Setup", "init",
@@ -418,6 +419,65 @@ def counter_add(key, delta, window_seconds=0):
         _native_counters[key] = _native_counters.get(key, 0) + delta
         return _native_counters[key]
     return host.counter_add(key, delta, window_seconds)
+
+
+def count_tokens(text):
+    """How many tokens `text` is for the pipeline's model (its BPE when the
+    host knows it, else one token per four characters): count a token
+    budget with this, in the budget's own tokens. Under plain CPython (unit
+    tests) it is the host's estimate, ceil(characters / 4)."""
+    try:
+        from wit_world.imports import host
+    except ImportError:
+        return (len(text) + 3) // 4
+    return host.count_tokens(text)
+
+
+_native_context_chunks = []
+
+
+def context_chunks():
+    """The chunks of this run's context as a list of dicts `{id, source,
+    score, kept}`: every chunk retrieved or sent by the caller, and whether
+    the context builder kept it (what a citation check compares against).
+    Empty outside a run or without context. Under plain CPython (unit tests)
+    it is the list last given to `set_context_chunks`."""
+    try:
+        from wit_world.imports import host
+    except ImportError:
+        return [dict(c) for c in _native_context_chunks]
+    try:
+        chunks = json.loads(host.context_chunks() or "[]")
+    except ValueError as e:
+        raise Refuse(f"the host's context-chunks is not JSON: {e}") from None
+    return chunks if isinstance(chunks, list) else []
+
+
+def set_context_chunks(chunks):
+    """Unit tests: what `context_chunks()` answers (a list of dicts)."""
+    _native_context_chunks[:] = [dict(c) for c in chunks]
+
+_native_drops = []
+
+
+def explain_drop(chunk_id, reason):
+    """A context builder says why it left chunk `chunk_id` out, or trimmed it
+    ("over budget: needs 310 tokens, 45 left"); the host shows it in the
+    run's trace. Heard only during `assemble`. Under plain CPython (unit
+    tests) it is recorded for `take_explained_drops()`."""
+    try:
+        from wit_world.imports import host
+    except ImportError:
+        _native_drops.append((str(chunk_id), str(reason)))
+        return
+    host.explain_drop(str(chunk_id), str(reason))
+
+
+def take_explained_drops():
+    """Unit tests: every `(chunk_id, reason)` explained since the last take."""
+    out = list(_native_drops)
+    _native_drops.clear()
+    return out
 
 
 # ---------------------------------------------------------------------------

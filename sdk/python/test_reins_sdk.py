@@ -98,6 +98,17 @@ class ContextTests(unittest.TestCase):
         self.assertEqual(reins.counter_add("k", 2), 2)
         self.assertEqual(reins.counter_add("k", 3), 5)
 
+    def test_context_imports_work_natively(self):
+        self.assertEqual(reins.count_tokens(""), 0)
+        self.assertEqual(reins.count_tokens("abcde"), 2)
+        self.assertEqual(reins.context_chunks(), [])
+        reins.set_context_chunks([{"id": "a.md#1", "source": "a.md", "score": 0.9, "kept": True}])
+        self.assertEqual(reins.context_chunks()[0]["id"], "a.md#1")
+        reins.set_context_chunks([])
+        reins.explain_drop("b.md#2", "over budget: needs 9 tokens, 2 left")
+        self.assertEqual(reins.take_explained_drops(), [("b.md#2", "over budget: needs 9 tokens, 2 left")])
+        self.assertEqual(reins.take_explained_drops(), [])
+
 
 if __name__ == "__main__":
     unittest.main()

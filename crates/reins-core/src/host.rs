@@ -117,6 +117,30 @@ impl Host {
         self.run_keyed(pipeline, request, None).await
     }
 
+    /// What `pipeline`'s context stage would give the model for `query`
+    /// (retrieval and the context builder, as a run of `caller` would
+    /// see it); nothing is recorded and no model is called.
+    pub async fn preview_context(
+        &self,
+        pipeline: &str,
+        query: &str,
+        caller: &reins_runtime::Caller,
+    ) -> Result<crate::pipeline::engine::ContextPreview, RunError> {
+        let live = self.live.load_full();
+        let p = live
+            .pipelines
+            .get(pipeline)
+            .ok_or_else(|| RunError::UnknownPipeline(pipeline.to_owned()))?;
+        if query.trim().is_empty() {
+            return Err(RunError::BadRequest(
+                "the preview needs a query: GET /v1/pipelines/NAME/context?q=…".to_owned(),
+            ));
+        }
+        let caller = identity::effective(caller, &serde_json::json!({}), p.config.trust_metadata);
+        let rc = RunContext::new(self.state.clone(), None);
+        engine::preview_context(p, self.plugins.current(), query, caller, &rc).await
+    }
+
     /// [`Host::run`], remembering the caller's idempotency key with the run
     /// (see [`Host::run_by_key`]).
     pub async fn run_keyed(
@@ -574,6 +598,13 @@ impl HostBuilder {
             },
         )
         .map_err(ConfigError::several)?;
+        // Connect the vector stores now, so a bad URL or a missing
+        // extension is in the log at start (runs report it too).
+        for r in first.retrievers.values() {
+            if let Err(e) = r.prepare().await {
+                tracing::warn!("{e}");
+            }
+        }
         metrics::gauge!(reins_runtime::metric_names::CONFIG_VERSION).set(1.0);
         let config = &*boot;
         let audit = audit::AuditWriter::start(state.clone(), config.state.audit);

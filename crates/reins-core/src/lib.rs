@@ -17,6 +17,7 @@ pub mod limits;
 pub mod mcp;
 pub mod pipeline;
 pub mod provider;
+pub mod retrieval;
 pub mod telemetry;
 pub mod tokens;
 pub use host::{

@@ -2,38 +2,20 @@
 //!
 //! Counts use the `o200k_base` BPE (the tokenizer of current OpenAI models;
 //! other models' tokenizers differ by a few percent, which is what an estimate
-//! is for). The BPE tables are built once per process, on first use.
+//! is for). The tokenizers live in the runtime ([`Tokenizer`]), which also
+//! answers plugins' `count-tokens`, so both count alike.
 
-use reins_runtime::Message;
+use reins_runtime::{Message, Tokenizer};
 
 /// Tokens of one text.
 pub fn count(text: &str) -> u64 {
-    if text.is_empty() {
-        return 0;
-    }
-    tiktoken_rs::o200k_base_singleton().count_ordinary(text) as u64
+    Tokenizer::O200k.count(text) as u64
 }
 
 /// The longest prefix of `text` of at most `max` tokens (whole tokens; a
 /// token cut inside a multi-byte character drops that character).
 pub fn truncate(text: &str, max: u64) -> String {
-    let bpe = tiktoken_rs::o200k_base_singleton();
-    let tokens = bpe.encode_ordinary(text);
-    if tokens.len() as u64 <= max {
-        return text.to_owned();
-    }
-    let mut keep = usize::try_from(max).unwrap_or(usize::MAX).min(tokens.len());
-    loop {
-        if let Ok(s) = bpe.decode(&tokens[..keep])
-            && count(&s) <= max
-        {
-            return s;
-        }
-        if keep == 0 {
-            return String::new();
-        }
-        keep -= 1;
-    }
+    Tokenizer::O200k.truncate(text, usize::try_from(max).unwrap_or(usize::MAX))
 }
 
 /// Token counts of texts seen lately, for the estimates of runs whose

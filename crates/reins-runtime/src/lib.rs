@@ -7,6 +7,8 @@
 //!   limits and isolation mode.
 //! - [`PluginSet`] / [`PluginHost`]: a directory of plugins, hot-reloaded as
 //!   an atomic snapshot.
+//! - [`Tokenizer`]: token counts in the tokenizer family of a model (the
+//!   `count-tokens` import, and the pipeline's own budgets).
 //! - [`metric_names`]: every metric any Reins crate emits.
 
 mod bindings;
@@ -21,6 +23,7 @@ pub mod metric_names;
 mod plugin;
 mod settings;
 mod state;
+mod tokens;
 pub mod types;
 mod variant;
 
@@ -33,5 +36,6 @@ pub use manifest::{Accepts, FailMode, Grants, Isolation, Limits, Manifest, Manif
 pub use plugin::{Plugin, PluginInfo, RELEASED_TAIL, Reservation, now_ms};
 pub use settings::{Allocator, InitMode, PoolSettings, RuntimeSettings};
 pub use state::CounterEntry;
+pub use tokens::Tokenizer;
 pub use types::*;
 pub use variant::Variant;

@@ -10,8 +10,8 @@ use super::error::{CallFailure, PluginError};
 use super::manifest::{FailMode, Isolation, Manifest};
 use super::state::{CounterEntry, StoreState};
 use super::types::{
-    Access, Action, CallContext, Chunk, Decision, Layer, Message, Normalized, Severity,
-    StreamVerdict, Tool, Verdict, Violation,
+    Access, Action, Assembled, CallContext, Chunk, Decision, Dropped, Layer, Message, Normalized,
+    Severity, StreamVerdict, Tool, Verdict, Violation,
 };
 use serde::Serialize;
 use std::path::PathBuf;
@@ -62,6 +62,9 @@ pub struct Plugin {
     idle: Mutex<Vec<Live>>,
     /// Registered once at load so a call pays no label allocation.
     latency: metrics::Histogram,
+    /// Whether the component imports `count-tokens`: its calls have the
+    /// tokenizer built first (see [`Tokenizer::warm`](crate::Tokenizer::warm)).
+    counts_tokens: bool,
 }
 
 /// The pre-linked component and where its layer's exports are, typed by
@@ -177,6 +180,14 @@ pub const RELEASED_TAIL: usize = 4096;
 /// What a guest function returned, before the host checks it.
 type GuestResult<T> = wasmtime::Result<Result<T, String>>;
 
+/// What a call left with the host besides its answer.
+struct CallSide {
+    /// Every `counter-add` it made.
+    journal: Vec<CounterEntry>,
+    /// What it said through `explain-drop` (an `assemble` call only).
+    dropped: Vec<Dropped>,
+}
+
 impl Plugin {
     pub(crate) fn new(
         info: PluginInfo,
@@ -193,10 +204,12 @@ impl Plugin {
             "layer" => info.layer.as_str(),
             "digest" => super::error::short_digest(&info.digest).to_string()
         );
+        let counts_tokens = imports_host_function(&pre.pre, engine.engine(), "count-tokens");
         Self {
             name: Arc::from(info.name.as_str()),
             config_json: manifest.config_json(),
             latency,
+            counts_tokens,
             info,
             manifest,
             fingerprint,
@@ -353,14 +366,14 @@ impl Plugin {
             arguments: action.arguments.to_string(),
             access: access_to_wit(action.access),
         };
-        let (out, journal) =
+        let (out, side) =
             self.call_journaled(Layer::Gate, ctx, |store, inst, wctx| match &inst.layer {
                 Exports::Gate(p) => p.reins_policy_gate().call_check(store, wctx, &wit_action),
                 _ => unreachable_layer(),
             })?;
         let reservation = Reservation {
             scope: self.name.clone(),
-            entries: net(journal),
+            entries: net(side.journal),
             counters: self.counters.clone(),
         };
         use gate::exports::reins::policy::gate::Decision as W;
@@ -382,14 +395,16 @@ impl Plugin {
         Ok((decision, reservation))
     }
 
-    /// Asks a context builder to choose and order chunks within a token budget.
+    /// Asks a context builder to choose and order chunks within a token
+    /// budget; [`Assembled::dropped`] carries what it said, through
+    /// `explain-drop`, about the chunks it left out or trimmed.
     pub fn assemble(
         &self,
         ctx: &CallContext,
         query: &str,
         chunks: &[Chunk],
         budget_tokens: u32,
-    ) -> Result<Vec<Chunk>, PluginError> {
+    ) -> Result<Assembled, PluginError> {
         use context::exports::reins::policy::context_builder::Chunk as W;
         let wit_chunks: Vec<W> = chunks
             .iter()
@@ -400,30 +415,34 @@ impl Plugin {
                 source: c.source.clone(),
             })
             .collect();
-        let out = self.call(Layer::Context, ctx, |store, inst, wctx| match &inst.layer {
-            Exports::Context(p) => p.reins_policy_context_builder().call_assemble(
-                store,
-                wctx,
-                query,
-                &wit_chunks,
-                budget_tokens,
-            ),
-            _ => unreachable_layer(),
-        })?;
+        let (out, side) =
+            self.call_journaled(Layer::Context, ctx, |store, inst, wctx| match &inst.layer {
+                Exports::Context(p) => p.reins_policy_context_builder().call_assemble(
+                    store,
+                    wctx,
+                    query,
+                    &wit_chunks,
+                    budget_tokens,
+                ),
+                _ => unreachable_layer(),
+            })?;
         self.check_size(
             out.iter()
                 .map(|c| c.id.len() + c.text.len() + c.source.len())
                 .sum(),
         )?;
-        Ok(out
-            .into_iter()
-            .map(|c| Chunk {
-                id: c.id,
-                text: c.text,
-                score: c.score,
-                source: c.source,
-            })
-            .collect())
+        Ok(Assembled {
+            chunks: out
+                .into_iter()
+                .map(|c| Chunk {
+                    id: c.id,
+                    text: c.text,
+                    score: c.score,
+                    source: c.source,
+                })
+                .collect(),
+            dropped: side.dropped,
+        })
     }
 
     /// Asks a stream checker whether `pending` may go to the client.
@@ -486,13 +505,14 @@ impl Plugin {
         self.call_journaled(expected, ctx, f).map(|(t, _)| t)
     }
 
-    /// [`call`](Self::call), also returning the counter adds the call made.
+    /// [`call`](Self::call), also returning what the call left with the
+    /// host (counter adds, explained drops).
     fn call_journaled<T>(
         &self,
         expected: Layer,
         ctx: &CallContext,
         f: impl FnOnce(&mut Store<StoreState>, &Instance, &wit_types::CallContext) -> GuestResult<T>,
-    ) -> Result<(T, Vec<CounterEntry>), PluginError> {
+    ) -> Result<(T, CallSide), PluginError> {
         if self.info.layer != expected && !(expected == Layer::StreamChecker && self.streams()) {
             return Err(self.error(CallFailure::WrongLayer {
                 expected,
@@ -501,6 +521,10 @@ impl Plugin {
         }
         let span = tracing::trace_span!("plugin_call", plugin = %self.info.name, layer = %expected);
         let _enter = span.enter();
+        if self.counts_tokens {
+            // Before the deadline is armed: building a BPE is not the call's time.
+            ctx.tokenizer.warm();
+        }
         let wctx = wit_types::CallContext {
             run_id: ctx.run_id.clone(),
             pipeline: ctx.pipeline.clone(),
@@ -540,18 +564,43 @@ impl Plugin {
         live.store.data_mut().call_deadline = Some(
             std::time::Instant::now() + Duration::from_millis(self.manifest.limits.deadline_ms),
         );
+        {
+            let state = live.store.data_mut();
+            state.tokenizer = ctx.tokenizer;
+            state.context_chunks = if ctx.context_chunks.is_empty() {
+                Arc::from("[]")
+            } else {
+                ctx.context_chunks.clone()
+            };
+            state.explaining = expected == Layer::Context;
+            state.dropped.clear();
+            state.drops_ignored = 0;
+        }
         let started = std::time::Instant::now();
         let result = f(&mut live.store, &live.instance, &wctx);
         self.latency.record(started.elapsed().as_secs_f64());
-        let journal = std::mem::take(&mut live.store.data_mut().journal);
-        // A pooled instance keeps no judge of a finished run.
-        live.store.data_mut().judge = None;
+        let state = live.store.data_mut();
+        let side = CallSide {
+            journal: std::mem::take(&mut state.journal),
+            dropped: std::mem::take(&mut state.dropped),
+        };
+        if state.drops_ignored > 0 {
+            tracing::debug!(
+                plugin = %self.info.name,
+                ignored = state.drops_ignored,
+                "explain-drop: more than {} entries in one call; the rest were ignored",
+                super::types::MAX_DROPPED
+            );
+        }
+        // A pooled instance keeps no judge (nor context) of a finished run.
+        state.judge = None;
+        state.context_chunks = Arc::from("[]");
         match result {
             Ok(answer) => {
                 if pooled {
                     self.give_back(live);
                 }
-                answer.map(|t| (t, journal)).map_err(|message| {
+                answer.map(|t| (t, side)).map_err(|message| {
                     self.error(CallFailure::Refused {
                         message: truncate(&message, 2048),
                     })
@@ -752,6 +801,22 @@ fn init_failure(cause: CallFailure) -> CallFailure {
         }
         other => other,
     }
+}
+
+/// Whether `pre`'s component imports function `func` of the `host` interface.
+fn imports_host_function(
+    pre: &InstancePre<StoreState>,
+    engine: &wasmtime::Engine,
+    func: &str,
+) -> bool {
+    use wasmtime::component::types::ComponentItem;
+    pre.component()
+        .component_type()
+        .imports(engine)
+        .any(|(name, import)| {
+            name.starts_with("reins:policy/host@")
+                && matches!(&import.ty, ComponentItem::ComponentInstance(i) if i.get_export(engine, func).is_some())
+        })
 }
 
 fn unreachable_layer<T>() -> GuestResult<T> {

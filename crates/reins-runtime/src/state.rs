@@ -1,9 +1,11 @@
 //! What a wasmtime `Store` carries for one plugin instance, and the host
-//! imports (`log`, `counter-add`) plugins call.
+//! imports (`log`, `counter-add`, `count-tokens`, ...) plugins call.
 
 use super::bindings::{host_iface, judge_iface, wit_types};
 use super::counters::CounterStore;
 use super::manifest::Grants;
+use super::tokens::Tokenizer;
+use super::types::{Dropped, MAX_DROP_ID, MAX_DROP_REASON, MAX_DROPPED};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
@@ -31,6 +33,16 @@ pub struct StoreState {
     pub(crate) judge: Option<super::types::JudgeHandle>,
     /// When the current call's deadline passes (a judge must answer before).
     pub(crate) call_deadline: Option<std::time::Instant>,
+    /// What `count-tokens` counts with during the current call.
+    pub(crate) tokenizer: Tokenizer,
+    /// What `context-chunks` answers during the current call (JSON text).
+    pub(crate) context_chunks: Arc<str>,
+    /// Whether `explain-drop` is heard: only during an `assemble` call.
+    pub(crate) explaining: bool,
+    /// What `explain-drop` said during the current call (cleared at its start).
+    pub(crate) dropped: Vec<Dropped>,
+    /// `explain-drop`s of the current call past [`MAX_DROPPED`], not kept.
+    pub(crate) drops_ignored: usize,
 }
 
 /// One `counter-add` a plugin made.
@@ -62,6 +74,11 @@ impl StoreState {
             upstream_tools: Arc::from("[]"),
             judge: None,
             call_deadline: None,
+            tokenizer: Tokenizer::default(),
+            context_chunks: Arc::from("[]"),
+            explaining: false,
+            dropped: Vec::new(),
+            drops_ignored: 0,
         }
     }
 }
@@ -145,6 +162,31 @@ impl host_iface::Host for StoreState {
     fn upstream_tools(&mut self) -> String {
         self.upstream_tools.to_string()
     }
+
+    fn count_tokens(&mut self, text: String) -> u32 {
+        // A host call is not interrupted at the deadline: past it, the
+        // count of what is left is estimated (see `Tokenizer::count_within`).
+        let n = self.tokenizer.count_within(&text, self.call_deadline);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn context_chunks(&mut self) -> String {
+        self.context_chunks.to_string()
+    }
+
+    fn explain_drop(&mut self, chunk_id: String, reason: String) {
+        if !self.explaining {
+            return;
+        }
+        if self.dropped.len() >= MAX_DROPPED {
+            self.drops_ignored += 1;
+            return;
+        }
+        self.dropped.push(Dropped {
+            id: truncate(&chunk_id, MAX_DROP_ID).to_owned(),
+            reason: truncate(&reason, MAX_DROP_REASON).to_owned(),
+        });
+    }
 }
 
 impl judge_iface::Host for StoreState {
@@ -194,5 +236,58 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
     }
     fn now(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::MemoryCounters;
+    use host_iface::Host as _;
+
+    fn state() -> StoreState {
+        StoreState::new(
+            Arc::from("p"),
+            &Grants::default(),
+            1 << 20,
+            Arc::new(MemoryCounters::default()),
+        )
+    }
+
+    #[test]
+    fn count_tokens_uses_the_calls_tokenizer() {
+        let mut s = state();
+        let text = "internationalization considerations".to_string();
+        assert_eq!(
+            s.count_tokens(text.clone()) as usize,
+            Tokenizer::O200k.count(&text)
+        );
+        s.tokenizer = Tokenizer::Heuristic;
+        assert_eq!(s.count_tokens(text), 9);
+        assert_eq!(s.count_tokens(String::new()), 0);
+    }
+
+    #[test]
+    fn context_chunks_answers_what_the_call_was_given() {
+        let mut s = state();
+        assert_eq!(s.context_chunks(), "[]");
+        s.context_chunks = Arc::from(r#"[{"id":"a#1","source":"a","score":1.0,"kept":true}]"#);
+        assert!(s.context_chunks().contains("\"kept\":true"));
+    }
+
+    #[test]
+    fn explain_drop_is_heard_only_in_assemble_and_capped() {
+        let mut s = state();
+        s.explain_drop("a".into(), "outside assemble".into());
+        assert!(s.dropped.is_empty());
+        s.explaining = true;
+        s.explain_drop("é".repeat(300), "ü".repeat(400));
+        assert_eq!(s.dropped[0].id.len(), 256);
+        assert_eq!(s.dropped[0].reason.len(), 512);
+        for i in 0..MAX_DROPPED + 5 {
+            s.explain_drop(format!("c{i}"), "over budget".into());
+        }
+        assert_eq!(s.dropped.len(), MAX_DROPPED);
+        assert_eq!(s.drops_ignored, 6);
     }
 }

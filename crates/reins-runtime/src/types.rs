@@ -235,6 +235,15 @@ pub struct CallContext {
     /// The judge model, when the pipeline grants it (the `judge` import).
     #[serde(skip)]
     pub judge: Option<JudgeHandle>,
+    /// The tokenizer family of the pipeline's model, for the
+    /// `count-tokens` import.
+    #[serde(skip)]
+    pub tokenizer: crate::tokens::Tokenizer,
+    /// This run's context chunks as a JSON array of `{id, source, score,
+    /// kept}`, for the `context-chunks` import (citation checks); empty
+    /// means `[]`.
+    #[serde(skip)]
+    pub context_chunks: std::sync::Arc<str>,
 }
 
 /// Who is calling: resolved by the host from the credential (a token's
@@ -406,3 +415,28 @@ pub struct Chunk {
     pub score: f32,
     pub source: String,
 }
+
+/// What a context builder returns: the chunks for the model, in order, and
+/// why it left others out (or trimmed them), for the run's trace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Assembled {
+    pub chunks: Vec<Chunk>,
+    /// What the plugin said through `explain-drop` during the call, in the
+    /// order it said it (capped: see [`MAX_DROPPED`]).
+    pub dropped: Vec<Dropped>,
+}
+
+/// One chunk a context builder left out or trimmed, and why, in its words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub id: String,
+    pub reason: String,
+}
+
+/// Most `explain-drop` entries one call keeps: a plugin cannot grow a
+/// run's trace without bound.
+pub const MAX_DROPPED: usize = 1000;
+/// Longest `explain-drop` reason kept, in bytes (cut at a character).
+pub const MAX_DROP_REASON: usize = 512;
+/// Longest `explain-drop` chunk id kept, in bytes (cut at a character).
+pub const MAX_DROP_ID: usize = 256;

@@ -143,6 +143,9 @@ impl From<&RunError> for ApiError {
             RunError::ModelUnavailable { .. } | RunError::StreamBroken { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
             }
+            RunError::ContextUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "context_unavailable")
+            }
             // Cut before anything was sent: the answer broke a policy.
             RunError::StreamCut { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "content_filter"),
             RunError::UnknownPipeline(_) => (StatusCode::NOT_FOUND, "not_found_error"),

@@ -125,6 +125,7 @@ pub fn routes(state: AppState, body_limit: usize) -> Router {
         .route("/v1/providers", get(providers::list))
         .route("/v1/pipelines", get(ops::pipelines))
         .route("/v1/pipelines/{name}/runs", post(runs::create))
+        .route("/v1/pipelines/{name}/context", get(runs::preview_context))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/resume", post(runs::resume))
         .route("/v1/runs/{id}/steps", get(runs::steps))

@@ -111,6 +111,38 @@ pub async fn create(
     Ok(run_response(&result, false))
 }
 
+/// `?q=…` of the context preview.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewQuery {
+    pub q: String,
+}
+
+/// `GET /v1/pipelines/{name}/context?q=…`: what the pipeline's context
+/// stage would give the model for `q` (retrieved, kept, dropped and why),
+/// for debugging retrieval. Runs no model and records nothing.
+pub async fn preview_context(
+    State(state): State<AppState>,
+    Path(pipeline): Path<String>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<PreviewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let who = state.auth.check(&headers, Scope::Run).await?;
+    who.pipeline_or_404(&pipeline)?;
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{}: ask GET /v1/pipelines/{pipeline}/context?q=YOUR+QUESTION",
+            e.body_text()
+        ))
+    })?;
+    let preview = state
+        .host
+        .preview_context(&pipeline, &query.q, &who.caller)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok(Json(preview).into_response())
+}
+
 /// `GET /v1/runs/{id}`
 pub async fn get(
     State(state): State<AppState>,

@@ -247,6 +247,57 @@ pub fn first_user_text(body: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// A deterministic embedding of `text`: its lower-cased words hashed
+/// into `dims` buckets and normalized, so texts that share words are near
+/// (a stand-in for an embedding model's geometry that tests can reason about).
+pub fn hashed_embedding(text: &str, dims: usize) -> Vec<f32> {
+    use std::hash::{Hash, Hasher};
+    let mut v = vec![0f32; dims.max(1)];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() > 2)
+    {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        word.to_lowercase().hash(&mut h);
+        let slot = (h.finish() % v.len() as u64) as usize;
+        v[slot] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for x in &mut v {
+            *x /= norm;
+        }
+    } else {
+        v[0] = 1.0;
+    }
+    v
+}
+
+/// The OpenAI answer to an embeddings request (`POST …/embeddings`): a
+/// [`hashed_embedding`] of each input.
+pub fn embeddings(seen: &Seen, dims: usize) -> Step {
+    let inputs: Vec<String> = match &seen.body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": hashed_embedding(t, dims)}))
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    ok(&json!({
+        "object": "list",
+        "data": data,
+        "model": seen.body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+}
+
 /// One request the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {

@@ -41,7 +41,7 @@ pub fn guest_out_dir() -> &'static Path {
 /// Every bundled plugin with a case file of its own (`judge` needs a
 /// pipeline's judge model: `pipeline_dropin` and the support-chat example
 /// test it).
-pub const BUNDLED: [&str; 12] = [
+pub const BUNDLED: [&str; 14] = [
     "normalize-text",
     "json-schema",
     "coerce-numbers",
@@ -54,6 +54,8 @@ pub const BUNDLED: [&str; 12] = [
     "blocklist",
     "grounded",
     "tool-rules",
+    "context-budget",
+    "citations",
 ];
 
 /// The built `.wasm` of plugin `name` (`json-schema` → `json_schema.wasm`:

@@ -35,6 +35,15 @@ pub struct Case {
     /// grounding validator checks the answer against).
     #[serde(default)]
     pub request: Option<String>,
+    /// The run's context chunks, as the `context-chunks` import answers
+    /// them (`[{id, source, score, kept}]`: what a citations validator
+    /// checks the answer's citations against).
+    #[serde(default)]
+    pub context_chunks: Option<Value>,
+    /// The tokenizer `count-tokens` counts in: `o200k_base` (default),
+    /// `cl100k_base` or `heuristic`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
     pub expect: serde_json::Map<String, Value>,
 }
 
@@ -168,6 +177,25 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
         request_text: case.request.as_deref().unwrap_or_default().into(),
         judge: None,
         upstream_tools: std::sync::Arc::from(""),
+        tokenizer: match case.tokenizer.as_deref() {
+            None | Some("o200k_base") => crate::runtime::Tokenizer::O200k,
+            Some("cl100k_base") => crate::runtime::Tokenizer::Cl100k,
+            Some("heuristic") => crate::runtime::Tokenizer::Heuristic,
+            Some(other) => {
+                return Err(format!(
+                    "tokenizer {other:?}: use \"o200k_base\", \"cl100k_base\" or \"heuristic\""
+                ));
+            }
+        },
+        context_chunks: match &case.context_chunks {
+            None => std::sync::Arc::from(""),
+            Some(v @ Value::Array(_)) => std::sync::Arc::from(v.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "context_chunks must be an array of {{id, source, score, kept}}, not {other}"
+                ));
+            }
+        },
     };
     let expect = &case.expect;
     let answer = match plugin.layer() {
@@ -211,7 +239,7 @@ fn run_case(plugin: &Plugin, case: &Case) -> Result<String, String> {
                 .unwrap_or("");
             plugin
                 .assemble(&ctx, query, &chunks, budget)
-                .map(|c| json!({"chunks": c}))
+                .map(|a| json!({"chunks": a.chunks, "dropped": a.dropped}))
         }
         Layer::StreamChecker => {
             let text = |k: &str| case.input.get(k).and_then(Value::as_str).unwrap_or("");

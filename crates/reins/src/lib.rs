@@ -12,9 +12,10 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the request path through them.
 
+pub use reins_context as context;
 pub use reins_core::{
     ConfigStatus, Host, HostBuilder, Live, ReloadError, ReloadOutcome, ResumeError, approvals,
-    config, limits, pipeline, provider, tokens,
+    config, limits, pipeline, provider, retrieval, tokens,
 };
 pub use reins_runtime as runtime;
 pub use reins_server as server;

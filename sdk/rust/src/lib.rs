@@ -146,6 +146,67 @@ pub fn set_upstream_tools(json: &str) {
     native::UPSTREAM.with(|r| *r.borrow_mut() = json.to_owned());
 }
 
+/// How many tokens `text` is for the pipeline's model (its BPE when the
+/// host knows it, else one token per four characters). Count with this, not
+/// with a guess of your own, when packing a token budget: the budget is in
+/// the same tokens. Off wasm (native unit tests) it is the host's estimate,
+/// ceil(characters / 4).
+pub fn count_tokens(text: &str) -> u32 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        shared::reins::policy::host::count_tokens(text)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX)
+    }
+}
+
+/// The chunks of this run's context as a JSON array of `{id, source,
+/// score, kept}`: every chunk retrieved or sent by the caller, and whether
+/// the context builder kept it. `[]` outside a run or without context. A
+/// validator checking an answer's citations reads it. Off wasm (native
+/// unit tests) it is what [`set_context_chunks`] last set on this thread.
+pub fn context_chunks() -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        shared::reins::policy::host::context_chunks()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        native::CONTEXT.with(|r| r.borrow().clone())
+    }
+}
+
+/// Native unit tests only: what [`context_chunks`] answers on this thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn set_context_chunks(json: &str) {
+    native::CONTEXT.with(|r| *r.borrow_mut() = json.to_owned());
+}
+
+/// A context builder says why it left chunk `chunk_id` out, or trimmed it
+/// ("over budget: needs 310 tokens, 45 left"); the host shows it in the
+/// run's trace, so an operator can tell why an answer lacked a passage.
+/// Heard only during `assemble` (at most 1,000 a call, reasons cut to 512
+/// bytes). Off wasm (native unit tests) it is recorded on this thread for
+/// [`take_explained_drops`].
+pub fn explain_drop(chunk_id: &str, reason: &str) {
+    #[cfg(target_arch = "wasm32")]
+    shared::reins::policy::host::explain_drop(chunk_id, reason);
+    #[cfg(not(target_arch = "wasm32"))]
+    native::DROPS.with(|d| {
+        d.borrow_mut()
+            .push((chunk_id.to_owned(), reason.to_owned()))
+    });
+}
+
+/// Native unit tests only: every `(chunk id, reason)` [`explain_drop`]
+/// recorded on this thread since the last take, in order.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn take_explained_drops() -> Vec<(String, String)> {
+    native::DROPS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+}
+
 /// Whether `text` matches the glob `pattern`, where `*` is any run of
 /// characters (none included) and everything else is literal. Only `*`:
 /// tool names are plain identifiers, and `?` or `[` would make an exact
@@ -211,6 +272,8 @@ mod native {
         pub static REQUEST: RefCell<String> = const { RefCell::new(String::new()) };
         pub static UPSTREAM: RefCell<String> = RefCell::new("[]".to_owned());
         pub static JUDGE: RefCell<Result<String, String>> = RefCell::new(Err("no judge in native tests".to_owned()));
+        pub static CONTEXT: RefCell<String> = RefCell::new("[]".to_owned());
+        pub static DROPS: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
     }
 
     pub fn counter_add(key: &str, delta: i64) -> i64 {

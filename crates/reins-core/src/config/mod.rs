@@ -30,11 +30,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod context;
 mod error;
 mod mcp;
 mod pipeline;
 mod provider;
 mod resilience;
+pub use context::*;
 pub use error::{ConfigError, layer_key};
 pub use mcp::{McpConfig, McpServerConfig, Passthrough, PipelineMcp};
 pub use pipeline::*;
@@ -72,6 +74,9 @@ pub struct Config {
     /// Pipelines by name.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// `[retrievers.NAME]`: where pipelines' context comes from.
+    #[serde(default)]
+    pub retrievers: BTreeMap<String, RetrieverConfig>,
     /// `[mcp]`: the MCP servers pipelines front.
     #[serde(default)]
     pub mcp: McpConfig,
@@ -149,6 +154,39 @@ mod defaults {
     }
     pub fn context_budget() -> u32 {
         2_000
+    }
+    pub fn context_plugin() -> String {
+        "context-budget".to_owned()
+    }
+    pub fn chunk_tokens() -> usize {
+        200
+    }
+    pub fn overlap_tokens() -> usize {
+        30
+    }
+    pub fn top_k() -> usize {
+        20
+    }
+    pub fn rrf_k() -> f32 {
+        60.0
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn pgvector_table() -> String {
+        "reins_chunks".to_owned()
+    }
+    pub fn embed_batch() -> usize {
+        64
+    }
+    pub fn embed_cache() -> usize {
+        10_000
+    }
+    pub fn summary_tokens() -> u32 {
+        256
+    }
+    pub fn summary_cache() -> usize {
+        1_000
     }
     pub fn max_attempts() -> u32 {
         3
@@ -423,6 +461,7 @@ impl Config {
                 ));
             }
         }
+        self.check_context(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -54,9 +54,13 @@ pub struct PipelineConfig {
     /// Normalizer plugins, in order.
     #[serde(default)]
     pub normalizers: Vec<PluginEntry>,
-    /// The context-builder plugin and its token budget.
+    /// Retrieval and the context builder, under a token budget.
     #[serde(default)]
     pub context: Option<ContextConfig>,
+    /// The conversation under a token budget: the middle of a longer one
+    /// is dropped or summarized.
+    #[serde(default)]
+    pub history: Option<HistoryConfig>,
     /// The constraints plugin that lists the tools of a request.
     #[serde(default)]
     pub constraints: Option<PluginEntry>,
@@ -414,20 +418,6 @@ pub struct RateLimitConfig {
     /// Tokens (all attempts) per window; checked before a run starts.
     #[serde(default)]
     pub tokens: Option<u64>,
-}
-
-/// `context = { plugin = "...", budget_tokens = 2000 }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContextConfig {
-    pub plugin: String,
-    #[serde(default = "defaults::context_budget")]
-    pub budget_tokens: u32,
-    /// This pipeline's settings of the plugin (see [`PluginEntry`]).
-    #[serde(default)]
-    pub config: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub config_file: Option<PathBuf>,
 }
 
 /// A plugin of a layer: `"name"`, or `{ plugin = "name", config = {…} }`

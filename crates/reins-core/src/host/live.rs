@@ -32,6 +32,9 @@ pub struct Live {
     /// The MCP servers of `[mcp.servers]`: one whose table did not change
     /// keeps its connection (and its process) across a reload.
     pub(super) upstreams: BTreeMap<String, Arc<crate::mcp::Upstream>>,
+    /// The `[retrievers]`: one whose table did not change keeps its index
+    /// (and its watcher, its database pool) across a reload.
+    pub(super) retrievers: BTreeMap<String, Arc<crate::retrieval::Retriever>>,
     /// Each provider's table and the files it reads, hashed: a provider
     /// whose fingerprint did not change keeps its breaker (and its state).
     fingerprints: BTreeMap<String, String>,
@@ -122,9 +125,33 @@ pub(super) fn build(config: Config, inputs: Inputs<'_>) -> Result<Live, Vec<Conf
             kept.unwrap_or_else(|| Arc::new(crate::mcp::Upstream::new(name, sc, &config.base_dir)));
         upstreams.insert(name.clone(), upstream);
     }
+    let mut retrievers = BTreeMap::new();
+    for (name, rc) in &config.retrievers {
+        let kept = previous
+            .and_then(|p| p.retrievers.get(name))
+            .filter(|r| r.config() == rc)
+            .cloned();
+        let opened = match kept {
+            Some(r) => Ok(r),
+            None => crate::retrieval::Retriever::open(
+                name,
+                rc,
+                &config.origin,
+                &config.base_dir,
+                &providers,
+            )
+            .map(Arc::new),
+        };
+        match opened {
+            Ok(r) => {
+                retrievers.insert(name.clone(), r);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     let mut pipelines = BTreeMap::new();
     for name in config.pipelines.keys() {
-        match Pipeline::compile(&config, name, &providers, &upstreams) {
+        match Pipeline::compile(&config, name, &providers, &upstreams, &retrievers) {
             Ok(mut p) => {
                 if let Some(old) = previous.and_then(|l| l.pipelines.get(name)) {
                     p.adopt_cache(old);
@@ -198,6 +225,7 @@ pub(super) fn build(config: Config, inputs: Inputs<'_>) -> Result<Live, Vec<Conf
     Ok(Live {
         config: Arc::new(config),
         providers,
+        retrievers,
         pipelines,
         upstreams,
         fingerprints,

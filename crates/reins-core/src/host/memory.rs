@@ -11,7 +11,6 @@
 use super::Host;
 use crate::config::{MemoryConfig, MemoryMode};
 use crate::pipeline::{Pipeline, Request};
-use crate::provider::ChatRequest;
 use crate::tokens;
 use reins_runtime::Message;
 use reins_state::RunRecord;
@@ -27,7 +26,7 @@ pub(crate) enum MemoryError {
 }
 
 const HEADER: &str = "Earlier in this conversation (oldest first):";
-const SUMMARY_HEADER: &str = "Summary of earlier in this conversation:";
+use crate::pipeline::history::SUMMARY_HEADER;
 
 impl Host {
     /// Puts the session's memory before `request`'s messages (a run without
@@ -77,42 +76,30 @@ impl Host {
         {
             // The model sees more than the budget; its answer is cut to it.
             let transcript = fit(HEADER, &exchanges, budget.saturating_mul(8));
-            let request = ChatRequest {
-                run_id: format!("{run_id}.memory"),
-                pipeline: p.name.clone(),
-                attempt: 1,
-                messages: vec![
-                    Message::new(
-                        "system",
-                        format!(
-                            "Summarize this conversation for the assistant that continues it: what the user \
-                             asked and what was answered, facts and decisions first. At most {budget} tokens. \
-                             Answer with the summary only."
-                        ),
-                    ),
-                    Message::new("user", transcript.content),
-                ],
-                schema: None,
-                json: false,
-                strict: false,
-                sampling: Default::default(),
-                tools: Vec::new(),
+            let call = crate::pipeline::history::SummaryCall {
+                run_id,
+                pipeline: &p.name,
                 deadline: Some(
                     std::time::Instant::now()
                         + std::time::Duration::from_millis(p.config.deadline_ms),
                 ),
-                traceparent: None,
-                turn,
+                turn: &turn,
             };
-            match provider.complete(&request).await {
-                Ok(answer) if !answer.content.trim().is_empty() => {
-                    let text = format!("{SUMMARY_HEADER}\n{}", answer.content.trim());
+            match crate::pipeline::history::summarize_text(
+                provider,
+                &transcript.content,
+                budget,
+                call,
+            )
+            .await
+            {
+                Ok((summary, _)) => {
+                    let text = format!("{SUMMARY_HEADER}\n{}", summary.trim());
                     let message = cap(Message::new("system", text), budget);
                     return Ok((!message.content.is_empty()
                         && tokens::count_message(&message) <= budget)
                         .then_some(message));
                 }
-                Ok(_) => tracing::warn!(run_id, "memory summary was empty; truncating instead"),
                 Err(e) => tracing::warn!(run_id, "{}; truncating instead", MemoryError::from(e)),
             }
         }

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod execute;
 pub mod extract;
 pub mod fallback;
+pub mod history;
 pub mod journal;
 pub(crate) mod judge;
 pub mod repair;
@@ -38,8 +39,8 @@ pub use execute::{ExecStatus, Execution};
 pub use extract::extract_json;
 pub use repair::RepairTemplate;
 pub use result::{
-    Attempt, ExitCode, Finding, GateDecision, PendingApproval, RunError, RunResult, RunStatus,
-    StopReason, Tokens, TraceStep,
+    Attempt, ContextChunk, ContextReport, ExitCode, Finding, GateDecision, PendingApproval,
+    RunError, RunResult, RunStatus, StopReason, Tokens, TraceStep,
 };
 /// The signal that a run's caller is gone ([`Request::cancel`]), re-exported
 /// so embedders and the server name one type without depending on tokio-util.
@@ -254,6 +255,13 @@ pub struct Pipeline {
     variants: Variants,
     /// The MCP servers it fronts (`mcp_servers`), in order.
     pub(crate) upstreams: Vec<Arc<crate::mcp::Upstream>>,
+    /// The `context.retrievers`, in order.
+    pub(crate) retrievers: Vec<Arc<crate::retrieval::Retriever>>,
+    /// The tokenizer of its first model: what budgets and the
+    /// `count-tokens` import count in.
+    pub(crate) tokenizer: reins_runtime::Tokenizer,
+    /// The conversation's budget and its summaries (`history`).
+    pub(crate) history: Option<history::History>,
 }
 
 /// A pipeline's plugins with settings of its own: by layer, then plugin name
@@ -325,6 +333,7 @@ impl Pipeline {
         name: &str,
         providers: &BTreeMap<String, Arc<Breaker>>,
         upstreams: &BTreeMap<String, Arc<crate::mcp::Upstream>>,
+        retrievers: &BTreeMap<String, Arc<crate::retrieval::Retriever>>,
     ) -> Result<Pipeline, ConfigError> {
         let p = config
             .pipelines
@@ -423,6 +432,23 @@ impl Pipeline {
             }
             _ => None,
         };
+        let history =
+            match &p.history {
+                Some(h) => {
+                    let wanted = h.model.as_ref().unwrap_or(&p.model);
+                    let provider = providers.get(wanted).cloned().ok_or_else(|| {
+                        ConfigError::UnknownProvider {
+                            path: origin.clone(),
+                            key: format!("pipelines.{name}.history.model"),
+                            provider: wanted.clone(),
+                            known: providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                        }
+                    })?;
+                    Some(history::History::new(h.clone(), provider))
+                }
+                None => None,
+            };
+        let tokenizer = reins_runtime::Tokenizer::for_model(providers_chain[0].provider().model());
         let judge_providers = p
             .judge
             .as_ref()
@@ -432,6 +458,14 @@ impl Pipeline {
         let variants = variants(config, name, p, schema.as_ref())?;
         Ok(Pipeline {
             variants,
+            history,
+            tokenizer,
+            retrievers: p
+                .context
+                .iter()
+                .flat_map(|c| c.retrievers.iter())
+                .filter_map(|r| retrievers.get(r).cloned())
+                .collect(),
             judge_providers,
             memory_provider,
             name: name.to_owned(),

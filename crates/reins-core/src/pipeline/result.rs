@@ -86,8 +86,9 @@ pub struct PendingApproval {
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceStep {
     /// Plugin layers (`normalizer`, `context`, `constraints`, `validator`,
-    /// `gate`) and the host's steps: `model`, `extract`, `schema`, `fix`,
-    /// `action` (an action's check against its tool) and `repair`.
+    /// `gate`) and the host's steps: `history` (the conversation cut to its
+    /// budget), `retrieve` (one retriever's search), `model`, `extract`,
+    /// `schema`, `fix`, `action` (an action's check against its tool) and `repair`.
     pub layer: &'static str,
     /// The plugin or provider; empty for the host's own steps.
     pub name: String,
@@ -104,6 +105,8 @@ pub struct TraceStep {
 /// into these names (anything else reads as `other`).
 pub const TRACE_LAYERS: &[&str] = &[
     "normalizer",
+    "history",
+    "retrieve",
     "context",
     "constraints",
     "validator",
@@ -312,6 +315,10 @@ pub enum RunError {
     Forbidden { key: String, message: String },
     #[error("{layer} plugin `{plugin}` is not loaded")]
     MissingPlugin { layer: &'static str, plugin: String },
+    /// A retriever of the pipeline's context could not answer: no answer
+    /// is given without the context it was meant to have.
+    #[error("context unavailable: {message}")]
+    ContextUnavailable { retriever: String, message: String },
     /// This node lost the run's lease (it stalled past it and another node
     /// took the run over) or the run is already being run: the run goes on
     /// where it is owned; ask the store for its result.
@@ -376,6 +383,7 @@ impl RunError {
             RunError::RateLimited { .. } => "rate_limited",
             RunError::Overloaded { .. } => "overloaded",
             RunError::MissingPlugin { .. } => "missing_plugin",
+            RunError::ContextUnavailable { .. } => "context_unavailable",
             RunError::NotOwned { .. } => "not_owned",
             RunError::Forbidden { .. } => "forbidden",
             RunError::Cancelled { .. } => "cancelled",
@@ -400,9 +408,9 @@ impl RunError {
             | RunError::Denied { .. }
             | RunError::ApprovalRejected { .. }
             | RunError::Forbidden { .. } => ExitCode::Rejected,
-            RunError::ModelUnavailable { .. } | RunError::StreamBroken { .. } => {
-                ExitCode::ModelUnavailable
-            }
+            RunError::ModelUnavailable { .. }
+            | RunError::StreamBroken { .. }
+            | RunError::ContextUnavailable { .. } => ExitCode::ModelUnavailable,
             RunError::StreamCut { .. } => ExitCode::ValidationFailed,
             RunError::Plugin { .. }
             | RunError::MissingPlugin { .. }
@@ -414,7 +422,9 @@ impl RunError {
                 "unknown_pipeline" | "bad_request" | "upstream_refused" => ExitCode::BadInput,
                 "validation_failed" | "stream_cut" => ExitCode::ValidationFailed,
                 "rejected" | "denied" | "approval_rejected" | "forbidden" => ExitCode::Rejected,
-                "model_unavailable" | "stream_broken" => ExitCode::ModelUnavailable,
+                "model_unavailable" | "stream_broken" | "context_unavailable" => {
+                    ExitCode::ModelUnavailable
+                }
                 "rate_limited" | "overloaded" => ExitCode::RateLimited,
                 "not_owned" => ExitCode::NotOwned,
                 "cancelled" => ExitCode::Cancelled,
@@ -484,6 +494,38 @@ impl std::fmt::Display for StopReason {
     }
 }
 
+/// What the context stage did: every chunk it was offered (retrieved or
+/// sent by the caller), which the builder kept, which it dropped and why,
+/// with the tokens of each in the pipeline's tokenizer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContextReport {
+    pub query: String,
+    /// `o200k_base`, `cl100k_base`, or `heuristic` (a model whose tokenizer
+    /// is not known: about four characters a token).
+    pub tokenizer: String,
+    pub budget_tokens: u32,
+    /// Tokens of the kept chunks, labels included.
+    pub used_tokens: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::retrieval::SourceReport>,
+    pub offered: Vec<ContextChunk>,
+    /// In the order the model sees them.
+    pub kept: Vec<ContextChunk>,
+    pub dropped: Vec<ContextChunk>,
+}
+
+/// One chunk in a [`ContextReport`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContextChunk {
+    pub id: String,
+    pub source: String,
+    pub score: f32,
+    pub tokens: usize,
+    /// Why it was dropped, or that it was trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The outcome of a run: what the library returns, what the API answers
 /// and what the store keeps as the run's `result` (it reads back with serde).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -539,6 +581,12 @@ pub struct RunResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     pub error: Option<RunError>,
+    /// What the context stage retrieved, kept and dropped, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextReport>,
+    /// What the history budget did to the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<super::history::HistoryReport>,
     /// The run's trace and span (hex), when it was traced: where to find
     /// it in the tracing backend, and what its later steps (approved
     /// actions) join.
@@ -582,6 +630,8 @@ impl RunResult {
             stream: None,
             notice: None,
             error: None,
+            context: None,
+            history: None,
             trace_id: None,
             span_id: None,
             caller: reins_runtime::Caller::anonymous(),

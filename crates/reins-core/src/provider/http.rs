@@ -117,13 +117,13 @@ pub(super) fn transport_error(
 /// The start of a body, for error messages.
 /// [`send`], then `parse` the answer; an answer that does not parse is a
 /// `BadResponse` quoting the start of the body.
-pub(super) async fn exchange(
+pub(super) async fn exchange<T>(
     provider: &str,
     url: &str,
     http: &HttpConfig,
     builder: reqwest::RequestBuilder,
-    parse: fn(&[u8]) -> Result<super::ChatResponse, String>,
-) -> Result<super::ChatResponse, ProviderError> {
+    parse: fn(&[u8]) -> Result<T, String>,
+) -> Result<T, ProviderError> {
     let bytes = send(provider, url, http, builder).await?;
     parse(&bytes).map_err(|message| ProviderError::BadResponse {
         provider: provider.to_owned(),

@@ -240,6 +240,10 @@ pub enum ProviderError {
     },
     #[error("provider `{provider}`: the run's deadline passed")]
     DeadlineExceeded { provider: String },
+    /// Asked of a provider what its API does not offer (embeddings of a
+    /// chat-only API).
+    #[error("provider `{provider}`: {message}")]
+    Unsupported { provider: String, message: String },
     /// Not sent: the provider is saturated or at its limits, and the call
     /// could not wait (queue full, a wait past its deadline, or a pipeline
     /// that falls back rather than wait).
@@ -343,6 +347,7 @@ impl ProviderError {
             ProviderError::Connect { .. } => "connect",
             ProviderError::Timeout { .. } => "timeout",
             ProviderError::Status { .. } => "status",
+            ProviderError::Unsupported { .. } => "unsupported",
             ProviderError::Interrupted { .. } => "interrupted",
             ProviderError::BadResponse { .. } => "bad_response",
             ProviderError::MissingApiKey { .. } => "missing_api_key",
@@ -380,6 +385,54 @@ fn transient_status(status: u16) -> bool {
 pub type CompletionFuture<'a> =
     Pin<Box<dyn Future<Output = Result<ChatResponse, ProviderError>> + Send + 'a>>;
 
+/// One embeddings call (`POST /embeddings` on an OpenAI-compatible server).
+#[derive(Debug, Clone, Default)]
+pub struct EmbedRequest {
+    pub input: Vec<String>,
+    /// The embedding model; `None` uses the provider's `model`.
+    pub model: Option<String>,
+    /// Asked of models that can shorten their vectors (`dimensions`).
+    pub dimensions: Option<usize>,
+    pub deadline: Option<Instant>,
+    pub turn: Turn,
+}
+
+/// The vectors of an [`EmbedRequest`], in the order of its input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub usage: Option<Usage>,
+}
+
+pub type EmbedFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Embeddings, ProviderError>> + Send + 'a>>;
+
+/// What the guards of a call ([`Breaker`]) need to know of it, whatever
+/// the call is (chat or embeddings).
+#[derive(Clone, Copy)]
+struct Guarded<'r> {
+    deadline: Option<Instant>,
+    turn: &'r Turn,
+}
+
+impl<'r> From<&'r ChatRequest> for Guarded<'r> {
+    fn from(r: &'r ChatRequest) -> Self {
+        Guarded {
+            deadline: r.deadline,
+            turn: &r.turn,
+        }
+    }
+}
+
+impl<'r> From<&'r EmbedRequest> for Guarded<'r> {
+    fn from(r: &'r EmbedRequest) -> Self {
+        Guarded {
+            deadline: r.deadline,
+            turn: &r.turn,
+        }
+    }
+}
+
 /// A model behind a chat-completions interface.
 pub trait Provider: Send + Sync + 'static {
     /// The provider's name in the config.
@@ -398,6 +451,20 @@ pub trait Provider: Send + Sync + 'static {
     /// as one delta.
     fn stream<'a>(&'a self, request: &'a ChatRequest) -> StreamFuture<'a> {
         Box::pin(async move { self.complete(request).await.map(stream::whole) })
+    }
+    /// Embeddings of texts: one call upstream. Only OpenAI-compatible
+    /// providers serve them; the others say so.
+    fn embed<'a>(&'a self, _request: &'a EmbedRequest) -> EmbedFuture<'a> {
+        let name = self.name().to_owned();
+        let system = self.system();
+        Box::pin(async move {
+            Err(ProviderError::Unsupported {
+                provider: name,
+                message: format!(
+                    "a `{system}` provider serves no embeddings: name a `kind = \"openai\"` provider (an OpenAI-compatible /v1/embeddings) in the retriever's `embeddings`"
+                ),
+            })
+        })
     }
     /// What besides the messages decides the answer (model, sampling): part
     /// of the response cache's key.
@@ -551,7 +618,8 @@ impl Breaker {
 
     /// Like [`Breaker::complete`], and says how many upstream calls it took.
     pub async fn call(&self, request: &ChatRequest) -> Called {
-        self.retrying(request, |tokens| self.once(request, tokens))
+        let tokens = self.estimate_tokens(request);
+        self.retrying(request.into(), tokens, |tokens| self.once(request, tokens))
             .await
     }
 
@@ -562,17 +630,24 @@ impl Breaker {
     /// stream that has started or the error. The breaker and the admission
     /// hear of the outcome when the stream ends ([`Streaming::finish`]).
     pub async fn stream<'b>(&'b self, request: &ChatRequest) -> Called<Streaming<'b>> {
-        self.retrying(request, |tokens| self.once_stream(request, tokens))
-            .await
+        let tokens = self.estimate_tokens(request);
+        self.retrying(request.into(), tokens, |tokens| {
+            self.once_stream(request, tokens)
+        })
+        .await
     }
 
     /// The retry loop around `once` (see [`Breaker`]).
-    async fn retrying<T, F>(&self, request: &ChatRequest, once: impl Fn(u32) -> F) -> Called<T>
+    async fn retrying<T, F>(
+        &self,
+        request: Guarded<'_>,
+        tokens: u32,
+        once: impl Fn(u32) -> F,
+    ) -> Called<T>
     where
         F: Future<Output = (Result<T, ProviderError>, u32)>,
     {
         let policy = self.settings.retry;
-        let tokens = self.estimate_tokens(request);
         let mut tries = 0;
         let mut previous: Option<ProviderError> = None;
         loop {
@@ -656,7 +731,7 @@ impl Breaker {
         request: &ChatRequest,
         tokens: u32,
     ) -> (Result<ChatResponse, ProviderError>, u32) {
-        let admitted = match self.admit(request, tokens).await {
+        let admitted = match self.admit(request.into(), tokens).await {
             Ok(a) => a,
             Err(e) => return (Err(e), 0),
         };
@@ -678,7 +753,7 @@ impl Breaker {
         request: &ChatRequest,
         tokens: u32,
     ) -> (Result<Streaming<'b>, ProviderError>, u32) {
-        let admitted = match self.admit(request, tokens).await {
+        let admitted = match self.admit(request.into(), tokens).await {
             Ok(a) => a,
             Err(e) => return (Err(e), 0),
         };
@@ -718,6 +793,43 @@ impl Breaker {
         }
     }
 
+    /// Embeds texts through the same guards as a chat call: the deadline,
+    /// the admission, retries with backoff and the circuit breaker.
+    pub async fn embed(&self, request: &EmbedRequest) -> Result<Embeddings, ProviderError> {
+        let tokens = if self.settings.admission.tpm.is_none() {
+            1
+        } else {
+            let n: u64 = request.input.iter().map(|t| crate::tokens::count(t)).sum();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
+        self.retrying(request.into(), tokens, |tokens| {
+            self.once_embed(request, tokens)
+        })
+        .await
+        .result
+    }
+
+    async fn once_embed(
+        &self,
+        request: &EmbedRequest,
+        tokens: u32,
+    ) -> (Result<Embeddings, ProviderError>, u32) {
+        let admitted = match self.admit(request.into(), tokens).await {
+            Ok(a) => a,
+            Err(e) => return (Err(e), 0),
+        };
+        let call = self.provider.embed(request);
+        let result = match admitted.remaining {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or_else(|_| Err(self.deadline_exceeded())),
+        };
+        let used = result.as_ref().ok().and_then(|r| r.usage);
+        self.settle(admitted, result.as_ref().map(|_| used).map_err(|e| e));
+        (result, 1)
+    }
+
     fn deadline_exceeded(&self) -> ProviderError {
         ProviderError::DeadlineExceeded {
             provider: self.provider.name().to_owned(),
@@ -728,7 +840,7 @@ impl Breaker {
     /// the breaker's permit.
     async fn admit(
         &self,
-        request: &ChatRequest,
+        request: Guarded<'_>,
         tokens: u32,
     ) -> Result<Admitted<'_>, ProviderError> {
         let name = self.provider.name();

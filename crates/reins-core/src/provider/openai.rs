@@ -18,8 +18,8 @@
 
 use super::stream::{Delta, StreamFuture};
 use super::{
-    ChatRequest, ChatResponse, CompletionFuture, Provider, ProviderError, ToolCall, ToolChoice,
-    Usage,
+    ChatRequest, ChatResponse, CompletionFuture, EmbedFuture, EmbedRequest, Embeddings, Provider,
+    ProviderError, ToolCall, ToolChoice, Usage,
 };
 use crate::config::{OpenAiConfig, ResponseFormat};
 use reins_runtime::Message;
@@ -32,6 +32,8 @@ pub struct OpenAiProvider {
     name: String,
     config: OpenAiConfig,
     url: String,
+    /// `{base_url}/embeddings`.
+    embeddings_url: String,
     client: reqwest::Client,
     /// The structured-output mode that works with this server (`auto`
     /// negotiation): an index into [`LADDER`], only ever moving down, for
@@ -73,6 +75,7 @@ impl Mode {
 impl OpenAiProvider {
     pub fn new(name: impl Into<String>, config: OpenAiConfig) -> OpenAiProvider {
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        let embeddings_url = format!("{}/embeddings", config.base_url.trim_end_matches('/'));
         let client = super::http::client(&config.http);
         let first = match config.response_format {
             ResponseFormat::Auto | ResponseFormat::JsonSchema => 0,
@@ -83,6 +86,7 @@ impl OpenAiProvider {
             name: name.into(),
             config,
             url,
+            embeddings_url,
             client,
             negotiated: AtomicUsize::new(first),
         }
@@ -347,6 +351,47 @@ impl Provider for OpenAiProvider {
         })
     }
 
+    fn embed<'a>(&'a self, request: &'a EmbedRequest) -> EmbedFuture<'a> {
+        Box::pin(async move {
+            let api_key = self.api_key()?;
+            let mut body = json!({
+                "model": request.model.as_deref().unwrap_or(&self.config.model),
+                "input": request.input,
+                "encoding_format": "float",
+            });
+            if let Some(d) = request.dimensions {
+                body["dimensions"] = json!(d);
+            }
+            let mut builder = self
+                .client
+                .post(&self.embeddings_url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(self.encode(&body)?);
+            if let Some(key) = api_key.as_deref() {
+                builder = builder.bearer_auth(key);
+            }
+            let out = super::http::exchange(
+                &self.name,
+                &self.embeddings_url,
+                &self.config.http,
+                builder,
+                parse_embeddings,
+            )
+            .await?;
+            if out.vectors.len() != request.input.len() {
+                return Err(ProviderError::BadResponse {
+                    provider: self.name.clone(),
+                    message: format!(
+                        "asked for {} embeddings, got {}",
+                        request.input.len(),
+                        out.vectors.len()
+                    ),
+                });
+            }
+            Ok(out)
+        })
+    }
+
     fn params(&self) -> Value {
         json!({
             "model": self.config.model,
@@ -369,6 +414,53 @@ impl Provider for OpenAiProvider {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// An OpenAI embeddings answer: `data[i].embedding`, put back in input
+/// order by `data[i].index`.
+pub fn parse_embeddings(bytes: &[u8]) -> Result<Embeddings, String> {
+    let body: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let data = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or("no `data` array")?;
+    let mut vectors: Vec<(usize, Vec<f32>)> = Vec::with_capacity(data.len());
+    for (i, item) in data.iter().enumerate() {
+        let index = item
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(i, |n| n as usize);
+        let embedding = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("data[{i}] has no `embedding` array"))?;
+        let vector = embedding
+            .iter()
+            .map(|v| v.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| {
+                format!(
+                    "data[{i}].embedding is not a list of numbers (a server without pooling answers one vector per token: start it with mean pooling)"
+                )
+            })?;
+        vectors.push((index, vector));
+    }
+    vectors.sort_by_key(|(i, _)| *i);
+    let usage = body.get("usage").and_then(|u| {
+        let prompt = u.get("prompt_tokens")?.as_u64()?;
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: 0,
+            total_tokens: u
+                .get("total_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(prompt),
+        })
+    });
+    Ok(Embeddings {
+        vectors: vectors.into_iter().map(|(_, v)| v).collect(),
+        usage,
+    })
 }
 
 /// `json_schema.name` must match `^[a-zA-Z0-9_-]{1,64}$`.

@@ -1,6 +1,8 @@
 // {{name}}: a Reins context builder. Keeps the best-scoring chunks that fit
-// the token budget (about 4 characters a token), best first. Edit the
-// function, then `reins plugin build` and `reins plugin test {{name}}.wasm cases.json`.
+// the token budget, best first, counting in the model's own tokens (the
+// host's count-tokens), and tells the host why it left the others out
+// (explain-drop: the run's trace shows it). Edit the function, then
+// `reins plugin build` and `reins plugin test {{name}}.wasm cases.json`.
 
 import * as reins from "./reins.js";
 
@@ -10,8 +12,13 @@ export const contextBuilder = reins.contextBuilder((ctx, query, chunks, budgetTo
   const picked = [];
   let used = 0;
   for (const chunk of chunks.slice().sort((a, b) => b.score - a.score)) {
-    const cost = Math.ceil(chunk.text.length / 4);
-    if (chunk.score >= minScore && used + cost <= budgetTokens) {
+    // The host writes "\n\n[ID] " before each chunk: it costs tokens too.
+    const cost = reins.countTokens(`\n\n[${chunk.id}] `) + reins.countTokens(chunk.text);
+    if (chunk.score < minScore) {
+      reins.explainDrop(chunk.id, `score ${chunk.score.toFixed(2)} under the floor ${minScore.toFixed(2)}`);
+    } else if (used + cost > budgetTokens) {
+      reins.explainDrop(chunk.id, `over budget: needs ${cost} tokens, ${budgetTokens - used} left`);
+    } else {
       picked.push(chunk);
       used += cost;
     }

@@ -109,6 +109,47 @@ pub async fn run(
     result
 }
 
+/// What the context stage gives the model for one query: the
+/// `GET /v1/pipelines/{name}/context` preview, for debugging retrieval.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContextPreview {
+    pub pipeline: String,
+    /// `None` when the pipeline has no context or nothing was found.
+    pub report: Option<crate::pipeline::ContextReport>,
+    /// The context block of the system prompt, as the model would see it.
+    pub context: String,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Runs the context stage alone for `query` (retrieval and the context
+/// builder), as a run of `caller` would; nothing is recorded and no model
+/// is called.
+pub async fn preview_context(
+    pipeline: &Pipeline,
+    plugins: Arc<PluginSet>,
+    query: &str,
+    caller: reins_runtime::Caller,
+    rc: &RunContext,
+) -> Result<ContextPreview, RunError> {
+    let mut request = Request::text(query);
+    request.caller = caller;
+    let run_id = format!("preview-{}", uuid::Uuid::new_v4());
+    let mut run = Run::begin(pipeline, plugins, rc, run_id, &request);
+    let chunks = run.assemble(&request.messages, Vec::new()).await?;
+    let context = run
+        .conversation(Vec::new(), &chunks)
+        .into_iter()
+        .next()
+        .map(|m| m.content)
+        .unwrap_or_default();
+    Ok(ContextPreview {
+        pipeline: pipeline.name.clone(),
+        report: run.result.context.take(),
+        context,
+        chunks,
+    })
+}
+
 struct Run<'a> {
     p: &'a Pipeline,
     set: Arc<PluginSet>,
@@ -198,6 +239,8 @@ impl<'a> Run<'a> {
                 request_text: std::sync::Arc::from(""),
                 judge: None,
                 upstream_tools: std::sync::Arc::from(""),
+                tokenizer: pipeline.tokenizer,
+                context_chunks: std::sync::Arc::from(""),
             },
             request_schema: None,
             model_schema: pipeline.schema.clone(),
@@ -398,6 +441,7 @@ impl Run<'_> {
         }
         self.go_on()?;
         let messages = self.normalize(request.messages).await?;
+        let messages = self.fit_history(messages).await;
         self.go_on()?;
         let chunks = self.assemble(&messages, request.chunks).await?;
         self.ctx.request_text = request_text(&messages, &chunks);

@@ -50,9 +50,13 @@ impl Outcome for Vec<Tool> {
         into.push(KeyValue::new("reins.tools", self.len() as i64));
     }
 }
-impl Outcome for Vec<Chunk> {
+impl Outcome for reins_runtime::Assembled {
     fn attributes(&self, into: &mut Vec<KeyValue>) {
-        into.push(KeyValue::new("reins.chunks", self.len() as i64));
+        into.push(KeyValue::new("reins.chunks", self.chunks.len() as i64));
+        into.push(KeyValue::new(
+            "reins.chunks.dropped",
+            self.dropped.len() as i64,
+        ));
     }
 }
 impl Outcome for reins_runtime::StreamVerdict {}
