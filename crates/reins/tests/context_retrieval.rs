@@ -494,3 +494,207 @@ async fn bad_context_configs_are_refused_with_the_key_at_fault() {
         assert!(e.contains(key), "{key}: {e}");
     }
 }
+
+/// Inputs embedded so far (every `/embeddings` request's `input`).
+fn embedded(upstream: &reins_testing::model::Upstream) -> Vec<String> {
+    upstream
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/embeddings"))
+        .flat_map(|s| {
+            s.body["input"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgvector_and_hybrid_retrieval_with_embeddings_from_a_provider() {
+    use reins_testing::model::{self, Upstream};
+    let url = std::env::var("REINS_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("REINS_TEST_PG_URL is not set: run `. scripts/pg-test.sh` first")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    docs(dir.path());
+    let embeddings_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let down = embeddings_down.clone();
+    let upstream = Upstream::replying(move |seen| {
+        if seen.path.ends_with("/embeddings") {
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                return model::status(500, "embedding model crashed");
+            }
+            return model::embeddings(seen, 64);
+        }
+        model::ok(&model::completion(model::assistant("ok")))
+    })
+    .await;
+    let table = format!("ctx_{}", uuid::Uuid::new_v4().simple());
+    let extra = format!(
+        r#"
+[providers.emb]
+kind = "openai"
+base_url = "{base}"
+model = "hashed-64"
+max_retries = 1
+backoff_ms = 1
+
+[retrievers.vec]
+kind = "pgvector"
+url = "{url}"
+table = "{table}"
+dimensions = 64
+path = "docs"
+chunk_tokens = 64
+overlap_tokens = 8
+embeddings = {{ provider = "emb", batch = 2 }}
+
+[pipelines.vec]
+model = "local"
+output = "text"
+context = {{ retrievers = ["vec"], budget_tokens = 400, top_k = 3 }}
+
+[pipelines.hybrid]
+model = "local"
+output = "text"
+context = {{ retrievers = ["docs", "vec"], budget_tokens = 400, top_k = 3 }}
+"#,
+        base = upstream.base_url()
+    );
+    let host = host(dir.path(), &extra).await;
+    // At start the table was filled from the folder, in batches of 2.
+    let first_sync = embedded(&upstream);
+    assert!(first_sync.len() >= 5, "{first_sync:?}");
+    assert!(
+        upstream
+            .seen()
+            .iter()
+            .filter(|s| s.path.ends_with("/embeddings"))
+            .all(|s| s.body["input"].as_array().is_some_and(|i| i.len() <= 2)),
+        "batches of at most 2"
+    );
+
+    let q = "How long do deleted files stay in the trash before they are purged?";
+    let result = host.run("vec", Request::text(q)).await;
+    assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
+    let report = result.context.expect("report");
+    assert_eq!(report.sources[0].kind, "pgvector");
+    assert_eq!(
+        report.kept.first().map(|c| c.id.as_str()),
+        Some("faq.md#2"),
+        "the nearest passage is the trash one: {report:?}"
+    );
+    assert!(report.kept.iter().all(|c| c.score > 0.0 && c.score <= 1.0));
+    // The same query again: its embedding comes from the cache.
+    let before = embedded(&upstream).len();
+    host.run("vec", Request::text(q)).await;
+    assert_eq!(
+        embedded(&upstream).len(),
+        before,
+        "the query's vector was cached"
+    );
+
+    // Both sources, fused by reciprocal rank.
+    let result = host.run("hybrid", Request::text(q)).await;
+    assert_eq!(result.status, RunStatus::Completed, "{:?}", result.error);
+    let report = result.context.expect("report");
+    let kinds: Vec<&str> = report.sources.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["bm25", "pgvector"]);
+    assert_eq!(
+        report.offered.first().map(|c| c.id.as_str()),
+        Some("faq.md#2")
+    );
+    assert!(
+        (report.offered[0].score - 1.0).abs() < 1e-6,
+        "first in both lists: {report:?}"
+    );
+
+    // The embedding model fails: the run fails with a clear error naming
+    // the retriever (no answer without the context it was meant to have).
+    embeddings_down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = host
+        .run(
+            "vec",
+            Request::text("Which port does the metrics endpoint use?"),
+        )
+        .await;
+    assert_eq!(result.status, RunStatus::Failed);
+    let e = result.error.expect("an error").to_string();
+    assert!(e.contains("retriever `vec`") && e.contains("500"), "{e}");
+    embeddings_down.store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(host);
+
+    // A restart after one document changed embeds only that document's chunks.
+    std::fs::write(
+        dir.path().join("docs/notes.txt"),
+        "Retention keeps 12 versions of every file for 60 days.\n",
+    )
+    .expect("write");
+    let before = embedded(&upstream).len();
+    let host = self::host(dir.path(), &extra).await;
+    let resynced = embedded(&upstream)[before..].to_vec();
+    assert!(!resynced.is_empty(), "the changed file was embedded");
+    assert!(
+        resynced.iter().all(|t| t.contains("12 versions")),
+        "only the changed file's chunks: {resynced:?}"
+    );
+    let result = host
+        .run(
+            "vec",
+            Request::text("How many versions does retention keep?"),
+        )
+        .await;
+    let report = result.context.expect("report");
+    assert_eq!(
+        report.kept.first().map(|c| c.id.as_str()),
+        Some("notes.txt#1"),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reins_serve_previews_a_pipelines_context_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    docs(dir.path());
+    let path = dir.path().join("reins.toml");
+    std::fs::write(&path, config("")).expect("config");
+    let served = reins_testing::server::serve(&path);
+    let client = reqwest::Client::new();
+    let get = |uri: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(uri).send().await.expect("GET");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = get(format!(
+        "{}/v1/pipelines/qa/context?q=Which+port+does+sync+use%3F",
+        served.base
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pipeline"], "qa");
+    assert!(
+        body["context"]
+            .as_str()
+            .is_some_and(|c| c.contains("[guide/install.md#1]")),
+        "{body}"
+    );
+    let report = &body["report"];
+    assert_eq!(report["tokenizer"], "o200k_base");
+    assert!(
+        report["kept"].as_array().is_some_and(|k| !k.is_empty()),
+        "{body}"
+    );
+    assert_eq!(report["sources"][0]["retriever"], "docs");
+
+    let (status, body) = get(format!("{}/v1/pipelines/qa/context", served.base)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("?q="), "{body}");
+    let (status, _) = get(format!("{}/v1/pipelines/nope/context?q=x", served.base)).await;
+    assert_eq!(status, 404);
+}
