@@ -309,14 +309,14 @@ async fn main() {
         sizes
     };
     let vocab = vocabulary();
-    println!("| chunks asked | chunks indexed | index build | one file re-indexed |");
+    println!("| chunks asked | chunks indexed | index build | one file re-indexed (µs) |");
     println!("|---:|---:|---:|---:|");
     for &size in &sizes {
         latency(size, &vocab).await;
     }
     println!();
     println!(
-        "| chunks | BM25 search alone p50 / p99 | retrieve + context-budget p50 / p99 | ratio p50 / p99 | chunks kept |"
+        "| chunks | BM25 search alone p50 / p99 (µs) | retrieve + context-budget p50 / p99 (µs) | ratio p50 / p99 | chunks kept |"
     );
     println!("|---:|---:|---:|---:|---:|");
     LATENCY.with(|l| {

@@ -731,18 +731,39 @@ impl Breaker {
         request: &ChatRequest,
         tokens: u32,
     ) -> (Result<ChatResponse, ProviderError>, u32) {
-        let admitted = match self.admit(request.into(), tokens).await {
+        self.guarded(
+            request.into(),
+            tokens,
+            || self.provider.complete(request),
+            |r| r.usage,
+        )
+        .await
+    }
+
+    /// One call through the admission and the breaker, bounded by the
+    /// run's deadline; the count is 1 when it reached the provider.
+    async fn guarded<T, F>(
+        &self,
+        guard: Guarded<'_>,
+        tokens: u32,
+        call: impl FnOnce() -> F,
+        usage: impl Fn(&T) -> Option<Usage>,
+    ) -> (Result<T, ProviderError>, u32)
+    where
+        F: Future<Output = Result<T, ProviderError>>,
+    {
+        let admitted = match self.admit(guard, tokens).await {
             Ok(a) => a,
             Err(e) => return (Err(e), 0),
         };
-        let call = self.provider.complete(request);
+        let call = call();
         let result = match admitted.remaining {
             None => call.await,
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .unwrap_or_else(|_| Err(self.deadline_exceeded())),
         };
-        let used = result.as_ref().ok().and_then(|r| r.usage);
+        let used = result.as_ref().ok().and_then(&usage);
         self.settle(admitted, result.as_ref().map(|_| used).map_err(|e| e));
         (result, 1)
     }
@@ -814,20 +835,13 @@ impl Breaker {
         request: &EmbedRequest,
         tokens: u32,
     ) -> (Result<Embeddings, ProviderError>, u32) {
-        let admitted = match self.admit(request.into(), tokens).await {
-            Ok(a) => a,
-            Err(e) => return (Err(e), 0),
-        };
-        let call = self.provider.embed(request);
-        let result = match admitted.remaining {
-            None => call.await,
-            Some(limit) => tokio::time::timeout(limit, call)
-                .await
-                .unwrap_or_else(|_| Err(self.deadline_exceeded())),
-        };
-        let used = result.as_ref().ok().and_then(|r| r.usage);
-        self.settle(admitted, result.as_ref().map(|_| used).map_err(|e| e));
-        (result, 1)
+        self.guarded(
+            request.into(),
+            tokens,
+            || self.provider.embed(request),
+            |r| r.usage,
+        )
+        .await
     }
 
     fn deadline_exceeded(&self) -> ProviderError {
