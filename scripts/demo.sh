@@ -3,7 +3,7 @@
 # run every plugin's case file through the real host, then run the
 # contract-risk example (scripted model, one repair) and print the validated
 # JSON and the trace, and the support-chat example (a prose answer behind
-# output guardrails).
+# output guardrails), and docs-qa (answers with citations from retrieved docs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh
@@ -33,4 +33,9 @@ echo
 echo "== reins run: support-chat (the judge fails a competitor's name, one repair) =="
 "$reins" run --config examples/support-chat/reins.toml --pipeline support \
   --input examples/support-chat/compare.txt --trace human || status=1
+echo
+# Questions about a folder of docs: BM25 retrieval, the context budget, citations checked.
+echo "== reins run: docs-qa (retrieved context under 600 tokens; a citation outside it is repaired) =="
+"$reins" run --config examples/docs-qa/reins.toml --pipeline docs-qa \
+  --input examples/docs-qa/retention.txt --trace human || status=1
 exit $status

@@ -717,6 +717,33 @@ impl RunResult {
         for row in &rows {
             line(&mut out, [&row[0], &row[1], &row[2], &row[3], &row[4]]);
         }
+        if let Some(c) = &self.context {
+            let _ = writeln!(
+                out,
+                "context: {} of {} chunks kept, {} of {} tokens ({}): {}",
+                c.kept.len(),
+                c.offered.len(),
+                c.used_tokens,
+                c.budget_tokens,
+                c.tokenizer,
+                c.kept
+                    .iter()
+                    .map(|k| match &k.reason {
+                        Some(r) => format!("{} ({r})", k.id),
+                        None => k.id.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for d in &c.dropped {
+                let _ = writeln!(
+                    out,
+                    "  dropped {}: {}",
+                    d.id,
+                    d.reason.as_deref().unwrap_or("-")
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "run {} {}: {} attempt(s), {} repair(s), {} tokens{}, {} µs",
