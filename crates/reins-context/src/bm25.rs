@@ -572,24 +572,10 @@ impl Bm25Index {
                 for (sub, _) in list_documents(&abs)? {
                     files.insert(format!("{prefix}{sub}"));
                 }
-                files.extend(
-                    state
-                        .manifest
-                        .docs
-                        .keys()
-                        .filter(|k| k.starts_with(&prefix))
-                        .cloned(),
-                );
+                files.extend(indexed_under(&state.manifest.docs, &prefix));
             } else if !abs.exists() && !state.manifest.docs.contains_key(rel) {
                 // Perhaps a folder that is gone: its documents are.
-                files.extend(
-                    state
-                        .manifest
-                        .docs
-                        .keys()
-                        .filter(|k| k.starts_with(&prefix))
-                        .cloned(),
-                );
+                files.extend(indexed_under(&state.manifest.docs, &prefix));
                 if is_document_path(rel) {
                     files.insert(rel.clone());
                 }
@@ -858,4 +844,12 @@ mod tests {
             "path secret.md heading 3 wild"
         );
     }
+}
+
+/// The indexed documents under a folder (`prefix` ends in `/`; "" is every one).
+fn indexed_under<'a>(
+    docs: &'a BTreeMap<String, DocEntry>,
+    prefix: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    docs.keys().filter(move |k| k.starts_with(prefix)).cloned()
 }

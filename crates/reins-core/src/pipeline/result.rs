@@ -29,6 +29,16 @@ pub struct Tokens {
     pub estimated: bool,
 }
 
+impl Tokens {
+    /// Counts another call's tokens into these (an estimate makes the sum one).
+    pub fn add(&mut self, other: Tokens) {
+        self.prompt += other.prompt;
+        self.completion += other.completion;
+        self.total += other.total;
+        self.estimated |= other.estimated;
+    }
+}
+
 /// One model call and what validation made of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {

@@ -13,7 +13,7 @@ pub use embedder::ProviderEmbedder;
 
 use crate::config::{ConfigError, RetrieverConfig};
 use crate::provider::Breaker;
-use reins_context::{Bm25Index, ChunkOptions, Counter, Hit, Passage};
+use reins_context::{Bm25Index, ChunkOptions, Counter, Hit};
 use reins_runtime::Chunk;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -23,11 +23,10 @@ use std::time::{Duration, Instant};
 
 /// Why a retriever could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RetrievalError {
-    #[error("retriever `{retriever}`: {message}")]
-    Source { retriever: String, message: String },
-    #[error("retriever `{retriever}`: no answer within {ms} ms")]
-    Timeout { retriever: String, ms: u64 },
+#[error("retriever `{retriever}`: {message}")]
+pub struct RetrievalError {
+    pub retriever: String,
+    pub message: String,
 }
 
 /// One `[retrievers.NAME]`, open.
@@ -181,7 +180,7 @@ impl Retriever {
     /// (0, 1]: BM25 scores are divided by the best one's, vector scores are
     /// cosine similarities.
     pub async fn search(&self, query: &str, k: usize) -> Result<Vec<Hit>, RetrievalError> {
-        let failed = |e: reins_context::ContextError| RetrievalError::Source {
+        let failed = |e: reins_context::ContextError| RetrievalError {
             retriever: self.name.clone(),
             message: e.to_string(),
         };
@@ -191,7 +190,7 @@ impl Retriever {
                 let query = query.to_owned();
                 let mut hits = tokio::task::spawn_blocking(move || index.search(&query, k))
                     .await
-                    .map_err(|e| RetrievalError::Source {
+                    .map_err(|e| RetrievalError {
                         retriever: self.name.clone(),
                         message: format!("the search task failed: {e}"),
                     })?
@@ -211,18 +210,6 @@ impl Retriever {
                 .map_err(failed),
         }
     }
-
-    /// A passage by id, whether or not any run retrieved it.
-    pub async fn passage(&self, id: &str) -> Option<Passage> {
-        match &self.source {
-            Source::Bm25(index) => index.passage(id),
-            #[cfg(feature = "postgres")]
-            Source::Pg(pg) => match pg.store(&self.name).await {
-                Ok(store) => store.passage(id).await.ok().flatten(),
-                Err(_) => None,
-            },
-        }
-    }
 }
 
 #[cfg(feature = "postgres")]
@@ -230,7 +217,7 @@ impl PgSource {
     async fn store(&self, name: &str) -> Result<&reins_context::PgVectorStore, RetrievalError> {
         self.store
             .get_or_try_init(|| async {
-                let failed = |message: String| RetrievalError::Source {
+                let failed = |message: String| RetrievalError {
                     retriever: name.to_owned(),
                     message,
                 };

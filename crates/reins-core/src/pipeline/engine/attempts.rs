@@ -65,10 +65,7 @@ impl Run<'_> {
                     }
                 }
             };
-            self.result.tokens.prompt += tokens.prompt;
-            self.result.tokens.completion += tokens.completion;
-            self.result.tokens.total += tokens.total;
-            self.result.tokens.estimated |= tokens.estimated;
+            self.result.tokens.add(tokens);
 
             // Validate the answer text (an answer of tool calls only has none).
             let tools_only = response.content.trim().is_empty() && !response.tool_calls.is_empty();
@@ -279,9 +276,12 @@ impl Run<'_> {
                     (tokens::count(&call.question), tokens::count(answer))
                 }
             };
-            self.result.tokens.prompt += prompt;
-            self.result.tokens.completion += completion;
-            self.result.tokens.total += prompt + completion;
+            self.result.tokens.add(Tokens {
+                prompt,
+                completion,
+                total: prompt + completion,
+                estimated: false,
+            });
             let shown = |s: &str| -> String {
                 let s = s.trim();
                 match s.char_indices().nth(120) {

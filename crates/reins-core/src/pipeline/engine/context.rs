@@ -24,9 +24,12 @@ impl Run<'_> {
         };
         let (messages, report, usage) = history.fit(messages, self.p.tokenizer, call).await;
         if let Some(u) = usage {
-            self.result.tokens.prompt += u.prompt_tokens;
-            self.result.tokens.completion += u.completion_tokens;
-            self.result.tokens.total += u.total_tokens;
+            self.result.tokens.add(crate::pipeline::Tokens {
+                prompt: u.prompt_tokens,
+                completion: u.completion_tokens,
+                total: u.total_tokens,
+                estimated: false,
+            });
         }
         if let Some(r) = report {
             let summary = format!(
@@ -60,7 +63,7 @@ impl Run<'_> {
             .find(|m| m.role == "user")
             .map(|m| m.content.clone())
             .unwrap_or_default();
-        let (offered, sources) = self.retrieve(&query, chunks).await?;
+        let (offered, sources) = self.retrieve(context, &query, chunks).await?;
         if offered.is_empty() {
             return Ok(offered);
         }
@@ -94,29 +97,25 @@ impl Run<'_> {
     /// retrieved chunk the caller also sent is the caller's).
     async fn retrieve(
         &mut self,
+        context: &crate::config::ContextConfig,
         query: &str,
         mut chunks: Vec<Chunk>,
     ) -> Result<(Vec<Chunk>, Vec<retrieval::SourceReport>), RunError> {
         let p = self.p;
-        let Some(context) = &p.config.context else {
-            return Ok((chunks, Vec::new()));
-        };
         if p.retrievers.is_empty() || query.trim().is_empty() {
             return Ok((chunks, Vec::new()));
         }
         let start = Instant::now();
         match retrieval::retrieve(&p.retrievers, query, context.top_k, context.rrf_k).await {
             Ok(found) => {
-                let end = Instant::now();
+                // The retrievers were asked at once: each step starts with the stage.
                 for s in &found.sources {
-                    let began = end
-                        .checked_sub(std::time::Duration::from_micros(s.duration_us))
-                        .unwrap_or(start);
+                    let end = start + std::time::Duration::from_micros(s.duration_us);
                     self.trace(
                         "retrieve",
                         &s.retriever,
                         format!("{} chunks ({})", s.hits, s.kind),
-                        began.max(start),
+                        start,
                         end,
                     );
                 }
@@ -126,20 +125,16 @@ impl Run<'_> {
                 Ok((chunks, found.sources))
             }
             Err(e) => {
-                let retriever = match &e {
-                    retrieval::RetrievalError::Source { retriever, .. }
-                    | retrieval::RetrievalError::Timeout { retriever, .. } => retriever.clone(),
-                };
                 self.trace(
                     "retrieve",
-                    &retriever,
+                    &e.retriever,
                     "failed".to_owned(),
                     start,
                     Instant::now(),
                 );
                 Err(RunError::ContextUnavailable {
-                    retriever,
                     message: e.to_string(),
+                    retriever: e.retriever,
                 })
             }
         }
