@@ -13,6 +13,7 @@
 //! in flight on a 2-worker runtime.
 //!
 //! cargo bench -p reins --bench pipeline
+//! REINS_PROFILE=FILE cargo bench -p reins --features profile --bench pipeline   # samples the one-repair path, per-call
 
 use reins::Host;
 use reins::pipeline::{Request, RunStatus};
@@ -268,24 +269,44 @@ fn main() {
             for _ in 0..WARMUP {
                 rt.block_on(host.run("one-repair", request.clone()));
             }
-            eprintln!(
-                "{isolation}:\n{}",
-                rt.block_on(host.run("one-repair", request.clone()))
-                    .trace_table()
-            );
+            let t = Instant::now();
+            let r = rt.block_on(host.run("one-repair", request.clone()));
+            let wall = t.elapsed();
+            eprintln!("{isolation}:\n{}", r.trace_table());
+            // Where the run's time goes between its steps.
+            let mut at = 0;
+            for s in &r.trace {
+                eprintln!(
+                    "{:>6} µs idle, then {:<11} {:<15} {:>5} µs",
+                    s.start_us.saturating_sub(at),
+                    s.layer,
+                    s.name,
+                    s.duration_us
+                );
+                at = s.start_us + s.duration_us;
+            }
+            eprintln!("Host::run took {} µs in all\n", wall.as_micros());
         }
         for (pipeline, name, model_calls) in [
             ("success", "success path", 1),
             ("one-repair", "one-repair path", 2),
             ("fix", "fix path (coerce-numbers, on_fail = fix)", 1),
         ] {
+            // `--features profile` and REINS_PROFILE=FILE: where the
+            // one-repair path's time goes, per-call, one run at a time.
+            let profile =
+                (pipeline == "one-repair" && isolation == "per-call").then(reins::profile::start);
+            let timed = latency(pipeline, &request);
+            if let Some(p) = profile {
+                p.finish();
+            }
             rows.push((
                 format!("{name}, {isolation}"),
                 format!(
                     "{model_calls} model call(s), {} plugin calls",
                     plugin_calls(pipeline)
                 ),
-                latency(pipeline, &request),
+                timed,
                 Some(throughput(pipeline)),
             ));
         }

@@ -23,4 +23,5 @@ pub use reins_state as state;
 
 pub mod cases;
 pub mod cli;
+pub mod profile;
 pub mod telemetry;

@@ -78,7 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         .or_else(|| settings.tls_key.as_deref().map(|p| host.boot().resolve(p)));
     let listen = args.listen.unwrap_or_else(|| settings.listen.clone());
     let state = AppState::new(host, &settings)?;
-    let profile = profile::start();
+    let profile = crate::profile::start();
     server::serve(state, &settings, &listen, args.insecure, shutdown_signal()).await?;
     profile.finish();
     // The last runs' spans and metrics go out before the process ends.
@@ -133,66 +133,4 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
-}
-
-/// A sampling profile of the serving process (`perf` records nothing on the
-/// machines we measure on): with `--features profile` and `REINS_PROFILE=FILE`,
-/// stacks are sampled at 997 Hz and written as folded lines (`a;b;c COUNT`)
-/// at shutdown. Without the feature this is nothing.
-mod profile {
-    pub struct Profile {
-        #[cfg(feature = "profile")]
-        guard: Option<(pprof::ProfilerGuard<'static>, std::path::PathBuf)>,
-    }
-
-    pub fn start() -> Profile {
-        #[cfg(feature = "profile")]
-        {
-            let guard = std::env::var_os("REINS_PROFILE").and_then(|path| {
-                match pprof::ProfilerGuardBuilder::default()
-                    .frequency(997)
-                    .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-                    .build()
-                {
-                    Ok(g) => Some((g, std::path::PathBuf::from(path))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "REINS_PROFILE: the profiler did not start");
-                        None
-                    }
-                }
-            });
-            Profile { guard }
-        }
-        #[cfg(not(feature = "profile"))]
-        Profile {}
-    }
-
-    impl Profile {
-        pub fn finish(self) {
-            #[cfg(feature = "profile")]
-            if let Some((guard, path)) = self.guard {
-                use std::fmt::Write;
-                let report = match guard.report().build() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "REINS_PROFILE: no report");
-                        return;
-                    }
-                };
-                let mut out = String::new();
-                for (frames, count) in &report.data {
-                    let mut stack: Vec<String> = vec![frames.thread_name.clone()];
-                    for frame in frames.frames.iter().rev() {
-                        for symbol in frame.iter().rev() {
-                            stack.push(symbol.name());
-                        }
-                    }
-                    let _ = writeln!(out, "{} {count}", stack.join(";"));
-                }
-                if let Err(e) = std::fs::write(&path, out) {
-                    tracing::warn!(path = %path.display(), error = %e, "REINS_PROFILE: not written");
-                }
-            }
-        }
-    }
 }
