@@ -570,8 +570,12 @@ pub trait RunStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<RunRecord>, StateError>;
 
-    /// Records step `step.step` and the run's new state together (fenced
-    /// like [`RunStore::put_run`]: nothing is written if the lease is lost).
+    /// Records step `step.step`, fenced like [`RunStore::put_run`]: nothing
+    /// is written if the lease is lost. The run's row gets `run`'s state
+    /// when it must (no row yet, or an open lease to take over); a store
+    /// may leave it alone when this node already owns the run (SQLite does:
+    /// a row rewritten per step tripled the WAL, and the lease is renewed
+    /// on its own timer), so a running run's progress is in its steps.
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError>;
     /// Every step of a run, in order.
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError>;

@@ -290,6 +290,9 @@ pub struct Sql {
     pub take_held: String,
     pub session_runs: String,
     pub upsert_step: String,
+    /// A step of a run this node owns, written without touching the run's
+    /// row (`$6` the run, `$7` this node): no row if it is not the owner.
+    pub owned_step: String,
     /// PostgreSQL: the run and its step in one call (one round trip).
     pub checkpoint_call: Option<String>,
     /// PostgreSQL: many runs' checkpoint calls in one statement, their
@@ -490,6 +493,9 @@ impl Sql {
                  FROM mcp_tool_pins WHERE (CAST($1 AS TEXT) IS NULL OR server = $1) ORDER BY server, tool"),
             upsert_run: q(&upsert_run),
             upsert_step: q(upsert_step),
+            owned_step: q("INSERT INTO steps (run_id, step, kind, data, created_ms)
+     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = $6 AND owner = $7)
+     ON CONFLICT (run_id, step) DO UPDATE SET kind = excluded.kind, data = excluded.data, created_ms = excluded.created_ms"),
             functions,
         }
     }
@@ -1008,6 +1014,18 @@ impl<B: Backend> RunStore for SqlStore<B> {
     async fn checkpoint(&self, run: &RunRecord, step: &StepRecord) -> Result<(), StateError> {
         let sql = self.sql();
         let Some(call) = &sql.checkpoint_call else {
+            // A run this node owns gains its step alone. Rewriting its row
+            // too (request and result included, and both indexes on
+            // `updated_ms`) tripled the pages, and so the WAL, that every
+            // checkpoint wrote; the lease is renewed on its own timer.
+            let mut owned = step_args(step);
+            owned.extend(args![&run.run_id, &run.owner]);
+            if self.write(&[stmt(&sql.owned_step, owned)]).await? == [1] {
+                return Ok(());
+            }
+            // Not (or no longer) its owner, or no row yet: the fenced upsert
+            // takes over an open lease, writes a row a failed start never
+            // wrote, or answers `LeaseLost`.
             let step = stmt(&sql.upsert_step, step_args(step));
             return self.write_run(run, &[step, self.upsert_run(run)]).await;
         };

@@ -538,6 +538,32 @@ async fn runs_and_checkpoints(store: &dyn StateStore) {
         .unwrap();
     assert!(!running.iter().any(|r| r.run_id == id));
     assert!(store.run("nope").await.unwrap().is_none());
+
+    // A run whose start the store never recorded (it refused the write;
+    // the run went on) gets its row, owned, from its first checkpoint, and
+    // its owner's later checkpoints land.
+    let unseen = uid("unseen");
+    let mut first = RunRecord::new(&unseen, "p", RunStatus::Running);
+    first.owner = Some("n1".into());
+    first.lease_until_ms = now_ms() + 60_000;
+    for step in 1..=2 {
+        let s = StepRecord {
+            run_id: unseen.clone(),
+            step,
+            kind: StepKind::Attempt,
+            data: json!({"attempt": step}),
+            created_ms: now_ms(),
+        };
+        store.checkpoint(&first, &s).await.unwrap();
+    }
+    let row = store
+        .run(&unseen)
+        .await
+        .unwrap()
+        .expect("the checkpoint wrote the run's row");
+    assert_eq!(row.owner.as_deref(), Some("n1"));
+    assert_eq!(row.status, RunStatus::Running);
+    assert_eq!(store.steps(&unseen).await.unwrap().len(), 2);
 }
 
 async fn actions_move_through_states(store: &dyn StateStore) {
