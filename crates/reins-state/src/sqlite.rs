@@ -296,42 +296,61 @@ fn lowest_priority(path: &str) {
 
 fn run_batch(conn: &Connection, batch: Vec<Job>, path: &str) {
     let failed = |e: rusqlite::Error| format!("sqlite state store {path}: {e}");
+    // Statements prepared once per connection: a lone commit runs in place
+    // several times a run, so parsing them each time showed in profiles.
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+    };
     // IMMEDIATE: the write lock is taken first, so processes sharing the
     // file write one at a time (a windowed counter's add sees every add
     // committed before it).
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec("BEGIN IMMEDIATE") {
         let message = failed(e);
         for job in batch {
             job.refuse(message.clone());
         }
         return;
     }
+    // A lone job needs no savepoint: if it fails, the whole transaction
+    // is its own to roll back.
+    let alone = batch.len() == 1;
+    let mut lone_failed = false;
     let mut answers = Vec::with_capacity(batch.len());
-    let exec = |sql: &str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([]))
-            .map(drop)
-    };
     for job in batch {
-        if let Err(e) = exec("SAVEPOINT job") {
+        if !alone && let Err(e) = exec("SAVEPOINT job") {
             job.refuse(failed(e));
             continue;
         }
         let ran = job.run(conn, path);
-        let closed = if ran.failed {
-            exec("ROLLBACK TO job").and_then(|()| exec("RELEASE job"))
+        if alone {
+            lone_failed = ran.failed;
         } else {
-            exec("RELEASE job")
-        };
-        if let Err(e) = closed {
-            tracing::warn!(path, error = %e, "sqlite state store: a job's savepoint did not close");
+            let closed = if ran.failed {
+                exec("ROLLBACK TO job").and_then(|()| exec("RELEASE job"))
+            } else {
+                exec("RELEASE job")
+            };
+            if let Err(e) = closed {
+                tracing::warn!(path, error = %e, "sqlite state store: a job's savepoint did not close");
+            }
         }
         answers.push(ran.answer);
     }
-    let committed = conn.execute_batch("COMMIT").map_err(failed);
-    if committed.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
+    let committed = if lone_failed {
+        // The job answers with its own error; nothing of it is kept.
+        if let Err(e) = exec("ROLLBACK") {
+            tracing::warn!(path, error = %e, "sqlite state store: a failed job's transaction did not roll back");
+        }
+        Ok(())
+    } else {
+        let committed = exec("COMMIT").map_err(failed);
+        if committed.is_err() {
+            let _ = exec("ROLLBACK");
+        }
+        committed
+    };
     for answer in answers {
         answer(committed.clone());
     }
