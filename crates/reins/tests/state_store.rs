@@ -719,6 +719,11 @@ async fn compaction_keeps_summaries(store: &dyn StateStore) {
     run.result =
         json!({"run_id": id, "status": "completed", "output": {"x": 1}, "trace": [1, 2, 3]});
     run.request = json!({"messages": []});
+    run.created_ms = 900;
+    run.idempotency_key = Some(uid("key"));
+    run.session_id = Some(uid("session"));
+    run.owner = Some("n1".into());
+    run.lease_until_ms = 0;
     let step = StepRecord {
         run_id: id.clone(),
         step: 1,
@@ -749,6 +754,17 @@ async fn compaction_keeps_summaries(store: &dyn StateStore) {
         got.result,
         json!({"run_id": id, "status": "completed", "output": {"x": 1}, "compacted": true})
     );
+    // Everything else of the run is kept as it was (its key still finds it,
+    // its session still lists it).
+    let mut kept = run.clone();
+    kept.result = got.result.clone();
+    kept.request = serde_json::Value::Null;
+    assert_eq!(got, kept);
+    let by_key = store
+        .run_by_key("p", run.idempotency_key.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(by_key.map(|r| r.run_id), Some(id.clone()));
     assert!(store.steps(&id).await.unwrap().is_empty());
     assert!(
         store.steps(&format!("{id}.1")).await.unwrap().is_empty(),
@@ -901,9 +917,16 @@ async fn compacted_runs_weigh_under_a_kilobyte_and_the_file_stays_flat() {
         "a compacted run weighs {per_run} B at rest"
     );
     drop(c);
-    // Steady load: each round writes as many runs as retention deletes.
+    // Before retention deletes anything, the live file grows by about the
+    // compacted runs: the space of the full ones is used again.
     write_runs(2).await;
     store.compact(i64::MAX).await.unwrap();
+    let grown = (file_size() - full) / RUNS as u64;
+    assert!(
+        grown <= 1_024,
+        "the file grew {grown} B a compacted run with nothing deleted"
+    );
+    // Steady load: each round writes as many runs as retention deletes.
     assert_eq!(
         store.expire(2 * 10_000).await.unwrap(),
         RUNS as u64,
