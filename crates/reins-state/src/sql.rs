@@ -471,7 +471,9 @@ impl Sql {
             // 1.1 KB a compacted run, against 0.46 KB this way. Every column
             // of `runs` but `result`, `request` and `compacted` is copied;
             // a migration that adds one must add it here
-            // (`compaction_keeps_summaries` checks them).
+            // (`compaction_keeps_summaries` checks them). The new rowid
+            // matters only to `session_runs`' tie-break: two runs of one
+            // session created in the same millisecond may swap there.
             compact_run: match d {
                 Dialect::Sqlite => q("REPLACE INTO runs (run_id, pipeline, status, result, request, idempotency_key, created_ms, updated_ms, owner, lease_until, session_id, compacted)
                  SELECT run_id, pipeline, status, $2, 'null', idempotency_key, created_ms, updated_ms, owner, lease_until, session_id, 1 FROM runs WHERE run_id = $1"),
@@ -860,6 +862,18 @@ pub trait Backend: Send + Sync + 'static {
         U: Send + 'static,
         F: FnOnce(Vec<T>) -> (Vec<Stmt<'static>>, U) + Send + 'static;
 
+    /// [`Backend::run`] for housekeeping (compaction and expiry pages,
+    /// hundreds of rows a transaction): never on the caller's thread, where
+    /// a backend could run a short job there (SQLite's commit in place); by
+    /// default `run`.
+    async fn run_aside<T: Send + 'static>(
+        &self,
+        writes: &[Stmt<'_>],
+        read: Option<(&Stmt<'_>, RowMap<T>)>,
+    ) -> Result<Done<T>, StateError> {
+        self.run(writes, read).await
+    }
+
     /// `call`, a statement answering one integer, run together with other
     /// callers' where the backend can batch them (PostgreSQL's checkpoint
     /// call); by default on its own.
@@ -885,6 +899,11 @@ impl<B: Backend> SqlStore<B> {
 
     async fn write(&self, writes: &[Stmt<'_>]) -> Result<Vec<u64>, StateError> {
         Ok(self.db.run::<()>(writes, None).await?.changed)
+    }
+
+    /// [`SqlStore::write`] for housekeeping: see [`Backend::run_aside`].
+    async fn write_aside(&self, writes: &[Stmt<'_>]) -> Result<Vec<u64>, StateError> {
+        Ok(self.db.run_aside::<()>(writes, None).await?.changed)
     }
 
     /// Whether `s` changed exactly one row.
@@ -1361,16 +1380,16 @@ impl<B: Backend> Housekeeping for SqlStore<B> {
 
     async fn compact(&self, before_ms: i64) -> Result<u64, StateError> {
         let sql = self.sql();
-        self.write(&[stmt(&sql.drop_events, args![now_ms()])])
+        self.write_aside(&[stmt(&sql.drop_events, args![now_ms()])])
             .await?;
         let mut n = 0;
         loop {
+            let read = stmt(&sql.finished_runs, args![before_ms, HOUSEKEEPING_PAGE]);
             let page = self
-                .rows(
-                    stmt(&sql.finished_runs, args![before_ms, HOUSEKEEPING_PAGE]),
-                    run_result,
-                )
-                .await?;
+                .db
+                .run_aside(&[], Some((&read, run_result)))
+                .await?
+                .rows;
             // One transaction per page, not per run.
             let mut writes = Vec::with_capacity(3 * page.len());
             for (run_id, result) in &page {
@@ -1382,7 +1401,7 @@ impl<B: Backend> Housekeeping for SqlStore<B> {
                 ));
             }
             if !writes.is_empty() {
-                self.write(&writes).await?;
+                self.write_aside(&writes).await?;
             }
             n += page.len() as u64;
             if (page.len() as i64) < HOUSEKEEPING_PAGE {
@@ -1393,13 +1412,13 @@ impl<B: Backend> Housekeeping for SqlStore<B> {
 
     async fn expire(&self, before_ms: i64) -> Result<u64, StateError> {
         let sql = self.sql();
-        self.write(&[stmt(&sql.drop_cache, args![before_ms])])
+        self.write_aside(&[stmt(&sql.drop_cache, args![before_ms])])
             .await?;
         let mut n = 0;
         loop {
             let page = args![before_ms, HOUSEKEEPING_PAGE];
             let changed = self
-                .write(&[
+                .write_aside(&[
                     stmt(&sql.expire_steps, page.clone()),
                     stmt(&sql.expire_actions, page.clone()),
                     stmt(&sql.expire_approvals, page.clone()),

@@ -50,6 +50,9 @@ pub struct SqliteDb {
     path: String,
 }
 
+/// How long a write waits for another process's write lock on the file.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// WAL pages past which the writer checkpoints in its own commit.
 const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
 /// The least time between two checkpoints: short, so each one's fsyncs
@@ -67,8 +70,8 @@ type Job = Box<dyn Queued>;
 
 trait Queued: Send {
     /// Runs inside the batch's transaction; says whether it failed (its
-    /// savepoint is then rolled back) and how to answer once the batch's
-    /// commit is known.
+    /// savepoint, or a lone job's whole transaction, is then rolled back)
+    /// and how to answer once the batch's commit is known.
     fn run(self: Box<Self>, conn: &Connection, path: &str) -> Ran;
     /// Answers without running: the batch could not begin.
     fn refuse(self: Box<Self>, message: String);
@@ -139,8 +142,7 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
@@ -171,9 +173,7 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
                 .map_err(err)?;
             let other = Connection::open(&path).map_err(err)?;
-            other
-                .busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(err)?;
+            other.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
             let (wake, woken) = mpsc::sync_channel::<()>(1);
             let thread_path = path.clone();
             std::thread::Builder::new()
@@ -294,25 +294,42 @@ fn lowest_priority(path: &str) {
     let _ = path;
 }
 
+/// Runs a statement prepared once per connection: a lone commit runs in
+/// place several times a run, so parsing them each time showed in profiles.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+}
+
+/// Opens the batch's transaction. IMMEDIATE: the write lock is taken
+/// first, so processes sharing the file write one at a time (a windowed
+/// counter's add sees every add committed before it). A transaction some
+/// failure left open (a panicking job, a COMMIT and then a ROLLBACK that
+/// both failed) is rolled back first, or no batch could begin again.
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        let _ = exec(conn, "ROLLBACK");
+    }
+    exec(conn, "BEGIN IMMEDIATE")
+}
+
 fn run_batch(conn: &Connection, batch: Vec<Job>, path: &str) {
-    let failed = |e: rusqlite::Error| format!("sqlite state store {path}: {e}");
-    // Statements prepared once per connection: a lone commit runs in place
-    // several times a run, so parsing them each time showed in profiles.
-    let exec = |sql: &str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([]))
-            .map(drop)
-    };
-    // IMMEDIATE: the write lock is taken first, so processes sharing the
-    // file write one at a time (a windowed counter's add sees every add
-    // committed before it).
-    if let Err(e) = exec("BEGIN IMMEDIATE") {
-        let message = failed(e);
+    if let Err(e) = begin(conn) {
+        let message = format!("sqlite state store {path}: {e}");
         for job in batch {
             job.refuse(message.clone());
         }
         return;
     }
+    run_begun(conn, batch, path);
+}
+
+/// Runs `batch` in the transaction [`begin`] opened, commits it, and
+/// answers every job.
+fn run_begun(conn: &Connection, batch: Vec<Job>, path: &str) {
+    let failed = |e: rusqlite::Error| format!("sqlite state store {path}: {e}");
+    let exec = |sql: &str| exec(conn, sql);
     // A lone job needs no savepoint: if it fails, the whole transaction
     // is its own to roll back.
     let alone = batch.len() == 1;
@@ -379,6 +396,7 @@ impl SqliteDb {
     /// writer thread's next batch.
     async fn submit<U: Send + 'static>(
         &self,
+        in_place: bool,
         job: impl FnOnce(&Connection, &str) -> Result<U, StateError> + Send + 'static,
     ) -> Result<U, StateError> {
         let stopped = || {
@@ -389,7 +407,12 @@ impl SqliteDb {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(Pending { work: job, reply });
-        if let Err(job) = self.commit_in_place(job) {
+        let tried = if in_place {
+            self.commit_in_place(job)
+        } else {
+            Err(job)
+        };
+        if let Err(job) = tried {
             self.queued.fetch_add(1, Ordering::AcqRel);
             if self.jobs.send(job).is_err() {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -397,6 +420,19 @@ impl SqliteDb {
             }
         }
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// `writes` then `read` as one job, in place if `in_place` allows.
+    async fn statements<T: Send + 'static>(
+        &self,
+        in_place: bool,
+        writes: &[Stmt<'_>],
+        read: Option<(&Stmt<'_>, RowMap<T>)>,
+    ) -> Result<Done<T>, StateError> {
+        let writes: Vec<Owned> = writes.iter().map(Owned::of).collect();
+        let read = read.map(|(q, map)| (Owned::of(q), map));
+        self.submit(in_place, move |conn, path| run_on(conn, path, writes, read))
+            .await
     }
 
     /// Commits `job` on this thread if nobody holds the connection or waits
@@ -408,7 +444,20 @@ impl SqliteDb {
         let Ok(conn) = self.conn.try_lock() else {
             return Err(job);
         };
-        run_batch(&conn, vec![job], &self.path);
+        // Another process sharing the file may hold its write lock: rather
+        // than wait for it here (the busy timeout is 5 s), the job goes to
+        // the writer thread, which may wait.
+        if conn.busy_timeout(std::time::Duration::ZERO).is_err() {
+            return Err(job);
+        }
+        let begun = begin(&conn);
+        if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(path = %self.path, error = %e, "sqlite state store: the busy timeout was not restored");
+        }
+        if begun.is_err() {
+            return Err(job);
+        }
+        run_begun(&conn, vec![job], &self.path);
         drop(conn);
         if let Some(wake) = &self.checkpoints {
             let _ = wake.try_send(());
@@ -496,10 +545,15 @@ impl Backend for SqliteDb {
         writes: &[Stmt<'_>],
         read: Option<(&Stmt<'_>, RowMap<T>)>,
     ) -> Result<Done<T>, StateError> {
-        let writes: Vec<Owned> = writes.iter().map(Owned::of).collect();
-        let read = read.map(|(q, map)| (Owned::of(q), map));
-        self.submit(move |conn, path| run_on(conn, path, writes, read))
-            .await
+        self.statements(true, writes, read).await
+    }
+
+    async fn run_aside<T: Send + 'static>(
+        &self,
+        writes: &[Stmt<'_>],
+        read: Option<(&Stmt<'_>, RowMap<T>)>,
+    ) -> Result<Done<T>, StateError> {
+        self.statements(false, writes, read).await
     }
 
     async fn read_then_write<T, U, F>(
@@ -516,7 +570,7 @@ impl Backend for SqliteDb {
         let first: Vec<Owned> = first.iter().map(Owned::of).collect();
         let read = (Owned::of(read.0), read.1);
         // One job: what was read is still the newest when the writes land.
-        self.submit(move |conn, path| {
+        self.submit(true, move |conn, path| {
             let found = run_on(conn, path, first, Some(read))?.rows;
             let (writes, out) = then(found);
             run_on::<()>(conn, path, writes.iter().map(Owned::of).collect(), None)?;

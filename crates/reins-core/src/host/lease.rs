@@ -114,9 +114,17 @@ impl Host {
                 {
                     Ok(true) => {}
                     Ok(false) => {
+                        let row = store.run(&run_id).await;
+                        // No row yet: the store refused the run's start and
+                        // its first checkpoint will write it (with this
+                        // node's lease); renewing goes on until then, or
+                        // another node could claim it meanwhile.
+                        if matches!(row, Ok(None)) {
+                            continue;
+                        }
                         // Not running any more (it ended meanwhile) or taken
                         // over; either way nothing of this node's may go on.
-                        if store.run(&run_id).await.is_ok_and(|r| {
+                        if row.is_ok_and(|r| {
                             r.is_some_and(|r| r.status == reins_state::RunStatus::Running)
                         }) {
                             metrics::counter!(reins_runtime::metric_names::LEASES_LOST_TOTAL)

@@ -3,8 +3,10 @@
 //! A run's [`Journal`] travels in its [`RunContext`](super::RunContext);
 //! the engine calls [`Journal::record`] after each step (the normalized
 //! input, then every model attempt with its violations, tokens and gate
-//! decisions), and each call is one transaction that also renews the run's
-//! lease — the next step starts only after it is committed.
+//! decisions), and each call is one transaction, fenced on the run's lease
+//! (on PostgreSQL it also renews the lease; on SQLite the owner writes the
+//! step alone and the lease is renewed by its own timer, `keep_leased`) —
+//! the next step starts only after it is committed.
 //!
 //! On resume, the recorded attempts are replayed ([`Journal::replayed`]) instead of
 //! calling the model again: validation and gates run again on the same
