@@ -37,14 +37,19 @@ use std::sync::{Arc, Mutex, mpsc};
 /// The SQLite store.
 pub type SqliteStore = SqlStore<SqliteDb>;
 
-/// The connection, and the queue to the writer thread for the jobs that
-/// find it busy.
+/// What commits, shared by the callers (in place) and the writer thread,
+/// and the queue to the writer for the jobs that find it busy.
 pub struct SqliteDb {
-    conn: Arc<Mutex<Connection>>,
+    committer: Arc<Committer>,
     jobs: mpsc::Sender<Job>,
+}
+
+/// The connection and everything a commit of it touches, whoever makes it.
+struct Committer {
+    conn: Mutex<Connection>,
     /// Jobs sent to the writer and not yet taken: a caller commits in
     /// place only when this is 0, so it never overtakes the queue's batch.
-    queued: Arc<AtomicUsize>,
+    queued: AtomicUsize,
     /// Wakes the checkpointer after a commit (none for `:memory:`).
     checkpoints: Option<mpsc::SyncSender<()>>,
     path: String,
@@ -187,51 +192,36 @@ impl SqliteStore {
             Some(wake)
         };
         let (jobs, queue) = mpsc::channel();
-        let conn = Arc::new(Mutex::new(conn));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let thread_path = path.clone();
-        let (thread_conn, thread_queued, thread_checkpoints) =
-            (conn.clone(), queued.clone(), checkpoints.clone());
+        let committer = Arc::new(Committer {
+            conn: Mutex::new(conn),
+            queued: AtomicUsize::new(0),
+            checkpoints,
+            path,
+        });
+        let thread_committer = committer.clone();
         std::thread::Builder::new()
             .name("reins-sqlite-writer".into())
-            .spawn(move || {
-                writer(
-                    &thread_conn,
-                    queue,
-                    &thread_queued,
-                    thread_checkpoints,
-                    thread_path,
-                )
-            })
+            .spawn(move || writer(&thread_committer, queue))
             .map_err(|e| {
                 StateError::Other(format!(
-                    "sqlite state store {path}: starting its writer thread: {e}"
+                    "sqlite state store {}: starting its writer thread: {e}",
+                    committer.path
                 ))
             })?;
         Ok(SqlStore {
-            db: SqliteDb {
-                conn,
-                jobs,
-                queued,
-                checkpoints,
-                path,
-            },
+            db: SqliteDb { committer, jobs },
         })
     }
 }
 
 /// The writer thread: batches of waiting jobs, one commit each. Ends when
-/// the store is dropped (its queue closes) after the jobs already queued.
-fn writer(
-    conn: &Mutex<Connection>,
-    queue: mpsc::Receiver<Job>,
-    queued: &AtomicUsize,
-    checkpoints: Option<mpsc::SyncSender<()>>,
-    path: String,
-) {
+/// the store is dropped (its queue closes) after the jobs already queued;
+/// the last holder of the [`Committer`] then drops its wake, which ends the
+/// checkpointer after the last commit.
+fn writer(committer: &Committer, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         // Waits out a caller committing in place (one job's commit).
-        let conn = match conn.lock() {
+        let conn = match committer.conn.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -242,14 +232,16 @@ fn writer(
                 Err(_) => break,
             }
         }
-        queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        run_batch(&conn, batch, &path);
-        drop(conn);
-        if let Some(wake) = &checkpoints {
-            let _ = wake.try_send(());
+        committer.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        if let Err(e) = begin(&conn) {
+            let message = format!("sqlite state store {}: {e}", committer.path);
+            for job in batch {
+                job.refuse(message.clone());
+            }
+            continue;
         }
+        committer.commit(conn, batch);
     }
-    // Dropping `checkpoints` here ends the checkpointer, after the last commit.
 }
 
 /// Copies committed WAL frames into the database file after each commit,
@@ -314,15 +306,42 @@ fn begin(conn: &Connection) -> rusqlite::Result<()> {
     exec(conn, "BEGIN IMMEDIATE")
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>, path: &str) {
-    if let Err(e) = begin(conn) {
-        let message = format!("sqlite state store {path}: {e}");
-        for job in batch {
-            job.refuse(message.clone());
+impl Committer {
+    /// Runs `batch` in the transaction [`begin`] opened on `conn`, commits
+    /// it, answers every job, and wakes the checkpointer.
+    fn commit(&self, conn: std::sync::MutexGuard<'_, Connection>, batch: Vec<Job>) {
+        run_begun(&conn, batch, &self.path);
+        drop(conn);
+        if let Some(wake) = &self.checkpoints {
+            let _ = wake.try_send(());
         }
-        return;
     }
-    run_begun(conn, batch, path);
+
+    /// Commits `job` on this thread if nobody holds the connection or
+    /// waits for it; else gives it back.
+    fn commit_in_place(&self, job: Job) -> Result<(), Job> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(job);
+        }
+        let Ok(conn) = self.conn.try_lock() else {
+            return Err(job);
+        };
+        // Another process sharing the file may hold its write lock: rather
+        // than wait for it here (the busy timeout is 5 s), the job goes to
+        // the writer thread, which may wait.
+        if conn.busy_timeout(std::time::Duration::ZERO).is_err() {
+            return Err(job);
+        }
+        let begun = begin(&conn);
+        if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(path = %self.path, error = %e, "sqlite state store: the busy timeout was not restored");
+        }
+        if begun.is_err() {
+            return Err(job);
+        }
+        self.commit(conn, vec![job]);
+        Ok(())
+    }
 }
 
 /// Runs `batch` in the transaction [`begin`] opened, commits it, and
@@ -402,20 +421,21 @@ impl SqliteDb {
         let stopped = || {
             StateError::Other(format!(
                 "sqlite state store {}: its writer thread stopped",
-                self.path
+                self.committer.path
             ))
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(Pending { work: job, reply });
         let tried = if in_place {
-            self.commit_in_place(job)
+            self.committer.commit_in_place(job)
         } else {
             Err(job)
         };
         if let Err(job) = tried {
-            self.queued.fetch_add(1, Ordering::AcqRel);
+            let queued = &self.committer.queued;
+            queued.fetch_add(1, Ordering::AcqRel);
             if self.jobs.send(job).is_err() {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
+                queued.fetch_sub(1, Ordering::AcqRel);
                 return Err(stopped());
             }
         }
@@ -433,36 +453,6 @@ impl SqliteDb {
         let read = read.map(|(q, map)| (Owned::of(q), map));
         self.submit(in_place, move |conn, path| run_on(conn, path, writes, read))
             .await
-    }
-
-    /// Commits `job` on this thread if nobody holds the connection or waits
-    /// for it; else gives it back.
-    fn commit_in_place(&self, job: Job) -> Result<(), Job> {
-        if self.queued.load(Ordering::Acquire) != 0 {
-            return Err(job);
-        }
-        let Ok(conn) = self.conn.try_lock() else {
-            return Err(job);
-        };
-        // Another process sharing the file may hold its write lock: rather
-        // than wait for it here (the busy timeout is 5 s), the job goes to
-        // the writer thread, which may wait.
-        if conn.busy_timeout(std::time::Duration::ZERO).is_err() {
-            return Err(job);
-        }
-        let begun = begin(&conn);
-        if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
-            tracing::warn!(path = %self.path, error = %e, "sqlite state store: the busy timeout was not restored");
-        }
-        if begun.is_err() {
-            return Err(job);
-        }
-        run_begun(&conn, vec![job], &self.path);
-        drop(conn);
-        if let Some(wake) = &self.checkpoints {
-            let _ = wake.try_send(());
-        }
-        Ok(())
     }
 }
 
@@ -533,7 +523,7 @@ impl Backend for SqliteDb {
     const DIALECT: Dialect = Dialect::Sqlite;
 
     fn kind(&self) -> &'static str {
-        if self.path == ":memory:" {
+        if self.committer.path == ":memory:" {
             "memory"
         } else {
             "sqlite"

@@ -35,6 +35,7 @@ pub fn start() -> Profile {
 }
 
 impl Profile {
+    /// Writes the folded stacks to the file; a failure is logged, never fatal.
     pub fn finish(self) {
         #[cfg(feature = "profile")]
         if let Some((guard, path)) = self.guard {
